@@ -1,0 +1,87 @@
+//! Shard digests: the tree digest (default) and flat SHA-256.
+//!
+//! Format, invariants and test vectors: `.specs/digest.md`. Three ways to compute the same
+//! value: [`digest`] (one shot, leaves hashed in parallel with rayon), [`DigestHasher`]
+//! (streaming, pieces of any size) and [`tree::digest_from_leaf_digests`] (leaf digests computed
+//! elsewhere, for example by a GPU kernel).
+
+mod flat;
+mod shard_digest;
+pub mod tree;
+
+use vram_types::DigestAlgorithm;
+
+pub use shard_digest::ShardDigest;
+pub use tree::TreeHasher;
+
+use flat::FlatHasher;
+
+/// Digest of `bytes`, leaves hashed in parallel for the tree algorithm.
+#[must_use]
+pub fn digest(bytes: &[u8], algorithm: DigestAlgorithm) -> ShardDigest {
+    match algorithm.leaf_size() {
+        None => flat::sha256(bytes),
+        Some(leaf) => tree::digest_parallel(bytes, leaf),
+    }
+}
+
+/// Digest of `bytes` on the calling thread only (the baseline the parallel digest is measured
+/// against, and the choice inside code that is already parallel).
+#[must_use]
+pub fn digest_serial(bytes: &[u8], algorithm: DigestAlgorithm) -> ShardDigest {
+    let mut hasher = DigestHasher::new(algorithm);
+    hasher.update(bytes);
+    hasher.finalize()
+}
+
+/// A streaming digest: feed bytes in pieces of any size, get the same digest as [`digest`].
+#[derive(Clone)]
+pub struct DigestHasher(Inner);
+
+#[derive(Clone)]
+enum Inner {
+    Flat(FlatHasher),
+    Tree(TreeHasher),
+}
+
+impl DigestHasher {
+    /// A hasher for `algorithm`.
+    #[must_use]
+    pub fn new(algorithm: DigestAlgorithm) -> Self {
+        Self(match algorithm.leaf_size() {
+            None => Inner::Flat(FlatHasher::default()),
+            Some(leaf) => Inner::Tree(TreeHasher::new(leaf)),
+        })
+    }
+
+    /// Adds the next piece of the shard.
+    pub fn update(&mut self, piece: &[u8]) {
+        match &mut self.0 {
+            Inner::Flat(h) => h.update(piece),
+            Inner::Tree(h) => h.update(piece),
+        }
+    }
+
+    /// The digest of everything fed so far.
+    #[must_use]
+    pub fn finalize(self) -> ShardDigest {
+        match self.0 {
+            Inner::Flat(h) => h.finalize(),
+            Inner::Tree(h) => h.finalize(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DigestHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Inner::Flat(_) => "DigestHasher(sha256)",
+            Inner::Tree(_) => "DigestHasher(sha256-tree)",
+        })
+    }
+}
+
+/// `usize` to `u64`, saturating (lossless on every supported target).
+fn len_u64(len: usize) -> u64 {
+    u64::try_from(len).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,104 @@
+//! `ShardDigest`: 32 digest bytes, shown as 64 lowercase hex characters.
+
+use std::fmt;
+
+use subtle::ConstantTimeEq;
+use vram_types::VramError;
+
+/// A 32-byte shard digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShardDigest([u8; 32]);
+
+impl ShardDigest {
+    /// Wraps digest bytes.
+    #[must_use]
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Parses 64 hex characters (either case).
+    ///
+    /// # Errors
+    /// [`VramError::InvalidInput`] (field `digest`) for anything else.
+    pub fn from_hex(text: &str) -> Result<Self, VramError> {
+        let bad = || {
+            VramError::invalid_input(
+                "digest",
+                format!("{:?} is not 64 hex characters", text.escape_debug().to_string()),
+            )
+        };
+        if text.len() != 64 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+            let hi = pair.first().and_then(|c| hex_value(*c)).ok_or_else(bad)?;
+            let lo = pair.get(1).and_then(|c| hex_value(*c)).ok_or_else(bad)?;
+            *byte = (hi << 4) | lo;
+        }
+        Ok(Self(out))
+    }
+
+    /// The digest bytes.
+    #[must_use]
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// 64 lowercase hex characters: the form sealed and shown.
+    #[must_use]
+    pub fn to_hex(&self) -> String {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            for nibble in [b >> 4, b & 0x0f] {
+                if let Some(d) = DIGITS.get(usize::from(nibble)) {
+                    s.push(char::from(*d));
+                }
+            }
+        }
+        s
+    }
+
+    /// Constant-time equality.
+    #[must_use]
+    pub fn ct_eq(&self, other: &Self) -> bool {
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => c.checked_sub(b'0'),
+        b'a'..=b'f' => c.checked_sub(b'a' - 10),
+        b'A'..=b'F' => c.checked_sub(b'A' - 10),
+        _ => None,
+    }
+}
+
+impl fmt::Display for ShardDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for ShardDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ShardDigest({})", self.to_hex())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip_and_rejects() {
+        let d = ShardDigest::from_bytes(core::array::from_fn(|i| u8::try_from(i * 7).unwrap()));
+        assert_eq!(ShardDigest::from_hex(&d.to_hex()).unwrap(), d);
+        assert_eq!(ShardDigest::from_hex(&d.to_hex().to_uppercase()).unwrap(), d);
+        for bad in ["", "00", &"g".repeat(64), &"0".repeat(63), &"0".repeat(65)] {
+            assert!(ShardDigest::from_hex(bad).is_err(), "{bad}");
+        }
+    }
+}

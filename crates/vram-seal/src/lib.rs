@@ -1,0 +1,58 @@
+//! Digests, seals and seal keys for `vram-residency`. No GPU code, no `unsafe`.
+//!
+//! This crate provides:
+//! - [`digest`]: the shard digest. The default `sha256-tree-<leaf>` hashes fixed-size leaves
+//!   in parallel and folds them into one root (`.specs/digest.md`); `sha256` is the plain
+//!   SHA-256 of the bytes, for matching external manifests. Streaming, parallel and
+//!   leaf-by-leaf forms give the same digest.
+//! - [`signature`]: the HMAC-SHA256 seal over a canonical, versioned encoding of every sealed
+//!   field (`.specs/seal.md`), verified in constant time.
+//! - [`SealKey`]: the per-worker seal key, derived with HKDF-SHA256 from a worker token and
+//!   worker id, zeroized on drop and never printed.
+//!
+//! ```
+//! use std::time::SystemTime;
+//! use vram_seal::{SealKey, digest::digest, signature::{compute_signature, verify_signature}};
+//! use vram_types::{DigestAlgorithm, SealedFields};
+//!
+//! let key = SealKey::derive(b"worker-api-token-0123456789", "worker-1")?;
+//! let bytes = vec![7u8; 1 << 20];
+//! let algorithm = DigestAlgorithm::default(); // sha256-tree-65536
+//! let fields = SealedFields {
+//!     shard_id: "llama-shard-0".into(),
+//!     gpu_device: 0,
+//!     vram_bytes: bytes.len(),
+//!     digest_algorithm: algorithm,
+//!     digest: digest(&bytes, algorithm).to_hex(),
+//!     sealed_at: Some(SystemTime::now()),
+//!     shard_index: None,
+//!     total_shards: None,
+//! };
+//! let seal = compute_signature(&key, &fields)?;
+//! verify_signature(&key, &fields, &seal)?;
+//!
+//! let mut forged = fields.clone();
+//! forged.vram_bytes += 1;
+//! assert!(verify_signature(&key, &forged, &seal).is_err());
+//! # Ok::<(), vram_types::VramError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        reason = "tests"
+    )
+)]
+
+pub mod digest;
+mod key;
+pub mod signature;
+
+pub use digest::{ShardDigest, digest};
+pub use key::{MAX_KEY_BYTES, MIN_KEY_BYTES, MIN_TOKEN_BYTES, SealKey};
+pub use signature::{compute_signature, verify_signature};

@@ -1,0 +1,193 @@
+//! The seal: HMAC-SHA256 over a canonical encoding of every sealed field.
+//!
+//! Encoding (`.specs/seal.md`), all integers big-endian:
+//!
+//! | field | bytes |
+//! |---|---|
+//! | magic | `VRAMSEAL` (8 bytes) |
+//! | format version | `u8` = 1 |
+//! | shard id | `u32` length ‖ UTF-8 |
+//! | GPU device | `u32` |
+//! | byte count | `u64` |
+//! | digest algorithm id | `u32` length ‖ ASCII |
+//! | digest | `u32` length ‖ ASCII (64 lowercase hex) |
+//! | seal time | `0x00`, or `0x01` ‖ `u64` seconds ‖ `u32` nanoseconds since the Unix epoch |
+//! | shard index | `0x00`, or `0x01` ‖ `u64` |
+//! | shard count | `0x00`, or `0x01` ‖ `u64` |
+//!
+//! Every field is fixed-size or length-prefixed and the order is fixed, so the encoding is
+//! injective: [`decode_sealed_fields`] recovers the fields from the bytes, and rejects trailing
+//! data. Verification uses `Mac::verify_slice` (constant time).
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use hmac::{KeyInit, Mac};
+use sha2::Sha256;
+use vram_types::{SealFailure, SealSignature, SealedFields, VramError};
+
+use crate::key::SealKey;
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// The magic prefix of the encoding.
+pub const SEAL_MAGIC: &[u8; 8] = b"VRAMSEAL";
+/// The current format version.
+pub const SEAL_FORMAT_VERSION: u8 = 1;
+
+/// Encodes the sealed fields canonically.
+///
+/// # Errors
+/// [`VramError::SealVerificationFailed`] with [`SealFailure::MalformedFields`] when a field
+/// cannot be encoded: a seal time before 1970, or a string longer than 4 GiB.
+pub fn encode_sealed_fields(fields: &SealedFields) -> Result<Vec<u8>, VramError> {
+    let malformed = || VramError::SealVerificationFailed {
+        shard_id: fields.shard_id.clone(),
+        reason: SealFailure::MalformedFields,
+    };
+    let algorithm = fields.digest_algorithm.to_string();
+    let mut out = Vec::with_capacity(
+        64usize
+            .saturating_add(fields.shard_id.len())
+            .saturating_add(fields.digest.len()),
+    );
+    out.extend_from_slice(SEAL_MAGIC);
+    out.push(SEAL_FORMAT_VERSION);
+    put_str(&mut out, &fields.shard_id).ok_or_else(malformed)?;
+    out.extend_from_slice(&fields.gpu_device.to_be_bytes());
+    out.extend_from_slice(&u64::try_from(fields.vram_bytes).map_err(|_| malformed())?.to_be_bytes());
+    put_str(&mut out, &algorithm).ok_or_else(malformed)?;
+    put_str(&mut out, &fields.digest).ok_or_else(malformed)?;
+    match fields.sealed_at {
+        None => out.push(0),
+        Some(t) => {
+            let since = t.duration_since(UNIX_EPOCH).map_err(|_| malformed())?;
+            out.push(1);
+            out.extend_from_slice(&since.as_secs().to_be_bytes());
+            out.extend_from_slice(&since.subsec_nanos().to_be_bytes());
+        }
+    }
+    for n in [fields.shard_index, fields.total_shards] {
+        match n {
+            None => out.push(0),
+            Some(n) => {
+                out.push(1);
+                out.extend_from_slice(&u64::try_from(n).map_err(|_| malformed())?.to_be_bytes());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) -> Option<()> {
+    out.extend_from_slice(&u32::try_from(s.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Some(())
+}
+
+/// Decodes [`encode_sealed_fields`]' output: proof that the encoding is injective, and a tool
+/// for auditors. Returns `None` for anything that is not exactly one canonical encoding.
+#[must_use]
+pub fn decode_sealed_fields(input: &[u8]) -> Option<SealedFields> {
+    let mut rest = input;
+    let r = &mut rest;
+    if take(r, 8)? != SEAL_MAGIC || *take(r, 1)?.first()? != SEAL_FORMAT_VERSION {
+        return None;
+    }
+    let shard_id = take_str(r)?;
+    let gpu_device = u32::from_be_bytes(take(r, 4)?.try_into().ok()?);
+    let vram_bytes = usize::try_from(take_u64(r)?).ok()?;
+    let digest_algorithm = take_str(r)?.parse().ok()?;
+    let digest = take_str(r)?;
+    let sealed_at = match take_flag(r)? {
+        false => None,
+        true => {
+            let secs = take_u64(r)?;
+            let nanos = u32::from_be_bytes(take(r, 4)?.try_into().ok()?);
+            if nanos >= 1_000_000_000 {
+                return None;
+            }
+            Some(UNIX_EPOCH.checked_add(Duration::new(secs, nanos))?)
+        }
+    };
+    let shard_index = take_opt_usize(r)?;
+    let total_shards = take_opt_usize(r)?;
+    if !r.is_empty() {
+        return None;
+    }
+    let fields = SealedFields {
+        shard_id,
+        gpu_device,
+        vram_bytes,
+        digest_algorithm,
+        digest,
+        sealed_at,
+        shard_index,
+        total_shards,
+    };
+    // Only canonical encodings decode (e.g. the algorithm id must be spelled as we spell it).
+    (encode_sealed_fields(&fields).ok()? == input).then_some(fields)
+}
+
+fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+    let (head, tail) = r.split_at_checked(n)?;
+    *r = tail;
+    Some(head)
+}
+
+fn take_u64(r: &mut &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(take(r, 8)?.try_into().ok()?))
+}
+
+fn take_str(r: &mut &[u8]) -> Option<String> {
+    let len = usize::try_from(u32::from_be_bytes(take(r, 4)?.try_into().ok()?)).ok()?;
+    String::from_utf8(take(r, len)?.to_vec()).ok()
+}
+
+fn take_flag(r: &mut &[u8]) -> Option<bool> {
+    match take(r, 1)?.first()? {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    }
+}
+
+fn take_opt_usize(r: &mut &[u8]) -> Option<Option<usize>> {
+    match take_flag(r)? {
+        false => Some(None),
+        true => Some(Some(usize::try_from(take_u64(r)?).ok()?)),
+    }
+}
+
+fn keyed(key: &SealKey) -> Result<HmacSha256, VramError> {
+    <HmacSha256 as KeyInit>::new_from_slice(key.expose())
+        .map_err(|_| VramError::Unreachable("HMAC accepts keys of any length"))
+}
+
+/// Computes the seal signature over `fields`.
+///
+/// # Errors
+/// As [`encode_sealed_fields`].
+pub fn compute_signature(key: &SealKey, fields: &SealedFields) -> Result<SealSignature, VramError> {
+    let mut mac = keyed(key)?;
+    mac.update(&encode_sealed_fields(fields)?);
+    Ok(SealSignature::from_bytes(mac.finalize().into_bytes().into()))
+}
+
+/// Checks `signature` against `fields` in constant time.
+///
+/// # Errors
+/// [`VramError::SealVerificationFailed`]: [`SealFailure::SignatureMismatch`] when the signature
+/// does not match, [`SealFailure::MalformedFields`] when the fields cannot be encoded.
+pub fn verify_signature(
+    key: &SealKey,
+    fields: &SealedFields,
+    signature: &SealSignature,
+) -> Result<(), VramError> {
+    let mut mac = keyed(key)?;
+    mac.update(&encode_sealed_fields(fields)?);
+    mac.verify_slice(signature.as_bytes())
+        .map_err(|_| VramError::SealVerificationFailed {
+            shard_id: fields.shard_id.clone(),
+            reason: SealFailure::SignatureMismatch,
+        })
+}

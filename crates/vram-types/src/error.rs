@@ -1,0 +1,320 @@
+//! The one error type of the workspace.
+//!
+//! Every variant carries what an operator needs to act (bytes needed and available, the device,
+//! the CUDA error name) and nothing an attacker could use: no key bytes, no seal bytes, no device
+//! pointers. Rejected inputs are shown escaped, so a control character in a shard id cannot
+//! forge a log line.
+
+use std::fmt;
+
+/// Result type of every fallible function in the workspace.
+pub type Result<T, E = VramError> = std::result::Result<T, E>;
+
+/// Errors from sealing, verifying and managing shards in VRAM.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum VramError {
+    /// The device has not enough free VRAM for the shard (GPU memory, not host memory).
+    #[error(
+        "insufficient VRAM on GPU {device}: needed {needed} bytes, available {available} bytes"
+    )]
+    InsufficientVram {
+        /// Bytes the request needs, allocation granularity included.
+        needed: usize,
+        /// Bytes still available on the device when the request was refused.
+        available: usize,
+        /// CUDA device index.
+        device: u32,
+    },
+
+    /// Host (CPU) memory ran out, for example for a staging buffer. Distinct from VRAM exhaustion.
+    #[error("host memory exhausted: could not allocate {needed} bytes of host memory")]
+    HostMemoryExhausted {
+        /// Bytes of host memory requested.
+        needed: usize,
+    },
+
+    /// The seal signature does not match the shard's sealed fields: the shard's metadata was
+    /// changed or its seal forged after sealing.
+    #[error("seal verification failed for shard {shard_id:?}: {reason}")]
+    SealVerificationFailed {
+        /// The shard whose seal failed.
+        shard_id: String,
+        /// Which check failed.
+        reason: SealFailure,
+    },
+
+    /// The shard was not sealed by this manager, or its VRAM was already released.
+    #[error("shard {shard_id:?} is not sealed by this manager or is no longer resident")]
+    NotSealed {
+        /// The shard presented for verification.
+        shard_id: String,
+    },
+
+    /// The bytes in VRAM no longer hash to the sealed digest: corruption or tampering.
+    #[error(
+        "integrity violation for shard {shard_id:?}: bytes in VRAM hash to {actual}, sealed digest is {expected}"
+    )]
+    IntegrityViolation {
+        /// The shard whose bytes changed.
+        shard_id: String,
+        /// The sealed digest (hex).
+        expected: String,
+        /// The digest of the bytes found now (hex).
+        actual: String,
+    },
+
+    /// A CUDA allocation failed for a reason other than lack of free memory.
+    #[error("CUDA allocation of {bytes} bytes failed on GPU {device}: {cuda_error}")]
+    CudaAllocationFailed {
+        /// CUDA device index.
+        device: u32,
+        /// Bytes requested.
+        bytes: usize,
+        /// CUDA error name and text, e.g. `CUDA_ERROR_INVALID_VALUE: invalid argument`.
+        cuda_error: String,
+    },
+
+    /// Releasing VRAM failed. Reported and audited; the memory is never freed twice.
+    #[error("CUDA deallocation failed on GPU {device}: {cuda_error}")]
+    CudaDeallocationFailed {
+        /// CUDA device index.
+        device: u32,
+        /// CUDA error name and text.
+        cuda_error: String,
+    },
+
+    /// Another CUDA driver call failed (copy, context, query).
+    #[error("CUDA {operation} failed on GPU {device}: {cuda_error}")]
+    CudaOperationFailed {
+        /// CUDA device index.
+        device: u32,
+        /// What was attempted, e.g. `host-to-device copy`.
+        operation: &'static str,
+        /// CUDA error name and text.
+        cuda_error: String,
+    },
+
+    /// No usable GPU: no driver, no device, or the driver could not be initialised.
+    #[error("no GPU available: {reason}")]
+    NoGpu {
+        /// Why no GPU could be used, with the remedy where one is known.
+        reason: String,
+    },
+
+    /// The installed CUDA driver is older than the API version this build calls.
+    #[error(
+        "CUDA driver too old: it supports CUDA {found}, this build needs at least CUDA {required}; update the NVIDIA driver"
+    )]
+    DriverTooOld {
+        /// Version the driver reports, e.g. `12.2`.
+        found: String,
+        /// Version this build needs, e.g. `12.8`.
+        required: String,
+    },
+
+    /// The GPU index does not name a device that this manager can use.
+    #[error("invalid GPU device {device}: {device_count} device(s) present")]
+    InvalidDevice {
+        /// The requested device index.
+        device: u32,
+        /// How many devices exist.
+        device_count: u32,
+    },
+
+    /// The caller's input was rejected before anything was allocated or audited.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// Which input was rejected.
+        field: &'static str,
+        /// Why, with any rejected text escaped.
+        reason: String,
+    },
+
+    /// A shard with this id is already sealed and resident.
+    #[error("shard {shard_id:?} is already sealed; drop it before sealing that id again")]
+    AlreadySealed {
+        /// The duplicate shard id.
+        shard_id: String,
+    },
+
+    /// The seal is older than the configured maximum age.
+    #[error("seal of shard {shard_id:?} expired: sealed {age_secs} s ago, limit {max_age_secs} s")]
+    SealExpired {
+        /// The shard whose seal expired.
+        shard_id: String,
+        /// Age of the seal in seconds.
+        age_secs: u64,
+        /// Configured limit in seconds.
+        max_age_secs: u64,
+    },
+
+    /// The VRAM-only policy is violated: memory could live in, or be read from, host RAM.
+    #[error("VRAM-only policy violation on GPU {device}: {reason}")]
+    PolicyViolation {
+        /// CUDA device index.
+        device: u32,
+        /// What was found, e.g. `allocation is managed (unified) memory`.
+        reason: String,
+    },
+
+    /// The manager stopped accepting work after an integrity or policy failure.
+    #[error("VRAM manager stopped after a failed verification or policy check; restart the worker")]
+    Stopped,
+
+    /// A seal key was rejected.
+    #[error("invalid seal key: {0}")]
+    InvalidKey(KeyProblem),
+
+    /// A condition the code rules out happened anyway: a bug, reported instead of a panic.
+    #[error("unreachable condition: {0} (please file a bug)")]
+    Unreachable(&'static str),
+}
+
+impl VramError {
+    /// Whether retrying the same request later can succeed.
+    ///
+    /// Capacity and transient allocation failures are retriable; integrity, policy and input
+    /// failures are not (retrying them would hide a security problem or repeat a mistake).
+    #[must_use]
+    pub fn is_retriable(&self) -> bool {
+        matches!(
+            self,
+            Self::InsufficientVram { .. }
+                | Self::HostMemoryExhausted { .. }
+                | Self::CudaAllocationFailed { .. }
+        )
+    }
+
+    /// Whether the error is a security event (seal, integrity or policy failure) that must be
+    /// audited as critical and should stop the worker.
+    #[must_use]
+    pub fn is_security_critical(&self) -> bool {
+        matches!(
+            self,
+            Self::SealVerificationFailed { .. }
+                | Self::IntegrityViolation { .. }
+                | Self::PolicyViolation { .. }
+        )
+    }
+
+    /// Builds an [`VramError::InvalidInput`].
+    #[must_use]
+    pub fn invalid_input(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidInput {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Which part of a seal check failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SealFailure {
+    /// The HMAC over the sealed fields does not match the stored signature.
+    SignatureMismatch,
+    /// The sealed fields cannot be encoded (for example an unknown digest algorithm id).
+    MalformedFields,
+}
+
+impl fmt::Display for SealFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::SignatureMismatch => "signature does not match the sealed fields",
+            Self::MalformedFields => "sealed fields are malformed",
+        })
+    }
+}
+
+/// Why a seal key was rejected. Never carries key bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyProblem {
+    /// The key or token is empty.
+    Empty,
+    /// The key is shorter than the minimum.
+    TooShort {
+        /// Length given.
+        len: usize,
+        /// Minimum length.
+        min: usize,
+    },
+    /// The key is longer than the maximum.
+    TooLong {
+        /// Length given.
+        len: usize,
+        /// Maximum length.
+        max: usize,
+    },
+    /// The worker id used for derivation is empty or too long.
+    BadWorkerId,
+}
+
+impl fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Empty => f.write_str("key material is empty"),
+            Self::TooShort { len, min } => {
+                write!(f, "key is {len} bytes, at least {min} bytes are required")
+            }
+            Self::TooLong { len, max } => {
+                write!(f, "key is {len} bytes, at most {max} bytes are accepted")
+            }
+            Self::BadWorkerId => f.write_str("worker id must be 1 to 256 bytes"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vram_exhaustion_is_retriable_and_distinct_from_host_exhaustion() {
+        let vram = VramError::InsufficientVram {
+            needed: 10,
+            available: 5,
+            device: 1,
+        };
+        let host = VramError::HostMemoryExhausted { needed: 10 };
+        assert!(vram.is_retriable() && host.is_retriable());
+        assert_ne!(vram, host);
+        let text = vram.to_string();
+        assert!(text.contains("needed 10 bytes") && text.contains("available 5 bytes"));
+        assert!(text.contains("GPU 1"));
+        assert!(host.to_string().contains("host memory"));
+    }
+
+    #[test]
+    fn security_failures_are_not_retriable() {
+        let e = VramError::IntegrityViolation {
+            shard_id: "s".into(),
+            expected: "a".into(),
+            actual: "b".into(),
+        };
+        assert!(!e.is_retriable());
+        assert!(e.is_security_critical());
+        assert!(
+            !VramError::invalid_input("shard_id", "empty").is_security_critical(),
+            "input errors are not security events"
+        );
+    }
+
+    #[test]
+    fn rejected_text_is_escaped_in_messages() {
+        let e = VramError::NotSealed {
+            shard_id: "a\nINFO forged".into(),
+        };
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn key_problems_never_show_key_bytes() {
+        let e = VramError::InvalidKey(KeyProblem::TooShort { len: 3, min: 32 });
+        assert_eq!(
+            e.to_string(),
+            "invalid seal key: key is 3 bytes, at least 32 bytes are required"
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! Types, errors and input validation shared by the `vram-residency` crates.
+//!
+//! This crate provides:
+//! - [`SealedShard`] (alias [`ModelShardHandle`]): a sealed model shard in VRAM, and
+//!   [`SealedFields`], exactly what its seal covers;
+//! - [`VramError`] and [`Result`]: the one error type of the workspace;
+//! - [`VramConfig`]: how a manager is set up;
+//! - [`DigestAlgorithm`]: the names of the digest algorithms (`sha256`, `sha256-tree-<leaf>`);
+//! - [`validation`]: checked shard ids, device indices and model sizes;
+//! - [`ShardAllocation`]: the trait a backend implements for the VRAM behind a shard.
+//!
+//! It has no GPU code and no cryptography (`vram-seal` has the cryptography).
+//!
+//! # Crate features
+//! - `serde` (off): `Serialize` for [`SealedShard`] (public fields, algorithm id, seal).
+//! - `test-utils` (off): lets tests replace a shard's seal signature, to forge seals.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        reason = "tests"
+    )
+)]
+
+mod digest_algorithm;
+mod error;
+mod sealed_shard;
+pub mod validation;
+mod vram_config;
+
+pub use digest_algorithm::{
+    DEFAULT_LEAF_BYTES, DigestAlgorithm, LeafSize, MAX_LEAF_BYTES, MIN_LEAF_BYTES,
+};
+pub use error::{KeyProblem, Result, SealFailure, VramError};
+pub use sealed_shard::{
+    ModelShardHandle, SEAL_SIGNATURE_LEN, SealSignature, SealedFields, SealedShard,
+    ShardAllocation,
+};
+pub use validation::ShardId;
+pub use vram_config::VramConfig;
