@@ -163,14 +163,37 @@ fn keyed(key: &SealKey) -> Result<HmacSha256, VramError> {
         .map_err(|_| VramError::Unreachable("HMAC accepts keys of any length"))
 }
 
+/// HMAC-SHA256 of `message` under `key`: the primitive the seal is built on, exposed for
+/// known-answer tests.
+///
+/// # Errors
+/// [`VramError::Unreachable`] only: HMAC accepts every key length.
+pub fn hmac_sha256(key: &SealKey, message: &[u8]) -> Result<SealSignature, VramError> {
+    let mut mac = keyed(key)?;
+    mac.update(message);
+    Ok(SealSignature::from_bytes(mac.finalize().into_bytes().into()))
+}
+
+/// Checks an HMAC-SHA256 tag over `message` in constant time.
+///
+/// # Errors
+/// [`VramError::SealVerificationFailed`] ([`SealFailure::SignatureMismatch`], with an empty
+/// shard id) when the tag does not match; tags of any length other than 32 bytes never match.
+pub fn verify_hmac_sha256(key: &SealKey, message: &[u8], tag: &[u8]) -> Result<(), VramError> {
+    let mut mac = keyed(key)?;
+    mac.update(message);
+    mac.verify_slice(tag).map_err(|_| VramError::SealVerificationFailed {
+        shard_id: String::new(),
+        reason: SealFailure::SignatureMismatch,
+    })
+}
+
 /// Computes the seal signature over `fields`.
 ///
 /// # Errors
 /// As [`encode_sealed_fields`].
 pub fn compute_signature(key: &SealKey, fields: &SealedFields) -> Result<SealSignature, VramError> {
-    let mut mac = keyed(key)?;
-    mac.update(&encode_sealed_fields(fields)?);
-    Ok(SealSignature::from_bytes(mac.finalize().into_bytes().into()))
+    hmac_sha256(key, &encode_sealed_fields(fields)?)
 }
 
 /// Checks `signature` against `fields` in constant time.

@@ -1,0 +1,106 @@
+#!/usr/bin/env python3
+"""Independent reference implementation of .specs/digest.md and .specs/seal.md (Python hashlib/hmac).
+
+Prints the test vectors committed in crates/vram-seal/tests/data/. Run:
+    python3 .specs/reference/vectors.py digest|seal|hkdf
+The Rust tests check the Rust implementation against these files, so the two implementations
+must agree bit for bit.
+"""
+import hashlib, hmac, struct, sys
+
+def pattern(n):
+    return bytes(i % 251 for i in range(n))
+
+def tree_digest(data, leaf):
+    leaves = [hashlib.sha256(data[i:i + leaf]).digest() for i in range(0, len(data), leaf)] or [hashlib.sha256(b"").digest()]
+    level = leaves
+    while len(level) > 1:
+        nxt = [hashlib.sha256(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return hashlib.sha256(b"\x02" + struct.pack(">QQ", leaf, len(data)) + level[0]).hexdigest()
+
+def digest(data, alg):
+    if alg == "sha256":
+        return hashlib.sha256(data).hexdigest()
+    return tree_digest(data, int(alg.rsplit("-", 1)[1]))
+
+# (name, input description, bytes, algorithm)
+DIGEST_CASES = [
+    ("empty", "empty", b"", "sha256-tree-4096"),
+    ("empty-flat", "empty", b"", "sha256"),
+    ("abc", "abc", b"abc", "sha256-tree-65536"),
+    ("abc-flat", "abc", b"abc", "sha256"),
+    ("one-full-leaf", "pattern 4096", pattern(4096), "sha256-tree-4096"),
+    ("two-leaves", "pattern 4097", pattern(4097), "sha256-tree-4096"),
+    ("four-leaves", "pattern 12293", pattern(3 * 4096 + 5), "sha256-tree-4096"),
+    ("five-leaves-odd", "pattern 20480", pattern(5 * 4096), "sha256-tree-4096"),
+    ("seven-leaves", "pattern 28000", pattern(28000), "sha256-tree-4096"),
+    ("mib-plus-one", "pattern 1048577", pattern(1048577), "sha256-tree-65536"),
+    ("mib-plus-one-flat", "pattern 1048577", pattern(1048577), "sha256"),
+]
+
+def seal_encoding(f):
+    def s(x):
+        b = x.encode()
+        return struct.pack(">I", len(b)) + b
+    def opt(v):
+        return b"\x00" if v is None else b"\x01" + struct.pack(">Q", v)
+    out = b"VRAMSEAL" + b"\x01" + s(f["shard_id"]) + struct.pack(">I", f["gpu_device"])
+    out += struct.pack(">Q", f["vram_bytes"]) + s(f["digest_algorithm"]) + s(f["digest"])
+    t = f["sealed_at"]
+    out += b"\x00" if t is None else b"\x01" + struct.pack(">QI", t[0], t[1])
+    return out + opt(f["shard_index"]) + opt(f["total_shards"])
+
+SEAL_KEY = bytes(range(32))
+SEAL_CASES = [
+    ("timed", dict(shard_id="shard-0", gpu_device=0, vram_bytes=3, digest_algorithm="sha256-tree-65536",
+                   digest=digest(b"abc", "sha256-tree-65536"), sealed_at=(1700000000, 123456789),
+                   shard_index=None, total_shards=None)),
+    ("untimed-tensor-parallel", dict(shard_id="llama-70b:tp@1", gpu_device=3, vram_bytes=1048577,
+                   digest_algorithm="sha256-tree-65536", digest=digest(pattern(1048577), "sha256-tree-65536"),
+                   sealed_at=None, shard_index=1, total_shards=4)),
+    ("flat", dict(shard_id="m", gpu_device=1, vram_bytes=3, digest_algorithm="sha256",
+                  digest=digest(b"abc", "sha256"), sealed_at=(0, 0), shard_index=0, total_shards=1)),
+]
+
+def hkdf(ikm, salt, info, n=32):
+    prk = hmac.new(salt, ikm, hashlib.sha256).digest()
+    okm, t, i = b"", b"", 1
+    while len(okm) < n:
+        t = hmac.new(prk, t + info + bytes([i]), hashlib.sha256).digest()
+        okm += t; i += 1
+    return okm[:n]
+
+HKDF_SALT = b"vram-residency/seal-key/v1/salt"
+HKDF_INFO_PREFIX = b"vram-residency/seal-key/v1/worker:"
+HKDF_CASES = [
+    (b"worker-token-0123456789abcdef", "worker-1"),
+    (bytes(range(16)), "w"),
+    (b"\xff" * 100, "gpu-node-17.rack-3"),
+]
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else ""
+    if what == "digest":
+        for name, desc, data, alg in DIGEST_CASES:
+            print(f"{name} {desc.replace(' ', ':')} {alg} {digest(data, alg)}")
+    elif what == "seal":
+        for name, f in SEAL_CASES:
+            enc = seal_encoding(f)
+            t = f["sealed_at"]
+            print("name", name)
+            for k in ("shard_id", "gpu_device", "vram_bytes", "digest_algorithm", "digest"):
+                print(k, f[k])
+            print("sealed_at", "-" if t is None else f"{t[0]}.{t[1]:09d}")
+            print("shard_index", "-" if f["shard_index"] is None else f["shard_index"])
+            print("total_shards", "-" if f["total_shards"] is None else f["total_shards"])
+            print("encoding", enc.hex())
+            print("seal", hmac.new(SEAL_KEY, enc, hashlib.sha256).hexdigest())
+            print()
+    elif what == "hkdf":
+        for token, wid in HKDF_CASES:
+            print(token.hex(), wid, hkdf(token, HKDF_SALT, HKDF_INFO_PREFIX + wid.encode()).hex())
+    else:
+        sys.exit("usage: vectors.py digest|seal|hkdf")
