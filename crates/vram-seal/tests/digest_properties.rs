@@ -1,6 +1,13 @@
 //! Property tests of the digest: the tree equals a plain level-by-level reference, every way of
 //! computing it agrees, any bit flip changes it, and it is deterministic.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::arithmetic_side_effects, missing_docs, reason = "tests")]
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    missing_docs,
+    reason = "tests"
+)]
 
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
@@ -13,7 +20,9 @@ fn reference(data: &[u8], leaf: usize) -> String {
     let mut level: Vec<[u8; 32]> = if data.is_empty() {
         vec![Sha256::digest([]).into()]
     } else {
-        data.chunks(leaf).map(|c| Sha256::digest(c).into()).collect()
+        data.chunks(leaf)
+            .map(|c| Sha256::digest(c).into())
+            .collect()
     };
     while level.len() > 1 {
         let mut next = vec![];
@@ -40,7 +49,10 @@ fn reference(data: &[u8], leaf: usize) -> String {
 
 fn data_and_leaf() -> impl Strategy<Value = (Vec<u8>, u64)> {
     // Up to 40 leaves of 4 KiB (or 2 of 64 KiB): every tree shape up to 40 leaves.
-    (prop::collection::vec(any::<u8>(), 0..160_000), prop_oneof![Just(4096u64), Just(8192), Just(65536)])
+    (
+        prop::collection::vec(any::<u8>(), 0..160_000),
+        prop_oneof![Just(4096u64), Just(8192), Just(65536)],
+    )
 }
 
 proptest! {
@@ -121,7 +133,10 @@ fn final_step_separates_a_node_preimage_from_its_leaves() {
     let leaf = LeafSize::new(4096).unwrap();
     let root_two = tree::root_from_leaf_digests(&leaf_digests(&two_leaves, leaf)).unwrap();
     let root_forged = tree::root_from_leaf_digests(&leaf_digests(&forged, leaf)).unwrap();
-    assert_eq!(root_two, root_forged, "the bare roots collide: that is why the final step exists");
+    assert_eq!(
+        root_two, root_forged,
+        "the bare roots collide: that is why the final step exists"
+    );
     assert_ne!(
         digest(&two_leaves, DigestAlgorithm::Sha256Tree(leaf)),
         digest(&forged, DigestAlgorithm::Sha256Tree(leaf))

@@ -1,13 +1,22 @@
 //! Property tests of the seal: a flip of any bit of any sealed field, of the digest or of the
 //! signature makes verification fail; the encoding is injective (it decodes back); another key
 //! never verifies.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::arithmetic_side_effects, missing_docs, reason = "tests")]
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    missing_docs,
+    reason = "tests"
+)]
 
 use std::time::{Duration, UNIX_EPOCH};
 
 use proptest::prelude::*;
 use vram_seal::SealKey;
-use vram_seal::signature::{compute_signature, decode_sealed_fields, encode_sealed_fields, verify_signature};
+use vram_seal::signature::{
+    compute_signature, decode_sealed_fields, encode_sealed_fields, verify_signature,
+};
 use vram_types::{DigestAlgorithm, SealSignature, SealedFields};
 
 fn fields() -> impl Strategy<Value = SealedFields> {
@@ -15,22 +24,36 @@ fn fields() -> impl Strategy<Value = SealedFields> {
         "[A-Za-z0-9._:@+-]{1,64}",
         any::<u32>(),
         any::<usize>(),
-        prop_oneof![Just(DigestAlgorithm::Sha256), (12u32..=24).prop_map(|p| DigestAlgorithm::tree(1 << p).unwrap())],
+        prop_oneof![
+            Just(DigestAlgorithm::Sha256),
+            (12u32..=24).prop_map(|p| DigestAlgorithm::tree(1 << p).unwrap())
+        ],
         "[0-9a-f]{64}",
         prop::option::of((any::<u32>(), 0u32..1_000_000_000)),
         prop::option::of(any::<usize>()),
         prop::option::of(any::<usize>()),
     )
-        .prop_map(|(shard_id, gpu_device, vram_bytes, digest_algorithm, digest, t, shard_index, total_shards)| SealedFields {
-            shard_id,
-            gpu_device,
-            vram_bytes,
-            digest_algorithm,
-            digest,
-            sealed_at: t.map(|(s, n)| UNIX_EPOCH + Duration::new(u64::from(s), n)),
-            shard_index,
-            total_shards,
-        })
+        .prop_map(
+            |(
+                shard_id,
+                gpu_device,
+                vram_bytes,
+                digest_algorithm,
+                digest,
+                t,
+                shard_index,
+                total_shards,
+            )| SealedFields {
+                shard_id,
+                gpu_device,
+                vram_bytes,
+                digest_algorithm,
+                digest,
+                sealed_at: t.map(|(s, n)| UNIX_EPOCH + Duration::new(u64::from(s), n)),
+                shard_index,
+                total_shards,
+            },
+        )
 }
 
 /// Every way of changing one bit of one field.
@@ -60,7 +83,12 @@ fn flip(f: &SealedFields, which: usize, bit: usize) -> SealedFields {
             }
         }
         6 => g.shard_index = Some(f.shard_index.map_or(0, |i| i ^ (1 << (bit % 64)))),
-        _ => g.total_shards = match f.total_shards { Some(_) => None, None => Some(1) },
+        _ => {
+            g.total_shards = match f.total_shards {
+                Some(_) => None,
+                None => Some(1),
+            }
+        }
     }
     g
 }

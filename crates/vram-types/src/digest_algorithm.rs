@@ -123,7 +123,10 @@ impl FromStr for DigestAlgorithm {
             .ok_or_else(|| {
                 VramError::invalid_input(
                     "digest algorithm",
-                    format!("{:?}; expected \"sha256\" or \"sha256-tree-<leaf bytes>\"", id),
+                    format!(
+                        "{:?}; expected \"sha256\" or \"sha256-tree-<leaf bytes>\"",
+                        id
+                    ),
                 )
             })?;
         Self::tree(leaf)
@@ -136,18 +139,33 @@ mod tests {
 
     #[test]
     fn ids_round_trip() {
-        for id in ["sha256", "sha256-tree-4096", "sha256-tree-65536", "sha256-tree-16777216"] {
+        for id in [
+            "sha256",
+            "sha256-tree-4096",
+            "sha256-tree-65536",
+            "sha256-tree-16777216",
+        ] {
             assert_eq!(id.parse::<DigestAlgorithm>().unwrap().to_string(), id);
         }
         assert_eq!(DigestAlgorithm::default().to_string(), "sha256-tree-65536");
-        assert_eq!(DigestAlgorithm::default(), "sha256-tree-65536".parse().unwrap());
+        assert_eq!(
+            DigestAlgorithm::default(),
+            "sha256-tree-65536".parse().unwrap()
+        );
     }
 
     #[test]
     fn bad_ids_and_leaves_are_rejected() {
         for id in [
-            "", "sha", "sha256-tree-", "sha256-tree-3000", "sha256-tree-2048",
-            "sha256-tree-33554432", "sha256-tree-065536", "sha256-tree-+65536", "SHA256",
+            "",
+            "sha",
+            "sha256-tree-",
+            "sha256-tree-3000",
+            "sha256-tree-2048",
+            "sha256-tree-33554432",
+            "sha256-tree-065536",
+            "sha256-tree-+65536",
+            "SHA256",
         ] {
             assert!(id.parse::<DigestAlgorithm>().is_err(), "{id} accepted");
         }

@@ -38,8 +38,7 @@ pub use digest_algorithm::{
 };
 pub use error::{KeyProblem, Result, SealFailure, VramError};
 pub use sealed_shard::{
-    ModelShardHandle, SEAL_SIGNATURE_LEN, SealSignature, SealedFields, SealedShard,
-    ShardAllocation,
+    ModelShardHandle, SEAL_SIGNATURE_LEN, SealSignature, SealedFields, SealedShard, ShardAllocation,
 };
 pub use validation::ShardId;
 pub use vram_config::VramConfig;

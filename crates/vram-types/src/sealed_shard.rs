@@ -49,10 +49,13 @@ impl fmt::Debug for SealSignature {
 
 fn to_hex(bytes: &[u8]) -> String {
     use fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len().saturating_mul(2)), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes.iter().fold(
+        String::with_capacity(bytes.len().saturating_mul(2)),
+        |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        },
+    )
 }
 
 /// A backend's handle on the VRAM that holds one shard.
@@ -232,7 +235,10 @@ impl fmt::Debug for SealedShard {
             .field("gpu_device", &self.gpu_device)
             .field("vram_bytes", &self.vram_bytes)
             .field("digest", &self.digest)
-            .field("digest_algorithm", &format_args!("{}", self.digest_algorithm))
+            .field(
+                "digest_algorithm",
+                &format_args!("{}", self.digest_algorithm),
+            )
             .field("sealed_at", &self.sealed_at)
             .field("seal_time_covered", &self.seal_time_covered)
             .field("shard_index", &self.shard_index)
@@ -329,8 +335,12 @@ mod tests {
 
     #[test]
     fn verify_compares_digests() {
-        let shard =
-            SealedShard::from_parts(fields(), SystemTime::now(), SealSignature::from_bytes([0; 32]), None);
+        let shard = SealedShard::from_parts(
+            fields(),
+            SystemTime::now(),
+            SealSignature::from_bytes([0; 32]),
+            None,
+        );
         assert!(shard.verify(&"ab".repeat(32)).is_ok());
         assert!(matches!(
             shard.verify(&"ac".repeat(32)),
@@ -341,12 +351,19 @@ mod tests {
 
     #[test]
     fn sealed_fields_round_trip_and_time_can_be_left_out() {
-        let shard =
-            SealedShard::from_parts(fields(), SystemTime::now(), SealSignature::from_bytes([0; 32]), None);
+        let shard = SealedShard::from_parts(
+            fields(),
+            SystemTime::now(),
+            SealSignature::from_bytes([0; 32]),
+            None,
+        );
         assert_eq!(shard.sealed_fields(), fields());
         let now = SystemTime::now();
         let untimed = SealedShard::from_parts(
-            SealedFields { sealed_at: None, ..fields() },
+            SealedFields {
+                sealed_at: None,
+                ..fields()
+            },
             now,
             SealSignature::from_bytes([0; 32]),
             None,

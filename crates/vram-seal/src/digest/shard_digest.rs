@@ -24,7 +24,10 @@ impl ShardDigest {
         let bad = || {
             VramError::invalid_input(
                 "digest",
-                format!("{:?} is not 64 hex characters", text.escape_debug().to_string()),
+                format!(
+                    "{:?} is not 64 hex characters",
+                    text.escape_debug().to_string()
+                ),
             )
         };
         if text.len() != 64 {
@@ -96,7 +99,10 @@ mod tests {
     fn hex_round_trip_and_rejects() {
         let d = ShardDigest::from_bytes(core::array::from_fn(|i| u8::try_from(i * 7).unwrap()));
         assert_eq!(ShardDigest::from_hex(&d.to_hex()).unwrap(), d);
-        assert_eq!(ShardDigest::from_hex(&d.to_hex().to_uppercase()).unwrap(), d);
+        assert_eq!(
+            ShardDigest::from_hex(&d.to_hex().to_uppercase()).unwrap(),
+            d
+        );
         for bad in ["", "00", &"g".repeat(64), &"0".repeat(63), &"0".repeat(65)] {
             assert!(ShardDigest::from_hex(bad).is_err(), "{bad}");
         }

@@ -139,7 +139,9 @@ impl TreeHasher {
         self.total_len = self.total_len.saturating_add(len_u64(piece.len()));
         while !piece.is_empty() {
             let room = self.leaf.bytes().saturating_sub(self.current_len);
-            let (now, rest) = piece.split_at_checked(room.min(piece.len())).unwrap_or((piece, &[]));
+            let (now, rest) = piece
+                .split_at_checked(room.min(piece.len()))
+                .unwrap_or((piece, &[]));
             self.current.update(now);
             self.current_len = self.current_len.saturating_add(now.len());
             piece = rest;

@@ -97,7 +97,13 @@ mod tests {
 
     #[test]
     fn accepts_typical_ids() {
-        for id in ["llama-3-8b", "shard_0", "model.v2:tp@1+2", "a", &"x".repeat(256)] {
+        for id in [
+            "llama-3-8b",
+            "shard_0",
+            "model.v2:tp@1+2",
+            "a",
+            &"x".repeat(256),
+        ] {
             assert_eq!(ShardId::new(id).unwrap().as_str(), id);
         }
     }
@@ -121,7 +127,12 @@ mod tests {
             assert!(e.to_string().contains(why), "{id:?}: {e}");
             assert!(!e.to_string().contains('\n') && !e.to_string().contains('\0'));
         }
-        assert!(ShardId::new(&"x".repeat(257)).unwrap_err().to_string().contains("257 bytes"));
+        assert!(
+            ShardId::new(&"x".repeat(257))
+                .unwrap_err()
+                .to_string()
+                .contains("257 bytes")
+        );
     }
 
     proptest! {
