@@ -51,6 +51,27 @@ impl SealKey {
         Ok(Self { bytes })
     }
 
+    /// A fresh random 32-byte key from the operating system: for a worker that seals and
+    /// verifies within one process and needs no key shared with anyone else.
+    ///
+    /// # Errors
+    /// [`VramError::Unreachable`] if the operating
+    /// system's random source fails.
+    pub fn generate() -> Result<Self, VramError> {
+        let mut bytes = vec![0u8; MIN_KEY_BYTES];
+        getrandom::fill(&mut bytes)
+            .map_err(|_| VramError::Unreachable("the operating system's random source failed"))?;
+        Ok(Self { bytes })
+    }
+
+    /// Uses a 32-byte array as the key (cannot fail: the length is right by construction).
+    #[must_use]
+    pub fn from_array(key: [u8; 32]) -> Self {
+        Self {
+            bytes: key.to_vec(),
+        }
+    }
+
     /// Uses raw key bytes (tests, or a key from a secrets manager).
     ///
     /// # Errors
@@ -127,6 +148,13 @@ mod tests {
         assert_ne!(a.expose(), b.expose());
         assert_eq!(a.expose(), a2.expose());
         assert_eq!(a.expose().len(), 32);
+    }
+
+    #[test]
+    fn generated_keys_differ() {
+        let (a, b) = (SealKey::generate().unwrap(), SealKey::generate().unwrap());
+        assert_eq!(a.expose().len(), 32);
+        assert_ne!(a.expose(), b.expose());
     }
 
     #[test]

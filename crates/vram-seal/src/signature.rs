@@ -195,6 +195,42 @@ pub fn verify_hmac_sha256(key: &SealKey, message: &[u8], tag: &[u8]) -> Result<(
         })
 }
 
+/// Domain prefix of statements (attestations) MACed under the seal key. It differs from the
+/// seal encoding's magic (`VRAMSEAL`) in its fifth byte, so no statement MAC is a seal.
+pub const STATEMENT_DOMAIN: &[u8; 16] = b"VRAM-STATEMENT\x00\x01";
+
+/// MACs a statement under the seal key: `HMAC-SHA256(key, STATEMENT_DOMAIN ‖ statement)`.
+///
+/// # Errors
+/// [`VramError::Unreachable`] only.
+pub fn sign_statement(key: &SealKey, statement: &[u8]) -> Result<SealSignature, VramError> {
+    let mut mac = keyed(key)?;
+    mac.update(STATEMENT_DOMAIN);
+    mac.update(statement);
+    Ok(SealSignature::from_bytes(
+        mac.finalize().into_bytes().into(),
+    ))
+}
+
+/// Checks a statement MAC in constant time.
+///
+/// # Errors
+/// [`VramError::SealVerificationFailed`] ([`SealFailure::SignatureMismatch`]) when it does not match.
+pub fn verify_statement(
+    key: &SealKey,
+    statement: &[u8],
+    signature: &SealSignature,
+) -> Result<(), VramError> {
+    let mut mac = keyed(key)?;
+    mac.update(STATEMENT_DOMAIN);
+    mac.update(statement);
+    mac.verify_slice(signature.as_bytes())
+        .map_err(|_| VramError::SealVerificationFailed {
+            shard_id: String::new(),
+            reason: SealFailure::SignatureMismatch,
+        })
+}
+
 /// Computes the seal signature over `fields`.
 ///
 /// # Errors

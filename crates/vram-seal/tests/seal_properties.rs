@@ -4,6 +4,7 @@
 #![allow(
     clippy::cast_possible_truncation,
     clippy::unwrap_used,
+    clippy::panic,
     clippy::indexing_slicing,
     clippy::arithmetic_side_effects,
     missing_docs,

@@ -7,7 +7,8 @@
 //! - [`VramConfig`]: how a manager is set up;
 //! - [`DigestAlgorithm`]: the names of the digest algorithms (`sha256`, `sha256-tree-<leaf>`);
 //! - [`validation`]: checked shard ids, device indices and model sizes;
-//! - [`ShardAllocation`]: the trait a backend implements for the VRAM behind a shard.
+//! - [`ShardAllocation`]: the trait a backend implements for the VRAM behind a shard;
+//! - [`DeviceFacts`] and [`AllocationFacts`]: what a backend reports for the VRAM-only policy.
 //!
 //! It has no GPU code and no cryptography (`vram-seal` has the cryptography).
 //!
@@ -29,6 +30,7 @@
 
 mod digest_algorithm;
 mod error;
+mod residency_facts;
 mod sealed_shard;
 pub mod validation;
 mod vram_config;
@@ -37,6 +39,7 @@ pub use digest_algorithm::{
     DEFAULT_LEAF_BYTES, DigestAlgorithm, LeafSize, MAX_LEAF_BYTES, MIN_LEAF_BYTES,
 };
 pub use error::{KeyProblem, Result, SealFailure, VramError};
+pub use residency_facts::{AllocationFacts, BackendKind, DeviceFacts, MemoryType};
 pub use sealed_shard::{
     ModelShardHandle, SEAL_SIGNATURE_LEN, SealSignature, SealedFields, SealedShard, ShardAllocation,
 };

@@ -8,7 +8,6 @@ use crate::validation::DEFAULT_MAX_MODEL_BYTES;
 
 /// Configuration of a VRAM manager.
 #[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
 pub struct VramConfig {
     /// Worker id, recorded in audit records and used to derive the seal key.
     pub worker_id: String,

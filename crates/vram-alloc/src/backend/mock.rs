@@ -1,0 +1,382 @@
+//! The mock backend: "device memory" in host RAM, for tests and for machines with no GPU.
+//!
+//! It is a test double and says so: its allocations report [`MemoryType::Simulated`], its kind is
+//! [`BackendKind::Mock`], and a manager built without it never falls back to it. It simulates
+//! several devices and capacities, the 2 MiB allocation granularity of `cuMemAlloc`, device
+//! properties (unified memory, integrated GPU, ...), faults (fail the next allocation, copy or
+//! free) and VRAM corruption (flip a byte of a resident shard).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use vram_seal::ShardDigest;
+use vram_types::{
+    AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, MemoryType, SealedShard,
+    ShardAllocation, VramError,
+};
+
+use super::{Backend, BufferId, CUDA_ALLOCATION_GRANULARITY, MemoryInfo, Sealed, round_up};
+use crate::resident::ResidentAllocation;
+use crate::sync::{lock, read, write};
+
+#[derive(Debug)]
+struct MockDevice {
+    facts: RwLock<DeviceFacts>,
+    used: AtomicUsize,
+}
+
+#[derive(Debug)]
+struct MockBuffer {
+    device: u32,
+    taken: usize,
+    facts: AllocationFacts,
+    data: RwLock<Vec<u8>>,
+}
+
+#[derive(Debug, Default)]
+struct Faults {
+    fail_allocations: u32,
+    fail_uploads: u32,
+    fail_reads: u32,
+    fail_frees: u32,
+    next_allocation_facts: Option<AllocationFacts>,
+}
+
+/// Simulated GPUs in host memory. Share it with `Arc` to keep a handle for fault injection.
+#[derive(Debug)]
+pub struct MockBackend {
+    devices: Vec<MockDevice>,
+    granularity: usize,
+    buffers: Mutex<HashMap<u64, Arc<MockBuffer>>>,
+    next_id: AtomicU64,
+    faults: Mutex<Faults>,
+}
+
+/// Builds a [`MockBackend`].
+#[derive(Debug, Clone)]
+pub struct MockBuilder {
+    devices: Vec<DeviceFacts>,
+    granularity: usize,
+}
+
+impl MockBuilder {
+    /// Adds a discrete GPU with `capacity` bytes of memory.
+    #[must_use]
+    pub fn device(mut self, capacity: usize) -> Self {
+        let ordinal = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
+        self.devices.push(DeviceFacts::discrete(
+            ordinal,
+            format!("Mock GPU {ordinal}"),
+            capacity,
+        ));
+        self
+    }
+
+    /// Adds a device with the given facts (its ordinal is replaced by its position).
+    #[must_use]
+    pub fn device_with_facts(mut self, mut facts: DeviceFacts) -> Self {
+        facts.ordinal = u32::try_from(self.devices.len()).unwrap_or(u32::MAX);
+        self.devices.push(facts);
+        self
+    }
+
+    /// Sets the allocation granularity (default 2 MiB, like `cuMemAlloc`).
+    #[must_use]
+    pub fn granularity(mut self, bytes: usize) -> Self {
+        self.granularity = bytes.max(1);
+        self
+    }
+
+    /// The backend.
+    #[must_use]
+    pub fn build(self) -> MockBackend {
+        MockBackend {
+            devices: self
+                .devices
+                .into_iter()
+                .map(|facts| MockDevice {
+                    facts: RwLock::new(facts),
+                    used: AtomicUsize::new(0),
+                })
+                .collect(),
+            granularity: self.granularity,
+            buffers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            faults: Mutex::new(Faults::default()),
+        }
+    }
+}
+
+impl MockBackend {
+    /// A builder with no devices and 2 MiB granularity.
+    #[must_use]
+    pub fn builder() -> MockBuilder {
+        MockBuilder {
+            devices: Vec::new(),
+            granularity: CUDA_ALLOCATION_GRANULARITY,
+        }
+    }
+
+    /// One discrete device with `capacity` bytes.
+    #[must_use]
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self::builder().device(capacity).build()
+    }
+
+    /// The next `n` allocations fail with a CUDA allocation error.
+    pub fn fail_next_allocations(&self, n: u32) {
+        lock(&self.faults).fail_allocations = n;
+    }
+
+    /// The next `n` host-to-device copies (uploads) fail.
+    pub fn fail_next_uploads(&self, n: u32) {
+        lock(&self.faults).fail_uploads = n;
+    }
+
+    /// The next `n` reads of resident bytes (the digest's read-back) fail.
+    pub fn fail_next_reads(&self, n: u32) {
+        lock(&self.faults).fail_reads = n;
+    }
+
+    /// The next `n` frees fail (the memory is still released, as a failed `cuMemFree` leaves
+    /// nothing the process can use).
+    pub fn fail_next_frees(&self, n: u32) {
+        lock(&self.faults).fail_frees = n;
+    }
+
+    /// The next allocation reports these facts (simulates managed, pinned or host memory).
+    pub fn next_allocation_reports(&self, facts: AllocationFacts) {
+        lock(&self.faults).next_allocation_facts = Some(facts);
+    }
+
+    /// Replaces a device's simulated facts (for example unified memory or an integrated GPU).
+    ///
+    /// # Errors
+    /// [`VramError::InvalidDevice`] for an unknown device.
+    pub fn set_device_facts(&self, device: u32, facts: DeviceFacts) -> Result<(), VramError> {
+        *write(&self.device(device)?.facts) = DeviceFacts {
+            ordinal: device,
+            ..facts
+        };
+        Ok(())
+    }
+
+    /// Flips every bit of the resident byte at `offset` of `shard`, behind the manager's back
+    /// (simulated VRAM corruption).
+    ///
+    /// # Errors
+    /// [`VramError::NotSealed`] when the shard has no allocation in this backend,
+    /// [`VramError::InvalidInput`] when `offset` is outside the shard.
+    pub fn corrupt_byte(&self, shard: &SealedShard, offset: usize) -> Result<(), VramError> {
+        let not_sealed = || VramError::NotSealed {
+            shard_id: shard.shard_id.clone(),
+        };
+        let resident = shard
+            .allocation()
+            .and_then(|a| a.as_any().downcast_ref::<ResidentAllocation>())
+            .ok_or_else(not_sealed)?;
+        let buffer = self.buffer(resident.buffer()).map_err(|_| not_sealed())?;
+        let mut data = write(&buffer.data);
+        let len = resident.len();
+        let byte = data
+            .get_mut(offset)
+            .filter(|_| offset < len)
+            .ok_or_else(|| {
+                VramError::invalid_input(
+                    "offset",
+                    format!("{offset} is outside the {len}-byte shard"),
+                )
+            })?;
+        *byte = !*byte;
+        Ok(())
+    }
+
+    /// Number of live allocations (tests check that nothing leaked).
+    #[must_use]
+    pub fn live_allocations(&self) -> usize {
+        lock(&self.buffers).len()
+    }
+
+    fn device(&self, device: u32) -> Result<&MockDevice, VramError> {
+        usize::try_from(device)
+            .ok()
+            .and_then(|d| self.devices.get(d))
+            .ok_or(VramError::InvalidDevice {
+                device,
+                device_count: self.device_count(),
+            })
+    }
+
+    fn buffer(&self, id: BufferId) -> Result<Arc<MockBuffer>, VramError> {
+        lock(&self.buffers)
+            .get(&id.0)
+            .cloned()
+            .ok_or_else(|| VramError::NotSealed {
+                shard_id: String::new(),
+            })
+    }
+
+    fn take_fault(&self, pick: impl FnOnce(&mut Faults) -> &mut u32) -> bool {
+        let mut faults = lock(&self.faults);
+        let n = pick(&mut faults);
+        if *n > 0 {
+            *n = n.saturating_sub(1);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn copy_fault(
+        &self,
+        device: u32,
+        operation: &'static str,
+        pick: impl FnOnce(&mut Faults) -> &mut u32,
+    ) -> Result<(), VramError> {
+        if self.take_fault(pick) {
+            return Err(VramError::CudaOperationFailed {
+                device,
+                operation,
+                cuda_error: "CUDA_ERROR_UNKNOWN: injected fault (mock)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Sealed for MockBackend {}
+
+impl Backend for MockBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Mock
+    }
+
+    fn device_count(&self) -> u32 {
+        u32::try_from(self.devices.len()).unwrap_or(u32::MAX)
+    }
+
+    fn device_facts(&self, device: u32) -> Result<DeviceFacts, VramError> {
+        Ok(read(&self.device(device)?.facts).clone())
+    }
+
+    fn memory_info(&self, device: u32) -> Result<MemoryInfo, VramError> {
+        let d = self.device(device)?;
+        let total = read(&d.facts).total_memory;
+        Ok(MemoryInfo {
+            free: total.saturating_sub(d.used.load(Ordering::Acquire)),
+            total,
+        })
+    }
+
+    fn granularity(&self) -> usize {
+        self.granularity
+    }
+
+    fn allocate(&self, device: u32, bytes: usize) -> Result<BufferId, VramError> {
+        let d = self.device(device)?;
+        if self.take_fault(|f| &mut f.fail_allocations) {
+            return Err(VramError::CudaAllocationFailed {
+                device,
+                bytes,
+                cuda_error: "CUDA_ERROR_UNKNOWN: injected fault (mock)".into(),
+            });
+        }
+        let taken = round_up(bytes, self.granularity).ok_or_else(|| {
+            VramError::invalid_input("model size", format!("{bytes} bytes cannot be allocated"))
+        })?;
+        let total = read(&d.facts).total_memory;
+        d.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(taken).filter(|after| *after <= total)
+            })
+            .map_err(|used| VramError::InsufficientVram {
+                needed: taken,
+                available: total.saturating_sub(used),
+                device,
+            })?;
+        let mut data = Vec::new();
+        if data.try_reserve_exact(bytes).is_err() {
+            d.used.fetch_sub(taken, Ordering::AcqRel);
+            return Err(VramError::HostMemoryExhausted { needed: bytes });
+        }
+        data.resize(bytes, 0);
+        let facts =
+            lock(&self.faults)
+                .next_allocation_facts
+                .take()
+                .unwrap_or(AllocationFacts::new(
+                    MemoryType::Simulated,
+                    false,
+                    device,
+                    true,
+                ));
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let buffer = MockBuffer {
+            device,
+            taken,
+            facts,
+            data: RwLock::new(data),
+        };
+        lock(&self.buffers).insert(id, Arc::new(buffer));
+        Ok(BufferId(id))
+    }
+
+    fn upload(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError> {
+        let b = self.buffer(buffer)?;
+        self.copy_fault(b.device, "host-to-device copy", |f| &mut f.fail_uploads)?;
+        let mut data = write(&b.data);
+        let dst = data
+            .get_mut(..bytes.len())
+            .ok_or(VramError::CudaOperationFailed {
+                device: b.device,
+                operation: "host-to-device copy",
+                cuda_error: "CUDA_ERROR_INVALID_VALUE: copy larger than the allocation".into(),
+            })?;
+        dst.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn digest(
+        &self,
+        buffer: BufferId,
+        len: usize,
+        algorithm: DigestAlgorithm,
+    ) -> Result<ShardDigest, VramError> {
+        let b = self.buffer(buffer)?;
+        self.copy_fault(b.device, "device-to-host copy", |f| &mut f.fail_reads)?;
+        let data = read(&b.data);
+        let bytes = data.get(..len).ok_or(VramError::CudaOperationFailed {
+            device: b.device,
+            operation: "device-to-host copy",
+            cuda_error: "CUDA_ERROR_INVALID_VALUE: read past the allocation".into(),
+        })?;
+        Ok(vram_seal::digest(bytes, algorithm))
+    }
+
+    fn allocation_facts(&self, buffer: BufferId, len: usize) -> Result<AllocationFacts, VramError> {
+        let b = self.buffer(buffer)?;
+        let mut facts = b.facts;
+        facts.covers_shard = facts.covers_shard && read(&b.data).len() >= len;
+        Ok(facts)
+    }
+
+    fn free(&self, buffer: BufferId) -> Result<(), VramError> {
+        let b = lock(&self.buffers)
+            .remove(&buffer.0)
+            .ok_or(VramError::CudaDeallocationFailed {
+                device: 0,
+                cuda_error: "CUDA_ERROR_INVALID_VALUE: unknown allocation".into(),
+            })?;
+        if let Ok(d) = self.device(b.device) {
+            d.used.fetch_sub(b.taken, Ordering::AcqRel);
+        }
+        if self.take_fault(|f| &mut f.fail_frees) {
+            return Err(VramError::CudaDeallocationFailed {
+                device: b.device,
+                cuda_error: "CUDA_ERROR_UNKNOWN: injected fault (mock)".into(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,101 @@
+//! What a GPU offers the manager, behind one trait.
+//!
+//! The trait is sealed: only this crate's backends implement it, so no outside type can claim
+//! that host memory is VRAM. Buffers are named by opaque [`BufferId`]s; device pointers never
+//! leave a backend.
+
+mod mock;
+
+use std::fmt;
+
+use vram_seal::ShardDigest;
+use vram_types::{AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, VramError};
+
+pub use mock::{MockBackend, MockBuilder};
+
+/// `cuMemAlloc`'s granularity: every allocation takes a multiple of 2 MiB of device memory.
+pub const CUDA_ALLOCATION_GRANULARITY: usize = 2 * 1024 * 1024;
+
+/// Opaque name of one device allocation inside a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct BufferId(pub(crate) u64);
+
+/// Free and total memory of a device, a snapshot (other processes change it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryInfo {
+    /// Free bytes.
+    pub free: usize,
+    /// Total bytes.
+    pub total: usize,
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+pub(crate) use sealed::Sealed;
+
+/// A source of device memory: the CUDA driver or the mock.
+pub trait Backend: Send + Sync + fmt::Debug + sealed::Sealed {
+    /// Which backend this is (recorded in attestations).
+    fn kind(&self) -> BackendKind;
+
+    /// Number of devices.
+    fn device_count(&self) -> u32;
+
+    /// Device attributes for the VRAM-only policy.
+    ///
+    /// # Errors
+    /// [`VramError::InvalidDevice`] for an unknown device; CUDA errors on the real backend.
+    fn device_facts(&self, device: u32) -> Result<DeviceFacts, VramError>;
+
+    /// Free and total memory of a device.
+    ///
+    /// # Errors
+    /// As [`Backend::device_facts`].
+    fn memory_info(&self, device: u32) -> Result<MemoryInfo, VramError>;
+
+    /// Allocation granularity in bytes: each allocation takes a multiple of it.
+    fn granularity(&self) -> usize;
+
+    /// Allocates `bytes` of device memory.
+    ///
+    /// # Errors
+    /// [`VramError::InsufficientVram`] when the device is full, [`VramError::CudaAllocationFailed`]
+    /// otherwise.
+    fn allocate(&self, device: u32, bytes: usize) -> Result<BufferId, VramError>;
+
+    /// Copies `bytes` to the start of the buffer.
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`] when the copy fails or does not fit.
+    fn upload(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError>;
+
+    /// Digest of the first `len` resident bytes of the buffer, read from device memory.
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`] when the bytes cannot be read.
+    fn digest(
+        &self,
+        buffer: BufferId,
+        len: usize,
+        algorithm: DigestAlgorithm,
+    ) -> Result<ShardDigest, VramError>;
+
+    /// What the driver reports about the allocation (one pointer-attributes query).
+    ///
+    /// # Errors
+    /// CUDA errors on the real backend; [`VramError::NotSealed`] for an unknown buffer.
+    fn allocation_facts(&self, buffer: BufferId, len: usize) -> Result<AllocationFacts, VramError>;
+
+    /// Frees the buffer.
+    ///
+    /// # Errors
+    /// [`VramError::CudaDeallocationFailed`].
+    fn free(&self, buffer: BufferId) -> Result<(), VramError>;
+}
+
+/// `bytes` rounded up to a multiple of `granularity` (`None` on overflow).
+pub(crate) fn round_up(bytes: usize, granularity: usize) -> Option<usize> {
+    let g = granularity.max(1);
+    bytes.div_ceil(g).checked_mul(g)
+}

@@ -1,0 +1,49 @@
+//! `VramManager`: seals model shards into GPU memory and re-verifies them, behind a backend trait.
+//!
+//! This crate provides:
+//! - [`VramManager`]: seal (validate → reserve capacity → allocate → upload → digest the
+//!   resident bytes → seal → audit), verify, capacity queries and metrics; `Send + Sync`;
+//! - [`backend`]: the [`Backend`](backend::Backend) trait (sealed: only this crate's backends
+//!   can claim memory is VRAM) and the [`MockBackend`](backend::MockBackend) test double with
+//!   fault injection and simulated corruption;
+//! - [`audit`]: audit events, an in-memory sink and a hash-chained JSON-lines file sink;
+//! - [`VramMetrics`]: the contract's metrics, rendered as Prometheus text by `prometheus-client`.
+//!
+//! VRAM is released exactly once, when the last clone of a shard is dropped
+//! (`docs/adr/0002-shard-ownership.md`).
+//!
+//! ```
+//! use vram_alloc::VramManager;
+//!
+//! let manager = VramManager::with_capacity(64 << 20); // mock backend, one 64 MiB device
+//! let shard = manager.seal_model(&vec![1u8; 3 << 20], 0)?;
+//! manager.verify_sealed(&shard)?;
+//! assert_eq!(manager.used_vram(), 4 << 20); // 3 MiB rounded to the 2 MiB granularity
+//! drop(shard);
+//! assert_eq!(manager.used_vram(), 0);
+//! # Ok::<(), vram_types::VramError>(())
+//! ```
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects,
+        reason = "tests"
+    )
+)]
+
+pub mod audit;
+pub mod backend;
+mod capacity;
+mod manager;
+mod metrics;
+mod resident;
+mod sync;
+
+pub use manager::{VramManager, VramManagerBuilder};
+pub use metrics::{DeviceUsage, VramMetrics};
+pub use resident::ResidentAllocation;

@@ -1,0 +1,451 @@
+//! `VramManager`: the public face of sealing, verification and capacity.
+
+mod seal;
+mod shared;
+mod verify;
+
+use std::sync::Arc;
+
+use vram_seal::SealKey;
+use vram_types::{
+    AllocationFacts, BackendKind, DeviceFacts, SealSignature, SealedShard, ShardAllocation,
+    VramConfig, VramError,
+};
+
+use crate::audit::{AuditEvent, AuditSink, InMemoryAuditSink};
+use crate::backend::{Backend, MockBackend, round_up};
+use crate::capacity::DeviceCapacity;
+use crate::metrics::VramMetrics;
+use seal::SealRequest;
+pub(crate) use shared::Shared;
+
+/// Seals model shards into VRAM and verifies them. `Send + Sync`: share it with `Arc` and seal,
+/// verify, query and drop shards from many threads at once.
+#[derive(Debug, Clone)]
+pub struct VramManager {
+    shared: Arc<Shared>,
+}
+
+/// Builds a [`VramManager`]: backend, configuration, seal key and audit sink.
+#[derive(Debug, Default)]
+pub struct VramManagerBuilder {
+    config: VramConfig,
+    key: Option<SealKey>,
+    audit: Option<Arc<dyn AuditSink>>,
+    backend: Option<Arc<dyn Backend>>,
+}
+
+impl VramManagerBuilder {
+    /// Sets the configuration (default [`VramConfig::default`]).
+    #[must_use]
+    pub fn config(mut self, config: VramConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the seal key (default: a fresh random key, good for one process).
+    #[must_use]
+    pub fn seal_key(mut self, key: SealKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Sets where audit records go (default: kept in memory).
+    #[must_use]
+    pub fn audit_sink(mut self, sink: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
+    /// Uses the mock backend (tests, and machines without a GPU by explicit choice).
+    #[must_use]
+    pub fn mock(mut self, backend: Arc<MockBackend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
+    /// Builds the manager. Without a backend set, it uses the GPU; it never falls back to the mock.
+    ///
+    /// # Errors
+    /// [`VramError::NoGpu`] when no backend is set and no GPU can be used;
+    /// [`VramError::InvalidInput`] for a bad configuration (memory fraction outside (0, 1],
+    /// empty worker id); [`VramError::Unreachable`] if no random key can be made.
+    pub fn build(self) -> Result<VramManager, VramError> {
+        let backend = match self.backend {
+            Some(b) => b,
+            None => {
+                return Err(VramError::NoGpu {
+                    reason: "this build has no CUDA backend; use the mock backend explicitly"
+                        .into(),
+                });
+            }
+        };
+        let config = self.config;
+        if !(config.memory_fraction > 0.0 && config.memory_fraction <= 1.0) {
+            return Err(VramError::invalid_input(
+                "memory fraction",
+                format!("{}; use a value in (0, 1]", config.memory_fraction),
+            ));
+        }
+        if config.worker_id.is_empty() {
+            return Err(VramError::invalid_input("worker id", "is empty"));
+        }
+        if backend.device_count() == 0 {
+            return Err(VramError::NoGpu {
+                reason: format!("the {} backend reports no device", backend.kind()),
+            });
+        }
+        let capacities = (0..backend.device_count())
+            .map(|d| capacity_of(backend.as_ref(), &config, d).map(DeviceCapacity::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let key = match self.key {
+            Some(k) => k,
+            None => SealKey::generate()?,
+        };
+        let audit = self
+            .audit
+            .unwrap_or_else(|| Arc::new(InMemoryAuditSink::new()));
+        let shared = Arc::new(Shared::new(backend, config, key, capacities, audit));
+        for d in 0..shared.backend.device_count() {
+            shared.refresh_capacity_metrics(d);
+        }
+        Ok(VramManager { shared })
+    }
+}
+
+/// Capacity managed on a device: the configured bytes, or the device total times the
+/// configured fraction, rounded down to the allocation granularity.
+fn capacity_of(
+    backend: &dyn Backend,
+    config: &VramConfig,
+    device: u32,
+) -> Result<usize, VramError> {
+    let total = backend.memory_info(device)?.total;
+    let wanted = match config.capacity_bytes {
+        Some(bytes) => bytes.min(total),
+        None => fraction_of(total, config.memory_fraction),
+    };
+    Ok(round_down(wanted, backend.granularity()))
+}
+
+/// `bytes` rounded down to a multiple of `granularity`: every allocation takes whole granules.
+fn round_down(bytes: usize, granularity: usize) -> usize {
+    let g = granularity.max(1);
+    bytes
+        .checked_rem(g)
+        .map_or(bytes, |rest| bytes.saturating_sub(rest))
+}
+
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss,
+    reason = "the fraction is in (0, 1], so the product is in [0, total]"
+)]
+fn fraction_of(total: usize, fraction: f64) -> usize {
+    if fraction >= 1.0 {
+        total
+    } else {
+        (total as f64 * fraction) as usize
+    }
+}
+
+impl VramManager {
+    /// A manager on the GPU with the default configuration and a fresh random seal key.
+    ///
+    /// # Errors
+    /// [`VramError::NoGpu`] when no GPU can be used. It never falls back to the mock.
+    pub fn new() -> Result<Self, VramError> {
+        Self::builder().build()
+    }
+
+    /// A manager on the mock backend with one simulated device of `total_vram` bytes
+    /// (tests and demos; its allocations are host memory and report themselves as simulated).
+    #[must_use]
+    pub fn with_capacity(total_vram: usize) -> Self {
+        let backend = Arc::new(MockBackend::with_capacity(total_vram));
+        let capacity = round_down(total_vram, backend.granularity());
+        // Without OS randomness, fall back to a key from the process id and clock: a mock's
+        // seals only need to catch accidental change.
+        let key = SealKey::generate().unwrap_or_else(|_| {
+            SealKey::from_array(
+                vram_seal::digest(
+                    format!("{} {:?}", std::process::id(), std::time::SystemTime::now()).as_bytes(),
+                    vram_types::DigestAlgorithm::Sha256,
+                )
+                .as_bytes()
+                .to_owned(),
+            )
+        });
+        let shared = Arc::new(Shared::new(
+            backend,
+            VramConfig {
+                capacity_bytes: Some(total_vram),
+                ..VramConfig::default()
+            },
+            key,
+            vec![DeviceCapacity::new(capacity)],
+            Arc::new(InMemoryAuditSink::new()),
+        ));
+        shared.refresh_capacity_metrics(0);
+        Self { shared }
+    }
+
+    /// A manager on GPU `gpu_device`.
+    ///
+    /// # Errors
+    /// [`VramError::NoGpu`] when no GPU can be used, [`VramError::InvalidDevice`] when the
+    /// device does not exist.
+    pub fn from_gpu_device(gpu_device: u32) -> Result<Self, VramError> {
+        let manager = Self::new()?;
+        vram_types::validation::validate_gpu_device(gpu_device, manager.device_count())?;
+        Ok(manager)
+    }
+
+    /// A builder: backend, configuration, seal key and audit sink.
+    #[must_use]
+    pub fn builder() -> VramManagerBuilder {
+        VramManagerBuilder::default()
+    }
+
+    /// Seals `model_bytes` on `gpu_device` under an id derived from its digest
+    /// (`shard-<16 hex>-gpu<N>`), so sealing the same bytes twice on one device fails.
+    ///
+    /// # Errors
+    /// [`VramError::InvalidInput`] / [`VramError::InvalidDevice`] for rejected input (nothing
+    /// reserved, nothing audited); [`VramError::InsufficientVram`]; [`VramError::AlreadySealed`];
+    /// [`VramError::CudaAllocationFailed`] and other CUDA errors; [`VramError::PolicyViolation`]
+    /// when the allocation is not device memory; [`VramError::Stopped`] after a security failure.
+    pub fn seal_model(
+        &self,
+        model_bytes: &[u8],
+        gpu_device: u32,
+    ) -> Result<SealedShard, VramError> {
+        seal::seal(
+            &self.shared,
+            &SealRequest {
+                shard_id: None,
+                bytes: model_bytes,
+                device: gpu_device,
+                tensor_parallel: None,
+            },
+        )
+    }
+
+    /// Seals `model_bytes` on `gpu_device` under the caller's `shard_id`.
+    ///
+    /// # Errors
+    /// As [`Self::seal_model`]; an invalid id is [`VramError::InvalidInput`], an id already live
+    /// is [`VramError::AlreadySealed`].
+    pub fn seal_model_with_id(
+        &self,
+        shard_id: &str,
+        model_bytes: &[u8],
+        gpu_device: u32,
+    ) -> Result<SealedShard, VramError> {
+        seal::seal(
+            &self.shared,
+            &SealRequest {
+                shard_id: Some(shard_id),
+                bytes: model_bytes,
+                device: gpu_device,
+                tensor_parallel: None,
+            },
+        )
+    }
+
+    /// Seals one tensor-parallel shard (`shard_index` of `total_shards`); both are sealed.
+    ///
+    /// # Errors
+    /// As [`Self::seal_model`]; `shard_index >= total_shards` is [`VramError::InvalidInput`].
+    pub fn seal_model_shard(
+        &self,
+        model_bytes: &[u8],
+        gpu_device: u32,
+        shard_index: usize,
+        total_shards: usize,
+    ) -> Result<SealedShard, VramError> {
+        seal::seal(
+            &self.shared,
+            &SealRequest {
+                shard_id: None,
+                bytes: model_bytes,
+                device: gpu_device,
+                tensor_parallel: Some((shard_index, total_shards)),
+            },
+        )
+    }
+
+    /// Verifies a shard: its seal, its freshness, that it is still in device memory, and that
+    /// the bytes in VRAM still hash to the sealed digest. Call it before every inference request.
+    ///
+    /// # Errors
+    /// [`VramError::NotSealed`] (not made by this manager, or released);
+    /// [`VramError::SealVerificationFailed`] (fields or seal changed);
+    /// [`VramError::SealExpired`]; [`VramError::PolicyViolation`];
+    /// [`VramError::IntegrityViolation`] (bytes in VRAM changed); CUDA errors;
+    /// [`VramError::Stopped`].
+    pub fn verify_sealed(&self, shard: &SealedShard) -> Result<(), VramError> {
+        verify::verify(&self.shared, shard)
+    }
+
+    /// Bytes still available on all devices.
+    #[must_use]
+    pub fn available_vram(&self) -> usize {
+        self.shared
+            .capacities
+            .iter()
+            .map(|c| c.available())
+            .fold(0, usize::saturating_add)
+    }
+
+    /// Capacity managed on all devices.
+    #[must_use]
+    pub fn total_vram(&self) -> usize {
+        self.shared
+            .capacities
+            .iter()
+            .map(|c| c.total())
+            .fold(0, usize::saturating_add)
+    }
+
+    /// Bytes held by live shards on all devices, allocation granularity included.
+    #[must_use]
+    pub fn used_vram(&self) -> usize {
+        self.shared
+            .capacities
+            .iter()
+            .map(|c| c.used())
+            .fold(0, usize::saturating_add)
+    }
+
+    /// Bytes still available on one device.
+    ///
+    /// # Errors
+    /// [`VramError::InvalidDevice`].
+    pub fn available_vram_on(&self, gpu_device: u32) -> Result<usize, VramError> {
+        Ok(self.shared.capacity(gpu_device)?.available())
+    }
+
+    /// Capacity managed on one device.
+    ///
+    /// # Errors
+    /// [`VramError::InvalidDevice`].
+    pub fn total_vram_on(&self, gpu_device: u32) -> Result<usize, VramError> {
+        Ok(self.shared.capacity(gpu_device)?.total())
+    }
+
+    /// Bytes held by live shards on one device.
+    ///
+    /// # Errors
+    /// [`VramError::InvalidDevice`].
+    pub fn used_vram_on(&self, gpu_device: u32) -> Result<usize, VramError> {
+        Ok(self.shared.capacity(gpu_device)?.used())
+    }
+
+    /// The bytes a shard of `len` bytes takes on the device (rounded to the granularity).
+    #[must_use]
+    pub fn vram_footprint(&self, len: usize) -> usize {
+        round_up(len, self.shared.backend.granularity()).unwrap_or(usize::MAX)
+    }
+
+    /// A snapshot of the metrics, with their Prometheus text.
+    ///
+    /// If the snapshot cannot be rendered (it cannot, in practice), the counters are still
+    /// returned and the text is empty.
+    #[must_use]
+    pub fn metrics(&self) -> VramMetrics {
+        let usage = self.shared.usage();
+        self.shared
+            .metrics
+            .snapshot(usage.clone())
+            .unwrap_or_else(|_| VramMetrics::empty(usage))
+    }
+
+    /// Number of devices.
+    #[must_use]
+    pub fn device_count(&self) -> u32 {
+        self.shared.backend.device_count()
+    }
+
+    /// Which backend holds the shards.
+    #[must_use]
+    pub fn backend_kind(&self) -> BackendKind {
+        self.shared.backend.kind()
+    }
+
+    /// The configuration.
+    #[must_use]
+    pub fn config(&self) -> &VramConfig {
+        &self.shared.config
+    }
+
+    /// Device attributes, for the VRAM-only policy.
+    ///
+    /// # Errors
+    /// [`VramError::InvalidDevice`]; CUDA errors.
+    pub fn device_facts(&self, gpu_device: u32) -> Result<DeviceFacts, VramError> {
+        self.shared.backend.device_facts(gpu_device)
+    }
+
+    /// What the driver reports now about a shard's allocation.
+    ///
+    /// # Errors
+    /// [`VramError::NotSealed`] when the shard is not this manager's; CUDA errors.
+    pub fn allocation_facts(&self, shard: &SealedShard) -> Result<AllocationFacts, VramError> {
+        let resident = verify::owned(&self.shared, shard)?;
+        self.shared
+            .backend
+            .allocation_facts(resident.buffer(), resident.len())
+    }
+
+    /// Allocation facts of every live shard: `(shard id, device, facts)`.
+    #[must_use]
+    pub fn live_allocation_facts(&self) -> Vec<(String, u32, Result<AllocationFacts, VramError>)> {
+        self.shared
+            .live()
+            .iter()
+            .map(|r| {
+                (
+                    r.shard_id().to_owned(),
+                    r.device(),
+                    self.shared.backend.allocation_facts(r.buffer(), r.len()),
+                )
+            })
+            .collect()
+    }
+
+    /// Stops the manager: every later seal and verification fails with [`VramError::Stopped`].
+    /// The policy crate calls it on a violation; the manager calls it after a failed
+    /// verification when so configured.
+    pub fn stop(&self, reason: &str) {
+        self.shared.stop(reason);
+    }
+
+    /// Whether the manager stopped, and why.
+    #[must_use]
+    pub fn stop_reason(&self) -> Option<String> {
+        self.shared.stop_reason()
+    }
+
+    /// Whether the manager stopped.
+    #[must_use]
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stop_reason().is_some()
+    }
+
+    /// Emits an audit event under a fresh correlation id (for the policy crate); returns the id.
+    pub fn record_audit_event(&self, event: AuditEvent) -> String {
+        let id = self.shared.next_correlation_id();
+        self.shared.emit(&id, event);
+        id
+    }
+
+    /// MACs a statement (an attestation) under the seal key, domain-separated from seals.
+    ///
+    /// # Errors
+    /// [`VramError::Unreachable`] only.
+    pub fn sign_statement(&self, statement: &[u8]) -> Result<SealSignature, VramError> {
+        vram_seal::signature::sign_statement(&self.shared.key, statement)
+    }
+}

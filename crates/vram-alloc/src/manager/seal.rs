@@ -1,0 +1,267 @@
+//! Sealing: validate → claim the id → reserve capacity → allocate → upload → check the
+//! allocation is device memory → digest the resident bytes → seal → register → audit.
+//!
+//! Each step that holds a resource holds it in a guard ([`Reservation`], [`PlacedBuffer`],
+//! [`Claim`]), so a failure at any step leaves no allocation, no reservation and no claimed id.
+//! Rejected input returns before anything is reserved or audited.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use vram_seal::{ShardDigest, compute_signature};
+use vram_types::validation::{validate_gpu_device, validate_model_size};
+use vram_types::{BackendKind, SealedFields, SealedShard, ShardAllocation, ShardId, VramError};
+
+use super::shared::{Claim, Shared};
+use crate::audit::AuditEvent;
+use crate::backend::{BufferId, round_up};
+use crate::capacity::Reservation;
+use crate::resident::ResidentAllocation;
+
+/// What the caller asked to seal.
+pub(super) struct SealRequest<'a> {
+    pub(super) shard_id: Option<&'a str>,
+    pub(super) bytes: &'a [u8],
+    pub(super) device: u32,
+    pub(super) tensor_parallel: Option<(usize, usize)>,
+}
+
+/// A device buffer freed on drop unless handed over.
+struct PlacedBuffer<'a> {
+    shared: &'a Shared,
+    buffer: Option<BufferId>,
+}
+
+impl PlacedBuffer<'_> {
+    fn id(&self) -> Result<BufferId, VramError> {
+        self.buffer.ok_or(VramError::Unreachable(
+            "buffer taken before the seal completed",
+        ))
+    }
+
+    fn hand_over(mut self) -> Result<BufferId, VramError> {
+        self.buffer
+            .take()
+            .ok_or(VramError::Unreachable("buffer handed over twice"))
+    }
+}
+
+impl Drop for PlacedBuffer<'_> {
+    fn drop(&mut self) {
+        if let Some(buffer) = self.buffer.take()
+            && let Err(e) = self.shared.backend.free(buffer)
+        {
+            tracing::error!(error = %e, "freeing a partly sealed buffer failed");
+        }
+    }
+}
+
+fn validate(shared: &Shared, req: &SealRequest<'_>) -> Result<Option<ShardId>, VramError> {
+    let id = req.shard_id.map(ShardId::new).transpose()?;
+    validate_gpu_device(req.device, shared.backend.device_count())?;
+    validate_model_size(req.bytes.len(), shared.config.max_model_bytes)?;
+    if let Some((index, total)) = req.tensor_parallel
+        && (total == 0 || index >= total)
+    {
+        return Err(VramError::invalid_input(
+            "shard index",
+            format!("index {index} of {total} shards; need index < total and total > 0"),
+        ));
+    }
+    Ok(id)
+}
+
+pub(super) fn seal(shared: &Arc<Shared>, req: &SealRequest<'_>) -> Result<SealedShard, VramError> {
+    shared.ensure_running()?;
+    let id = validate(shared, req)?;
+    let claim = id
+        .as_ref()
+        .map(|id| shared.claim(id.as_str()))
+        .transpose()?;
+    let correlation_id = shared.next_correlation_id();
+    let result = place_and_seal(shared, req, claim, &correlation_id);
+    shared.metrics.count_seal(req.device, result.is_ok());
+    shared.refresh_capacity_metrics(req.device);
+    result
+}
+
+fn reserve(
+    shared: &Shared,
+    device: u32,
+    len: usize,
+    correlation_id: &str,
+) -> Result<Reservation, VramError> {
+    let needed = round_up(len, shared.backend.granularity()).ok_or_else(|| {
+        VramError::invalid_input("model size", format!("{len} bytes cannot be allocated"))
+    })?;
+    let refuse = |available: usize| {
+        shared.emit(
+            correlation_id,
+            AuditEvent::VramAllocationFailed {
+                gpu_device: device,
+                requested: needed,
+                available,
+                reason: "insufficient VRAM".into(),
+            },
+        );
+        tracing::warn!(
+            gpu_device = device,
+            requested = needed,
+            available,
+            "insufficient VRAM"
+        );
+        VramError::InsufficientVram {
+            needed,
+            available,
+            device,
+        }
+    };
+    let reservation = shared
+        .capacity(device)?
+        .try_reserve(needed)
+        .map_err(refuse)?;
+    // Our accounting admits it; the device must also have it free now (other processes count).
+    let free = shared.backend.memory_info(device)?.free;
+    if free < needed {
+        return Err(refuse(free));
+    }
+    Ok(reservation)
+}
+
+fn place_and_seal(
+    shared: &Arc<Shared>,
+    req: &SealRequest<'_>,
+    claim: Option<Claim>,
+    correlation_id: &str,
+) -> Result<SealedShard, VramError> {
+    let (device, len) = (req.device, req.bytes.len());
+    let reservation = reserve(shared, device, len, correlation_id)?;
+    let placed = PlacedBuffer {
+        shared,
+        buffer: Some(shared.backend.allocate(device, len).inspect_err(|e| {
+            shared.emit(
+                correlation_id,
+                AuditEvent::VramAllocationFailed {
+                    gpu_device: device,
+                    requested: reservation.bytes(),
+                    available: shared.capacity(device).map_or(0, |c| c.available()),
+                    reason: e.to_string(),
+                },
+            );
+        })?),
+    };
+    shared.backend.upload(placed.id()?, req.bytes)?;
+    check_residency(shared, placed.id()?, device, len, correlation_id)?;
+    let algorithm = shared.config.digest_algorithm;
+    let digest: ShardDigest = shared.backend.digest(placed.id()?, len, algorithm)?;
+    let digest_hex = digest.to_hex();
+
+    let shard_id = match id_of(req, &digest_hex, device) {
+        Some(id) => id,
+        None => return Err(VramError::Unreachable("digest is 64 hex characters")),
+    };
+    // A generated id is derived from the content: sealing the same bytes twice on one device
+    // fails instead of keeping two copies (the contract's idempotency rule).
+    let claim = match claim {
+        Some(c) => c,
+        None => shared.claim(&shard_id)?,
+    };
+    let now = SystemTime::now();
+    let fields = SealedFields {
+        shard_id: shard_id.clone(),
+        gpu_device: device,
+        vram_bytes: len,
+        digest_algorithm: algorithm,
+        digest: digest_hex,
+        sealed_at: shared.config.include_seal_time.then_some(now),
+        shard_index: req.tensor_parallel.map(|(i, _)| i),
+        total_shards: req.tensor_parallel.map(|(_, n)| n),
+    };
+    let signature = compute_signature(&shared.key, &fields)?;
+
+    let buffer = placed.hand_over()?;
+    let reserved_bytes = reservation.bytes();
+    let resident = Arc::new(ResidentAllocation::new(
+        Arc::clone(shared),
+        buffer,
+        device,
+        len,
+        shard_id.clone(),
+        correlation_id.to_owned(),
+        reservation,
+    ));
+    claim.commit(buffer, &resident);
+    let allocation: Arc<dyn ShardAllocation> = resident;
+    let shard = SealedShard::from_parts(fields, now, signature, Some(allocation));
+
+    shared.emit(
+        correlation_id,
+        AuditEvent::VramSealed {
+            shard_id: shard.shard_id.clone(),
+            gpu_device: device,
+            vram_bytes: len,
+            reserved_bytes,
+            digest: shard.digest.clone(),
+            digest_algorithm: algorithm.to_string(),
+            backend: shared.backend.kind().to_string(),
+        },
+    );
+    tracing::info!(
+        shard_id = %shard.shard_id, vram_bytes = len, gpu_device = device, digest = %shard.digest,
+        "model sealed in VRAM"
+    );
+    warn_if_low(shared, device);
+    Ok(shard)
+}
+
+fn id_of(req: &SealRequest<'_>, digest_hex: &str, device: u32) -> Option<String> {
+    match req.shard_id {
+        Some(id) => Some(id.to_owned()),
+        None => Some(format!("shard-{}-gpu{device}", digest_hex.get(..16)?)),
+    }
+}
+
+/// The allocation must be plain device memory of `device` covering the whole shard.
+pub(super) fn check_residency(
+    shared: &Shared,
+    buffer: BufferId,
+    device: u32,
+    len: usize,
+    correlation_id: &str,
+) -> Result<(), VramError> {
+    let facts = shared.backend.allocation_facts(buffer, len)?;
+    let allow_simulated = shared.backend.kind() == BackendKind::Mock;
+    let Some(reason) = facts.residency_problem(device, allow_simulated) else {
+        return Ok(());
+    };
+    let ecc_enabled = shared
+        .backend
+        .device_facts(device)
+        .ok()
+        .and_then(|f| f.ecc_enabled);
+    shared.emit(
+        correlation_id,
+        AuditEvent::PolicyViolation {
+            gpu_device: device,
+            reason: reason.clone(),
+            ecc_enabled,
+        },
+    );
+    let error = VramError::PolicyViolation { device, reason };
+    shared.stop(&error.to_string());
+    Err(error)
+}
+
+fn warn_if_low(shared: &Shared, device: u32) {
+    if let Ok(c) = shared.capacity(device)
+        && c.available().saturating_mul(10) < c.total()
+    {
+        tracing::warn!(
+            gpu_device = device,
+            available = c.available(),
+            used = c.used(),
+            total = c.total(),
+            "VRAM below 10 % free"
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! State shared by a manager and every allocation it made: the backend, the key, capacity,
+//! the registry of live shard ids, the audit sink, metrics and the stopped flag. Allocations
+//! keep it alive, so VRAM is released properly even after the manager itself is dropped.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use vram_seal::SealKey;
+use vram_types::{VramConfig, VramError};
+
+use crate::audit::{AuditEvent, AuditRecord, AuditSink, Severity};
+use crate::backend::{Backend, BufferId};
+use crate::capacity::DeviceCapacity;
+use crate::metrics::{DeviceUsage, Metrics};
+use crate::resident::ResidentAllocation;
+use crate::sync::lock;
+
+#[derive(Debug, Default)]
+struct Registry {
+    live: HashMap<String, (BufferId, Weak<ResidentAllocation>)>,
+    pending: HashSet<String>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) config: VramConfig,
+    pub(crate) key: SealKey,
+    pub(crate) capacities: Vec<Arc<DeviceCapacity>>,
+    pub(crate) audit: Arc<dyn AuditSink>,
+    pub(crate) metrics: Metrics,
+    registry: Mutex<Registry>,
+    stopped: Mutex<Option<String>>,
+    run_id: String,
+    next_operation: AtomicU64,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        backend: Arc<dyn Backend>,
+        config: VramConfig,
+        key: SealKey,
+        capacities: Vec<Arc<DeviceCapacity>>,
+        audit: Arc<dyn AuditSink>,
+    ) -> Self {
+        let mut nonce = [0u8; 4];
+        let run_id = match getrandom::fill(&mut nonce) {
+            Ok(()) => nonce.iter().map(|b| format!("{b:02x}")).collect(),
+            Err(_) => format!("{:08x}", std::process::id()),
+        };
+        Self {
+            backend,
+            config,
+            key,
+            capacities,
+            audit,
+            metrics: Metrics::new(),
+            registry: Mutex::new(Registry::default()),
+            stopped: Mutex::new(None),
+            run_id,
+            next_operation: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh correlation id: `<run id>-<operation number>`.
+    pub(crate) fn next_correlation_id(&self) -> String {
+        let n = self.next_operation.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:08}", self.run_id)
+    }
+
+    pub(crate) fn capacity(&self, device: u32) -> Result<&Arc<DeviceCapacity>, VramError> {
+        usize::try_from(device)
+            .ok()
+            .and_then(|d| self.capacities.get(d))
+            .ok_or(VramError::InvalidDevice {
+                device,
+                device_count: self.backend.device_count(),
+            })
+    }
+
+    pub(crate) fn usage(&self) -> Vec<DeviceUsage> {
+        (0u32..)
+            .zip(&self.capacities)
+            .map(|(gpu_device, c)| DeviceUsage {
+                gpu_device,
+                total_bytes: c.total(),
+                used_bytes: c.used(),
+                available_bytes: c.available(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn refresh_capacity_metrics(&self, device: u32) {
+        if let Ok(c) = self.capacity(device) {
+            self.metrics.set_capacity(device, c.total(), c.used());
+        }
+    }
+
+    /// Emits an audit event to the sink and to `tracing` (target `audit`).
+    pub(crate) fn emit(&self, correlation_id: &str, event: AuditEvent) {
+        let severity = event.severity();
+        let record = AuditRecord {
+            timestamp_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            worker_id: self.config.worker_id.clone(),
+            correlation_id: correlation_id.to_owned(),
+            severity,
+            event,
+        };
+        let json = serde_json::to_string(&record).unwrap_or_default();
+        let name = record.event.name();
+        match severity {
+            Severity::Critical => tracing::error!(target: "audit", event = name, record = %json),
+            Severity::Warning => tracing::warn!(target: "audit", event = name, record = %json),
+            Severity::Info => tracing::info!(target: "audit", event = name, record = %json),
+        }
+        if let Err(e) = self.audit.record(&record) {
+            tracing::error!(error = %e, event = name, "audit sink failed to store a record");
+        }
+    }
+
+    pub(crate) fn stop(&self, reason: &str) {
+        let mut stopped = lock(&self.stopped);
+        if stopped.is_none() {
+            tracing::error!(
+                reason,
+                "VRAM manager stopped: no further seals or verifications"
+            );
+            *stopped = Some(reason.to_owned());
+        }
+    }
+
+    pub(crate) fn stop_reason(&self) -> Option<String> {
+        lock(&self.stopped).clone()
+    }
+
+    pub(crate) fn ensure_running(&self) -> Result<(), VramError> {
+        match lock(&self.stopped).as_ref() {
+            None => Ok(()),
+            Some(_) => Err(VramError::Stopped),
+        }
+    }
+
+    /// Claims a shard id for a seal in progress.
+    pub(crate) fn claim(self: &Arc<Self>, shard_id: &str) -> Result<Claim, VramError> {
+        let mut reg = lock(&self.registry);
+        let live = reg
+            .live
+            .get(shard_id)
+            .is_some_and(|(_, weak)| weak.strong_count() > 0);
+        if live || reg.pending.contains(shard_id) {
+            return Err(VramError::AlreadySealed {
+                shard_id: shard_id.to_owned(),
+            });
+        }
+        reg.pending.insert(shard_id.to_owned());
+        Ok(Claim {
+            shared: Arc::clone(self),
+            shard_id: shard_id.to_owned(),
+        })
+    }
+
+    /// Removes a released shard from the registry (only if it is still the same allocation).
+    pub(crate) fn forget(&self, shard_id: &str, buffer: BufferId) {
+        let mut reg = lock(&self.registry);
+        if reg.live.get(shard_id).is_some_and(|(b, _)| *b == buffer) {
+            reg.live.remove(shard_id);
+        }
+    }
+
+    /// Ids of the live shards with their allocations.
+    pub(crate) fn live(&self) -> Vec<Arc<ResidentAllocation>> {
+        lock(&self.registry)
+            .live
+            .values()
+            .filter_map(|(_, weak)| weak.upgrade())
+            .collect()
+    }
+}
+
+/// A shard id reserved for a seal in progress; released unless committed.
+#[derive(Debug)]
+pub(crate) struct Claim {
+    shared: Arc<Shared>,
+    shard_id: String,
+}
+
+impl Claim {
+    pub(crate) fn commit(self, buffer: BufferId, allocation: &Arc<ResidentAllocation>) {
+        let mut reg = lock(&self.shared.registry);
+        reg.live
+            .insert(self.shard_id.clone(), (buffer, Arc::downgrade(allocation)));
+        drop(reg);
+        // `Drop` now removes the pending mark.
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        lock(&self.shared.registry).pending.remove(&self.shard_id);
+    }
+}

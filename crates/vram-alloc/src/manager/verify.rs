@@ -1,0 +1,116 @@
+//! Verification: the shard's allocation is ours → the seal MAC matches the fields → the seal is
+//! fresh enough → the allocation is still device memory → the resident bytes hash to the
+//! sealed digest. Every outcome is audited; a security failure can stop the manager.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use vram_seal::{ShardDigest, verify_signature};
+use vram_types::{SealedShard, ShardAllocation, VramError};
+
+use super::seal::check_residency;
+use super::shared::Shared;
+use crate::audit::AuditEvent;
+use crate::resident::ResidentAllocation;
+
+/// The shard's allocation, if this manager made it.
+pub(super) fn owned<'a>(
+    shared: &Arc<Shared>,
+    shard: &'a SealedShard,
+) -> Result<&'a ResidentAllocation, VramError> {
+    shard
+        .allocation()
+        .and_then(|a| a.as_any().downcast_ref::<ResidentAllocation>())
+        .filter(|r| r.is_owned_by(shared))
+        .ok_or_else(|| VramError::NotSealed {
+            shard_id: shard.shard_id.clone(),
+        })
+}
+
+pub(super) fn verify(shared: &Arc<Shared>, shard: &SealedShard) -> Result<(), VramError> {
+    shared.ensure_running()?;
+    let started = Instant::now();
+    let correlation_id = shared.next_correlation_id();
+    let result = check(shared, shard, &correlation_id);
+    shared
+        .metrics
+        .count_verify(shard.gpu_device, result.is_ok(), started.elapsed());
+    match &result {
+        Ok(()) => {
+            tracing::info!(shard_id = %shard.shard_id, result = "pass", "seal verified");
+            shared.emit(
+                &correlation_id,
+                AuditEvent::SealVerified {
+                    shard_id: shard.shard_id.clone(),
+                    gpu_device: shard.gpu_device,
+                },
+            );
+        }
+        Err(e) => {
+            tracing::error!(shard_id = %shard.shard_id, result = "fail", error = %e, "seal verification failed");
+            shared.emit(
+                &correlation_id,
+                AuditEvent::SealVerificationFailed {
+                    shard_id: shard.shard_id.clone(),
+                    gpu_device: shard.gpu_device,
+                    reason: e.to_string(),
+                },
+            );
+            if e.is_security_critical() && shared.config.stop_on_verification_failure {
+                shared.stop(&e.to_string());
+            }
+        }
+    }
+    result
+}
+
+fn check(shared: &Arc<Shared>, shard: &SealedShard, correlation_id: &str) -> Result<(), VramError> {
+    let resident = owned(shared, shard)?;
+    let fields = shard.sealed_fields();
+    verify_signature(&shared.key, &fields, shard.seal_signature())?;
+    // The fields are authentic; they must also describe this allocation (not another shard's).
+    if resident.shard_id() != shard.shard_id
+        || resident.device() != shard.gpu_device
+        || resident.len() != shard.vram_bytes
+    {
+        return Err(VramError::NotSealed {
+            shard_id: shard.shard_id.clone(),
+        });
+    }
+    if let Some(max) = shared.config.max_seal_age
+        && shard.seal_time_covered()
+    {
+        let age = SystemTime::now()
+            .duration_since(shard.sealed_at)
+            .unwrap_or_default();
+        if age > max {
+            return Err(VramError::SealExpired {
+                shard_id: shard.shard_id.clone(),
+                age_secs: age.as_secs(),
+                max_age_secs: max.as_secs(),
+            });
+        }
+    }
+    check_residency(
+        shared,
+        resident.buffer(),
+        shard.gpu_device,
+        shard.vram_bytes,
+        correlation_id,
+    )?;
+    let expected = ShardDigest::from_hex(&shard.digest)?;
+    let actual = shared.backend.digest(
+        resident.buffer(),
+        shard.vram_bytes,
+        shard.digest_algorithm(),
+    )?;
+    if actual.ct_eq(&expected) {
+        Ok(())
+    } else {
+        Err(VramError::IntegrityViolation {
+            shard_id: shard.shard_id.clone(),
+            expected: shard.digest.clone(),
+            actual: actual.to_hex(),
+        })
+    }
+}

@@ -1,0 +1,217 @@
+//! Metrics of the consumer contract §9.2, kept in a `prometheus-client` registry:
+//! `vram_total_bytes`, `vram_used_bytes`, `vram_available_bytes` (label `gpu_device`),
+//! `vram_seal_operations_total` and `vram_verify_operations_total` (labels `gpu_device`,
+//! `result` = `success` | `failure`), and the `vram_verify_duration_seconds` histogram.
+
+use std::fmt;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use vram_types::VramError;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabels {
+    gpu_device: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    gpu_device: String,
+    result: String,
+}
+
+fn histogram() -> Histogram {
+    // 100 µs to ~100 s: a small shard from cache to an 80 GB flat re-hash.
+    Histogram::new(exponential_buckets(0.0001, 4.0, 11))
+}
+
+/// The live metrics of one manager.
+pub(crate) struct Metrics {
+    registry: Registry,
+    total: Family<DeviceLabels, Gauge>,
+    used: Family<DeviceLabels, Gauge>,
+    available: Family<DeviceLabels, Gauge>,
+    seals: Family<OperationLabels, Counter>,
+    verifies: Family<OperationLabels, Counter>,
+    verify_seconds: Family<DeviceLabels, Histogram, fn() -> Histogram>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn device(gpu: u32) -> DeviceLabels {
+    DeviceLabels {
+        gpu_device: gpu.to_string(),
+    }
+}
+
+fn outcome(gpu: u32, ok: bool) -> OperationLabels {
+    OperationLabels {
+        gpu_device: gpu.to_string(),
+        result: if ok { "success" } else { "failure" }.to_owned(),
+    }
+}
+
+fn gauge_value(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::default();
+        let total = Family::<DeviceLabels, Gauge>::default();
+        let used = Family::<DeviceLabels, Gauge>::default();
+        let available = Family::<DeviceLabels, Gauge>::default();
+        let seals = Family::<OperationLabels, Counter>::default();
+        let verifies = Family::<OperationLabels, Counter>::default();
+        let verify_seconds =
+            Family::<DeviceLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
+        registry.register(
+            "vram_total_bytes",
+            "Total VRAM capacity managed",
+            total.clone(),
+        );
+        registry.register(
+            "vram_used_bytes",
+            "VRAM used by sealed shards (allocation granularity included)",
+            used.clone(),
+        );
+        registry.register(
+            "vram_available_bytes",
+            "VRAM still available to seal into",
+            available.clone(),
+        );
+        registry.register("vram_seal_operations", "Seal operations", seals.clone());
+        registry.register(
+            "vram_verify_operations",
+            "Seal verifications",
+            verifies.clone(),
+        );
+        registry.register(
+            "vram_verify_duration_seconds",
+            "Time to verify a sealed shard, digest of the resident bytes included",
+            verify_seconds.clone(),
+        );
+        Self {
+            registry,
+            total,
+            used,
+            available,
+            seals,
+            verifies,
+            verify_seconds,
+        }
+    }
+
+    pub(crate) fn set_capacity(&self, gpu: u32, total: usize, used: usize) {
+        self.total
+            .get_or_create(&device(gpu))
+            .set(gauge_value(total));
+        self.used.get_or_create(&device(gpu)).set(gauge_value(used));
+        self.available
+            .get_or_create(&device(gpu))
+            .set(gauge_value(total.saturating_sub(used)));
+    }
+
+    pub(crate) fn count_seal(&self, gpu: u32, ok: bool) {
+        self.seals.get_or_create(&outcome(gpu, ok)).inc();
+    }
+
+    pub(crate) fn count_verify(&self, gpu: u32, ok: bool, took: Duration) {
+        self.verifies.get_or_create(&outcome(gpu, ok)).inc();
+        self.verify_seconds
+            .get_or_create(&device(gpu))
+            .observe(took.as_secs_f64());
+    }
+
+    fn seal_count(&self, gpu: u32, ok: bool) -> u64 {
+        self.seals.get_or_create(&outcome(gpu, ok)).get()
+    }
+
+    fn verify_count(&self, gpu: u32, ok: bool) -> u64 {
+        self.verifies.get_or_create(&outcome(gpu, ok)).get()
+    }
+
+    pub(crate) fn snapshot(&self, devices: Vec<DeviceUsage>) -> Result<VramMetrics, VramError> {
+        let sum = |f: &dyn Fn(u32) -> u64| {
+            devices
+                .iter()
+                .map(|d| f(d.gpu_device))
+                .fold(0u64, u64::saturating_add)
+        };
+        let seals_succeeded = sum(&|g| self.seal_count(g, true));
+        let seals_failed = sum(&|g| self.seal_count(g, false));
+        let verifications_succeeded = sum(&|g| self.verify_count(g, true));
+        let verifications_failed = sum(&|g| self.verify_count(g, false));
+        let mut prometheus_text = String::new();
+        encode(&mut prometheus_text, &self.registry)
+            .map_err(|_| VramError::Unreachable("writing metrics to a String cannot fail"))?;
+        Ok(VramMetrics {
+            devices,
+            seals_succeeded,
+            seals_failed,
+            verifications_succeeded,
+            verifications_failed,
+            prometheus_text,
+        })
+    }
+}
+
+/// Capacity of one device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceUsage {
+    /// CUDA device index.
+    pub gpu_device: u32,
+    /// Capacity managed on the device.
+    pub total_bytes: usize,
+    /// Bytes held by sealed shards (granularity included).
+    pub used_bytes: usize,
+    /// Bytes still available.
+    pub available_bytes: usize,
+}
+
+/// A snapshot of a manager's metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VramMetrics {
+    /// Capacity per device.
+    pub devices: Vec<DeviceUsage>,
+    /// Successful seals.
+    pub seals_succeeded: u64,
+    /// Failed seals (validation failures excluded: they never reach the device).
+    pub seals_failed: u64,
+    /// Successful verifications.
+    pub verifications_succeeded: u64,
+    /// Failed verifications.
+    pub verifications_failed: u64,
+    prometheus_text: String,
+}
+
+impl VramMetrics {
+    /// Capacity only, no counters and no text (used if rendering ever failed).
+    pub(crate) fn empty(devices: Vec<DeviceUsage>) -> Self {
+        Self {
+            devices,
+            seals_succeeded: 0,
+            seals_failed: 0,
+            verifications_succeeded: 0,
+            verifications_failed: 0,
+            prometheus_text: String::new(),
+        }
+    }
+
+    /// Every metric in the Prometheus text exposition format (OpenMetrics), ready to serve.
+    #[must_use]
+    pub fn prometheus_text(&self) -> &str {
+        &self.prometheus_text
+    }
+}

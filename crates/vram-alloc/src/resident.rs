@@ -1,0 +1,117 @@
+//! `ResidentAllocation`: the VRAM behind a sealed shard. Shared by every clone of the shard;
+//! its `Drop` frees the VRAM, returns the capacity and audits the release, exactly once.
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+
+use vram_types::ShardAllocation;
+
+use crate::audit::AuditEvent;
+use crate::backend::BufferId;
+use crate::capacity::Reservation;
+use crate::manager::Shared;
+
+/// A shard's device allocation, owned by the manager that made it.
+pub struct ResidentAllocation {
+    shared: Arc<Shared>,
+    buffer: BufferId,
+    device: u32,
+    len: usize,
+    shard_id: String,
+    correlation_id: String,
+    reservation: Option<Reservation>,
+}
+
+impl ResidentAllocation {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        buffer: BufferId,
+        device: u32,
+        len: usize,
+        shard_id: String,
+        correlation_id: String,
+        reservation: Reservation,
+    ) -> Self {
+        Self {
+            shared,
+            buffer,
+            device,
+            len,
+            shard_id,
+            correlation_id,
+            reservation: Some(reservation),
+        }
+    }
+
+    pub(crate) fn buffer(&self) -> BufferId {
+        self.buffer
+    }
+
+    pub(crate) fn shard_id(&self) -> &str {
+        &self.shard_id
+    }
+
+    pub(crate) fn is_owned_by(&self, shared: &Arc<Shared>) -> bool {
+        Arc::ptr_eq(&self.shared, shared)
+    }
+
+    /// Bytes taken on the device, granularity included.
+    #[must_use]
+    pub fn reserved_bytes(&self) -> usize {
+        self.reservation.as_ref().map_or(0, Reservation::bytes)
+    }
+}
+
+impl ShardAllocation for ResidentAllocation {
+    fn device(&self) -> u32 {
+        self.device
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl fmt::Debug for ResidentAllocation {
+    /// No buffer handle and no pointer: only what the shard already shows.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResidentAllocation")
+            .field("shard_id", &self.shard_id)
+            .field("device", &self.device)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ResidentAllocation {
+    fn drop(&mut self) {
+        let error = self.shared.backend.free(self.buffer).err();
+        let freed_bytes = self.reserved_bytes();
+        // The device memory is gone whether or not the driver complained; give the capacity back.
+        drop(self.reservation.take());
+        self.shared.forget(&self.shard_id, self.buffer);
+        match &error {
+            None => {
+                tracing::info!(shard_id = %self.shard_id, gpu_device = self.device, freed_bytes, "VRAM released")
+            }
+            Some(e) => {
+                tracing::error!(shard_id = %self.shard_id, gpu_device = self.device, error = %e, "VRAM release failed")
+            }
+        }
+        self.shared.emit(
+            &self.correlation_id,
+            AuditEvent::VramDeallocated {
+                shard_id: self.shard_id.clone(),
+                gpu_device: self.device,
+                freed_bytes,
+                error: error.map(|e| e.to_string()),
+            },
+        );
+        self.shared.refresh_capacity_metrics(self.device);
+    }
+}

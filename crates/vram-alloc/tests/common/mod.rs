@@ -1,0 +1,56 @@
+//! Shared helpers for the integration tests: a mock-backed manager with an in-memory audit sink.
+#![allow(
+    dead_code,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::cast_possible_truncation,
+    reason = "test helpers; each test file uses a subset"
+)]
+
+use std::sync::Arc;
+
+use vram_alloc::VramManager;
+use vram_alloc::audit::{AuditEvent, InMemoryAuditSink};
+use vram_alloc::backend::MockBackend;
+use vram_seal::SealKey;
+use vram_types::VramConfig;
+
+pub const MIB: usize = 1 << 20;
+
+pub struct Rig {
+    pub manager: VramManager,
+    pub mock: Arc<MockBackend>,
+    pub audit: Arc<InMemoryAuditSink>,
+}
+
+pub fn rig_with(mock: MockBackend, config: VramConfig) -> Rig {
+    let mock = Arc::new(mock);
+    let audit = Arc::new(InMemoryAuditSink::new());
+    let manager = VramManager::builder()
+        .mock(mock.clone())
+        .config(config)
+        .seal_key(SealKey::from_bytes(&[0x5e; 32]).unwrap())
+        .audit_sink(audit.clone())
+        .build()
+        .unwrap();
+    Rig {
+        manager,
+        mock,
+        audit,
+    }
+}
+
+pub fn rig(capacity: usize) -> Rig {
+    rig_with(MockBackend::with_capacity(capacity), VramConfig::default())
+}
+
+pub fn names(events: &[AuditEvent]) -> Vec<&'static str> {
+    events.iter().map(AuditEvent::name).collect()
+}
+
+pub fn model(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}

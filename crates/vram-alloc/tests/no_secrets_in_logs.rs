@@ -1,0 +1,139 @@
+//! A full scenario with a known key: no log line and no audit record contains the key bytes,
+//! the worker token or any pointer value. (Its own test binary: tracing's per-thread subscriber
+//! must not race other tests for callsite interest.)
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    missing_docs,
+    reason = "tests"
+)]
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::{MIB, model};
+use vram_alloc::VramManager;
+use vram_alloc::audit::{FileAuditSink, verify_audit_chain};
+use vram_alloc::backend::MockBackend;
+use vram_seal::SealKey;
+use vram_types::VramConfig;
+
+fn temp_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vram-audit-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    dir
+}
+
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const TOKEN: &[u8] = b"super-secret-worker-token-4f1d9a";
+
+fn scenario(audit_path: &std::path::Path) -> (String, Vec<u8>) {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .finish();
+    // A raw key with a recognisable pattern; the token is searched for too.
+    let key_bytes = vec![0xa7u8; 32];
+    let _derived = SealKey::derive(TOKEN, "worker-7").unwrap();
+    tracing::subscriber::with_default(subscriber, || {
+        let mock = Arc::new(MockBackend::with_capacity(16 * MIB));
+        let manager = VramManager::builder()
+            .mock(mock.clone())
+            .config(VramConfig {
+                worker_id: "worker-7".into(),
+                ..VramConfig::default()
+            })
+            .seal_key(SealKey::from_bytes(&key_bytes).unwrap())
+            .audit_sink(Arc::new(FileAuditSink::open(audit_path).unwrap()))
+            .build()
+            .unwrap();
+        let shard = manager
+            .seal_model_with_id("secret-scan", &model(3 * MIB, 1), 0)
+            .unwrap();
+        manager.verify_sealed(&shard).unwrap();
+        let _ = manager.seal_model(&model(20 * MIB, 1), 0);
+        let _ = manager.seal_model_with_id("../bad", &model(1, 1), 0);
+        tracing::info!(?shard, "debug print of a shard");
+        mock.corrupt_byte(&shard, 5).unwrap();
+        assert!(manager.verify_sealed(&shard).is_err());
+        drop(shard);
+    });
+    let logs = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    (logs, key_bytes)
+}
+
+#[test]
+fn logs_and_audit_records_never_show_keys_or_pointers() {
+    let path = temp_path("secrets.jsonl");
+    let (logs, key) = scenario(&path);
+    let audit = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        logs.contains("model sealed in VRAM") && logs.contains("audit"),
+        "{logs}"
+    );
+    assert!(audit.lines().count() >= 5, "{audit}");
+    for text in [&logs, &audit] {
+        let hex_key: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!text.contains(&hex_key));
+        assert!(!text.contains(&format!("{key:?}")));
+        assert!(!text.contains(std::str::from_utf8(TOKEN).unwrap()));
+        // No pointer-looking value (0x followed by 8+ hex digits) anywhere.
+        let pointerish = text.match_indices("0x").any(|(i, _)| {
+            text[i + 2..]
+                .chars()
+                .take_while(char::is_ascii_hexdigit)
+                .count()
+                >= 8
+        });
+        assert!(!pointerish, "pointer-like value in:\n{text}");
+        assert!(!text.contains("SealKey(") || text.contains("SealKey(<redacted>)"));
+    }
+    // The file chain holds, and every record names the worker and a correlation id.
+    let n = verify_audit_chain(&path).unwrap();
+    assert_eq!(n, audit.lines().count() as u64);
+    for line in audit.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["worker_id"], "worker-7");
+        assert!(v["correlation_id"].as_str().unwrap().len() > 8);
+    }
+    let events: Vec<String> = audit
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "VramSealed",
+            "SealVerified",
+            "VramAllocationFailed",
+            "SealVerificationFailed",
+            "VramDeallocated"
+        ],
+        "rejected input (../bad) is not audited"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
