@@ -361,6 +361,17 @@ impl Backend for MockBackend {
         Ok(facts)
     }
 
+    #[cfg(feature = "test-utils")]
+    fn flip_byte(&self, buffer: BufferId, offset: usize) -> Result<(), VramError> {
+        let b = self.buffer(buffer)?;
+        let mut data = write(&b.data);
+        let byte = data.get_mut(offset).ok_or_else(|| {
+            VramError::invalid_input("offset", format!("{offset} is outside the buffer"))
+        })?;
+        *byte = !*byte;
+        Ok(())
+    }
+
     fn free(&self, buffer: BufferId) -> Result<(), VramError> {
         let b = lock(&self.buffers)
             .remove(&buffer.0)

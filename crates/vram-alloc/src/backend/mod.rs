@@ -87,6 +87,14 @@ pub trait Backend: Send + Sync + fmt::Debug + sealed::Sealed {
     /// CUDA errors on the real backend; [`VramError::NotSealed`] for an unknown buffer.
     fn allocation_facts(&self, buffer: BufferId, len: usize) -> Result<AllocationFacts, VramError>;
 
+    /// Inverts the byte at `offset` of the buffer with a raw copy, behind the manager's back
+    /// (simulated VRAM corruption in tests).
+    ///
+    /// # Errors
+    /// [`VramError::InvalidInput`] for an offset outside the buffer; CUDA errors.
+    #[cfg(feature = "test-utils")]
+    fn flip_byte(&self, buffer: BufferId, offset: usize) -> Result<(), VramError>;
+
     /// Frees the buffer.
     ///
     /// # Errors

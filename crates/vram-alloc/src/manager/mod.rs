@@ -441,6 +441,28 @@ impl VramManager {
         id
     }
 
+    /// Inverts one resident byte of `shard` behind the manager's back, on any backend: the
+    /// test for "a corrupted weight never serves silently".
+    ///
+    /// # Errors
+    /// [`VramError::NotSealed`] for a shard of another manager; [`VramError::InvalidInput`] for
+    /// an offset outside the shard; CUDA errors.
+    #[cfg(feature = "test-utils")]
+    pub fn corrupt_byte_for_tests(
+        &self,
+        shard: &SealedShard,
+        offset: usize,
+    ) -> Result<(), VramError> {
+        let resident = verify::owned(&self.shared, shard)?;
+        if offset >= resident.len() {
+            return Err(VramError::invalid_input(
+                "offset",
+                format!("{offset} is outside the {}-byte shard", resident.len()),
+            ));
+        }
+        self.shared.backend.flip_byte(resident.buffer(), offset)
+    }
+
     /// MACs a statement (an attestation) under the seal key, domain-separated from seals.
     ///
     /// # Errors

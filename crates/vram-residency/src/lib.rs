@@ -1,0 +1,104 @@
+//! Seal AI model shards into GPU memory (VRAM) and keep them provably there and unchanged.
+//!
+//! An inference worker uploads a model's bytes, seals them (a SHA-256 tree digest and an
+//! HMAC-SHA256 seal under a per-worker key), refuses any RAM fallback, re-verifies the bytes in
+//! VRAM before every request, and leaves an audit trail and metrics behind.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use vram_residency::{audit::InMemoryAuditSink, MockBackend, SealKey, VramConfig, VramError,
+//!                      VramManager, VramOnlyPolicy};
+//!
+//! // On a GPU machine: VramManager::builder() without `.mock(..)` uses the GPU.
+//! let audit = Arc::new(InMemoryAuditSink::new());
+//! let mock = Arc::new(MockBackend::with_capacity(64 << 20));
+//! let manager = VramManager::builder()
+//!     .mock(mock.clone())
+//!     .config(VramConfig { worker_id: "worker-1".into(), ..VramConfig::default() })
+//!     .seal_key(SealKey::derive(b"worker-api-token-from-the-orchestrator", "worker-1")?)
+//!     .audit_sink(audit.clone())
+//!     .build()?;
+//! manager.enforce_vram_only_policy()?; // at startup: refuse unified/zero-copy/pinned paths
+//!
+//! let shard = manager.seal_model_with_id("llama-3-8b.0", &vec![7u8; 5 << 20], 0)?;
+//! manager.verify_sealed(&shard)?; // before every inference request
+//!
+//! mock.corrupt_byte(&shard, 1234)?; // a bit flips in VRAM...
+//! assert!(matches!(manager.verify_sealed(&shard), Err(VramError::IntegrityViolation { .. })));
+//! assert!(manager.is_stopped()); // ...and the worker stops serving
+//! # Ok::<(), VramError>(())
+//! ```
+//!
+//! # Crate map
+//! This crate only re-exports: [`vram_types`] (types, errors, validation), [`vram_seal`]
+//! (digest, seal, key), [`vram_alloc`] (manager, backends, audit, metrics) and [`vram_policy`]
+//! (VRAM-only policy, attestation).
+//!
+//! # Crate features
+//! - `serde` (off): `Serialize` for [`SealedShard`].
+//! - `test-utils` (off): [`test_utils`], and `SealedShard::set_seal_signature_for_tests`.
+#![forbid(unsafe_code)]
+
+#[doc(inline)]
+pub use vram_types::{
+    AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, KeyProblem, MemoryType,
+    ModelShardHandle, Result, SealFailure, SealSignature, SealedFields, SealedShard, ShardId,
+    VramConfig, VramError, validation,
+};
+
+#[doc(inline)]
+pub use vram_seal::{
+    SealKey, ShardDigest, compute_signature, digest as compute_digest, digest::DigestHasher,
+    verify_signature,
+};
+
+#[doc(inline)]
+pub use vram_alloc::{DeviceUsage, VramManager, VramManagerBuilder, VramMetrics, audit};
+
+#[doc(inline)]
+pub use vram_alloc::backend::MockBackend;
+
+#[doc(inline)]
+pub use vram_policy::{
+    Attestation, PolicyFinding, PolicyReport, VramOnlyPolicy, verify_attestation,
+};
+
+/// Helpers for consumers' test suites (consumer contract §7.1).
+#[cfg(feature = "test-utils")]
+pub mod test_utils {
+    use std::time::SystemTime;
+
+    use vram_types::{DigestAlgorithm, SealedFields, SealedShard, VramError};
+
+    use crate::VramManager;
+
+    /// A manager on the mock backend with one simulated 1 GiB device.
+    #[must_use]
+    pub fn mock_vram_manager() -> VramManager {
+        VramManager::with_capacity(1 << 30)
+    }
+
+    /// A shard with plausible fields and a valid-looking seal under a throwaway key, but no VRAM
+    /// behind it: every manager's `verify_sealed` answers [`VramError::NotSealed`].
+    ///
+    /// # Errors
+    /// [`VramError::Unreachable`] if no random key can be made.
+    pub fn mock_sealed_shard(gpu_device: u32) -> Result<SealedShard, VramError> {
+        let bytes = b"mock model bytes";
+        let algorithm = DigestAlgorithm::default();
+        let now = SystemTime::now();
+        let fields = SealedFields {
+            shard_id: format!("mock-shard-gpu{gpu_device}"),
+            gpu_device,
+            vram_bytes: bytes.len(),
+            digest_algorithm: algorithm,
+            digest: vram_seal::digest(bytes, algorithm).to_hex(),
+            sealed_at: Some(now),
+            shard_index: None,
+            total_shards: None,
+        };
+        let key = vram_seal::SealKey::generate()?;
+        let signature = vram_seal::compute_signature(&key, &fields)?;
+        Ok(SealedShard::from_parts(fields, now, signature, None))
+    }
+}
