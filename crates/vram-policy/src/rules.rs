@@ -6,27 +6,11 @@ use vram_types::DeviceFacts;
 /// (unified) memory, with the value that turns them on.
 pub const UNIFIED_MEMORY_SWITCHES: &[(&str, &str)] = &[("GGML_CUDA_ENABLE_UNIFIED_MEMORY", "1")];
 
-/// Why a device cannot hold VRAM-only shards; empty when it can.
+/// Why a device cannot hold VRAM-only shards; empty when it can (see
+/// [`DeviceFacts::vram_only_problems`], shared with the manager's start-up check).
 #[must_use]
 pub fn device_problems(facts: &DeviceFacts, allow_pageable_memory_access: bool) -> Vec<String> {
-    let mut problems = Vec::new();
-    if facts.integrated {
-        problems.push(
-            "integrated GPU: it has no memory of its own, every allocation is host RAM".to_owned(),
-        );
-    }
-    if facts.pageable_memory_access && !allow_pageable_memory_access {
-        problems.push(
-            "pageable memory access (HMM/ATS) is on: kernels can read host RAM without any CUDA allocation"
-                .to_owned(),
-        );
-    }
-    if !facts.unified_addressing {
-        problems.push(
-            "no unified addressing: allocations cannot be checked pointer by pointer".to_owned(),
-        );
-    }
-    problems
+    facts.vram_only_problems(allow_pageable_memory_access)
 }
 
 /// Environment switches to unified memory that are on; `lookup` reads a variable.
@@ -44,28 +28,6 @@ pub fn environment_problems(lookup: impl Fn(&str) -> Option<String>) -> Vec<Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn discrete_gpu_passes_and_each_bad_fact_is_named() {
-        let good = DeviceFacts::discrete(0, "gpu", 1 << 30);
-        assert!(device_problems(&good, false).is_empty());
-        let integrated = DeviceFacts {
-            integrated: true,
-            ..good.clone()
-        };
-        assert!(device_problems(&integrated, false)[0].contains("integrated"));
-        let hmm = DeviceFacts {
-            pageable_memory_access: true,
-            ..good.clone()
-        };
-        assert!(device_problems(&hmm, false)[0].contains("pageable"));
-        assert!(device_problems(&hmm, true).is_empty(), "allowed explicitly");
-        let no_uva = DeviceFacts {
-            unified_addressing: false,
-            ..good
-        };
-        assert!(device_problems(&no_uva, false)[0].contains("unified addressing"));
-    }
 
     #[test]
     fn unified_memory_switch_is_found() {

@@ -466,10 +466,22 @@ fn attestation_simulated(w: &mut VramWorld) {
 
 fn main() -> ExitCode {
     let gpu = std::env::var("VRAM_TEST_GPU").is_ok_and(|v| v == "1");
-    let features = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/features");
+    // The build's own path, or (for binaries staged onto a GPU machine) the path from the
+    // repository root, or an explicit VRAM_BDD_FEATURES.
+    let built = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/features");
+    let features = std::env::var("VRAM_BDD_FEATURES").unwrap_or_else(|_| {
+        if std::path::Path::new(built).exists() {
+            built.to_owned()
+        } else {
+            "crates/vram-residency/tests/features".to_owned()
+        }
+    });
     let skipped_gpu = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = skipped_gpu.clone();
-    let writer = futures::executor::block_on(VramWorld::cucumber().filter_run(
+    // Default options, not parsed from the command line: the binary also accepts (and ignores)
+    // the libtest arguments that test runners pass to every test binary.
+    let runner = VramWorld::cucumber().with_cli(cucumber::cli::Opts::default());
+    let writer = futures::executor::block_on(runner.filter_run(
         features,
         move |_, _, scenario| {
             let needs_gpu = scenario.tags.iter().any(|t| t == "gpu");

@@ -76,6 +76,34 @@ impl DeviceFacts {
     }
 }
 
+impl DeviceFacts {
+    /// Why this device cannot hold VRAM-only shards; empty when it can. Pageable memory access
+    /// (HMM/ATS) is a problem unless `allow_pageable_memory_access`.
+    #[must_use]
+    pub fn vram_only_problems(&self, allow_pageable_memory_access: bool) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.integrated {
+            problems.push(
+                "integrated GPU: it has no memory of its own, every allocation is host RAM"
+                    .to_owned(),
+            );
+        }
+        if self.pageable_memory_access && !allow_pageable_memory_access {
+            problems.push(
+                "pageable memory access (HMM/ATS) is on: kernels can read host RAM without any CUDA allocation"
+                    .to_owned(),
+            );
+        }
+        if !self.unified_addressing {
+            problems.push(
+                "no unified addressing: allocations cannot be checked pointer by pointer"
+                    .to_owned(),
+            );
+        }
+        problems
+    }
+}
+
 /// Where an allocation's bytes live, as the driver reports it (`CU_POINTER_ATTRIBUTE_MEMORY_TYPE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -181,6 +209,31 @@ impl AllocationFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn discrete_gpu_passes_and_each_bad_device_fact_is_named() {
+        let good = DeviceFacts::discrete(0, "gpu", 1 << 30);
+        assert!(good.vram_only_problems(false).is_empty());
+        let integrated = DeviceFacts {
+            integrated: true,
+            ..good.clone()
+        };
+        assert!(integrated.vram_only_problems(false)[0].contains("integrated"));
+        let hmm = DeviceFacts {
+            pageable_memory_access: true,
+            ..good.clone()
+        };
+        assert!(hmm.vram_only_problems(false)[0].contains("pageable"));
+        assert!(
+            hmm.vram_only_problems(true).is_empty(),
+            "allowed explicitly"
+        );
+        let no_uva = DeviceFacts {
+            unified_addressing: false,
+            ..good
+        };
+        assert!(no_uva.vram_only_problems(false)[0].contains("unified addressing"));
+    }
 
     #[test]
     fn only_plain_device_memory_of_the_right_device_passes() {

@@ -92,6 +92,19 @@ pub enum AuditEvent {
         /// The error.
         reason: String,
     },
+    /// A GPU passed the start-up checks and will hold shards.
+    DeviceAccepted {
+        /// CUDA device index.
+        gpu_device: u32,
+        /// Device name.
+        name: String,
+        /// Total device memory in bytes.
+        total_memory: usize,
+        /// ECC state when known.
+        ecc_enabled: Option<bool>,
+        /// Driver version when known.
+        driver_version: Option<String>,
+    },
     /// The VRAM-only policy was violated (critical).
     PolicyViolation {
         /// CUDA device index.
@@ -127,6 +140,7 @@ impl AuditEvent {
             Self::VramDeallocated { .. } => "VramDeallocated",
             Self::VramAllocationFailed { .. } => "VramAllocationFailed",
             Self::PolicyViolation { .. } => "PolicyViolation",
+            Self::DeviceAccepted { .. } => "DeviceAccepted",
         }
     }
 }

@@ -4,6 +4,7 @@
 //! that host memory is VRAM. Buffers are named by opaque [`BufferId`]s; device pointers never
 //! leave a backend.
 
+mod cuda;
 mod mock;
 
 use std::fmt;
@@ -11,6 +12,7 @@ use std::fmt;
 use vram_seal::ShardDigest;
 use vram_types::{AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, VramError};
 
+pub use cuda::CudaBackend;
 pub use mock::{MockBackend, MockBuilder};
 
 /// `cuMemAlloc`'s granularity: every allocation takes a multiple of 2 MiB of device memory.

@@ -13,7 +13,7 @@ use vram_types::{
 };
 
 use crate::audit::{AuditEvent, AuditSink, InMemoryAuditSink};
-use crate::backend::{Backend, MockBackend, round_up};
+use crate::backend::{Backend, CudaBackend, MockBackend, round_up};
 use crate::capacity::DeviceCapacity;
 use crate::metrics::VramMetrics;
 use seal::SealRequest;
@@ -64,21 +64,20 @@ impl VramManagerBuilder {
         self
     }
 
-    /// Builds the manager. Without a backend set, it uses the GPU; it never falls back to the mock.
+    /// Builds the manager. Without a backend set, it uses every CUDA GPU and checks each at start
+    /// (integrated GPU, pageable memory access, unified addressing); it never falls back to the
+    /// mock.
     ///
     /// # Errors
     /// [`VramError::NoGpu`] when no backend is set and no GPU can be used;
+    /// [`VramError::DriverTooOld`]; [`VramError::PolicyViolation`] when a GPU fails the start-up
+    /// check;
     /// [`VramError::InvalidInput`] for a bad configuration (memory fraction outside (0, 1],
     /// empty worker id); [`VramError::Unreachable`] if no random key can be made.
     pub fn build(self) -> Result<VramManager, VramError> {
-        let backend = match self.backend {
+        let backend: Arc<dyn Backend> = match self.backend {
             Some(b) => b,
-            None => {
-                return Err(VramError::NoGpu {
-                    reason: "this build has no CUDA backend; use the mock backend explicitly"
-                        .into(),
-                });
-            }
+            None => Arc::new(CudaBackend::open()?),
         };
         let config = self.config;
         if !(config.memory_fraction > 0.0 && config.memory_fraction <= 1.0) {
@@ -106,11 +105,50 @@ impl VramManagerBuilder {
             .audit
             .unwrap_or_else(|| Arc::new(InMemoryAuditSink::new()));
         let shared = Arc::new(Shared::new(backend, config, key, capacities, audit));
+        if shared.backend.kind() == BackendKind::Cuda {
+            check_devices_at_start(&shared)?;
+        }
         for d in 0..shared.backend.device_count() {
             shared.refresh_capacity_metrics(d);
         }
         Ok(VramManager { shared })
     }
+}
+
+/// Start-up check of every real GPU: integrated GPUs, pageable memory access (unless allowed)
+/// and missing unified addressing are refused as policy violations (audited as critical, with
+/// the ECC state); accepted devices are audited with their ECC state and driver version.
+fn check_devices_at_start(shared: &Shared) -> Result<(), VramError> {
+    let correlation_id = shared.next_correlation_id();
+    for device in 0..shared.backend.device_count() {
+        let facts = shared.backend.device_facts(device)?;
+        let problems = facts.vram_only_problems(shared.config.allow_pageable_memory_access);
+        if problems.is_empty() {
+            tracing::info!(gpu_device = device, name = %facts.name, ecc_enabled = ?facts.ecc_enabled, "GPU accepted for VRAM-only shards");
+            shared.emit(
+                &correlation_id,
+                AuditEvent::DeviceAccepted {
+                    gpu_device: device,
+                    name: facts.name,
+                    total_memory: facts.total_memory,
+                    ecc_enabled: facts.ecc_enabled,
+                    driver_version: facts.driver_version,
+                },
+            );
+            continue;
+        }
+        let reason = problems.join("; ");
+        shared.emit(
+            &correlation_id,
+            AuditEvent::PolicyViolation {
+                gpu_device: device,
+                reason: reason.clone(),
+                ecc_enabled: facts.ecc_enabled,
+            },
+        );
+        return Err(VramError::PolicyViolation { device, reason });
+    }
+    Ok(())
 }
 
 /// Capacity managed on a device: the configured bytes, or the device total times the

@@ -1,0 +1,159 @@
+//! The CUDA backend: shards in real device memory (`cuMemAlloc`), uploaded and read back through
+//! pinned staging buffers that live only for one transfer, digested on the CPU from the bytes
+//! read back out of VRAM.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use vram_cuda_sys::memory::{DeviceBuffer, Staging};
+use vram_cuda_sys::{Device, Driver};
+use vram_seal::ShardDigest;
+use vram_seal::digest::{DigestHasher, tree};
+use vram_types::{AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, VramError};
+
+use super::{Backend, BufferId, CUDA_ALLOCATION_GRANULARITY, MemoryInfo, Sealed};
+use crate::sync::lock;
+
+/// Every CUDA device of the machine.
+#[derive(Debug)]
+pub struct CudaBackend {
+    devices: Vec<Arc<Device>>,
+    buffers: Mutex<HashMap<u64, Arc<DeviceBuffer>>>,
+    next_id: AtomicU64,
+}
+
+impl CudaBackend {
+    /// Opens every device the driver reports.
+    ///
+    /// # Errors
+    /// [`VramError::NoGpu`] without a driver or GPU; [`VramError::DriverTooOld`];
+    /// CUDA errors while creating contexts.
+    pub fn open() -> Result<Self, VramError> {
+        let count = Driver::get()?.device_count();
+        let devices = (0..count)
+            .map(Device::open)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            devices,
+            buffers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn device(&self, device: u32) -> Result<&Arc<Device>, VramError> {
+        usize::try_from(device)
+            .ok()
+            .and_then(|d| self.devices.get(d))
+            .ok_or(VramError::InvalidDevice {
+                device,
+                device_count: self.device_count(),
+            })
+    }
+
+    fn buffer(&self, id: BufferId) -> Result<Arc<DeviceBuffer>, VramError> {
+        lock(&self.buffers)
+            .get(&id.0)
+            .cloned()
+            .ok_or_else(|| VramError::NotSealed {
+                shard_id: String::new(),
+            })
+    }
+}
+
+impl Sealed for CudaBackend {}
+
+impl Backend for CudaBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cuda
+    }
+
+    fn device_count(&self) -> u32 {
+        u32::try_from(self.devices.len()).unwrap_or(u32::MAX)
+    }
+
+    fn device_facts(&self, device: u32) -> Result<DeviceFacts, VramError> {
+        self.device(device)?.facts()
+    }
+
+    fn memory_info(&self, device: u32) -> Result<MemoryInfo, VramError> {
+        let (free, total) = self.device(device)?.memory_info()?;
+        Ok(MemoryInfo { free, total })
+    }
+
+    fn granularity(&self) -> usize {
+        CUDA_ALLOCATION_GRANULARITY
+    }
+
+    fn allocate(&self, device: u32, bytes: usize) -> Result<BufferId, VramError> {
+        let buffer = DeviceBuffer::alloc(self.device(device)?, bytes)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.buffers).insert(id, Arc::new(buffer));
+        Ok(BufferId(id))
+    }
+
+    fn upload(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError> {
+        let b = self.buffer(buffer)?;
+        let mut staging = Staging::new(b.device(), bytes.len())?;
+        b.upload(bytes, &mut staging)
+        // `staging` (pinned host memory) is freed here: it never outlives the transfer.
+    }
+
+    fn digest(
+        &self,
+        buffer: BufferId,
+        len: usize,
+        algorithm: DigestAlgorithm,
+    ) -> Result<ShardDigest, VramError> {
+        let b = self.buffer(buffer)?;
+        let mut staging = Staging::new(b.device(), len)?;
+        match algorithm.leaf_size() {
+            Some(leaf) => {
+                // Each staging chunk is a multiple of the leaf size (or the whole shard), so
+                // chunks hold whole leaves; their leaf digests are hashed in parallel.
+                let mut leaves = Vec::new();
+                b.read_back(len, &mut staging, |chunk| {
+                    leaves.extend(tree::leaf_digests(chunk, leaf));
+                    Ok(())
+                })?;
+                let total = u64::try_from(len).unwrap_or(u64::MAX);
+                tree::digest_from_leaf_digests(&leaves, leaf, total)
+            }
+            None => {
+                let mut hasher = DigestHasher::new(algorithm);
+                b.read_back(len, &mut staging, |chunk| {
+                    hasher.update(chunk);
+                    Ok(())
+                })?;
+                Ok(hasher.finalize())
+            }
+        }
+    }
+
+    fn allocation_facts(&self, buffer: BufferId, len: usize) -> Result<AllocationFacts, VramError> {
+        self.buffer(buffer)?.facts(len)
+    }
+
+    #[cfg(feature = "test-utils")]
+    fn flip_byte(&self, buffer: BufferId, offset: usize) -> Result<(), VramError> {
+        let b = self.buffer(buffer)?;
+        let mut byte = [0u8; 1];
+        b.read(offset, &mut byte)?;
+        b.write(offset, &byte.map(|v| !v))
+    }
+
+    fn free(&self, buffer: BufferId) -> Result<(), VramError> {
+        let b = lock(&self.buffers)
+            .remove(&buffer.0)
+            .ok_or(VramError::CudaDeallocationFailed {
+                device: 0,
+                cuda_error: "unknown allocation".into(),
+            })?;
+        match Arc::try_unwrap(b) {
+            Ok(owned) => owned.free(),
+            // A transfer still holds it (cannot happen: the allocation is only freed when its
+            // last shard handle is gone); dropping the last reference frees it.
+            Err(_) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,140 @@
+//! One CUDA device and its primary context.
+//!
+//! The driver keeps a "current context" per thread. Every operation here first makes the
+//! device's primary context current on the calling thread ([`Device::bind`]), so the types can
+//! be used from any thread.
+
+use std::sync::Arc;
+
+use cudarc::driver::result;
+use cudarc::driver::sys::{CUcontext, CUdevice, CUdevice_attribute};
+use vram_types::{DeviceFacts, VramError};
+
+use crate::driver::Driver;
+use crate::error::CudaError;
+
+/// A CUDA device with its retained primary context.
+#[derive(Debug)]
+pub struct Device {
+    ordinal: u32,
+    handle: CUdevice,
+    ctx: CUcontext,
+}
+
+// SAFETY: a CUcontext is a driver handle, valid on every thread of the process; the driver
+// serialises access internally, and this type never dereferences it.
+unsafe impl Send for Device {}
+// SAFETY: as above; `&Device` only hands the handle to thread-safe driver calls.
+unsafe impl Sync for Device {}
+
+impl Device {
+    /// Opens device `ordinal` and retains its primary context.
+    ///
+    /// # Errors
+    /// [`VramError::NoGpu`] / [`VramError::DriverTooOld`] from [`Driver::get`];
+    /// [`VramError::InvalidDevice`] for an ordinal the driver does not know;
+    /// [`VramError::CudaOperationFailed`] when the context cannot be created.
+    pub fn open(ordinal: u32) -> Result<Arc<Self>, VramError> {
+        let driver = Driver::get()?;
+        if ordinal >= driver.device_count() {
+            return Err(VramError::InvalidDevice {
+                device: ordinal,
+                device_count: driver.device_count(),
+            });
+        }
+        let index = i32::try_from(ordinal).map_err(|_| VramError::InvalidDevice {
+            device: ordinal,
+            device_count: driver.device_count(),
+        })?;
+        let handle = result::device::get(index)
+            .map_err(|e| CudaError::from(e).during(ordinal, "cuDeviceGet"))?;
+        // SAFETY: `handle` was returned by `cuDeviceGet` just above.
+        let ctx = unsafe { result::primary_ctx::retain(handle) }
+            .map_err(|e| CudaError::from(e).during(ordinal, "cuDevicePrimaryCtxRetain"))?;
+        let device = Self {
+            ordinal,
+            handle,
+            ctx,
+        };
+        device.bind()?;
+        Ok(Arc::new(device))
+    }
+
+    /// The device index.
+    #[must_use]
+    pub fn ordinal(&self) -> u32 {
+        self.ordinal
+    }
+
+    /// Makes the primary context current on the calling thread.
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`] from `cuCtxSetCurrent`.
+    pub fn bind(&self) -> Result<(), VramError> {
+        // SAFETY: `ctx` is a primary context retained in `open` and released only in `Drop`.
+        unsafe { result::ctx::set_current(self.ctx) }
+            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuCtxSetCurrent"))
+    }
+
+    fn attribute(&self, attribute: CUdevice_attribute) -> Result<i32, VramError> {
+        // SAFETY: `handle` came from `cuDeviceGet`; the attribute is a valid enum value.
+        unsafe { result::device::get_attribute(self.handle, attribute) }
+            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuDeviceGetAttribute"))
+    }
+
+    /// The attributes the VRAM-only policy decides on.
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`] when an attribute cannot be read.
+    pub fn facts(&self) -> Result<DeviceFacts, VramError> {
+        use CUdevice_attribute as A;
+        let flag = |a| self.attribute(a).map(|v| v != 0);
+        let name = result::device::get_name(self.handle)
+            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuDeviceGetName"))?;
+        // SAFETY: `handle` came from `cuDeviceGet`.
+        let total_memory = unsafe { result::device::total_mem(self.handle) }
+            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuDeviceTotalMem"))?;
+        Ok(DeviceFacts {
+            ordinal: self.ordinal,
+            name,
+            total_memory,
+            integrated: flag(A::CU_DEVICE_ATTRIBUTE_INTEGRATED)?,
+            unified_addressing: flag(A::CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING)?,
+            managed_memory: flag(A::CU_DEVICE_ATTRIBUTE_MANAGED_MEMORY)?,
+            pageable_memory_access: flag(A::CU_DEVICE_ATTRIBUTE_PAGEABLE_MEMORY_ACCESS)?,
+            can_map_host_memory: flag(A::CU_DEVICE_ATTRIBUTE_CAN_MAP_HOST_MEMORY)?,
+            ecc_enabled: Some(flag(A::CU_DEVICE_ATTRIBUTE_ECC_ENABLED)?),
+            driver_version: Driver::get().ok().map(Driver::version),
+        })
+    }
+
+    /// Free and total device memory, in bytes (`cuMemGetInfo`; a snapshot).
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`].
+    pub fn memory_info(&self) -> Result<(usize, usize), VramError> {
+        self.bind()?;
+        result::mem_get_info().map_err(|e| CudaError::from(e).during(self.ordinal, "cuMemGetInfo"))
+    }
+
+    /// Waits until all work on the device's context is done.
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`].
+    pub fn synchronize(&self) -> Result<(), VramError> {
+        self.bind()?;
+        result::ctx::synchronize()
+            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuCtxSynchronize"))
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        // SAFETY: the context was retained once in `open`; this is the matching release.
+        let released = unsafe { result::primary_ctx::release(self.handle) };
+        if let Err(e) = released {
+            // Nothing to return to; never panic in Drop.
+            let _ = CudaError::from(e);
+        }
+    }
+}

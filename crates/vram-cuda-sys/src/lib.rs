@@ -1,0 +1,34 @@
+//! Safe wrappers over the CUDA driver API: the workspace's only `unsafe` code.
+//!
+//! The driver is reached through `cudarc` with `dynamic-loading` (pinned to the CUDA 12.8 API,
+//! `docs/adr/0001-cudarc-dynamic-loading.md`), so nothing here needs a CUDA toolkit to build
+//! and a machine without a GPU gets typed errors, never a panic or a crash at load.
+//!
+//! | module | wraps |
+//! |---|---|
+//! | [`driver`] | finding `libcuda`, the driver version check, `cuInit`, device count |
+//! | [`device`] | one device and its primary context: attributes, free/total memory |
+//! | [`memory`] | device allocations, pinned staging buffers, host↔device copies (synchronous and on a stream), and the managed / pinned / mapped / registered host memory the policy must refuse |
+//! | [`pointer`] | `cuPointerGetAttributes`: where an allocation really lives |
+//! | [`module`] | loading PTX and launching a kernel |
+//!
+//! Device pointers never leave this crate's types: no public function returns one, and no
+//! `Debug` output shows one. Every `unsafe` block holds one driver call behind a `// SAFETY:`
+//! comment that names what makes it sound.
+#![allow(unsafe_code)]
+#![deny(
+    clippy::undocumented_unsafe_blocks,
+    clippy::multiple_unsafe_ops_per_block,
+    unsafe_op_in_unsafe_fn
+)]
+
+pub mod device;
+pub mod driver;
+mod error;
+pub mod memory;
+pub mod module;
+pub mod pointer;
+
+pub use device::Device;
+pub use driver::{Driver, REQUIRED_DRIVER_VERSION};
+pub use error::CudaError;
