@@ -480,21 +480,19 @@ fn main() -> ExitCode {
     let counter = skipped_gpu.clone();
     // Default options, not parsed from the command line: the binary also accepts (and ignores)
     // the libtest arguments that test runners pass to every test binary.
-    let runner = VramWorld::cucumber().with_cli(cucumber::cli::Opts::default());
-    let writer = futures::executor::block_on(runner.filter_run(
-        features,
-        move |_, _, scenario| {
-            let needs_gpu = scenario.tags.iter().any(|t| t == "gpu");
-            if needs_gpu && !gpu {
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                println!(
-                    "skipped: \"{}\" needs a GPU (run with VRAM_TEST_GPU=1 on a GPU machine)",
-                    scenario.name
-                );
-            }
-            !needs_gpu || gpu
-        },
-    ));
+    let runner = VramWorld::cucumber()
+        .with_cli(cucumber::cli::Opts::<_, _, _, cucumber::cli::Empty>::default());
+    let writer = futures::executor::block_on(runner.filter_run(features, move |_, _, scenario| {
+        let needs_gpu = scenario.tags.iter().any(|t| t == "gpu");
+        if needs_gpu && !gpu {
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            println!(
+                "skipped: \"{}\" needs a GPU (run with VRAM_TEST_GPU=1 on a GPU machine)",
+                scenario.name
+            );
+        }
+        !needs_gpu || gpu
+    }));
     let stats = writer.scenarios_stats();
     let skipped = stats.skipped + skipped_gpu.load(std::sync::atomic::Ordering::Relaxed);
     println!(
