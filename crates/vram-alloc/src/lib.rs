@@ -38,12 +38,24 @@
 
 pub mod audit;
 pub mod backend;
+mod baseline;
 mod capacity;
 mod manager;
 mod metrics;
 mod resident;
 mod sync;
 
+pub use baseline::NaivePathTimes;
 pub use manager::{VramManager, VramManagerBuilder};
 pub use metrics::{DeviceUsage, VramMetrics};
 pub use resident::ResidentAllocation;
+
+/// The facts of every CUDA GPU of the machine, without building a manager (for diagnostics
+/// such as `vramctl doctor`).
+///
+/// # Errors
+/// [`vram_types::VramError::NoGpu`] without a driver or GPU; [`vram_types::VramError::DriverTooOld`];
+/// CUDA errors.
+pub fn probe_gpus() -> Result<Vec<vram_types::DeviceFacts>, vram_types::VramError> {
+    backend::CudaBackend::probe()
+}

@@ -143,7 +143,10 @@ fn a_byte_written_behind_the_managers_back_fails_verification() {
 #[ignore = "needs a GPU: VRAM_TEST_GPU=1, --include-ignored"]
 fn oversized_requests_fail_cleanly_and_free_memory_returns_after_drop() {
     // No model-size cap here: the requests must reach the capacity checks (an H200 has 140 GB).
-    let (m, _) = gpu(VramConfig { max_model_bytes: u64::MAX, ..VramConfig::default() });
+    let (m, _) = gpu(VramConfig {
+        max_model_bytes: u64::MAX,
+        ..VramConfig::default()
+    });
     let warm = m.seal_model(&[1], 0).unwrap(); // lets the context settle its own allocations
     drop(warm);
     let start = device_free();

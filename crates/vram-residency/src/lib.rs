@@ -53,14 +53,17 @@ pub use vram_seal::{
 };
 
 #[doc(inline)]
-pub use vram_alloc::{DeviceUsage, VramManager, VramManagerBuilder, VramMetrics, audit};
+pub use vram_alloc::{
+    DeviceUsage, NaivePathTimes, VramManager, VramManagerBuilder, VramMetrics, audit, probe_gpus,
+};
 
 #[doc(inline)]
 pub use vram_alloc::backend::MockBackend;
 
 #[doc(inline)]
 pub use vram_policy::{
-    Attestation, PolicyFinding, PolicyReport, VramOnlyPolicy, verify_attestation,
+    Attestation, PolicyFinding, PolicyReport, VramOnlyPolicy, rules::environment_problems,
+    verify_attestation,
 };
 
 /// Helpers for consumers' test suites (consumer contract §7.1).

@@ -24,6 +24,17 @@ pub struct CudaBackend {
 }
 
 impl CudaBackend {
+    /// The facts of every GPU, without building a manager (for `vramctl doctor`).
+    ///
+    /// # Errors
+    /// As [`CudaBackend::open`].
+    pub fn probe() -> Result<Vec<DeviceFacts>, VramError> {
+        let backend = Self::open()?;
+        (0..backend.device_count())
+            .map(|d| backend.device_facts(d))
+            .collect()
+    }
+
     /// Opens every device the driver reports.
     ///
     /// # Errors
@@ -97,6 +108,14 @@ impl Backend for CudaBackend {
         let mut staging = Staging::new(b.device(), bytes.len())?;
         b.upload(bytes, &mut staging)
         // `staging` (pinned host memory) is freed here: it never outlives the transfer.
+    }
+
+    fn upload_unstaged(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError> {
+        self.buffer(buffer)?.write(0, bytes)
+    }
+
+    fn read_unstaged(&self, buffer: BufferId, dst: &mut [u8]) -> Result<(), VramError> {
+        self.buffer(buffer)?.read(0, dst)
     }
 
     fn digest(

@@ -337,6 +337,25 @@ impl Backend for MockBackend {
         Ok(())
     }
 
+    fn upload_unstaged(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError> {
+        self.upload(buffer, bytes)
+    }
+
+    fn read_unstaged(&self, buffer: BufferId, dst: &mut [u8]) -> Result<(), VramError> {
+        let b = self.buffer(buffer)?;
+        self.copy_fault(b.device, "device-to-host copy", |f| &mut f.fail_reads)?;
+        let data = read(&b.data);
+        let src = data
+            .get(..dst.len())
+            .ok_or(VramError::CudaOperationFailed {
+                device: b.device,
+                operation: "device-to-host copy",
+                cuda_error: "CUDA_ERROR_INVALID_VALUE: read past the allocation".into(),
+            })?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
     fn digest(
         &self,
         buffer: BufferId,

@@ -72,6 +72,19 @@ pub trait Backend: Send + Sync + fmt::Debug + sealed::Sealed {
     /// [`VramError::CudaOperationFailed`] when the copy fails or does not fit.
     fn upload(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError>;
 
+    /// Copies `bytes` to the buffer in one plain copy from pageable memory, with no staging:
+    /// the naive path that `vramctl bench` measures the staged path against.
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`].
+    fn upload_unstaged(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError>;
+
+    /// Copies the start of the buffer into `dst` in one plain copy to pageable memory (naive path).
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`].
+    fn read_unstaged(&self, buffer: BufferId, dst: &mut [u8]) -> Result<(), VramError>;
+
     /// Digest of the first `len` resident bytes of the buffer, read from device memory.
     ///
     /// # Errors
