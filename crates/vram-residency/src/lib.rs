@@ -52,6 +52,12 @@ pub use vram_seal::{
     verify_signature,
 };
 
+/// Digest building blocks: streaming, serial, and the tree's leaf functions.
+pub mod digest {
+    #[doc(inline)]
+    pub use vram_seal::digest::{DigestHasher, ShardDigest, digest, digest_serial, tree};
+}
+
 #[doc(inline)]
 pub use vram_alloc::{
     DeviceUsage, NaivePathTimes, VramManager, VramManagerBuilder, VramMetrics, audit, probe_gpus,

@@ -1,0 +1,117 @@
+//! The command line (clap).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  ok
+  1  verification failure (digest or seal mismatch, --expect mismatch)
+  2  bad input (missing/empty/unreadable file, directory, bad option or address, too large)
+  3  no GPU, driver problem, or VRAM-only policy violation
+
+Examples:
+  vramctl doctor
+  vramctl digest model.safetensors > model.digest
+  vramctl seal model.safetensors --expect $(cut -d' ' -f1 model.digest) \\
+      --verify-every 30 --metrics 127.0.0.1:9400 --audit-log /var/log/vram-audit.jsonl
+  vramctl bench --size 1073741824
+  vramctl demo";
+
+/// Seal AI model files into GPU memory and keep them provably there and unchanged.
+#[derive(Debug, Parser)]
+#[command(name = "vramctl", version, about, after_help = AFTER_HELP)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+    /// Print one JSON document per result instead of text.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// Print only results and errors.
+    #[arg(long, short, global = true)]
+    pub(crate) quiet: bool,
+    /// Log to stderr (-v info, -vv debug, -vvv trace).
+    #[arg(long, short, global = true, action = clap::ArgAction::Count)]
+    pub(crate) verbose: u8,
+    #[command(flatten)]
+    pub(crate) backend: BackendArgs,
+}
+
+/// Where shards go.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct BackendArgs {
+    /// `cuda` (real VRAM), `mock` (host memory that says so), or `auto` (cuda when a GPU is
+    /// present, else mock). Default: cuda for `seal`, auto for `bench` and `demo`.
+    #[arg(long, global = true, value_enum)]
+    pub(crate) backend: Option<BackendChoice>,
+    /// Capacity of the mock backend's simulated GPU, in bytes.
+    #[arg(long, global = true, default_value_t = 8 << 30)]
+    pub(crate) mock_capacity: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum BackendChoice {
+    Auto,
+    Cuda,
+    Mock,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// List GPUs and say whether each can hold VRAM-only shards, and why.
+    Doctor,
+    /// Print a file's digest (tree by default, or flat SHA-256) for a manifest.
+    Digest(DigestArgs),
+    /// Seal files into VRAM and keep them resident and re-verified until Ctrl-C or SIGTERM.
+    Seal(SealArgs),
+    /// Measure seal and verify throughput next to the naive path.
+    Bench(BenchArgs),
+    /// Seal a sample model, verify it, corrupt one byte in VRAM and show the detection.
+    Demo,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DigestArgs {
+    /// The file to hash.
+    pub(crate) file: PathBuf,
+    /// Flat SHA-256 (as `sha256sum` and Hugging Face LFS oids) instead of the tree digest.
+    #[arg(long, conflicts_with = "leaf")]
+    pub(crate) flat: bool,
+    /// Tree leaf size in bytes (a power of two from 4096 to 16777216; default 65536).
+    #[arg(long)]
+    pub(crate) leaf: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SealArgs {
+    /// Model files to seal (any file; safetensors and GGUF headers are checked).
+    #[arg(required = true)]
+    pub(crate) files: Vec<PathBuf>,
+    /// GPU index.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) device: u32,
+    /// Expected digest of each file, in order (64 hex characters, as `vramctl digest` prints);
+    /// a file whose digest differs is refused before anything is sealed.
+    #[arg(long)]
+    pub(crate) expect: Vec<String>,
+    /// Seconds between re-verifications of every shard.
+    #[arg(long, default_value_t = 60)]
+    pub(crate) verify_every: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address, e.g. 127.0.0.1:9400).
+    #[arg(long)]
+    pub(crate) metrics: Option<String>,
+    /// Append hash-chained audit records (JSON lines) to this file.
+    #[arg(long)]
+    pub(crate) audit_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Bytes per measurement.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub(crate) size: usize,
+    /// GPU index.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) device: u32,
+}

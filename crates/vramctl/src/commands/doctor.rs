@@ -1,0 +1,112 @@
+//! `vramctl doctor`: the GPUs found, and whether each can hold VRAM-only shards, with reasons.
+
+use serde_json::json;
+use vram_residency::{VramError, environment_problems, probe_gpus};
+
+use crate::error::{CliError, CliResult, Exit};
+use crate::output::{Output, human_bytes};
+
+pub(crate) fn run(out: Output) -> CliResult<Exit> {
+    let devices = match probe_gpus() {
+        Ok(d) => d,
+        Err(e @ (VramError::NoGpu { .. } | VramError::DriverTooOld { .. })) => {
+            let message = format!("no usable GPU: {e}");
+            out.json(&json!({ "gpus": [], "usable": false, "problem": message }));
+            out.result(&message);
+            return Err(CliError::new(
+                Exit::NoGpuOrPolicy,
+                "no GPU can hold VRAM-only shards on this machine; install an NVIDIA GPU and driver, or use --backend mock for tests",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let environment = environment_problems(|name| std::env::var(name).ok());
+    let mut usable = 0usize;
+    let mut report = Vec::new();
+    for d in &devices {
+        let problems = d.vram_only_problems(false);
+        let ok = problems.is_empty() && environment.is_empty();
+        usable = usable.saturating_add(usize::from(ok));
+        let ecc = match d.ecc_enabled {
+            Some(true) => "on",
+            Some(false) => "off",
+            None => "unknown",
+        };
+        out.result(format!(
+            "GPU {}: {} | {} | driver {} | ECC {}",
+            d.ordinal,
+            d.name,
+            human_bytes(u64::try_from(d.total_memory).unwrap_or(u64::MAX)),
+            d.driver_version.as_deref().unwrap_or("unknown"),
+            ecc
+        ));
+        let verdict = if ok {
+            "can hold VRAM-only shards"
+        } else {
+            "REFUSED for VRAM-only shards"
+        };
+        out.result(format!("  verdict: {verdict}"));
+        out.line(format!(
+            "  integrated GPU: {} ({})",
+            yes_no(d.integrated),
+            if d.integrated {
+                "no memory of its own: refused"
+            } else {
+                "has its own VRAM"
+            }
+        ));
+        out.line(format!(
+            "  pageable memory access (HMM/ATS): {} ({})",
+            yes_no(d.pageable_memory_access),
+            if d.pageable_memory_access {
+                "kernels could read host RAM: refused"
+            } else {
+                "kernels cannot read plain host RAM"
+            }
+        ));
+        out.line(format!(
+            "  managed memory: {} ({})",
+            if d.managed_memory {
+                "supported"
+            } else {
+                "not supported"
+            },
+            "every allocation is checked and managed memory is refused"
+        ));
+        out.line(format!(
+            "  unified addressing: {} ({})",
+            yes_no(d.unified_addressing),
+            if d.unified_addressing {
+                "pointer checks possible"
+            } else {
+                "pointer checks impossible: refused"
+            }
+        ));
+        for p in &problems {
+            out.line(format!("  problem: {p}"));
+        }
+        report.push(json!({
+            "index": d.ordinal, "name": d.name, "memory_bytes": d.total_memory,
+            "driver": d.driver_version, "ecc_enabled": d.ecc_enabled,
+            "integrated": d.integrated, "pageable_memory_access": d.pageable_memory_access,
+            "managed_memory": d.managed_memory, "unified_addressing": d.unified_addressing,
+            "usable": ok, "problems": problems,
+        }));
+    }
+    for p in &environment {
+        out.result(format!("environment: {p}"));
+    }
+    out.json(&json!({ "gpus": report, "environment_problems": environment, "usable": usable > 0 }));
+    if usable > 0 {
+        Ok(Exit::Ok)
+    } else {
+        Err(CliError::new(
+            Exit::NoGpuOrPolicy,
+            "no GPU here can hold VRAM-only shards (see the reasons above)",
+        ))
+    }
+}
+
+fn yes_no(v: bool) -> &'static str {
+    if v { "yes" } else { "no" }
+}

@@ -1,0 +1,65 @@
+//! `vramctl`: point it at a model file and a GPU.
+//!
+//! Commands: `doctor` (can these GPUs hold VRAM-only shards?), `digest` (the expected digest of
+//! a file, for manifests), `seal` (keep files sealed in VRAM, re-verified, with metrics and an
+//! audit log), `bench` (seal and verify speed next to the naive path) and `demo` (the README's
+//! main job). Exit codes: 0 ok, 1 verification failure, 2 bad input, 3 no GPU / policy violation.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod commands;
+mod error;
+mod files;
+mod formats;
+mod metrics_server;
+mod output;
+mod session;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::output::Output;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let out = Output {
+        json: cli.json,
+        quiet: cli.quiet,
+    };
+    let result = match cli.command {
+        Command::Doctor => commands::doctor::run(out),
+        Command::Digest(args) => commands::digest::run(out, &args),
+        Command::Seal(args) => commands::seal::run(out, &cli.backend, &args),
+        Command::Bench(args) => commands::bench::run(out, &cli.backend, &args),
+        Command::Demo => commands::demo::run(out, &cli.backend),
+    };
+    match result {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err(e) => {
+            if out.json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "error": e.to_string(), "exit_code": e.exit as u8 })
+                );
+            }
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit as u8)
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => return,
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .try_init();
+}

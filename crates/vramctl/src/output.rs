@@ -1,0 +1,68 @@
+//! Output: human text on stdout (or one JSON document with `--json`), progress bars on stderr
+//! (hidden when stderr is not a terminal, with `--quiet` or with `--json`).
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+
+/// How to print.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Output {
+    pub(crate) json: bool,
+    pub(crate) quiet: bool,
+}
+
+impl Output {
+    /// A line of human output (not in JSON mode, not with `--quiet`).
+    pub(crate) fn line(&self, text: impl AsRef<str>) {
+        if !self.json && !self.quiet {
+            println!("{}", text.as_ref());
+        }
+    }
+
+    /// A line of human output that `--quiet` keeps (results).
+    pub(crate) fn result(&self, text: impl AsRef<str>) {
+        if !self.json {
+            println!("{}", text.as_ref());
+        }
+    }
+
+    /// A JSON document (JSON mode only).
+    pub(crate) fn json(&self, value: &Value) {
+        if self.json {
+            println!("{value}");
+        }
+    }
+
+    /// A progress bar over `total` bytes, or a hidden one.
+    pub(crate) fn progress(&self, total: u64, what: &str) -> ProgressBar {
+        let visible = !self.json && !self.quiet && std::io::stderr().is_terminal();
+        if !visible {
+            return ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
+        }
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        if let Ok(style) = ProgressStyle::with_template(
+            "{msg:12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(what.to_owned());
+        bar
+    }
+}
+
+/// Bytes in a short human form (MiB/GiB).
+#[allow(clippy::cast_precision_loss, reason = "display only")]
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    const MIB: f64 = 1024.0 * 1024.0;
+    let b = bytes as f64;
+    if b >= GIB {
+        format!("{:.2} GiB", b / GIB)
+    } else if b >= MIB {
+        format!("{:.2} MiB", b / MIB)
+    } else {
+        format!("{bytes} B")
+    }
+}
