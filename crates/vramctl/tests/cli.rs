@@ -1,0 +1,480 @@
+//! End-to-end tests of the built `vramctl` binary on the mock backend: every command, every bad
+//! input (one-line error, right exit code, nothing sealed), the metrics endpoint scraped over
+//! loopback, and SIGTERM releasing every shard (the audit log shows the deallocation).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects,
+    clippy::cast_possible_truncation,
+    missing_docs,
+    reason = "tests"
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use assert_cmd::cargo::cargo_bin;
+use predicates::prelude::*;
+use tempfile::TempDir;
+use vram_residency::audit::verify_audit_chain;
+
+fn vramctl() -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::new(cargo_bin("vramctl"));
+    c.env_remove("VRAM_TEST_GPU")
+        .timeout(Duration::from_secs(60));
+    c
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8).collect()
+}
+
+fn write(dir: &TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// A valid safetensors file with two f32 tensors.
+fn safetensors_file(dir: &TempDir, name: &str) -> PathBuf {
+    let a: Vec<u8> = (0..1024u32)
+        .flat_map(|i| (i as f32).to_le_bytes())
+        .collect();
+    let b: Vec<u8> = (0..256u32)
+        .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
+        .collect();
+    let views = vec![
+        (
+            "a",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![32, 32], &a)
+                .unwrap(),
+        ),
+        (
+            "b",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![256], &b).unwrap(),
+        ),
+    ];
+    let p = dir.path().join(name);
+    safetensors::serialize_to_file(views, None, &p).unwrap();
+    p
+}
+
+fn gguf_file(dir: &TempDir) -> PathBuf {
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(2u64.to_le_bytes()); // tensors
+    b.extend(1u64.to_le_bytes()); // kv pairs
+    b.extend(17u64.to_le_bytes());
+    b.extend(b"general.alignment");
+    b.extend(4u32.to_le_bytes()); // u32
+    b.extend(64u32.to_le_bytes());
+    for (i, name) in ["tok", "out"].iter().enumerate() {
+        b.extend((name.len() as u64).to_le_bytes());
+        b.extend(name.as_bytes());
+        b.extend(1u32.to_le_bytes());
+        b.extend(64u64.to_le_bytes());
+        b.extend(0u32.to_le_bytes());
+        b.extend((i as u64 * 256).to_le_bytes());
+    }
+    while !b.len().is_multiple_of(64) {
+        b.push(0);
+    }
+    b.extend(vec![3u8; 512]);
+    write(dir, "toy.gguf", &b)
+}
+
+fn stderr_one_line(output: &std::process::Output) -> String {
+    let text = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+    assert_eq!(
+        text.lines().count(),
+        1,
+        "expected a one-line error, got:\n{text}"
+    );
+    assert!(text.starts_with("error: "), "{text}");
+    text
+}
+
+#[test]
+fn help_documents_exit_codes_and_examples() {
+    vramctl()
+        .arg("--help")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("Exit codes:"))
+        .stdout(predicate::str::contains("3  no GPU"))
+        .stdout(predicate::str::contains(
+            "vramctl seal model.safetensors --expect",
+        ));
+}
+
+#[test]
+fn doctor_without_a_gpu_says_so_and_exits_3() {
+    let out = vramctl().arg("doctor").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no usable GPU"));
+    assert!(stderr_one_line(&out).contains("no GPU can hold VRAM-only shards"));
+    let json = vramctl().args(["--json", "doctor"]).output().unwrap();
+    let first: serde_json::Value =
+        serde_json::from_slice(json.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(first["usable"], false);
+}
+
+#[test]
+fn digest_matches_the_spec_vectors() {
+    let dir = TempDir::new().unwrap();
+    let abc = write(&dir, "abc.bin", b"abc");
+    vramctl()
+        .args(["digest"])
+        .arg(&abc)
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with(
+            "2d4c4b2d34a7d3711a5b36433106a88f2000c10b13a979e2bc503c4479fc3de4  ",
+        ));
+    vramctl()
+        .args(["digest", "--flat"])
+        .arg(&abc)
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with(
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  ",
+        ));
+    let two_leaves = write(&dir, "p.bin", &pattern(4097));
+    let out = vramctl()
+        .args(["--json", "digest", "--leaf", "4096"])
+        .arg(&two_leaves)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["digest"],
+        "cc68f1bcc1172e197b545dec8d0f16c0720b8b5ad90fc32b5527cfe2b06b710f"
+    );
+    assert_eq!(v["algorithm"], "sha256-tree-4096");
+    // Larger than one read chunk: the streamed digest equals the library's one-shot digest.
+    let big = pattern((64 << 20) + 12345);
+    let big_path = write(&dir, "big.bin", &big);
+    let want =
+        vram_residency::compute_digest(&big, vram_residency::DigestAlgorithm::default()).to_hex();
+    vramctl()
+        .arg("digest")
+        .arg(&big_path)
+        .assert()
+        .success()
+        .stdout(predicate::str::starts_with(want));
+    let bad = vramctl()
+        .args(["digest", "--leaf", "3000"])
+        .arg(&abc)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr_one_line(&bad).contains("power of two"));
+}
+
+#[test]
+fn bad_inputs_get_one_line_the_right_code_and_seal_nothing() {
+    let dir = TempDir::new().unwrap();
+    let model = safetensors_file(&dir, "m.safetensors");
+    let empty = write(&dir, "empty.bin", b"");
+    let broken = write(
+        &dir,
+        "broken.safetensors",
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":",
+    );
+    let broken_gguf = write(&dir, "broken.gguf", b"GGUF\x03\x00\x00\x00\xff\xff");
+    let big = write(&dir, "big.bin", &pattern(5 << 20));
+    let looped = dir.path().join("loop");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let p = |p: &Path| p.to_str().unwrap().to_owned();
+    let cases: Vec<(Vec<String>, i32, &str)> = vec![
+        (vec![p(&dir.path().join("missing.bin"))], 2, "no such file"),
+        (vec![p(dir.path())], 2, "is a directory"),
+        (vec![p(&empty)], 2, "is empty"),
+        (vec![p(&looped)], 2, "loop"),
+        (vec![p(&broken)], 2, "malformed safetensors header"),
+        (vec![p(&broken_gguf)], 2, "malformed GGUF header"),
+        (
+            vec![p(&big), "--mock-capacity".into(), "4194304".into()],
+            2,
+            "free VRAM",
+        ),
+        (
+            vec![p(&model), "--expect".into(), "xyz".into()],
+            2,
+            "is not a digest",
+        ),
+        (
+            vec![p(&model), "--expect".into(), "ab".repeat(32)],
+            1,
+            "differs from --expect",
+        ),
+        (
+            vec![p(&model), "--metrics".into(), "0.0.0.0:9400".into()],
+            2,
+            "not a loopback address",
+        ),
+        (
+            vec![p(&model), "--metrics".into(), "nonsense".into()],
+            2,
+            "not an address",
+        ),
+        (
+            vec![p(&model), "--verify-every".into(), "0".into()],
+            2,
+            "--verify-every 0",
+        ),
+        (
+            vec![p(&model), p(&model), "--expect".into(), "ab".repeat(32)],
+            2,
+            "one per file",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let out = vramctl()
+            .args(["--backend", "mock", "seal", "--audit-log"])
+            .arg(&audit)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stderr_one_line(&out);
+        assert!(line.contains(needle), "{args:?}: {line}");
+        assert!(line.contains("; "), "a remedy follows the problem: {line}");
+    }
+    // No case sealed anything (the audit log, if created, has no seal record).
+    let log = std::fs::read_to_string(&audit).unwrap_or_default();
+    assert!(!log.contains("VramSealed"), "{log}");
+
+    if Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout != b"0\n")
+    {
+        let locked = write(&dir, "locked.bin", b"secret");
+        std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+            .unwrap();
+        let out = vramctl()
+            .args(["--backend", "mock", "seal"])
+            .arg(&locked)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr_one_line(&out).contains("permission denied"));
+    }
+    // Without a GPU the default backend is CUDA: exit 3, not a silent fallback to host memory.
+    let out = vramctl().arg("seal").arg(&model).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr_one_line(&out).contains("--backend mock"));
+}
+
+fn scrape(addr: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
+}
+
+#[test]
+fn seal_serves_metrics_reverifies_and_releases_everything_on_sigterm() {
+    let dir = TempDir::new().unwrap();
+    let model = safetensors_file(&dir, "m.safetensors");
+    let gguf = gguf_file(&dir);
+    let audit = dir.path().join("audit.jsonl");
+    let digest = vram_residency::compute_digest(
+        &std::fs::read(&model).unwrap(),
+        vram_residency::DigestAlgorithm::default(),
+    )
+    .to_hex();
+    let gguf_digest = vram_residency::compute_digest(
+        &std::fs::read(&gguf).unwrap(),
+        vram_residency::DigestAlgorithm::default(),
+    )
+    .to_hex();
+    let mut child = Command::new(cargo_bin("vramctl"))
+        .args([
+            "--json",
+            "--backend",
+            "mock",
+            "seal",
+            "--verify-every",
+            "1",
+            "--metrics",
+            "127.0.0.1:0",
+            "--audit-log",
+        ])
+        .arg(&audit)
+        .arg(&model)
+        .arg(&gguf)
+        .args(["--expect", &digest, "--expect", &gguf_digest])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut events = Vec::new();
+    let addr = loop {
+        let line = lines.next().expect("vramctl exited early").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        events.push(v.clone());
+        if v["event"] == "metrics" {
+            break v["address"].as_str().unwrap().to_owned();
+        }
+    };
+    assert_eq!(events[0]["model"]["format"], "safetensors");
+    assert_eq!(events[0]["model"]["tensors"], 2);
+    assert_eq!(events[0]["shard"]["digest"], digest.as_str());
+    assert_eq!(events[1]["model"]["format"], "gguf");
+    assert_eq!(events[1]["model"]["tensors"], 2);
+    assert_eq!(events[1]["model"]["parameter_bytes"], 512);
+
+    let text = scrape(&addr);
+    assert!(
+        text.starts_with("HTTP/1.") && text.contains(" 200 "),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "vram_used_bytes{gpu_device=\"0\"}"),
+        4.0 * 1024.0 * 1024.0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "vram_seal_operations_total{gpu_device=\"0\",result=\"success\"}"
+        ),
+        2.0
+    );
+    // Wait for a re-verification round.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(
+        &scrape(&addr),
+        "vram_verify_operations_total{gpu_device=\"0\",result=\"success\"}",
+    ) < 2.0
+    {
+        assert!(Instant::now() < deadline, "no re-verification within 20 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("\"event\":\"released\"") && l.contains("\"used_vram\":0")),
+        "{rest:?}"
+    );
+
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(log.matches("\"event\":\"VramSealed\"").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("\"event\":\"VramDeallocated\"").count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("\"event\":\"SealVerified\""));
+    assert_eq!(
+        verify_audit_chain(&audit).unwrap() as usize,
+        log.lines().count()
+    );
+}
+
+#[test]
+fn demo_shows_detection_audit_and_metrics_on_the_mock() {
+    let out = vramctl().arg("demo").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap();
+    assert!(
+        first.starts_with("backend: mock") && first.contains("not VRAM"),
+        "{first}"
+    );
+    for needle in [
+        "safetensors, 3 tensors, 5.00 MiB of parameters",
+        "3. verified",
+        "verification FAILED as it must: integrity violation",
+        "\"event\":\"SealVerificationFailed\"",
+        "\"severity\":\"critical\"",
+        "vram_verify_operations_total{gpu_device=\"0\",result=\"failure\"} 1",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+    }
+    let json = vramctl().args(["--json", "demo"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["backend"], "mock");
+    assert_eq!(v["metrics"]["verifications_failed"], 1);
+    assert_eq!(v["audit_record"]["severity"], "critical");
+}
+
+#[test]
+fn bench_prints_both_paths_and_the_ratio() {
+    let out = vramctl()
+        .args(["bench", "--size", "8388608"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "backend: mock",
+        "vram-residency (staged, tree)",
+        "naive (pageable, flat 1 thr)",
+        "speed-up",
+    ] {
+        assert!(text.contains(needle), "{text}");
+    }
+    let json = vramctl()
+        .args(["--json", "bench", "--size", "4194304"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(
+        v["seal_speedup"].as_f64().unwrap() > 0.0 && v["naive_verify_s"].as_f64().unwrap() > 0.0
+    );
+    let bad = vramctl().args(["bench", "--size", "0"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn quiet_keeps_results_only() {
+    let dir = TempDir::new().unwrap();
+    let abc = write(&dir, "abc.bin", b"abc");
+    let out = vramctl()
+        .args(["--quiet", "digest"])
+        .arg(&abc)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    assert!(out.stderr.is_empty());
+}
