@@ -77,7 +77,21 @@ pub(crate) fn problems(root: &Path) -> Vec<String> {
             let documented = lines
                 .get(start..=i)
                 .is_some_and(|w| w.iter().any(|l| l.contains("SAFETY:")));
-            if !documented {
+            // An `unsafe fn` declaration documents its contract in a `# Safety` section instead.
+            let words: Vec<&str> = code_words(line).collect();
+            let is_fn = words.windows(2).any(|w| w == ["unsafe", "fn"]);
+            // The doc block right above the declaration (doc comments and attributes).
+            let doc_block = lines
+                .get(..i)
+                .unwrap_or_default()
+                .iter()
+                .rev()
+                .take_while(|l| {
+                    l.trim_start().starts_with("///") || l.trim_start().starts_with("#[")
+                });
+            let has_safety_section =
+                is_fn && doc_block.into_iter().any(|l| l.trim() == "/// # Safety");
+            if !documented && !has_safety_section {
                 problems.push(format!(
                     "{rel}:{}: unsafe without a // SAFETY: comment",
                     i.saturating_add(1)
@@ -121,6 +135,10 @@ mod tests {
             "crates/vram-cuda-sys/src/y.rs",
             "//! y\n// SAFETY: checked above\nunsafe { g() }\n",
         );
+        write(
+            "crates/vram-cuda-sys/src/z.rs",
+            "//! z\n/// Does it.\n///\n/// # Safety\n/// 1. valid\npub unsafe fn f() {}\nunsafe fn undocumented() {}\n",
+        );
         let problems = super::problems(&root).join("\n");
         std::fs::remove_dir_all(&root).unwrap();
         assert!(problems.contains("crates/a/src/lib.rs: does not start with a //! doc comment"));
@@ -128,5 +146,10 @@ mod tests {
         assert!(problems.contains("crates/a/src/lib.rs: missing #![forbid(unsafe_code)]"));
         assert!(problems.contains("x.rs:3: unsafe without a // SAFETY: comment"));
         assert!(!problems.contains("y.rs"), "{problems}");
+        assert!(
+            !problems.contains("z.rs:6"),
+            "a documented unsafe fn: {problems}"
+        );
+        assert!(problems.contains("z.rs:7: unsafe without"), "{problems}");
     }
 }
