@@ -12,16 +12,10 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{MIB, model};
+use common::{MIB, model, temp_path};
 use vram_alloc::VramManager;
 use vram_alloc::audit::{AuditChainError, FileAuditSink, verify_audit_chain};
 use vram_alloc::backend::MockBackend;
-
-fn temp_path(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("vram-audit-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_file(&dir);
-    dir
-}
 
 #[test]
 fn the_chain_detects_edits_deletions_and_reordering_and_survives_reopening() {

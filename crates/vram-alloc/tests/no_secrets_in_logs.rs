@@ -15,18 +15,12 @@ mod common;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
-use common::{MIB, model};
+use common::{MIB, model, temp_path};
 use vram_alloc::VramManager;
 use vram_alloc::audit::{FileAuditSink, verify_audit_chain};
 use vram_alloc::backend::MockBackend;
 use vram_seal::SealKey;
 use vram_types::VramConfig;
-
-fn temp_path(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("vram-audit-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_file(&dir);
-    dir
-}
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);

@@ -2,9 +2,7 @@
 //! pinned staging buffers that live only for one transfer, digested on the CPU from the bytes
 //! read back out of VRAM.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use vram_cuda_sys::memory::{DeviceBuffer, Staging};
 use vram_cuda_sys::{Device, Driver};
@@ -12,15 +10,15 @@ use vram_seal::ShardDigest;
 use vram_seal::digest::{DigestHasher, tree};
 use vram_types::{AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, VramError};
 
-use super::{Backend, BufferId, CUDA_ALLOCATION_GRANULARITY, MemoryInfo, Sealed};
-use crate::sync::lock;
+use super::{
+    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, MemoryInfo, Sealed, device_at,
+};
 
 /// Every CUDA device of the machine.
 #[derive(Debug)]
 pub struct CudaBackend {
     devices: Vec<Arc<Device>>,
-    buffers: Mutex<HashMap<u64, Arc<DeviceBuffer>>>,
-    next_id: AtomicU64,
+    buffers: BufferTable<DeviceBuffer>,
 }
 
 impl CudaBackend {
@@ -47,28 +45,16 @@ impl CudaBackend {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             devices,
-            buffers: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            buffers: BufferTable::default(),
         })
     }
 
     fn device(&self, device: u32) -> Result<&Arc<Device>, VramError> {
-        usize::try_from(device)
-            .ok()
-            .and_then(|d| self.devices.get(d))
-            .ok_or(VramError::InvalidDevice {
-                device,
-                device_count: self.device_count(),
-            })
+        device_at(&self.devices, device)
     }
 
     fn buffer(&self, id: BufferId) -> Result<Arc<DeviceBuffer>, VramError> {
-        lock(&self.buffers)
-            .get(&id.0)
-            .cloned()
-            .ok_or_else(|| VramError::NotSealed {
-                shard_id: String::new(),
-            })
+        self.buffers.get(id)
     }
 }
 
@@ -98,9 +84,7 @@ impl Backend for CudaBackend {
 
     fn allocate(&self, device: u32, bytes: usize) -> Result<BufferId, VramError> {
         let buffer = DeviceBuffer::alloc(self.device(device)?, bytes)?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.buffers).insert(id, Arc::new(buffer));
-        Ok(BufferId(id))
+        Ok(self.buffers.insert(buffer))
     }
 
     fn upload(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError> {
@@ -162,8 +146,9 @@ impl Backend for CudaBackend {
     }
 
     fn free(&self, buffer: BufferId) -> Result<(), VramError> {
-        let b = lock(&self.buffers)
-            .remove(&buffer.0)
+        let b = self
+            .buffers
+            .remove(buffer)
             .ok_or(VramError::CudaDeallocationFailed {
                 device: 0,
                 cuda_error: "unknown allocation".into(),

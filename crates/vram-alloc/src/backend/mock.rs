@@ -6,8 +6,7 @@
 //! properties (unified memory, integrated GPU, ...), faults (fail the next allocation, copy or
 //! free) and VRAM corruption (flip a byte of a resident shard).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use vram_seal::ShardDigest;
@@ -16,7 +15,10 @@ use vram_types::{
     ShardAllocation, VramError,
 };
 
-use super::{Backend, BufferId, CUDA_ALLOCATION_GRANULARITY, MemoryInfo, Sealed, round_up};
+use super::{
+    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, MemoryInfo, Sealed, device_at,
+    round_up,
+};
 use crate::resident::ResidentAllocation;
 use crate::sync::{lock, read, write};
 
@@ -48,8 +50,7 @@ struct Faults {
 pub struct MockBackend {
     devices: Vec<MockDevice>,
     granularity: usize,
-    buffers: Mutex<HashMap<u64, Arc<MockBuffer>>>,
-    next_id: AtomicU64,
+    buffers: BufferTable<MockBuffer>,
     faults: Mutex<Faults>,
 }
 
@@ -101,8 +102,7 @@ impl MockBuilder {
                 })
                 .collect(),
             granularity: self.granularity,
-            buffers: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            buffers: BufferTable::default(),
             faults: Mutex::new(Faults::default()),
         }
     }
@@ -195,26 +195,15 @@ impl MockBackend {
     /// Number of live allocations (tests check that nothing leaked).
     #[must_use]
     pub fn live_allocations(&self) -> usize {
-        lock(&self.buffers).len()
+        self.buffers.len()
     }
 
     fn device(&self, device: u32) -> Result<&MockDevice, VramError> {
-        usize::try_from(device)
-            .ok()
-            .and_then(|d| self.devices.get(d))
-            .ok_or(VramError::InvalidDevice {
-                device,
-                device_count: self.device_count(),
-            })
+        device_at(&self.devices, device)
     }
 
     fn buffer(&self, id: BufferId) -> Result<Arc<MockBuffer>, VramError> {
-        lock(&self.buffers)
-            .get(&id.0)
-            .cloned()
-            .ok_or_else(|| VramError::NotSealed {
-                shard_id: String::new(),
-            })
+        self.buffers.get(id)
     }
 
     fn take_fault(&self, pick: impl FnOnce(&mut Faults) -> &mut u32) -> bool {
@@ -311,15 +300,12 @@ impl Backend for MockBackend {
                     device,
                     true,
                 ));
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let buffer = MockBuffer {
+        Ok(self.buffers.insert(MockBuffer {
             device,
             taken,
             facts,
             data: RwLock::new(data),
-        };
-        lock(&self.buffers).insert(id, Arc::new(buffer));
-        Ok(BufferId(id))
+        }))
     }
 
     fn upload(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError> {
@@ -392,8 +378,9 @@ impl Backend for MockBackend {
     }
 
     fn free(&self, buffer: BufferId) -> Result<(), VramError> {
-        let b = lock(&self.buffers)
-            .remove(&buffer.0)
+        let b = self
+            .buffers
+            .remove(buffer)
             .ok_or(VramError::CudaDeallocationFailed {
                 device: 0,
                 cuda_error: "CUDA_ERROR_INVALID_VALUE: unknown allocation".into(),

@@ -7,10 +7,15 @@
 mod cuda;
 mod mock;
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use vram_seal::ShardDigest;
 use vram_types::{AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, VramError};
+
+use crate::sync::lock;
 
 pub use cuda::CudaBackend;
 pub use mock::{MockBackend, MockBuilder};
@@ -115,6 +120,59 @@ pub trait Backend: Send + Sync + fmt::Debug + sealed::Sealed {
     /// # Errors
     /// [`VramError::CudaDeallocationFailed`].
     fn free(&self, buffer: BufferId) -> Result<(), VramError>;
+}
+
+/// A backend's live buffers by id: the one place ids are issued and looked up.
+#[derive(Debug)]
+pub(crate) struct BufferTable<T> {
+    buffers: Mutex<HashMap<u64, Arc<T>>>,
+    next_id: AtomicU64,
+}
+
+impl<T> Default for BufferTable<T> {
+    fn default() -> Self {
+        Self {
+            buffers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+impl<T> BufferTable<T> {
+    pub(crate) fn insert(&self, buffer: T) -> BufferId {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.buffers).insert(id, Arc::new(buffer));
+        BufferId(id)
+    }
+
+    /// The buffer, or `NotSealed` for an id this backend does not hold.
+    pub(crate) fn get(&self, id: BufferId) -> Result<Arc<T>, VramError> {
+        lock(&self.buffers)
+            .get(&id.0)
+            .cloned()
+            .ok_or_else(|| VramError::NotSealed {
+                shard_id: String::new(),
+            })
+    }
+
+    pub(crate) fn remove(&self, id: BufferId) -> Option<Arc<T>> {
+        lock(&self.buffers).remove(&id.0)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.buffers).len()
+    }
+}
+
+/// Device `device` of `devices`, or `InvalidDevice`.
+pub(crate) fn device_at<T>(devices: &[T], device: u32) -> Result<&T, VramError> {
+    usize::try_from(device)
+        .ok()
+        .and_then(|d| devices.get(d))
+        .ok_or(VramError::InvalidDevice {
+            device,
+            device_count: u32::try_from(devices.len()).unwrap_or(u32::MAX),
+        })
 }
 
 /// `bytes` rounded up to a multiple of `granularity` (`None` on overflow).

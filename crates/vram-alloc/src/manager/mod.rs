@@ -330,30 +330,26 @@ impl VramManager {
     /// Bytes still available on all devices.
     #[must_use]
     pub fn available_vram(&self) -> usize {
-        self.shared
-            .capacities
-            .iter()
-            .map(|c| c.available())
-            .fold(0, usize::saturating_add)
+        self.sum_over_devices(DeviceCapacity::available)
     }
 
     /// Capacity managed on all devices.
     #[must_use]
     pub fn total_vram(&self) -> usize {
-        self.shared
-            .capacities
-            .iter()
-            .map(|c| c.total())
-            .fold(0, usize::saturating_add)
+        self.sum_over_devices(DeviceCapacity::total)
     }
 
     /// Bytes held by live shards on all devices, allocation granularity included.
     #[must_use]
     pub fn used_vram(&self) -> usize {
+        self.sum_over_devices(DeviceCapacity::used)
+    }
+
+    fn sum_over_devices(&self, bytes: impl Fn(&DeviceCapacity) -> usize) -> usize {
         self.shared
             .capacities
             .iter()
-            .map(|c| c.used())
+            .map(|c| bytes(c))
             .fold(0, usize::saturating_add)
     }
 

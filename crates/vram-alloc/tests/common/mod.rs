@@ -54,3 +54,10 @@ pub fn model(len: usize, seed: u8) -> Vec<u8> {
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
+
+/// A fresh path in the temporary directory (removed first if a previous run left it).
+pub fn temp_path(name: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("vram-audit-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}

@@ -46,42 +46,47 @@ pub(crate) fn run(out: Output) -> CliResult<Exit> {
             "REFUSED for VRAM-only shards"
         };
         out.result(format!("  verdict: {verdict}"));
-        out.line(format!(
-            "  integrated GPU: {} ({})",
-            yes_no(d.integrated),
-            if d.integrated {
-                "no memory of its own: refused"
-            } else {
-                "has its own VRAM"
-            }
-        ));
-        out.line(format!(
-            "  pageable memory access (HMM/ATS): {} ({})",
-            yes_no(d.pageable_memory_access),
-            if d.pageable_memory_access {
-                "kernels could read host RAM: refused"
-            } else {
-                "kernels cannot read plain host RAM"
-            }
-        ));
-        out.line(format!(
-            "  managed memory: {} ({})",
-            if d.managed_memory {
-                "supported"
-            } else {
-                "not supported"
-            },
-            "every allocation is checked and managed memory is refused"
-        ));
-        out.line(format!(
-            "  unified addressing: {} ({})",
-            yes_no(d.unified_addressing),
-            if d.unified_addressing {
-                "pointer checks possible"
-            } else {
-                "pointer checks impossible: refused"
-            }
-        ));
+        // (what, value shown, reason when set, reason when not set)
+        let checks = [
+            (
+                "integrated GPU",
+                yes_no(d.integrated),
+                d.integrated,
+                "no memory of its own: refused",
+                "has its own VRAM",
+            ),
+            (
+                "pageable memory access (HMM/ATS)",
+                yes_no(d.pageable_memory_access),
+                d.pageable_memory_access,
+                "kernels could read host RAM: refused",
+                "kernels cannot read plain host RAM",
+            ),
+            (
+                "managed memory",
+                if d.managed_memory {
+                    "supported"
+                } else {
+                    "not supported"
+                },
+                d.managed_memory,
+                "every allocation is checked and managed memory is refused",
+                "no managed allocations possible",
+            ),
+            (
+                "unified addressing",
+                yes_no(d.unified_addressing),
+                !d.unified_addressing,
+                "pointer checks impossible: refused",
+                "pointer checks possible",
+            ),
+        ];
+        for (what, shown, set, if_set, if_not) in checks {
+            out.line(format!(
+                "  {what}: {shown} ({})",
+                if set { if_set } else { if_not }
+            ));
+        }
         for p in &problems {
             out.line(format!("  problem: {p}"));
         }
