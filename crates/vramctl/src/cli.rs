@@ -91,8 +91,9 @@ pub(crate) struct SealArgs {
     /// GPU index.
     #[arg(long, default_value_t = 0)]
     pub(crate) device: u32,
-    /// Expected digest of each file, in order (64 hex characters, as `vramctl digest` prints);
-    /// a file whose digest differs is refused before anything is sealed.
+    /// Expected digest of each file, in order: the 64 hex characters `vramctl digest` prints, or
+    /// `sha256:HEX` for a flat SHA-256 (`sha256sum`, a Hugging Face LFS oid). A file whose
+    /// digest differs is refused before anything is sealed.
     #[arg(long)]
     pub(crate) expect: Vec<String>,
     /// Seconds between re-verifications of every shard.

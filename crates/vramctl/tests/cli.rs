@@ -306,9 +306,10 @@ fn seal_serves_metrics_reverifies_and_releases_everything_on_sigterm() {
         vram_residency::DigestAlgorithm::default(),
     )
     .to_hex();
+    // The second file is checked against its flat SHA-256 (as `sha256sum` prints it).
     let gguf_digest = vram_residency::compute_digest(
         &std::fs::read(&gguf).unwrap(),
-        vram_residency::DigestAlgorithm::default(),
+        vram_residency::DigestAlgorithm::Sha256,
     )
     .to_hex();
     let mut child = Command::new(cargo_bin("vramctl"))
@@ -326,7 +327,12 @@ fn seal_serves_metrics_reverifies_and_releases_everything_on_sigterm() {
         .arg(&audit)
         .arg(&model)
         .arg(&gguf)
-        .args(["--expect", &digest, "--expect", &gguf_digest])
+        .args([
+            "--expect",
+            &digest,
+            "--expect",
+            &format!("sha256:{gguf_digest}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vram_residency::{SealedShard, ShardDigest, VramOnlyPolicy, compute_digest};
+use vram_residency::{DigestAlgorithm, SealedShard, ShardDigest, VramOnlyPolicy, compute_digest};
 
 use crate::cli::{BackendArgs, BackendChoice, SealArgs};
 use crate::error::{CliError, CliResult, Exit};
@@ -51,12 +51,19 @@ pub(crate) fn shard_id_for(path: &Path) -> String {
     id
 }
 
-fn parse_expected(value: &str) -> CliResult<ShardDigest> {
-    ShardDigest::from_hex(value).map_err(|_| {
+/// `HEX` is a tree digest (as `vramctl digest` prints); `sha256:HEX` is the flat SHA-256 (as
+/// `sha256sum` or a Hugging Face LFS oid).
+fn parse_expected(value: &str) -> CliResult<(DigestAlgorithm, ShardDigest)> {
+    let (algorithm, hex) = match value.strip_prefix("sha256:") {
+        Some(hex) => (DigestAlgorithm::Sha256, hex),
+        None => (DigestAlgorithm::default(), value),
+    };
+    let digest = ShardDigest::from_hex(hex).map_err(|_| {
         CliError::bad_input(format!(
-            "--expect {value:?} is not a digest; give the 64 hex characters `vramctl digest FILE` prints"
+            "--expect {value:?} is not a digest; give the 64 hex characters `vramctl digest FILE` prints, or sha256:HEX for a flat SHA-256"
         ))
-    })
+    })?;
+    Ok((algorithm, digest))
 }
 
 fn parse_address(value: &str) -> CliResult<SocketAddr> {
@@ -113,8 +120,8 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
             format,
         });
     }
-    for (p, want) in prepared.iter().zip(&expected) {
-        let got = compute_digest(&p.bytes, manager.config().digest_algorithm);
+    for (p, (algorithm, want)) in prepared.iter().zip(&expected) {
+        let got = compute_digest(&p.bytes, *algorithm);
         if !got.ct_eq(want) {
             return Err(CliError::new(
                 Exit::VerificationFailed,
