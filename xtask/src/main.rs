@@ -19,7 +19,7 @@ usage: cargo xtask <task>
 
 tasks:
   ci                     rustfmt check, clippy -D warnings, every test (unit, integration,
-                         doctests, BDD), cargo-deny licenses/bans/sources
+                         doctests, BDD), test vectors, cargo-deny licenses/bans/sources
   fuzz [--seconds N]     run every fuzz target for N seconds (default 60) on stable
                          (cargo-fuzz with --sanitizer none)
   tidy                   file headers, SAFETY comments, forbidden patterns (xtask/src/tidy.rs)
@@ -153,6 +153,9 @@ fn ci() -> Result<(), DynError> {
         bdd.args(["test", "--all-features", "-p", package, "--test", suite]);
         run(&format!("BDD suite {package}::{suite}"), bdd)?;
     }
+
+    eprintln!("\n==> test vectors against the Python reference");
+    vectors()?;
 
     if has_cargo_subcommand("deny") {
         let mut deny = cargo();
