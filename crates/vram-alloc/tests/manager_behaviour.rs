@@ -355,13 +355,13 @@ fn expired_seals_fail_when_a_limit_is_set() {
     let r = rig_with(
         MockBackend::with_capacity(10 * MIB),
         VramConfig {
-            max_seal_age: Some(Duration::from_millis(50)),
+            max_seal_age: Some(Duration::from_millis(400)),
             ..VramConfig::default()
         },
     );
     let shard = r.manager.seal_model(&model(100, 1), 0).unwrap();
     r.manager.verify_sealed(&shard).unwrap();
-    std::thread::sleep(Duration::from_millis(80));
+    std::thread::sleep(Duration::from_millis(500));
     assert!(matches!(
         r.manager.verify_sealed(&shard),
         Err(VramError::SealExpired {

@@ -479,8 +479,11 @@ fn main() -> ExitCode {
     let skipped_gpu = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = skipped_gpu.clone();
     // Default options, not parsed from the command line: the binary also accepts (and ignores)
-    // the libtest arguments that test runners pass to every test binary.
+    // the libtest arguments that test runners pass to every test binary. Scenarios run one at a
+    // time: the steps are synchronous, and timing steps (seal freshness) must not wait behind
+    // other scenarios' steps.
     let runner = VramWorld::cucumber()
+        .max_concurrent_scenarios(1)
         .with_cli(cucumber::cli::Opts::<_, _, _, cucumber::cli::Empty>::default());
     let writer = futures::executor::block_on(runner.filter_run(features, move |_, _, scenario| {
         let needs_gpu = scenario.tags.iter().any(|t| t == "gpu");

@@ -9,11 +9,11 @@ Feature: Shard lifecycle under load and failure
     And 16 MiB of VRAM is used
 
   Scenario: Seal timestamp freshness
-    Given a VRAM manager with 10 MiB of capacity whose seals expire after 100 milliseconds
+    Given a VRAM manager with 10 MiB of capacity whose seals expire after 500 milliseconds
     And a sealed model of 1 MiB
     When I verify the seal
     Then the verification succeeds
-    When I wait 150 milliseconds
+    When I wait 700 milliseconds
     And I verify the seal
     Then the verification fails with SealExpired
 
