@@ -18,7 +18,7 @@ const HELP: &str = "\
 usage: cargo xtask <task>
 
 tasks:
-  ci                     rustfmt check, clippy -D warnings, every test (unit, integration,
+  ci                     rustfmt check, clippy -D warnings, rustdoc -D warnings, every test (unit, integration,
                          doctests, BDD), test vectors, cargo-deny licenses/bans/sources
   fuzz [--seconds N]     run every fuzz target for N seconds (default 60) on stable
                          (cargo-fuzz with --sanitizer none)
@@ -116,6 +116,17 @@ fn ci() -> Result<(), DynError> {
     ]);
     run("clippy -D warnings", clippy)?;
 
+    let mut doc = cargo();
+    doc.args([
+        "doc",
+        "--no-deps",
+        "--workspace",
+        "--all-features",
+        "--quiet",
+    ])
+    .env("RUSTDOCFLAGS", "-D warnings");
+    run("rustdoc -D warnings (broken links, bad doc syntax)", doc)?;
+
     let mut tests = cargo();
     if has_cargo_subcommand("nextest") {
         tests.args([
@@ -144,9 +155,9 @@ fn ci() -> Result<(), DynError> {
     }
     run("tests", tests)?;
 
-    let mut doc = cargo();
-    doc.args(["test", "--workspace", "--all-features", "--doc"]);
-    run("doctests", doc)?;
+    let mut doctests = cargo();
+    doctests.args(["test", "--workspace", "--all-features", "--doc"]);
+    run("doctests", doctests)?;
 
     for (package, suite) in BDD_SUITES {
         let mut bdd = cargo();

@@ -9,7 +9,7 @@
 //! | [`driver`] | finding `libcuda`, the driver version check, `cuInit`, device count |
 //! | [`device`] | one device and its primary context: attributes, free/total memory |
 //! | [`memory`] | device allocations, pinned staging buffers, host↔device copies (synchronous and on a stream), and the managed / pinned / mapped / registered host memory the policy must refuse |
-//! | [`pointer`] | `cuPointerGetAttributes`: where an allocation really lives |
+//! | [`pointer`](mod@pointer) | `cuPointerGetAttributes`: where an allocation really lives |
 //! | [`module`] | loading PTX and launching a kernel |
 //!
 //! Device pointers never leave this crate's types: no public function returns one, and no

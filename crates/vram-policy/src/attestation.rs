@@ -12,8 +12,6 @@ use vram_seal::SealKey;
 use vram_seal::signature::verify_statement;
 use vram_types::{BackendKind, SEAL_SIGNATURE_LEN, SealSignature, SealedShard, VramError};
 
-use crate::rules;
-
 /// Current attestation format version.
 pub const ATTESTATION_VERSION: u8 = 1;
 /// Longest caller nonce accepted.
@@ -147,7 +145,7 @@ pub(crate) fn attest(
     }
     manager.verify_sealed(shard)?;
     let device = manager.device_facts(shard.gpu_device)?;
-    let problems = rules::device_problems(&device, manager.config().allow_pageable_memory_access);
+    let problems = device.vram_only_problems(manager.config().allow_pageable_memory_access);
     if !problems.is_empty() {
         return Err(VramError::PolicyViolation {
             device: shard.gpu_device,

@@ -74,15 +74,15 @@ impl VramOnlyPolicy for VramManager {
         let mut findings = Vec::new();
         for device in 0..self.device_count() {
             match self.device_facts(device) {
-                Ok(facts) => findings.extend(
-                    rules::device_problems(&facts, allow_pageable)
-                        .into_iter()
-                        .map(|reason| PolicyFinding {
+                Ok(facts) => {
+                    findings.extend(facts.vram_only_problems(allow_pageable).into_iter().map(
+                        |reason| PolicyFinding {
                             gpu_device: device,
                             shard_id: None,
                             reason,
-                        }),
-                ),
+                        },
+                    ))
+                }
                 Err(e) => findings.push(PolicyFinding {
                     gpu_device: device,
                     shard_id: None,

@@ -1,9 +1,9 @@
 //! The VRAM-only policy: model bytes live in device memory and nowhere else.
 //!
 //! This crate provides:
-//! - [`rules`]: what disqualifies a device (integrated GPU, pageable memory access, no unified
-//!   addressing) or the environment (a known switch to unified memory), as pure functions of the
-//!   facts a backend reports;
+//! - [`rules`]: what disqualifies the environment (a known switch to unified memory); what
+//!   disqualifies a device (integrated GPU, pageable memory access, no unified addressing) is
+//!   `DeviceFacts::vram_only_problems`, shared with the manager's start-up check;
 //! - [`VramOnlyPolicy`]: `enforce_vram_only_policy`, `is_vram_only` and
 //!   `attest_vram_residency` on a [`VramManager`](vram_alloc::VramManager) (consumer contract §4).
 //!   A violation is a typed error and a critical audit event, and the manager then refuses to

@@ -1,17 +1,10 @@
-//! The policy's rules, as pure functions of reported facts (mechanism elsewhere, policy here).
-
-use vram_types::DeviceFacts;
+//! Environment rules of the policy, as pure functions. Device rules live with the facts they
+//! judge (`DeviceFacts::vram_only_problems` in `vram-types`), so the manager's start-up check and
+//! the policy share one definition.
 
 /// Environment variables that make well-known inference engines move model memory to managed
 /// (unified) memory, with the value that turns them on.
 pub const UNIFIED_MEMORY_SWITCHES: &[(&str, &str)] = &[("GGML_CUDA_ENABLE_UNIFIED_MEMORY", "1")];
-
-/// Why a device cannot hold VRAM-only shards; empty when it can (see
-/// [`DeviceFacts::vram_only_problems`], shared with the manager's start-up check).
-#[must_use]
-pub fn device_problems(facts: &DeviceFacts, allow_pageable_memory_access: bool) -> Vec<String> {
-    facts.vram_only_problems(allow_pageable_memory_access)
-}
 
 /// Environment switches to unified memory that are on; `lookup` reads a variable.
 #[must_use]

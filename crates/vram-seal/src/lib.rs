@@ -1,7 +1,7 @@
 //! Digests, seals and seal keys for `vram-residency`. No GPU code, no `unsafe`.
 //!
 //! This crate provides:
-//! - [`digest`]: the shard digest. The default `sha256-tree-<leaf>` hashes fixed-size leaves
+//! - [`digest`](mod@digest): the shard digest. The default `sha256-tree-<leaf>` hashes fixed-size leaves
 //!   in parallel and folds them into one root (`.specs/digest.md`); `sha256` is the plain
 //!   SHA-256 of the bytes, for matching external manifests. Streaming, parallel and
 //!   leaf-by-leaf forms give the same digest.
