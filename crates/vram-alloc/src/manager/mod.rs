@@ -104,14 +104,11 @@ impl VramManagerBuilder {
         let audit = self
             .audit
             .unwrap_or_else(|| Arc::new(InMemoryAuditSink::new()));
-        let shared = Arc::new(Shared::new(backend, config, key, capacities, audit));
-        if shared.backend.kind() == BackendKind::Cuda {
-            check_devices_at_start(&shared)?;
+        let manager = VramManager::assemble(backend, config, key, capacities, audit);
+        if manager.backend_kind() == BackendKind::Cuda {
+            check_devices_at_start(&manager.shared)?;
         }
-        for d in 0..shared.backend.device_count() {
-            shared.refresh_capacity_metrics(d);
-        }
-        Ok(VramManager { shared })
+        Ok(manager)
     }
 }
 
@@ -215,17 +212,32 @@ impl VramManager {
                 .to_owned(),
             )
         });
-        let shared = Arc::new(Shared::new(
+        let config = VramConfig {
+            capacity_bytes: Some(total_vram),
+            ..VramConfig::default()
+        };
+        let audit = Arc::new(InMemoryAuditSink::new());
+        Self::assemble(
             backend,
-            VramConfig {
-                capacity_bytes: Some(total_vram),
-                ..VramConfig::default()
-            },
+            config,
             key,
             vec![DeviceCapacity::new(capacity)],
-            Arc::new(InMemoryAuditSink::new()),
-        ));
-        shared.refresh_capacity_metrics(0);
+            audit,
+        )
+    }
+
+    /// The manager over checked parts, with its capacity metrics set.
+    fn assemble(
+        backend: Arc<dyn Backend>,
+        config: VramConfig,
+        key: SealKey,
+        capacities: Vec<Arc<DeviceCapacity>>,
+        audit: Arc<dyn AuditSink>,
+    ) -> Self {
+        let shared = Arc::new(Shared::new(backend, config, key, capacities, audit));
+        for d in 0..shared.backend.device_count() {
+            shared.refresh_capacity_metrics(d);
+        }
         Self { shared }
     }
 
