@@ -40,12 +40,12 @@ fn main() -> ExitCode {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(e) => {
             if out.json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "error": e.to_string(), "exit_code": e.exit as u8 })
+                output::say(
+                    &serde_json::json!({ "error": e.to_string(), "exit_code": e.exit as u8 })
+                        .to_string(),
                 );
             }
-            eprintln!("error: {e}");
+            output::warn(&format!("error: {e}"));
             ExitCode::from(e.exit as u8)
         }
     }

@@ -1,7 +1,7 @@
 //! Output: human text on stdout (or one JSON document with `--json`), progress bars on stderr
 //! (hidden when stderr is not a terminal, with `--quiet` or with `--json`).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
@@ -17,21 +17,21 @@ impl Output {
     /// A line of human output (not in JSON mode, not with `--quiet`).
     pub(crate) fn line(&self, text: impl AsRef<str>) {
         if !self.json && !self.quiet {
-            println!("{}", text.as_ref());
+            say(text.as_ref());
         }
     }
 
     /// A line of human output that `--quiet` keeps (results).
     pub(crate) fn result(&self, text: impl AsRef<str>) {
         if !self.json {
-            println!("{}", text.as_ref());
+            say(text.as_ref());
         }
     }
 
     /// A JSON document (JSON mode only).
     pub(crate) fn json(&self, value: &Value) {
         if self.json {
-            println!("{value}");
+            say(&value.to_string());
         }
     }
 
@@ -50,6 +50,17 @@ impl Output {
         bar.set_message(what.to_owned());
         bar
     }
+}
+
+/// Writes a line to stdout. A closed stdout (`vramctl ... | head`) is not an error worth dying
+/// for: a sealing daemon keeps its shards verified, other commands finish their work.
+pub(crate) fn say(line: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{line}");
+}
+
+/// Writes a line to stderr, ignoring a closed stderr.
+pub(crate) fn warn(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// Bytes in a short human form (MiB/GiB).

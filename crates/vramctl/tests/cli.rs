@@ -484,3 +484,27 @@ fn quiet_keeps_results_only() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
     assert!(out.stderr.is_empty());
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    // `vramctl demo | head -1`: the reader goes away after one line.
+    let mut child = Command::new(cargo_bin("vramctl"))
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("backend: mock"));
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
