@@ -162,9 +162,30 @@ fn take_opt_usize(r: &mut &[u8]) -> Option<Option<usize>> {
     }
 }
 
-fn keyed(key: &SealKey) -> Result<HmacSha256, VramError> {
-    <HmacSha256 as KeyInit>::new_from_slice(key.expose())
-        .map_err(|_| VramError::Unreachable("HMAC accepts keys of any length"))
+/// The MAC state after absorbing `parts` in order.
+fn mac_over(key: &SealKey, parts: &[&[u8]]) -> Result<HmacSha256, VramError> {
+    let mut mac = <HmacSha256 as KeyInit>::new_from_slice(key.expose())
+        .map_err(|_| VramError::Unreachable("HMAC accepts keys of any length"))?;
+    for part in parts {
+        mac.update(part);
+    }
+    Ok(mac)
+}
+
+fn sign(key: &SealKey, parts: &[&[u8]]) -> Result<SealSignature, VramError> {
+    Ok(SealSignature::from_bytes(
+        mac_over(key, parts)?.finalize().into_bytes().into(),
+    ))
+}
+
+/// Constant-time check of `tag` against the MAC over `parts` (`Mac::verify_slice`).
+fn check(key: &SealKey, parts: &[&[u8]], tag: &[u8], shard_id: &str) -> Result<(), VramError> {
+    mac_over(key, parts)?
+        .verify_slice(tag)
+        .map_err(|_| VramError::SealVerificationFailed {
+            shard_id: shard_id.to_owned(),
+            reason: SealFailure::SignatureMismatch,
+        })
 }
 
 /// HMAC-SHA256 of `message` under `key`: the primitive the seal is built on, exposed for
@@ -173,11 +194,7 @@ fn keyed(key: &SealKey) -> Result<HmacSha256, VramError> {
 /// # Errors
 /// [`VramError::Unreachable`] only: HMAC accepts every key length.
 pub fn hmac_sha256(key: &SealKey, message: &[u8]) -> Result<SealSignature, VramError> {
-    let mut mac = keyed(key)?;
-    mac.update(message);
-    Ok(SealSignature::from_bytes(
-        mac.finalize().into_bytes().into(),
-    ))
+    sign(key, &[message])
 }
 
 /// Checks an HMAC-SHA256 tag over `message` in constant time.
@@ -186,13 +203,7 @@ pub fn hmac_sha256(key: &SealKey, message: &[u8]) -> Result<SealSignature, VramE
 /// [`VramError::SealVerificationFailed`] ([`SealFailure::SignatureMismatch`], with an empty
 /// shard id) when the tag does not match; tags of any length other than 32 bytes never match.
 pub fn verify_hmac_sha256(key: &SealKey, message: &[u8], tag: &[u8]) -> Result<(), VramError> {
-    let mut mac = keyed(key)?;
-    mac.update(message);
-    mac.verify_slice(tag)
-        .map_err(|_| VramError::SealVerificationFailed {
-            shard_id: String::new(),
-            reason: SealFailure::SignatureMismatch,
-        })
+    check(key, &[message], tag, "")
 }
 
 /// Domain prefix of statements (attestations) MACed under the seal key. It differs from the
@@ -204,12 +215,7 @@ pub const STATEMENT_DOMAIN: &[u8; 16] = b"VRAM-STATEMENT\x00\x01";
 /// # Errors
 /// [`VramError::Unreachable`] only.
 pub fn sign_statement(key: &SealKey, statement: &[u8]) -> Result<SealSignature, VramError> {
-    let mut mac = keyed(key)?;
-    mac.update(STATEMENT_DOMAIN);
-    mac.update(statement);
-    Ok(SealSignature::from_bytes(
-        mac.finalize().into_bytes().into(),
-    ))
+    sign(key, &[STATEMENT_DOMAIN, statement])
 }
 
 /// Checks a statement MAC in constant time.
@@ -221,14 +227,12 @@ pub fn verify_statement(
     statement: &[u8],
     signature: &SealSignature,
 ) -> Result<(), VramError> {
-    let mut mac = keyed(key)?;
-    mac.update(STATEMENT_DOMAIN);
-    mac.update(statement);
-    mac.verify_slice(signature.as_bytes())
-        .map_err(|_| VramError::SealVerificationFailed {
-            shard_id: String::new(),
-            reason: SealFailure::SignatureMismatch,
-        })
+    check(
+        key,
+        &[STATEMENT_DOMAIN, statement],
+        signature.as_bytes(),
+        "",
+    )
 }
 
 /// Computes the seal signature over `fields`.
@@ -236,7 +240,7 @@ pub fn verify_statement(
 /// # Errors
 /// As [`encode_sealed_fields`].
 pub fn compute_signature(key: &SealKey, fields: &SealedFields) -> Result<SealSignature, VramError> {
-    hmac_sha256(key, &encode_sealed_fields(fields)?)
+    sign(key, &[&encode_sealed_fields(fields)?])
 }
 
 /// Checks `signature` against `fields` in constant time.
@@ -249,11 +253,10 @@ pub fn verify_signature(
     fields: &SealedFields,
     signature: &SealSignature,
 ) -> Result<(), VramError> {
-    let mut mac = keyed(key)?;
-    mac.update(&encode_sealed_fields(fields)?);
-    mac.verify_slice(signature.as_bytes())
-        .map_err(|_| VramError::SealVerificationFailed {
-            shard_id: fields.shard_id.clone(),
-            reason: SealFailure::SignatureMismatch,
-        })
+    check(
+        key,
+        &[&encode_sealed_fields(fields)?],
+        signature.as_bytes(),
+        &fields.shard_id,
+    )
 }
