@@ -16,8 +16,7 @@ use crate::device::Device;
 use crate::error::CudaError;
 use crate::pointer;
 
-/// Largest staging chunk: 32 MiB, a multiple of every tree leaf size, so a chunk always holds
-/// whole leaves.
+/// Largest staging chunk: 32 MiB (two of them are pinned per transfer).
 pub const STAGING_CHUNK_BYTES: usize = 32 * 1024 * 1024;
 
 fn range_error(device: u32, operation: &'static str) -> VramError {

@@ -81,6 +81,16 @@ proptest! {
             }
             h.update(rest);
             let streamed = h.finalize();
+            // The same pieces through the parallel path.
+            let mut p = DigestHasher::new(alg);
+            let mut rest = &data[..];
+            for cut in &cuts {
+                let (piece, tail) = rest.split_at((*cut).min(rest.len()));
+                p.update_parallel(piece);
+                rest = tail;
+            }
+            p.update_parallel(rest);
+            prop_assert_eq!(p.finalize(), streamed);
             prop_assert_eq!(streamed, digest(&data, alg));
             prop_assert_eq!(streamed, digest_serial(&data, alg));
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use vram_cuda_sys::memory::{DeviceBuffer, Staging};
 use vram_cuda_sys::{Device, Driver};
 use vram_seal::ShardDigest;
-use vram_seal::digest::{DigestHasher, tree};
+use vram_seal::digest::DigestHasher;
 use vram_types::{AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, VramError};
 
 use super::{
@@ -110,27 +110,13 @@ impl Backend for CudaBackend {
     ) -> Result<ShardDigest, VramError> {
         let b = self.buffer(buffer)?;
         let mut staging = Staging::new(b.device(), len)?;
-        match algorithm.leaf_size() {
-            Some(leaf) => {
-                // Each staging chunk is a multiple of the leaf size (or the whole shard), so
-                // chunks hold whole leaves; their leaf digests are hashed in parallel.
-                let mut leaves = Vec::new();
-                b.read_back(len, &mut staging, |chunk| {
-                    leaves.extend(tree::leaf_digests(chunk, leaf));
-                    Ok(())
-                })?;
-                let total = u64::try_from(len).unwrap_or(u64::MAX);
-                tree::digest_from_leaf_digests(&leaves, leaf, total)
-            }
-            None => {
-                let mut hasher = DigestHasher::new(algorithm);
-                b.read_back(len, &mut staging, |chunk| {
-                    hasher.update(chunk);
-                    Ok(())
-                })?;
-                Ok(hasher.finalize())
-            }
-        }
+        // Each chunk read back is hashed (tree leaves in parallel) while the next one copies.
+        let mut hasher = DigestHasher::new(algorithm);
+        b.read_back(len, &mut staging, |chunk| {
+            hasher.update_parallel(chunk);
+            Ok(())
+        })?;
+        Ok(hasher.finalize())
     }
 
     fn allocation_facts(&self, buffer: BufferId, len: usize) -> Result<AllocationFacts, VramError> {

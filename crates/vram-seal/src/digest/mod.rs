@@ -2,8 +2,9 @@
 //!
 //! Format, invariants and test vectors: `.specs/digest.md`. Three ways to compute the same
 //! value: [`digest`] (one shot, leaves hashed in parallel with rayon), [`DigestHasher`]
-//! (streaming, pieces of any size) and [`tree::digest_from_leaf_digests`] (leaf digests computed
-//! elsewhere, for example by a GPU kernel).
+//! (streaming, pieces of any size, serially with `update` or leaves in parallel with
+//! `update_parallel`) and [`tree::digest_from_leaf_digests`] (leaf digests computed elsewhere,
+//! for example by a GPU kernel).
 
 mod flat;
 mod shard_digest;
@@ -59,6 +60,15 @@ impl DigestHasher {
         match &mut self.0 {
             Inner::Flat(h) => h.update(piece),
             Inner::Tree(h) => h.update(piece),
+        }
+    }
+
+    /// Adds the next piece, hashing whole tree leaves in parallel (flat SHA-256 is serial by
+    /// nature). Same digest as [`Self::update`]; for large pieces, such as read-back chunks.
+    pub fn update_parallel(&mut self, piece: &[u8]) {
+        match &mut self.0 {
+            Inner::Flat(h) => h.update(piece),
+            Inner::Tree(h) => h.update_parallel(piece),
         }
     }
 

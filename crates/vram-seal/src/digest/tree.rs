@@ -63,6 +63,11 @@ pub fn leaf_digests(bytes: &[u8], leaf: LeafSize) -> Vec<[u8; 32]> {
     if bytes.is_empty() {
         return vec![leaf_digest(&[])];
     }
+    par_leaf_digests(bytes, leaf)
+}
+
+/// Leaf digests of `bytes` hashed in parallel; no leaf at all for empty input.
+fn par_leaf_digests(bytes: &[u8], leaf: LeafSize) -> Vec<[u8; 32]> {
     // Batches of at least 16 leaves (1 MiB at the default size) per task keep rayon's
     // scheduling cost negligible next to the hashing.
     bytes
@@ -110,9 +115,9 @@ pub fn digest_from_leaf_digests(
 /// One-shot tree digest with the leaves hashed in parallel (rayon).
 #[must_use]
 pub fn digest_parallel(bytes: &[u8], leaf: LeafSize) -> ShardDigest {
-    let leaves = leaf_digests(bytes, leaf);
-    let root = root_from_leaf_digests(&leaves).unwrap_or_else(|| leaf_digest(&[]));
-    finalize_root(leaf, len_u64(bytes.len()), &root)
+    let mut hasher = TreeHasher::new(leaf);
+    hasher.update_parallel(bytes);
+    hasher.finalize()
 }
 
 /// Streaming tree digest: accepts pieces of any size.
@@ -155,6 +160,31 @@ impl TreeHasher {
                 self.finish_leaf();
             }
         }
+    }
+
+    /// Adds the next piece like [`Self::update`], hashing the piece's whole leaves in parallel
+    /// (rayon). Pieces of any size are accepted; the digest is the same.
+    pub fn update_parallel(&mut self, mut piece: &[u8]) {
+        if self.current_len > 0 {
+            // Complete the pending partial leaf first, on this thread.
+            let room = self.leaf.bytes().saturating_sub(self.current_len);
+            let (head, rest) = piece
+                .split_at_checked(room.min(piece.len()))
+                .unwrap_or((piece, &[]));
+            self.update(head);
+            piece = rest;
+        }
+        let whole = piece
+            .len()
+            .checked_div(self.leaf.bytes())
+            .map_or(0, |n| n.saturating_mul(self.leaf.bytes()));
+        let (leaves, tail) = piece.split_at_checked(whole).unwrap_or((&[], piece));
+        for digest in par_leaf_digests(leaves, self.leaf) {
+            self.fold.push(digest);
+            self.leaves = self.leaves.saturating_add(1);
+        }
+        self.total_len = self.total_len.saturating_add(len_u64(leaves.len()));
+        self.update(tail);
     }
 
     fn finish_leaf(&mut self) {

@@ -1,13 +1,13 @@
 //! `vramctl digest FILE [--flat] [--leaf BYTES]`: the digest an operator records in a manifest.
 //!
-//! The file is read in 64 MiB chunks; tree leaves are hashed in parallel chunk by chunk, so the
-//! speed is the parallel tree digest's and memory stays bounded.
+//! The file is read in 64 MiB chunks and fed to `DigestHasher::update_parallel`, so tree leaves
+//! are hashed in parallel and memory stays bounded.
 
 use std::io::Read;
 use std::path::Path;
 
 use serde_json::json;
-use vram_residency::digest::{DigestHasher, tree};
+use vram_residency::digest::DigestHasher;
 use vram_residency::{DigestAlgorithm, ShardDigest};
 
 use crate::cli::DigestArgs;
@@ -25,7 +25,7 @@ pub(crate) fn algorithm(flat: bool, leaf: Option<u64>) -> CliResult<DigestAlgori
     }
 }
 
-/// Digest of a file, streamed in chunks (leaves in parallel for the tree).
+/// Digest of a file, streamed in chunks (tree leaves hashed in parallel).
 pub(crate) fn digest_file(
     path: &Path,
     alg: DigestAlgorithm,
@@ -34,34 +34,19 @@ pub(crate) fn digest_file(
     let (mut file, len) = open_model(path)?;
     let bar = out.progress(len, "hashing");
     let mut chunk = vec![0u8; READ_CHUNK];
-    let mut leaves = Vec::new();
-    let mut flat = DigestHasher::new(alg);
-    let mut filled = 0usize;
+    let mut hasher = DigestHasher::new(alg);
     loop {
-        // Fill the whole chunk (reads may return less), so tree chunks hold whole leaves.
         let n = file
-            .read(chunk.get_mut(filled..).unwrap_or_default())
+            .read(&mut chunk)
             .map_err(|e| CliError::file(path, &format!("read failed ({e})"), "check the disk"))?;
-        filled = filled.saturating_add(n);
-        let done = n == 0;
-        if filled == chunk.len() || (done && filled > 0) {
-            let piece = chunk.get(..filled).unwrap_or_default();
-            match alg.leaf_size() {
-                Some(leaf) => leaves.extend(tree::leaf_digests(piece, leaf)),
-                None => flat.update(piece),
-            }
-            bar.inc(u64::try_from(filled).unwrap_or(0));
-            filled = 0;
-        }
-        if done {
+        let Some(piece) = chunk.get(..n).filter(|p| !p.is_empty()) else {
             break;
-        }
+        };
+        hasher.update_parallel(piece);
+        bar.inc(u64::try_from(n).unwrap_or(0));
     }
     bar.finish_and_clear();
-    match alg.leaf_size() {
-        Some(leaf) => Ok(tree::digest_from_leaf_digests(&leaves, leaf, len)?),
-        None => Ok(flat.finalize()),
-    }
+    Ok(hasher.finalize())
 }
 
 pub(crate) fn run(out: Output, args: &DigestArgs) -> CliResult<Exit> {
