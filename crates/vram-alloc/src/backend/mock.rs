@@ -176,18 +176,23 @@ impl MockBackend {
             .allocation()
             .and_then(|a| a.as_any().downcast_ref::<ResidentAllocation>())
             .ok_or_else(not_sealed)?;
-        let buffer = self.buffer(resident.buffer()).map_err(|_| not_sealed())?;
-        let mut data = write(&buffer.data);
-        let len = resident.len();
-        let byte = data
-            .get_mut(offset)
-            .filter(|_| offset < len)
-            .ok_or_else(|| {
-                VramError::invalid_input(
-                    "offset",
-                    format!("{offset} is outside the {len}-byte shard"),
-                )
-            })?;
+        if offset >= resident.len() {
+            return Err(VramError::invalid_input(
+                "offset",
+                format!("{offset} is outside the {}-byte shard", resident.len()),
+            ));
+        }
+        self.flip(resident.buffer(), offset)
+            .map_err(|_| not_sealed())
+    }
+
+    /// Inverts one byte of a buffer.
+    fn flip(&self, buffer: BufferId, offset: usize) -> Result<(), VramError> {
+        let b = self.buffer(buffer)?;
+        let mut data = write(&b.data);
+        let byte = data.get_mut(offset).ok_or_else(|| {
+            VramError::invalid_input("offset", format!("{offset} is outside the buffer"))
+        })?;
         *byte = !*byte;
         Ok(())
     }
@@ -368,13 +373,7 @@ impl Backend for MockBackend {
 
     #[cfg(feature = "test-utils")]
     fn flip_byte(&self, buffer: BufferId, offset: usize) -> Result<(), VramError> {
-        let b = self.buffer(buffer)?;
-        let mut data = write(&b.data);
-        let byte = data.get_mut(offset).ok_or_else(|| {
-            VramError::invalid_input("offset", format!("{offset} is outside the buffer"))
-        })?;
-        *byte = !*byte;
-        Ok(())
+        self.flip(buffer, offset)
     }
 
     fn free(&self, buffer: BufferId) -> Result<(), VramError> {
