@@ -171,7 +171,7 @@ impl Shared {
         }
     }
 
-    /// Ids of the live shards with their allocations.
+    /// The allocations of the live shards.
     pub(crate) fn live(&self) -> Vec<Arc<ResidentAllocation>> {
         lock(&self.registry)
             .live
