@@ -108,6 +108,15 @@ impl Device {
         })
     }
 
+    /// Number of streaming multiprocessors.
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`].
+    pub fn multiprocessor_count(&self) -> Result<u32, VramError> {
+        let n = self.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
+        Ok(u32::try_from(n).unwrap_or(1).max(1))
+    }
+
     /// Free and total device memory, in bytes (`cuMemGetInfo`; a snapshot).
     ///
     /// # Errors

@@ -11,6 +11,9 @@
 //! | [`memory`] | device allocations, pinned staging buffers, host↔device copies (synchronous and on a stream), and the managed / pinned / mapped / registered host memory the policy must refuse |
 //! | [`pointer`](mod@pointer) | `cuPointerGetAttributes`: where an allocation really lives |
 //! | [`module`] | loading PTX and launching a kernel |
+//! | [`stream`] | streams with a priority, events |
+//! | [`tree_digest`] | the `sha256-tree-L` digest of bytes in VRAM: leaf and fold kernels (`kernels/`) |
+//! | [`staging_ring`] | uploads through a bounded pool of pinned slots filled by several threads |
 //!
 //! Device pointers never leave this crate's types: no public function returns one, and no
 //! `Debug` output shows one. Every `unsafe` block holds one driver call behind a `// SAFETY:`
@@ -28,6 +31,9 @@ mod error;
 pub mod memory;
 pub mod module;
 pub mod pointer;
+pub mod staging_ring;
+pub mod stream;
+pub mod tree_digest;
 
 pub use device::Device;
 pub use driver::{Driver, REQUIRED_DRIVER_VERSION};

@@ -88,7 +88,7 @@ impl DeviceBuffer {
         &self.device
     }
 
-    fn at(
+    pub(crate) fn range_address(
         &self,
         offset: usize,
         n: usize,
@@ -112,7 +112,7 @@ impl DeviceBuffer {
     /// # Errors
     /// [`VramError::CudaOperationFailed`] when the range is outside the buffer or the copy fails.
     pub fn write(&self, offset: usize, src: &[u8]) -> Result<(), VramError> {
-        let dst = self.at(offset, src.len(), "host-to-device copy")?;
+        let dst = self.range_address(offset, src.len(), "host-to-device copy")?;
         self.device.bind()?;
         // SAFETY: `dst..dst+src.len()` lies inside this live allocation (checked by `at`), and
         // `src` is a valid host slice for the whole synchronous copy.
@@ -125,7 +125,7 @@ impl DeviceBuffer {
     /// # Errors
     /// [`VramError::CudaOperationFailed`] when the range is outside the buffer or the copy fails.
     pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), VramError> {
-        let src = self.at(offset, dst.len(), "device-to-host copy")?;
+        let src = self.range_address(offset, dst.len(), "device-to-host copy")?;
         self.device.bind()?;
         // SAFETY: `src..src+dst.len()` lies inside this live allocation (checked by `at`), and
         // `dst` is a valid, exclusively borrowed host slice for the whole synchronous copy.
@@ -139,7 +139,7 @@ impl DeviceBuffer {
     /// [`VramError::CudaOperationFailed`] when `src` is longer than the buffer or a copy fails.
     pub fn upload(&self, src: &[u8], staging: &mut Staging) -> Result<(), VramError> {
         let ordinal = self.device.ordinal();
-        self.at(0, src.len(), "host-to-device copy")?;
+        self.range_address(0, src.len(), "host-to-device copy")?;
         self.device.bind()?;
         let chunk_bytes = staging.chunk;
         for (i, chunk) in src.chunks(chunk_bytes).enumerate() {
@@ -152,7 +152,7 @@ impl DeviceBuffer {
                 .ok_or_else(|| range_error(ordinal, "staging copy"))?;
             dst_host.copy_from_slice(chunk);
             let offset = i.saturating_mul(chunk_bytes);
-            let dst = self.at(offset, chunk.len(), "host-to-device copy")?;
+            let dst = self.range_address(offset, chunk.len(), "host-to-device copy")?;
             let stream = staging.stream;
             let src_pinned = staging
                 .buffer(slot)?
@@ -182,7 +182,7 @@ impl DeviceBuffer {
         staging: &mut Staging,
         mut consume: impl FnMut(&[u8]) -> Result<(), VramError>,
     ) -> Result<(), VramError> {
-        self.at(0, len, "device-to-host copy")?;
+        self.range_address(0, len, "device-to-host copy")?;
         self.device.bind()?;
         let chunk_bytes = staging.chunk;
         let chunks = len.div_ceil(chunk_bytes);
@@ -217,7 +217,7 @@ impl DeviceBuffer {
         staging: &mut Staging,
     ) -> Result<(), VramError> {
         let ordinal = self.device.ordinal();
-        let src = self.at(
+        let src = self.range_address(
             index.saturating_mul(staging.chunk),
             n,
             "device-to-host copy",

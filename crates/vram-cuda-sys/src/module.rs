@@ -1,10 +1,11 @@
-//! Loading PTX and launching kernels (the in-VRAM hash of a later issue builds on this).
+//! Loading PTX and launching kernels: synchronously on the default stream (tests), or queued on a
+//! stream of the caller's (the digest kernels, [`crate::tree_digest`]).
 
 use std::ffi::{CString, c_void};
 use std::sync::Arc;
 
 use cudarc::driver::result;
-use cudarc::driver::sys::{CUfunction, CUmodule};
+use cudarc::driver::sys::{CUfunction, CUmodule, CUstream};
 use vram_types::VramError;
 
 use crate::device::Device;
@@ -53,7 +54,8 @@ impl Module {
         })
     }
 
-    fn function(&self, name: &str) -> Result<CUfunction, VramError> {
+    /// Looks a kernel up (once per kernel for repeated launches).
+    pub(crate) fn function(&self, name: &str) -> Result<CUfunction, VramError> {
         let name = CString::new(name)
             .map_err(|_| VramError::invalid_input("kernel name", "contains a NUL byte"))?;
         // SAFETY: `module` was loaded in `load_ptx` and is unloaded only in `Drop`.
@@ -77,11 +79,17 @@ impl Module {
         block: u32,
         args: &[KernelArg<'_>],
     ) -> Result<(), VramError> {
-        let ordinal = self.device.ordinal();
+        let values = self.arg_values(args)?;
         let function = self.function(name)?;
-        let mut values: Vec<u64> = Vec::with_capacity(args.len());
-        for arg in args {
-            values.push(match arg {
+        // SAFETY: forwarded from this function's contract; the null stream is always valid.
+        unsafe { self.launch_raw(function, grid, block, &values, result::stream::null()) }?;
+        self.device.synchronize()
+    }
+
+    fn arg_values(&self, args: &[KernelArg<'_>]) -> Result<Vec<u64>, VramError> {
+        let ordinal = self.device.ordinal();
+        args.iter()
+            .map(|arg| match arg {
                 KernelArg::Buffer(b) => {
                     if b.device().ordinal() != ordinal {
                         return Err(VramError::CudaOperationFailed {
@@ -90,30 +98,49 @@ impl Module {
                             cuda_error: "buffer belongs to another device".into(),
                         });
                     }
-                    b.device_address()?
+                    b.device_address()
                 }
-                KernelArg::U64(v) => *v,
-                KernelArg::U32(v) => u64::from(*v),
-            });
-        }
-        // Each parameter points at its value; 32-bit values are read from the low half.
+                KernelArg::U64(v) => Ok(*v),
+                KernelArg::U32(v) => Ok(u64::from(*v)),
+            })
+            .collect()
+    }
+
+    /// Queues `function` on `stream` with the parameter values `values` (device addresses and
+    /// integers, each passed as a 64-bit slot; 32-bit parameters read the low half). Returns
+    /// without waiting.
+    ///
+    /// # Safety
+    /// 1. `function` belongs to this module and `values` matches its parameter list.
+    /// 2. The kernel only accesses memory that stays allocated until the stream's work is done.
+    /// 3. `stream` is a live stream of this module's device (or the null stream).
+    pub(crate) unsafe fn launch_raw(
+        &self,
+        function: CUfunction,
+        grid: u32,
+        block: u32,
+        values: &[u64],
+        stream: CUstream,
+    ) -> Result<(), VramError> {
+        let ordinal = self.device.ordinal();
+        let mut values = values.to_vec();
+        // Each parameter points at its value; the driver copies them before returning.
         let mut params: Vec<*mut c_void> =
             values.iter_mut().map(|v| (v as *mut u64).cast()).collect();
         self.device.bind()?;
-        // SAFETY: the caller guarantees (1) and (2); `params` holds one pointer per kernel
-        // parameter, each valid until the synchronisation below.
+        // SAFETY: the caller guarantees (1)-(3); `params` holds one pointer per kernel parameter,
+        // each valid for the duration of the call (the driver copies the values at launch).
         unsafe {
             result::launch_kernel(
                 function,
                 (grid, 1, 1),
                 (block, 1, 1),
                 0,
-                result::stream::null(),
+                stream,
                 &mut params,
             )
         }
-        .map_err(|e| CudaError::from(e).during(ordinal, "cuLaunchKernel"))?;
-        self.device.synchronize()
+        .map_err(|e| CudaError::from(e).during(ordinal, "cuLaunchKernel"))
     }
 }
 

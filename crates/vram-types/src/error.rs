@@ -64,6 +64,41 @@ pub enum VramError {
         actual: String,
     },
 
+    /// The model bytes do not have the digest the caller expected (a manifest's): a wrong,
+    /// truncated or corrupted file. Nothing was sealed.
+    #[error(
+        "model bytes hash to {actual}, expected {expected}: wrong or corrupted file; nothing sealed"
+    )]
+    UnexpectedDigest {
+        /// The digest the caller expected (hex).
+        expected: String,
+        /// The digest of the bytes as uploaded (hex).
+        actual: String,
+    },
+
+    /// The bytes that reached VRAM differ from the host bytes they were copied from (the
+    /// cross-check of a seal): a broken copy path. Nothing was sealed.
+    #[error(
+        "GPU {device}: bytes in VRAM hash to {resident}, the host bytes to {host}; nothing sealed"
+    )]
+    UploadMismatch {
+        /// CUDA device index.
+        device: u32,
+        /// Digest of the host bytes (hex).
+        host: String,
+        /// Digest of the bytes in VRAM (hex).
+        resident: String,
+    },
+
+    /// The model bytes could not be read from their source (a file).
+    #[error("reading the model bytes at offset {offset} failed: {reason}")]
+    SourceReadFailed {
+        /// Byte offset of the failed read.
+        offset: u64,
+        /// The I/O error.
+        reason: String,
+    },
+
     /// A CUDA allocation failed for a reason other than lack of free memory.
     #[error("CUDA allocation of {bytes} bytes failed on GPU {device}: {cuda_error}")]
     CudaAllocationFailed {
@@ -194,6 +229,7 @@ impl VramError {
             self,
             Self::SealVerificationFailed { .. }
                 | Self::IntegrityViolation { .. }
+                | Self::UploadMismatch { .. }
                 | Self::PolicyViolation { .. }
         )
     }

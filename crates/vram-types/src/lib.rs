@@ -8,7 +8,9 @@
 //! - [`DigestAlgorithm`]: the names of the digest algorithms (`sha256`, `sha256-tree-<leaf>`);
 //! - [`validation`]: checked shard ids, device indices and model sizes;
 //! - [`ShardAllocation`]: the trait a backend implements for the VRAM behind a shard;
-//! - [`DeviceFacts`] and [`AllocationFacts`]: what a backend reports for the VRAM-only policy.
+//! - [`DeviceFacts`] and [`AllocationFacts`]: what a backend reports for the VRAM-only policy;
+//! - [`ShardSource`] ([`FileSource`], byte slices): model bytes read at any offset while sealing;
+//! - [`GpuShare`]: how much of a GPU a digest of resident bytes may take.
 //!
 //! It has no GPU code and no cryptography (`vram-seal` has the cryptography).
 //!
@@ -30,8 +32,10 @@
 
 mod digest_algorithm;
 mod error;
+mod gpu_share;
 mod residency_facts;
 mod sealed_shard;
+mod shard_source;
 pub mod validation;
 mod vram_config;
 
@@ -39,9 +43,11 @@ pub use digest_algorithm::{
     DEFAULT_LEAF_BYTES, DigestAlgorithm, LeafSize, MAX_LEAF_BYTES, MIN_LEAF_BYTES,
 };
 pub use error::{KeyProblem, Result, SealFailure, VramError};
+pub use gpu_share::{DEFAULT_BACKGROUND_SM_FRACTION, GpuShare};
 pub use residency_facts::{AllocationFacts, BackendKind, DeviceFacts, MemoryType};
 pub use sealed_shard::{
     ModelShardHandle, SEAL_SIGNATURE_LEN, SealSignature, SealedFields, SealedShard, ShardAllocation,
 };
+pub use shard_source::{FileSource, ShardSource};
 pub use validation::ShardId;
 pub use vram_config::VramConfig;

@@ -1,0 +1,146 @@
+//! Streams and events: the ordering of asynchronous work on one device.
+//!
+//! Work in this crate waits on its own stream or event, never on the whole context
+//! (`cuCtxSynchronize`), so it does not stall an inference engine sharing the GPU.
+
+use std::sync::Arc;
+
+use cudarc::driver::result;
+use cudarc::driver::sys::{self, CUevent, CUstream};
+use vram_types::VramError;
+
+use crate::device::Device;
+use crate::error::CudaError;
+
+/// Scheduling priority of a stream relative to other streams of the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamPriority {
+    /// The lowest priority the device offers: blocks of higher-priority streams (an inference
+    /// engine's) are scheduled first whenever both are waiting.
+    Lowest,
+    /// The highest priority the device offers.
+    Highest,
+}
+
+/// A non-blocking stream of one device, destroyed on drop.
+#[derive(Debug)]
+pub struct Stream {
+    device: Arc<Device>,
+    raw: CUstream,
+}
+
+// SAFETY: a CUstream is a driver handle usable from any thread of the process; the driver
+// serialises work submitted to it.
+unsafe impl Send for Stream {}
+// SAFETY: as above; `&Stream` only hands the handle to thread-safe driver calls.
+unsafe impl Sync for Stream {}
+
+impl Stream {
+    /// A stream with `priority` on `device`.
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`] from `cuStreamCreateWithPriority`.
+    pub fn new(device: &Arc<Device>, priority: StreamPriority) -> Result<Self, VramError> {
+        device.bind()?;
+        let ordinal = device.ordinal();
+        let (least, greatest) = result::stream::get_priority_range()
+            .map_err(|e| CudaError::from(e).during(ordinal, "cuCtxGetStreamPriorityRange"))?;
+        let priority = match priority {
+            StreamPriority::Lowest => least,
+            StreamPriority::Highest => greatest,
+        };
+        let raw =
+            result::stream::create_with_priority(result::stream::StreamKind::NonBlocking, priority)
+                .map_err(|e| CudaError::from(e).during(ordinal, "cuStreamCreateWithPriority"))?;
+        Ok(Self {
+            device: Arc::clone(device),
+            raw,
+        })
+    }
+
+    /// The device the stream belongs to.
+    #[must_use]
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    pub(crate) fn raw(&self) -> CUstream {
+        self.raw
+    }
+
+    /// Waits for the work queued on this stream only.
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`], including an error of a kernel queued on it.
+    pub fn synchronize(&self) -> Result<(), VramError> {
+        self.device.bind()?;
+        // SAFETY: `raw` was created in `new` and is destroyed only in `Drop`.
+        unsafe { result::stream::synchronize(self.raw) }
+            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "cuStreamSynchronize"))
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if self.device.bind().is_ok() {
+            // SAFETY: `raw` was created in `new`; pending work is waited for first, then the
+            // stream is destroyed once, here.
+            let _ = unsafe { result::stream::synchronize(self.raw) };
+            // SAFETY: as above.
+            let _ = unsafe { result::stream::destroy(self.raw) };
+        }
+    }
+}
+
+/// An event without timing, for "has the work before this point finished".
+#[derive(Debug)]
+pub(crate) struct Event {
+    device: Arc<Device>,
+    raw: CUevent,
+    recorded: bool,
+}
+
+// SAFETY: a CUevent is a driver handle usable from any thread; `&mut self` serialises record.
+unsafe impl Send for Event {}
+
+impl Event {
+    pub(crate) fn new(device: &Arc<Device>) -> Result<Self, VramError> {
+        device.bind()?;
+        let raw = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map_err(|e| CudaError::from(e).during(device.ordinal(), "cuEventCreate"))?;
+        Ok(Self {
+            device: Arc::clone(device),
+            raw,
+            recorded: false,
+        })
+    }
+
+    /// Marks the current end of `stream`'s queue.
+    pub(crate) fn record(&mut self, stream: &Stream) -> Result<(), VramError> {
+        // SAFETY: `raw` and the stream's handle were created by the driver and are live.
+        unsafe { result::event::record(self.raw, stream.raw()) }
+            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "cuEventRecord"))?;
+        self.recorded = true;
+        Ok(())
+    }
+
+    /// Waits until the work recorded before this event has finished (at once if never recorded).
+    pub(crate) fn wait(&self) -> Result<(), VramError> {
+        if !self.recorded {
+            return Ok(());
+        }
+        // SAFETY: `raw` was created in `new` and recorded on a live stream.
+        unsafe { result::event::synchronize(self.raw) }
+            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "cuEventSynchronize"))
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        if self.device.bind().is_ok() {
+            let _ = self.wait();
+            // SAFETY: `raw` was created in `new` and is destroyed once, here.
+            let _ = unsafe { result::event::destroy(self.raw) };
+        }
+    }
+}

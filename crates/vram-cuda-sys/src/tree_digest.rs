@@ -1,0 +1,349 @@
+//! The `sha256-tree-L` digest of bytes already in VRAM: a leaf kernel hashes every leaf where it
+//! lies, a fold kernel pairs nodes level by level on the GPU, and only the 32-byte root comes
+//! back to the host. The kernels (`kernels/sha256_tree.cu`, PTX committed beside it) are
+//! checked bit for bit against `vram-seal`'s CPU implementation by the GPU tests.
+//!
+//! Everything runs on streams of the lowest priority and waits on them only, never on the whole
+//! context, so an inference engine's kernels on its own streams are scheduled first.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cudarc::driver::result;
+use cudarc::driver::sys::{CUdeviceptr, CUfunction};
+use vram_types::{GpuShare, LeafSize, VramError};
+
+use crate::device::Device;
+use crate::error::CudaError;
+use crate::memory::DeviceBuffer;
+use crate::module::Module;
+use crate::stream::{Stream, StreamPriority};
+
+/// PTX of `kernels/sha256_tree.cu` (`cargo xtask ptx` regenerates it).
+pub const SHA256_TREE_PTX: &str = include_str!("../kernels/sha256_tree.ptx");
+
+/// Bytes of each leaf a bounded-share launch hashes: short launches free the SMs often.
+pub const BOUNDED_SLICE_BYTES: u64 = 16 * 1024;
+
+/// Threads per block of whole-GPU launches (the kernels' launch bound).
+const MAX_BLOCK: u32 = 128;
+/// Warp schedulers per SM on every GPU this targets (Volta to Hopper).
+const SCHEDULERS_PER_SM: u64 = 4;
+const DIGEST_BYTES: u64 = 32;
+
+/// The digest kernels loaded on one device, with a stream for per-request digests and one for
+/// bounded background digests (so a long background pass never delays a request's check).
+pub struct TreeDigestEngine {
+    device: Arc<Device>,
+    module: Module,
+    leaves: CUfunction,
+    fold: CUfunction,
+    multiprocessors: u32,
+    full_lane: Mutex<Stream>,
+    bounded_lane: Mutex<Stream>,
+}
+
+// SAFETY: the CUfunction handles are driver handles valid on every thread for the module's
+// lifetime (the module is owned by the engine); launches go through the driver, which is
+// thread-safe, and each lane's stream is used under its mutex.
+unsafe impl Send for TreeDigestEngine {}
+// SAFETY: as above.
+unsafe impl Sync for TreeDigestEngine {}
+
+impl std::fmt::Debug for TreeDigestEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TreeDigestEngine")
+            .field("device", &self.device.ordinal())
+            .field("multiprocessors", &self.multiprocessors)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A stream-ordered device allocation for the leaf states (`cuMemAllocAsync`): neither its
+/// allocation nor its release synchronises the device.
+struct Scratch<'s> {
+    stream: &'s Stream,
+    ptr: CUdeviceptr,
+}
+
+impl<'s> Scratch<'s> {
+    fn alloc(stream: &'s Stream, bytes: u64) -> Result<Self, VramError> {
+        let ordinal = stream.device().ordinal();
+        let bytes = usize::try_from(bytes)
+            .map_err(|_| VramError::HostMemoryExhausted { needed: usize::MAX })?;
+        stream.device().bind()?;
+        // SAFETY: the stream is live and belongs to the current context; the memory is only
+        // used by work queued on this stream and freed on it.
+        let ptr = unsafe { result::malloc_async(stream.raw(), bytes) }.map_err(|e| {
+            let e = CudaError::from(e);
+            if e.is_out_of_memory() {
+                VramError::InsufficientVram {
+                    needed: bytes,
+                    available: stream.device().memory_info().map_or(0, |(free, _)| free),
+                    device: ordinal,
+                }
+            } else {
+                e.during(ordinal, "cuMemAllocAsync")
+            }
+        })?;
+        Ok(Self { stream, ptr })
+    }
+
+    fn at(&self, byte_offset: u64) -> u64 {
+        self.ptr.saturating_add(byte_offset)
+    }
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        if self.stream.device().bind().is_ok() {
+            // SAFETY: `ptr` came from `cuMemAllocAsync` on this stream and is freed once, after
+            // all work queued before on the stream (stream order).
+            let _ = unsafe { result::free_async(self.ptr, self.stream.raw()) };
+        }
+    }
+}
+
+/// Threads per block for a launch over `leaves` leaves: whole blocks of 128 when there are
+/// leaves enough to fill the GPU, otherwise small blocks so the leaves spread over every warp
+/// scheduler of every SM. (With few leaves each thread is latency-bound: a warp per scheduler
+/// with a few active lanes outruns one full warp per SM.)
+#[must_use]
+pub fn block_size(leaves: u64, multiprocessors: u32) -> u32 {
+    let schedulers = u64::from(multiprocessors.max(1)).saturating_mul(SCHEDULERS_PER_SM);
+    if leaves >= schedulers.saturating_mul(32) {
+        MAX_BLOCK
+    } else {
+        u32::try_from(leaves.div_ceil(schedulers).clamp(1, 32)).unwrap_or(32)
+    }
+}
+
+fn grid_for(threads: u64, block: u32) -> Result<u32, VramError> {
+    u32::try_from(threads.div_ceil(u64::from(block.max(1))))
+        .map_err(|_| VramError::invalid_input("digest launch", "more than 2^32 blocks"))
+}
+
+fn lock(m: &Mutex<Stream>) -> std::sync::MutexGuard<'_, Stream> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl TreeDigestEngine {
+    /// Loads the kernels on `device` and makes its two lowest-priority streams.
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`] when the driver refuses the PTX (for example a driver
+    /// older than the PTX version) or a stream cannot be made.
+    pub fn new(device: &Arc<Device>) -> Result<Self, VramError> {
+        let module = Module::load_ptx(device, SHA256_TREE_PTX)?;
+        let leaves = module.function("sha256_leaves")?;
+        let fold = module.function("sha256_fold_level")?;
+        Ok(Self {
+            device: Arc::clone(device),
+            leaves,
+            fold,
+            multiprocessors: device.multiprocessor_count()?,
+            full_lane: Mutex::new(Stream::new(device, StreamPriority::Lowest)?),
+            bounded_lane: Mutex::new(Stream::new(device, StreamPriority::Lowest)?),
+            module,
+        })
+    }
+
+    /// The tree root over the first `len` bytes of `buffer` with `leaf`-byte leaves: the value
+    /// `vram_seal::digest::tree::root_from_leaf_digests` gives for the same bytes.
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`] when `len` exceeds the buffer, the buffer is on another
+    /// device, or a launch or copy fails; [`VramError::InsufficientVram`] when the leaf states
+    /// (32 bytes a leaf, and half as much again for the fold) do not fit.
+    pub fn tree_root(
+        &self,
+        buffer: &DeviceBuffer,
+        len: usize,
+        leaf: LeafSize,
+        share: GpuShare,
+    ) -> Result<[u8; 32], VramError> {
+        let ordinal = self.device.ordinal();
+        if buffer.device().ordinal() != ordinal || len > buffer.len() {
+            return Err(VramError::CudaOperationFailed {
+                device: ordinal,
+                operation: "tree digest",
+                cuda_error: "range outside the allocation (refused before calling the driver)"
+                    .into(),
+            });
+        }
+        let total = u64::try_from(len).unwrap_or(u64::MAX);
+        let leaf_bytes = u64::from(leaf.get());
+        let leaves = total.div_ceil(leaf_bytes).max(1);
+        let lane = match share {
+            GpuShare::Full => &self.full_lane,
+            GpuShare::Bounded { .. } => &self.bounded_lane,
+        };
+        let stream = lock(lane);
+        // Region A holds a state per leaf; region B, half as many, is the fold's other side.
+        let half = leaves.div_ceil(2);
+        let scratch = Scratch::alloc(
+            &stream,
+            leaves.saturating_add(half).saturating_mul(DIGEST_BYTES),
+        )?;
+        let (a, b) = (
+            scratch.at(0),
+            scratch.at(leaves.saturating_mul(DIGEST_BYTES)),
+        );
+        let data = buffer.device_address()?;
+        match share {
+            GpuShare::Full => {
+                let block = block_size(leaves, self.multiprocessors);
+                let whole = (0, leaf_bytes);
+                self.launch_leaves(
+                    &stream,
+                    block,
+                    data,
+                    total,
+                    leaf_bytes,
+                    (0, leaves),
+                    whole,
+                    a,
+                )?;
+            }
+            GpuShare::Bounded { sm_fraction } => {
+                self.hash_leaves_bounded(&stream, data, total, leaf_bytes, leaves, sm_fraction, a)?;
+            }
+        }
+        let root_at = self.fold(&stream, leaves, a, b)?;
+        let mut words = [0u32; 8];
+        // SAFETY: `root_at` points at 8 words inside the live scratch allocation, written by
+        // work queued before on this stream; `words` is a host array of exactly 32 bytes that
+        // lives until the stream is synchronised below.
+        unsafe { result::memcpy_dtoh_async(&mut words, root_at, stream.raw()) }
+            .map_err(|e| CudaError::from(e).during(ordinal, "cuMemcpyDtoHAsync"))?;
+        stream.synchronize()?;
+        drop(scratch);
+        let mut root = [0u8; 32];
+        for (out, word) in root.chunks_exact_mut(4).zip(words) {
+            out.copy_from_slice(&word.to_be_bytes());
+        }
+        Ok(root)
+    }
+
+    /// Queues the leaf kernel over leaves `first..first + count`, bytes `begin..begin + slice`
+    /// of each.
+    #[allow(clippy::too_many_arguments, reason = "the kernel's parameter list")]
+    fn launch_leaves(
+        &self,
+        stream: &Stream,
+        block: u32,
+        data: u64,
+        total: u64,
+        leaf: u64,
+        (first, count): (u64, u64),
+        (begin, slice): (u64, u64),
+        state: u64,
+    ) -> Result<(), VramError> {
+        let grid = grid_for(count, block)?;
+        let args = [data, total, leaf, first, count, begin, slice, state];
+        // SAFETY: `sha256_leaves` takes (u8*, u64 x6, u32*) in this order; `data` is a live
+        // device buffer of at least `total` bytes (checked by the caller) that the caller keeps
+        // alive until the stream is synchronised, and `state` has 8 words for every leaf of
+        // the shard (the scratch allocation, freed in stream order after this work).
+        unsafe {
+            self.module
+                .launch_raw(self.leaves, grid, block, &args, stream.raw())
+        }
+    }
+
+    /// At most `sm_fraction` of the SMs busy at a time: groups of leaves as many as that many
+    /// blocks hold, each group in slices of [`BOUNDED_SLICE_BYTES`] per leaf.
+    #[allow(clippy::too_many_arguments, reason = "the kernel's parameter list")]
+    fn hash_leaves_bounded(
+        &self,
+        stream: &Stream,
+        data: u64,
+        total: u64,
+        leaf: u64,
+        leaves: u64,
+        sm_fraction: f32,
+        state: u64,
+    ) -> Result<(), VramError> {
+        let blocks = bounded_blocks(self.multiprocessors, sm_fraction);
+        let per_launch = u64::from(blocks).saturating_mul(u64::from(MAX_BLOCK));
+        let mut first = 0u64;
+        while first < leaves {
+            let count = per_launch.min(leaves.saturating_sub(first));
+            // One block per SM at most: small groups use small blocks, like whole-GPU launches.
+            let block = block_size(count, blocks).min(MAX_BLOCK);
+            let mut begin = 0u64;
+            while begin < leaf {
+                self.launch_leaves(
+                    stream,
+                    block,
+                    data,
+                    total,
+                    leaf,
+                    (first, count),
+                    (begin, BOUNDED_SLICE_BYTES),
+                    state,
+                )?;
+                begin = begin.saturating_add(BOUNDED_SLICE_BYTES);
+            }
+            first = first.saturating_add(count);
+        }
+        Ok(())
+    }
+
+    /// Folds `leaves` node states at `a` level by level (ping-pong with `b`); returns where the
+    /// root ends up.
+    fn fold(&self, stream: &Stream, leaves: u64, a: u64, b: u64) -> Result<u64, VramError> {
+        let (mut from, mut to, mut n) = (a, b, leaves);
+        while n > 1 {
+            let out = n.div_ceil(2);
+            let grid = grid_for(out, MAX_BLOCK)?;
+            // SAFETY: `sha256_fold_level` takes (u32*, u32*, u64); `from` holds `n` node states
+            // and `to` room for `ceil(n/2)` (region B is sized for the first level, region A for
+            // every later one), both inside the live scratch allocation.
+            unsafe {
+                self.module
+                    .launch_raw(self.fold, grid, MAX_BLOCK, &[from, to, n], stream.raw())
+            }?;
+            (from, to, n) = (to, from, out);
+        }
+        Ok(from)
+    }
+}
+
+/// Blocks a bounded launch may use: `sm_fraction` of the SMs, at least one.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_precision_loss,
+    reason = "a fraction in (0, 1] of a small SM count"
+)]
+fn bounded_blocks(multiprocessors: u32, sm_fraction: f32) -> u32 {
+    let fraction = if sm_fraction.is_finite() {
+        sm_fraction.clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    ((multiprocessors as f32 * fraction).floor() as u32).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn few_leaves_spread_over_every_scheduler_many_fill_blocks() {
+        assert_eq!(block_size(262_144, 132), 128);
+        assert_eq!(block_size(16_896, 132), 128);
+        assert_eq!(block_size(16_384, 132), 32);
+        assert_eq!(block_size(4096, 132), 8);
+        assert_eq!(block_size(16, 132), 1);
+        assert_eq!(block_size(1, 0), 1);
+    }
+
+    #[test]
+    fn a_bounded_share_takes_a_fraction_of_the_sms_and_at_least_one() {
+        assert_eq!(bounded_blocks(132, 0.0625), 8);
+        assert_eq!(bounded_blocks(132, 1.0), 132);
+        assert_eq!(bounded_blocks(132, 0.001), 1);
+        assert_eq!(bounded_blocks(132, f32::NAN), 132);
+    }
+}
