@@ -3,9 +3,11 @@
 //! - `ci`: everything CI checks, stopping at the first failure.
 //! - `fuzz [--seconds N]`: every cargo-fuzz target for N seconds each (default 60).
 //! - `vectors --check`: the committed test vectors equal what the Python reference prints.
+//! - `ptx [--check | --stamp]`: the kernels' committed PTX (`xtask/src/ptx.rs`).
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic, reason = "tests"))]
 
+mod ptx;
 mod tidy;
 
 use std::env;
@@ -24,6 +26,8 @@ tasks:
                          (cargo-fuzz with --sanitizer none)
   tidy                   file headers, SAFETY comments, forbidden patterns (xtask/src/tidy.rs)
   vectors --check        compare crates/vram-seal/tests/data with .specs/reference/vectors.py
+  ptx [--check|--stamp]  regenerate the kernels' PTX with nvcc (GPU machine), or check that the
+                         committed PTX was made from the .cu beside it (ci runs --check)
 ";
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn try_main() -> Result<(), DynError> {
         Some("ci") => ci(),
         Some("fuzz") => fuzz(args.get(1..).unwrap_or_default()),
         Some("vectors") => vectors(),
+        Some("ptx") => ptx::ptx(args.get(1..).unwrap_or_default()),
         Some("tidy") => {
             let problems = tidy::problems(&project_root());
             for p in &problems {
@@ -167,6 +172,9 @@ fn ci() -> Result<(), DynError> {
 
     eprintln!("\n==> test vectors against the Python reference");
     vectors()?;
+
+    eprintln!("\n==> committed PTX against its CUDA source");
+    ptx::ptx(&["--check".to_owned()])?;
 
     if has_cargo_subcommand("deny") {
         let mut deny = cargo();

@@ -46,7 +46,7 @@ mod resident;
 mod sync;
 
 pub use baseline::NaivePathTimes;
-pub use manager::{VramManager, VramManagerBuilder};
+pub use manager::{SealOptions, VramManager, VramManagerBuilder};
 pub use metrics::{DeviceUsage, VramMetrics};
 pub use resident::ResidentAllocation;
 

@@ -257,10 +257,10 @@ fn fill_and_send(
         .get(..n)
         .ok_or(VramError::Unreachable("a chunk is at most one slot"))?;
     stream.device().bind()?;
-    // SAFETY: `target..target + n` lies inside `dst` (checked by `range_address`), which outlives
-    // this call; `host` is pinned memory of the slot, which is not written again before the
-    // event recorded next has completed (`slot.copied.wait()` above, and the stream is
-    // synchronised before the slot returns to the pool).
+    // The slot is written again only after the event recorded next has completed (`wait` above),
+    // and the stream is synchronised before the slot returns to the pool.
+    // SAFETY: `target..target + n` lies inside `dst` (`range_address`), which outlives the copy;
+    // `host` is the slot's pinned memory, untouched until the copy completes (see above).
     unsafe { result::memcpy_htod_async(target, host, stream.raw()) }
         .map_err(|e| CudaError::from(e).during(ordinal, "host-to-device copy"))?;
     slot.copied.record(stream)

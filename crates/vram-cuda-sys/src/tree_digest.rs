@@ -240,10 +240,10 @@ impl TreeDigestEngine {
     ) -> Result<(), VramError> {
         let grid = grid_for(count, block)?;
         let args = [data, total, leaf, first, count, begin, slice, state];
-        // SAFETY: `sha256_leaves` takes (u8*, u64 x6, u32*) in this order; `data` is a live
-        // device buffer of at least `total` bytes (checked by the caller) that the caller keeps
-        // alive until the stream is synchronised, and `state` has 8 words for every leaf of
-        // the shard (the scratch allocation, freed in stream order after this work).
+        // `data` has `total` bytes (checked by the caller, who keeps it alive until the stream is
+        // synchronised); `state` has 8 words per leaf (scratch, freed in stream order after).
+        // SAFETY: `sha256_leaves` takes (u8*, u64 x6, u32*) in this order; the memory it touches
+        // stays allocated until the queued work is done (see above).
         unsafe {
             self.module
                 .launch_raw(self.leaves, grid, block, &args, stream.raw())

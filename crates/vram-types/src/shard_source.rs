@@ -25,7 +25,8 @@ pub trait ShardSource: Sync {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
 }
 
-impl ShardSource for [u8] {
+/// Bytes in host memory (pass `&bytes` where a `&dyn ShardSource` is wanted).
+impl ShardSource for &[u8] {
     fn len(&self) -> u64 {
         u64::try_from(<[u8]>::len(self)).unwrap_or(u64::MAX)
     }
@@ -114,7 +115,7 @@ mod tests {
             bytes.read_at(7, &mut buf).unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof
         );
-        assert_eq!(ShardSource::len(bytes), 10);
+        assert_eq!(ShardSource::len(&bytes), 10);
     }
 
     #[test]

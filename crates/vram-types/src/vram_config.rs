@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::digest_algorithm::DigestAlgorithm;
+use crate::gpu_share::GpuShare;
 use crate::validation::DEFAULT_MAX_MODEL_BYTES;
 
 /// Configuration of a VRAM manager.
@@ -30,6 +31,10 @@ pub struct VramConfig {
     /// Accept devices whose kernels can read pageable host memory (HMM/ATS). Default false:
     /// that access is a RAM path the allocation checks cannot see.
     pub allow_pageable_memory_access: bool,
+    /// How much of the GPU a background verification may take
+    /// (`verify_sealed_background`; default [`GpuShare::BACKGROUND`], 1/16 of the SMs).
+    /// Per-request verification always takes the whole GPU for its few milliseconds.
+    pub background_gpu_share: GpuShare,
 }
 
 impl Default for VramConfig {
@@ -44,6 +49,7 @@ impl Default for VramConfig {
             max_seal_age: None,
             stop_on_verification_failure: true,
             allow_pageable_memory_access: false,
+            background_gpu_share: GpuShare::BACKGROUND,
         }
     }
 }

@@ -1,24 +1,69 @@
-//! The CUDA backend: shards in real device memory (`cuMemAlloc`), uploaded and read back through
-//! pinned staging buffers that live only for one transfer, digested on the CPU from the bytes
-//! read back out of VRAM.
+//! The CUDA backend: shards in real device memory (`cuMemAlloc`), uploaded through a bounded
+//! ring of pinned staging slots filled by several threads, and digested where they lie: tree
+//! digests of shards of [`GPU_DIGEST_MIN_BYTES`] or more by the SHA-256 kernels in VRAM, the
+//! rest (flat SHA-256, which is serial, and small shards, where a kernel's latency exceeds a
+//! read-back) on the CPU from bytes read back out of VRAM (`docs/adr/0004-digest-of-resident-bytes.md`).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use vram_cuda_sys::memory::{DeviceBuffer, Staging};
+use vram_cuda_sys::staging_ring::StagingRing;
+use vram_cuda_sys::tree_digest::TreeDigestEngine;
 use vram_cuda_sys::{Device, Driver};
 use vram_seal::ShardDigest;
 use vram_seal::digest::DigestHasher;
-use vram_types::{AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, VramError};
-
-use super::{
-    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, MemoryInfo, Sealed, device_at,
+use vram_seal::digest::tree::finalize_root;
+use vram_types::{
+    AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, GpuShare, ShardSource, VramError,
 };
 
+use super::{
+    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, MemoryInfo, Sealed,
+    device_at,
+};
+
+/// Smallest shard whose tree digest is computed by the GPU kernels: below it one thread per
+/// leaf leaves the GPU mostly idle and a read-back to the CPU is quicker (`docs/perf.md`).
+pub(crate) const GPU_DIGEST_MIN_BYTES: usize = 8 * 1024 * 1024;
+
+/// One device with its staging ring and (loaded on first use) digest kernels.
+struct DeviceLane {
+    device: Arc<Device>,
+    ring: StagingRing,
+    kernels: OnceLock<Option<TreeDigestEngine>>,
+}
+
+impl DeviceLane {
+    /// The digest kernels, or `None` when the driver refused them (logged once; the CPU path
+    /// is used instead).
+    fn kernels(&self) -> Option<&TreeDigestEngine> {
+        self.kernels
+            .get_or_init(|| match TreeDigestEngine::new(&self.device) {
+                Ok(engine) => Some(engine),
+                Err(e) => {
+                    tracing::warn!(gpu_device = self.device.ordinal(), error = %e,
+                        "GPU digest kernels unavailable; digests are computed on the CPU");
+                    None
+                }
+            })
+            .as_ref()
+    }
+}
+
 /// Every CUDA device of the machine.
-#[derive(Debug)]
 pub struct CudaBackend {
-    devices: Vec<Arc<Device>>,
+    lanes: Vec<DeviceLane>,
     buffers: BufferTable<DeviceBuffer>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    /// Device count and live allocations only: never a pointer.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend")
+            .field("devices", &self.lanes.len())
+            .field("live_allocations", &self.buffers.len())
+            .finish()
+    }
 }
 
 impl CudaBackend {
@@ -40,17 +85,44 @@ impl CudaBackend {
     /// CUDA errors while creating contexts.
     pub fn open() -> Result<Self, VramError> {
         let count = Driver::get()?.device_count();
-        let devices = (0..count)
-            .map(Device::open)
-            .collect::<Result<Vec<_>, _>>()?;
+        let lanes = (0..count)
+            .map(|ordinal| {
+                let device = Device::open(ordinal)?;
+                Ok(DeviceLane {
+                    ring: StagingRing::with_defaults(&device),
+                    device,
+                    kernels: OnceLock::new(),
+                })
+            })
+            .collect::<Result<Vec<_>, VramError>>()?;
         Ok(Self {
-            devices,
+            lanes,
             buffers: BufferTable::default(),
         })
     }
 
+    fn lane(&self, device: u32) -> Result<&DeviceLane, VramError> {
+        device_at(&self.lanes, device)
+    }
+
     fn device(&self, device: u32) -> Result<&Arc<Device>, VramError> {
-        device_at(&self.devices, device)
+        Ok(&self.lane(device)?.device)
+    }
+
+    /// Reads the bytes back through two pinned staging buffers and hashes each chunk on the CPU
+    /// (tree leaves in parallel) while the next one copies.
+    fn digest_on_cpu(
+        b: &DeviceBuffer,
+        len: usize,
+        algorithm: DigestAlgorithm,
+    ) -> Result<ShardDigest, VramError> {
+        let mut staging = Staging::new(b.device(), len)?;
+        let mut hasher = DigestHasher::new(algorithm);
+        b.read_back(len, &mut staging, |chunk| {
+            hasher.update_parallel(chunk);
+            Ok(())
+        })?;
+        Ok(hasher.finalize())
     }
 
     fn buffer(&self, id: BufferId) -> Result<Arc<DeviceBuffer>, VramError> {
@@ -66,7 +138,7 @@ impl Backend for CudaBackend {
     }
 
     fn device_count(&self) -> u32 {
-        u32::try_from(self.devices.len()).unwrap_or(u32::MAX)
+        u32::try_from(self.lanes.len()).unwrap_or(u32::MAX)
     }
 
     fn device_facts(&self, device: u32) -> Result<DeviceFacts, VramError> {
@@ -87,11 +159,16 @@ impl Backend for CudaBackend {
         Ok(self.buffers.insert(buffer))
     }
 
-    fn upload(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError> {
+    fn upload(
+        &self,
+        buffer: BufferId,
+        source: &dyn ShardSource,
+        observe: Option<ChunkObserver<'_>>,
+    ) -> Result<(), VramError> {
         let b = self.buffer(buffer)?;
-        let mut staging = Staging::new(b.device(), bytes.len())?;
-        b.upload(bytes, &mut staging)
-        // `staging` (pinned host memory) is freed here: it never outlives the transfer.
+        self.lane(b.device().ordinal())?
+            .ring
+            .upload(&b, source, observe)
     }
 
     fn upload_unstaged(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError> {
@@ -107,16 +184,24 @@ impl Backend for CudaBackend {
         buffer: BufferId,
         len: usize,
         algorithm: DigestAlgorithm,
+        share: GpuShare,
     ) -> Result<ShardDigest, VramError> {
         let b = self.buffer(buffer)?;
-        let mut staging = Staging::new(b.device(), len)?;
-        // Each chunk read back is hashed (tree leaves in parallel) while the next one copies.
-        let mut hasher = DigestHasher::new(algorithm);
-        b.read_back(len, &mut staging, |chunk| {
-            hasher.update_parallel(chunk);
-            Ok(())
-        })?;
-        Ok(hasher.finalize())
+        let kernels = match algorithm.leaf_size() {
+            Some(leaf) if len >= GPU_DIGEST_MIN_BYTES => self
+                .lane(b.device().ordinal())?
+                .kernels()
+                .map(|k| (k, leaf)),
+            _ => None,
+        };
+        match kernels {
+            Some((engine, leaf)) => {
+                let root = engine.tree_root(&b, len, leaf, share)?;
+                let total = u64::try_from(len).unwrap_or(u64::MAX);
+                Ok(finalize_root(leaf, total, &root))
+            }
+            None => Self::digest_on_cpu(&b, len, algorithm),
+        }
     }
 
     fn allocation_facts(&self, buffer: BufferId, len: usize) -> Result<AllocationFacts, VramError> {

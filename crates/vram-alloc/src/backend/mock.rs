@@ -11,13 +11,13 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use vram_seal::ShardDigest;
 use vram_types::{
-    AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, MemoryType, SealedShard,
-    ShardAllocation, VramError,
+    AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, GpuShare, MemoryType, SealedShard,
+    ShardAllocation, ShardSource, VramError,
 };
 
 use super::{
-    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, MemoryInfo, Sealed, device_at,
-    round_up,
+    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, MemoryInfo, Sealed,
+    UPLOAD_CHUNK_BYTES, device_at, round_up,
 };
 use crate::resident::ResidentAllocation;
 use crate::sync::{lock, read, write};
@@ -313,23 +313,41 @@ impl Backend for MockBackend {
         }))
     }
 
-    fn upload(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError> {
+    fn upload(
+        &self,
+        buffer: BufferId,
+        source: &dyn ShardSource,
+        observe: Option<ChunkObserver<'_>>,
+    ) -> Result<(), VramError> {
         let b = self.buffer(buffer)?;
         self.copy_fault(b.device, "host-to-device copy", |f| &mut f.fail_uploads)?;
         let mut data = write(&b.data);
-        let dst = data
-            .get_mut(..bytes.len())
-            .ok_or(VramError::CudaOperationFailed {
-                device: b.device,
-                operation: "host-to-device copy",
-                cuda_error: "CUDA_ERROR_INVALID_VALUE: copy larger than the allocation".into(),
-            })?;
-        dst.copy_from_slice(bytes);
+        let too_long = VramError::CudaOperationFailed {
+            device: b.device,
+            operation: "host-to-device copy",
+            cuda_error: "CUDA_ERROR_INVALID_VALUE: copy larger than the allocation".into(),
+        };
+        let len = usize::try_from(source.len()).map_err(|_| too_long.clone())?;
+        let dst = data.get_mut(..len).ok_or(too_long)?;
+        // Chunk by chunk, as the CUDA backend's staging ring sees the bytes.
+        let mut offset = 0u64;
+        for chunk in dst.chunks_mut(UPLOAD_CHUNK_BYTES) {
+            source
+                .read_at(offset, chunk)
+                .map_err(|e| VramError::SourceReadFailed {
+                    offset,
+                    reason: e.to_string(),
+                })?;
+            if let Some(observe) = observe {
+                observe(offset, chunk);
+            }
+            offset = offset.saturating_add(u64::try_from(chunk.len()).unwrap_or(u64::MAX));
+        }
         Ok(())
     }
 
     fn upload_unstaged(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError> {
-        self.upload(buffer, bytes)
+        self.upload(buffer, &bytes, None)
     }
 
     fn read_unstaged(&self, buffer: BufferId, dst: &mut [u8]) -> Result<(), VramError> {
@@ -352,6 +370,7 @@ impl Backend for MockBackend {
         buffer: BufferId,
         len: usize,
         algorithm: DigestAlgorithm,
+        _share: GpuShare,
     ) -> Result<ShardDigest, VramError> {
         let b = self.buffer(buffer)?;
         self.copy_fault(b.device, "device-to-host copy", |f| &mut f.fail_reads)?;

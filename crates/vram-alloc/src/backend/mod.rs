@@ -13,12 +13,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vram_seal::ShardDigest;
-use vram_types::{AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, VramError};
+use vram_types::{
+    AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, GpuShare, ShardSource, VramError,
+};
 
 use crate::sync::lock;
 
 pub use cuda::CudaBackend;
 pub use mock::{MockBackend, MockBuilder};
+
+/// Upload chunk size: the CUDA backend's staging slot, a multiple of every tree leaf size.
+pub const UPLOAD_CHUNK_BYTES: usize = vram_cuda_sys::staging_ring::DEFAULT_SLOT_BYTES;
+
+/// What each uploaded chunk is shown to: `(offset, bytes)`.
+pub type ChunkObserver<'a> = &'a (dyn Fn(u64, &[u8]) + Sync);
 
 /// `cuMemAlloc`'s granularity: every allocation takes a multiple of 2 MiB of device memory.
 pub const CUDA_ALLOCATION_GRANULARITY: usize = 2 * 1024 * 1024;
@@ -71,11 +79,19 @@ pub trait Backend: Send + Sync + fmt::Debug + sealed::Sealed {
     /// otherwise.
     fn allocate(&self, device: u32, bytes: usize) -> Result<BufferId, VramError>;
 
-    /// Copies `bytes` to the start of the buffer.
+    /// Copies all of `source` to the start of the buffer, in chunks of [`UPLOAD_CHUNK_BYTES`]
+    /// (the last may be shorter), showing each chunk to `observe` as it goes (in no particular
+    /// order).
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] when the copy fails or does not fit.
-    fn upload(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError>;
+    /// [`VramError::CudaOperationFailed`] when the copy fails or does not fit;
+    /// [`VramError::SourceReadFailed`] when the source cannot be read.
+    fn upload(
+        &self,
+        buffer: BufferId,
+        source: &dyn ShardSource,
+        observe: Option<ChunkObserver<'_>>,
+    ) -> Result<(), VramError>;
 
     /// Copies `bytes` to the buffer in one plain copy from pageable memory, with no staging:
     /// the naive path that `vramctl bench` measures the staged path against.
@@ -90,15 +106,17 @@ pub trait Backend: Send + Sync + fmt::Debug + sealed::Sealed {
     /// [`VramError::CudaOperationFailed`].
     fn read_unstaged(&self, buffer: BufferId, dst: &mut [u8]) -> Result<(), VramError>;
 
-    /// Digest of the first `len` resident bytes of the buffer, read from device memory.
+    /// Digest of the first `len` resident bytes of the buffer, computed from device memory,
+    /// taking at most `share` of the GPU.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] when the bytes cannot be read.
+    /// [`VramError::CudaOperationFailed`] when the bytes cannot be read or hashed.
     fn digest(
         &self,
         buffer: BufferId,
         len: usize,
         algorithm: DigestAlgorithm,
+        share: GpuShare,
     ) -> Result<ShardDigest, VramError>;
 
     /// What the driver reports about the allocation (one pointer-attributes query).

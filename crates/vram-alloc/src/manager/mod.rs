@@ -1,6 +1,7 @@
 //! `VramManager`: the public face of sealing, verification and capacity.
 
 mod seal;
+mod seal_options;
 mod shared;
 mod verify;
 
@@ -8,8 +9,8 @@ use std::sync::Arc;
 
 use vram_seal::SealKey;
 use vram_types::{
-    AllocationFacts, BackendKind, DeviceFacts, SealSignature, SealedShard, ShardAllocation,
-    VramConfig, VramError,
+    AllocationFacts, BackendKind, DeviceFacts, GpuShare, SealSignature, SealedShard,
+    ShardAllocation, ShardSource, VramConfig, VramError,
 };
 
 use crate::audit::{AuditEvent, AuditSink, InMemoryAuditSink};
@@ -17,6 +18,7 @@ use crate::backend::{Backend, CudaBackend, MockBackend, round_up};
 use crate::capacity::DeviceCapacity;
 use crate::metrics::VramMetrics;
 use seal::SealRequest;
+pub use seal_options::SealOptions;
 pub(crate) use shared::Shared;
 
 /// Seals model shards into VRAM and verifies them. `Send + Sync`: share it with `Arc` and seal,
@@ -271,15 +273,7 @@ impl VramManager {
         model_bytes: &[u8],
         gpu_device: u32,
     ) -> Result<SealedShard, VramError> {
-        seal::seal(
-            &self.shared,
-            &SealRequest {
-                shard_id: None,
-                bytes: model_bytes,
-                device: gpu_device,
-                tensor_parallel: None,
-            },
-        )
+        self.seal_from_source(&model_bytes, gpu_device, &SealOptions::new())
     }
 
     /// Seals `model_bytes` on `gpu_device` under the caller's `shard_id`.
@@ -293,15 +287,8 @@ impl VramManager {
         model_bytes: &[u8],
         gpu_device: u32,
     ) -> Result<SealedShard, VramError> {
-        seal::seal(
-            &self.shared,
-            &SealRequest {
-                shard_id: Some(shard_id),
-                bytes: model_bytes,
-                device: gpu_device,
-                tensor_parallel: None,
-            },
-        )
+        let options = SealOptions::new().shard_id(shard_id);
+        self.seal_from_source(&model_bytes, gpu_device, &options)
     }
 
     /// Seals one tensor-parallel shard (`shard_index` of `total_shards`); both are sealed.
@@ -315,13 +302,33 @@ impl VramManager {
         shard_index: usize,
         total_shards: usize,
     ) -> Result<SealedShard, VramError> {
+        let options = SealOptions::new().tensor_parallel(shard_index, total_shards);
+        self.seal_from_source(&model_bytes, gpu_device, &options)
+    }
+
+    /// Seals the bytes of `source` (a [`FileSource`](vram_types::FileSource), or `&bytes`) on
+    /// `gpu_device`. The bytes go from the source through a bounded ring of pinned staging
+    /// buffers straight to VRAM, so host memory stays bounded whatever the shard's size, and
+    /// the digest is computed from the bytes in VRAM. `options` can name the shard, require an
+    /// expected digest and cross-check the host bytes.
+    ///
+    /// # Errors
+    /// As [`Self::seal_model`]; [`VramError::SourceReadFailed`] when the source cannot be read;
+    /// [`VramError::UnexpectedDigest`] when an expected digest does not match;
+    /// [`VramError::UploadMismatch`] when the cross-check finds the host bytes differ. Nothing
+    /// stays allocated or reserved after an error.
+    pub fn seal_from_source(
+        &self,
+        source: &dyn ShardSource,
+        gpu_device: u32,
+        options: &SealOptions,
+    ) -> Result<SealedShard, VramError> {
         seal::seal(
             &self.shared,
             &SealRequest {
-                shard_id: None,
-                bytes: model_bytes,
+                source,
                 device: gpu_device,
-                tensor_parallel: Some((shard_index, total_shards)),
+                options,
             },
         )
     }
@@ -336,7 +343,18 @@ impl VramManager {
     /// [`VramError::IntegrityViolation`] (bytes in VRAM changed); CUDA errors;
     /// [`VramError::Stopped`].
     pub fn verify_sealed(&self, shard: &SealedShard) -> Result<(), VramError> {
-        verify::verify(&self.shared, shard)
+        verify::verify(&self.shared, shard, GpuShare::Full)
+    }
+
+    /// Verifies a shard like [`Self::verify_sealed`], taking at most the configured background
+    /// share of the GPU ([`VramConfig::background_gpu_share`]): for re-verifying resident shards
+    /// next to a running inference engine. Slower than a per-request check, and outcomes are
+    /// audited and counted the same way.
+    ///
+    /// # Errors
+    /// As [`Self::verify_sealed`].
+    pub fn verify_sealed_background(&self, shard: &SealedShard) -> Result<(), VramError> {
+        verify::verify(&self.shared, shard, self.shared.config.background_gpu_share)
     }
 
     /// Bytes still available on all devices.

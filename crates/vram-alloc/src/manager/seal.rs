@@ -10,20 +10,23 @@ use std::time::SystemTime;
 
 use vram_seal::{ShardDigest, compute_signature};
 use vram_types::validation::{validate_gpu_device, validate_model_size};
-use vram_types::{BackendKind, SealedFields, SealedShard, ShardAllocation, ShardId, VramError};
+use vram_types::{
+    BackendKind, GpuShare, SealedFields, SealedShard, ShardAllocation, ShardId, ShardSource,
+    VramError,
+};
 
+use super::seal_options::{CrossCheck, SealOptions};
 use super::shared::{Claim, Shared};
 use crate::audit::AuditEvent;
-use crate::backend::{BufferId, round_up};
+use crate::backend::{BufferId, ChunkObserver, round_up};
 use crate::capacity::Reservation;
 use crate::resident::ResidentAllocation;
 
 /// What the caller asked to seal.
 pub(super) struct SealRequest<'a> {
-    pub(super) shard_id: Option<&'a str>,
-    pub(super) bytes: &'a [u8],
+    pub(super) source: &'a dyn ShardSource,
     pub(super) device: u32,
-    pub(super) tensor_parallel: Option<(usize, usize)>,
+    pub(super) options: &'a SealOptions,
 }
 
 /// A device buffer freed on drop unless handed over.
@@ -56,11 +59,26 @@ impl Drop for PlacedBuffer<'_> {
     }
 }
 
-fn validate(shared: &Shared, req: &SealRequest<'_>) -> Result<Option<ShardId>, VramError> {
-    let id = req.shard_id.map(ShardId::new).transpose()?;
+/// Checks the request; returns the caller's id, if any, and the shard's length.
+fn validate(shared: &Shared, req: &SealRequest<'_>) -> Result<(Option<ShardId>, usize), VramError> {
+    let id = req
+        .options
+        .shard_id
+        .as_deref()
+        .map(ShardId::new)
+        .transpose()?;
     validate_gpu_device(req.device, shared.backend.device_count())?;
-    validate_model_size(req.bytes.len(), shared.config.max_model_bytes)?;
-    if let Some((index, total)) = req.tensor_parallel
+    let len = usize::try_from(req.source.len()).map_err(|_| {
+        VramError::invalid_input(
+            "model size",
+            format!(
+                "{} bytes do not fit this host's address space",
+                req.source.len()
+            ),
+        )
+    })?;
+    validate_model_size(len, shared.config.max_model_bytes)?;
+    if let Some((index, total)) = req.options.tensor_parallel
         && (total == 0 || index >= total)
     {
         return Err(VramError::invalid_input(
@@ -68,18 +86,18 @@ fn validate(shared: &Shared, req: &SealRequest<'_>) -> Result<Option<ShardId>, V
             format!("index {index} of {total} shards; need index < total and total > 0"),
         ));
     }
-    Ok(id)
+    Ok((id, len))
 }
 
 pub(super) fn seal(shared: &Arc<Shared>, req: &SealRequest<'_>) -> Result<SealedShard, VramError> {
     shared.ensure_running()?;
-    let id = validate(shared, req)?;
+    let (id, len) = validate(shared, req)?;
     let claim = id
         .as_ref()
         .map(|id| shared.claim(id.as_str()))
         .transpose()?;
     let correlation_id = shared.next_correlation_id();
-    let result = place_and_seal(shared, req, claim, &correlation_id);
+    let result = place_and_seal(shared, req, len, claim, &correlation_id);
     shared.metrics.count_seal(req.device, result.is_ok());
     shared.refresh_capacity_metrics(req.device);
     result
@@ -131,10 +149,11 @@ fn reserve(
 fn place_and_seal(
     shared: &Arc<Shared>,
     req: &SealRequest<'_>,
+    len: usize,
     claim: Option<Claim>,
     correlation_id: &str,
 ) -> Result<SealedShard, VramError> {
-    let (device, len) = (req.device, req.bytes.len());
+    let device = req.device;
     let reservation = reserve(shared, device, len, correlation_id)?;
     let placed = PlacedBuffer {
         shared,
@@ -150,10 +169,43 @@ fn place_and_seal(
             );
         })?),
     };
-    shared.backend.upload(placed.id()?, req.bytes)?;
-    check_residency(shared, placed.id()?, device, len, correlation_id)?;
     let algorithm = shared.config.digest_algorithm;
-    let digest: ShardDigest = shared.backend.digest(placed.id()?, len, algorithm)?;
+    let cross_check = req
+        .options
+        .cross_check
+        .then(|| CrossCheck::new(algorithm, req.source.len()))
+        .transpose()?;
+    let observe = |offset: u64, chunk: &[u8]| {
+        if let Some(c) = &cross_check {
+            c.observe(offset, chunk);
+        }
+    };
+    let observer: Option<ChunkObserver<'_>> = cross_check.as_ref().map(|_| &observe as _);
+    shared.backend.upload(placed.id()?, req.source, observer)?;
+    check_residency(shared, placed.id()?, device, len, correlation_id)?;
+    // The seal covers what is in VRAM: the digest is computed there, not from the host bytes.
+    let digest: ShardDigest =
+        shared
+            .backend
+            .digest(placed.id()?, len, algorithm, GpuShare::Full)?;
+    if let Some(check) = cross_check {
+        let host = check.finish(req.source, algorithm)?;
+        if !host.ct_eq(&digest) {
+            return Err(VramError::UploadMismatch {
+                device,
+                host: host.to_hex(),
+                resident: digest.to_hex(),
+            });
+        }
+    }
+    if let Some(expected) = &req.options.expected_digest
+        && !expected.ct_eq(&digest)
+    {
+        return Err(VramError::UnexpectedDigest {
+            expected: expected.to_hex(),
+            actual: digest.to_hex(),
+        });
+    }
     let digest_hex = digest.to_hex();
 
     let shard_id = match id_of(req, &digest_hex, device) {
@@ -174,8 +226,8 @@ fn place_and_seal(
         digest_algorithm: algorithm,
         digest: digest_hex,
         sealed_at: shared.config.include_seal_time.then_some(now),
-        shard_index: req.tensor_parallel.map(|(i, _)| i),
-        total_shards: req.tensor_parallel.map(|(_, n)| n),
+        shard_index: req.options.tensor_parallel.map(|(i, _)| i),
+        total_shards: req.options.tensor_parallel.map(|(_, n)| n),
     };
     let signature = compute_signature(&shared.key, &fields)?;
 
@@ -215,8 +267,8 @@ fn place_and_seal(
 }
 
 fn id_of(req: &SealRequest<'_>, digest_hex: &str, device: u32) -> Option<String> {
-    match req.shard_id {
-        Some(id) => Some(id.to_owned()),
+    match &req.options.shard_id {
+        Some(id) => Some(id.clone()),
         None => Some(format!("shard-{}-gpu{device}", digest_hex.get(..16)?)),
     }
 }

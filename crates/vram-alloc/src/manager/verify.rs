@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use vram_seal::{ShardDigest, verify_signature};
-use vram_types::{SealedShard, ShardAllocation, VramError};
+use vram_types::{GpuShare, SealedShard, ShardAllocation, VramError};
 
 use super::seal::check_residency;
 use super::shared::Shared;
@@ -27,11 +27,15 @@ pub(super) fn owned<'a>(
         })
 }
 
-pub(super) fn verify(shared: &Arc<Shared>, shard: &SealedShard) -> Result<(), VramError> {
+pub(super) fn verify(
+    shared: &Arc<Shared>,
+    shard: &SealedShard,
+    share: GpuShare,
+) -> Result<(), VramError> {
     shared.ensure_running()?;
     let started = Instant::now();
     let correlation_id = shared.next_correlation_id();
-    let result = check(shared, shard, &correlation_id);
+    let result = check(shared, shard, share, &correlation_id);
     shared
         .metrics
         .count_verify(shard.gpu_device, result.is_ok(), started.elapsed());
@@ -64,7 +68,12 @@ pub(super) fn verify(shared: &Arc<Shared>, shard: &SealedShard) -> Result<(), Vr
     result
 }
 
-fn check(shared: &Arc<Shared>, shard: &SealedShard, correlation_id: &str) -> Result<(), VramError> {
+fn check(
+    shared: &Arc<Shared>,
+    shard: &SealedShard,
+    share: GpuShare,
+    correlation_id: &str,
+) -> Result<(), VramError> {
     let resident = owned(shared, shard)?;
     let fields = shard.sealed_fields();
     verify_signature(&shared.key, &fields, shard.seal_signature())?;
@@ -103,6 +112,7 @@ fn check(shared: &Arc<Shared>, shard: &SealedShard, correlation_id: &str) -> Res
         resident.buffer(),
         shard.vram_bytes,
         shard.digest_algorithm(),
+        share,
     )?;
     if actual.ct_eq(&expected) {
         Ok(())
