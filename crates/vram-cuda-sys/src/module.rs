@@ -11,6 +11,7 @@ use vram_types::VramError;
 use crate::device::Device;
 use crate::error::CudaError;
 use crate::memory::DeviceBuffer;
+use crate::stream::Stream;
 
 /// A loaded module (`cuModuleLoadData`), unloaded on drop.
 #[derive(Debug)]
@@ -82,8 +83,40 @@ impl Module {
         let values = self.arg_values(args)?;
         let function = self.function(name)?;
         // SAFETY: forwarded from this function's contract; the null stream is always valid.
-        unsafe { self.launch_raw(function, grid, block, &values, result::stream::null()) }?;
+        unsafe { self.launch_raw(function, (grid, 1), block, &values, result::stream::null()) }?;
         self.device.synchronize()
+    }
+
+    /// Queues kernel `name` on `stream` with a `grid.0 x grid.1` grid and returns without
+    /// waiting (errors of the kernel itself surface when the stream is synchronised).
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`] for an unknown kernel, a buffer of another device, a
+    /// stream of another device or a failed launch.
+    ///
+    /// # Safety
+    /// 1. `args` must match the kernel's parameter list in number, order and type.
+    /// 2. The kernel must only access memory inside the buffers it is given, and those buffers
+    ///    must stay allocated until the stream's work is done.
+    pub unsafe fn launch_async(
+        &self,
+        stream: &Stream,
+        name: &str,
+        grid: (u32, u32),
+        block: u32,
+        args: &[KernelArg<'_>],
+    ) -> Result<(), VramError> {
+        if stream.device().ordinal() != self.device.ordinal() {
+            return Err(VramError::CudaOperationFailed {
+                device: self.device.ordinal(),
+                operation: "cuLaunchKernel",
+                cuda_error: "stream belongs to another device".into(),
+            });
+        }
+        let values = self.arg_values(args)?;
+        let function = self.function(name)?;
+        // SAFETY: forwarded from this function's contract; the stream is live and of this device.
+        unsafe { self.launch_raw(function, grid, block, &values, stream.raw()) }
     }
 
     fn arg_values(&self, args: &[KernelArg<'_>]) -> Result<Vec<u64>, VramError> {
@@ -117,7 +150,7 @@ impl Module {
     pub(crate) unsafe fn launch_raw(
         &self,
         function: CUfunction,
-        grid: u32,
+        grid: (u32, u32),
         block: u32,
         values: &[u64],
         stream: CUstream,
@@ -133,7 +166,7 @@ impl Module {
         unsafe {
             result::launch_kernel(
                 function,
-                (grid, 1, 1),
+                (grid.0, grid.1, 1),
                 (block, 1, 1),
                 0,
                 stream,

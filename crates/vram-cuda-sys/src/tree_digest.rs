@@ -246,7 +246,7 @@ impl TreeDigestEngine {
         // stays allocated until the queued work is done (see above).
         unsafe {
             self.module
-                .launch_raw(self.leaves, grid, block, &args, stream.raw())
+                .launch_raw(self.leaves, (grid, 1), block, &args, stream.raw())
         }
     }
 
@@ -300,8 +300,13 @@ impl TreeDigestEngine {
             // and `to` room for `ceil(n/2)` (region B is sized for the first level, region A for
             // every later one), both inside the live scratch allocation.
             unsafe {
-                self.module
-                    .launch_raw(self.fold, grid, MAX_BLOCK, &[from, to, n], stream.raw())
+                self.module.launch_raw(
+                    self.fold,
+                    (grid, 1),
+                    MAX_BLOCK,
+                    &[from, to, n],
+                    stream.raw(),
+                )
             }?;
             (from, to, n) = (to, from, out);
         }

@@ -41,9 +41,9 @@
 
 #[doc(inline)]
 pub use vram_types::{
-    AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, KeyProblem, MemoryType,
-    ModelShardHandle, Result, SealFailure, SealSignature, SealedFields, SealedShard, ShardId,
-    VramConfig, VramError, validation,
+    AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, FileSource, GpuShare, KeyProblem,
+    MemoryType, ModelShardHandle, Result, SealFailure, SealSignature, SealedFields, SealedShard,
+    ShardId, ShardSource, VramConfig, VramError, validation,
 };
 
 #[doc(inline)]
@@ -60,7 +60,8 @@ pub mod digest {
 
 #[doc(inline)]
 pub use vram_alloc::{
-    DeviceUsage, NaivePathTimes, VramManager, VramManagerBuilder, VramMetrics, audit, probe_gpus,
+    DeviceUsage, NaivePathTimes, SealOptions, VramManager, VramManagerBuilder, VramMetrics, audit,
+    probe_gpus,
 };
 
 #[doc(inline)]

@@ -16,7 +16,7 @@ Examples:
   vramctl digest model.safetensors > model.digest
   vramctl seal model.safetensors --expect $(cut -d' ' -f1 model.digest) \\
       --verify-every 30 --metrics 127.0.0.1:9400 --audit-log /var/log/vram-audit.jsonl
-  vramctl bench --size 1073741824
+  vramctl bench --size 1MiB,16GiB
   vramctl demo";
 
 /// Seal AI model files into GPU memory and keep them provably there and unchanged.
@@ -109,9 +109,10 @@ pub(crate) struct SealArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// Bytes per measurement.
-    #[arg(long, default_value_t = 256 << 20)]
-    pub(crate) size: usize,
+    /// Shard sizes to measure, comma-separated, with units (sizes larger than the free VRAM are
+    /// skipped with a note).
+    #[arg(long, default_value = "1MiB,256MiB,4GiB,16GiB")]
+    pub(crate) size: String,
     /// GPU index.
     #[arg(long, default_value_t = 0)]
     pub(crate) device: u32,

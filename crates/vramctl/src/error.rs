@@ -53,7 +53,13 @@ impl fmt::Display for CliError {
 impl From<VramError> for CliError {
     fn from(e: VramError) -> Self {
         let (exit, remedy) = match &e {
+            VramError::UnexpectedDigest { .. } => (
+                Exit::VerificationFailed,
+                "refusing to seal it: use the intact file the digest was made from",
+            ),
+            VramError::SourceReadFailed { .. } => (Exit::BadInput, "check the file and the disk"),
             VramError::IntegrityViolation { .. }
+            | VramError::UploadMismatch { .. }
             | VramError::SealVerificationFailed { .. }
             | VramError::NotSealed { .. }
             | VramError::SealExpired { .. } => (

@@ -44,6 +44,36 @@ pub(crate) fn open_model(path: &Path) -> CliResult<(File, u64)> {
     Ok((file, meta.len()))
 }
 
+/// Longest prefix read to recognise a model's format (a safetensors header is at most 100 MB).
+const HEADER_PREFIX_MAX: u64 = 128 << 20;
+
+/// The first bytes of a model file, enough to check its header: a safetensors file's 8-byte
+/// length and JSON header, up to 128 MiB of anything else.
+pub(crate) fn read_head(path: &Path, file: &File, len: u64) -> CliResult<Vec<u8>> {
+    let read = |n: u64| -> CliResult<Vec<u8>> {
+        let n = usize::try_from(n.min(len)).unwrap_or(0);
+        let mut buf = vec![0u8; n];
+        (&*file)
+            .read_exact(&mut buf)
+            .map_err(|e| CliError::file(path, &format!("read failed ({e})"), "check the disk"))?;
+        Ok(buf)
+    };
+    let is_safetensors = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
+    if !is_safetensors {
+        return read(HEADER_PREFIX_MAX);
+    }
+    let mut head = read(8)?;
+    let n = head
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+        .min(HEADER_PREFIX_MAX);
+    head.extend(read(n.min(len.saturating_sub(8)))?);
+    Ok(head)
+}
+
 /// Reads a whole model file into memory, with a progress bar.
 pub(crate) fn read_model(path: &Path, out: Output) -> CliResult<Vec<u8>> {
     let (mut file, len) = open_model(path)?;

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use safetensors::SafeTensors;
+use safetensors::tensor::Metadata;
 use serde::Serialize;
 
 /// What a file is.
@@ -53,29 +53,48 @@ impl ModelFormat {
     }
 }
 
-/// Recognises `bytes` (named `path`); a malformed safetensors or GGUF header is an error.
-pub(crate) fn recognise(path: &Path, bytes: &[u8]) -> Result<ModelFormat, String> {
+/// Recognises a model file of `file_len` bytes (named `path`) from its first bytes `head` (at
+/// least the whole header); a malformed safetensors or GGUF header is an error.
+pub(crate) fn recognise(path: &Path, head: &[u8], file_len: u64) -> Result<ModelFormat, String> {
     let extension = path
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    if bytes.starts_with(b"GGUF") || extension.as_deref() == Some("gguf") {
-        return gguf(bytes).map_err(|e| format!("malformed GGUF header: {e}"));
+    if head.starts_with(b"GGUF") || extension.as_deref() == Some("gguf") {
+        return gguf(head, file_len).map_err(|e| format!("malformed GGUF header: {e}"));
     }
     if extension.as_deref() == Some("safetensors") {
-        let st = SafeTensors::deserialize(bytes)
-            .map_err(|e| format!("malformed safetensors header: {e}"))?;
-        let tensors = st.tensors();
-        let parameter_bytes = tensors
-            .iter()
-            .map(|(_, t)| u64::try_from(t.data().len()).unwrap_or(u64::MAX))
-            .fold(0u64, u64::saturating_add);
-        return Ok(ModelFormat::Safetensors {
-            tensors: tensors.len(),
-            parameter_bytes,
-        });
+        return safetensors(head, file_len)
+            .map_err(|e| format!("malformed safetensors header: {e}"));
     }
     Ok(ModelFormat::Raw)
+}
+
+/// The header (`u64` LE length, JSON) checked by the `safetensors` crate's own validation
+/// (contiguous offsets, sizes matching dtype and shape), and its data section against the file.
+fn safetensors(head: &[u8], file_len: u64) -> Result<ModelFormat, String> {
+    let n = head
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or("shorter than the 8-byte header length")?;
+    let json = usize::try_from(n)
+        .ok()
+        .and_then(|n| head.get(8..n.checked_add(8)?))
+        .ok_or("header length exceeds the file")?;
+    let metadata: Metadata =
+        serde_json::from_slice(json).map_err(|e| format!("bad header: {e}"))?;
+    let data = u64::try_from(metadata.data_len()).map_err(|_| "size")?;
+    if n.checked_add(8).and_then(|h| h.checked_add(data)) != Some(file_len) {
+        return Err(format!(
+            "the tensors need {data} bytes of data after the header, the file has {}",
+            file_len.saturating_sub(n.saturating_add(8))
+        ));
+    }
+    Ok(ModelFormat::Safetensors {
+        tensors: metadata.tensors().len(),
+        parameter_bytes: data,
+    })
 }
 
 /// A bounds-checked little-endian reader.
@@ -159,7 +178,7 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn gguf(bytes: &[u8]) -> Result<ModelFormat, String> {
+fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, String> {
     let mut c = Cursor { bytes, pos: 0 };
     if c.take(4)? != b"GGUF" {
         return Err("missing GGUF magic".into());
@@ -203,7 +222,6 @@ fn gguf(bytes: &[u8]) -> Result<ModelFormat, String> {
         .div_ceil(alignment)
         .checked_mul(alignment)
         .ok_or("alignment overflows")?;
-    let file_len = u64::try_from(bytes.len()).map_err(|_| "size")?;
     let parameter_bytes = file_len
         .checked_sub(data_start)
         .ok_or("tensor data section missing")?;
@@ -255,7 +273,7 @@ mod tests {
     fn gguf_header_is_summarised() {
         let f = gguf_file(2, 32);
         assert_eq!(
-            recognise(Path::new("m.gguf"), &f).unwrap(),
+            recognise(Path::new("m.gguf"), &f, f.len() as u64).unwrap(),
             ModelFormat::Gguf {
                 version: 3,
                 tensors: 2,
@@ -268,21 +286,43 @@ mod tests {
     fn malformed_headers_are_errors() {
         let f = gguf_file(2, 32);
         assert!(
-            recognise(Path::new("m.gguf"), &f[..40])
+            recognise(Path::new("m.gguf"), &f[..40], 40)
                 .unwrap_err()
                 .contains("GGUF")
         );
-        assert!(recognise(Path::new("m.gguf"), b"GGUF\x01\0\0\0").is_err());
+        assert!(recognise(Path::new("m.gguf"), b"GGUF\x01\0\0\0", 8).is_err());
         assert!(
             recognise(
                 Path::new("x.safetensors"),
-                b"\xff\xff\xff\xff\xff\xff\xff\xff{"
+                b"\xff\xff\xff\xff\xff\xff\xff\xff{",
+                9
             )
             .is_err()
         );
         assert_eq!(
-            recognise(Path::new("weights.bin"), b"anything").unwrap(),
+            recognise(Path::new("weights.bin"), b"anything", 8).unwrap(),
             ModelFormat::Raw
         );
+    }
+
+    #[test]
+    fn safetensors_is_checked_from_its_header_and_the_file_length() {
+        use safetensors::tensor::{Dtype, TensorView};
+        let data = vec![0u8; 4 * 6];
+        let view = TensorView::new(Dtype::F32, vec![2, 3], &data).unwrap();
+        let file = safetensors::serialize([("w", view)], None).unwrap();
+        let n = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+        let head = &file[..8 + n]; // what `read_head` reads: no tensor data
+        let len = file.len() as u64;
+        assert_eq!(
+            recognise(Path::new("m.safetensors"), head, len).unwrap(),
+            ModelFormat::Safetensors {
+                tensors: 1,
+                parameter_bytes: 24
+            }
+        );
+        let truncated = recognise(Path::new("m.safetensors"), head, len - 1).unwrap_err();
+        assert!(truncated.contains("need 24 bytes"), "{truncated}");
+        assert!(recognise(Path::new("m.safetensors"), &head[..8 + n - 1], len).is_err());
     }
 }

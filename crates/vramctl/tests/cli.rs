@@ -443,7 +443,7 @@ fn demo_shows_detection_audit_and_metrics_on_the_mock() {
 #[test]
 fn bench_prints_both_paths_and_the_ratio() {
     let out = vramctl()
-        .args(["bench", "--size", "8388608"])
+        .args(["bench", "--size", "1MiB,8MiB,64GiB"])
         .output()
         .unwrap();
     assert!(
@@ -454,22 +454,29 @@ fn bench_prints_both_paths_and_the_ratio() {
     let text = String::from_utf8_lossy(&out.stdout);
     for needle in [
         "backend: mock",
-        "vram-residency (staged, tree)",
-        "naive (pageable, flat 1 thr)",
-        "speed-up",
+        "seal naive",
+        "verify ours",
+        "1.00 MiB |",
+        "8.00 MiB |",
+        "skipping 64.00 GiB: needs",
     ] {
         assert!(text.contains(needle), "{text}");
     }
     let json = vramctl()
-        .args(["--json", "bench", "--size", "4194304"])
+        .args(["--json", "bench", "--size", "4MiB"])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let row = &v["rows"][0];
+    assert_eq!(row["size"], 4 << 20);
     assert!(
-        v["seal_speedup"].as_f64().unwrap() > 0.0 && v["naive_verify_s"].as_f64().unwrap() > 0.0
+        row["seal_speedup"].as_f64().unwrap() > 0.0
+            && row["naive_verify_s"].as_f64().unwrap() > 0.0
     );
-    let bad = vramctl().args(["bench", "--size", "0"]).output().unwrap();
-    assert_eq!(bad.status.code(), Some(2));
+    for bad in ["0", "18446744073709551615", "200GB", "lots"] {
+        let out = vramctl().args(["bench", "--size", bad]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "--size {bad}");
+    }
 }
 
 #[test]

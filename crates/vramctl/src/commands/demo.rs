@@ -63,7 +63,8 @@ pub(crate) fn run(out: Output, backend: &BackendArgs) -> CliResult<Exit> {
     let path = dir.path().join("demo-model.safetensors");
     write_sample_model(&path)?;
     let bytes = files::read_model(&path, out)?;
-    let format = recognise(&path, &bytes).map_err(|e| CliError::file(&path, &e, "report a bug"))?;
+    let format = recognise(&path, &bytes, bytes.len() as u64)
+        .map_err(|e| CliError::file(&path, &e, "report a bug"))?;
     out.result(format!(
         "1. wrote {} ({}, {} on disk)",
         path.display(),

@@ -9,7 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vram_residency::{DigestAlgorithm, SealedShard, ShardDigest, VramOnlyPolicy, compute_digest};
+use vram_residency::{
+    DigestAlgorithm, DigestHasher, FileSource, SealOptions, SealedShard, ShardDigest, ShardSource,
+    VramError, VramOnlyPolicy,
+};
 
 use crate::cli::{BackendArgs, BackendChoice, SealArgs};
 use crate::error::{CliError, CliResult, Exit};
@@ -18,11 +21,46 @@ use crate::metrics_server::MetricsServer;
 use crate::output::{Output, human_bytes};
 use crate::{files, session};
 
-/// A file checked and read, ready to seal.
+/// A file whose header was checked, ready to seal.
 struct Prepared {
     path: PathBuf,
-    bytes: Vec<u8>,
+    source: FileSource,
     format: ModelFormat,
+}
+
+/// A file source that advances a progress bar as the copy threads read it.
+struct Progress<'a> {
+    inner: &'a FileSource,
+    bar: &'a indicatif::ProgressBar,
+}
+
+impl ShardSource for Progress<'_> {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(offset, buf)?;
+        self.bar.inc(u64::try_from(buf.len()).unwrap_or(0));
+        Ok(())
+    }
+}
+
+/// The flat SHA-256 of a file, streamed (bounded memory).
+fn flat_digest(p: &Prepared) -> CliResult<ShardDigest> {
+    let mut hasher = DigestHasher::new(DigestAlgorithm::Sha256);
+    let mut buf = vec![0u8; files::READ_CHUNK];
+    let mut offset = 0u64;
+    while offset < p.source.len() {
+        let n = usize::try_from(p.source.len() - offset).map_or(buf.len(), |r| r.min(buf.len()));
+        let chunk = buf.get_mut(..n).unwrap_or_default();
+        p.source.read_at(offset, chunk).map_err(|e| {
+            CliError::file(&p.path, &format!("read failed ({e})"), "check the disk")
+        })?;
+        hasher.update(chunk);
+        offset += n as u64;
+    }
+    Ok(hasher.finalize())
 }
 
 /// A shard id from the file name: the safe characters kept, others replaced by `_`.
@@ -109,24 +147,34 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
     out.line(&session.backend_note);
     manager.enforce_vram_only_policy()?;
 
+    // Headers and sizes of every file are checked before any is sealed; only headers are read.
     let mut prepared = Vec::new();
     for path in &args.files {
-        let bytes = files::read_model(path, out)?;
-        let format = recognise(path, &bytes)
+        let (file, len) = files::open_model(path)?;
+        let head = files::read_head(path, &file, len)?;
+        let format = recognise(path, &head, len)
             .map_err(|e| CliError::file(path, &e, "use an intact model file"))?;
+        let source = FileSource::new(file).map_err(|e| {
+            CliError::file(path, &format!("cannot be read ({e})"), "check the file")
+        })?;
         prepared.push(Prepared {
             path: path.clone(),
-            bytes,
+            source,
             format,
         });
     }
+    // A flat SHA-256 (`sha256:HEX`) is serial and is checked on the host before sealing; a tree
+    // digest is checked by the seal itself, against the bytes in VRAM.
     for (p, (algorithm, want)) in prepared.iter().zip(&expected) {
-        let got = compute_digest(&p.bytes, *algorithm);
+        if *algorithm != DigestAlgorithm::Sha256 {
+            continue;
+        }
+        let got = flat_digest(p)?;
         if !got.ct_eq(want) {
             return Err(CliError::new(
                 Exit::VerificationFailed,
                 format!(
-                    "{}: digest {} differs from --expect {}; refusing to seal it (wrong or corrupted file)",
+                    "{}: digest {} differs from --expect sha256:{}; refusing to seal it (wrong or corrupted file)",
                     p.path.display(),
                     got.to_hex(),
                     want.to_hex()
@@ -136,7 +184,7 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
     }
     let needed: usize = prepared
         .iter()
-        .map(|p| manager.vram_footprint(p.bytes.len()))
+        .map(|p| manager.vram_footprint(usize::try_from(p.source.len()).unwrap_or(usize::MAX)))
         .fold(0, usize::saturating_add);
     let available = manager.available_vram_on(args.device)?;
     if needed > available {
@@ -147,21 +195,48 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
     }
 
     let mut shards: Vec<SealedShard> = Vec::new();
-    for p in &prepared {
-        let shard = manager.seal_model_with_id(&shard_id_for(&p.path), &p.bytes, args.device)?;
+    for (i, p) in prepared.iter().enumerate() {
+        let mut options = SealOptions::new().shard_id(shard_id_for(&p.path));
+        if let Some((algorithm, want)) = expected.get(i)
+            && *algorithm != DigestAlgorithm::Sha256
+        {
+            options = options.expect_digest(*want);
+        }
+        let bar = out.progress(p.source.len(), "sealing");
+        let source = Progress {
+            inner: &p.source,
+            bar: &bar,
+        };
+        let started = Instant::now();
+        let sealed = manager.seal_from_source(&source, args.device, &options);
+        let took = started.elapsed();
+        bar.finish_and_clear();
+        let shard = sealed.map_err(|e| match e {
+            VramError::UnexpectedDigest { expected, actual } => CliError::new(
+                Exit::VerificationFailed,
+                format!(
+                    "{}: digest {actual} differs from --expect {expected}; refusing to seal it (wrong or corrupted file)",
+                    p.path.display()
+                ),
+            ),
+            other => other.into(),
+        })?;
+        #[allow(clippy::cast_precision_loss, reason = "throughput display")]
+        let gbps = shard.vram_bytes as f64 / took.as_secs_f64().max(1e-9) / 1e9;
         out.result(format!(
-            "sealed {} as {} on GPU {}: {} ({}), digest {}",
+            "sealed {} as {} on GPU {}: {} ({}), digest {}, in {:.3} s ({gbps:.1} GB/s)",
             p.path.display(),
             shard.shard_id,
             shard.gpu_device,
             human_bytes(u64::try_from(shard.vram_bytes).unwrap_or(0)),
             p.format.describe(),
-            shard.digest
+            shard.digest,
+            took.as_secs_f64()
         ));
-        out.json(&json!({ "event": "sealed", "file": p.path.display().to_string(), "shard": shard, "model": p.format }));
+        out.json(&json!({ "event": "sealed", "file": p.path.display().to_string(), "shard": shard, "model": p.format, "seconds": took.as_secs_f64() }));
         shards.push(shard);
     }
-    drop(prepared); // the host copies are not needed once the bytes are in VRAM
+    drop(prepared); // close the files
 
     let server = metrics_addr
         .map(|a| MetricsServer::start(a, manager.clone()))
