@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::result;
-use cudarc::driver::sys::{CUcontext, CUdevice, CUdevice_attribute};
+use cudarc::driver::sys::{self, CUcontext, CUdevice, CUdevice_attribute};
 use vram_types::{DeviceFacts, VramError};
 
 use crate::driver::Driver;
@@ -124,6 +124,26 @@ impl Device {
     pub fn memory_info(&self) -> Result<(usize, usize), VramError> {
         self.bind()?;
         result::mem_get_info().map_err(|e| CudaError::from(e).during(self.ordinal, "cuMemGetInfo"))
+    }
+
+    /// Returns the unused memory of the device's default stream-ordered pool (`cuMemAllocAsync`)
+    /// to the device, so free memory reflects only live allocations.
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`].
+    pub fn trim_memory_pool(&self) -> Result<(), VramError> {
+        self.bind()?;
+        let mut pool = std::mem::MaybeUninit::uninit();
+        // SAFETY: `handle` came from `cuDeviceGet`; `pool` is written by the call.
+        unsafe { sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), self.handle) }
+            .result()
+            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuDeviceGetDefaultMemPool"))?;
+        // SAFETY: the call above succeeded, so `pool` is initialised.
+        let pool = unsafe { pool.assume_init() };
+        // SAFETY: `pool` is the device's default pool, valid for the process's lifetime.
+        unsafe { sys::cuMemPoolTrimTo(pool, 0) }
+            .result()
+            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuMemPoolTrimTo"))
     }
 
     /// Waits until all work on the device's context is done.

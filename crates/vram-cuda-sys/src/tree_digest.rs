@@ -21,8 +21,10 @@ use crate::stream::{Stream, StreamPriority};
 /// PTX of `kernels/sha256_tree.cu` (`cargo xtask ptx` regenerates it).
 pub const SHA256_TREE_PTX: &str = include_str!("../kernels/sha256_tree.ptx");
 
-/// Bytes of each leaf a bounded-share launch hashes: short launches free the SMs often.
-pub const BOUNDED_SLICE_BYTES: u64 = 16 * 1024;
+/// Default bytes of each leaf a bounded-share launch hashes. Short launches hand the SMs back
+/// often: next to a GEMM loop on an H100, 4 KiB slices cost it 0.2-0.4 % at 1/32 to 1/8 of the
+/// SMs, 16 KiB slices 14 % at 1/8 and 34 % at 1/16 (`docs/perf.md`).
+pub const BOUNDED_SLICE_BYTES: u64 = 4 * 1024;
 
 /// Threads per block of whole-GPU launches (the kernels' launch bound).
 const MAX_BLOCK: u32 = 128;
@@ -38,6 +40,7 @@ pub struct TreeDigestEngine {
     leaves: CUfunction,
     fold: CUfunction,
     multiprocessors: u32,
+    bounded_slice_bytes: u64,
     full_lane: Mutex<Stream>,
     bounded_lane: Mutex<Stream>,
 }
@@ -141,10 +144,20 @@ impl TreeDigestEngine {
             leaves,
             fold,
             multiprocessors: device.multiprocessor_count()?,
+            bounded_slice_bytes: BOUNDED_SLICE_BYTES,
             full_lane: Mutex::new(Stream::new(device, StreamPriority::Lowest)?),
             bounded_lane: Mutex::new(Stream::new(device, StreamPriority::Lowest)?),
             module,
         })
+    }
+
+    /// Sets how many bytes of each leaf one bounded-share launch hashes (rounded down to a
+    /// multiple of 64, at least 64; default [`BOUNDED_SLICE_BYTES`]). Shorter slices hand the
+    /// SMs back sooner, at the cost of more launches.
+    #[must_use]
+    pub fn with_bounded_slice_bytes(mut self, bytes: u64) -> Self {
+        self.bounded_slice_bytes = (bytes & !63).max(64);
+        self
     }
 
     /// The tree root over the first `len` bytes of `buffer` with `leaf`-byte leaves: the value
@@ -215,8 +228,11 @@ impl TreeDigestEngine {
         // lives until the stream is synchronised below.
         unsafe { result::memcpy_dtoh_async(&mut words, root_at, stream.raw()) }
             .map_err(|e| CudaError::from(e).during(ordinal, "cuMemcpyDtoHAsync"))?;
-        stream.synchronize()?;
+        // Freed in stream order before the wait, so the pool hands the memory back to the
+        // device at the wait (release threshold 0) instead of holding it until the next one.
         drop(scratch);
+        stream.synchronize()?;
+        self.device.trim_memory_pool()?;
         let mut root = [0u8; 32];
         for (out, word) in root.chunks_exact_mut(4).zip(words) {
             out.copy_from_slice(&word.to_be_bytes());
@@ -251,7 +267,7 @@ impl TreeDigestEngine {
     }
 
     /// At most `sm_fraction` of the SMs busy at a time: groups of leaves as many as that many
-    /// blocks hold, each group in slices of [`BOUNDED_SLICE_BYTES`] per leaf.
+    /// blocks hold, each group in slices of `bounded_slice_bytes` per leaf.
     #[allow(clippy::too_many_arguments, reason = "the kernel's parameter list")]
     fn hash_leaves_bounded(
         &self,
@@ -279,10 +295,10 @@ impl TreeDigestEngine {
                     total,
                     leaf,
                     (first, count),
-                    (begin, BOUNDED_SLICE_BYTES),
+                    (begin, self.bounded_slice_bytes),
                     state,
                 )?;
-                begin = begin.saturating_add(BOUNDED_SLICE_BYTES);
+                begin = begin.saturating_add(self.bounded_slice_bytes);
             }
             first = first.saturating_add(count);
         }

@@ -55,7 +55,9 @@ pub use vram_seal::{
 /// Digest building blocks: streaming, serial, and the tree's leaf functions.
 pub mod digest {
     #[doc(inline)]
-    pub use vram_seal::digest::{DigestHasher, ShardDigest, digest, digest_serial, tree};
+    pub use vram_seal::digest::{
+        DigestHasher, ShardDigest, digest, digest_serial, digest_source, tree,
+    };
 }
 
 #[doc(inline)]

@@ -1,30 +1,32 @@
 //! The CUDA backend: shards in real device memory (`cuMemAlloc`), uploaded through a bounded
 //! ring of pinned staging slots filled by several threads, and digested where they lie: tree
-//! digests of shards of [`GPU_DIGEST_MIN_BYTES`] or more by the SHA-256 kernels in VRAM, the
-//! rest (flat SHA-256, which is serial, and small shards, where a kernel's latency exceeds a
+//! digests of shards of [`GPU_DIGEST_MIN_LEAVES`] leaves or more by the SHA-256 kernels in VRAM,
+//! the rest (flat SHA-256, which is serial, and small shards, where a kernel's latency exceeds a
 //! read-back) on the CPU from bytes read back out of VRAM (`docs/adr/0004-digest-of-resident-bytes.md`).
 
 use std::sync::{Arc, OnceLock};
 
-use vram_cuda_sys::memory::{DeviceBuffer, Staging};
+use vram_cuda_sys::memory::DeviceBuffer;
 use vram_cuda_sys::staging_ring::StagingRing;
 use vram_cuda_sys::tree_digest::TreeDigestEngine;
 use vram_cuda_sys::{Device, Driver};
 use vram_seal::ShardDigest;
 use vram_seal::digest::DigestHasher;
-use vram_seal::digest::tree::finalize_root;
+use vram_seal::digest::tree::{finalize_root, leaf_count};
 use vram_types::{
     AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, GpuShare, ShardSource, VramError,
 };
 
 use super::{
     Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, MemoryInfo, Sealed,
-    device_at,
+    UPLOAD_CHUNK_BYTES, device_at,
 };
 
-/// Smallest shard whose tree digest is computed by the GPU kernels: below it one thread per
-/// leaf leaves the GPU mostly idle and a read-back to the CPU is quicker (`docs/perf.md`).
-pub(crate) const GPU_DIGEST_MIN_BYTES: usize = 8 * 1024 * 1024;
+/// Fewest leaves for which the GPU kernels digest a shard. One thread hashes one leaf, at about
+/// 30 MB/s when the GPU is not full (a dependency chain of 64 rounds per 64-byte block), so a
+/// kernel takes at least a leaf's worth of that (about 2 ms at 64 KiB leaves) however small the
+/// shard; below this many leaves a read-back hashed on the CPU cores is quicker (`docs/perf.md`).
+pub(crate) const GPU_DIGEST_MIN_LEAVES: u64 = 64;
 
 /// One device with its staging ring and (loaded on first use) digest kernels.
 struct DeviceLane {
@@ -109,19 +111,28 @@ impl CudaBackend {
         Ok(&self.lane(device)?.device)
     }
 
-    /// Reads the bytes back through two pinned staging buffers and hashes each chunk on the CPU
-    /// (tree leaves in parallel) while the next one copies.
+    /// Reads the bytes back in chunks into pageable memory (no pinned allocation per call) and
+    /// hashes each on the CPU, tree leaves in parallel.
     fn digest_on_cpu(
         b: &DeviceBuffer,
         len: usize,
         algorithm: DigestAlgorithm,
     ) -> Result<ShardDigest, VramError> {
-        let mut staging = Staging::new(b.device(), len)?;
         let mut hasher = DigestHasher::new(algorithm);
-        b.read_back(len, &mut staging, |chunk| {
-            hasher.update_parallel(chunk);
-            Ok(())
-        })?;
+        let mut chunk = Vec::new();
+        let size = len.min(UPLOAD_CHUNK_BYTES);
+        chunk
+            .try_reserve_exact(size)
+            .map_err(|_| VramError::HostMemoryExhausted { needed: size })?;
+        chunk.resize(size, 0);
+        let mut offset = 0;
+        while offset < len {
+            let n = len.saturating_sub(offset).min(size);
+            let piece = chunk.get_mut(..n).unwrap_or_default();
+            b.read(offset, piece)?;
+            hasher.update_parallel(piece);
+            offset = offset.saturating_add(n);
+        }
         Ok(hasher.finalize())
     }
 
@@ -187,8 +198,9 @@ impl Backend for CudaBackend {
         share: GpuShare,
     ) -> Result<ShardDigest, VramError> {
         let b = self.buffer(buffer)?;
+        let total = u64::try_from(len).unwrap_or(u64::MAX);
         let kernels = match algorithm.leaf_size() {
-            Some(leaf) if len >= GPU_DIGEST_MIN_BYTES => self
+            Some(leaf) if leaf_count(total, leaf) >= GPU_DIGEST_MIN_LEAVES => self
                 .lane(b.device().ordinal())?
                 .kernels()
                 .map(|k| (k, leaf)),
@@ -197,7 +209,6 @@ impl Backend for CudaBackend {
         match kernels {
             Some((engine, leaf)) => {
                 let root = engine.tree_root(&b, len, leaf, share)?;
-                let total = u64::try_from(len).unwrap_or(u64::MAX);
                 Ok(finalize_root(leaf, total, &root))
             }
             None => Self::digest_on_cpu(&b, len, algorithm),

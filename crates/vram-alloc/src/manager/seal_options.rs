@@ -3,11 +3,8 @@
 use std::sync::{Mutex, PoisonError};
 
 use vram_seal::ShardDigest;
-use vram_seal::digest::DigestHasher;
 use vram_seal::digest::tree::{digest_from_leaf_digests, leaf_count, leaf_digest};
 use vram_types::{DigestAlgorithm, LeafSize, ShardSource, VramError};
-
-use crate::backend::UPLOAD_CHUNK_BYTES;
 
 /// Options of [`VramManager::seal_from_source`](crate::VramManager::seal_from_source).
 ///
@@ -131,26 +128,7 @@ impl CrossCheck {
                 ))?;
                 digest_from_leaf_digests(&leaves, leaf, len)
             }
-            Self::Flat => {
-                let mut hasher = DigestHasher::new(algorithm);
-                let mut buf = vec![0u8; UPLOAD_CHUNK_BYTES];
-                let mut offset = 0u64;
-                while offset < source.len() {
-                    let n = usize::try_from(source.len().saturating_sub(offset))
-                        .unwrap_or(usize::MAX)
-                        .min(buf.len());
-                    let chunk = buf.get_mut(..n).unwrap_or_default();
-                    source
-                        .read_at(offset, chunk)
-                        .map_err(|e| VramError::SourceReadFailed {
-                            offset,
-                            reason: e.to_string(),
-                        })?;
-                    hasher.update(chunk);
-                    offset = offset.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
-                }
-                Ok(hasher.finalize())
-            }
+            Self::Flat => vram_seal::digest::digest_source(source, algorithm),
         }
     }
 }

@@ -10,7 +10,7 @@ mod flat;
 mod shard_digest;
 pub mod tree;
 
-use vram_types::DigestAlgorithm;
+use vram_types::{DigestAlgorithm, ShardSource, VramError};
 
 pub use shard_digest::ShardDigest;
 pub use tree::TreeHasher;
@@ -33,6 +33,42 @@ pub fn digest_serial(bytes: &[u8], algorithm: DigestAlgorithm) -> ShardDigest {
     let mut hasher = DigestHasher::new(algorithm);
     hasher.update(bytes);
     hasher.finalize()
+}
+
+/// Bytes read from a source per step of [`digest_source`]: memory stays bounded by it.
+pub const SOURCE_CHUNK_BYTES: usize = 16 * 1024 * 1024;
+
+/// Digest of a source (a file), read in order in chunks of [`SOURCE_CHUNK_BYTES`], tree leaves
+/// hashed in parallel: memory stays bounded whatever the source's size.
+///
+/// # Errors
+/// [`VramError::SourceReadFailed`] when the source cannot be read;
+/// [`VramError::HostMemoryExhausted`] when the chunk buffer cannot be allocated.
+pub fn digest_source(
+    source: &dyn ShardSource,
+    algorithm: DigestAlgorithm,
+) -> Result<ShardDigest, VramError> {
+    let len = source.len();
+    let size = usize::try_from(len).map_or(SOURCE_CHUNK_BYTES, |l| l.min(SOURCE_CHUNK_BYTES));
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(size)
+        .map_err(|_| VramError::HostMemoryExhausted { needed: size })?;
+    buf.resize(size, 0);
+    let mut hasher = DigestHasher::new(algorithm);
+    let mut offset = 0u64;
+    while offset < len {
+        let n = usize::try_from(len.saturating_sub(offset)).map_or(size, |r| r.min(size));
+        let chunk = buf.get_mut(..n).unwrap_or_default();
+        source
+            .read_at(offset, chunk)
+            .map_err(|e| VramError::SourceReadFailed {
+                offset,
+                reason: e.to_string(),
+            })?;
+        hasher.update_parallel(chunk);
+        offset = offset.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+    Ok(hasher.finalize())
 }
 
 /// A streaming digest: feed bytes in pieces of any size, get the same digest as [`digest`].

@@ -56,7 +56,7 @@ fn sample(n: usize) -> CliResult<Vec<u8>> {
         .for_each(|(c, chunk)| {
             for (i, b) in chunk.iter_mut().enumerate() {
                 let k = (c << 20 | i) as u64;
-                *b = (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 29) as u8;
+                *b = (k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 29).to_le_bytes()[0];
             }
         });
     Ok(data)

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use vram_residency::digest::digest_source;
 use vram_residency::{
-    DigestAlgorithm, DigestHasher, FileSource, SealOptions, SealedShard, ShardDigest, ShardSource,
-    VramError, VramOnlyPolicy,
+    DigestAlgorithm, FileSource, SealOptions, SealedShard, ShardDigest, ShardSource, VramError,
+    VramOnlyPolicy,
 };
 
 use crate::cli::{BackendArgs, BackendChoice, SealArgs};
@@ -44,23 +45,6 @@ impl ShardSource for Progress<'_> {
         self.bar.inc(u64::try_from(buf.len()).unwrap_or(0));
         Ok(())
     }
-}
-
-/// The flat SHA-256 of a file, streamed (bounded memory).
-fn flat_digest(p: &Prepared) -> CliResult<ShardDigest> {
-    let mut hasher = DigestHasher::new(DigestAlgorithm::Sha256);
-    let mut buf = vec![0u8; files::READ_CHUNK];
-    let mut offset = 0u64;
-    while offset < p.source.len() {
-        let n = usize::try_from(p.source.len() - offset).map_or(buf.len(), |r| r.min(buf.len()));
-        let chunk = buf.get_mut(..n).unwrap_or_default();
-        p.source.read_at(offset, chunk).map_err(|e| {
-            CliError::file(&p.path, &format!("read failed ({e})"), "check the disk")
-        })?;
-        hasher.update(chunk);
-        offset += n as u64;
-    }
-    Ok(hasher.finalize())
 }
 
 /// A shard id from the file name: the safe characters kept, others replaced by `_`.
@@ -169,7 +153,9 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
         if *algorithm != DigestAlgorithm::Sha256 {
             continue;
         }
-        let got = flat_digest(p)?;
+        let got = digest_source(&p.source, DigestAlgorithm::Sha256).map_err(|e| {
+            CliError::file(&p.path, &format!("read failed ({e})"), "check the disk")
+        })?;
         if !got.ct_eq(want) {
             return Err(CliError::new(
                 Exit::VerificationFailed,
