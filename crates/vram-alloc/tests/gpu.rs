@@ -1,7 +1,6 @@
 //! The CUDA backend on a real GPU. Every test is `#[ignore]`d (reported as ignored, never as
-//! passed, where there is no GPU); on a GPU machine run them with `VRAM_TEST_GPU=1` and
-//! `--include-ignored` (`../shared/gpu/stage.sh test -p vram-alloc --test gpu --features test-utils`,
-//! then `.gpu/run.sh --include-ignored --test-threads=1`).
+//! passed, where there is no GPU); on a GPU machine: `VRAM_TEST_GPU=1 cargo test --release
+//! -p vram-alloc --features test-utils --test gpu -- --include-ignored --test-threads=1`.
 #![allow(
     clippy::unwrap_used,
     clippy::panic,

@@ -20,13 +20,13 @@ use crate::stream::{Event, Stream, StreamPriority};
 
 /// Default slot size: 16 MiB (a multiple of every tree leaf size, so leaves never straddle).
 pub const DEFAULT_SLOT_BYTES: usize = 16 * 1024 * 1024;
-/// Default number of slots kept pinned per device: 24 (384 MiB at the default slot size), two
+/// Default number of slots kept pinned per device: 32 (512 MiB at the default slot size), two
 /// for each of the default copy threads.
-pub const DEFAULT_SLOTS: usize = 24;
-/// Default number of copy threads: at most 12. On a 16-core H100 host 12 threads with 16 MiB
-/// slots moved 46 GB/s from pageable memory, 8 threads 37 GB/s and 16 threads 45 GB/s
-/// (`docs/perf.md`): the host's memory bandwidth, not PCIe, is the limit.
-pub const DEFAULT_COPY_THREADS: usize = 12;
+pub const DEFAULT_SLOTS: usize = 32;
+/// Default number of copy threads: at most 16. On a 16-core H100 host, 16 MiB slots moved
+/// 28, 32, 42 and 42 GB/s from pageable memory with 4, 8, 12 and 16 threads, and 16, 24, 30 and
+/// 35 GB/s from a cached file (`docs/perf.md`): the host's memory bandwidth, not PCIe, limits.
+pub const DEFAULT_COPY_THREADS: usize = 16;
 
 /// One pinned slot and the event of the last copy out of it.
 struct Slot {
