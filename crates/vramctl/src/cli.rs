@@ -113,6 +113,9 @@ pub(crate) struct BenchArgs {
     /// skipped with a note).
     #[arg(long, default_value = "1MiB,256MiB,4GiB,16GiB")]
     pub(crate) size: String,
+    /// Seal with the cross-check (the host bytes are also digested on the CPU).
+    #[arg(long)]
+    pub(crate) cross_check: bool,
     /// GPU index.
     #[arg(long, default_value_t = 0)]
     pub(crate) device: u32,

@@ -463,10 +463,11 @@ fn bench_prints_both_paths_and_the_ratio() {
         assert!(text.contains(needle), "{text}");
     }
     let json = vramctl()
-        .args(["--json", "bench", "--size", "4MiB"])
+        .args(["--json", "bench", "--size", "4MiB", "--cross-check"])
         .output()
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["cross_check"], true);
     let row = &v["rows"][0];
     assert_eq!(row["size"], 4 << 20);
     assert!(

@@ -11,6 +11,7 @@ use crate::cli::{BackendArgs, BackendChoice, BenchArgs};
 use crate::error::{CliError, CliResult, Exit};
 use crate::output::{Output, human_bytes};
 use crate::session;
+use vram_residency::SealOptions;
 
 #[allow(clippy::cast_precision_loss, reason = "throughput display")]
 fn gbps(bytes: usize, t: Duration) -> f64 {
@@ -110,7 +111,10 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &BenchArgs) -> CliRe
         };
         for round in 0..3 {
             let t = Instant::now();
-            let shard = m.seal_model_with_id(&format!("bench-{n}-{round}"), &data, args.device)?;
+            let options = SealOptions::new()
+                .shard_id(format!("bench-{n}-{round}"))
+                .cross_check(args.cross_check);
+            let shard = m.seal_from_source(&data.as_slice(), args.device, &options)?;
             row.seal = row.seal.min(t.elapsed());
             let t = Instant::now();
             m.verify_sealed(&shard)?;
@@ -140,9 +144,13 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &BenchArgs) -> CliRe
             ratio(r.naive_verify, r.verify)
         ));
     }
-    out.result("ours: staged ring upload, tree digest of the bytes in VRAM, best of 3; naive: one pageable copy + single-thread flat SHA-256");
+    out.result(format!(
+        "ours: staged ring upload, tree digest of the bytes in VRAM{}, best of 3; naive: one pageable copy + single-thread flat SHA-256",
+        if args.cross_check { ", host bytes cross-checked on the CPU" } else { "" }
+    ));
     out.json(&json!({
         "backend": m.backend_kind().to_string(),
+        "cross_check": args.cross_check,
         "rows": rows.iter().map(|r| json!({
             "size": r.size,
             "seal_s": r.seal.as_secs_f64(), "verify_s": r.verify.as_secs_f64(),
