@@ -8,7 +8,7 @@
 //! |---|---|
 //! | [`driver`] | finding `libcuda`, the driver version check, `cuInit`, device count |
 //! | [`device`] | one device and its primary context: attributes, free/total memory |
-//! | [`memory`] | device allocations, pinned staging buffers, host↔device copies (synchronous and on a stream), and the managed / pinned / mapped / registered host memory the policy must refuse |
+//! | [`memory`] | device allocations, synchronous copies, pinned buffers, and the managed / pinned / mapped / registered host memory the policy must refuse |
 //! | [`pointer`](mod@pointer) | `cuPointerGetAttributes`: where an allocation really lives |
 //! | [`module`] | loading PTX and launching a kernel |
 //! | [`stream`] | streams with a priority, events |

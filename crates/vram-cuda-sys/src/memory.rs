@@ -1,23 +1,18 @@
-//! Device memory, pinned staging buffers and copies, plus the host-memory kinds the VRAM-only
-//! policy must refuse (managed, pinned, mapped, registered), so tests can present each to the
-//! pointer check.
-//!
-//! Uploads and read-backs go through two pinned staging buffers on one stream: while the DMA
-//! engine copies one chunk, the CPU fills (or hashes) the other.
+//! Device memory and synchronous copies, pinned host buffers (the staging ring's slots), plus the
+//! host-memory kinds the VRAM-only policy must refuse (managed, pinned, mapped, registered), so
+//! tests can present each to the pointer check. Fast uploads go through
+//! [`StagingRing`](crate::staging_ring::StagingRing).
 
 use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::result;
-use cudarc::driver::sys::{self, CUdeviceptr, CUevent, CUstream};
+use cudarc::driver::sys::{self, CUdeviceptr};
 use vram_types::{AllocationFacts, VramError};
 
 use crate::device::Device;
 use crate::error::CudaError;
 use crate::pointer;
-
-/// Largest staging chunk: 32 MiB (two of them are pinned per transfer).
-pub const STAGING_CHUNK_BYTES: usize = 32 * 1024 * 1024;
 
 fn range_error(device: u32, operation: &'static str) -> VramError {
     VramError::CudaOperationFailed {
@@ -133,108 +128,6 @@ impl DeviceBuffer {
             .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "device-to-host copy"))
     }
 
-    /// Uploads `src` to the start of the buffer through the two staging buffers of `staging`.
-    ///
-    /// # Errors
-    /// [`VramError::CudaOperationFailed`] when `src` is longer than the buffer or a copy fails.
-    pub fn upload(&self, src: &[u8], staging: &mut Staging) -> Result<(), VramError> {
-        let ordinal = self.device.ordinal();
-        self.range_address(0, src.len(), "host-to-device copy")?;
-        self.device.bind()?;
-        let chunk_bytes = staging.chunk;
-        for (i, chunk) in src.chunks(chunk_bytes).enumerate() {
-            let slot = i % 2;
-            staging.wait(slot)?; // the copy that last used this slot has finished
-            let pinned = staging.buffer_mut(slot)?;
-            let dst_host = pinned
-                .as_mut_slice()
-                .get_mut(..chunk.len())
-                .ok_or_else(|| range_error(ordinal, "staging copy"))?;
-            dst_host.copy_from_slice(chunk);
-            let offset = i.saturating_mul(chunk_bytes);
-            let dst = self.range_address(offset, chunk.len(), "host-to-device copy")?;
-            let stream = staging.stream;
-            let src_pinned = staging
-                .buffer(slot)?
-                .as_slice()
-                .get(..chunk.len())
-                .ok_or_else(|| range_error(ordinal, "staging copy"))?;
-            // SAFETY: `dst` range is inside this allocation (checked by `at`); `src_pinned` is
-            // page-locked memory owned by `staging`, which is not written again before the
-            // event recorded next has completed (`staging.wait`).
-            unsafe { result::memcpy_htod_async(dst, src_pinned, stream) }
-                .map_err(|e| CudaError::from(e).during(ordinal, "host-to-device copy"))?;
-            staging.record(slot)?;
-        }
-        staging.synchronize()
-    }
-
-    /// Reads the first `len` bytes back through the staging buffers, calling `consume` with
-    /// each chunk in order (chunks are the staging chunk size, the last may be shorter).
-    /// The next chunk's copy runs while `consume` works on the current one.
-    ///
-    /// # Errors
-    /// [`VramError::CudaOperationFailed`] when `len` exceeds the buffer or a copy fails; any
-    /// error `consume` returns.
-    pub fn read_back(
-        &self,
-        len: usize,
-        staging: &mut Staging,
-        mut consume: impl FnMut(&[u8]) -> Result<(), VramError>,
-    ) -> Result<(), VramError> {
-        self.range_address(0, len, "device-to-host copy")?;
-        self.device.bind()?;
-        let chunk_bytes = staging.chunk;
-        let chunks = len.div_ceil(chunk_bytes);
-        let chunk_len = |i: usize| {
-            len.saturating_sub(i.saturating_mul(chunk_bytes))
-                .min(chunk_bytes)
-        };
-        if chunks > 0 {
-            self.issue_read(0, chunk_len(0), 0, staging)?;
-        }
-        for i in 0..chunks {
-            let next = i.saturating_add(1);
-            if next < chunks {
-                self.issue_read(next, chunk_len(next), next % 2, staging)?;
-            }
-            staging.wait(i % 2)?;
-            let data = staging
-                .buffer(i % 2)?
-                .as_slice()
-                .get(..chunk_len(i))
-                .ok_or_else(|| range_error(self.device.ordinal(), "staging copy"))?;
-            consume(data)?;
-        }
-        staging.synchronize()
-    }
-
-    fn issue_read(
-        &self,
-        index: usize,
-        n: usize,
-        slot: usize,
-        staging: &mut Staging,
-    ) -> Result<(), VramError> {
-        let ordinal = self.device.ordinal();
-        let src = self.range_address(
-            index.saturating_mul(staging.chunk),
-            n,
-            "device-to-host copy",
-        )?;
-        let stream = staging.stream;
-        let dst = staging
-            .buffer_mut(slot)?
-            .as_mut_slice()
-            .get_mut(..n)
-            .ok_or_else(|| range_error(ordinal, "staging copy"))?;
-        // SAFETY: `src` range is inside this allocation (checked by `at`); `dst` is page-locked
-        // memory owned by `staging` that nobody reads before the event recorded next completes.
-        unsafe { result::memcpy_dtoh_async(dst, src, stream) }
-            .map_err(|e| CudaError::from(e).during(ordinal, "device-to-host copy"))?;
-        staging.record(slot)
-    }
-
     /// The device address, for kernel arguments inside this crate only.
     pub(crate) fn device_address(&self) -> Result<u64, VramError> {
         self.ptr
@@ -338,126 +231,6 @@ impl Drop for PinnedBuffer {
             // SAFETY: `ptr` came from `cuMemAllocHost` and is freed once, here.
             let _ = unsafe { result::free_host(self.ptr.cast::<c_void>()) };
         }
-    }
-}
-
-/// Two pinned staging buffers, a stream and one event per buffer.
-#[derive(Debug)]
-pub struct Staging {
-    device: Arc<Device>,
-    buffers: [PinnedBuffer; 2],
-    events: [CUevent; 2],
-    used: [bool; 2],
-    stream: CUstream,
-    chunk: usize,
-}
-
-// SAFETY: stream and events are driver handles usable from any thread; `&mut self` serialises use.
-unsafe impl Send for Staging {}
-
-impl Staging {
-    /// Staging for a transfer of `transfer_len` bytes: two pinned buffers of
-    /// `min(transfer_len, STAGING_CHUNK_BYTES)` bytes each, a stream and two events.
-    ///
-    /// # Errors
-    /// [`VramError::HostMemoryExhausted`]; [`VramError::CudaOperationFailed`].
-    pub fn new(device: &Arc<Device>, transfer_len: usize) -> Result<Self, VramError> {
-        let ordinal = device.ordinal();
-        let chunk = transfer_len.clamp(1, STAGING_CHUNK_BYTES);
-        let buffers = [
-            PinnedBuffer::alloc(device, chunk)?,
-            PinnedBuffer::alloc(device, chunk)?,
-        ];
-        let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
-            .map_err(|e| CudaError::from(e).during(ordinal, "cuStreamCreate"))?;
-        let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
-        let first = result::event::create(flags);
-        let second = result::event::create(flags);
-        let events = match (first, second) {
-            (Ok(a), Ok(b)) => [a, b],
-            (a, b) => {
-                for e in [a, b].into_iter().flatten() {
-                    // SAFETY: `e` was created just above and is destroyed once.
-                    let _ = unsafe { result::event::destroy(e) };
-                }
-                // SAFETY: `stream` was created just above and is destroyed once.
-                let _ = unsafe { result::stream::destroy(stream) };
-                return Err(VramError::CudaOperationFailed {
-                    device: ordinal,
-                    operation: "cuEventCreate",
-                    cuda_error: "event creation failed".into(),
-                });
-            }
-        };
-        Ok(Self {
-            device: Arc::clone(device),
-            buffers,
-            events,
-            used: [false; 2],
-            stream,
-            chunk,
-        })
-    }
-
-    fn buffer(&self, slot: usize) -> Result<&PinnedBuffer, VramError> {
-        self.buffers
-            .get(slot)
-            .ok_or(VramError::Unreachable("two staging slots"))
-    }
-
-    fn buffer_mut(&mut self, slot: usize) -> Result<&mut PinnedBuffer, VramError> {
-        self.buffers
-            .get_mut(slot)
-            .ok_or(VramError::Unreachable("two staging slots"))
-    }
-
-    fn record(&mut self, slot: usize) -> Result<(), VramError> {
-        let event = *self
-            .events
-            .get(slot)
-            .ok_or(VramError::Unreachable("two staging slots"))?;
-        // SAFETY: `event` and `stream` were created in `new` and live until drop.
-        unsafe { result::event::record(event, self.stream) }
-            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "cuEventRecord"))?;
-        if let Some(u) = self.used.get_mut(slot) {
-            *u = true;
-        }
-        Ok(())
-    }
-
-    fn wait(&mut self, slot: usize) -> Result<(), VramError> {
-        if !self.used.get(slot).copied().unwrap_or(false) {
-            return Ok(());
-        }
-        let event = *self
-            .events
-            .get(slot)
-            .ok_or(VramError::Unreachable("two staging slots"))?;
-        // SAFETY: `event` was created in `new` and recorded on our stream.
-        unsafe { result::event::synchronize(event) }
-            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "cuEventSynchronize"))
-    }
-
-    fn synchronize(&mut self) -> Result<(), VramError> {
-        // SAFETY: `stream` was created in `new` and lives until drop.
-        unsafe { result::stream::synchronize(self.stream) }
-            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "cuStreamSynchronize"))
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if self.device.bind().is_err() {
-            return;
-        }
-        let _ = self.synchronize();
-        for event in self.events {
-            // SAFETY: each event was created in `new` and is destroyed once, here.
-            let _ = unsafe { result::event::destroy(event) };
-        }
-        // SAFETY: the stream was created in `new`, has no pending work (synchronised above)
-        // and is destroyed once, here.
-        let _ = unsafe { result::stream::destroy(self.stream) };
     }
 }
 

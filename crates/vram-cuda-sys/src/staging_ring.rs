@@ -255,12 +255,7 @@ fn fill_and_send(
         .as_mut_slice()
         .get_mut(..n)
         .ok_or(VramError::Unreachable("a chunk is at most one slot"))?;
-    source
-        .read_at(offset, host)
-        .map_err(|e| VramError::SourceReadFailed {
-            offset,
-            reason: e.to_string(),
-        })?;
+    source.fill(offset, host)?;
     if let Some(observe) = observe {
         observe(offset, host);
     }

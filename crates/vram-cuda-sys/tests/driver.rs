@@ -16,10 +16,11 @@
 )]
 
 use vram_cuda_sys::memory::{
-    DeviceBuffer, ManagedBuffer, MappedHostBuffer, PinnedBuffer, RegisteredHostBuffer, Staging,
+    DeviceBuffer, ManagedBuffer, MappedHostBuffer, PinnedBuffer, RegisteredHostBuffer,
 };
 use vram_cuda_sys::module::{KernelArg, Module};
 use vram_cuda_sys::pointer::host_slice_facts;
+use vram_cuda_sys::staging_ring::StagingRing;
 use vram_cuda_sys::{Device, Driver};
 use vram_types::{MemoryType, VramError};
 
@@ -99,17 +100,13 @@ fn pointer_check_tells_vram_from_every_kind_of_host_memory() {
 #[ignore = "needs a GPU: run with VRAM_TEST_GPU=1 and --include-ignored"]
 fn staged_upload_and_read_back_round_trip_across_chunks() {
     let device = Device::open(0).unwrap();
+    let ring = StagingRing::with_defaults(&device);
     for len in [1, 3 * MIB + 5, 100 * MIB + 3] {
         let data: Vec<u8> = (0..len).map(|i| (i * 131 + 7) as u8).collect();
         let buf = DeviceBuffer::alloc(&device, len).unwrap();
-        let mut staging = Staging::new(&device, len).unwrap();
-        buf.upload(&data, &mut staging).unwrap();
-        let mut back = Vec::with_capacity(len);
-        buf.read_back(len, &mut staging, |chunk| {
-            back.extend_from_slice(chunk);
-            Ok(())
-        })
-        .unwrap();
+        ring.upload(&buf, &data.as_slice(), None).unwrap();
+        let mut back = vec![0u8; len];
+        buf.read(0, &mut back).unwrap();
         assert!(back == data, "round trip of {len} bytes differs");
         let mut byte = [0u8];
         buf.read(len - 1, &mut byte).unwrap();

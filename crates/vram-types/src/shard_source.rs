@@ -8,6 +8,8 @@
 use std::fs::File;
 use std::io;
 
+use crate::error::VramError;
+
 /// Bytes of known length, readable at any offset from any thread.
 pub trait ShardSource: Sync {
     /// Length in bytes.
@@ -23,6 +25,18 @@ pub trait ShardSource: Sync {
     /// # Errors
     /// An I/O error, or [`io::ErrorKind::UnexpectedEof`] when the range passes the end.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// [`Self::read_at`], with a failure as the workspace's error.
+    ///
+    /// # Errors
+    /// [`VramError::SourceReadFailed`] with the offset and the I/O error.
+    fn fill(&self, offset: u64, buf: &mut [u8]) -> Result<(), VramError> {
+        self.read_at(offset, buf)
+            .map_err(|e| VramError::SourceReadFailed {
+                offset,
+                reason: e.to_string(),
+            })
+    }
 }
 
 /// Bytes in host memory (pass `&bytes` where a `&dyn ShardSource` is wanted).

@@ -332,12 +332,7 @@ impl Backend for MockBackend {
         // Chunk by chunk, as the CUDA backend's staging ring sees the bytes.
         let mut offset = 0u64;
         for chunk in dst.chunks_mut(UPLOAD_CHUNK_BYTES) {
-            source
-                .read_at(offset, chunk)
-                .map_err(|e| VramError::SourceReadFailed {
-                    offset,
-                    reason: e.to_string(),
-                })?;
+            source.fill(offset, chunk)?;
             if let Some(observe) = observe {
                 observe(offset, chunk);
             }

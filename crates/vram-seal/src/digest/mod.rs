@@ -59,12 +59,7 @@ pub fn digest_source(
     while offset < len {
         let n = usize::try_from(len.saturating_sub(offset)).map_or(size, |r| r.min(size));
         let chunk = buf.get_mut(..n).unwrap_or_default();
-        source
-            .read_at(offset, chunk)
-            .map_err(|e| VramError::SourceReadFailed {
-                offset,
-                reason: e.to_string(),
-            })?;
+        source.fill(offset, chunk)?;
         hasher.update_parallel(chunk);
         offset = offset.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
     }
