@@ -42,13 +42,11 @@ mod baseline;
 mod capacity;
 mod manager;
 mod metrics;
-mod resident;
 mod sync;
 
 pub use baseline::NaivePathTimes;
 pub use manager::{SealOptions, VramManager, VramManagerBuilder};
 pub use metrics::{DeviceUsage, VramMetrics};
-pub use resident::ResidentAllocation;
 
 /// The facts of every CUDA GPU of the machine, without building a manager (for diagnostics
 /// such as `vramctl doctor`).

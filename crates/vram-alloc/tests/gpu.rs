@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use vram_alloc::VramManager;
 use vram_alloc::audit::{AuditEvent, InMemoryAuditSink, Severity};
+use vram_policy::rules::allocation_problem;
 use vram_types::{BackendKind, DigestAlgorithm, VramConfig, VramError};
 
 const MIB: usize = 1 << 20;
@@ -89,9 +90,7 @@ fn seal_and_verify_1_byte_1_mib_plus_1_and_1_gib_with_cpu_equal_digests() {
             "digest of VRAM bytes == CPU digest ({len} bytes)"
         );
         assert_eq!(
-            m.allocation_facts(&shard)
-                .unwrap()
-                .residency_problem(0, false),
+            allocation_problem(&m.allocation_facts(&shard).unwrap(), 0, false),
             None
         );
         println!(

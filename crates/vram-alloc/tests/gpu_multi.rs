@@ -13,6 +13,7 @@
 )]
 
 use vram_alloc::VramManager;
+use vram_policy::rules::allocation_problem;
 use vram_types::{VramConfig, VramError};
 
 const MIB: usize = 1 << 20;
@@ -58,7 +59,7 @@ fn tensor_parallel_shards_live_on_their_own_devices() {
         let facts = m.allocation_facts(s).unwrap();
         println!("shard {} on GPU {}: {facts:?}", s.shard_id, s.gpu_device);
         assert_eq!(facts.device_ordinal, d as u32);
-        assert_eq!(facts.residency_problem(d as u32, false), None);
+        assert_eq!(allocation_problem(&facts, d as u32, false), None);
         assert_eq!(m.used_vram_on(d as u32).unwrap(), 256 * MIB);
         m.verify_sealed(s).unwrap();
     }

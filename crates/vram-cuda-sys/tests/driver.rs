@@ -22,6 +22,7 @@ use vram_cuda_sys::module::{KernelArg, Module};
 use vram_cuda_sys::pointer::host_slice_facts;
 use vram_cuda_sys::staging_ring::StagingRing;
 use vram_cuda_sys::{Device, Driver};
+use vram_policy::rules::allocation_problem;
 use vram_types::{MemoryType, VramError};
 
 const MIB: usize = 1 << 20;
@@ -64,9 +65,9 @@ fn pointer_check_tells_vram_from_every_kind_of_host_memory() {
     let facts = vram.facts(4 * MIB).unwrap();
     println!("cuMemAlloc:            {facts:?}");
     assert_eq!(facts.memory_type, MemoryType::Device);
-    assert_eq!(facts.residency_problem(0, false), None);
+    assert_eq!(allocation_problem(&facts, 0, false), None);
     assert!(
-        facts.residency_problem(1, false).is_some(),
+        allocation_problem(&facts, 1, false).is_some(),
         "wrong device ordinal is refused"
     );
     assert!(
@@ -86,7 +87,7 @@ fn pointer_check_tells_vram_from_every_kind_of_host_memory() {
         ("malloc+cuMemHostRegister", registered.facts().unwrap()),
         ("malloc", host_slice_facts(&device, &heap).unwrap()),
     ] {
-        let problem = facts.residency_problem(0, false);
+        let problem = allocation_problem(&facts, 0, false);
         println!("{name:22} {facts:?} -> {problem:?}");
         assert!(problem.is_some(), "{name} passed the VRAM check: {facts:?}");
     }

@@ -2,20 +2,20 @@
 //!
 //! The MAC covers a canonical encoding (`.specs/attestation.md`): the version, then every field
 //! as `u32` big-endian length ‖ UTF-8 text, in declaration order, under the statement domain of
-//! `vram_seal::signature::sign_statement`.
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! `vram_seal::signature::sign_statement`. [`decode_statement`] reads it back. Only the manager
+//! that verified a shard makes one (`VramManager::attest_vram_residency`); anyone holding the
+//! seal key can check one with [`verify_attestation`].
 
 use serde::{Deserialize, Serialize};
-use vram_alloc::VramManager;
 use vram_seal::SealKey;
-use vram_seal::signature::verify_statement;
-use vram_types::{BackendKind, SEAL_SIGNATURE_LEN, SealSignature, SealedShard, VramError};
+use vram_seal::encoding::{put_str, take, take_str};
+use vram_seal::signature::{sign_statement, verify_statement};
+use vram_types::{SEAL_SIGNATURE_LEN, SealFailure, SealSignature, VramError};
 
 /// Current attestation format version.
 pub const ATTESTATION_VERSION: u8 = 1;
-/// Longest caller nonce accepted.
-const MAX_NONCE_BYTES: usize = 256;
+/// Longest caller nonce accepted, in bytes.
+pub const MAX_NONCE_BYTES: usize = 256;
 
 /// A signed statement that a shard is resident in device memory and unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,42 +61,120 @@ pub struct Attestation {
     pub signature: String,
 }
 
-fn put(out: &mut Vec<u8>, text: &str) {
-    out.extend_from_slice(&u32::try_from(text.len()).unwrap_or(u32::MAX).to_be_bytes());
-    out.extend_from_slice(text.as_bytes());
+impl Attestation {
+    /// The field texts in encoding order, up to the list of checks.
+    fn head_texts(&self) -> [String; 15] {
+        [
+            self.worker_id.clone(),
+            self.shard_id.clone(),
+            self.gpu_device.to_string(),
+            self.vram_bytes.to_string(),
+            self.digest.clone(),
+            self.digest_algorithm.clone(),
+            self.backend.clone(),
+            self.simulated.to_string(),
+            self.device_name.clone(),
+            format!("{:?}", self.ecc_enabled),
+            self.memory_type.clone(),
+            self.is_managed.to_string(),
+            self.device_ordinal.to_string(),
+            self.covers_shard.to_string(),
+            self.checks_passed.len().to_string(),
+        ]
+    }
+
+    /// The canonical bytes the signature covers (everything but the signature).
+    ///
+    /// # Errors
+    /// [`VramError::InvalidInput`] for a field longer than 4 GiB.
+    pub fn statement_bytes(&self) -> Result<Vec<u8>, VramError> {
+        let too_long = || VramError::invalid_input("attestation field", "longer than 4 GiB");
+        let mut out = vec![self.version];
+        let tail = [self.attested_at_ms.to_string(), self.nonce.clone()];
+        for text in self
+            .head_texts()
+            .iter()
+            .chain(&self.checks_passed)
+            .chain(&tail)
+        {
+            put_str(&mut out, text).ok_or_else(too_long)?;
+        }
+        Ok(out)
+    }
+
+    /// Signs the statement under `key` (the manager's seal key), filling in `signature`.
+    ///
+    /// # Errors
+    /// As [`Self::statement_bytes`].
+    pub fn signed(mut self, key: &SealKey) -> Result<Self, VramError> {
+        self.signature = sign_statement(key, &self.statement_bytes()?)?.to_hex();
+        Ok(self)
+    }
 }
 
-impl Attestation {
-    /// The canonical bytes the signature covers (everything but the signature).
-    #[must_use]
-    pub fn statement_bytes(&self) -> Vec<u8> {
-        let mut out = vec![self.version];
-        for text in [
-            self.worker_id.as_str(),
-            &self.shard_id,
-            &self.gpu_device.to_string(),
-            &self.vram_bytes.to_string(),
-            &self.digest,
-            &self.digest_algorithm,
-            &self.backend,
-            &self.simulated.to_string(),
-            &self.device_name,
-            &format!("{:?}", self.ecc_enabled),
-            &self.memory_type,
-            &self.is_managed.to_string(),
-            &self.device_ordinal.to_string(),
-            &self.covers_shard.to_string(),
-            &self.checks_passed.len().to_string(),
-        ] {
-            put(&mut out, text);
-        }
-        for check in &self.checks_passed {
-            put(&mut out, check);
-        }
-        put(&mut out, &self.attested_at_ms.to_string());
-        put(&mut out, &self.nonce);
-        out
+/// Reads a statement written by [`Attestation::statement_bytes`] back into its fields (with an
+/// empty signature). `None` for anything that is not exactly one canonical statement: another
+/// version, a field that does not parse, a list count that does not match, trailing bytes.
+#[must_use]
+pub fn decode_statement(input: &[u8]) -> Option<Attestation> {
+    let mut rest = input;
+    let r = &mut rest;
+    let version = *take(r, 1)?.first()?;
+    if version != ATTESTATION_VERSION {
+        return None;
     }
+    let mut next = || take_str(r);
+    let worker_id = next()?;
+    let shard_id = next()?;
+    let gpu_device = next()?.parse().ok()?;
+    let vram_bytes = next()?.parse().ok()?;
+    let digest = next()?;
+    let digest_algorithm = next()?;
+    let backend = next()?;
+    let simulated = next()?.parse().ok()?;
+    let device_name = next()?;
+    let ecc_enabled = match next()?.as_str() {
+        "Some(true)" => Some(true),
+        "Some(false)" => Some(false),
+        "None" => None,
+        _ => return None,
+    };
+    let memory_type = next()?;
+    let is_managed = next()?.parse().ok()?;
+    let device_ordinal = next()?.parse().ok()?;
+    let covers_shard = next()?.parse().ok()?;
+    let checks: usize = next()?.parse().ok()?;
+    // Each check takes at least 4 bytes: a count larger than the input allows is refused
+    // before anything is allocated for it.
+    if checks > input.len() / 4 {
+        return None;
+    }
+    let checks_passed = (0..checks).map(|_| next()).collect::<Option<Vec<_>>>()?;
+    let attested_at_ms = next()?.parse().ok()?;
+    let nonce = next()?;
+    let attestation = Attestation {
+        version,
+        worker_id,
+        shard_id,
+        gpu_device,
+        vram_bytes,
+        digest,
+        digest_algorithm,
+        backend,
+        simulated,
+        device_name,
+        ecc_enabled,
+        memory_type,
+        is_managed,
+        device_ordinal,
+        covers_shard,
+        checks_passed,
+        attested_at_ms,
+        nonce,
+        signature: String::new(),
+    };
+    // Only the canonical spelling decodes (numbers without leading zeros or signs, ...).
+    (r.is_empty() && attestation.statement_bytes().ok()? == input).then_some(attestation)
 }
 
 /// Checks an attestation's signature under `key`, and that it answers `expected_nonce`.
@@ -123,69 +201,11 @@ pub fn verify_attestation(
         })?;
     verify_statement(
         key,
-        &attestation.statement_bytes(),
+        &attestation.statement_bytes()?,
         &SealSignature::from_bytes(raw),
     )
     .map_err(|_| VramError::SealVerificationFailed {
         shard_id: attestation.shard_id.clone(),
-        reason: vram_types::SealFailure::SignatureMismatch,
+        reason: SealFailure::SignatureMismatch,
     })
-}
-
-pub(crate) fn attest(
-    manager: &VramManager,
-    shard: &SealedShard,
-    nonce: &[u8],
-) -> Result<Attestation, VramError> {
-    if nonce.len() > MAX_NONCE_BYTES {
-        return Err(VramError::invalid_input(
-            "attestation nonce",
-            format!("{} bytes, at most {MAX_NONCE_BYTES}", nonce.len()),
-        ));
-    }
-    manager.verify_sealed(shard)?;
-    let device = manager.device_facts(shard.gpu_device)?;
-    let problems = device.vram_only_problems(manager.config().allow_pageable_memory_access);
-    if !problems.is_empty() {
-        return Err(VramError::PolicyViolation {
-            device: shard.gpu_device,
-            reason: problems.join("; "),
-        });
-    }
-    let facts = manager.allocation_facts(shard)?;
-    let mut attestation = Attestation {
-        version: ATTESTATION_VERSION,
-        worker_id: manager.config().worker_id.clone(),
-        shard_id: shard.shard_id.clone(),
-        gpu_device: shard.gpu_device,
-        vram_bytes: shard.vram_bytes,
-        digest: shard.digest.clone(),
-        digest_algorithm: shard.digest_algorithm().to_string(),
-        backend: manager.backend_kind().to_string(),
-        simulated: manager.backend_kind() != BackendKind::Cuda,
-        device_name: device.name.clone(),
-        ecc_enabled: device.ecc_enabled,
-        memory_type: facts.memory_type.to_string(),
-        is_managed: facts.is_managed,
-        device_ordinal: facts.device_ordinal,
-        covers_shard: facts.covers_shard,
-        checks_passed: [
-            "seal signature",
-            "digest of resident bytes",
-            "allocation is device memory, not managed",
-            "allocation on the expected device and covers the shard",
-            "device has its own memory and no pageable access",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-        attested_at_ms: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-        nonce: hex::encode(nonce),
-        signature: String::new(),
-    };
-    attestation.signature = manager
-        .sign_statement(&attestation.statement_bytes())?
-        .to_hex();
-    Ok(attestation)
 }

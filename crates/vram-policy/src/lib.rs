@@ -1,19 +1,18 @@
 //! The VRAM-only policy: model bytes live in device memory and nowhere else.
 //!
-//! This crate provides:
-//! - [`rules`]: what disqualifies the environment (a known switch to unified memory); what
-//!   disqualifies a device (integrated GPU, pageable memory access, no unified addressing) is
-//!   `DeviceFacts::vram_only_problems`, shared with the manager's start-up check;
-//! - [`VramOnlyPolicy`]: `enforce_vram_only_policy`, `is_vram_only` and
-//!   `attest_vram_residency` on a [`VramManager`](vram_alloc::VramManager) (consumer contract §4).
-//!   A violation is a typed error and a critical audit event, and the manager then refuses to
-//!   seal or verify;
-//! - [`Attestation`]: a MAC-signed statement of where a shard lives, checked with
-//!   [`verify_attestation`] by anyone holding the seal key (`.specs/attestation.md`).
+//! This crate holds the policy's pure parts, with no GPU code and no manager:
+//! - [`rules`]: what disqualifies a device (integrated GPU, pageable memory access, no unified
+//!   addressing), an allocation (host, managed or simulated memory, another device, a range that
+//!   does not cover the shard) and the environment (a known switch to unified memory);
+//! - [`Attestation`]: the format of a MAC-signed statement of where a shard lives
+//!   (`.specs/attestation.md`), its decoder [`decode_statement`] and [`verify_attestation`], for
+//!   anyone holding the seal key;
+//! - [`PolicyReport`]: what a check found.
 //!
-//! The driver cannot be told to "disable" unified or zero-copy memory; the policy refuses them
-//! instead: per allocation on every seal and verify (in `vram-alloc`), per device and
-//! environment here.
+//! The power sits with the manager (`vram-alloc`): it applies these rules at start-up and on
+//! every seal and verification, enforces them (`enforce_vram_only_policy`), and signs
+//! attestations with its own key, only for shards it has just verified
+//! (`docs/adr/0005-policy-below-the-manager.md`).
 #![forbid(unsafe_code)]
 #![cfg_attr(
     test,
@@ -28,8 +27,10 @@
 )]
 
 mod attestation;
-mod enforcement;
+mod report;
 pub mod rules;
 
-pub use attestation::{ATTESTATION_VERSION, Attestation, verify_attestation};
-pub use enforcement::{PolicyFinding, PolicyReport, VramOnlyPolicy};
+pub use attestation::{
+    ATTESTATION_VERSION, Attestation, MAX_NONCE_BYTES, decode_statement, verify_attestation,
+};
+pub use report::{PolicyFinding, PolicyReport};

@@ -6,59 +6,70 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use vram_residency::{audit::InMemoryAuditSink, MockBackend, SealKey, VramConfig, VramError,
-//!                      VramManager, VramOnlyPolicy};
+//! use vram_residency::{audit::InMemoryAuditSink, MockBackend, SealKey, SealOptions, VramConfig,
+//!                      VramError, VramManager, verify_attestation};
 //!
-//! // On a GPU machine: VramManager::builder() without `.mock(..)` uses the GPU.
+//! // On a GPU machine: VramManager::builder() without `.mock(..)` uses every GPU.
 //! let audit = Arc::new(InMemoryAuditSink::new());
-//! let mock = Arc::new(MockBackend::with_capacity(64 << 20));
+//! let key = || SealKey::derive(b"worker-api-token-from-the-orchestrator", "worker-1");
 //! let manager = VramManager::builder()
-//!     .mock(mock.clone())
+//!     .mock(Arc::new(MockBackend::with_capacity(64 << 20)))
 //!     .config(VramConfig { worker_id: "worker-1".into(), ..VramConfig::default() })
-//!     .seal_key(SealKey::derive(b"worker-api-token-from-the-orchestrator", "worker-1")?)
+//!     .seal_key(key()?)
 //!     .audit_sink(audit.clone())
 //!     .build()?;
 //! manager.enforce_vram_only_policy()?; // at startup: refuse unified/zero-copy/pinned paths
 //!
-//! let shard = manager.seal_model_with_id("llama-3-8b.0", &vec![7u8; 5 << 20], 0)?;
+//! let bytes = vec![7u8; 5 << 20];
+//! let shard = manager.seal_from_source(&bytes.as_slice(), 0, &SealOptions::new().shard_id("llama.0"))?;
 //! manager.verify_sealed(&shard)?; // before every inference request
+//! let att = manager.attest_vram_residency(&shard, b"nonce-from-the-scheduler")?;
+//! verify_attestation(&key()?, &att, b"nonce-from-the-scheduler")?; // anyone with the key
 //!
-//! mock.corrupt_byte(&shard, 1234)?; // a bit flips in VRAM...
-//! assert!(matches!(manager.verify_sealed(&shard), Err(VramError::IntegrityViolation { .. })));
+//! let mut edited = shard.clone();
+//! edited.vram_bytes -= 1; // a sealed field changed after sealing...
+//! assert!(matches!(manager.verify_sealed(&edited), Err(VramError::SealVerificationFailed { .. })));
 //! assert!(manager.is_stopped()); // ...and the worker stops serving
 //! # Ok::<(), VramError>(())
 //! ```
 //!
 //! # Crate map
-//! This crate only re-exports: [`vram_types`] (types, errors, validation), [`vram_seal`]
-//! (digest, seal, key), [`vram_alloc`] (manager, backends, audit, metrics) and [`vram_policy`]
-//! (VRAM-only policy, attestation).
+//! This crate only re-exports, each item under one name: [`vram_types`] (types, errors,
+//! validation), [`vram_seal`] (digest, seal, key), [`vram_policy`] (the VRAM-only rules and the
+//! attestation format) and [`vram_alloc`] (the manager, the mock backend, audit, metrics).
+//! `public-api.txt` beside this crate lists every exported name; `cargo xtask ci` fails when
+//! the list and the exports differ, so an addition is seen in review.
 //!
 //! # Crate features
 //! - `serde` (off): `Serialize` for [`SealedShard`].
-//! - `test-utils` (off): [`test_utils`], and `SealedShard::set_seal_signature_for_tests`.
+//! - `test-utils` (off): the `test_utils` module (mock manager and shard for consumers' test
+//!   suites) and the mock backend's fault injection and corruption hooks. Never in production:
+//!   a default build has no way to write into a resident shard or forge a seal.
 #![forbid(unsafe_code)]
 
 #[doc(inline)]
 pub use vram_types::{
     AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, FileSource, GpuShare, KeyProblem,
-    MemoryType, ModelShardHandle, Result, SealFailure, SealSignature, SealedFields, SealedShard,
-    ShardId, ShardSource, VramConfig, VramError, validation,
+    LeafSize, MemoryType, ModelShardHandle, Result, SealFailure, SealSignature, SealedFields,
+    SealedShard, ShardAllocation, ShardId, ShardSource, VramConfig, VramError, validation,
 };
 
 #[doc(inline)]
 pub use vram_seal::{
-    SealKey, ShardDigest, compute_signature, digest as compute_digest, digest::DigestHasher,
-    verify_signature,
+    SealKey, ShardDigest, compute_signature, digest as compute_digest, verify_signature,
 };
 
-/// Digest building blocks: streaming, serial, and the tree's leaf functions.
+/// Digest building blocks beyond [`compute_digest`]: streaming, serial, from a source, and the
+/// tree's leaf functions (`.specs/digest.md`).
 pub mod digest {
     #[doc(inline)]
-    pub use vram_seal::digest::{
-        DigestHasher, ShardDigest, digest, digest_serial, digest_source, tree,
-    };
+    pub use vram_seal::digest::{DigestHasher, digest_serial, digest_source, tree};
 }
+
+#[doc(inline)]
+pub use vram_policy::{
+    Attestation, PolicyFinding, PolicyReport, decode_statement, rules, verify_attestation,
+};
 
 #[doc(inline)]
 pub use vram_alloc::{
@@ -67,13 +78,7 @@ pub use vram_alloc::{
 };
 
 #[doc(inline)]
-pub use vram_alloc::backend::MockBackend;
-
-#[doc(inline)]
-pub use vram_policy::{
-    Attestation, PolicyFinding, PolicyReport, VramOnlyPolicy, rules::environment_problems,
-    verify_attestation,
-};
+pub use vram_alloc::backend::{MockBackend, MockBuilder};
 
 /// Helpers for consumers' test suites (consumer contract §7.1).
 #[cfg(feature = "test-utils")]

@@ -23,8 +23,7 @@ use vram_residency::audit::{AuditEvent, InMemoryAuditSink, Severity};
 use vram_residency::validation::{DEFAULT_MAX_MODEL_BYTES, validate_model_size};
 use vram_residency::{
     AllocationFacts, Attestation, DeviceFacts, MemoryType, MockBackend, SealKey, SealSignature,
-    SealedShard, VramConfig, VramError, VramManager, VramOnlyPolicy, compute_digest,
-    verify_attestation,
+    SealedShard, VramConfig, VramError, VramManager, compute_digest, verify_attestation,
 };
 
 const MIB: usize = 1 << 20;

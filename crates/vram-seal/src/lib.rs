@@ -50,6 +50,7 @@
 )]
 
 pub mod digest;
+pub mod encoding;
 mod key;
 pub mod signature;
 

@@ -25,6 +25,7 @@ use hmac::{KeyInit, Mac};
 use sha2::Sha256;
 use vram_types::{SealFailure, SealSignature, SealedFields, VramError};
 
+use crate::encoding::{put_str, take, take_flag, take_str, take_u32, take_u64};
 use crate::key::SealKey;
 
 type HmacSha256 = hmac::Hmac<Sha256>;
@@ -82,12 +83,6 @@ pub fn encode_sealed_fields(fields: &SealedFields) -> Result<Vec<u8>, VramError>
     Ok(out)
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) -> Option<()> {
-    out.extend_from_slice(&u32::try_from(s.len()).ok()?.to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-    Some(())
-}
-
 /// Decodes [`encode_sealed_fields`]' output: proof that the encoding is injective, and a tool
 /// for auditors. Returns `None` for anything that is not exactly one canonical encoding.
 #[must_use]
@@ -98,7 +93,7 @@ pub fn decode_sealed_fields(input: &[u8]) -> Option<SealedFields> {
         return None;
     }
     let shard_id = take_str(r)?;
-    let gpu_device = u32::from_be_bytes(take(r, 4)?.try_into().ok()?);
+    let gpu_device = take_u32(r)?;
     let vram_bytes = usize::try_from(take_u64(r)?).ok()?;
     let digest_algorithm = take_str(r)?.parse().ok()?;
     let digest = take_str(r)?;
@@ -106,7 +101,7 @@ pub fn decode_sealed_fields(input: &[u8]) -> Option<SealedFields> {
         false => None,
         true => {
             let secs = take_u64(r)?;
-            let nanos = u32::from_be_bytes(take(r, 4)?.try_into().ok()?);
+            let nanos = take_u32(r)?;
             if nanos >= 1_000_000_000 {
                 return None;
             }
@@ -130,29 +125,6 @@ pub fn decode_sealed_fields(input: &[u8]) -> Option<SealedFields> {
     };
     // Only canonical encodings decode (e.g. the algorithm id must be spelled as we spell it).
     (encode_sealed_fields(&fields).ok()? == input).then_some(fields)
-}
-
-fn take<'a>(r: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-    let (head, tail) = r.split_at_checked(n)?;
-    *r = tail;
-    Some(head)
-}
-
-fn take_u64(r: &mut &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(take(r, 8)?.try_into().ok()?))
-}
-
-fn take_str(r: &mut &[u8]) -> Option<String> {
-    let len = usize::try_from(u32::from_be_bytes(take(r, 4)?.try_into().ok()?)).ok()?;
-    String::from_utf8(take(r, len)?.to_vec()).ok()
-}
-
-fn take_flag(r: &mut &[u8]) -> Option<bool> {
-    match take(r, 1)?.first()? {
-        0 => Some(false),
-        1 => Some(true),
-        _ => None,
-    }
 }
 
 fn take_opt_usize(r: &mut &[u8]) -> Option<Option<usize>> {

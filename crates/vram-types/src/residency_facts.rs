@@ -1,5 +1,5 @@
 //! Facts a backend reports about a device and about one allocation: the evidence the VRAM-only
-//! policy decides on and an attestation records. The values come from the CUDA driver
+//! policy decides on (`vram-policy::rules`) and an attestation records. The values come from the CUDA driver
 //! (`cuDeviceGetAttribute`, `cuPointerGetAttributes`) or from the mock backend's simulation.
 
 use std::fmt;
@@ -76,34 +76,6 @@ impl DeviceFacts {
     }
 }
 
-impl DeviceFacts {
-    /// Why this device cannot hold VRAM-only shards; empty when it can. Pageable memory access
-    /// (HMM/ATS) is a problem unless `allow_pageable_memory_access`.
-    #[must_use]
-    pub fn vram_only_problems(&self, allow_pageable_memory_access: bool) -> Vec<String> {
-        let mut problems = Vec::new();
-        if self.integrated {
-            problems.push(
-                "integrated GPU: it has no memory of its own, every allocation is host RAM"
-                    .to_owned(),
-            );
-        }
-        if self.pageable_memory_access && !allow_pageable_memory_access {
-            problems.push(
-                "pageable memory access (HMM/ATS) is on: kernels can read host RAM without any CUDA allocation"
-                    .to_owned(),
-            );
-        }
-        if !self.unified_addressing {
-            problems.push(
-                "no unified addressing: allocations cannot be checked pointer by pointer"
-                    .to_owned(),
-            );
-        }
-        problems
-    }
-}
-
 /// Where an allocation's bytes live, as the driver reports it (`CU_POINTER_ATTRIBUTE_MEMORY_TYPE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -176,99 +148,5 @@ impl AllocationFacts {
             device_ordinal,
             covers_shard,
         }
-    }
-
-    /// Why these facts do not describe device-only memory of `expected_device` holding the
-    /// whole shard; `None` when they do. The mock's simulated memory passes only with
-    /// `allow_simulated` (a manager built on the mock on purpose).
-    #[must_use]
-    pub fn residency_problem(&self, expected_device: u32, allow_simulated: bool) -> Option<String> {
-        match self.memory_type {
-            MemoryType::Device => {}
-            MemoryType::Simulated if allow_simulated => {}
-            other => return Some(format!("allocation is {other} memory, not device memory")),
-        }
-        if self.is_managed {
-            return Some(
-                "allocation is managed (unified) memory, which can migrate to host RAM".into(),
-            );
-        }
-        if self.device_ordinal != expected_device {
-            return Some(format!(
-                "allocation belongs to GPU {}, expected GPU {expected_device}",
-                self.device_ordinal
-            ));
-        }
-        if !self.covers_shard {
-            return Some("allocation range does not cover the whole shard".into());
-        }
-        None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn discrete_gpu_passes_and_each_bad_device_fact_is_named() {
-        let good = DeviceFacts::discrete(0, "gpu", 1 << 30);
-        assert!(good.vram_only_problems(false).is_empty());
-        let integrated = DeviceFacts {
-            integrated: true,
-            ..good.clone()
-        };
-        assert!(integrated.vram_only_problems(false)[0].contains("integrated"));
-        let hmm = DeviceFacts {
-            pageable_memory_access: true,
-            ..good.clone()
-        };
-        assert!(hmm.vram_only_problems(false)[0].contains("pageable"));
-        assert!(
-            hmm.vram_only_problems(true).is_empty(),
-            "allowed explicitly"
-        );
-        let no_uva = DeviceFacts {
-            unified_addressing: false,
-            ..good
-        };
-        assert!(no_uva.vram_only_problems(false)[0].contains("unified addressing"));
-    }
-
-    #[test]
-    fn only_plain_device_memory_of_the_right_device_passes() {
-        assert_eq!(AllocationFacts::device(2).residency_problem(2, false), None);
-        let managed = AllocationFacts::new(MemoryType::Device, true, 0, true);
-        assert!(
-            managed
-                .residency_problem(0, false)
-                .unwrap()
-                .contains("managed")
-        );
-        let pinned = AllocationFacts::new(MemoryType::Host, false, 0, true);
-        assert!(
-            pinned
-                .residency_problem(0, false)
-                .unwrap()
-                .contains("host memory")
-        );
-        let malloc = AllocationFacts::new(MemoryType::Unregistered, false, 0, false);
-        assert!(malloc.residency_problem(0, false).is_some());
-        assert!(
-            AllocationFacts::device(1)
-                .residency_problem(0, false)
-                .unwrap()
-                .contains("GPU 1")
-        );
-        let partial = AllocationFacts::new(MemoryType::Device, false, 0, false);
-        assert!(
-            partial
-                .residency_problem(0, false)
-                .unwrap()
-                .contains("cover")
-        );
-        let simulated = AllocationFacts::new(MemoryType::Simulated, false, 0, true);
-        assert!(simulated.residency_problem(0, false).is_some());
-        assert_eq!(simulated.residency_problem(0, true), None);
     }
 }

@@ -19,7 +19,7 @@ use super::{
     Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, MemoryInfo, Sealed,
     UPLOAD_CHUNK_BYTES, device_at, round_up,
 };
-use crate::resident::ResidentAllocation;
+use crate::manager::resident::ResidentAllocation;
 use crate::sync::{lock, read, write};
 
 #[derive(Debug)]

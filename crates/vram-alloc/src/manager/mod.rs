@@ -1,5 +1,7 @@
 //! `VramManager`: the public face of sealing, verification and capacity.
 
+mod policy;
+pub(crate) mod resident;
 mod seal;
 mod seal_options;
 mod shared;
@@ -7,10 +9,11 @@ mod verify;
 
 use std::sync::Arc;
 
+use vram_policy::rules;
 use vram_seal::SealKey;
 use vram_types::{
-    AllocationFacts, BackendKind, DeviceFacts, GpuShare, SealSignature, SealedShard,
-    ShardAllocation, ShardSource, VramConfig, VramError,
+    AllocationFacts, BackendKind, DeviceFacts, GpuShare, SealedShard, ShardAllocation, ShardSource,
+    VramConfig, VramError,
 };
 
 use crate::audit::{AuditEvent, AuditSink, InMemoryAuditSink};
@@ -121,7 +124,7 @@ fn check_devices_at_start(shared: &Shared) -> Result<(), VramError> {
     let correlation_id = shared.next_correlation_id();
     for device in 0..shared.backend.device_count() {
         let facts = shared.backend.device_facts(device)?;
-        let problems = facts.vram_only_problems(shared.config.allow_pageable_memory_access);
+        let problems = rules::device_problems(&facts, shared.config.allow_pageable_memory_access);
         if problems.is_empty() {
             tracing::info!(gpu_device = device, name = %facts.name, ecc_enabled = ?facts.ecc_enabled, "GPU accepted for VRAM-only shards");
             shared.emit(
@@ -463,29 +466,6 @@ impl VramManager {
             .allocation_facts(resident.buffer(), resident.len())
     }
 
-    /// Allocation facts of every live shard: `(shard id, device, facts)`.
-    #[must_use]
-    pub fn live_allocation_facts(&self) -> Vec<(String, u32, Result<AllocationFacts, VramError>)> {
-        self.shared
-            .live()
-            .iter()
-            .map(|r| {
-                (
-                    r.shard_id().to_owned(),
-                    r.device(),
-                    self.shared.backend.allocation_facts(r.buffer(), r.len()),
-                )
-            })
-            .collect()
-    }
-
-    /// Stops the manager: every later seal and verification fails with [`VramError::Stopped`].
-    /// The policy crate calls it on a violation; the manager calls it after a failed
-    /// verification when so configured.
-    pub fn stop(&self, reason: &str) {
-        self.shared.stop(reason);
-    }
-
     /// Whether the manager stopped, and why.
     #[must_use]
     pub fn stop_reason(&self) -> Option<String> {
@@ -496,13 +476,6 @@ impl VramManager {
     #[must_use]
     pub fn is_stopped(&self) -> bool {
         self.shared.stop_reason().is_some()
-    }
-
-    /// Emits an audit event under a fresh correlation id (for the policy crate); returns the id.
-    pub fn record_audit_event(&self, event: AuditEvent) -> String {
-        let id = self.shared.next_correlation_id();
-        self.shared.emit(&id, event);
-        id
     }
 
     /// Inverts one resident byte of `shard` behind the manager's back, on any backend: the
@@ -555,13 +528,5 @@ impl VramManager {
         let value = result?;
         freed?;
         Ok(value)
-    }
-
-    /// MACs a statement (an attestation) under the seal key, domain-separated from seals.
-    ///
-    /// # Errors
-    /// [`VramError::Unreachable`] only.
-    pub fn sign_statement(&self, statement: &[u8]) -> Result<SealSignature, VramError> {
-        vram_seal::signature::sign_statement(&self.shared.key, statement)
     }
 }

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use vram_policy::rules;
 use vram_seal::{ShardDigest, compute_signature};
 use vram_types::validation::{validate_gpu_device, validate_model_size};
 use vram_types::{
@@ -20,7 +21,7 @@ use super::shared::{Claim, Shared};
 use crate::audit::AuditEvent;
 use crate::backend::{BufferId, ChunkObserver, round_up};
 use crate::capacity::Reservation;
-use crate::resident::ResidentAllocation;
+use crate::manager::resident::ResidentAllocation;
 
 /// What the caller asked to seal.
 pub(super) struct SealRequest<'a> {
@@ -283,7 +284,7 @@ pub(super) fn check_residency(
 ) -> Result<(), VramError> {
     let facts = shared.backend.allocation_facts(buffer, len)?;
     let allow_simulated = shared.backend.kind() == BackendKind::Mock;
-    let Some(reason) = facts.residency_problem(device, allow_simulated) else {
+    let Some(reason) = rules::allocation_problem(&facts, device, allow_simulated) else {
         return Ok(());
     };
     let ecc_enabled = shared

@@ -13,8 +13,8 @@ use vram_types::{VramConfig, VramError};
 use crate::audit::{AuditEvent, AuditRecord, AuditSink, Severity};
 use crate::backend::{Backend, BufferId};
 use crate::capacity::DeviceCapacity;
+use crate::manager::resident::ResidentAllocation;
 use crate::metrics::{DeviceUsage, Metrics};
-use crate::resident::ResidentAllocation;
 use crate::sync::lock;
 
 #[derive(Debug, Default)]

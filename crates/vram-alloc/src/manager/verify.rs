@@ -11,7 +11,7 @@ use vram_types::{GpuShare, SealedShard, ShardAllocation, VramError};
 use super::seal::check_residency;
 use super::shared::Shared;
 use crate::audit::AuditEvent;
-use crate::resident::ResidentAllocation;
+use crate::manager::resident::ResidentAllocation;
 
 /// The shard's allocation, if this manager made it.
 pub(super) fn owned<'a>(

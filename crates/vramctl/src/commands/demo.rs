@@ -7,7 +7,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
-use vram_residency::{VramError, VramOnlyPolicy};
+use vram_residency::VramError;
 
 use crate::cli::{BackendArgs, BackendChoice};
 use crate::commands::seal::shard_id_for;

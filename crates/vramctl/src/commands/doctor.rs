@@ -1,7 +1,8 @@
 //! `vramctl doctor`: the GPUs found, and whether each can hold VRAM-only shards, with reasons.
 
 use serde_json::json;
-use vram_residency::{VramError, environment_problems, probe_gpus};
+use vram_residency::rules::{device_problems, environment_problems};
+use vram_residency::{VramError, probe_gpus};
 
 use crate::error::{CliError, CliResult, Exit};
 use crate::output::{Output, human_bytes};
@@ -24,7 +25,7 @@ pub(crate) fn run(out: Output) -> CliResult<Exit> {
     let mut usable = 0usize;
     let mut report = Vec::new();
     for d in &devices {
-        let problems = d.vram_only_problems(false);
+        let problems = device_problems(d, false);
         let ok = problems.is_empty() && environment.is_empty();
         usable = usable.saturating_add(usize::from(ok));
         let ecc = match d.ecc_enabled {

@@ -12,7 +12,6 @@ use serde_json::json;
 use vram_residency::digest::digest_source;
 use vram_residency::{
     DigestAlgorithm, FileSource, SealOptions, SealedShard, ShardDigest, ShardSource, VramError,
-    VramOnlyPolicy,
 };
 
 use crate::cli::{BackendArgs, BackendChoice, SealArgs};

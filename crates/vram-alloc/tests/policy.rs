@@ -13,7 +13,7 @@ use std::sync::Arc;
 use vram_alloc::VramManager;
 use vram_alloc::audit::{AuditEvent, InMemoryAuditSink, Severity};
 use vram_alloc::backend::MockBackend;
-use vram_policy::{VramOnlyPolicy, verify_attestation};
+use vram_policy::verify_attestation;
 use vram_seal::SealKey;
 use vram_types::{AllocationFacts, DeviceFacts, MemoryType, VramConfig, VramError};
 

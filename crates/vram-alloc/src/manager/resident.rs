@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use vram_types::ShardAllocation;
 
+use super::Shared;
 use crate::audit::AuditEvent;
 use crate::backend::BufferId;
 use crate::capacity::Reservation;
-use crate::manager::Shared;
 
 /// A shard's device allocation, owned by the manager that made it.
-pub struct ResidentAllocation {
+pub(crate) struct ResidentAllocation {
     shared: Arc<Shared>,
     buffer: BufferId,
     device: u32,
@@ -57,8 +57,7 @@ impl ResidentAllocation {
     }
 
     /// Bytes taken on the device, granularity included.
-    #[must_use]
-    pub fn reserved_bytes(&self) -> usize {
+    pub(crate) fn reserved_bytes(&self) -> usize {
         self.reservation.as_ref().map_or(0, Reservation::bytes)
     }
 }
