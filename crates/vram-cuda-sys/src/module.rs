@@ -1,5 +1,7 @@
-//! Loading PTX and launching kernels: synchronously on the default stream (tests), or queued on a
-//! stream of the caller's (the digest kernels, [`crate::tree_digest`]).
+//! Loading PTX and launching kernels. The crate's own kernels ([`crate::tree_digest`]) launch
+//! through a crate-private path; launching arbitrary kernels on arbitrary buffers (a way to
+//! write into any allocation) is public only with the `test-utils` feature, for tests and the
+//! benchmarks.
 
 use std::ffi::{CString, c_void};
 use std::sync::Arc;
@@ -10,7 +12,9 @@ use vram_types::VramError;
 
 use crate::device::Device;
 use crate::error::CudaError;
+#[cfg(feature = "test-utils")]
 use crate::memory::DeviceBuffer;
+#[cfg(feature = "test-utils")]
 use crate::stream::Stream;
 
 /// A loaded module (`cuModuleLoadData`), unloaded on drop.
@@ -25,6 +29,7 @@ unsafe impl Send for Module {}
 // SAFETY: as above; functions are only looked up and launched through driver calls.
 unsafe impl Sync for Module {}
 
+#[cfg(feature = "test-utils")]
 /// A kernel argument.
 #[derive(Debug, Clone, Copy)]
 pub enum KernelArg<'a> {
@@ -64,6 +69,7 @@ impl Module {
             .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "cuModuleGetFunction"))
     }
 
+    #[cfg(feature = "test-utils")]
     /// Launches kernel `name` on the default stream and waits for it.
     ///
     /// # Errors
@@ -87,6 +93,7 @@ impl Module {
         self.device.synchronize()
     }
 
+    #[cfg(feature = "test-utils")]
     /// Queues kernel `name` on `stream` with a `grid.0 x grid.1` grid and returns without
     /// waiting (errors of the kernel itself surface when the stream is synchronised).
     ///
@@ -119,6 +126,7 @@ impl Module {
         unsafe { self.launch_raw(function, grid, block, &values, stream.raw()) }
     }
 
+    #[cfg(feature = "test-utils")]
     fn arg_values(&self, args: &[KernelArg<'_>]) -> Result<Vec<u64>, VramError> {
         let ordinal = self.device.ordinal();
         args.iter()

@@ -13,6 +13,7 @@ use vram_types::{AllocationFacts, MemoryType, VramError};
 use crate::device::Device;
 use crate::error::CudaError;
 
+#[cfg(feature = "test-utils")]
 /// Facts of host memory that CUDA does not know (plain `malloc` or a stack array), as the pointer
 /// check sees it.
 ///

@@ -56,7 +56,7 @@ pub use vram_types::{
 
 #[doc(inline)]
 pub use vram_seal::{
-    SealKey, ShardDigest, compute_signature, digest as compute_digest, verify_signature,
+    SealKey, ShardDigest, compute_signature, digest::digest as compute_digest, verify_signature,
 };
 
 /// Digest building blocks beyond [`compute_digest`]: streaming, serial, from a source, and the

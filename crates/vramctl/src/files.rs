@@ -5,9 +5,8 @@ use std::io::{ErrorKind, Read};
 use std::path::Path;
 
 use crate::error::{CliError, CliResult};
-use crate::output::Output;
 
-/// Read granularity (and progress step).
+/// Read granularity of `vramctl digest` (and its progress step).
 pub(crate) const READ_CHUNK: usize = 64 << 20;
 
 /// Opens `path` as a regular, non-empty, readable file; returns it with its length.
@@ -72,40 +71,4 @@ pub(crate) fn read_head(path: &Path, file: &File, len: u64) -> CliResult<Vec<u8>
         .min(HEADER_PREFIX_MAX);
     head.extend(read(n.min(len.saturating_sub(8)))?);
     Ok(head)
-}
-
-/// Reads a whole model file into memory, with a progress bar.
-pub(crate) fn read_model(path: &Path, out: Output) -> CliResult<Vec<u8>> {
-    let (mut file, len) = open_model(path)?;
-    let size = usize::try_from(len)
-        .map_err(|_| CliError::file(path, "is too large for this machine", "use a 64-bit host"))?;
-    let mut bytes = Vec::new();
-    bytes.try_reserve_exact(size).map_err(|_| {
-        CliError::file(
-            path,
-            &format!("needs {size} bytes of host memory, which are not available"),
-            "free host memory",
-        )
-    })?;
-    let bar = out.progress(len, "reading");
-    let mut chunk = vec![0u8; READ_CHUNK.min(size)];
-    loop {
-        let n = file
-            .read(&mut chunk)
-            .map_err(|e| CliError::file(path, &format!("read failed ({e})"), "check the disk"))?;
-        let Some(piece) = chunk.get(..n).filter(|p| !p.is_empty()) else {
-            break;
-        };
-        bytes.extend_from_slice(piece);
-        bar.inc(u64::try_from(n).unwrap_or(0));
-    }
-    bar.finish_and_clear();
-    if bytes.len() != size {
-        return Err(CliError::file(
-            path,
-            "changed size while being read",
-            "retry once it is complete",
-        ));
-    }
-    Ok(bytes)
 }

@@ -15,6 +15,10 @@ pub(crate) struct Session {
     /// One line saying which backend holds the shards, and why.
     pub(crate) backend_note: String,
     /// The in-memory audit trail, when no audit file was asked for.
+    #[cfg_attr(
+        not(feature = "demo"),
+        allow(dead_code, reason = "read by the demo only")
+    )]
     pub(crate) memory_audit: Option<Arc<InMemoryAuditSink>>,
 }
 

@@ -3,23 +3,23 @@
 //! It is a test double and says so: its allocations report [`MemoryType::Simulated`], its kind is
 //! [`BackendKind::Mock`], and a manager built without it never falls back to it. It simulates
 //! several devices and capacities, the 2 MiB allocation granularity of `cuMemAlloc`, device
-//! properties (unified memory, integrated GPU, ...), faults (fail the next allocation, copy or
-//! free) and VRAM corruption (flip a byte of a resident shard).
+//! properties (unified memory, integrated GPU, ...), and, with the `test-utils` feature only,
+//! faults (fail the next allocation, copy or free) and VRAM corruption (flip a byte of a
+//! resident shard): a default build cannot inject either.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use vram_seal::ShardDigest;
 use vram_types::{
-    AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, GpuShare, MemoryType, SealedShard,
-    ShardAllocation, ShardSource, VramError,
+    AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, GpuShare, MemoryType, ShardSource,
+    VramError,
 };
 
 use super::{
     Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, MemoryInfo, Sealed,
     UPLOAD_CHUNK_BYTES, device_at, round_up,
 };
-use crate::manager::resident::ResidentAllocation;
 use crate::sync::{lock, read, write};
 
 #[derive(Debug)]
@@ -124,27 +124,32 @@ impl MockBackend {
         Self::builder().device(capacity).build()
     }
 
+    #[cfg(feature = "test-utils")]
     /// The next `n` allocations fail with a CUDA allocation error.
     pub fn fail_next_allocations(&self, n: u32) {
         lock(&self.faults).fail_allocations = n;
     }
 
+    #[cfg(feature = "test-utils")]
     /// The next `n` host-to-device copies (uploads) fail.
     pub fn fail_next_uploads(&self, n: u32) {
         lock(&self.faults).fail_uploads = n;
     }
 
+    #[cfg(feature = "test-utils")]
     /// The next `n` reads of resident bytes (the digest's read-back) fail.
     pub fn fail_next_reads(&self, n: u32) {
         lock(&self.faults).fail_reads = n;
     }
 
+    #[cfg(feature = "test-utils")]
     /// The next `n` frees fail (the memory is still released, as a failed `cuMemFree` leaves
     /// nothing the process can use).
     pub fn fail_next_frees(&self, n: u32) {
         lock(&self.faults).fail_frees = n;
     }
 
+    #[cfg(feature = "test-utils")]
     /// The next allocation reports these facts (simulates managed, pinned or host memory).
     pub fn next_allocation_reports(&self, facts: AllocationFacts) {
         lock(&self.faults).next_allocation_facts = Some(facts);
@@ -162,13 +167,21 @@ impl MockBackend {
         Ok(())
     }
 
+    #[cfg(feature = "test-utils")]
     /// Flips every bit of the resident byte at `offset` of `shard`, behind the manager's back
     /// (simulated VRAM corruption).
     ///
     /// # Errors
     /// [`VramError::NotSealed`] when the shard has no allocation in this backend,
     /// [`VramError::InvalidInput`] when `offset` is outside the shard.
-    pub fn corrupt_byte(&self, shard: &SealedShard, offset: usize) -> Result<(), VramError> {
+    pub fn corrupt_byte(
+        &self,
+        shard: &vram_types::SealedShard,
+        offset: usize,
+    ) -> Result<(), VramError> {
+        use crate::manager::resident::ResidentAllocation;
+        use vram_types::ShardAllocation;
+
         let not_sealed = || VramError::NotSealed {
             shard_id: shard.shard_id.clone(),
         };
@@ -186,6 +199,7 @@ impl MockBackend {
             .map_err(|_| not_sealed())
     }
 
+    #[cfg(feature = "test-utils")]
     /// Inverts one byte of a buffer.
     fn flip(&self, buffer: BufferId, offset: usize) -> Result<(), VramError> {
         let b = self.buffer(buffer)?;

@@ -14,7 +14,7 @@ use crate::commands::seal::shard_id_for;
 use crate::error::{CliError, CliResult, Exit};
 use crate::formats::recognise;
 use crate::output::{Output, human_bytes};
-use crate::{files, session};
+use crate::session;
 
 /// Writes a small model: three f32 tensors, 5 MiB of parameters, deterministic values.
 fn write_sample_model(path: &Path) -> CliResult<()> {
@@ -62,7 +62,8 @@ pub(crate) fn run(out: Output, backend: &BackendArgs) -> CliResult<Exit> {
         .map_err(|e| CliError::bad_input(format!("cannot create a temporary directory: {e}")))?;
     let path = dir.path().join("demo-model.safetensors");
     write_sample_model(&path)?;
-    let bytes = files::read_model(&path, out)?;
+    let bytes = std::fs::read(&path)
+        .map_err(|e| CliError::file(&path, &format!("cannot be read ({e})"), "report a bug"))?;
     let format = recognise(&path, &bytes, bytes.len() as u64)
         .map_err(|e| CliError::file(&path, &e, "report a bug"))?;
     out.result(format!(
