@@ -4,13 +4,34 @@
 //! - [`VramManager`]: seal (validate → reserve capacity → allocate → upload → digest the
 //!   resident bytes → seal → audit), verify, capacity queries and metrics; `Send + Sync`;
 //! - [`backend`]: the [`Backend`](backend::Backend) trait (sealed: only this crate's backends
-//!   can claim memory is VRAM) and the [`MockBackend`](backend::MockBackend) test double with
-//!   fault injection and simulated corruption;
+//!   can claim memory is VRAM) and the [`MockBackend`](backend::MockBackend) test double (fault
+//!   injection and simulated corruption with the `test-utils` feature only);
+//! - the VRAM-only policy, applied with `vram-policy`'s rules: `enforce_vram_only_policy`,
+//!   `is_vram_only`, `policy_report` and `attest_vram_residency` on the manager;
 //! - [`audit`]: audit events, an in-memory sink and a hash-chained JSON-lines file sink;
 //! - [`VramMetrics`]: the contract's metrics, rendered as Prometheus text by `prometheus-client`.
 //!
 //! VRAM is released exactly once, when the last clone of a shard is dropped
 //! (`docs/adr/0002-shard-ownership.md`).
+//!
+//! A manager is no signing oracle and no audit pen. Whoever holds one can have it attest only a
+//! shard it has just verified, and cannot make it sign a statement, write an audit record of
+//! its choosing, or stop it at will (none of these compile):
+//!
+//! ```compile_fail
+//! let m = vram_alloc::VramManager::with_capacity(64 << 20);
+//! let _ = m.sign_statement(b"backend=cuda simulated=false");
+//! ```
+//! ```compile_fail
+//! use vram_alloc::audit::AuditEvent;
+//! let m = vram_alloc::VramManager::with_capacity(64 << 20);
+//! m.record_audit_event(AuditEvent::SealVerified { shard_id: "forged".into(), gpu_device: 0 });
+//! ```
+//! ```compile_fail
+//! let m = vram_alloc::VramManager::with_capacity(64 << 20);
+//! m.stop("because I said so");
+//! let _ = m.live_allocation_facts();
+//! ```
 //!
 //! ```
 //! use vram_alloc::VramManager;

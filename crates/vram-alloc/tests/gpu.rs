@@ -228,3 +228,18 @@ fn four_threads_seal_and_verify_with_exact_accounting() {
     drop(live);
     assert_eq!(m.used_vram(), 0);
 }
+
+#[test]
+#[ignore = "needs a GPU: VRAM_TEST_GPU=1, --include-ignored"]
+fn debug_output_on_cuda_shows_counts_never_pointers() {
+    let (m, _) = gpu(VramConfig::default());
+    let shard = m.seal_model(&bytes(64 * MIB, 7), 0).unwrap();
+    let text = format!("{m:?} {shard:?}");
+    println!("{text}");
+    assert!(text.len() < 600, "{text}");
+    assert!(!text.contains("0x"), "{text}");
+    assert!(
+        text.contains("backend: \"cuda\"") && text.contains("live_shards: 1"),
+        "{text}"
+    );
+}

@@ -532,3 +532,36 @@ fn the_naive_path_is_measured_and_leaves_nothing_behind() {
     assert!(r.manager.measure_naive_path(&model(MIB, 1), 0).is_err());
     assert_eq!((r.manager.used_vram(), r.mock.live_allocations()), (0, 0));
 }
+
+#[test]
+fn debug_output_shows_counts_never_bytes_keys_or_pointers() {
+    let r = rig(256 * MIB);
+    let shard = r.manager.seal_model(&model(64 * MIB, 0xAB), 0).unwrap();
+    for text in [
+        format!("{:?}", r.manager),
+        format!("{:#?}", r.manager),
+        format!("{:?}", r.mock),
+        format!("{shard:?}"),
+        format!("{:?}", vram_alloc::VramManager::builder()),
+    ] {
+        assert!(
+            text.len() < 600,
+            "{} bytes of Debug: {text:.200}",
+            text.len()
+        );
+        assert!(!text.contains("0x"), "{text}");
+        assert!(
+            !text.contains("171, 171"),
+            "model bytes in Debug: {text:.200}"
+        );
+    }
+    let text = format!("{:?}", r.manager);
+    for needle in [
+        "backend: \"mock\"",
+        "devices: 1",
+        "live_shards: 1",
+        "stopped: false",
+    ] {
+        assert!(text.contains(needle), "{text}");
+    }
+}

@@ -14,12 +14,15 @@ use crate::driver::Driver;
 use crate::error::CudaError;
 
 /// A CUDA device with its retained primary context.
-#[derive(Debug)]
 pub struct Device {
     ordinal: u32,
     handle: CUdevice,
     ctx: CUcontext,
 }
+
+crate::debug_without_pointers!(Device {
+    ordinal: |d: &Device| d.ordinal
+});
 
 // SAFETY: a CUcontext is a driver handle, valid on every thread of the process; the driver
 // serialises access internally, and this type never dereferences it.

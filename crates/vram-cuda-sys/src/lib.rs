@@ -25,6 +25,22 @@
     unsafe_op_in_unsafe_fn
 )]
 
+/// `Debug` that names the device and, where given, other plain fields: never a device pointer or
+/// a driver handle (the contract keeps them private, and a log line must not carry one).
+macro_rules! debug_without_pointers {
+    ($ty:ident { $($field:ident: $value:expr),* $(,)? }) => {
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                #[allow(clippy::redundant_closure_call, reason = "one accessor per field")]
+                f.debug_struct(stringify!($ty))
+                    $(.field(stringify!($field), &($value)(self)))*
+                    .finish_non_exhaustive()
+            }
+        }
+    };
+}
+pub(crate) use debug_without_pointers;
+
 pub mod device;
 pub mod driver;
 mod error;

@@ -23,12 +23,16 @@ fn range_error(device: u32, operation: &'static str) -> VramError {
 }
 
 /// Device memory from `cuMemAlloc`. Freed on drop; [`DeviceBuffer::free`] reports errors.
-#[derive(Debug)]
 pub struct DeviceBuffer {
     device: Arc<Device>,
     ptr: Option<CUdeviceptr>,
     len: usize,
 }
+
+crate::debug_without_pointers!(DeviceBuffer {
+    device: |b: &DeviceBuffer| b.device.ordinal(),
+    len: |b: &DeviceBuffer| b.len
+});
 
 impl DeviceBuffer {
     /// Allocates `len` bytes on `device`.
@@ -174,12 +178,16 @@ impl Drop for DeviceBuffer {
 }
 
 /// Page-locked host memory from `cuMemAllocHost`: fast DMA, and never model storage.
-#[derive(Debug)]
 pub struct PinnedBuffer {
     device: Arc<Device>,
     ptr: *mut u8,
     len: usize,
 }
+
+crate::debug_without_pointers!(PinnedBuffer {
+    device: |b: &PinnedBuffer| b.device.ordinal(),
+    len: |b: &PinnedBuffer| b.len
+});
 
 // SAFETY: the buffer exclusively owns its allocation; `&mut self` guards every write.
 unsafe impl Send for PinnedBuffer {}
@@ -237,12 +245,17 @@ impl Drop for PinnedBuffer {
 #[cfg(feature = "test-utils")]
 /// Managed (unified) memory from `cuMemAllocManaged`: claims to be device memory but migrates
 /// to host RAM. Exists so tests can show the policy refuses it.
-#[derive(Debug)]
 pub struct ManagedBuffer {
     device: Arc<Device>,
     ptr: CUdeviceptr,
     len: usize,
 }
+
+#[cfg(feature = "test-utils")]
+crate::debug_without_pointers!(ManagedBuffer {
+    device: |b: &ManagedBuffer| b.device.ordinal(),
+    len: |b: &ManagedBuffer| b.len
+});
 
 #[cfg(feature = "test-utils")]
 impl ManagedBuffer {
@@ -293,12 +306,17 @@ impl Drop for ManagedBuffer {
 #[cfg(feature = "test-utils")]
 /// Zero-copy host memory mapped into the device's address space (`cuMemHostAlloc` with
 /// `DEVICEMAP`). Exists so tests can show the policy refuses it.
-#[derive(Debug)]
 pub struct MappedHostBuffer {
     device: Arc<Device>,
     ptr: *mut c_void,
     len: usize,
 }
+
+#[cfg(feature = "test-utils")]
+crate::debug_without_pointers!(MappedHostBuffer {
+    device: |b: &MappedHostBuffer| b.device.ordinal(),
+    len: |b: &MappedHostBuffer| b.len
+});
 
 #[cfg(feature = "test-utils")]
 impl MappedHostBuffer {
@@ -342,12 +360,17 @@ impl Drop for MappedHostBuffer {
 #[cfg(feature = "test-utils")]
 /// Ordinary host memory registered with `cuMemHostRegister`. Exists so tests can show the
 /// policy refuses it.
-#[derive(Debug)]
 pub struct RegisteredHostBuffer {
     device: Arc<Device>,
     bytes: Vec<u8>,
     registered: bool,
 }
+
+#[cfg(feature = "test-utils")]
+crate::debug_without_pointers!(RegisteredHostBuffer {
+    device: |b: &RegisteredHostBuffer| b.device.ordinal(),
+    len: |b: &RegisteredHostBuffer| b.bytes.len()
+});
 
 #[cfg(feature = "test-utils")]
 impl RegisteredHostBuffer {

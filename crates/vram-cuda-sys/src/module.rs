@@ -18,11 +18,14 @@ use crate::memory::DeviceBuffer;
 use crate::stream::Stream;
 
 /// A loaded module (`cuModuleLoadData`), unloaded on drop.
-#[derive(Debug)]
 pub struct Module {
     device: Arc<Device>,
     module: CUmodule,
 }
+
+crate::debug_without_pointers!(Module {
+    device: |m: &Module| m.device.ordinal()
+});
 
 // SAFETY: a CUmodule is a driver handle valid on every thread of the context's process.
 unsafe impl Send for Module {}

@@ -23,11 +23,14 @@ pub enum StreamPriority {
 }
 
 /// A non-blocking stream of one device, destroyed on drop.
-#[derive(Debug)]
 pub struct Stream {
     device: Arc<Device>,
     raw: CUstream,
 }
+
+crate::debug_without_pointers!(Stream {
+    device: |s: &Stream| s.device.ordinal()
+});
 
 // SAFETY: a CUstream is a driver handle usable from any thread of the process; the driver
 // serialises work submitted to it.
@@ -93,12 +96,16 @@ impl Drop for Stream {
 }
 
 /// An event without timing, for "has the work before this point finished".
-#[derive(Debug)]
 pub(crate) struct Event {
     device: Arc<Device>,
     raw: CUevent,
     recorded: bool,
 }
+
+crate::debug_without_pointers!(Event {
+    device: |e: &Event| e.device.ordinal(),
+    recorded: |e: &Event| e.recorded
+});
 
 // SAFETY: a CUevent is a driver handle usable from any thread; `&mut self` serialises record.
 unsafe impl Send for Event {}

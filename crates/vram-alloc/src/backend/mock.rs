@@ -46,7 +46,6 @@ struct Faults {
 }
 
 /// Simulated GPUs in host memory. Share it with `Arc` to keep a handle for fault injection.
-#[derive(Debug)]
 pub struct MockBackend {
     devices: Vec<MockDevice>,
     granularity: usize,
@@ -105,6 +104,17 @@ impl MockBuilder {
             buffers: BufferTable::default(),
             faults: Mutex::new(Faults::default()),
         }
+    }
+}
+
+impl std::fmt::Debug for MockBackend {
+    /// Device count and live allocations only: never the simulated VRAM's bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MockBackend")
+            .field("devices", &self.devices.len())
+            .field("granularity", &self.granularity)
+            .field("live_allocations", &self.buffers.len())
+            .finish()
     }
 }
 

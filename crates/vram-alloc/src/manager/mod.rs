@@ -26,9 +26,24 @@ pub(crate) use shared::Shared;
 
 /// Seals model shards into VRAM and verifies them. `Send + Sync`: share it with `Arc` and seal,
 /// verify, query and drop shards from many threads at once.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct VramManager {
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for VramManager {
+    /// Backend, devices, capacity and live shards only: never shard bytes, keys or pointers.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VramManager")
+            .field("backend", &self.backend_kind().as_str())
+            .field("worker_id", &self.shared.config.worker_id)
+            .field("devices", &self.device_count())
+            .field("used_vram", &self.used_vram())
+            .field("total_vram", &self.total_vram())
+            .field("live_shards", &self.shared.live().len())
+            .field("stopped", &self.is_stopped())
+            .finish()
+    }
 }
 
 /// Builds a [`VramManager`]: backend, configuration, seal key and audit sink.
