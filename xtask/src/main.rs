@@ -8,6 +8,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::panic, reason = "tests"))]
 
 mod ptx;
+mod public_api;
 mod tidy;
 
 use std::env;
@@ -198,6 +199,9 @@ fn ci() -> Result<(), DynError> {
 
     eprintln!("\n==> test vectors against the Python reference");
     vectors()?;
+
+    eprintln!("\n==> the facade's public names");
+    public_api::check(&project_root())?;
 
     eprintln!("\n==> committed PTX against its CUDA source");
     ptx::ptx(&["--check".to_owned()])?;

@@ -3,9 +3,9 @@
 //! This crate provides:
 //! - [`VramManager`]: seal (validate → reserve capacity → allocate → upload → digest the
 //!   resident bytes → seal → audit), verify, capacity queries and metrics; `Send + Sync`;
-//! - [`backend`]: the [`Backend`](backend::Backend) trait (sealed: only this crate's backends
-//!   can claim memory is VRAM) and the [`MockBackend`](backend::MockBackend) test double (fault
-//!   injection and simulated corruption with the `test-utils` feature only);
+//! - [`backend`]: the [`MockBackend`](backend::MockBackend) test double (fault injection and
+//!   simulated corruption with the `test-utils` feature only); the backend trait itself, and
+//!   the CUDA backend, are private to this crate, so no outside type can claim memory is VRAM;
 //! - the VRAM-only policy, applied with `vram-policy`'s rules: `enforce_vram_only_policy`,
 //!   `is_vram_only`, `policy_report` and `attest_vram_residency` on the manager;
 //! - [`audit`]: audit events, an in-memory sink and a hash-chained JSON-lines file sink;

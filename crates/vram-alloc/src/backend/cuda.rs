@@ -18,7 +18,7 @@ use vram_types::{
 };
 
 use super::{
-    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, MemoryInfo, Sealed,
+    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, MemoryInfo,
     UPLOAD_CHUNK_BYTES, device_at,
 };
 
@@ -53,7 +53,7 @@ impl DeviceLane {
 }
 
 /// Every CUDA device of the machine.
-pub struct CudaBackend {
+pub(crate) struct CudaBackend {
     lanes: Vec<DeviceLane>,
     buffers: BufferTable<DeviceBuffer>,
 }
@@ -73,7 +73,7 @@ impl CudaBackend {
     ///
     /// # Errors
     /// As [`CudaBackend::open`].
-    pub fn probe() -> Result<Vec<DeviceFacts>, VramError> {
+    pub(crate) fn probe() -> Result<Vec<DeviceFacts>, VramError> {
         let backend = Self::open()?;
         (0..backend.device_count())
             .map(|d| backend.device_facts(d))
@@ -85,7 +85,7 @@ impl CudaBackend {
     /// # Errors
     /// [`VramError::NoGpu`] without a driver or GPU; [`VramError::DriverTooOld`];
     /// CUDA errors while creating contexts.
-    pub fn open() -> Result<Self, VramError> {
+    pub(crate) fn open() -> Result<Self, VramError> {
         let count = Driver::get()?.device_count();
         let lanes = (0..count)
             .map(|ordinal| {
@@ -140,8 +140,6 @@ impl CudaBackend {
         self.buffers.get(id)
     }
 }
-
-impl Sealed for CudaBackend {}
 
 impl Backend for CudaBackend {
     fn kind(&self) -> BackendKind {

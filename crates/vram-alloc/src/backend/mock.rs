@@ -17,7 +17,7 @@ use vram_types::{
 };
 
 use super::{
-    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, MemoryInfo, Sealed,
+    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, MemoryInfo,
     UPLOAD_CHUNK_BYTES, device_at, round_up,
 };
 use crate::sync::{lock, read, write};
@@ -262,8 +262,6 @@ impl MockBackend {
         Ok(())
     }
 }
-
-impl Sealed for MockBackend {}
 
 impl Backend for MockBackend {
     fn kind(&self) -> BackendKind {

@@ -1,8 +1,7 @@
-//! What a GPU offers the manager, behind one trait.
-//!
-//! The trait is sealed: only this crate's backends implement it, so no outside type can claim
-//! that host memory is VRAM. Buffers are named by opaque [`BufferId`]s; device pointers never
-//! leave a backend.
+//! What a GPU offers the manager, behind one crate-private trait: only this crate's backends
+//! implement it, so no outside type can claim that host memory is VRAM. Buffers are named by
+//! opaque ids; device pointers never leave a backend. Public here: the [`MockBackend`] a
+//! manager can be built on (tests, demos, machines without a GPU by explicit choice).
 
 mod cuda;
 mod mock;
@@ -19,38 +18,33 @@ use vram_types::{
 
 use crate::sync::lock;
 
-pub use cuda::CudaBackend;
+pub(crate) use cuda::CudaBackend;
 pub use mock::{MockBackend, MockBuilder};
 
 /// Upload chunk size: the CUDA backend's staging slot, a multiple of every tree leaf size.
-pub const UPLOAD_CHUNK_BYTES: usize = vram_cuda_sys::staging_ring::DEFAULT_SLOT_BYTES;
+pub(crate) const UPLOAD_CHUNK_BYTES: usize = vram_cuda_sys::staging_ring::DEFAULT_SLOT_BYTES;
 
 /// What each uploaded chunk is shown to: `(offset, bytes)`.
-pub type ChunkObserver<'a> = &'a (dyn Fn(u64, &[u8]) + Sync);
+pub(crate) type ChunkObserver<'a> = &'a (dyn Fn(u64, &[u8]) + Sync);
 
 /// `cuMemAlloc`'s granularity: every allocation takes a multiple of 2 MiB of device memory.
-pub const CUDA_ALLOCATION_GRANULARITY: usize = 2 * 1024 * 1024;
+pub(crate) const CUDA_ALLOCATION_GRANULARITY: usize = 2 * 1024 * 1024;
 
 /// Opaque name of one device allocation inside a backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BufferId(pub(crate) u64);
+pub(crate) struct BufferId(u64);
 
 /// Free and total memory of a device, a snapshot (other processes change it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MemoryInfo {
+pub(crate) struct MemoryInfo {
     /// Free bytes.
-    pub free: usize,
+    pub(crate) free: usize,
     /// Total bytes.
-    pub total: usize,
+    pub(crate) total: usize,
 }
-
-mod sealed {
-    pub trait Sealed {}
-}
-pub(crate) use sealed::Sealed;
 
 /// A source of device memory: the CUDA driver or the mock.
-pub trait Backend: Send + Sync + fmt::Debug + sealed::Sealed {
+pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// Which backend this is (recorded in attestations).
     fn kind(&self) -> BackendKind;
 
