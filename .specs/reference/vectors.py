@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Independent reference implementation of .specs/digest.md and .specs/seal.md (Python hashlib/hmac).
+"""Independent reference implementation of .specs/digest.md, .specs/seal.md and .specs/attestation.md (Python hashlib/hmac).
 
 Prints the test vectors committed in crates/vram-seal/tests/data/. Run:
-    python3 .specs/reference/vectors.py digest|seal|hkdf
+    python3 .specs/reference/vectors.py digest|seal|hkdf|attestation
 The Rust tests check the Rust implementation against these files, so the two implementations
 must agree bit for bit.
 """
@@ -81,6 +81,37 @@ HKDF_CASES = [
     (b"\xff" * 100, "gpu-node-17.rack-3"),
 ]
 
+def attestation_statement(a):
+    """The canonical statement bytes of .specs/attestation.md (everything but the signature)."""
+    def s(x):
+        b = x.encode()
+        return struct.pack(">I", len(b)) + b
+    tf = lambda v: "true" if v else "false"
+    ecc = "None" if a["ecc_enabled"] is None else f"Some({tf(a['ecc_enabled'])})"
+    head = [a["worker_id"], a["shard_id"], str(a["gpu_device"]), str(a["vram_bytes"]), a["digest"],
+            a["digest_algorithm"], a["backend"], tf(a["simulated"]), a["device_name"], ecc,
+            a["memory_type"], tf(a["is_managed"]), str(a["device_ordinal"]), tf(a["covers_shard"]),
+            str(len(a["checks_passed"]))]
+    tail = [str(a["attested_at_ms"]), a["nonce"]]
+    return bytes([a["version"]]) + b"".join(s(x) for x in head + a["checks_passed"] + tail)
+
+STATEMENT_DOMAIN = b"VRAM-STATEMENT\x00\x01"
+ATTESTATION_CASES = [
+    dict(version=1, worker_id="worker-1", shard_id="llama-3-8b.0", gpu_device=0, vram_bytes=1048577,
+         digest=digest(pattern(1048577), "sha256-tree-65536"), digest_algorithm="sha256-tree-65536",
+         backend="cuda", simulated=False, device_name="NVIDIA H100 80GB HBM3", ecc_enabled=True,
+         memory_type="device", is_managed=False, device_ordinal=0, covers_shard=True,
+         checks_passed=["seal signature", "digest of resident bytes",
+                        "allocation is device memory, not managed",
+                        "allocation on the expected device and covers the shard",
+                        "device has its own memory and no pageable access"],
+         attested_at_ms=1795300000123, nonce=b"nonce-from-the-scheduler".hex()),
+    dict(version=1, worker_id="w", shard_id="m", gpu_device=1, vram_bytes=3,
+         digest=digest(b"abc", "sha256"), digest_algorithm="sha256", backend="mock", simulated=True,
+         device_name="Mock GPU 1", ecc_enabled=None, memory_type="simulated", is_managed=False,
+         device_ordinal=1, covers_shard=True, checks_passed=[], attested_at_ms=0, nonce=""),
+]
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     if what == "digest":
@@ -102,5 +133,11 @@ if __name__ == "__main__":
     elif what == "hkdf":
         for token, wid in HKDF_CASES:
             print(token.hex(), wid, hkdf(token, HKDF_SALT, HKDF_INFO_PREFIX + wid.encode()).hex())
+    elif what == "attestation":
+        import json
+        for a in ATTESTATION_CASES:
+            st = attestation_statement(a)
+            signed = dict(a, signature=hmac.new(SEAL_KEY, STATEMENT_DOMAIN + st, hashlib.sha256).hexdigest())
+            print(st.hex(), json.dumps(signed, separators=(",", ":")))
     else:
-        sys.exit("usage: vectors.py digest|seal|hkdf")
+        sys.exit("usage: vectors.py digest|seal|hkdf|attestation")

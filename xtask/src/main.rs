@@ -366,10 +366,20 @@ fn seed_seal_decode_corpus() -> Result<(), DynError> {
     Ok(())
 }
 
+/// Each kind of vector the Python reference prints, and the committed file it must equal.
+const VECTOR_FILES: &[(&str, &str)] = &[
+    ("digest", "crates/vram-seal/tests/data/digest_vectors.txt"),
+    ("seal", "crates/vram-seal/tests/data/seal_vectors.txt"),
+    ("hkdf", "crates/vram-seal/tests/data/hkdf_vectors.txt"),
+    (
+        "attestation",
+        "crates/vram-policy/tests/data/attestation_vectors.txt",
+    ),
+];
+
 fn vectors() -> Result<(), DynError> {
     let root = project_root();
-    let data = root.join("crates/vram-seal/tests/data");
-    for kind in ["digest", "seal", "hkdf"] {
+    for (kind, file) in VECTOR_FILES {
         let out = Command::new("python3")
             .arg(root.join(".specs/reference/vectors.py"))
             .arg(kind)
@@ -377,9 +387,9 @@ fn vectors() -> Result<(), DynError> {
         if !out.status.success() {
             return Err(format!("vectors.py {kind} failed").into());
         }
-        let committed = std::fs::read(data.join(format!("{kind}_vectors.txt")))?;
+        let committed = std::fs::read(root.join(file))?;
         if committed != out.stdout {
-            return Err(format!("{kind}_vectors.txt differs from the reference output").into());
+            return Err(format!("{file} differs from the reference output").into());
         }
         eprintln!("{kind} vectors: match the Python reference");
     }
