@@ -207,11 +207,15 @@ pub fn verify_statement(
     )
 }
 
-/// Computes the seal signature over `fields`.
+/// Computes the seal signature over `fields`, which must describe a shard
+/// ([`SealedFields::validate`]): nothing else is signed.
 ///
 /// # Errors
-/// As [`encode_sealed_fields`].
+/// [`VramError::InvalidInput`] for fields that do not describe a shard (an invalid shard id,
+/// zero bytes, a digest that is not 64 lowercase hex characters, a bad shard index); as
+/// [`encode_sealed_fields`].
 pub fn compute_signature(key: &SealKey, fields: &SealedFields) -> Result<SealSignature, VramError> {
+    fields.validate()?;
     sign(key, &[&encode_sealed_fields(fields)?])
 }
 
@@ -219,12 +223,19 @@ pub fn compute_signature(key: &SealKey, fields: &SealedFields) -> Result<SealSig
 ///
 /// # Errors
 /// [`VramError::SealVerificationFailed`]: [`SealFailure::SignatureMismatch`] when the signature
-/// does not match, [`SealFailure::MalformedFields`] when the fields cannot be encoded.
+/// does not match, [`SealFailure::MalformedFields`] when the fields do not describe a shard
+/// ([`SealedFields::validate`]; no such fields were ever sealed) or cannot be encoded.
 pub fn verify_signature(
     key: &SealKey,
     fields: &SealedFields,
     signature: &SealSignature,
 ) -> Result<(), VramError> {
+    fields
+        .validate()
+        .map_err(|_| VramError::SealVerificationFailed {
+            shard_id: fields.shard_id.clone(),
+            reason: SealFailure::MalformedFields,
+        })?;
     check(
         key,
         &[&encode_sealed_fields(fields)?],

@@ -20,39 +20,33 @@ use vram_seal::signature::{
 };
 use vram_types::{DigestAlgorithm, SealSignature, SealedFields};
 
+/// Fields of a shard that can be sealed (`SealedFields::validate`): a valid id, at least one
+/// byte, a tensor-parallel index below its count or neither.
 fn fields() -> impl Strategy<Value = SealedFields> {
     (
-        "[A-Za-z0-9._:@+-]{1,64}",
+        "[A-Za-z0-9._:@+-]{1,64}".prop_filter("no path traversal", |id| !id.contains("..")),
         any::<u32>(),
-        any::<usize>(),
+        1usize..,
         prop_oneof![
             Just(DigestAlgorithm::Sha256),
             (12u32..=24).prop_map(|p| DigestAlgorithm::tree(1 << p).unwrap())
         ],
         "[0-9a-f]{64}",
         prop::option::of((any::<u32>(), 0u32..1_000_000_000)),
-        prop::option::of(any::<usize>()),
-        prop::option::of(any::<usize>()),
+        prop::option::of((any::<usize>(), 1usize..).prop_map(|(i, n)| (i % n, n))),
     )
         .prop_map(
-            |(
-                shard_id,
-                gpu_device,
-                vram_bytes,
-                digest_algorithm,
-                digest,
-                t,
-                shard_index,
-                total_shards,
-            )| SealedFields {
-                shard_id,
-                gpu_device,
-                vram_bytes,
-                digest_algorithm,
-                digest,
-                sealed_at: t.map(|(s, n)| UNIX_EPOCH + Duration::new(u64::from(s), n)),
-                shard_index,
-                total_shards,
+            |(shard_id, gpu_device, vram_bytes, digest_algorithm, digest, t, tensor_parallel)| {
+                SealedFields {
+                    shard_id,
+                    gpu_device,
+                    vram_bytes,
+                    digest_algorithm,
+                    digest,
+                    sealed_at: t.map(|(s, n)| UNIX_EPOCH + Duration::new(u64::from(s), n)),
+                    shard_index: tensor_parallel.map(|(i, _)| i),
+                    total_shards: tensor_parallel.map(|(_, n)| n),
+                }
             },
         )
 }
@@ -155,4 +149,76 @@ fn pre_epoch_seal_time_is_malformed_not_a_panic() {
         total_shards: None,
     };
     assert!(compute_signature(&key(), &f).is_err());
+}
+
+#[test]
+fn fields_that_describe_no_shard_are_never_signed() {
+    let good = SealedFields {
+        shard_id: "shard-0".into(),
+        gpu_device: 0,
+        vram_bytes: 3,
+        digest_algorithm: DigestAlgorithm::default(),
+        digest: "a".repeat(64),
+        sealed_at: None,
+        shard_index: None,
+        total_shards: None,
+    };
+    let signature = compute_signature(&key(), &good).unwrap();
+    let bad: [(&str, SealedFields); 6] = [
+        (
+            "empty id",
+            SealedFields {
+                shard_id: String::new(),
+                ..good.clone()
+            },
+        ),
+        (
+            "traversal id",
+            SealedFields {
+                shard_id: "a/../b".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "zero bytes",
+            SealedFields {
+                vram_bytes: 0,
+                ..good.clone()
+            },
+        ),
+        (
+            "short digest",
+            SealedFields {
+                digest: "a".repeat(32),
+                ..good.clone()
+            },
+        ),
+        (
+            "uppercase digest",
+            SealedFields {
+                digest: "A".repeat(64),
+                ..good.clone()
+            },
+        ),
+        (
+            "index without count",
+            SealedFields {
+                shard_index: Some(0),
+                ..good.clone()
+            },
+        ),
+    ];
+    for (what, fields) in bad {
+        assert!(
+            matches!(
+                compute_signature(&key(), &fields),
+                Err(vram_types::VramError::InvalidInput { .. })
+            ),
+            "{what} was signed"
+        );
+        assert!(
+            verify_signature(&key(), &fields, &signature).is_err(),
+            "{what} verified"
+        );
+    }
 }

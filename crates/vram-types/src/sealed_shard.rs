@@ -37,7 +37,7 @@ impl SealSignature {
     /// The signature as 64 lowercase hex characters.
     #[must_use]
     pub fn to_hex(&self) -> String {
-        to_hex(&self.0)
+        hex::encode(self.0)
     }
 }
 
@@ -45,17 +45,6 @@ impl fmt::Debug for SealSignature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "SealSignature({})", self.to_hex())
     }
-}
-
-fn to_hex(bytes: &[u8]) -> String {
-    use fmt::Write;
-    bytes.iter().fold(
-        String::with_capacity(bytes.len().saturating_mul(2)),
-        |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        },
-    )
 }
 
 /// A backend's handle on the VRAM that holds one shard.
@@ -96,6 +85,43 @@ pub struct SealedFields {
     pub shard_index: Option<usize>,
     /// Tensor-parallel shard count.
     pub total_shards: Option<usize>,
+}
+
+impl SealedFields {
+    /// Checks that the fields can describe a sealed shard: a valid shard id, at least one byte, a
+    /// digest of 64 lowercase hex characters, and a tensor-parallel index below its count (both
+    /// or neither).
+    ///
+    /// # Errors
+    /// [`VramError::InvalidInput`] naming the first field that is not.
+    pub fn validate(&self) -> Result<(), VramError> {
+        crate::validation::ShardId::new(&self.shard_id)?;
+        if self.vram_bytes == 0 {
+            return Err(VramError::invalid_input(
+                "vram_bytes",
+                "0 bytes; a shard has at least one",
+            ));
+        }
+        let hex_digest = self.digest.len() == 64
+            && self
+                .digest
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if !hex_digest {
+            return Err(VramError::invalid_input(
+                "digest",
+                format!("{:?} is not 64 lowercase hex characters", self.digest),
+            ));
+        }
+        match (self.shard_index, self.total_shards) {
+            (None, None) => Ok(()),
+            (Some(i), Some(n)) if i < n => Ok(()),
+            (i, n) => Err(VramError::invalid_input(
+                "shard index",
+                format!("index {i:?} of {n:?} shards; need both, and index < count"),
+            )),
+        }
+    }
 }
 
 /// A model shard sealed in VRAM.

@@ -47,7 +47,7 @@ impl Shared {
     ) -> Self {
         let mut nonce = [0u8; 4];
         let run_id = match getrandom::fill(&mut nonce) {
-            Ok(()) => nonce.iter().map(|b| format!("{b:02x}")).collect(),
+            Ok(()) => hex::encode(nonce),
             Err(_) => format!("{:08x}", std::process::id()),
         };
         Self {

@@ -51,16 +51,7 @@ impl ShardDigest {
     /// 64 lowercase hex characters: the form sealed and shown.
     #[must_use]
     pub fn to_hex(&self) -> String {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            for nibble in [b >> 4, b & 0x0f] {
-                if let Some(d) = DIGITS.get(usize::from(nibble)) {
-                    s.push(char::from(*d));
-                }
-            }
-        }
-        s
+        hex::encode(self.0)
     }
 
     /// Constant-time equality.

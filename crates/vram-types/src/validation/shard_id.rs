@@ -61,6 +61,25 @@ impl ShardId {
         Ok(Self(id.to_owned()))
     }
 
+    /// An id made from any name (a file name, say): characters outside the allowed set become
+    /// `_`, `..` becomes `._`, the result is cut to 200 bytes, and an empty name becomes `model`.
+    /// Always valid.
+    #[must_use]
+    pub fn from_name_lossy(name: &str) -> Self {
+        let mut id: String = name
+            .chars()
+            .map(|c| if is_allowed(c) { c } else { '_' })
+            .take(200)
+            .collect();
+        while id.contains("..") {
+            id = id.replace("..", "._");
+        }
+        if id.is_empty() {
+            id.push_str("model");
+        }
+        Self(id)
+    }
+
     /// The id as text.
     #[must_use]
     pub fn as_str(&self) -> &str {
@@ -92,6 +111,31 @@ impl AsRef<str> for ShardId {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn lossy_ids_from_any_name_are_valid() {
+        for name in [
+            "model.safetensors",
+            "a/../b",
+            "..",
+            "",
+            "é ü",
+            "x\0y\n",
+            &"z".repeat(300),
+        ] {
+            let id = ShardId::from_name_lossy(name);
+            assert!(
+                ShardId::new(id.as_str()).is_ok(),
+                "{name:?} -> {:?}",
+                id.as_str()
+            );
+        }
+        assert_eq!(
+            ShardId::from_name_lossy("llama 3.gguf").as_str(),
+            "llama_3.gguf"
+        );
+        assert_eq!(ShardId::from_name_lossy("").as_str(), "model");
+    }
     use super::*;
     use proptest::prelude::*;
 

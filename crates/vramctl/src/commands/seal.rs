@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use vram_residency::ShardId;
 use vram_residency::digest::digest_source;
 use vram_residency::{
     DigestAlgorithm, FileSource, SealOptions, SealedShard, ShardDigest, ShardSource, VramError,
@@ -46,30 +47,13 @@ impl ShardSource for Progress<'_> {
     }
 }
 
-/// A shard id from the file name: the safe characters kept, others replaced by `_`.
+/// A shard id from the file name (`ShardId::from_name_lossy`: unsafe characters become `_`).
 pub(crate) fn shard_id_for(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut id: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':' | '@' | '+') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(200)
-        .collect();
-    while id.contains("..") {
-        id = id.replace("..", "._");
-    }
-    if id.is_empty() {
-        id.push_str("model");
-    }
-    id
+    ShardId::from_name_lossy(&name).into_string()
 }
 
 /// `HEX` is a tree digest (as `vramctl digest` prints); `sha256:HEX` is the flat SHA-256 (as
