@@ -255,27 +255,37 @@ fn changed_fields_and_forged_seals_fail_the_seal_check() {
         },
     );
     let shard = r.manager.seal_model(&model(1000, 1), 0).unwrap();
-    let expect_seal_failure = |s: &SealedShard| {
+    let expect_seal_failure = |s: &SealedShard, reason: SealFailure| {
+        let e = r.manager.verify_sealed(s).unwrap_err();
         assert_eq!(
-            r.manager.verify_sealed(s).unwrap_err(),
+            e,
             VramError::SealVerificationFailed {
                 shard_id: s.shard_id.clone(),
-                reason: SealFailure::SignatureMismatch
+                reason
             }
         );
+        e
     };
+    // An edited field is named (the manager knows what it sealed)...
     let mut s = shard.clone();
     s.digest = "0".repeat(64);
-    expect_seal_failure(&s);
+    let e = expect_seal_failure(&s, SealFailure::FieldChanged("digest"));
+    assert!(e.to_string().contains("digest_mismatch"), "{e}");
     let mut s = shard.clone();
     s.vram_bytes -= 1;
-    expect_seal_failure(&s);
+    expect_seal_failure(&s, SealFailure::FieldChanged("vram_bytes"));
     let mut s = shard.clone();
     s.sealed_at += Duration::from_nanos(1);
-    expect_seal_failure(&s);
+    expect_seal_failure(&s, SealFailure::FieldChanged("sealed_at"));
+    // ...and a replaced seal over unchanged fields fails the MAC.
     let mut s = shard.clone();
     s.set_seal_signature_for_tests(SealSignature::from_bytes([0; 32]));
-    expect_seal_failure(&s);
+    expect_seal_failure(&s, SealFailure::SignatureMismatch);
+    let audit = r.audit.events();
+    assert!(
+        audit.iter().any(|e| matches!(e, AuditEvent::SealVerificationFailed { reason, .. } if reason.contains("digest_mismatch"))),
+        "the audit reason names the field"
+    );
     r.manager.verify_sealed(&shard).unwrap();
 }
 
@@ -564,4 +574,22 @@ fn debug_output_shows_counts_never_bytes_keys_or_pointers() {
     ] {
         assert!(text.contains(needle), "{text}");
     }
+}
+
+#[test]
+fn foreign_shards_with_made_up_devices_do_not_grow_the_metrics() {
+    let r = rig(10 * MIB);
+    let shard = r.manager.seal_model(&model(10, 3), 0).unwrap();
+    for device in [7u32, 999, u32::MAX] {
+        let mut foreign = shard.clone();
+        foreign.gpu_device = device;
+        assert!(r.manager.verify_sealed(&foreign).is_err());
+    }
+    let metrics = r.manager.metrics();
+    let text = metrics.prometheus_text();
+    assert!(
+        !text.contains("gpu_device=\"7\"") && !text.contains("gpu_device=\"999\""),
+        "{text}"
+    );
+    assert!(text.contains("gpu_device=\"0\""));
 }

@@ -252,6 +252,10 @@ pub enum SealFailure {
     SignatureMismatch,
     /// The sealed fields cannot be encoded (for example an unknown digest algorithm id).
     MalformedFields,
+    /// A sealed field of the shard differs from what this manager sealed: it was edited after
+    /// sealing. Names the first such field (`shard_id`, `gpu_device`, `vram_bytes`,
+    /// `digest_algorithm`, `digest`, `sealed_at`, `shard_index` or `total_shards`).
+    FieldChanged(&'static str),
 }
 
 impl fmt::Display for SealFailure {
@@ -259,6 +263,12 @@ impl fmt::Display for SealFailure {
         f.write_str(match self {
             Self::SignatureMismatch => "signature does not match the sealed fields",
             Self::MalformedFields => "sealed fields are malformed",
+            Self::FieldChanged(field) => {
+                return write!(
+                    f,
+                    "{field}_mismatch: `{field}` differs from what was sealed"
+                );
+            }
         })
     }
 }

@@ -5,7 +5,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
-use vram_types::ShardAllocation;
+use vram_types::{SealedFields, ShardAllocation};
 
 use super::Shared;
 use crate::audit::AuditEvent;
@@ -21,6 +21,8 @@ pub(crate) struct ResidentAllocation {
     shard_id: String,
     correlation_id: String,
     reservation: Option<Reservation>,
+    /// What was sealed: a verification that fails can name the field that differs.
+    sealed: SealedFields,
 }
 
 impl ResidentAllocation {
@@ -32,6 +34,7 @@ impl ResidentAllocation {
         shard_id: String,
         correlation_id: String,
         reservation: Reservation,
+        sealed: SealedFields,
     ) -> Self {
         Self {
             shared,
@@ -41,11 +44,17 @@ impl ResidentAllocation {
             shard_id,
             correlation_id,
             reservation: Some(reservation),
+            sealed,
         }
     }
 
     pub(crate) fn buffer(&self) -> BufferId {
         self.buffer
+    }
+
+    /// The fields this manager sealed for the allocation.
+    pub(crate) fn sealed(&self) -> &SealedFields {
+        &self.sealed
     }
 
     pub(crate) fn shard_id(&self) -> &str {

@@ -242,6 +242,7 @@ fn place_and_seal(
         shard_id.clone(),
         correlation_id.to_owned(),
         reservation,
+        fields.clone(),
     ));
     claim.commit(buffer, &resident);
     let allocation: Arc<dyn ShardAllocation> = resident;

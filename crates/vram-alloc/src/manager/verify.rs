@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use vram_seal::{ShardDigest, verify_signature};
-use vram_types::{GpuShare, SealedShard, ShardAllocation, VramError};
+use vram_types::{GpuShare, SealFailure, SealedFields, SealedShard, VramError};
 
 use super::seal::check_residency;
 use super::shared::Shared;
@@ -27,6 +27,27 @@ pub(super) fn owned<'a>(
         })
 }
 
+/// The first field of `presented` that differs from `sealed`, by name.
+fn changed_field(sealed: &SealedFields, presented: &SealedFields) -> Option<&'static str> {
+    let differs = [
+        ("shard_id", sealed.shard_id != presented.shard_id),
+        ("gpu_device", sealed.gpu_device != presented.gpu_device),
+        ("vram_bytes", sealed.vram_bytes != presented.vram_bytes),
+        (
+            "digest_algorithm",
+            sealed.digest_algorithm != presented.digest_algorithm,
+        ),
+        ("digest", sealed.digest != presented.digest),
+        ("sealed_at", sealed.sealed_at != presented.sealed_at),
+        ("shard_index", sealed.shard_index != presented.shard_index),
+        (
+            "total_shards",
+            sealed.total_shards != presented.total_shards,
+        ),
+    ];
+    differs.into_iter().find(|(_, d)| *d).map(|(name, _)| name)
+}
+
 pub(super) fn verify(
     shared: &Arc<Shared>,
     shard: &SealedShard,
@@ -36,9 +57,13 @@ pub(super) fn verify(
     let started = Instant::now();
     let correlation_id = shared.next_correlation_id();
     let result = check(shared, shard, share, &correlation_id);
-    shared
-        .metrics
-        .count_verify(shard.gpu_device, result.is_ok(), started.elapsed());
+    // Counted under the shard's device only when that device exists: a caller's made-up device
+    // numbers must not grow the metrics' label set.
+    if shard.gpu_device < shared.backend.device_count() {
+        shared
+            .metrics
+            .count_verify(shard.gpu_device, result.is_ok(), started.elapsed());
+    }
     match &result {
         Ok(()) => {
             tracing::info!(shard_id = %shard.shard_id, result = "pass", "seal verified");
@@ -76,16 +101,15 @@ fn check(
 ) -> Result<(), VramError> {
     let resident = owned(shared, shard)?;
     let fields = shard.sealed_fields();
-    verify_signature(&shared.key, &fields, shard.seal_signature())?;
-    // The fields are authentic; they must also describe this allocation (not another shard's).
-    if resident.shard_id() != shard.shard_id
-        || resident.device() != shard.gpu_device
-        || resident.len() != shard.vram_bytes
-    {
-        return Err(VramError::NotSealed {
+    // The manager knows what it sealed: an edited field is named, before the MAC is computed.
+    if let Some(field) = changed_field(resident.sealed(), &fields) {
+        return Err(VramError::SealVerificationFailed {
             shard_id: shard.shard_id.clone(),
+            reason: SealFailure::FieldChanged(field),
         });
     }
+    // Same fields: the seal itself must still match them (a replaced signature fails here).
+    verify_signature(&shared.key, &fields, shard.seal_signature())?;
     if let Some(max) = shared.config.max_seal_age
         && shard.seal_time_covered()
     {
