@@ -62,7 +62,8 @@ fn statements_signatures_and_decoding_match_the_reference() {
 fn every_field_is_bound_by_the_signature() {
     let (_, att) = vectors().remove(0);
     let nonce = hex::decode(&att.nonce).unwrap();
-    let edits: Vec<Box<dyn Fn(&mut Attestation)>> = vec![
+    type Edit = Box<dyn Fn(&mut Attestation)>;
+    let edits: Vec<Edit> = vec![
         Box::new(|a| a.worker_id.push('x')),
         Box::new(|a| a.shard_id.push('x')),
         Box::new(|a| a.gpu_device += 1),
@@ -126,7 +127,7 @@ fn only_canonical_statements_decode() {
         "true",
         "4000000000",
     ] {
-        huge.extend_from_slice(&(text.len() as u32).to_be_bytes());
+        huge.extend_from_slice(&u32::try_from(text.len()).unwrap().to_be_bytes());
         huge.extend_from_slice(text.as_bytes());
     }
     assert!(decode_statement(&huge).is_none());

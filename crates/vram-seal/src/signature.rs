@@ -150,14 +150,17 @@ fn sign(key: &SealKey, parts: &[&[u8]]) -> Result<SealSignature, VramError> {
     ))
 }
 
+/// A MAC that does not match its message (raw HMAC and statement checks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("MAC does not match the message")]
+pub struct MacMismatch;
+
 /// Constant-time check of `tag` against the MAC over `parts` (`Mac::verify_slice`).
-fn check(key: &SealKey, parts: &[&[u8]], tag: &[u8], shard_id: &str) -> Result<(), VramError> {
-    mac_over(key, parts)?
+fn check(key: &SealKey, parts: &[&[u8]], tag: &[u8]) -> Result<(), MacMismatch> {
+    mac_over(key, parts)
+        .map_err(|_| MacMismatch)?
         .verify_slice(tag)
-        .map_err(|_| VramError::SealVerificationFailed {
-            shard_id: shard_id.to_owned(),
-            reason: SealFailure::SignatureMismatch,
-        })
+        .map_err(|_| MacMismatch)
 }
 
 /// HMAC-SHA256 of `message` under `key`: the primitive the seal is built on, exposed for
@@ -172,10 +175,10 @@ pub fn hmac_sha256(key: &SealKey, message: &[u8]) -> Result<SealSignature, VramE
 /// Checks an HMAC-SHA256 tag over `message` in constant time.
 ///
 /// # Errors
-/// [`VramError::SealVerificationFailed`] ([`SealFailure::SignatureMismatch`], with an empty
-/// shard id) when the tag does not match; tags of any length other than 32 bytes never match.
-pub fn verify_hmac_sha256(key: &SealKey, message: &[u8], tag: &[u8]) -> Result<(), VramError> {
-    check(key, &[message], tag, "")
+/// [`MacMismatch`] when the tag does not match; tags of any length other than 32 bytes never
+/// match.
+pub fn verify_hmac_sha256(key: &SealKey, message: &[u8], tag: &[u8]) -> Result<(), MacMismatch> {
+    check(key, &[message], tag)
 }
 
 /// Domain prefix of statements (attestations) MACed under the seal key. It differs from the
@@ -193,18 +196,13 @@ pub fn sign_statement(key: &SealKey, statement: &[u8]) -> Result<SealSignature, 
 /// Checks a statement MAC in constant time.
 ///
 /// # Errors
-/// [`VramError::SealVerificationFailed`] ([`SealFailure::SignatureMismatch`]) when it does not match.
+/// [`MacMismatch`] when it does not match.
 pub fn verify_statement(
     key: &SealKey,
     statement: &[u8],
     signature: &SealSignature,
-) -> Result<(), VramError> {
-    check(
-        key,
-        &[STATEMENT_DOMAIN, statement],
-        signature.as_bytes(),
-        "",
-    )
+) -> Result<(), MacMismatch> {
+    check(key, &[STATEMENT_DOMAIN, statement], signature.as_bytes())
 }
 
 /// Computes the seal signature over `fields`, which must describe a shard
@@ -236,10 +234,10 @@ pub fn verify_signature(
             shard_id: fields.shard_id.clone(),
             reason: SealFailure::MalformedFields,
         })?;
-    check(
-        key,
-        &[&encode_sealed_fields(fields)?],
-        signature.as_bytes(),
-        &fields.shard_id,
-    )
+    check(key, &[&encode_sealed_fields(fields)?], signature.as_bytes()).map_err(|_| {
+        VramError::SealVerificationFailed {
+            shard_id: fields.shard_id.clone(),
+            reason: SealFailure::SignatureMismatch,
+        }
+    })
 }

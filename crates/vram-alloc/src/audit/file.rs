@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::Serialize;
-use vram_types::{DigestAlgorithm, VramError};
+use vram_types::DigestAlgorithm;
 
 use super::{AuditRecord, AuditSink, Severity};
 use crate::sync::lock;
@@ -44,8 +44,36 @@ fn line_hash(line: &str) -> String {
     vram_seal::digest(line.as_bytes(), DigestAlgorithm::Sha256).to_hex()
 }
 
-fn io_error(path: &Path, e: impl std::fmt::Display) -> VramError {
-    VramError::invalid_input("audit log", format!("{}: {e}", path.display()))
+/// Why an audit sink could not open its log or store a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// Reading or writing the log failed (a full disk, a permission, a vanished directory).
+    #[error("audit log {path}: {reason}")]
+    Io {
+        /// The log's path.
+        path: PathBuf,
+        /// The I/O error.
+        reason: String,
+    },
+    /// An existing log's chain does not hold, so it cannot be continued.
+    #[error("audit log {path}: {source}")]
+    BrokenChain {
+        /// The log's path.
+        path: PathBuf,
+        /// Where and how the chain breaks.
+        source: AuditChainError,
+    },
+    /// A record could not be encoded as JSON.
+    #[error("audit record could not be encoded: {0}")]
+    Encode(String),
+}
+
+fn io_error(path: &Path, e: impl std::fmt::Display) -> AuditError {
+    AuditError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
 }
 
 impl FileAuditSink {
@@ -53,12 +81,15 @@ impl FileAuditSink {
     /// verified first.
     ///
     /// # Errors
-    /// [`VramError::InvalidInput`] (field `audit log`) when the file cannot be opened or its
-    /// existing chain is broken.
-    pub fn open(path: impl AsRef<Path>) -> Result<Self, VramError> {
+    /// [`AuditError::Io`] when the file cannot be opened or read; [`AuditError::BrokenChain`]
+    /// when its existing chain does not hold.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, AuditError> {
         let path = path.as_ref().to_path_buf();
         let (seq, prev) = if path.exists() {
-            let n = verify_audit_chain(&path).map_err(|e| io_error(&path, e))?;
+            let n = verify_audit_chain(&path).map_err(|source| AuditError::BrokenChain {
+                path: path.clone(),
+                source,
+            })?;
             (
                 n,
                 last_line_hash(&path)?.unwrap_or_else(|| GENESIS.to_owned()),
@@ -84,7 +115,7 @@ impl FileAuditSink {
     }
 }
 
-fn last_line_hash(path: &Path) -> Result<Option<String>, VramError> {
+fn last_line_hash(path: &Path) -> Result<Option<String>, AuditError> {
     let file = File::open(path).map_err(|e| io_error(path, e))?;
     let mut last = None;
     for line in BufReader::new(file).lines() {
@@ -94,14 +125,14 @@ fn last_line_hash(path: &Path) -> Result<Option<String>, VramError> {
 }
 
 impl AuditSink for FileAuditSink {
-    fn record(&self, record: &AuditRecord) -> Result<(), VramError> {
+    fn record(&self, record: &AuditRecord) -> Result<(), AuditError> {
         let mut st = lock(&self.state);
         let line = serde_json::to_string(&ChainedLine {
             seq: st.seq,
             prev: &st.prev,
             record,
         })
-        .map_err(|e| io_error(&self.path, e))?;
+        .map_err(|e| AuditError::Encode(e.to_string()))?;
         st.file
             .write_all(format!("{line}\n").as_bytes())
             .map_err(|e| io_error(&self.path, e))?;

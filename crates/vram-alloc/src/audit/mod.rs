@@ -12,11 +12,10 @@ use std::fmt;
 use std::sync::Mutex;
 
 use serde::Serialize;
-use vram_types::VramError;
 
 use crate::sync::lock;
 
-pub use file::{AuditChainError, FileAuditSink, verify_audit_chain};
+pub use file::{AuditChainError, AuditError, FileAuditSink, verify_audit_chain};
 
 /// How urgent an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -166,9 +165,8 @@ pub trait AuditSink: Send + Sync + fmt::Debug {
     /// Stores one record.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] is never used here; sinks report I/O failures as
-    /// [`VramError::InvalidInput`] with field `audit log`.
-    fn record(&self, record: &AuditRecord) -> Result<(), VramError>;
+    /// [`AuditError`] when the record could not be stored; the manager logs the failure.
+    fn record(&self, record: &AuditRecord) -> Result<(), AuditError>;
 }
 
 /// Keeps records in memory (tests, and the default when no sink is configured).
@@ -206,7 +204,7 @@ impl InMemoryAuditSink {
 }
 
 impl AuditSink for InMemoryAuditSink {
-    fn record(&self, record: &AuditRecord) -> Result<(), VramError> {
+    fn record(&self, record: &AuditRecord) -> Result<(), AuditError> {
         lock(&self.records).push(record.clone());
         Ok(())
     }

@@ -226,13 +226,9 @@ impl Backend for CudaBackend {
     }
 
     fn free(&self, buffer: BufferId) -> Result<(), VramError> {
-        let b = self
-            .buffers
-            .remove(buffer)
-            .ok_or(VramError::CudaDeallocationFailed {
-                device: 0,
-                cuda_error: "unknown allocation".into(),
-            })?;
+        let b = self.buffers.remove(buffer).ok_or(VramError::Unreachable(
+            "freeing a buffer id this backend does not hold",
+        ))?;
         match Arc::try_unwrap(b) {
             Ok(owned) => owned.free(),
             // A transfer still holds it (cannot happen: the allocation is only freed when its

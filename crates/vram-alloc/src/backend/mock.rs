@@ -413,13 +413,9 @@ impl Backend for MockBackend {
     }
 
     fn free(&self, buffer: BufferId) -> Result<(), VramError> {
-        let b = self
-            .buffers
-            .remove(buffer)
-            .ok_or(VramError::CudaDeallocationFailed {
-                device: 0,
-                cuda_error: "CUDA_ERROR_INVALID_VALUE: unknown allocation".into(),
-            })?;
+        let b = self.buffers.remove(buffer).ok_or(VramError::Unreachable(
+            "freeing a buffer id this backend does not hold",
+        ))?;
         if let Ok(d) = self.device(b.device) {
             d.used.fetch_sub(b.taken, Ordering::AcqRel);
         }

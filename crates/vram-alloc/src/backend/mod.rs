@@ -157,14 +157,15 @@ impl<T> BufferTable<T> {
         BufferId(id)
     }
 
-    /// The buffer, or `NotSealed` for an id this backend does not hold.
+    /// The buffer. Ids come only from this table and are used only by the manager that holds
+    /// them, so an unknown id is a bug, reported as such.
     pub(crate) fn get(&self, id: BufferId) -> Result<Arc<T>, VramError> {
         lock(&self.buffers)
             .get(&id.0)
             .cloned()
-            .ok_or_else(|| VramError::NotSealed {
-                shard_id: String::new(),
-            })
+            .ok_or(VramError::Unreachable(
+                "a buffer id this backend does not hold",
+            ))
     }
 
     pub(crate) fn remove(&self, id: BufferId) -> Option<Arc<T>> {

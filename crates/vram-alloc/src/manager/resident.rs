@@ -16,12 +16,10 @@ use crate::capacity::Reservation;
 pub(crate) struct ResidentAllocation {
     shared: Arc<Shared>,
     buffer: BufferId,
-    device: u32,
-    len: usize,
-    shard_id: String,
     correlation_id: String,
     reservation: Option<Reservation>,
-    /// What was sealed: a verification that fails can name the field that differs.
+    /// What was sealed (shard id, device, length, digest, ...): a verification that fails can
+    /// name the field that differs.
     sealed: SealedFields,
 }
 
@@ -29,9 +27,6 @@ impl ResidentAllocation {
     pub(crate) fn new(
         shared: Arc<Shared>,
         buffer: BufferId,
-        device: u32,
-        len: usize,
-        shard_id: String,
         correlation_id: String,
         reservation: Reservation,
         sealed: SealedFields,
@@ -39,9 +34,6 @@ impl ResidentAllocation {
         Self {
             shared,
             buffer,
-            device,
-            len,
-            shard_id,
             correlation_id,
             reservation: Some(reservation),
             sealed,
@@ -58,7 +50,7 @@ impl ResidentAllocation {
     }
 
     pub(crate) fn shard_id(&self) -> &str {
-        &self.shard_id
+        &self.sealed.shard_id
     }
 
     pub(crate) fn is_owned_by(&self, shared: &Arc<Shared>) -> bool {
@@ -73,11 +65,11 @@ impl ResidentAllocation {
 
 impl ShardAllocation for ResidentAllocation {
     fn device(&self) -> u32 {
-        self.device
+        self.sealed.gpu_device
     }
 
     fn len(&self) -> usize {
-        self.len
+        self.sealed.vram_bytes
     }
 
     fn as_any(&self) -> &dyn Any {
@@ -89,9 +81,9 @@ impl fmt::Debug for ResidentAllocation {
     /// No buffer handle and no pointer: only what the shard already shows.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResidentAllocation")
-            .field("shard_id", &self.shard_id)
-            .field("device", &self.device)
-            .field("len", &self.len)
+            .field("shard_id", &self.sealed.shard_id)
+            .field("device", &self.sealed.gpu_device)
+            .field("len", &self.sealed.vram_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -102,24 +94,24 @@ impl Drop for ResidentAllocation {
         let freed_bytes = self.reserved_bytes();
         // The device memory is gone whether or not the driver complained; give the capacity back.
         drop(self.reservation.take());
-        self.shared.forget(&self.shard_id, self.buffer);
+        self.shared.forget(&self.sealed.shard_id, self.buffer);
         match &error {
             None => {
-                tracing::info!(shard_id = %self.shard_id, gpu_device = self.device, freed_bytes, "VRAM released")
+                tracing::info!(shard_id = %self.sealed.shard_id, gpu_device = self.sealed.gpu_device, freed_bytes, "VRAM released")
             }
             Some(e) => {
-                tracing::error!(shard_id = %self.shard_id, gpu_device = self.device, error = %e, "VRAM release failed")
+                tracing::error!(shard_id = %self.sealed.shard_id, gpu_device = self.sealed.gpu_device, error = %e, "VRAM release failed")
             }
         }
         self.shared.emit(
             &self.correlation_id,
             AuditEvent::VramDeallocated {
-                shard_id: self.shard_id.clone(),
-                gpu_device: self.device,
+                shard_id: self.sealed.shard_id.clone(),
+                gpu_device: self.sealed.gpu_device,
                 freed_bytes,
                 error: error.map(|e| e.to_string()),
             },
         );
-        self.shared.refresh_capacity_metrics(self.device);
+        self.shared.refresh_capacity_metrics(self.sealed.gpu_device);
     }
 }

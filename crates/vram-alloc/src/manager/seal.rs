@@ -237,9 +237,6 @@ fn place_and_seal(
     let resident = Arc::new(ResidentAllocation::new(
         Arc::clone(shared),
         buffer,
-        device,
-        len,
-        shard_id.clone(),
         correlation_id.to_owned(),
         reservation,
         fields.clone(),
