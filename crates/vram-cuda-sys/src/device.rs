@@ -164,9 +164,6 @@ impl Drop for Device {
     fn drop(&mut self) {
         // SAFETY: the context was retained once in `open`; this is the matching release.
         let released = unsafe { result::primary_ctx::release(self.handle) };
-        if let Err(e) = released {
-            // Nothing to return to; never panic in Drop.
-            let _ = CudaError::from(e);
-        }
+        crate::error::report_release("the primary context", self.ordinal, released);
     }
 }

@@ -24,13 +24,21 @@ impl CudaError {
         self.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY
     }
 
-    /// As a `VramError::CudaOperationFailed`.
+    /// The numeric `CUresult`.
+    #[must_use]
+    #[allow(clippy::as_conversions, reason = "CUresult is a repr(u32) enum")]
+    pub fn code(&self) -> u32 {
+        self.0 as u32
+    }
+
+    /// As a `VramError::CudaOperationFailed`, with the device, the operation and the code.
     #[must_use]
     pub fn during(self, device: u32, operation: &'static str) -> VramError {
         VramError::CudaOperationFailed {
             device,
             operation,
             cuda_error: self.to_string(),
+            code: Some(self.code()),
         }
     }
 }
@@ -63,3 +71,15 @@ impl fmt::Debug for CudaError {
 }
 
 impl std::error::Error for CudaError {}
+
+/// Records a failure that happened while releasing `what` in a `Drop`, where it cannot be
+/// returned: a warning on target `vram_cuda_sys` with the device and the CUDA error name.
+pub(crate) fn report_release<T>(
+    what: &'static str,
+    device: u32,
+    result: Result<T, cudarc::driver::result::DriverError>,
+) {
+    if let Err(e) = result {
+        tracing::warn!(gpu_device = device, error = %CudaError::from(e), "releasing {what} failed");
+    }
+}

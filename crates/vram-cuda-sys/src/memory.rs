@@ -19,6 +19,7 @@ fn range_error(device: u32, operation: &'static str) -> VramError {
         device,
         operation,
         cuda_error: "range outside the allocation (refused before calling the driver)".into(),
+        code: None,
     }
 }
 
@@ -59,6 +60,7 @@ impl DeviceBuffer {
                     device: device.ordinal(),
                     bytes: len,
                     cuda_error: e.to_string(),
+                    code: Some(e.code()),
                 }
             }
         })?;
@@ -163,9 +165,13 @@ impl DeviceBuffer {
         };
         self.device.bind()?;
         // SAFETY: `ptr` came from `cuMemAlloc` and is freed exactly once (taken out of `self.ptr`).
-        unsafe { result::free_sync(ptr) }.map_err(|e| VramError::CudaDeallocationFailed {
-            device: self.device.ordinal(),
-            cuda_error: CudaError::from(e).to_string(),
+        unsafe { result::free_sync(ptr) }.map_err(|e| {
+            let e = CudaError::from(e);
+            VramError::CudaDeallocationFailed {
+                device: self.device.ordinal(),
+                cuda_error: e.to_string(),
+                code: Some(e.code()),
+            }
         })
     }
 }
@@ -173,7 +179,9 @@ impl DeviceBuffer {
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
         // Errors were reportable through `free`; here they can only be dropped.
-        let _ = self.release();
+        if let Err(e) = self.release() {
+            tracing::warn!(gpu_device = self.device.ordinal(), error = %e, "releasing device memory failed");
+        }
     }
 }
 
@@ -237,7 +245,8 @@ impl Drop for PinnedBuffer {
     fn drop(&mut self) {
         if self.device.bind().is_ok() {
             // SAFETY: `ptr` came from `cuMemAllocHost` and is freed once, here.
-            let _ = unsafe { result::free_host(self.ptr.cast::<c_void>()) };
+            let freed = unsafe { result::free_host(self.ptr.cast::<c_void>()) };
+            crate::error::report_release("pinned host memory", self.device.ordinal(), freed);
         }
     }
 }
@@ -272,10 +281,14 @@ impl ManagedBuffer {
                 cudarc::driver::sys::CUmemAttach_flags::CU_MEM_ATTACH_GLOBAL,
             )
         }
-        .map_err(|e| VramError::CudaAllocationFailed {
-            device: device.ordinal(),
-            bytes: len,
-            cuda_error: CudaError::from(e).to_string(),
+        .map_err(|e| {
+            let e = CudaError::from(e);
+            VramError::CudaAllocationFailed {
+                device: device.ordinal(),
+                bytes: len,
+                cuda_error: e.to_string(),
+                code: Some(e.code()),
+            }
         })?;
         Ok(Self {
             device: Arc::clone(device),
@@ -298,7 +311,8 @@ impl Drop for ManagedBuffer {
     fn drop(&mut self) {
         if self.device.bind().is_ok() {
             // SAFETY: `ptr` came from `cuMemAllocManaged` and is freed once, here.
-            let _ = unsafe { result::free_sync(self.ptr) };
+            let freed = unsafe { result::free_sync(self.ptr) };
+            crate::error::report_release("managed memory", self.device.ordinal(), freed);
         }
     }
 }
@@ -352,7 +366,8 @@ impl Drop for MappedHostBuffer {
     fn drop(&mut self) {
         if self.device.bind().is_ok() {
             // SAFETY: `ptr` came from `cuMemHostAlloc` and is freed once, here.
-            let _ = unsafe { result::free_host(self.ptr) };
+            let freed = unsafe { result::free_host(self.ptr) };
+            crate::error::report_release("mapped host memory", self.device.ordinal(), freed);
         }
     }
 }

@@ -121,6 +121,7 @@ impl Module {
                 device: self.device.ordinal(),
                 operation: "cuLaunchKernel",
                 cuda_error: "stream belongs to another device".into(),
+                code: None,
             });
         }
         let values = self.arg_values(args)?;
@@ -140,6 +141,7 @@ impl Module {
                             device: ordinal,
                             operation: "cuLaunchKernel",
                             cuda_error: "buffer belongs to another device".into(),
+                            code: None,
                         });
                     }
                     b.device_address()
@@ -192,7 +194,8 @@ impl Drop for Module {
     fn drop(&mut self) {
         if self.device.bind().is_ok() {
             // SAFETY: the module was loaded in `load_ptx` and is unloaded once, here.
-            let _ = unsafe { result::module::unload(self.module) };
+            let unloaded = unsafe { result::module::unload(self.module) };
+            crate::error::report_release("a module", self.device.ordinal(), unloaded);
         }
     }
 }

@@ -161,6 +161,7 @@ impl StagingRing {
                 operation: "host-to-device copy",
                 cuda_error: "source longer than the allocation (refused before calling the driver)"
                     .into(),
+                code: None,
             });
         }
         let slot = u64::try_from(self.slot_bytes).unwrap_or(u64::MAX);

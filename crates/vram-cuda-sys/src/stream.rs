@@ -88,9 +88,11 @@ impl Drop for Stream {
         if self.device.bind().is_ok() {
             // SAFETY: `raw` was created in `new`; pending work is waited for first, then the
             // stream is destroyed once, here.
-            let _ = unsafe { result::stream::synchronize(self.raw) };
+            let drained = unsafe { result::stream::synchronize(self.raw) };
+            crate::error::report_release("a stream's pending work", self.device.ordinal(), drained);
             // SAFETY: as above.
-            let _ = unsafe { result::stream::destroy(self.raw) };
+            let destroyed = unsafe { result::stream::destroy(self.raw) };
+            crate::error::report_release("a stream", self.device.ordinal(), destroyed);
         }
     }
 }
@@ -145,9 +147,12 @@ impl Event {
 impl Drop for Event {
     fn drop(&mut self) {
         if self.device.bind().is_ok() {
-            let _ = self.wait();
+            if let Err(e) = self.wait() {
+                tracing::warn!(gpu_device = self.device.ordinal(), error = %e, "waiting for an event failed");
+            }
             // SAFETY: `raw` was created in `new` and is destroyed once, here.
-            let _ = unsafe { result::event::destroy(self.raw) };
+            let destroyed = unsafe { result::event::destroy(self.raw) };
+            crate::error::report_release("an event", self.device.ordinal(), destroyed);
         }
     }
 }

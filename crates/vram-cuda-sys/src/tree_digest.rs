@@ -101,7 +101,8 @@ impl Drop for Scratch<'_> {
         if self.stream.device().bind().is_ok() {
             // SAFETY: `ptr` came from `cuMemAllocAsync` on this stream and is freed once, after
             // all work queued before on the stream (stream order).
-            let _ = unsafe { result::free_async(self.ptr, self.stream.raw()) };
+            let freed = unsafe { result::free_async(self.ptr, self.stream.raw()) };
+            crate::error::report_release("digest scratch", self.stream.device().ordinal(), freed);
         }
     }
 }
@@ -181,6 +182,7 @@ impl TreeDigestEngine {
                 operation: "tree digest",
                 cuda_error: "range outside the allocation (refused before calling the driver)"
                     .into(),
+                code: None,
             });
         }
         let total = u64::try_from(len).unwrap_or(u64::MAX);

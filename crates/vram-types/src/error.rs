@@ -7,6 +7,9 @@
 
 use std::fmt;
 
+/// `CUresult` code of `CUDA_ERROR_OUT_OF_MEMORY`.
+pub const CUDA_ERROR_OUT_OF_MEMORY: u32 = 2;
+
 /// Result type of every fallible function in the workspace.
 pub type Result<T, E = VramError> = std::result::Result<T, E>;
 
@@ -108,6 +111,8 @@ pub enum VramError {
         bytes: usize,
         /// CUDA error name and text, e.g. `CUDA_ERROR_INVALID_VALUE: invalid argument`.
         cuda_error: String,
+        /// The driver's `CUresult` code, e.g. 2 for `CUDA_ERROR_OUT_OF_MEMORY`.
+        code: Option<u32>,
     },
 
     /// Releasing VRAM failed. Reported and audited; the memory is never freed twice.
@@ -117,6 +122,8 @@ pub enum VramError {
         device: u32,
         /// CUDA error name and text.
         cuda_error: String,
+        /// The driver's `CUresult` code.
+        code: Option<u32>,
     },
 
     /// Another CUDA driver call failed (copy, context, query).
@@ -128,6 +135,9 @@ pub enum VramError {
         operation: &'static str,
         /// CUDA error name and text.
         cuda_error: String,
+        /// The driver's `CUresult` code; `None` when the request was refused before the driver
+        /// was called (a range outside an allocation, a buffer of another device).
+        code: Option<u32>,
     },
 
     /// No usable GPU: no driver, no device, or the driver could not be initialised.
@@ -209,16 +219,19 @@ pub enum VramError {
 impl VramError {
     /// Whether retrying the same request later can succeed.
     ///
-    /// Capacity and transient allocation failures are retriable; integrity, policy and input
-    /// failures are not (retrying them would hide a security problem or repeat a mistake).
+    /// Capacity failures are retriable (VRAM or host memory ran out, including a CUDA call that
+    /// failed with `CUDA_ERROR_OUT_OF_MEMORY`); integrity, policy and input failures are not
+    /// (retrying them would hide a security problem or repeat a mistake), nor is any other CUDA
+    /// failure (a lost device, an illegal address, an uncorrectable ECC error).
     #[must_use]
     pub fn is_retriable(&self) -> bool {
-        matches!(
-            self,
-            Self::InsufficientVram { .. }
-                | Self::HostMemoryExhausted { .. }
-                | Self::CudaAllocationFailed { .. }
-        )
+        match self {
+            Self::InsufficientVram { .. } | Self::HostMemoryExhausted { .. } => true,
+            Self::CudaAllocationFailed { code, .. }
+            | Self::CudaDeallocationFailed { code, .. }
+            | Self::CudaOperationFailed { code, .. } => *code == Some(CUDA_ERROR_OUT_OF_MEMORY),
+            _ => false,
+        }
     }
 
     /// Whether the error is a security event (seal, integrity or policy failure) that must be
@@ -330,6 +343,29 @@ mod tests {
         assert!(text.contains("needed 10 bytes") && text.contains("available 5 bytes"));
         assert!(text.contains("GPU 1"));
         assert!(host.to_string().contains("host memory"));
+    }
+
+    #[test]
+    fn only_out_of_memory_cuda_failures_are_retriable() {
+        let op = |code| VramError::CudaOperationFailed {
+            device: 0,
+            operation: "host-to-device copy",
+            cuda_error: "x".into(),
+            code,
+        };
+        assert!(op(Some(CUDA_ERROR_OUT_OF_MEMORY)).is_retriable());
+        // CUDA_ERROR_DEVICE_UNAVAILABLE, CUDA_ERROR_ILLEGAL_ADDRESS, CUDA_ERROR_ECC_UNCORRECTABLE
+        for lost in [46, 700, 214] {
+            assert!(!op(Some(lost)).is_retriable(), "{lost}");
+        }
+        assert!(!op(None).is_retriable());
+        let alloc = VramError::CudaAllocationFailed {
+            device: 0,
+            bytes: 1,
+            cuda_error: "x".into(),
+            code: Some(999),
+        };
+        assert!(!alloc.is_retriable());
     }
 
     #[test]

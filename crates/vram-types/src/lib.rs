@@ -42,7 +42,7 @@ mod vram_config;
 pub use digest_algorithm::{
     DEFAULT_LEAF_BYTES, DigestAlgorithm, LeafSize, MAX_LEAF_BYTES, MIN_LEAF_BYTES,
 };
-pub use error::{KeyProblem, Result, SealFailure, VramError};
+pub use error::{CUDA_ERROR_OUT_OF_MEMORY, KeyProblem, Result, SealFailure, VramError};
 pub use gpu_share::{DEFAULT_BACKGROUND_SM_FRACTION, GpuShare};
 pub use residency_facts::{AllocationFacts, BackendKind, DeviceFacts, MemoryType};
 pub use sealed_shard::{

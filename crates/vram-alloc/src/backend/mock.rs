@@ -22,6 +22,11 @@ use super::{
 };
 use crate::sync::{lock, read, write};
 
+/// `CUresult` codes the mock reports: `CUDA_ERROR_UNKNOWN` for an injected fault,
+/// `CUDA_ERROR_INVALID_VALUE` for a copy outside an allocation.
+const MOCK_FAULT_CODE: u32 = 999;
+const CUDA_ERROR_INVALID_VALUE: u32 = 1;
+
 #[derive(Debug)]
 struct MockDevice {
     facts: RwLock<DeviceFacts>,
@@ -257,6 +262,7 @@ impl MockBackend {
                 device,
                 operation,
                 cuda_error: "CUDA_ERROR_UNKNOWN: injected fault (mock)".into(),
+                code: Some(MOCK_FAULT_CODE),
             });
         }
         Ok(())
@@ -296,6 +302,7 @@ impl Backend for MockBackend {
                 device,
                 bytes,
                 cuda_error: "CUDA_ERROR_UNKNOWN: injected fault (mock)".into(),
+                code: Some(MOCK_FAULT_CODE),
             });
         }
         let taken = round_up(bytes, self.granularity).ok_or_else(|| {
@@ -348,6 +355,7 @@ impl Backend for MockBackend {
             device: b.device,
             operation: "host-to-device copy",
             cuda_error: "CUDA_ERROR_INVALID_VALUE: copy larger than the allocation".into(),
+            code: Some(CUDA_ERROR_INVALID_VALUE),
         };
         let len = usize::try_from(source.len()).map_err(|_| too_long.clone())?;
         let dst = data.get_mut(..len).ok_or(too_long)?;
@@ -377,6 +385,7 @@ impl Backend for MockBackend {
                 device: b.device,
                 operation: "device-to-host copy",
                 cuda_error: "CUDA_ERROR_INVALID_VALUE: read past the allocation".into(),
+                code: Some(CUDA_ERROR_INVALID_VALUE),
             })?;
         dst.copy_from_slice(src);
         Ok(())
@@ -396,6 +405,7 @@ impl Backend for MockBackend {
             device: b.device,
             operation: "device-to-host copy",
             cuda_error: "CUDA_ERROR_INVALID_VALUE: read past the allocation".into(),
+            code: Some(CUDA_ERROR_INVALID_VALUE),
         })?;
         Ok(vram_seal::digest(bytes, algorithm))
     }
@@ -423,6 +433,7 @@ impl Backend for MockBackend {
             return Err(VramError::CudaDeallocationFailed {
                 device: b.device,
                 cuda_error: "CUDA_ERROR_UNKNOWN: injected fault (mock)".into(),
+                code: Some(MOCK_FAULT_CODE),
             });
         }
         Ok(())
