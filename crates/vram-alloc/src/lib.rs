@@ -59,13 +59,11 @@
 
 pub mod audit;
 pub mod backend;
-mod baseline;
 mod capacity;
 mod manager;
 mod metrics;
 mod sync;
 
-pub use baseline::NaivePathTimes;
 pub use manager::{SealOptions, VramManager, VramManagerBuilder};
 pub use metrics::{DeviceUsage, VramMetrics};
 

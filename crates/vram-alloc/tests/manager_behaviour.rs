@@ -528,22 +528,6 @@ fn metrics_follow_operations_and_render_as_prometheus_text() {
 }
 
 #[test]
-fn the_naive_path_is_measured_and_leaves_nothing_behind() {
-    let r = rig(16 * MIB);
-    let times = r.manager.measure_naive_path(&model(3 * MIB, 1), 0).unwrap();
-    assert!(times.seal > Duration::ZERO && times.verify > Duration::ZERO);
-    assert_eq!((r.manager.used_vram(), r.mock.live_allocations()), (0, 0));
-    assert!(r.audit.events().is_empty(), "a measurement is not a seal");
-    assert!(matches!(
-        r.manager.measure_naive_path(&model(20 * MIB, 1), 0),
-        Err(VramError::InsufficientVram { .. })
-    ));
-    r.mock.fail_next_reads(1);
-    assert!(r.manager.measure_naive_path(&model(MIB, 1), 0).is_err());
-    assert_eq!((r.manager.used_vram(), r.mock.live_allocations()), (0, 0));
-}
-
-#[test]
 fn debug_output_shows_counts_never_bytes_keys_or_pointers() {
     let r = rig(256 * MIB);
     let shard = r.manager.seal_model(&model(64 * MIB, 0xAB), 0).unwrap();

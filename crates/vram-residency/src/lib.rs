@@ -73,8 +73,7 @@ pub use vram_policy::{
 
 #[doc(inline)]
 pub use vram_alloc::{
-    DeviceUsage, NaivePathTimes, SealOptions, VramManager, VramManagerBuilder, VramMetrics, audit,
-    probe_gpus,
+    DeviceUsage, SealOptions, VramManager, VramManagerBuilder, VramMetrics, audit, probe_gpus,
 };
 
 #[doc(inline)]

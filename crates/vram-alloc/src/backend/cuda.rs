@@ -139,6 +139,16 @@ impl CudaBackend {
     fn buffer(&self, id: BufferId) -> Result<Arc<DeviceBuffer>, VramError> {
         self.buffers.get(id)
     }
+
+    /// Inverts the byte at `offset` of the buffer with a raw copy, behind the manager's back
+    /// (simulated VRAM corruption; test builds only).
+    #[cfg(feature = "test-utils")]
+    pub(crate) fn flip_byte(&self, buffer: BufferId, offset: usize) -> Result<(), VramError> {
+        let b = self.buffer(buffer)?;
+        let mut byte = [0u8; 1];
+        b.read(offset, &mut byte)?;
+        b.write(offset, &byte.map(|v| !v))
+    }
 }
 
 impl Backend for CudaBackend {
@@ -180,14 +190,6 @@ impl Backend for CudaBackend {
             .upload(&b, source, observe)
     }
 
-    fn upload_unstaged(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError> {
-        self.buffer(buffer)?.write(0, bytes)
-    }
-
-    fn read_unstaged(&self, buffer: BufferId, dst: &mut [u8]) -> Result<(), VramError> {
-        self.buffer(buffer)?.read(0, dst)
-    }
-
     fn digest(
         &self,
         buffer: BufferId,
@@ -218,11 +220,8 @@ impl Backend for CudaBackend {
     }
 
     #[cfg(feature = "test-utils")]
-    fn flip_byte(&self, buffer: BufferId, offset: usize) -> Result<(), VramError> {
-        let b = self.buffer(buffer)?;
-        let mut byte = [0u8; 1];
-        b.read(offset, &mut byte)?;
-        b.write(offset, &byte.map(|v| !v))
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn free(&self, buffer: BufferId) -> Result<(), VramError> {

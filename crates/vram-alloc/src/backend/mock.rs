@@ -216,7 +216,7 @@ impl MockBackend {
 
     #[cfg(feature = "test-utils")]
     /// Inverts one byte of a buffer.
-    fn flip(&self, buffer: BufferId, offset: usize) -> Result<(), VramError> {
+    pub(crate) fn flip(&self, buffer: BufferId, offset: usize) -> Result<(), VramError> {
         let b = self.buffer(buffer)?;
         let mut data = write(&b.data);
         let byte = data.get_mut(offset).ok_or_else(|| {
@@ -371,26 +371,6 @@ impl Backend for MockBackend {
         Ok(())
     }
 
-    fn upload_unstaged(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError> {
-        self.upload(buffer, &bytes, None)
-    }
-
-    fn read_unstaged(&self, buffer: BufferId, dst: &mut [u8]) -> Result<(), VramError> {
-        let b = self.buffer(buffer)?;
-        self.copy_fault(b.device, "device-to-host copy", |f| &mut f.fail_reads)?;
-        let data = read(&b.data);
-        let src = data
-            .get(..dst.len())
-            .ok_or(VramError::CudaOperationFailed {
-                device: b.device,
-                operation: "device-to-host copy",
-                cuda_error: "CUDA_ERROR_INVALID_VALUE: read past the allocation".into(),
-                code: Some(CUDA_ERROR_INVALID_VALUE),
-            })?;
-        dst.copy_from_slice(src);
-        Ok(())
-    }
-
     fn digest(
         &self,
         buffer: BufferId,
@@ -418,8 +398,8 @@ impl Backend for MockBackend {
     }
 
     #[cfg(feature = "test-utils")]
-    fn flip_byte(&self, buffer: BufferId, offset: usize) -> Result<(), VramError> {
-        self.flip(buffer, offset)
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 
     fn free(&self, buffer: BufferId) -> Result<(), VramError> {

@@ -87,19 +87,6 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
         observe: Option<ChunkObserver<'_>>,
     ) -> Result<(), VramError>;
 
-    /// Copies `bytes` to the buffer in one plain copy from pageable memory, with no staging:
-    /// the naive path that `vramctl bench` measures the staged path against.
-    ///
-    /// # Errors
-    /// [`VramError::CudaOperationFailed`].
-    fn upload_unstaged(&self, buffer: BufferId, bytes: &[u8]) -> Result<(), VramError>;
-
-    /// Copies the start of the buffer into `dst` in one plain copy to pageable memory (naive path).
-    ///
-    /// # Errors
-    /// [`VramError::CudaOperationFailed`].
-    fn read_unstaged(&self, buffer: BufferId, dst: &mut [u8]) -> Result<(), VramError>;
-
     /// Digest of the first `len` resident bytes of the buffer, computed from device memory,
     /// taking at most `share` of the GPU.
     ///
@@ -119,13 +106,9 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// CUDA errors on the real backend; [`VramError::NotSealed`] for an unknown buffer.
     fn allocation_facts(&self, buffer: BufferId, len: usize) -> Result<AllocationFacts, VramError>;
 
-    /// Inverts the byte at `offset` of the buffer with a raw copy, behind the manager's back
-    /// (simulated VRAM corruption in tests).
-    ///
-    /// # Errors
-    /// [`VramError::InvalidInput`] for an offset outside the buffer; CUDA errors.
+    /// The backend as `Any`, for the test hooks only one backend has (test builds only).
     #[cfg(feature = "test-utils")]
-    fn flip_byte(&self, buffer: BufferId, offset: usize) -> Result<(), VramError>;
+    fn as_any(&self) -> &dyn std::any::Any;
 
     /// Frees the buffer.
     ///

@@ -512,36 +512,13 @@ impl VramManager {
                 format!("{offset} is outside the {}-byte shard", resident.len()),
             ));
         }
-        self.shared.backend.flip_byte(resident.buffer(), offset)
-    }
-
-    /// Runs `f` on a scratch device buffer of `len` bytes, reserved like a seal's and always
-    /// released afterwards (for measurements).
-    pub(crate) fn with_scratch_buffer<T>(
-        &self,
-        len: usize,
-        gpu_device: u32,
-        f: impl FnOnce(&dyn Backend, crate::backend::BufferId) -> Result<T, VramError>,
-    ) -> Result<T, VramError> {
-        self.shared.ensure_running()?;
-        vram_types::validation::validate_gpu_device(gpu_device, self.device_count())?;
-        vram_types::validation::validate_model_size(len, self.shared.config.max_model_bytes)?;
-        let needed = self.vram_footprint(len);
-        let _reservation = self
-            .shared
-            .capacity(gpu_device)?
-            .try_reserve(needed)
-            .map_err(|available| VramError::InsufficientVram {
-                needed,
-                available,
-                device: gpu_device,
-            })?;
-        let backend = self.shared.backend.as_ref();
-        let buffer = backend.allocate(gpu_device, len)?;
-        let result = f(backend, buffer);
-        let freed = backend.free(buffer);
-        let value = result?;
-        freed?;
-        Ok(value)
+        let backend = self.shared.backend.as_any();
+        if let Some(mock) = backend.downcast_ref::<MockBackend>() {
+            mock.flip(resident.buffer(), offset)
+        } else if let Some(cuda) = backend.downcast_ref::<CudaBackend>() {
+            cuda.flip_byte(resident.buffer(), offset)
+        } else {
+            Err(VramError::Unreachable("a backend of this crate"))
+        }
     }
 }
