@@ -61,3 +61,63 @@ pub fn temp_path(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_file(&path);
     path
 }
+
+/// Which backend a shared behaviour test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum On {
+    /// The mock backend (CI).
+    Mock,
+    /// Every CUDA GPU of the machine (`VRAM_TEST_GPU=1`).
+    Cuda,
+}
+
+/// A manager on either backend, with an in-memory audit sink and the fixed test key.
+pub struct AnyRig {
+    pub manager: VramManager,
+    pub audit: Arc<InMemoryAuditSink>,
+    mock: Option<Arc<MockBackend>>,
+}
+
+impl AnyRig {
+    /// On the mock, the backend holds exactly `n` allocations (the CUDA backend does not count
+    /// them; its accounting is checked through `used_vram` and the GPU suite's free memory).
+    pub fn assert_live_allocations(&self, n: usize) {
+        if let Some(mock) = &self.mock {
+            assert_eq!(
+                mock.live_allocations(),
+                n,
+                "live allocations in the backend"
+            );
+        }
+    }
+}
+
+/// A manager managing `capacity` bytes of device 0 on `on`.
+pub fn rig_on(on: On, capacity: usize, config: VramConfig) -> AnyRig {
+    let audit = Arc::new(InMemoryAuditSink::new());
+    let builder = VramManager::builder()
+        .config(VramConfig {
+            capacity_bytes: Some(capacity),
+            ..config
+        })
+        .seal_key(SealKey::from_bytes(&[0x5e; 32]).unwrap())
+        .audit_sink(audit.clone());
+    let (manager, mock) = match on {
+        On::Mock => {
+            let mock = Arc::new(MockBackend::with_capacity(capacity));
+            (builder.mock(mock.clone()).build().unwrap(), Some(mock))
+        }
+        On::Cuda => {
+            assert!(
+                std::env::var("VRAM_TEST_GPU").is_ok_and(|v| v == "1"),
+                "needs a GPU: set VRAM_TEST_GPU=1"
+            );
+            (builder.build().unwrap(), None)
+        }
+    };
+    AnyRig {
+        manager,
+        audit,
+        mock,
+    }
+}
