@@ -105,16 +105,7 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
             "--verify-every 0; give a number of seconds ≥ 1",
         ));
     }
-    for path in &args.files {
-        files::open_model(path)?;
-    }
-
-    let session = session::open(backend, BackendChoice::Cuda, args.audit_log.as_deref())?;
-    let manager = session.manager.clone();
-    out.line(&session.backend_note);
-    manager.enforce_vram_only_policy()?;
-
-    // Headers and sizes of every file are checked before any is sealed; only headers are read.
+    // Every file and its header are checked before the GPU is touched; only headers are read.
     let mut prepared = Vec::new();
     for path in &args.files {
         let (file, len) = files::open_model(path)?;
@@ -130,6 +121,11 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
             format,
         });
     }
+    let session = session::open(backend, BackendChoice::Cuda, args.audit_log.as_deref())?;
+    let manager = session.manager.clone();
+    out.line(&session.backend_note);
+    manager.enforce_vram_only_policy()?;
+
     // A flat SHA-256 (`sha256:HEX`) is serial and is checked on the host before sealing; a tree
     // digest is checked by the seal itself, against the bytes in VRAM.
     for (p, (algorithm, want)) in prepared.iter().zip(&expected) {
