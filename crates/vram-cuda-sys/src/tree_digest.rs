@@ -204,12 +204,53 @@ impl TreeDigestEngine {
             scratch.at(leaves.saturating_mul(DIGEST_BYTES)),
         );
         let data = buffer.device_address()?;
+        let mut words = [0u32; 8];
+        let queued = self.queue_digest(
+            &stream,
+            share,
+            data,
+            total,
+            leaf_bytes,
+            leaves,
+            (a, b),
+            &mut words,
+        );
+        // Freed in stream order before the wait, so the pool hands the memory back to the
+        // device at the wait (release threshold 0) instead of holding it until the next one.
+        drop(scratch);
+        // Waited for on every path: no queued kernel may outlive this call and read `buffer`
+        // after the caller frees it, even when a later launch failed.
+        let waited = stream.synchronize();
+        queued?;
+        waited?;
+        self.device.trim_memory_pool()?;
+        let mut root = [0u8; 32];
+        for (out, word) in root.chunks_exact_mut(4).zip(words) {
+            out.copy_from_slice(&word.to_be_bytes());
+        }
+        Ok(root)
+    }
+
+    /// Queues the leaf launches, the fold and the copy of the root into `words`; the caller
+    /// waits for the stream.
+    #[allow(clippy::too_many_arguments, reason = "the digest's parameters")]
+    fn queue_digest(
+        &self,
+        stream: &Stream,
+        share: GpuShare,
+        data: u64,
+        total: u64,
+        leaf_bytes: u64,
+        leaves: u64,
+        (a, b): (u64, u64),
+        words: &mut [u32; 8],
+    ) -> Result<(), VramError> {
         match share {
             GpuShare::Full => {
                 let block = block_size(leaves, self.multiprocessors);
                 let whole = (0, leaf_bytes);
                 self.launch_leaves(
-                    &stream,
+                    stream,
                     block,
                     data,
                     total,
@@ -220,26 +261,15 @@ impl TreeDigestEngine {
                 )?;
             }
             GpuShare::Bounded { sm_fraction } => {
-                self.hash_leaves_bounded(&stream, data, total, leaf_bytes, leaves, sm_fraction, a)?;
+                self.hash_leaves_bounded(stream, data, total, leaf_bytes, leaves, sm_fraction, a)?;
             }
         }
-        let root_at = self.fold(&stream, leaves, a, b)?;
-        let mut words = [0u32; 8];
+        let root_at = self.fold(stream, leaves, a, b)?;
         // SAFETY: `root_at` points at 8 words inside the live scratch allocation, written by
         // work queued before on this stream; `words` is a host array of exactly 32 bytes that
-        // lives until the stream is synchronised below.
-        unsafe { result::memcpy_dtoh_async(&mut words, root_at, stream.raw()) }
-            .map_err(|e| CudaError::from(e).during(ordinal, "cuMemcpyDtoHAsync"))?;
-        // Freed in stream order before the wait, so the pool hands the memory back to the
-        // device at the wait (release threshold 0) instead of holding it until the next one.
-        drop(scratch);
-        stream.synchronize()?;
-        self.device.trim_memory_pool()?;
-        let mut root = [0u8; 32];
-        for (out, word) in root.chunks_exact_mut(4).zip(words) {
-            out.copy_from_slice(&word.to_be_bytes());
-        }
-        Ok(root)
+        // the caller keeps alive until it has synchronised the stream.
+        unsafe { result::memcpy_dtoh_async(words, root_at, stream.raw()) }
+            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "cuMemcpyDtoHAsync"))
     }
 
     /// Queues the leaf kernel over leaves `first..first + count`, bytes `begin..begin + slice`
