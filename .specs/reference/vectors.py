@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Independent reference implementation of .specs/digest.md, .specs/seal.md and .specs/attestation.md (Python hashlib/hmac).
+"""Independent reference implementation of .specs/digest.md, .specs/seal.md, .specs/group-seal.md and .specs/attestation.md (Python hashlib/hmac).
 
 Prints the test vectors committed in crates/vram-seal/tests/data/. Run:
-    python3 .specs/reference/vectors.py digest|seal|hkdf|attestation
+    python3 .specs/reference/vectors.py digest|seal|hkdf|attestation|group
 The Rust tests check the Rust implementation against these files, so the two implementations
 must agree bit for bit.
 """
@@ -95,6 +95,25 @@ def attestation_statement(a):
     tail = [str(a["attested_at_ms"]), a["nonce"]]
     return bytes([a["version"]]) + b"".join(s(x) for x in head + a["checks_passed"] + tail)
 
+def group_encoding(model_id, members):
+    """The group seal encoding of .specs/group-seal.md; members are in index order."""
+    def s(x):
+        b = x.encode()
+        return struct.pack(">I", len(b)) + b
+    out = b"VRAMGRUP" + b"\x01" + s(model_id) + struct.pack(">Q", len(members))
+    for i, (device, nbytes, alg, dig) in enumerate(members):
+        out += struct.pack(">QIQ", i, device, nbytes) + s(alg) + s(dig)
+    return out
+
+GROUP_CASES = [
+    ("one-shard", "llama-3-8b", [(0, 3, "sha256-tree-65536", digest(b"abc", "sha256-tree-65536"))]),
+    ("three-shards", "llama-70b:tp@3", [
+        (0, 1048577, "sha256-tree-65536", digest(pattern(1048577), "sha256-tree-65536")),
+        (1, 3, "sha256", digest(b"abc", "sha256")),
+        (7, 4097, "sha256-tree-4096", digest(pattern(4097), "sha256-tree-4096")),
+    ]),
+]
+
 STATEMENT_DOMAIN = b"VRAM-STATEMENT\x00\x01"
 ATTESTATION_CASES = [
     dict(version=1, worker_id="worker-1", shard_id="llama-3-8b.0", gpu_device=0, vram_bytes=1048577,
@@ -133,6 +152,16 @@ if __name__ == "__main__":
     elif what == "hkdf":
         for token, wid in HKDF_CASES:
             print(token.hex(), wid, hkdf(token, HKDF_SALT, HKDF_INFO_PREFIX + wid.encode()).hex())
+    elif what == "group":
+        for name, model_id, members in GROUP_CASES:
+            enc = group_encoding(model_id, members)
+            print("name", name)
+            print("model_id", model_id)
+            for i, (device, nbytes, alg, dig) in enumerate(members):
+                print("member", i, device, nbytes, alg, dig)
+            print("encoding", enc.hex())
+            print("seal", hmac.new(SEAL_KEY, enc, hashlib.sha256).hexdigest())
+            print()
     elif what == "attestation":
         import json
         for a in ATTESTATION_CASES:
@@ -140,4 +169,4 @@ if __name__ == "__main__":
             signed = dict(a, signature=hmac.new(SEAL_KEY, STATEMENT_DOMAIN + st, hashlib.sha256).hexdigest())
             print(st.hex(), json.dumps(signed, separators=(",", ":")))
     else:
-        sys.exit("usage: vectors.py digest|seal|hkdf|attestation")
+        sys.exit("usage: vectors.py digest|seal|hkdf|attestation|group")

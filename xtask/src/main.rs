@@ -371,6 +371,7 @@ const VECTOR_FILES: &[(&str, &str)] = &[
     ("digest", "crates/vram-seal/tests/data/digest_vectors.txt"),
     ("seal", "crates/vram-seal/tests/data/seal_vectors.txt"),
     ("hkdf", "crates/vram-seal/tests/data/hkdf_vectors.txt"),
+    ("group", "crates/vram-seal/tests/data/group_vectors.txt"),
     (
         "attestation",
         "crates/vram-policy/tests/data/attestation_vectors.txt",

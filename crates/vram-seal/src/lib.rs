@@ -51,6 +51,7 @@
 
 pub mod digest;
 pub mod encoding;
+pub mod group;
 mod key;
 pub mod signature;
 
