@@ -54,6 +54,7 @@ on_both_backends! {
     expired_seals_fail_when_a_limit_is_set
     seals_without_time_are_deterministic
     foreign_shards_with_made_up_devices_do_not_grow_the_metrics
+    tensor_parallel_shards_with_identical_bytes_on_one_device_do_not_collide
 }
 
 fn seal_then_verify_succeeds_and_is_audited(on: On) {
@@ -353,4 +354,21 @@ fn foreign_shards_with_made_up_devices_do_not_grow_the_metrics(on: On) {
         "{text}"
     );
     assert!(text.contains("gpu_device=\"0\""));
+}
+
+fn tensor_parallel_shards_with_identical_bytes_on_one_device_do_not_collide(on: On) {
+    let r = rig_on(on, 16 * MIB, VramConfig::default());
+    let bytes = model(MIB, 4);
+    let a = r.manager.seal_model_shard(&bytes, 0, 0, 2).unwrap();
+    let b = r.manager.seal_model_shard(&bytes, 0, 1, 2).unwrap();
+    assert_ne!(a.shard_id, b.shard_id);
+    assert!(a.shard_id.ends_with("-gpu0-tp0of2") && b.shard_id.ends_with("-gpu0-tp1of2"));
+    assert_eq!((a.shard_index, b.shard_index), (Some(0), Some(1)));
+    r.manager.verify_sealed(&a).unwrap();
+    r.manager.verify_sealed(&b).unwrap();
+    // The same index again is the same shard: refused while the first is live.
+    assert!(matches!(
+        r.manager.seal_model_shard(&bytes, 0, 1, 2),
+        Err(VramError::AlreadySealed { .. })
+    ));
 }

@@ -309,7 +309,9 @@ impl VramManager {
         self.seal_from_source(&model_bytes, gpu_device, &options)
     }
 
-    /// Seals one tensor-parallel shard (`shard_index` of `total_shards`); both are sealed.
+    /// Seals one tensor-parallel shard (`shard_index` of `total_shards`); both are sealed, and the
+    /// generated id carries them (`shard-<16 hex>-gpu<N>-tp<i>of<n>`), so shards of one model
+    /// with identical bytes on one device do not collide.
     ///
     /// # Errors
     /// As [`Self::seal_model`]; `shard_index >= total_shards` is [`VramError::InvalidInput`].

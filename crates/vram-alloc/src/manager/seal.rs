@@ -265,11 +265,18 @@ fn place_and_seal(
     Ok(shard)
 }
 
+/// The caller's id, or one derived from the content and place: `shard-<16 hex>-gpu<N>`, with
+/// `-tp<i>of<n>` for a tensor-parallel shard (two shards of one model may hold identical bytes
+/// on one device; they are different shards).
 fn id_of(req: &SealRequest<'_>, digest_hex: &str, device: u32) -> Option<String> {
-    match &req.options.shard_id {
-        Some(id) => Some(id.clone()),
-        None => Some(format!("shard-{}-gpu{device}", digest_hex.get(..16)?)),
+    if let Some(id) = &req.options.shard_id {
+        return Some(id.clone());
     }
+    let content = digest_hex.get(..16)?;
+    Some(match req.options.tensor_parallel {
+        None => format!("shard-{content}-gpu{device}"),
+        Some((i, n)) => format!("shard-{content}-gpu{device}-tp{i}of{n}"),
+    })
 }
 
 /// The allocation must be plain device memory of `device` covering the whole shard.
