@@ -64,7 +64,7 @@ mod manager;
 mod metrics;
 mod sync;
 
-pub use manager::{SealOptions, VramManager, VramManagerBuilder};
+pub use manager::{GroupPart, SealOptions, SealedGroup, VramManager, VramManagerBuilder};
 pub use metrics::{DeviceUsage, VramMetrics};
 
 /// The facts of every CUDA GPU of the machine, without building a manager (for diagnostics

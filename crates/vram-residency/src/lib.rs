@@ -73,7 +73,8 @@ pub use vram_policy::{
 
 #[doc(inline)]
 pub use vram_alloc::{
-    DeviceUsage, SealOptions, VramManager, VramManagerBuilder, VramMetrics, audit, probe_gpus,
+    DeviceUsage, GroupPart, SealOptions, SealedGroup, VramManager, VramManagerBuilder, VramMetrics,
+    audit, probe_gpus,
 };
 
 #[doc(inline)]

@@ -56,6 +56,17 @@ impl ShardSource for &[u8] {
     }
 }
 
+/// Bytes owned in host memory.
+impl ShardSource for Vec<u8> {
+    fn len(&self) -> u64 {
+        ShardSource::len(&self.as_slice())
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.as_slice().read_at(offset, buf)
+    }
+}
+
 /// A file, read with positioned reads (`pread`), so threads never share a cursor. Its length
 /// is taken when the source is made: a file that changes size while it is sealed fails the
 /// seal with an I/O error.

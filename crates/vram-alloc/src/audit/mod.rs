@@ -52,6 +52,9 @@ pub enum AuditEvent {
         digest_algorithm: String,
         /// Backend (`cuda` or `mock`).
         backend: String,
+        /// The tensor-parallel group (model id) the shard was sealed in, if any.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group_id: Option<String>,
     },
     /// A shard passed verification.
     SealVerified {

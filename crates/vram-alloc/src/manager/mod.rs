@@ -1,5 +1,6 @@
 //! `VramManager`: the public face of sealing, verification and capacity.
 
+mod group;
 mod policy;
 pub(crate) mod resident;
 mod seal;
@@ -20,6 +21,7 @@ use crate::audit::{AuditEvent, AuditSink, InMemoryAuditSink};
 use crate::backend::{Backend, CudaBackend, MockBackend, round_up};
 use crate::capacity::DeviceCapacity;
 use crate::metrics::VramMetrics;
+pub use group::{GroupPart, SealedGroup};
 use seal::SealRequest;
 pub use seal_options::SealOptions;
 pub(crate) use shared::Shared;
@@ -349,8 +351,10 @@ impl VramManager {
                 source,
                 device: gpu_device,
                 options,
+                group: None,
             },
         )
+        .map(|sealed| sealed.shard)
     }
 
     /// Verifies a shard: its seal, its freshness, that it is still in device memory, and that

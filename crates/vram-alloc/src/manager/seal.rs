@@ -28,6 +28,15 @@ pub(super) struct SealRequest<'a> {
     pub(super) source: &'a dyn ShardSource,
     pub(super) device: u32,
     pub(super) options: &'a SealOptions,
+    /// The group the shard belongs to: its `VramSealed` record names the group and is held
+    /// back until the whole group is placed (nothing is audited as sealed otherwise).
+    pub(super) group: Option<&'a str>,
+}
+
+/// A sealed shard, with its `VramSealed` record when the request held it back (a group's).
+pub(super) struct Sealed {
+    pub(super) shard: SealedShard,
+    pub(super) held_back: Option<(String, AuditEvent)>,
 }
 
 /// A device buffer freed on drop unless handed over.
@@ -90,7 +99,7 @@ fn validate(shared: &Shared, req: &SealRequest<'_>) -> Result<(Option<ShardId>, 
     Ok((id, len))
 }
 
-pub(super) fn seal(shared: &Arc<Shared>, req: &SealRequest<'_>) -> Result<SealedShard, VramError> {
+pub(super) fn seal(shared: &Arc<Shared>, req: &SealRequest<'_>) -> Result<Sealed, VramError> {
     shared.ensure_running()?;
     let (id, len) = validate(shared, req)?;
     let claim = id
@@ -153,7 +162,7 @@ fn place_and_seal(
     len: usize,
     claim: Option<Claim>,
     correlation_id: &str,
-) -> Result<SealedShard, VramError> {
+) -> Result<Sealed, VramError> {
     let device = req.device;
     let reservation = reserve(shared, device, len, correlation_id)?;
     let placed = PlacedBuffer {
@@ -245,24 +254,29 @@ fn place_and_seal(
     let allocation: Arc<dyn ShardAllocation> = resident;
     let shard = SealedShard::from_parts(fields, now, signature, Some(allocation));
 
-    shared.emit(
-        correlation_id,
-        AuditEvent::VramSealed {
-            shard_id: shard.shard_id.clone(),
-            gpu_device: device,
-            vram_bytes: len,
-            reserved_bytes,
-            digest: shard.digest.clone(),
-            digest_algorithm: algorithm.to_string(),
-            backend: shared.backend.kind().to_string(),
-        },
-    );
+    let event = AuditEvent::VramSealed {
+        shard_id: shard.shard_id.clone(),
+        gpu_device: device,
+        vram_bytes: len,
+        reserved_bytes,
+        digest: shard.digest.clone(),
+        digest_algorithm: algorithm.to_string(),
+        backend: shared.backend.kind().to_string(),
+        group_id: req.group.map(str::to_owned),
+    };
     tracing::info!(
         shard_id = %shard.shard_id, vram_bytes = len, gpu_device = device, digest = %shard.digest,
         "model sealed in VRAM"
     );
     warn_if_low(shared, device);
-    Ok(shard)
+    let held_back = match req.group {
+        Some(_) => Some((correlation_id.to_owned(), event)),
+        None => {
+            shared.emit(correlation_id, event);
+            None
+        }
+    };
+    Ok(Sealed { shard, held_back })
 }
 
 /// The caller's id, or one derived from the content and place: `shard-<16 hex>-gpu<N>`, with
