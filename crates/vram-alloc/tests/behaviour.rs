@@ -75,13 +75,13 @@ fn seal_then_verify_succeeds_and_is_audited(on: On) {
         2 * MIB,
         "1 MiB takes one 2 MiB granule"
     );
-    assert_eq!(r.manager.available_vram(), 8 * MIB);
+    assert_eq!(r.manager.available_vram_on(0).unwrap(), 8 * MIB);
 }
 
 fn model_at_exact_capacity_fits(on: On) {
     let r = rig_on(on, 10 * MIB, VramConfig::default());
     let shard = r.manager.seal_model(&model(10 * MIB, 2), 0).unwrap();
-    assert_eq!(r.manager.available_vram(), 0);
+    assert_eq!(r.manager.available_vram_on(0).unwrap(), 0);
     r.manager.verify_sealed(&shard).unwrap();
 }
 

@@ -45,6 +45,7 @@ fn tensor_parallel_shards_live_on_their_own_devices() {
         "needs two GPUs, found {}",
         m.device_count()
     );
+    warm_up(&m);
     let (free0, free1) = (free(0), free(1));
     let halves: Vec<Vec<u8>> = (0..2u8)
         .map(|h| (0..256 * MIB).map(|i| (i as u8) ^ h).collect())
@@ -82,6 +83,22 @@ fn tensor_parallel_shards_live_on_their_own_devices() {
     assert!(free(0).abs_diff(free0) <= 2 * MIB && free(1).abs_diff(free1) <= 2 * MIB);
 }
 
+/// Makes the digest kernels' module and every copy lane of both devices exist, so that free
+/// memory read afterwards moves only with shards (a 256 MiB part uses all the lanes).
+fn warm_up(m: &VramManager) {
+    let warm: Vec<Vec<u8>> = (0..2u8).map(|h| vec![h ^ 0x5a; 256 * MIB]).collect();
+    let parts: Vec<_> = warm
+        .iter()
+        .zip([0u32, 1])
+        .map(|(d, gpu_device)| vram_alloc::GroupPart {
+            source: d,
+            gpu_device,
+        })
+        .collect();
+    let group = m.seal_model_group("warm", &parts).unwrap();
+    m.verify_group(&group).unwrap();
+}
+
 /// Best of `n` wall times of `f`.
 fn best_of(n: usize, mut f: impl FnMut()) -> std::time::Duration {
     (0..n)
@@ -111,20 +128,7 @@ fn a_group_across_two_gpus_verifies_in_parallel_and_reports_only_the_corrupted_s
         .build()
         .unwrap();
     assert!(m.device_count() >= 2, "needs two GPUs");
-    // Warm-up: the digest kernels' module and every copy lane of both devices exist before
-    // free memory is read (a 256 MiB part uses all the lanes).
-    let warm: Vec<Vec<u8>> = (0..2u8).map(|h| vec![h ^ 0x5a; 256 * MIB]).collect();
-    let warm_parts: Vec<_> = warm
-        .iter()
-        .zip([0u32, 1])
-        .map(|(d, gpu_device)| vram_alloc::GroupPart {
-            source: d,
-            gpu_device,
-        })
-        .collect();
-    let warm_group = m.seal_model_group("warm", &warm_parts).unwrap();
-    m.verify_group(&warm_group).unwrap();
-    drop(warm_group);
+    warm_up(&m);
     let (free0, free1) = (free(0), free(1));
     let part = 8 * 1024 * MIB;
     let data: Vec<Vec<u8>> = (0..2u8)
