@@ -15,7 +15,36 @@
 //!
 //! A group is composed from shard seals by any process that holds the key
 //! ([`group_from_shards`]): each per-GPU worker hands over its sealed shard (public fields and
-//! seal), the composer checks every shard seal and the indices, then seals the group.
+//! seal, for example a serialized `SealedShard`), the composer checks every shard seal and the
+//! indices, then seals the group:
+//!
+//! ```
+//! use vram_seal::group::{compute_group_seal, group_from_shards, verify_group_seal};
+//! use vram_seal::{SealKey, compute_signature};
+//! use vram_types::{DigestAlgorithm, SealedFields, VramError};
+//!
+//! let key = SealKey::derive(b"worker-api-token-from-the-orchestrator", "node-1")?;
+//! // What the worker process of GPU `i` sealed and sends (its shard's public fields and seal).
+//! let from_worker = |i: u32| -> Result<_, VramError> {
+//!     let fields = SealedFields {
+//!         shard_id: format!("llama:tp{i}"),
+//!         gpu_device: i,
+//!         vram_bytes: 1 << 30,
+//!         digest_algorithm: DigestAlgorithm::default(),
+//!         digest: format!("{i:064x}"),
+//!         sealed_at: None,
+//!         shard_index: Some(i as usize),
+//!         total_shards: Some(2),
+//!     };
+//!     let seal = compute_signature(&key, &fields)?;
+//!     Ok((fields, seal))
+//! };
+//! let received = vec![from_worker(1)?, from_worker(0)?]; // in any order
+//! let group = group_from_shards(&key, "llama", &received)?; // checks every shard seal
+//! let group_seal = compute_group_seal(&key, &group)?;
+//! verify_group_seal(&key, &group, &group_seal)?;
+//! # Ok::<(), VramError>(())
+//! ```
 
 use vram_types::validation::ShardId;
 use vram_types::{DigestAlgorithm, SealFailure, SealSignature, SealedFields, VramError};

@@ -16,6 +16,8 @@ Examples:
   vramctl digest model.safetensors > model.digest
   vramctl seal model.safetensors --expect $(cut -d' ' -f1 model.digest) \\
       --verify-every 30 --metrics 127.0.0.1:9400 --audit-log /var/log/vram-audit.jsonl
+  vramctl seal --group llama-70b --devices 0,1 model-00001-of-00002.safetensors \\
+      model-00002-of-00002.safetensors
   vramctl bench --size 1MiB,16GiB
   vramctl demo";
 
@@ -91,6 +93,14 @@ pub(crate) struct SealArgs {
     /// GPU index.
     #[arg(long, default_value_t = 0)]
     pub(crate) device: u32,
+    /// Seal the files as one tensor-parallel model with this id: file i becomes shard i of N
+    /// (`ID:tp<i>`), placed all or nothing, bound by one group seal and verified as a group.
+    #[arg(long, value_name = "MODEL_ID")]
+    pub(crate) group: Option<String>,
+    /// With --group: the GPUs to place the shards on, comma-separated; file i goes to the
+    /// i-th (cycling). Default: --device.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "group")]
+    pub(crate) devices: Vec<u32>,
     /// Expected digest of each file, in order: the 64 hex characters `vramctl digest` prints, or
     /// `sha256:HEX` for a flat SHA-256 (`sha256sum`, a Hugging Face LFS oid). A file whose
     /// digest differs is refused before anything is sealed.

@@ -516,3 +516,88 @@ fn a_closed_stdout_is_not_a_crash() {
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+#[test]
+fn seal_group_places_a_sharded_model_as_one_group_and_releases_it_on_sigterm() {
+    let dir = TempDir::new().unwrap();
+    let first = write(&dir, "model-00001-of-00002.bin", &vec![1u8; 3 << 20]);
+    let second = write(&dir, "model-00002-of-00002.bin", &vec![2u8; 3 << 20]);
+    let audit = dir.path().join("audit.jsonl");
+    let mut child = Command::new(cargo_bin("vramctl"))
+        .args([
+            "--json",
+            "--backend",
+            "mock",
+            "seal",
+            "--group",
+            "llama",
+            "--devices",
+            "0",
+        ])
+        .args(["--verify-every", "1", "--audit-log"])
+        .arg(&audit)
+        .arg(&first)
+        .arg(&second)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut events: Vec<serde_json::Value> = Vec::new();
+    while !events.iter().any(|e| e["event"] == "group_sealed") {
+        let line = lines.next().expect("vramctl exited early").unwrap();
+        events.push(serde_json::from_str(&line).unwrap());
+    }
+    let group = events
+        .iter()
+        .find(|e| e["event"] == "group_sealed")
+        .unwrap();
+    assert_eq!(group["shards"], 2);
+    assert_eq!(group["group_seal"].as_str().unwrap().len(), 64);
+    let ids: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "sealed")
+        .map(|e| e["shard"]["shard_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["llama:tp0", "llama:tp1"]);
+    // Let it re-verify the group at least once, then stop it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&audit)
+        .unwrap()
+        .matches("\"event\":\"SealVerified\"")
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no group verification within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(
+        rest.iter()
+            .any(|l| l.contains("\"event\":\"released\"") && l.contains("\"shards\":2")),
+        "{rest:?}"
+    );
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(log.matches("\"group_id\":\"llama\"").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("\"event\":\"VramDeallocated\"").count(),
+        2,
+        "{log}"
+    );
+    // --devices without --group is refused.
+    let out = vramctl()
+        .args(["--backend", "mock", "seal", "--devices", "0"])
+        .arg(&first)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}

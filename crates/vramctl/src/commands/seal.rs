@@ -12,7 +12,8 @@ use serde_json::json;
 use vram_residency::ShardId;
 use vram_residency::digest::digest_source;
 use vram_residency::{
-    DigestAlgorithm, FileSource, SealOptions, SealedShard, ShardDigest, ShardSource, VramError,
+    DigestAlgorithm, FileSource, GroupPart, SealOptions, SealedGroup, SealedShard, ShardDigest,
+    ShardSource, VramError, VramManager,
 };
 
 use crate::cli::{BackendArgs, BackendChoice, SealArgs};
@@ -147,6 +148,34 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
             ));
         }
     }
+    let held = match &args.group {
+        Some(model_id) => seal_group(out, &manager, args, model_id, &prepared, &expected)?,
+        None => {
+            check_capacity(&manager, args, &prepared)?;
+            Held::Shards(seal_each(out, &manager, args, &prepared, &expected)?)
+        }
+    };
+    drop(prepared); // close the files
+    serve_and_verify(out, &manager, args, metrics_addr, held)
+}
+
+/// What `seal` keeps resident: shards sealed one by one, or one group.
+enum Held {
+    Shards(Vec<SealedShard>),
+    Group(SealedGroup),
+}
+
+impl Held {
+    fn count(&self) -> usize {
+        match self {
+            Self::Shards(s) => s.len(),
+            Self::Group(g) => g.shards.len(),
+        }
+    }
+}
+
+/// The file(s) must fit the free VRAM of `--device` before anything is read.
+fn check_capacity(manager: &VramManager, args: &SealArgs, prepared: &[Prepared]) -> CliResult<()> {
     let needed: usize = prepared
         .iter()
         .map(|p| manager.vram_footprint(usize::try_from(p.source.len()).unwrap_or(usize::MAX)))
@@ -159,6 +188,94 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
         )));
     }
 
+    Ok(())
+}
+
+/// Seals every file as one group (`--group`): file i on the i-th of `--devices`, cycling.
+fn seal_group(
+    out: Output,
+    manager: &VramManager,
+    args: &SealArgs,
+    model_id: &str,
+    prepared: &[Prepared],
+    expected: &[(DigestAlgorithm, ShardDigest)],
+) -> CliResult<Held> {
+    let devices = if args.devices.is_empty() {
+        vec![args.device]
+    } else {
+        args.devices.clone()
+    };
+    let total: u64 = prepared.iter().map(|p| p.source.len()).sum();
+    let bar = out.progress(total, "sealing");
+    let sources: Vec<Progress<'_>> = prepared
+        .iter()
+        .map(|p| Progress {
+            inner: &p.source,
+            bar: &bar,
+        })
+        .collect();
+    let parts: Vec<GroupPart<'_>> = sources
+        .iter()
+        .zip(devices.iter().cycle())
+        .map(|(source, &gpu_device)| GroupPart { source, gpu_device })
+        .collect();
+    let started = Instant::now();
+    let sealed = manager.seal_model_group(model_id, &parts);
+    let took = started.elapsed();
+    bar.finish_and_clear();
+    let group = sealed?;
+    // Tree digests given with --expect are checked against what the group sealed; on a
+    // mismatch the whole group is released (dropped) before the error is returned.
+    for (i, (algorithm, want)) in expected.iter().enumerate() {
+        let (Some(shard), Some(p)) = (group.shards.get(i), prepared.get(i)) else {
+            continue;
+        };
+        if *algorithm != DigestAlgorithm::Sha256
+            && ShardDigest::from_hex(&shard.digest).map_or(true, |d| !d.ct_eq(want))
+        {
+            return Err(CliError::new(
+                Exit::VerificationFailed,
+                format!(
+                    "{}: digest {} differs from --expect {}; the group was released (wrong or corrupted file)",
+                    p.path.display(),
+                    shard.digest,
+                    want.to_hex()
+                ),
+            ));
+        }
+    }
+    for (shard, p) in group.shards.iter().zip(prepared) {
+        out.result(format!(
+            "sealed {} as {} on GPU {}: {} ({}), digest {}",
+            p.path.display(),
+            shard.shard_id,
+            shard.gpu_device,
+            human_bytes(u64::try_from(shard.vram_bytes).unwrap_or(0)),
+            p.format.describe(),
+            shard.digest
+        ));
+        out.json(&json!({ "event": "sealed", "file": p.path.display().to_string(), "shard": shard, "model": p.format, "group": model_id }));
+    }
+    #[allow(clippy::cast_precision_loss, reason = "throughput display")]
+    let gbps = total as f64 / took.as_secs_f64().max(1e-9) / 1e9;
+    out.result(format!(
+        "sealed group {model_id}: {} shard(s) on GPU(s) {devices:?}, group seal {}, in {:.3} s ({gbps:.1} GB/s)",
+        group.shards.len(),
+        group.group_seal().to_hex(),
+        took.as_secs_f64()
+    ));
+    out.json(&json!({ "event": "group_sealed", "group": model_id, "shards": group.shards.len(), "group_seal": group.group_seal().to_hex(), "seconds": took.as_secs_f64() }));
+    Ok(Held::Group(group))
+}
+
+/// Seals every file on its own, on `--device`.
+fn seal_each(
+    out: Output,
+    manager: &VramManager,
+    args: &SealArgs,
+    prepared: &[Prepared],
+    expected: &[(DigestAlgorithm, ShardDigest)],
+) -> CliResult<Vec<SealedShard>> {
     let mut shards: Vec<SealedShard> = Vec::new();
     for (i, p) in prepared.iter().enumerate() {
         let mut options = SealOptions::new().shard_id(shard_id_for(&p.path));
@@ -201,8 +318,18 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
         out.json(&json!({ "event": "sealed", "file": p.path.display().to_string(), "shard": shard, "model": p.format, "seconds": took.as_secs_f64() }));
         shards.push(shard);
     }
-    drop(prepared); // close the files
+    Ok(shards)
+}
 
+/// Serves metrics, re-verifies what is held every `--verify-every` seconds, and releases it on
+/// Ctrl-C or SIGTERM.
+fn serve_and_verify(
+    out: Output,
+    manager: &VramManager,
+    args: &SealArgs,
+    metrics_addr: Option<SocketAddr>,
+    held: Held,
+) -> CliResult<Exit> {
     let server = metrics_addr
         .map(|a| MetricsServer::start(a, manager.clone()))
         .transpose()?;
@@ -216,7 +343,7 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
         .map_err(|e| CliError::bad_input(format!("cannot install the signal handler: {e}")))?;
     out.line(format!(
         "{} shard(s) resident; verifying every {} s; Ctrl-C or SIGTERM releases them",
-        shards.len(),
+        held.count(),
         args.verify_every
     ));
 
@@ -228,17 +355,33 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
             continue;
         }
         last = Instant::now();
-        for shard in &shards {
-            if let Err(e) = manager.verify_sealed(shard) {
-                out.json(&json!({ "event": "verification_failed", "shard_id": shard.shard_id, "error": e.to_string() }));
-                drop(shards);
-                return Err(e.into());
+        match &held {
+            Held::Shards(shards) => {
+                for shard in shards {
+                    if let Err(e) = manager.verify_sealed(shard) {
+                        out.json(&json!({ "event": "verification_failed", "shard_id": shard.shard_id, "error": e.to_string() }));
+                        drop(held);
+                        return Err(e.into());
+                    }
+                    out.line(format!("verified {}", shard.shard_id));
+                }
             }
-            out.line(format!("verified {}", shard.shard_id));
+            Held::Group(group) => {
+                if let Err(e) = manager.verify_group(group) {
+                    out.json(&json!({ "event": "verification_failed", "group": group.model_id, "error": e.to_string() }));
+                    drop(held);
+                    return Err(e.into());
+                }
+                out.line(format!(
+                    "verified group {} ({} shards)",
+                    group.model_id,
+                    group.shards.len()
+                ));
+            }
         }
     }
-    let count = shards.len();
-    drop(shards);
+    let count = held.count();
+    drop(held);
     drop(server);
     out.line(format!(
         "released {count} shard(s); VRAM used now {} bytes",
