@@ -295,6 +295,22 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("{name} missing in\n{text}"))
 }
 
+/// Sends SIGTERM to a running `vramctl seal`, expects the clean stop (exit 0) and returns the
+/// lines it printed after the ones already read.
+fn stop_with_sigterm(
+    mut child: std::process::Child,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+) -> Vec<String> {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
+    lines.map(Result::unwrap).collect()
+}
+
 #[test]
 fn seal_serves_metrics_reverifies_and_releases_everything_on_sigterm() {
     let dir = TempDir::new().unwrap();
@@ -381,14 +397,7 @@ fn seal_serves_metrics_reverifies_and_releases_everything_on_sigterm() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
-    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let rest = stop_with_sigterm(child, lines);
     assert!(
         rest.iter()
             .any(|l| l.contains("\"event\":\"released\"") && l.contains("\"used_vram\":0")),
@@ -574,13 +583,7 @@ fn seal_group_places_a_sharded_model_as_one_group_and_releases_it_on_sigterm() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
-    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let rest = stop_with_sigterm(child, lines);
     assert!(
         rest.iter()
             .any(|l| l.contains("\"event\":\"released\"") && l.contains("\"shards\":2")),
