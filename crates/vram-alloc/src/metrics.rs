@@ -40,6 +40,7 @@ pub(crate) struct Metrics {
     seals: Family<OperationLabels, Counter>,
     verifies: Family<OperationLabels, Counter>,
     verify_seconds: Family<DeviceLabels, Histogram, fn() -> Histogram>,
+    audit_failures: Counter,
 }
 
 impl fmt::Debug for Metrics {
@@ -96,6 +97,12 @@ impl Metrics {
             "Seal verifications",
             verifies.clone(),
         );
+        let audit_failures = Counter::default();
+        registry.register(
+            "vram_audit_failures",
+            "Audit records the sink could not store (dropped or refused operations)",
+            audit_failures.clone(),
+        );
         registry.register(
             "vram_verify_duration_seconds",
             "Time to verify a sealed shard, digest of the resident bytes included",
@@ -109,7 +116,12 @@ impl Metrics {
             seals,
             verifies,
             verify_seconds,
+            audit_failures,
         }
+    }
+
+    pub(crate) fn count_audit_failure(&self) {
+        self.audit_failures.inc();
     }
 
     pub(crate) fn set_capacity(&self, gpu: u32, total: usize, used: usize) {
@@ -152,6 +164,7 @@ impl Metrics {
         let seals_failed = sum(&|g| self.seal_count(g, false));
         let verifications_succeeded = sum(&|g| self.verify_count(g, true));
         let verifications_failed = sum(&|g| self.verify_count(g, false));
+        let audit_failures = self.audit_failures.get();
         let mut prometheus_text = String::new();
         encode(&mut prometheus_text, &self.registry)
             .map_err(|_| VramError::Unreachable("writing metrics to a String cannot fail"))?;
@@ -161,6 +174,7 @@ impl Metrics {
             seals_failed,
             verifications_succeeded,
             verifications_failed,
+            audit_failures,
             prometheus_text,
         })
     }
@@ -193,6 +207,8 @@ pub struct VramMetrics {
     pub verifications_succeeded: u64,
     /// Failed verifications.
     pub verifications_failed: u64,
+    /// Audit records that could not be stored.
+    pub audit_failures: u64,
     prometheus_text: String,
 }
 
@@ -205,6 +221,7 @@ impl VramMetrics {
             seals_failed: 0,
             verifications_succeeded: 0,
             verifications_failed: 0,
+            audit_failures: 0,
             prometheus_text: String::new(),
         }
     }

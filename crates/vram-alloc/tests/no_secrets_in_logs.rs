@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use common::{MIB, model, temp_path};
 use vram_alloc::VramManager;
-use vram_alloc::audit::{FileAuditSink, verify_audit_chain};
+use vram_alloc::audit::{AuditVerifyOptions, FileAuditSink, verify_audit_log};
 use vram_alloc::backend::MockBackend;
 use vram_seal::SealKey;
 use vram_types::VramConfig;
@@ -57,7 +57,16 @@ fn scenario(audit_path: &std::path::Path) -> (String, Vec<u8>) {
                 ..VramConfig::default()
             })
             .seal_key(SealKey::from_bytes(&key_bytes).unwrap())
-            .audit_sink(Arc::new(FileAuditSink::open(audit_path).unwrap()))
+            .audit_sink(Arc::new(
+                FileAuditSink::open(
+                    audit_path,
+                    SealKey::from_bytes(&key_bytes)
+                        .unwrap()
+                        .audit_signing_key()
+                        .unwrap(),
+                )
+                .unwrap(),
+            ))
             .build()
             .unwrap();
         let shard = manager
@@ -101,16 +110,21 @@ fn logs_and_audit_records_never_show_keys_or_pointers() {
         assert!(!pointerish, "pointer-like value in:\n{text}");
         assert!(!text.contains("SealKey(") || text.contains("SealKey(<redacted>)"));
     }
-    // The file chain holds, and every record names the worker and a correlation id.
-    let n = verify_audit_chain(&path).unwrap();
-    assert_eq!(n, audit.lines().count() as u64);
-    for line in audit.lines() {
+    // The file chain holds, and every manager record names the worker and a correlation id.
+    let summary = verify_audit_log(&path, &AuditVerifyOptions::default()).unwrap();
+    assert_eq!(summary.records, audit.lines().count() as u64);
+    assert_eq!(summary.unsigned_records(), 0, "a clean close signs the log");
+    let is_sink_line = |l: &&str| {
+        l.contains(r#""event":"AuditLogOpened""#) || l.contains(r#""event":"AuditCheckpoint""#)
+    };
+    for line in audit.lines().filter(|l| !is_sink_line(l)) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["worker_id"], "worker-7");
         assert!(v["correlation_id"].as_str().unwrap().len() > 8);
     }
     let events: Vec<String> = audit
         .lines()
+        .filter(|l| !is_sink_line(l))
         .map(|l| {
             serde_json::from_str::<serde_json::Value>(l).unwrap()["event"]
                 .as_str()

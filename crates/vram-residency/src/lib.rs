@@ -49,9 +49,10 @@
 
 #[doc(inline)]
 pub use vram_types::{
-    AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, FileSource, GpuShare, KeyProblem,
-    LeafSize, MemoryType, ModelShardHandle, Result, SealFailure, SealSignature, SealedFields,
-    SealedShard, ShardAllocation, ShardId, ShardSource, VramConfig, VramError, validation,
+    AllocationFacts, AuditFailurePolicy, BackendKind, DeviceFacts, DigestAlgorithm, FileSource,
+    GpuShare, KeyProblem, LeafSize, MemoryType, ModelShardHandle, Result, SealFailure,
+    SealSignature, SealedFields, SealedShard, ShardAllocation, ShardId, ShardSource, VramConfig,
+    VramError, validation,
 };
 
 #[doc(inline)]

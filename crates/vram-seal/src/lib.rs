@@ -9,6 +9,8 @@
 //!   field (`.specs/seal.md`), verified in constant time.
 //! - [`SealKey`]: the per-worker seal key, derived with HKDF-SHA256 from a worker token and
 //!   worker id, zeroized on drop and never printed.
+//! - [`audit_key`]: the Ed25519 key derived from the seal key that signs audit-log
+//!   checkpoints, and the checkpoint format (`.specs/audit.md`).
 //!
 //! ```
 //! use std::time::SystemTime;
@@ -49,12 +51,14 @@
     )
 )]
 
+pub mod audit_key;
 pub mod digest;
 pub mod encoding;
 pub mod group;
 mod key;
 pub mod signature;
 
+pub use audit_key::{AuditKeyError, AuditPublicKey, AuditSigningKey, Checkpoint};
 pub use digest::{ShardDigest, digest};
 pub use key::{MAX_KEY_BYTES, MIN_KEY_BYTES, MIN_TOKEN_BYTES, SealKey};
 pub use signature::{compute_signature, verify_signature};

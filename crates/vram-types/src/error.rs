@@ -203,9 +203,22 @@ pub enum VramError {
         reason: String,
     },
 
-    /// The manager stopped accepting work after an integrity or policy failure.
-    #[error("VRAM manager stopped after a failed verification or policy check; restart the worker")]
+    /// The manager stopped accepting work after an integrity or policy failure, or after an
+    /// audit record it could not refuse (a release, a failure report) could not be stored.
+    #[error(
+        "VRAM manager stopped after a failed verification, policy check or audit write; restart the worker"
+    )]
     Stopped,
+
+    /// The operation's audit record could not be stored, and the audit failure policy is
+    /// fail-closed: the operation was refused (a seal undone, a verification not passed).
+    #[error("{event} could not be recorded in the audit trail, so it was refused: {reason}")]
+    AuditFailed {
+        /// The event that could not be recorded (e.g. `VramSealed`).
+        event: &'static str,
+        /// Why the sink refused it.
+        reason: String,
+    },
 
     /// A seal key was rejected.
     #[error("invalid seal key: {0}")]

@@ -50,4 +50,4 @@ pub use sealed_shard::{
 };
 pub use shard_source::{FileSource, ShardSource};
 pub use validation::ShardId;
-pub use vram_config::VramConfig;
+pub use vram_config::{AuditFailurePolicy, VramConfig};

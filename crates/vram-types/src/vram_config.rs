@@ -35,6 +35,26 @@ pub struct VramConfig {
     /// (`verify_sealed_background`; default [`GpuShare::BACKGROUND`], 1/16 of the SMs).
     /// Per-request verification always takes the whole GPU for its few milliseconds.
     pub background_gpu_share: GpuShare,
+    /// What an audit record that cannot be stored does (default
+    /// [`AuditFailurePolicy::FailClosed`]).
+    pub audit_failure_policy: AuditFailurePolicy,
+}
+
+/// What the manager does when its audit sink cannot store a record (a full disk, a sink that
+/// panics). Either way the failure is counted in `vram_audit_failures_total` and logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum AuditFailurePolicy {
+    /// Nothing happens that the trail does not show. An operation whose record cannot be
+    /// stored is refused with `VramError::AuditFailed` (a seal is undone, a verification does
+    /// not pass); a record that cannot be refused (a release, a failed verification, a policy
+    /// violation, a failed allocation) stops the manager, which then refuses every seal and
+    /// verification until restarted.
+    #[default]
+    FailClosed,
+    /// Keep working; the gap is only counted and logged. For workers whose audit trail is
+    /// best effort.
+    Continue,
 }
 
 impl Default for VramConfig {
@@ -50,6 +70,7 @@ impl Default for VramConfig {
             stop_on_verification_failure: true,
             allow_pageable_memory_access: false,
             background_gpu_share: GpuShare::BACKGROUND,
+            audit_failure_policy: AuditFailurePolicy::default(),
         }
     }
 }

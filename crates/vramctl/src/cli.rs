@@ -10,6 +10,11 @@ Exit codes:
   1  verification failure (digest or seal mismatch, --expect mismatch)
   2  bad input (missing/empty/unreadable file, directory, bad option or address, too large)
   3  no GPU, driver problem, or VRAM-only policy violation
+  4  the audit trail lost records (a write failed; see stderr)
+
+Keys: the seal key and the audit signing key are derived from the worker token, read from
+--token-file PATH (or $VRAMCTL_TOKEN_FILE), else from $VRAM_WORKER_TOKEN; never from a
+command-line value. Without a token a random key serves one run.
 
 Examples:
   vramctl doctor
@@ -18,6 +23,7 @@ Examples:
       --verify-every 30 --metrics 127.0.0.1:9400 --audit-log /var/log/vram-audit.jsonl
   vramctl seal --group llama-70b --devices 0,1 model-00001-of-00002.safetensors \\
       model-00002-of-00002.safetensors
+  vramctl audit verify /var/log/vram-audit.jsonl --token-file /etc/vram/token
   vramctl bench --size 1MiB,16GiB
   vramctl demo";
 
@@ -67,6 +73,9 @@ pub(crate) enum Command {
     Digest(DigestArgs),
     /// Seal files into VRAM and keep them resident and re-verified until Ctrl-C or SIGTERM.
     Seal(SealArgs),
+    /// Audit-log tools.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Measure seal and verify throughput next to the naive path.
     Bench(BenchArgs),
     /// Seal a sample model, verify it, corrupt one byte in VRAM and show the detection.
@@ -112,9 +121,55 @@ pub(crate) struct SealArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address, e.g. 127.0.0.1:9400).
     #[arg(long)]
     pub(crate) metrics: Option<String>,
-    /// Append hash-chained audit records (JSON lines) to this file.
+    /// Append hash-chained audit records (JSON lines), signed with the worker's audit key, to
+    /// this regular file (locked while sealed). At exit the last checkpoint is printed on
+    /// stderr: keep it off the host to detect a cut log later.
     #[arg(long)]
     pub(crate) audit_log: Option<PathBuf>,
+    /// Remove a torn last record from --audit-log (a write that stopped half way) instead of
+    /// refusing the log; the repair is recorded in the log.
+    #[arg(long, requires = "audit_log")]
+    pub(crate) repair_audit_log: bool,
+    #[command(flatten)]
+    pub(crate) token: TokenArgs,
+}
+
+/// Where the worker token comes from.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct TokenArgs {
+    /// File holding the worker token (at least 16 bytes; one trailing newline is ignored).
+    /// Without it, $VRAM_WORKER_TOKEN; without either, a random key for this run.
+    #[arg(long, env = "VRAMCTL_TOKEN_FILE", value_name = "PATH")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// Worker id: recorded in audit records and part of the key derivation.
+    #[arg(long, default_value = "vramctl")]
+    pub(crate) worker_id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check an audit log: every link, every checkpoint signature, the key. Exit 0 when it
+    /// holds, 1 when it is broken or cannot be verified.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditVerifyArgs {
+    /// The audit log.
+    pub(crate) file: PathBuf,
+    /// The audit public key to pin (64 hex characters, as `vramctl seal` prints it).
+    #[arg(long, value_name = "HEX", conflicts_with = "token_file")]
+    pub(crate) public_key: Option<String>,
+    /// A checkpoint kept off the host (the line `vramctl seal` printed at exit): the log must
+    /// still hold everything it signed.
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) checkpoint: Option<String>,
+    /// Accept records after the last checkpoint (a log still being written); they are
+    /// reported, not vouched for.
+    #[arg(long)]
+    pub(crate) allow_unsigned_tail: bool,
+    #[command(flatten)]
+    pub(crate) token: TokenArgs,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,8 @@ pub(crate) enum Exit {
     BadInput = 2,
     /// 3: no GPU, driver problem, or VRAM-only policy violation.
     NoGpuOrPolicy = 3,
+    /// 4: the audit trail lost records (a write failed).
+    AuditFailed = 4,
 }
 
 /// A failure with its exit code.
@@ -82,6 +84,10 @@ impl From<VramError> for CliError {
                 "run `vramctl doctor`; on a machine without a GPU use --backend mock",
             ),
             VramError::DriverTooOld { .. } => (Exit::NoGpuOrPolicy, "update the NVIDIA driver"),
+            VramError::AuditFailed { .. } => (
+                Exit::AuditFailed,
+                "free space on the audit log's disk or fix its permissions, then restart",
+            ),
             VramError::PolicyViolation { .. } | VramError::Stopped => (
                 Exit::NoGpuOrPolicy,
                 "this GPU or setup cannot keep weights VRAM-only; see `vramctl doctor`",

@@ -2,7 +2,7 @@
 //!
 //! Commands: `doctor` (can these GPUs hold VRAM-only shards?), `digest` (the expected digest of
 //! a file, for manifests), `seal` (keep files sealed in VRAM, re-verified, with metrics and an
-//! audit log), `bench` (seal and verify speed next to the naive path) and `demo` (the README's
+//! audit log), `audit verify` (check a signed audit log), `bench` (seal and verify speed next to the naive path) and `demo` (the README's
 //! main job). Exit codes: 0 ok, 1 verification failure, 2 bad input, 3 no GPU / policy violation.
 #![forbid(unsafe_code)]
 
@@ -11,6 +11,7 @@ mod commands;
 mod error;
 mod files;
 mod formats;
+mod keys;
 mod metrics_server;
 mod output;
 mod session;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
         Command::Doctor => commands::doctor::run(out),
         Command::Digest(args) => commands::digest::run(out, &args),
         Command::Seal(args) => commands::seal::run(out, &cli.backend, &args),
+        Command::Audit(cli::AuditCommand::Verify(args)) => commands::audit::verify(out, &args),
         Command::Bench(args) => commands::bench::run(out, &cli.backend, &args),
         Command::Demo => commands::demo::run(out, &cli.backend),
     };

@@ -3,11 +3,20 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use vram_residency::audit::{AuditSink, FileAuditSink, InMemoryAuditSink};
-use vram_residency::{MockBackend, SealKey, VramConfig, VramError, VramManager};
+use vram_residency::audit::{AuditLogOptions, AuditSink, FileAuditSink, InMemoryAuditSink};
+use vram_residency::{MockBackend, VramConfig, VramError, VramManager};
 
 use crate::cli::{BackendArgs, BackendChoice};
 use crate::error::{CliError, CliResult};
+use crate::keys::WorkerKey;
+
+/// Where a session's audit records go.
+pub(crate) enum AuditTarget<'a> {
+    /// A bounded window in memory (and `tracing`).
+    Memory,
+    /// A signed log file; `repair` removes a torn last record.
+    File { path: &'a Path, repair: bool },
+}
 
 /// A manager, the mock behind it when there is one, and where audit records go.
 pub(crate) struct Session {
@@ -20,65 +29,66 @@ pub(crate) struct Session {
         allow(dead_code, reason = "read by the demo only")
     )]
     pub(crate) memory_audit: Option<Arc<InMemoryAuditSink>>,
+    /// The signed audit log, when one was asked for.
+    pub(crate) audit_file: Option<Arc<FileAuditSink>>,
 }
 
-fn config() -> VramConfig {
+fn config(worker_id: &str) -> VramConfig {
     VramConfig {
-        worker_id: "vramctl".to_owned(),
+        worker_id: worker_id.to_owned(),
         ..VramConfig::default()
     }
 }
 
-/// Opens a session; `default` applies when `--backend` was not given.
+/// Opens a session; `default` applies when `--backend` was not given. The seal key is `key`'s;
+/// an audit file is signed with the audit key derived from it.
 pub(crate) fn open(
     args: &BackendArgs,
     default: BackendChoice,
-    audit_log: Option<&Path>,
+    audit: &AuditTarget<'_>,
+    key: &WorkerKey,
+    worker_id: &str,
 ) -> CliResult<Session> {
-    let (sink, memory_audit): (Arc<dyn AuditSink>, _) = match audit_log {
-        Some(path) => (
-            Arc::new(FileAuditSink::open(path).map_err(|e| {
-                CliError::bad_input(format!(
-                    "cannot use audit log {}: {e}; give a writable file path",
-                    path.display()
-                ))
-            })?),
-            None,
-        ),
-        None => {
+    let (sink, memory_audit, audit_file): (Arc<dyn AuditSink>, _, _) = match audit {
+        AuditTarget::File { path, repair } => {
+            let mut options = AuditLogOptions::default();
+            options.repair_torn_tail = *repair;
+            let file = Arc::new(
+                FileAuditSink::open_with(path, key.seal_key()?.audit_signing_key()?, options)
+                    .map_err(|e| CliError::bad_input(format!("cannot use audit log: {e}")))?,
+            );
+            (file.clone() as Arc<dyn AuditSink>, None, Some(file))
+        }
+        AuditTarget::Memory => {
             let sink = Arc::new(InMemoryAuditSink::new());
-            (sink.clone() as Arc<dyn AuditSink>, Some(sink))
+            (sink.clone() as Arc<dyn AuditSink>, Some(sink), None)
         }
     };
     let choice = args.backend.unwrap_or(default);
-    let cuda = || {
-        VramManager::builder()
-            .config(config())
-            .seal_key(SealKey::generate()?)
-            .audit_sink(sink.clone())
-            .build()
+    let builder = || -> CliResult<vram_residency::VramManagerBuilder> {
+        Ok(VramManager::builder()
+            .config(config(worker_id))
+            .seal_key(key.seal_key()?)
+            .audit_sink(sink.clone()))
     };
     let mock = |reason: String| -> CliResult<Session> {
-        let manager = VramManager::builder()
+        let manager = builder()?
             .mock(Arc::new(MockBackend::with_capacity(args.mock_capacity)))
-            .config(config())
-            .seal_key(SealKey::generate()?)
-            .audit_sink(sink.clone())
             .build()?;
         Ok(Session {
             manager,
             backend_note: format!("backend: mock ({reason}); shards are in host memory, not VRAM"),
             memory_audit: memory_audit.clone(),
+            audit_file: audit_file.clone(),
         })
     };
+    let cuda =
+        |manager: VramManager| cuda_session(manager, memory_audit.clone(), audit_file.clone());
     match choice {
         BackendChoice::Mock => mock("chosen with --backend mock".to_owned()),
-        BackendChoice::Cuda => {
-            let manager = cuda()?;
-            Ok(cuda_session(manager, memory_audit))
-        }
-        BackendChoice::Auto => match cuda() {
-            Ok(manager) => Ok(cuda_session(manager, memory_audit)),
+        BackendChoice::Cuda => Ok(cuda(builder()?.build()?)),
+        BackendChoice::Auto => match builder()?.build() {
+            Ok(manager) => Ok(cuda(manager)),
             Err(VramError::NoGpu { reason }) => mock(format!("no GPU: {reason}")),
             Err(e @ VramError::DriverTooOld { .. }) => mock(e.to_string()),
             Err(e) => Err(e.into()),
@@ -86,7 +96,11 @@ pub(crate) fn open(
     }
 }
 
-fn cuda_session(manager: VramManager, memory_audit: Option<Arc<InMemoryAuditSink>>) -> Session {
+fn cuda_session(
+    manager: VramManager,
+    memory_audit: Option<Arc<InMemoryAuditSink>>,
+    audit_file: Option<Arc<FileAuditSink>>,
+) -> Session {
     let names: Vec<String> = (0..manager.device_count())
         .filter_map(|d| {
             manager
@@ -99,5 +113,6 @@ fn cuda_session(manager: VramManager, memory_audit: Option<Arc<InMemoryAuditSink
         backend_note: format!("backend: cuda ({})", names.join(", ")),
         manager,
         memory_audit,
+        audit_file,
     }
 }

@@ -21,11 +21,13 @@ use std::time::{Duration, Instant};
 use assert_cmd::cargo::cargo_bin;
 use predicates::prelude::*;
 use tempfile::TempDir;
-use vram_residency::audit::verify_audit_chain;
+use vram_residency::audit::{AuditVerifyOptions, verify_audit_log};
 
 fn vramctl() -> assert_cmd::Command {
     let mut c = assert_cmd::Command::new(cargo_bin("vramctl"));
     c.env_remove("VRAM_TEST_GPU")
+        .env_remove("VRAM_WORKER_TOKEN")
+        .env_remove("VRAMCTL_TOKEN_FILE")
         .timeout(Duration::from_secs(60));
     c
 }
@@ -358,7 +360,9 @@ fn seal_serves_metrics_reverifies_and_releases_everything_on_sigterm() {
     let addr = loop {
         let line = lines.next().expect("vramctl exited early").unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        events.push(v.clone());
+        if v["event"] == "sealed" {
+            events.push(v.clone());
+        }
         if v["event"] == "metrics" {
             break v["address"].as_str().unwrap().to_owned();
         }
@@ -412,9 +416,12 @@ fn seal_serves_metrics_reverifies_and_releases_everything_on_sigterm() {
         "{log}"
     );
     assert!(log.contains("\"event\":\"SealVerified\""));
+    let summary = verify_audit_log(&audit, &AuditVerifyOptions::default()).unwrap();
+    assert_eq!(summary.records as usize, log.lines().count());
     assert_eq!(
-        verify_audit_chain(&audit).unwrap() as usize,
-        log.lines().count()
+        summary.unsigned_records(),
+        0,
+        "the clean stop signed the log"
     );
 }
 
@@ -603,4 +610,259 @@ fn seal_group_places_a_sharded_model_as_one_group_and_releases_it_on_sigterm() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// `vramctl --backend mock seal FILE --audit-log LOG` (plus `extra`), stopped with SIGTERM once
+/// it reports the shard resident; returns its stdout lines and stderr.
+fn seal_until_sigterm(file: &Path, log: &Path, extra: &[&str]) -> (Vec<String>, String) {
+    let mut child = Command::new(cargo_bin("vramctl"))
+        .env_remove("VRAM_WORKER_TOKEN")
+        .env_remove("VRAMCTL_TOKEN_FILE")
+        .args(["--backend", "mock", "seal", "--verify-every", "1"])
+        .arg("--audit-log")
+        .arg(log)
+        .args(extra)
+        .arg(file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines.next().expect("vramctl exited early").unwrap();
+        let resident = line.contains("resident");
+        seen.push(line);
+        if resident {
+            break;
+        }
+    }
+    seen.extend(stop_with_sigterm(child, lines));
+    let mut err = String::new();
+    stderr.read_to_string(&mut err).unwrap();
+    (seen, err)
+}
+
+#[test]
+fn audit_logs_are_signed_with_the_token_key_and_verified_by_vramctl() {
+    let dir = TempDir::new().unwrap();
+    let model = write(&dir, "m.bin", &pattern(4096));
+    let token = write(&dir, "token", b"worker-token-for-the-audit-test\n");
+    let log = dir.path().join("audit.jsonl");
+    let token_arg = ["--token-file", token.to_str().unwrap()];
+    let (out, err) = seal_until_sigterm(&model, &log, &token_arg);
+    let key_line = out.iter().find(|l| l.contains("audit key")).unwrap();
+    let public_key = key_line.split_whitespace().last().unwrap().to_owned();
+    assert_eq!(public_key.len(), 64, "{key_line}");
+    let checkpoint_in = |err: &str| {
+        err.lines()
+            .find_map(|l| {
+                l.split(": ")
+                    .last()
+                    .filter(|c| c.starts_with("vram-audit-checkpoint/v1"))
+            })
+            .unwrap_or_else(|| panic!("no checkpoint on stderr:\n{err}"))
+            .to_owned()
+    };
+    checkpoint_in(&err);
+    // The same token gives the same key in a later run, which continues the log.
+    let (again, err) = seal_until_sigterm(&model, &log, &token_arg);
+    assert!(again.iter().any(|l| l.contains(&public_key)), "{again:?}");
+    let checkpoint = checkpoint_in(&err);
+
+    let verify = |args: &[&str]| {
+        vramctl()
+            .args(["audit", "verify"])
+            .arg(&log)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    for pin in [&token_arg[..], &["--public-key", &public_key]] {
+        let ok = verify(pin);
+        assert_eq!(
+            ok.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert!(String::from_utf8_lossy(&ok.stdout).contains("(pinned)"));
+    }
+    assert_eq!(
+        verify(&["--checkpoint", &checkpoint]).status.code(),
+        Some(0)
+    );
+    let unpinned = verify(&[]);
+    assert!(String::from_utf8_lossy(&unpinned.stdout).contains("NOT pinned"));
+    // Another token's key: refused.
+    let other = write(&dir, "other", b"another-worker-token-0123456789");
+    let wrong = verify(&["--token-file", other.to_str().unwrap()]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(stderr_one_line(&wrong).contains("line 1"));
+
+    let original = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    // A record deleted: the line after it is named.
+    let mut deleted = lines.clone();
+    deleted.remove(3);
+    std::fs::write(&log, deleted.join("\n") + "\n").unwrap();
+    let broken = verify(&["--public-key", &public_key]);
+    assert_eq!(broken.status.code(), Some(1));
+    assert!(
+        stderr_one_line(&broken).contains("line 4"),
+        "{}",
+        stderr_one_line(&broken)
+    );
+    // The tail cut back to an earlier checkpoint: only the kept checkpoint shows it.
+    let earlier = lines[..lines.len() - 1]
+        .iter()
+        .rposition(|l| l.contains("AuditCheckpoint"))
+        .unwrap();
+    std::fs::write(&log, lines[..=earlier].join("\n") + "\n").unwrap();
+    assert_eq!(
+        verify(&["--public-key", &public_key]).status.code(),
+        Some(0)
+    );
+    let cut = verify(&["--public-key", &public_key, "--checkpoint", &checkpoint]);
+    assert_eq!(cut.status.code(), Some(1));
+    assert!(stderr_one_line(&cut).contains("cut from the end"));
+    // A record appended by someone else is unsigned: refused unless asked to allow it.
+    std::fs::write(
+        &log,
+        original.clone()
+            + &lines[3].replace("\"seq\":3", &format!("\"seq\":{}", lines.len()))
+            + "\n",
+    )
+    .unwrap();
+    assert_eq!(
+        verify(&["--public-key", &public_key]).status.code(),
+        Some(1)
+    );
+    std::fs::write(&log, &original).unwrap();
+    assert_eq!(
+        verify(&["--public-key", &public_key]).status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn the_audit_log_must_be_a_regular_file_with_one_writer() {
+    let dir = TempDir::new().unwrap();
+    let model = write(&dir, "m.bin", &pattern(4096));
+    let fifo = dir.path().join("fifo");
+    let have_fifo = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    let mut special: Vec<PathBuf> = vec!["/dev/zero".into(), "/dev/full".into(), dir.path().into()];
+    if have_fifo {
+        special.push(fifo);
+    }
+    for path in special {
+        let out = vramctl()
+            .args(["--backend", "mock", "seal", "--audit-log"])
+            .arg(&path)
+            .arg(&model)
+            .timeout(Duration::from_secs(20))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{}", path.display());
+        assert!(
+            stderr_one_line(&out).contains("not a regular file"),
+            "{}",
+            path.display()
+        );
+        let verify = vramctl()
+            .args(["audit", "verify"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert_eq!(verify.status.code(), Some(2));
+    }
+    // A second writer on a log in use is refused at start.
+    let log = dir.path().join("audit.jsonl");
+    let mut first = Command::new(cargo_bin("vramctl"))
+        .args(["--backend", "mock", "seal", "--audit-log"])
+        .arg(&log)
+        .arg(&model)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
+    while !lines.next().unwrap().unwrap().contains("resident") {}
+    let second = vramctl()
+        .args(["--backend", "mock", "seal", "--audit-log"])
+        .arg(&log)
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_eq!(second.status.code(), Some(2));
+    assert!(stderr_one_line(&second).contains("locked by another writer"));
+    stop_with_sigterm(first, lines);
+    assert_eq!(
+        vramctl()
+            .args(["audit", "verify"])
+            .arg(&log)
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn a_full_disk_under_the_audit_log_is_exit_4_not_silence() {
+    // A 4 KiB tmpfs in a user and mount namespace; skipped (with the reason) where
+    // unprivileged namespaces are not allowed.
+    let dir = TempDir::new().unwrap();
+    let model = write(&dir, "m.bin", &pattern(4096));
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=8k tmpfs {mnt} && head -c 4096 /dev/zero > {mnt}/filler && \
+         exec {bin} --backend mock seal --verify-every 1 --audit-log {mnt}/audit.jsonl {model}",
+        mnt = mnt.display(),
+        bin = cargo_bin("vramctl").display(),
+        model = model.display()
+    );
+    let probe = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipping: unprivileged user and mount namespaces are not available here");
+        return;
+    }
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .env_remove("VRAM_WORKER_TOKEN")
+        .env_remove("VRAMCTL_TOKEN_FILE")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "stdout:\n{}\nstderr:\n{err}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        err.contains("could not be recorded") || err.contains("could not be stored"),
+        "{err}"
+    );
+    assert!(
+        err.contains("No space left") || err.contains("disk full") || err.contains("short write"),
+        "{err}"
+    );
 }

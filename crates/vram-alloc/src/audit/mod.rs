@@ -1,21 +1,28 @@
 //! The audit trail: one event per seal, verification, release, allocation failure and policy
 //! violation (consumer contract §10.2, module map §6).
 //!
-//! Events go to an [`AuditSink`] ([`InMemoryAuditSink`] for tests, [`FileAuditSink`] for a
-//! hash-chained JSON-lines file) and to `tracing` under the target `audit`. Events carry ids,
-//! sizes, digests and reasons: never key bytes, seal bytes or device pointers. Input rejected by
-//! validation is not audited (it changed nothing).
+//! Events go to an [`AuditSink`] ([`InMemoryAuditSink`]: a bounded window in memory;
+//! [`FileAuditSink`]: a hash-chained JSON-lines file with signed checkpoints) and to `tracing`
+//! under the target `audit`. Events carry ids, sizes, digests and reasons: never key bytes,
+//! seal bytes or device pointers. Input rejected by validation is not audited (it changed
+//! nothing). [`verify_audit_log`] checks a log file with only its public key
+//! (`.specs/audit.md`).
 
+mod chain;
 mod file;
+mod memory;
 
 use std::fmt;
-use std::sync::Mutex;
 
 use serde::Serialize;
 
-use crate::sync::lock;
-
-pub use file::{AuditChainError, AuditError, FileAuditSink, verify_audit_chain};
+pub use chain::{
+    AuditLogError, AuditLogProblem, AuditLogSummary, AuditVerifyOptions, MAX_RECORD_BYTES,
+    verify_audit_log, verify_audit_log_from,
+};
+pub use file::{AuditError, AuditLogOptions, FileAuditSink};
+pub use memory::{DEFAULT_IN_MEMORY_RECORDS, InMemoryAuditSink};
+pub use vram_seal::{AuditPublicKey, AuditSigningKey, Checkpoint};
 
 /// How urgent an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -83,6 +90,18 @@ pub enum AuditEvent {
         /// The release error, when the driver reported one.
         error: Option<String>,
     },
+    /// A seal failed after its VRAM was allocated; the allocation was released again.
+    SealAborted {
+        /// The shard id, when the caller gave one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        shard_id: Option<String>,
+        /// CUDA device index.
+        gpu_device: u32,
+        /// Bytes that were allocated and released (granularity included).
+        reserved_bytes: usize,
+        /// Why the seal failed.
+        reason: String,
+    },
     /// An allocation for a seal failed (capacity or driver).
     VramAllocationFailed {
         /// CUDA device index.
@@ -126,7 +145,7 @@ impl AuditEvent {
             Self::SealVerificationFailed { .. } | Self::PolicyViolation { .. } => {
                 Severity::Critical
             }
-            Self::VramAllocationFailed { .. } => Severity::Warning,
+            Self::VramAllocationFailed { .. } | Self::SealAborted { .. } => Severity::Warning,
             Self::VramDeallocated { error, .. } if error.is_some() => Severity::Warning,
             _ => Severity::Info,
         }
@@ -141,6 +160,7 @@ impl AuditEvent {
             Self::SealVerificationFailed { .. } => "SealVerificationFailed",
             Self::VramDeallocated { .. } => "VramDeallocated",
             Self::VramAllocationFailed { .. } => "VramAllocationFailed",
+            Self::SealAborted { .. } => "SealAborted",
             Self::PolicyViolation { .. } => "PolicyViolation",
             Self::DeviceAccepted { .. } => "DeviceAccepted",
         }
@@ -167,48 +187,10 @@ pub struct AuditRecord {
 pub trait AuditSink: Send + Sync + fmt::Debug {
     /// Stores one record.
     ///
+    /// A sink that panics is treated as one that failed: the panic is caught.
+    ///
     /// # Errors
-    /// [`AuditError`] when the record could not be stored; the manager logs the failure.
+    /// [`AuditError`] when the record could not be stored; the manager then follows its
+    /// [`AuditFailurePolicy`](vram_types::AuditFailurePolicy).
     fn record(&self, record: &AuditRecord) -> Result<(), AuditError>;
-}
-
-/// Keeps records in memory (tests, and the default when no sink is configured).
-#[derive(Debug, Default)]
-pub struct InMemoryAuditSink {
-    records: Mutex<Vec<AuditRecord>>,
-}
-
-impl InMemoryAuditSink {
-    /// An empty sink.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A copy of every record so far.
-    #[must_use]
-    pub fn records(&self) -> Vec<AuditRecord> {
-        lock(&self.records).clone()
-    }
-
-    /// The events so far, without the envelope.
-    #[must_use]
-    pub fn events(&self) -> Vec<AuditEvent> {
-        lock(&self.records)
-            .iter()
-            .map(|r| r.event.clone())
-            .collect()
-    }
-
-    /// Forgets every record.
-    pub fn clear(&self) {
-        lock(&self.records).clear();
-    }
-}
-
-impl AuditSink for InMemoryAuditSink {
-    fn record(&self, record: &AuditRecord) -> Result<(), AuditError> {
-        lock(&self.records).push(record.clone());
-        Ok(())
-    }
 }

@@ -145,8 +145,10 @@ impl VramManager {
             seal: SealSignature::from_bytes([0; 32]),
         };
         group.seal = compute_group_seal(&shared.key, &group.fields())?;
+        // Fail-closed: a group whose records cannot all be stored is released (dropping
+        // `group` on the error releases every shard, and those releases are recorded).
         for (correlation_id, event) in held_back {
-            shared.emit(&correlation_id, event);
+            shared.record(&correlation_id, event)?;
         }
         Ok(group)
     }
@@ -167,7 +169,7 @@ impl VramManager {
         if let Err(e) = verify_group_seal(&shared.key, &group.fields(), &group.seal) {
             let correlation_id = shared.next_correlation_id();
             if let Some(first) = group.shards.first() {
-                shared.emit(
+                shared.record_or_stop(
                     &correlation_id,
                     AuditEvent::SealVerificationFailed {
                         shard_id: group.model_id.clone(),

@@ -144,7 +144,7 @@ fn check_devices_at_start(shared: &Shared) -> Result<(), VramError> {
         let problems = rules::device_problems(&facts, shared.config.allow_pageable_memory_access);
         if problems.is_empty() {
             tracing::info!(gpu_device = device, name = %facts.name, ecc_enabled = ?facts.ecc_enabled, "GPU accepted for VRAM-only shards");
-            shared.emit(
+            shared.record(
                 &correlation_id,
                 AuditEvent::DeviceAccepted {
                     gpu_device: device,
@@ -153,11 +153,11 @@ fn check_devices_at_start(shared: &Shared) -> Result<(), VramError> {
                     ecc_enabled: facts.ecc_enabled,
                     driver_version: facts.driver_version,
                 },
-            );
+            )?;
             continue;
         }
         let reason = problems.join("; ");
-        shared.emit(
+        shared.record_or_stop(
             &correlation_id,
             AuditEvent::PolicyViolation {
                 gpu_device: device,

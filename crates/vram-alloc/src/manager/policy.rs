@@ -104,7 +104,7 @@ impl VramManager {
                 Some(id) => format!("shard {id:?}: {}", f.reason),
                 None => f.reason.clone(),
             };
-            shared.emit(
+            shared.record_or_stop(
                 &correlation_id,
                 AuditEvent::PolicyViolation {
                     gpu_device: f.gpu_device,

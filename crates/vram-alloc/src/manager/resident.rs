@@ -103,7 +103,7 @@ impl Drop for ResidentAllocation {
                 tracing::error!(shard_id = %self.sealed.shard_id, gpu_device = self.sealed.gpu_device, error = %e, "VRAM release failed")
             }
         }
-        self.shared.emit(
+        self.shared.record_or_stop(
             &self.correlation_id,
             AuditEvent::VramDeallocated {
                 shard_id: self.sealed.shard_id.clone(),

@@ -12,8 +12,8 @@ use vram_policy::rules;
 use vram_seal::{ShardDigest, compute_signature};
 use vram_types::validation::{validate_gpu_device, validate_model_size};
 use vram_types::{
-    BackendKind, GpuShare, SealedFields, SealedShard, ShardAllocation, ShardId, ShardSource,
-    VramError,
+    BackendKind, GpuShare, SealSignature, SealedFields, SealedShard, ShardAllocation, ShardId,
+    ShardSource, VramError,
 };
 
 use super::seal_options::{CrossCheck, SealOptions};
@@ -123,7 +123,7 @@ fn reserve(
         VramError::invalid_input("model size", format!("{len} bytes cannot be allocated"))
     })?;
     let refuse = |available: usize| {
-        shared.emit(
+        shared.record_or_stop(
             correlation_id,
             AuditEvent::VramAllocationFailed {
                 gpu_device: device,
@@ -168,7 +168,7 @@ fn place_and_seal(
     let placed = PlacedBuffer {
         shared,
         buffer: Some(shared.backend.allocate(device, len).inspect_err(|e| {
-            shared.emit(
+            shared.record_or_stop(
                 correlation_id,
                 AuditEvent::VramAllocationFailed {
                     gpu_device: device,
@@ -179,6 +179,77 @@ fn place_and_seal(
             );
         })?),
     };
+    let (fields, now, signature, claim) =
+        match prepare(shared, req, len, claim, &placed, correlation_id) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                // Release first, then record that the allocation came and went.
+                let reserved_bytes = reservation.bytes();
+                drop(placed);
+                drop(reservation);
+                shared.record_or_stop(
+                    correlation_id,
+                    AuditEvent::SealAborted {
+                        shard_id: req.options.shard_id.clone(),
+                        gpu_device: device,
+                        reserved_bytes,
+                        reason: e.to_string(),
+                    },
+                );
+                return Err(e);
+            }
+        };
+    let buffer = placed.hand_over()?;
+    let reserved_bytes = reservation.bytes();
+    let resident = Arc::new(ResidentAllocation::new(
+        Arc::clone(shared),
+        buffer,
+        correlation_id.to_owned(),
+        reservation,
+        fields.clone(),
+    ));
+    claim.commit(buffer, &resident);
+    let allocation: Arc<dyn ShardAllocation> = resident;
+    let shard = SealedShard::from_parts(fields, now, signature, Some(allocation));
+
+    let event = AuditEvent::VramSealed {
+        shard_id: shard.shard_id.clone(),
+        gpu_device: device,
+        vram_bytes: len,
+        reserved_bytes,
+        digest: shard.digest.clone(),
+        digest_algorithm: shard.digest_algorithm().to_string(),
+        backend: shared.backend.kind().to_string(),
+        group_id: req.group.map(str::to_owned),
+    };
+    tracing::info!(
+        shard_id = %shard.shard_id, vram_bytes = len, gpu_device = device, digest = %shard.digest,
+        "model sealed in VRAM"
+    );
+    warn_if_low(shared, device);
+    let held_back = match req.group {
+        Some(_) => Some((correlation_id.to_owned(), event)),
+        None => {
+            // Fail-closed: a seal that cannot be recorded is undone (dropping `shard` releases
+            // the VRAM, and the release is recorded).
+            shared.record(correlation_id, event)?;
+            None
+        }
+    };
+    Ok(Sealed { shard, held_back })
+}
+
+/// What a seal computes between allocating and registering: upload, residency check, the
+/// digest of the resident bytes, the checks the caller asked for, the id and the seal.
+fn prepare(
+    shared: &Arc<Shared>,
+    req: &SealRequest<'_>,
+    len: usize,
+    claim: Option<Claim>,
+    placed: &PlacedBuffer<'_>,
+    correlation_id: &str,
+) -> Result<(SealedFields, SystemTime, SealSignature, Claim), VramError> {
+    let device = req.device;
     let algorithm = shared.config.digest_algorithm;
     let cross_check = req
         .options
@@ -241,42 +312,7 @@ fn place_and_seal(
     };
     let signature = compute_signature(&shared.key, &fields)?;
 
-    let buffer = placed.hand_over()?;
-    let reserved_bytes = reservation.bytes();
-    let resident = Arc::new(ResidentAllocation::new(
-        Arc::clone(shared),
-        buffer,
-        correlation_id.to_owned(),
-        reservation,
-        fields.clone(),
-    ));
-    claim.commit(buffer, &resident);
-    let allocation: Arc<dyn ShardAllocation> = resident;
-    let shard = SealedShard::from_parts(fields, now, signature, Some(allocation));
-
-    let event = AuditEvent::VramSealed {
-        shard_id: shard.shard_id.clone(),
-        gpu_device: device,
-        vram_bytes: len,
-        reserved_bytes,
-        digest: shard.digest.clone(),
-        digest_algorithm: algorithm.to_string(),
-        backend: shared.backend.kind().to_string(),
-        group_id: req.group.map(str::to_owned),
-    };
-    tracing::info!(
-        shard_id = %shard.shard_id, vram_bytes = len, gpu_device = device, digest = %shard.digest,
-        "model sealed in VRAM"
-    );
-    warn_if_low(shared, device);
-    let held_back = match req.group {
-        Some(_) => Some((correlation_id.to_owned(), event)),
-        None => {
-            shared.emit(correlation_id, event);
-            None
-        }
-    };
-    Ok(Sealed { shard, held_back })
+    Ok((fields, now, signature, claim))
 }
 
 /// The caller's id, or one derived from the content and place: `shard-<16 hex>-gpu<N>`, with
@@ -311,7 +347,7 @@ pub(super) fn check_residency(
         .device_facts(device)
         .ok()
         .and_then(|f| f.ecc_enabled);
-    shared.emit(
+    shared.record_or_stop(
         correlation_id,
         AuditEvent::PolicyViolation {
             gpu_device: device,

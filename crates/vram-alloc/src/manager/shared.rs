@@ -3,14 +3,15 @@
 //! keep it alive, so VRAM is released properly even after the manager itself is dropped.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use vram_seal::SealKey;
-use vram_types::{VramConfig, VramError};
+use vram_types::{AuditFailurePolicy, VramConfig, VramError};
 
-use crate::audit::{AuditEvent, AuditRecord, AuditSink, Severity};
+use crate::audit::{AuditError, AuditEvent, AuditRecord, AuditSink, Severity};
 use crate::backend::{Backend, BufferId};
 use crate::capacity::DeviceCapacity;
 use crate::manager::resident::ResidentAllocation;
@@ -98,8 +99,38 @@ impl Shared {
         }
     }
 
-    /// Emits an audit event to the sink and to `tracing` (target `audit`).
-    pub(crate) fn emit(&self, correlation_id: &str, event: AuditEvent) {
+    /// Records an event of an operation that can still be refused: under
+    /// [`AuditFailurePolicy::FailClosed`] a record that cannot be stored is
+    /// [`VramError::AuditFailed`], and the caller undoes the operation.
+    pub(crate) fn record(&self, correlation_id: &str, event: AuditEvent) -> Result<(), VramError> {
+        let name = event.name();
+        match self.store(correlation_id, event) {
+            Ok(()) => Ok(()),
+            Err(_) if self.config.audit_failure_policy == AuditFailurePolicy::Continue => Ok(()),
+            Err(e) => Err(VramError::AuditFailed {
+                event: name,
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// Records an event that cannot be refused (a release, a failure report, a policy
+    /// violation): under [`AuditFailurePolicy::FailClosed`] a record that cannot be stored
+    /// stops the manager, so that nothing further happens that the trail does not show.
+    pub(crate) fn record_or_stop(&self, correlation_id: &str, event: AuditEvent) {
+        let name = event.name();
+        if let Err(e) = self.store(correlation_id, event)
+            && self.config.audit_failure_policy == AuditFailurePolicy::FailClosed
+        {
+            self.stop(&format!(
+                "{name} could not be recorded in the audit trail: {e}"
+            ));
+        }
+    }
+
+    /// Sends an event to `tracing` (target `audit`) and to the sink. A sink that fails or
+    /// panics is counted in `vram_audit_failures_total` and logged.
+    fn store(&self, correlation_id: &str, event: AuditEvent) -> Result<(), AuditError> {
         let severity = event.severity();
         let record = AuditRecord {
             timestamp_ms: SystemTime::now()
@@ -117,9 +148,15 @@ impl Shared {
             Severity::Warning => tracing::warn!(target: "audit", event = name, record = %json),
             Severity::Info => tracing::info!(target: "audit", event = name, record = %json),
         }
-        if let Err(e) = self.audit.record(&record) {
+        // A panicking sink must neither abort the process (a panic in `Drop` while unwinding
+        // does) nor skip the work around the record, such as releasing VRAM.
+        let stored = panic::catch_unwind(AssertUnwindSafe(|| self.audit.record(&record)))
+            .unwrap_or(Err(AuditError::Panicked));
+        if let Err(e) = &stored {
+            self.metrics.count_audit_failure();
             tracing::error!(error = %e, event = name, "audit sink failed to store a record");
         }
+        stored
     }
 
     pub(crate) fn stop(&self, reason: &str) {

@@ -56,28 +56,22 @@ pub(super) fn verify(
     shared.ensure_running()?;
     let started = Instant::now();
     let correlation_id = shared.next_correlation_id();
-    let result = check(shared, shard, share, &correlation_id);
-    // Counted under the shard's device only when that device exists: a caller's made-up device
-    // numbers must not grow the metrics' label set.
-    if shard.gpu_device < shared.backend.device_count() {
-        shared
-            .metrics
-            .count_verify(shard.gpu_device, result.is_ok(), started.elapsed());
-    }
-    match &result {
+    let checked = check(shared, shard, share, &correlation_id);
+    let result = match checked {
         Ok(()) => {
             tracing::info!(shard_id = %shard.shard_id, result = "pass", "seal verified");
-            shared.emit(
+            // Fail-closed: a pass that cannot be recorded is not a pass.
+            shared.record(
                 &correlation_id,
                 AuditEvent::SealVerified {
                     shard_id: shard.shard_id.clone(),
                     gpu_device: shard.gpu_device,
                 },
-            );
+            )
         }
         Err(e) => {
             tracing::error!(shard_id = %shard.shard_id, result = "fail", error = %e, "seal verification failed");
-            shared.emit(
+            shared.record_or_stop(
                 &correlation_id,
                 AuditEvent::SealVerificationFailed {
                     shard_id: shard.shard_id.clone(),
@@ -88,7 +82,15 @@ pub(super) fn verify(
             if e.is_security_critical() && shared.config.stop_on_verification_failure {
                 shared.stop(&e.to_string());
             }
+            Err(e)
         }
+    };
+    // Counted under the shard's device only when that device exists: a caller's made-up device
+    // numbers must not grow the metrics' label set.
+    if shard.gpu_device < shared.backend.device_count() {
+        shared
+            .metrics
+            .count_verify(shard.gpu_device, result.is_ok(), started.elapsed());
     }
     result
 }

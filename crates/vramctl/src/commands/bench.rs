@@ -129,7 +129,13 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &BenchArgs) -> CliRe
             human_bytes(max as u64)
         )));
     }
-    let session = session::open(backend, BackendChoice::Auto, None)?;
+    let session = session::open(
+        backend,
+        BackendChoice::Auto,
+        &session::AuditTarget::Memory,
+        &crate::keys::random()?,
+        "vramctl",
+    )?;
     let m = &session.manager;
     out.line(&session.backend_note);
     let mut rows = Vec::new();

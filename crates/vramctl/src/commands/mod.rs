@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod audit;
 pub(crate) mod bench;
 #[cfg(feature = "demo")]
 pub(crate) mod demo;

@@ -20,8 +20,9 @@ use crate::cli::{BackendArgs, BackendChoice, SealArgs};
 use crate::error::{CliError, CliResult, Exit};
 use crate::formats::{ModelFormat, recognise};
 use crate::metrics_server::MetricsServer;
-use crate::output::{Output, human_bytes};
-use crate::{files, session};
+use crate::output::{self, Output, human_bytes};
+use crate::session::{AuditTarget, Session};
+use crate::{files, keys, session};
 
 /// A file whose header was checked, ready to seal.
 struct Prepared {
@@ -122,14 +123,61 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
             format,
         });
     }
-    let session = session::open(backend, BackendChoice::Cuda, args.audit_log.as_deref())?;
-    let manager = session.manager.clone();
+    let key = keys::worker_key(&args.token)?;
+    let audit = match &args.audit_log {
+        Some(path) => AuditTarget::File {
+            path,
+            repair: args.repair_audit_log,
+        },
+        None => AuditTarget::Memory,
+    };
+    let session = session::open(
+        backend,
+        BackendChoice::Cuda,
+        &audit,
+        &key,
+        &args.token.worker_id,
+    )?;
     out.line(&session.backend_note);
+    out.line(format!("seal key: {}", key.origin));
+    if let Some(file) = &session.audit_file {
+        out.line(format!(
+            "audit log {}: signed with audit key {}{}",
+            file.path().display(),
+            file.public_key(),
+            if key.is_token_derived() {
+                ""
+            } else {
+                " (random for this run; it is recorded in the log's first record)"
+            }
+        ));
+        out.json(&json!({ "event": "audit_key", "audit_log": file.path().display().to_string(), "public_key": file.public_key().to_string(), "from_token": key.is_token_derived() }));
+    }
+    let result = seal_and_serve(
+        out,
+        &session.manager,
+        args,
+        metrics_addr,
+        prepared,
+        &expected,
+    );
+    finish_audit(&session, result)
+}
+
+/// Seals what was prepared, then serves and re-verifies it until told to stop.
+fn seal_and_serve(
+    out: Output,
+    manager: &VramManager,
+    args: &SealArgs,
+    metrics_addr: Option<SocketAddr>,
+    prepared: Vec<Prepared>,
+    expected: &[(DigestAlgorithm, ShardDigest)],
+) -> CliResult<Exit> {
     manager.enforce_vram_only_policy()?;
 
     // A flat SHA-256 (`sha256:HEX`) is serial and is checked on the host before sealing; a tree
     // digest is checked by the seal itself, against the bytes in VRAM.
-    for (p, (algorithm, want)) in prepared.iter().zip(&expected) {
+    for (p, (algorithm, want)) in prepared.iter().zip(expected) {
         if *algorithm != DigestAlgorithm::Sha256 {
             continue;
         }
@@ -149,14 +197,42 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
         }
     }
     let held = match &args.group {
-        Some(model_id) => seal_group(out, &manager, args, model_id, &prepared, &expected)?,
+        Some(model_id) => seal_group(out, manager, args, model_id, &prepared, expected)?,
         None => {
-            check_capacity(&manager, args, &prepared)?;
-            Held::Shards(seal_each(out, &manager, args, &prepared, &expected)?)
+            check_capacity(manager, args, &prepared)?;
+            Held::Shards(seal_each(out, manager, args, &prepared, expected)?)
         }
     };
     drop(prepared); // close the files
-    serve_and_verify(out, &manager, args, metrics_addr, held)
+    serve_and_verify(out, manager, args, metrics_addr, held)
+}
+
+/// Once every shard is released: signs the audit log and prints its last checkpoint on stderr
+/// (to keep off the host), and turns lost audit records into exit 4 when nothing worse
+/// happened.
+fn finish_audit(session: &Session, result: CliResult<Exit>) -> CliResult<Exit> {
+    let lost = session.manager.metrics().audit_failures;
+    if let Some(file) = &session.audit_file {
+        match file.checkpoint() {
+            Ok(checkpoint) => output::warn(&format!(
+                "audit checkpoint (keep it off this host; `vramctl audit verify --checkpoint` checks the log against it): {checkpoint}"
+            )),
+            Err(e) => output::warn(&format!("audit log could not be signed at exit: {e}")),
+        }
+    }
+    if lost == 0 {
+        return result;
+    }
+    let message = format!(
+        "{lost} audit record(s) could not be stored; the audit trail is incomplete (see the errors above)"
+    );
+    match result {
+        Ok(_) => Err(CliError::new(Exit::AuditFailed, message)),
+        Err(e) => {
+            output::warn(&format!("error: {message}"));
+            Err(e)
+        }
+    }
 }
 
 /// What `seal` keeps resident: shards sealed one by one, or one group.

@@ -1,0 +1,133 @@
+//! The worker's key material: the seal key, and the audit signing key derived from it, come
+//! from the worker token so that what one run writes can be checked later; without a token a
+//! random key serves one run only, and the operator is told so.
+//!
+//! The token is read from `--token-file PATH` (or `VRAMCTL_TOKEN_FILE`), else from the
+//! `VRAM_WORKER_TOKEN` environment variable; never from a command-line value, which any user
+//! can read in the process list.
+
+use std::io::Read;
+use std::path::Path;
+
+use vram_residency::SealKey;
+use zeroize::Zeroizing;
+
+use crate::cli::TokenArgs;
+use crate::error::{CliError, CliResult};
+
+/// Environment variable holding the worker token itself.
+pub(crate) const TOKEN_ENV: &str = "VRAM_WORKER_TOKEN";
+/// Longest token file read.
+const MAX_TOKEN_FILE_BYTES: u64 = 4096;
+
+/// What the seal key is made from, kept (zeroized on drop) so that each manager a command
+/// builds gets the same key.
+enum Material {
+    Token {
+        token: Zeroizing<Vec<u8>>,
+        worker_id: String,
+    },
+    Random(Zeroizing<[u8; 32]>),
+}
+
+/// The worker's key material and where it came from.
+pub(crate) struct WorkerKey {
+    material: Material,
+    /// One line for the operator: where the key came from.
+    pub(crate) origin: String,
+}
+
+impl WorkerKey {
+    /// The seal key.
+    pub(crate) fn seal_key(&self) -> CliResult<SealKey> {
+        Ok(match &self.material {
+            Material::Token { token, worker_id } => SealKey::derive(token, worker_id)?,
+            Material::Random(bytes) => SealKey::from_array(**bytes),
+        })
+    }
+
+    /// Whether the key comes from a token (and so is the same in every run).
+    pub(crate) fn is_token_derived(&self) -> bool {
+        matches!(self.material, Material::Token { .. })
+    }
+}
+
+/// The token, if one was given.
+fn token(args: &TokenArgs) -> CliResult<Option<(Zeroizing<Vec<u8>>, String)>> {
+    if let Some(path) = &args.token_file {
+        return read_token_file(path).map(|t| Some((t, format!("token file {}", path.display()))));
+    }
+    Ok(std::env::var_os(TOKEN_ENV).map(|v| {
+        use std::os::unix::ffi::OsStringExt;
+        (Zeroizing::new(v.into_vec()), format!("${TOKEN_ENV}"))
+    }))
+}
+
+fn read_token_file(path: &Path) -> CliResult<Zeroizing<Vec<u8>>> {
+    let bad =
+        |problem: String| CliError::file(path, &problem, "give a file holding the worker token");
+    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot be read ({e})")))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".to_owned()));
+    }
+    let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot be read ({e})")))?;
+    let mut token = Zeroizing::new(Vec::new());
+    file.take(MAX_TOKEN_FILE_BYTES.saturating_add(1))
+        .read_to_end(&mut token)
+        .map_err(|e| bad(format!("cannot be read ({e})")))?;
+    if u64::try_from(token.len()).unwrap_or(u64::MAX) > MAX_TOKEN_FILE_BYTES {
+        return Err(bad(format!("longer than {MAX_TOKEN_FILE_BYTES} bytes")));
+    }
+    // One trailing line ending, as `echo` and editors leave, is not part of the token.
+    for ending in [&b"\r\n"[..], b"\n"] {
+        if token.ends_with(ending) {
+            let keep = token.len().saturating_sub(ending.len());
+            token.truncate(keep);
+            break;
+        }
+    }
+    Ok(token)
+}
+
+/// A random key for a command that keeps nothing (`bench`, `demo`).
+pub(crate) fn random() -> CliResult<WorkerKey> {
+    Ok(WorkerKey {
+        material: Material::Random(random_key()?),
+        origin: "random for this run".to_owned(),
+    })
+}
+
+/// The worker's seal key: derived from the token and worker id, or random for this run.
+pub(crate) fn worker_key(args: &TokenArgs) -> CliResult<WorkerKey> {
+    match token(args)? {
+        Some((token, origin)) => {
+            // Checked now, so that a short token is a clear error before anything starts.
+            SealKey::derive(&token, &args.worker_id).map_err(|e| {
+                CliError::bad_input(format!(
+                    "{origin}: {e}; the worker token must be at least 16 bytes and the worker id 1 to 256 bytes"
+                ))
+            })?;
+            Ok(WorkerKey {
+                material: Material::Token {
+                    token,
+                    worker_id: args.worker_id.clone(),
+                },
+                origin: format!("derived from {origin} for worker {}", args.worker_id),
+            })
+        }
+        None => Ok(WorkerKey {
+            material: Material::Random(random_key()?),
+            origin: format!(
+                "random for this run (no --token-file or ${TOKEN_ENV}): nothing signed now can be checked \
+                 against a key you hold; the audit log records its public key in its first record"
+            ),
+        }),
+    }
+}
+
+fn random_key() -> CliResult<Zeroizing<[u8; 32]>> {
+    let mut bytes = Zeroizing::new([0u8; 32]);
+    getrandom::fill(bytes.as_mut())
+        .map_err(|_| CliError::bad_input("the operating system's random source failed"))?;
+    Ok(bytes)
+}
