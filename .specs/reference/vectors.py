@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Independent reference implementation of .specs/digest.md, .specs/seal.md, .specs/group-seal.md and .specs/attestation.md (Python hashlib/hmac).
+"""Independent reference implementation of .specs/digest.md, .specs/seal.md, .specs/group-seal.md, .specs/attestation.md and .specs/audit.md (Python hashlib/hmac; Ed25519 from RFC 8032 section 6, in pure Python).
 
 Prints the test vectors committed in crates/vram-seal/tests/data/. Run:
-    python3 .specs/reference/vectors.py digest|seal|hkdf|attestation|group
+    python3 .specs/reference/vectors.py digest|seal|hkdf|attestation|group|audit
 The Rust tests check the Rust implementation against these files, so the two implementations
 must agree bit for bit.
 """
@@ -79,6 +79,113 @@ HKDF_CASES = [
     (b"worker-token-0123456789abcdef", "worker-1"),
     (bytes(range(16)), "w"),
     (b"\xff" * 100, "gpu-node-17.rack-3"),
+]
+
+# --- Ed25519, RFC 8032 section 6 (reference code, not constant time: vectors only) ---
+ED_P = 2**255 - 19
+ED_L = 2**252 + 27742317777372353535851937790883648493
+ED_D = -121665 * pow(121666, ED_P - 2, ED_P) % ED_P
+ED_SQRT_M1 = pow(2, (ED_P - 1) // 4, ED_P)
+
+def _ed_add(P, Q):
+    A, B = (P[1] - P[0]) * (Q[1] - Q[0]) % ED_P, (P[1] + P[0]) * (Q[1] + Q[0]) % ED_P
+    C, D = 2 * P[3] * Q[3] * ED_D % ED_P, 2 * P[2] * Q[2] % ED_P
+    E, F, G, H = B - A, D - C, D + C, B + A
+    return (E * F, G * H, F * G, E * H)
+
+def _ed_mul(s, P):
+    Q = (0, 1, 1, 0)
+    while s > 0:
+        if s & 1:
+            Q = _ed_add(Q, P)
+        P = _ed_add(P, P)
+        s >>= 1
+    return Q
+
+def _ed_recover_x(y, sign):
+    x2 = (y * y - 1) * pow(ED_D * y * y + 1, ED_P - 2, ED_P)
+    x = pow(x2, (ED_P + 3) // 8, ED_P)
+    if (x * x - x2) % ED_P != 0:
+        x = x * ED_SQRT_M1 % ED_P
+    if (x & 1) != sign:
+        x = ED_P - x
+    return x
+
+ED_GY = 4 * pow(5, ED_P - 2, ED_P) % ED_P
+ED_G = (_ed_recover_x(ED_GY, 0), ED_GY, 1, _ed_recover_x(ED_GY, 0) * ED_GY % ED_P)
+
+def _ed_compress(P):
+    zinv = pow(P[2], ED_P - 2, ED_P)
+    x, y = P[0] * zinv % ED_P, P[1] * zinv % ED_P
+    return int.to_bytes(y | ((x & 1) << 255), 32, "little")
+
+def _ed_expand(secret):
+    h = hashlib.sha512(secret).digest()
+    a = int.from_bytes(h[:32], "little")
+    a &= (1 << 254) - 8
+    a |= 1 << 254
+    return a, h[32:]
+
+def ed25519_public(secret):
+    a, _ = _ed_expand(secret)
+    return _ed_compress(_ed_mul(a, ED_G))
+
+def ed25519_sign(secret, msg):
+    a, prefix = _ed_expand(secret)
+    A = _ed_compress(_ed_mul(a, ED_G))
+    r = int.from_bytes(hashlib.sha512(prefix + msg).digest(), "little") % ED_L
+    R = _ed_compress(_ed_mul(r, ED_G))
+    h = int.from_bytes(hashlib.sha512(R + A + msg).digest(), "little") % ED_L
+    return R + int.to_bytes((r + h * a) % ED_L, 32, "little")
+
+# --- .specs/audit.md ---
+AUDIT_KEY_SALT = b"vram-residency/audit-key/v1/salt"
+AUDIT_KEY_INFO = b"vram-residency/audit-key/v1"
+
+def audit_seed(seal_key):
+    return hkdf(seal_key, AUDIT_KEY_SALT, AUDIT_KEY_INFO)
+
+def checkpoint_message(count, head):
+    return b"vram-residency/audit-checkpoint/v1\n" + str(count).encode() + b"\n" + head.hex().encode() + b"\n"
+
+def audit_log(seal_key, records):
+    """Lines a writer produces: opening, checkpoint, the records (a checkpoint after each
+    critical one), and the checkpoint of a clean close."""
+    import json
+    seed = audit_seed(seal_key)
+    lines, prev = [], bytes(32)
+    def put(text):
+        nonlocal prev
+        lines.append(text)
+        prev = hashlib.sha256(text.encode()).digest()
+    def head(event):
+        return '{"seq":%d,"prev":"%s","event":"%s"' % (len(lines), prev.hex(), event)
+    def checkpoint():
+        sig = ed25519_sign(seed, checkpoint_message(len(lines), prev))
+        put(head("AuditCheckpoint") + ',"signature":"%s"}' % sig.hex())
+    put(head("AuditLogOpened") + ',"public_key":"%s","unsigned_records":0,"repaired_bytes":0}' % ed25519_public(seed).hex())
+    checkpoint()
+    for r in records:
+        body = json.dumps(r, separators=(",", ":"), ensure_ascii=False)
+        put('{"seq":%d,"prev":"%s",%s' % (len(lines), prev.hex(), body[1:]))
+        if r["severity"] == "critical":
+            checkpoint()
+    checkpoint()
+    return lines
+
+AUDIT_KEYS = [bytes(range(32)), b"\x5e" * 32, bytes(range(64))]
+AUDIT_CHECKPOINTS = [(1, bytes(32)), (2, hashlib.sha256(b"abc").digest()), (18446744073709551615, b"\xff" * 32)]
+AUDIT_RECORDS = [
+    dict(timestamp_ms=1700000000123, worker_id="worker-1", correlation_id="0a1b2c3d-00000001", severity="info",
+         event="VramSealed", shard_id="llama-shard-0", gpu_device=0, vram_bytes=3, reserved_bytes=2097152,
+         digest=digest(b"abc", "sha256-tree-65536"), digest_algorithm="sha256-tree-65536", backend="mock"),
+    dict(timestamp_ms=1700000000456, worker_id="worker-1", correlation_id="0a1b2c3d-00000002", severity="info",
+         event="SealVerified", shard_id="llama-shard-0", gpu_device=0),
+    dict(timestamp_ms=1700000000789, worker_id="worker-1", correlation_id="0a1b2c3d-00000003", severity="critical",
+         event="SealVerificationFailed", shard_id="llama-shard-0", gpu_device=0,
+         reason="integrity violation on GPU 0: digest mismatch \u2014 \"edited\"\n"),
+    dict(timestamp_ms=1700000001000, worker_id="worker-1", correlation_id="0a1b2c3d-00000001", severity="info",
+         event="VramDeallocated", shard_id="llama-shard-0", gpu_device=0, freed_bytes=2097152, error=None),
 ]
 
 def attestation_statement(a):
@@ -168,5 +275,15 @@ if __name__ == "__main__":
             st = attestation_statement(a)
             signed = dict(a, signature=hmac.new(SEAL_KEY, STATEMENT_DOMAIN + st, hashlib.sha256).hexdigest())
             print(st.hex(), json.dumps(signed, separators=(",", ":")))
+    elif what == "audit":
+        for key in AUDIT_KEYS:
+            seed = audit_seed(key)
+            print("key", key.hex(), seed.hex(), ed25519_public(seed).hex())
+        seed = audit_seed(AUDIT_KEYS[0])
+        for count, head in AUDIT_CHECKPOINTS:
+            msg = checkpoint_message(count, head)
+            print("checkpoint", count, head.hex(), msg.hex(), ed25519_sign(seed, msg).hex())
+        for line in audit_log(AUDIT_KEYS[0], AUDIT_RECORDS):
+            print("line", line)
     else:
-        sys.exit("usage: vectors.py digest|seal|hkdf|attestation|group")
+        sys.exit("usage: vectors.py digest|seal|hkdf|attestation|group|audit")

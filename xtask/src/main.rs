@@ -323,6 +323,7 @@ fn fuzz(args: &[String]) -> Result<(), DynError> {
         .collect();
     targets.sort();
     seed_seal_decode_corpus()?;
+    seed_audit_log_corpus()?;
     for target in targets {
         let mut c = cargo();
         c.args([
@@ -336,6 +337,25 @@ fn fuzz(args: &[String]) -> Result<(), DynError> {
             &format!("-max_total_time={seconds}"),
         ]);
         run(&format!("fuzz {target} for {seconds} s"), c)?;
+    }
+    Ok(())
+}
+
+/// Seeds the audit-log verifier's corpus with the reference log of `.specs/audit.md` (and its
+/// prefixes), so the fuzzer starts from valid chains and signatures.
+fn seed_audit_log_corpus() -> Result<(), DynError> {
+    let root = project_root();
+    let corpus = root.join("fuzz/corpus/audit_log");
+    std::fs::create_dir_all(&corpus)?;
+    let vectors =
+        std::fs::read_to_string(root.join("crates/vram-alloc/tests/data/audit_vectors.txt"))?;
+    let lines: Vec<&str> = vectors
+        .lines()
+        .filter_map(|l| l.strip_prefix("line "))
+        .collect();
+    for n in 1..=lines.len() {
+        let log: String = lines.iter().take(n).map(|l| format!("{l}\n")).collect();
+        std::fs::write(corpus.join(format!("reference-{n}")), log)?;
     }
     Ok(())
 }
@@ -372,6 +392,7 @@ const VECTOR_FILES: &[(&str, &str)] = &[
     ("seal", "crates/vram-seal/tests/data/seal_vectors.txt"),
     ("hkdf", "crates/vram-seal/tests/data/hkdf_vectors.txt"),
     ("group", "crates/vram-seal/tests/data/group_vectors.txt"),
+    ("audit", "crates/vram-alloc/tests/data/audit_vectors.txt"),
     (
         "attestation",
         "crates/vram-policy/tests/data/attestation_vectors.txt",

@@ -124,7 +124,9 @@ fn relink(lines: &[String]) -> Vec<String> {
 }
 
 fn fails_at(result: Result<AuditLogSummary, AuditLogError>) -> (Option<u64>, AuditLogProblem) {
-    let e = result.expect_err("tampering must be detected");
+    let Err(e) = result else {
+        panic!("tampering must be detected")
+    };
     (e.line, e.problem)
 }
 
@@ -462,8 +464,10 @@ fn a_full_disk_leaves_no_torn_record_and_the_chain_continues_after() {
     let path = temp_path("full.jsonl");
     let mock = Arc::new(MockBackend::with_capacity(16 * MIB));
     let sink = Arc::new(FileAuditSink::open(&path, signing_key(0x11)).unwrap());
-    let mut config = vram_types::VramConfig::default();
-    config.audit_failure_policy = vram_types::AuditFailurePolicy::Continue;
+    let config = vram_types::VramConfig {
+        audit_failure_policy: vram_types::AuditFailurePolicy::Continue,
+        ..vram_types::VramConfig::default()
+    };
     let manager = VramManager::builder()
         .mock(mock)
         .config(config)

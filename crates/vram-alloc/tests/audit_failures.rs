@@ -50,8 +50,10 @@ fn manager_with(
     policy: AuditFailurePolicy,
 ) -> (VramManager, Arc<MockBackend>) {
     let mock = Arc::new(MockBackend::with_capacity(16 * MIB));
-    let mut config = VramConfig::default();
-    config.audit_failure_policy = policy;
+    let config = VramConfig {
+        audit_failure_policy: policy,
+        ..VramConfig::default()
+    };
     let manager = VramManager::builder()
         .mock(mock.clone())
         .config(config)

@@ -123,7 +123,8 @@ fn non_device_allocations_are_policy_violations() {
         );
         assert_eq!(r.mock.live_allocations(), 0);
         assert_eq!(r.manager.used_vram(), 0);
-        assert_eq!(names(&r.audit.events()), ["PolicyViolation"]);
+        // The violation, then the allocation the refused seal gave back.
+        assert_eq!(names(&r.audit.events()), ["PolicyViolation", "SealAborted"]);
         assert!(r.manager.is_stopped());
     }
 }

@@ -238,10 +238,14 @@ fn bad_inputs_get_one_line_the_right_code_and_seal_nothing() {
             "one per file",
         ),
     ];
+    // One token for every run: a log is continued only under the key that signed it.
+    let token = write(&dir, "token", b"token-of-the-bad-input-runs");
     for (args, code, needle) in cases {
         let out = vramctl()
             .args(["--backend", "mock", "seal", "--audit-log"])
             .arg(&audit)
+            .arg("--token-file")
+            .arg(&token)
             .args(&args)
             .output()
             .unwrap();

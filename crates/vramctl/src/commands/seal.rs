@@ -207,12 +207,14 @@ fn seal_and_serve(
     serve_and_verify(out, manager, args, metrics_addr, held)
 }
 
-/// Once every shard is released: signs the audit log and prints its last checkpoint on stderr
-/// (to keep off the host), and turns lost audit records into exit 4 when nothing worse
-/// happened.
+/// Once every shard is released: signs the audit log and, after a clean stop, prints its last
+/// checkpoint on stderr (to keep off the host); turns lost audit records into exit 4 when
+/// nothing worse happened.
 fn finish_audit(session: &Session, result: CliResult<Exit>) -> CliResult<Exit> {
     let lost = session.manager.metrics().audit_failures;
-    if let Some(file) = &session.audit_file {
+    // An error stays a one-line error: the log is still signed when the sink closes, and
+    // `vramctl audit verify --json` shows its last checkpoint.
+    if let Some(file) = session.audit_file.as_ref().filter(|_| result.is_ok()) {
         match file.checkpoint() {
             Ok(checkpoint) => output::warn(&format!(
                 "audit checkpoint (keep it off this host; `vramctl audit verify --checkpoint` checks the log against it): {checkpoint}"
