@@ -162,3 +162,43 @@ fn leaf_size_and_length_are_bound_into_the_digest() {
         digest(&data, DigestAlgorithm::tree(8192).unwrap())
     );
 }
+
+/// A source that fails its read at one offset.
+struct FailingAt(Vec<u8>, u64);
+
+impl vram_types::ShardSource for FailingAt {
+    fn len(&self) -> u64 {
+        self.0.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if offset == self.1 {
+            return Err(std::io::Error::other("disk gone"));
+        }
+        self.0.as_slice().read_at(offset, buf)
+    }
+}
+
+#[test]
+fn a_source_digest_with_overlapped_reads_equals_the_one_shot_digest() {
+    use vram_seal::digest::{SOURCE_CHUNK_BYTES, digest_source};
+    let c = SOURCE_CHUNK_BYTES;
+    for len in [0, 1, 4097, c - 1, c, c + 1, 2 * c + 12345] {
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        for alg in [DigestAlgorithm::Sha256, DigestAlgorithm::default()] {
+            assert_eq!(
+                digest_source(&bytes, alg).unwrap(),
+                digest(&bytes, alg),
+                "{len} bytes, {alg}"
+            );
+        }
+    }
+    // A read that fails on the reader thread is the digest's error, whichever chunk it hits.
+    for at in [0, c as u64, 2 * c as u64] {
+        let source = FailingAt(vec![1; 2 * c + 1], at);
+        assert!(matches!(
+            digest_source(&source, DigestAlgorithm::default()),
+            Err(vram_types::VramError::SourceReadFailed { .. })
+        ));
+    }
+}

@@ -69,7 +69,7 @@ pub(crate) enum BackendChoice {
 pub(crate) enum Command {
     /// List GPUs and say whether each can hold VRAM-only shards, and why.
     Doctor,
-    /// Print a file's digest (tree by default, or flat SHA-256) for a manifest.
+    /// Print files' digests (tree by default, or flat SHA-256) for a manifest, or check one.
     Digest(DigestArgs),
     /// Seal files into VRAM and keep them resident and re-verified until Ctrl-C or SIGTERM.
     Seal(SealArgs),
@@ -84,14 +84,23 @@ pub(crate) enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct DigestArgs {
-    /// The file to hash.
-    pub(crate) file: PathBuf,
+    /// Files to hash (`-` or none: standard input).
+    pub(crate) files: Vec<PathBuf>,
     /// Flat SHA-256 (as `sha256sum` and Hugging Face LFS oids) instead of the tree digest.
     #[arg(long, conflicts_with = "leaf")]
     pub(crate) flat: bool,
-    /// Tree leaf size in bytes (a power of two from 4096 to 16777216; default 65536).
-    #[arg(long)]
+    /// Tree leaf size with units (a power of two from 4KiB to 16MiB; default 64KiB).
+    #[arg(long, value_parser = parse_bytes)]
     pub(crate) leaf: Option<u64>,
+    /// Check every line of a manifest (`DIGEST  FILE`, as this command or `sha256sum` writes
+    /// it; `-` for standard input): prints `FILE: OK` or `FILE: FAILED`, exit 1 on any failure.
+    #[arg(long, short = 'c', value_name = "MANIFEST", conflicts_with_all = ["files", "flat", "leaf"])]
+    pub(crate) check: Option<PathBuf>,
+}
+
+/// A byte count with optional units (`65536`, `64KiB`, `16MiB`).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    parse_size::parse_size(text).map_err(|e| format!("{text:?}: {e}"))
 }
 
 #[derive(Debug, Args)]

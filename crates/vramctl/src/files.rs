@@ -4,6 +4,8 @@ use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::path::Path;
 
+use vram_residency::{FileSource, ShardSource};
+
 use crate::error::{CliError, CliResult};
 
 /// Read granularity of `vramctl digest` (and its progress step).
@@ -71,4 +73,22 @@ pub(crate) fn read_head(path: &Path, file: &File, len: u64) -> CliResult<Vec<u8>
         .min(HEADER_PREFIX_MAX);
     head.extend(read(n.min(len.saturating_sub(8)))?);
     Ok(head)
+}
+
+/// A file source that advances a progress bar as it is read (by the copy or hashing threads).
+pub(crate) struct ProgressSource<'a> {
+    pub(crate) inner: &'a FileSource,
+    pub(crate) bar: &'a indicatif::ProgressBar,
+}
+
+impl ShardSource for ProgressSource<'_> {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.inner.read_at(offset, buf)?;
+        self.bar.inc(u64::try_from(buf.len()).unwrap_or(0));
+        Ok(())
+    }
 }

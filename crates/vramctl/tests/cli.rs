@@ -136,7 +136,7 @@ fn digest_matches_the_spec_vectors() {
         .assert()
         .success()
         .stdout(predicate::str::starts_with(
-            "2d4c4b2d34a7d3711a5b36433106a88f2000c10b13a979e2bc503c4479fc3de4  ",
+            "sha256-tree-65536:2d4c4b2d34a7d3711a5b36433106a88f2000c10b13a979e2bc503c4479fc3de4  ",
         ));
     vramctl()
         .args(["digest", "--flat"])
@@ -169,7 +169,9 @@ fn digest_matches_the_spec_vectors() {
         .arg(&big_path)
         .assert()
         .success()
-        .stdout(predicate::str::starts_with(want));
+        .stdout(predicate::str::starts_with(format!(
+            "sha256-tree-65536:{want}  "
+        )));
     let bad = vramctl()
         .args(["digest", "--leaf", "3000"])
         .arg(&abc)
@@ -718,6 +720,33 @@ fn audit_logs_are_signed_with_the_token_key_and_verified_by_vramctl() {
         "{}",
         stderr_one_line(&broken)
     );
+    // CRLF line endings, an edited last line, a duplicated key: each named.
+    let crlf = original.replace('\n', "\r\n");
+    let edited_last = original
+        .trim_end()
+        .rsplit_once('\n')
+        .map(|(head, last)| {
+            format!(
+                "{head}\n{}\n",
+                last.replacen("\"signature\":\"", "\"signature\":\"0", 1)
+            )
+        })
+        .unwrap();
+    let duplicated = original.replacen("\"seq\":1,", "\"seq\":1,\"seq\":1,", 1);
+    for (tampered, needle) in [
+        (crlf, "line 1: carriage return"),
+        (
+            edited_last,
+            &format!("line {}: checkpoint", lines.len()) as &str,
+        ),
+        (duplicated, "line 2: not an audit record"),
+    ] {
+        std::fs::write(&log, tampered).unwrap();
+        let out = verify(&["--public-key", &public_key]);
+        assert_eq!(out.status.code(), Some(1));
+        let line = stderr_one_line(&out);
+        assert!(line.contains(needle), "{line}");
+    }
     // The tail cut back to an earlier checkpoint: only the kept checkpoint shows it.
     let earlier = lines[..lines.len() - 1]
         .iter()
@@ -869,4 +898,163 @@ fn a_full_disk_under_the_audit_log_is_exit_4_not_silence() {
         err.contains("No space left") || err.contains("disk full") || err.contains("short write"),
         "{err}"
     );
+}
+
+#[test]
+fn digests_stand_alone_and_manifests_check_like_sha256sum() {
+    let dir = TempDir::new().unwrap();
+    let abc = write(&dir, "abc.bin", b"abc");
+    let odd = write(&dir, "we\\ird.bin", &pattern(70_000));
+    let run_in = |args: &[&str]| {
+        vramctl()
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Many files; flat lines exactly as sha256sum writes them (escaped name included).
+    let flat = run_in(&["digest", "--flat", "abc.bin", "we\\ird.bin"]);
+    assert!(flat.status.success());
+    let sha256sum = Command::new("sha256sum")
+        .current_dir(dir.path())
+        .args(["abc.bin", "we\\ird.bin"])
+        .output();
+    if let Some(reference) = sha256sum.ok().filter(|o| o.status.success()) {
+        assert_eq!(flat.stdout, reference.stdout);
+    }
+    std::fs::write(dir.path().join("flat.sha256"), &flat.stdout).unwrap();
+    // Tree lines carry their algorithm, so sha256sum cannot take them for flat digests.
+    let tree = run_in(&["digest", "abc.bin", "we\\ird.bin"]);
+    let text = String::from_utf8(tree.stdout.clone()).unwrap();
+    assert!(text.starts_with("sha256-tree-65536:"), "{text}");
+    assert!(
+        text.lines()
+            .nth(1)
+            .unwrap()
+            .starts_with("\\sha256-tree-65536:"),
+        "{text}"
+    );
+    std::fs::write(dir.path().join("tree.manifest"), &tree.stdout).unwrap();
+    if let Ok(o) = Command::new("sha256sum")
+        .current_dir(dir.path())
+        .args(["-c", "tree.manifest"])
+        .output()
+    {
+        assert!(
+            !o.status.success(),
+            "sha256sum must not accept a tree digest line"
+        );
+    }
+    // --check: both kinds of line, sha256sum's output and exit codes.
+    for manifest in ["flat.sha256", "tree.manifest"] {
+        let ok = run_in(&["digest", "--check", manifest]);
+        assert_eq!(
+            ok.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&ok.stdout),
+            "abc.bin: OK\n\\we\\\\ird.bin: OK\n"
+        );
+    }
+    std::fs::write(&abc, b"abd").unwrap();
+    std::fs::remove_file(&odd).unwrap();
+    let failed = run_in(&["digest", "-c", "tree.manifest"]);
+    assert_eq!(failed.status.code(), Some(1));
+    let out = String::from_utf8_lossy(&failed.stdout);
+    assert!(
+        out.contains("abc.bin: FAILED\n") && out.contains("ird.bin: FAILED open or read"),
+        "{out}"
+    );
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        err.contains("WARNING: 1 computed checksum did NOT match"),
+        "{err}"
+    );
+    assert!(
+        err.contains("WARNING: 1 listed file could not be read"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("junk"), "not a manifest\n").unwrap();
+    assert_eq!(run_in(&["digest", "-c", "junk"]).status.code(), Some(1));
+    // Standard input.
+    let stdin = vramctl()
+        .args(["digest", "--flat", "-"])
+        .write_stdin("abc")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&stdin.stdout),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad  -\n"
+    );
+}
+
+#[test]
+fn expected_digests_name_their_algorithm_and_flat_ones_get_a_hint() {
+    let dir = TempDir::new().unwrap();
+    let abc = write(&dir, "abc.bin", b"abc");
+    let flat = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    // A bare value is the tree digest; the file's flat SHA-256 there gets a hint.
+    let out = vramctl()
+        .args(["--backend", "mock", "seal", "--expect", flat])
+        .arg(&abc)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_one_line(&out).contains(&format!("write --expect sha256:{flat}")),
+        "{}",
+        stderr_one_line(&out)
+    );
+    // `SHA256:` and `sha256-tree-65536:` prefixes are accepted (the seal itself then runs
+    // until SIGTERM: checked through the audit-free JSON events).
+    for expect in [
+        format!("SHA256:{flat}"),
+        "sha256-tree-65536:2d4c4b2d34a7d3711a5b36433106a88f2000c10b13a979e2bc503c4479fc3de4"
+            .to_owned(),
+    ] {
+        let log = dir.path().join(format!("a-{}.jsonl", expect.len()));
+        let (out, _) = seal_until_sigterm(&abc, &log, &["--expect", &expect]);
+        assert!(out.iter().any(|l| l.starts_with("sealed ")), "{out:?}");
+    }
+}
+
+#[test]
+fn files_with_one_base_name_in_two_directories_are_two_shards() {
+    let dir = TempDir::new().unwrap();
+    for sub in ["a", "b"] {
+        std::fs::create_dir(dir.path().join(sub)).unwrap();
+        std::fs::write(dir.path().join(sub).join("model.bin"), sub.repeat(100)).unwrap();
+    }
+    let mut child = Command::new(cargo_bin("vramctl"))
+        .current_dir(dir.path())
+        .args(["--backend", "mock", "seal", "a/model.bin", "./b/model.bin"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut sealed = Vec::new();
+    loop {
+        let line = lines.next().expect("vramctl exited early").unwrap();
+        if line.contains("resident") {
+            break;
+        }
+        if line.starts_with("sealed ") {
+            sealed.push(line);
+        }
+    }
+    stop_with_sigterm(child, lines);
+    assert!(sealed[0].contains("as a_model.bin "), "{sealed:?}");
+    assert!(sealed[1].contains("as b_model.bin "), "{sealed:?}");
+    // The same file twice is refused before anything is sealed.
+    let twice = vramctl()
+        .current_dir(dir.path())
+        .args(["--backend", "mock", "seal", "a/model.bin", "./a/model.bin"])
+        .output()
+        .unwrap();
+    assert_eq!(twice.status.code(), Some(2));
+    assert!(stderr_one_line(&twice).contains("give each file once"));
 }

@@ -1,19 +1,24 @@
-//! `vramctl digest FILE [--flat] [--leaf BYTES]`: the digest an operator records in a manifest.
+//! `vramctl digest FILE... [--flat] [--leaf BYTES] [--check MANIFEST]`: the digests an operator
+//! records in a manifest, and the check of a manifest, in `sha256sum`'s formats.
 //!
-//! The file is read in 64 MiB chunks and fed to `DigestHasher::update_parallel`, so tree leaves
-//! are hashed in parallel and memory stays bounded.
+//! A flat SHA-256 is printed exactly as `sha256sum` prints it (`HEX  FILE`); a tree digest
+//! carries its algorithm (`sha256-tree-65536:HEX  FILE`), so that it can never be mistaken for
+//! the flat SHA-256 of some other bytes. File names with a backslash or a line break are
+//! escaped as coreutils does (a leading `\` on the line). Files are read with positioned reads
+//! that overlap with hashing (`digest_source`); `-` is standard input.
 
-use std::io::Read;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use vram_residency::digest::DigestHasher;
-use vram_residency::{DigestAlgorithm, ShardDigest};
+use vram_residency::digest::{DigestHasher, digest_source};
+use vram_residency::{DigestAlgorithm, FileSource, ShardDigest};
 
 use crate::cli::DigestArgs;
 use crate::error::{CliError, CliResult, Exit};
-use crate::files::{READ_CHUNK, open_model};
-use crate::output::Output;
+use crate::files::{ProgressSource, READ_CHUNK, open_model};
+use crate::output::{self, Output};
 
 pub(crate) fn algorithm(flat: bool, leaf: Option<u64>) -> CliResult<DigestAlgorithm> {
     match (flat, leaf) {
@@ -25,34 +30,246 @@ pub(crate) fn algorithm(flat: bool, leaf: Option<u64>) -> CliResult<DigestAlgori
     }
 }
 
-/// Digest of a file, streamed in chunks (tree leaves hashed in parallel).
+/// A digest as it stands alone: bare hex for the flat SHA-256 (as `sha256sum`), `ALG:HEX`
+/// for every other algorithm.
+pub(crate) fn tagged(alg: DigestAlgorithm, digest: &ShardDigest) -> String {
+    match alg {
+        DigestAlgorithm::Sha256 => digest.to_hex(),
+        tree => format!("{tree}:{}", digest.to_hex()),
+    }
+}
+
+/// Parses a digest as it stands alone: `sha256:HEX` or `SHA256:HEX` (flat), `ALG:HEX` for a
+/// tree algorithm, or bare 64 hex characters read as `bare`.
+pub(crate) fn parse_tagged(
+    text: &str,
+    bare: DigestAlgorithm,
+) -> Option<(DigestAlgorithm, ShardDigest)> {
+    let (alg, hex) = match text.split_once(':') {
+        Some((tag, hex)) if tag.eq_ignore_ascii_case("sha256") => (DigestAlgorithm::Sha256, hex),
+        Some((tag, hex)) => (tag.parse().ok()?, hex),
+        None => (bare, text),
+    };
+    Some((alg, ShardDigest::from_hex(hex).ok()?))
+}
+
+/// Digest of a file: positioned reads overlapping with hashing, tree leaves in parallel.
 pub(crate) fn digest_file(
     path: &Path,
     alg: DigestAlgorithm,
     out: Output,
 ) -> CliResult<ShardDigest> {
-    let (mut file, len) = open_model(path)?;
+    let (file, len) = open_model(path)?;
+    let source = FileSource::new(file)
+        .map_err(|e| CliError::file(path, &format!("cannot be read ({e})"), "check the file"))?;
     let bar = out.progress(len, "hashing");
+    let digest = digest_source(
+        &ProgressSource {
+            inner: &source,
+            bar: &bar,
+        },
+        alg,
+    );
+    bar.finish_and_clear();
+    digest.map_err(|e| CliError::file(path, &format!("read failed ({e})"), "check the disk"))
+}
+
+/// Digest of standard input, read in chunks.
+fn digest_stdin(alg: DigestAlgorithm) -> CliResult<ShardDigest> {
+    let mut stdin = std::io::stdin().lock();
     let mut chunk = vec![0u8; READ_CHUNK];
     let mut hasher = DigestHasher::new(alg);
     loop {
-        let n = file
+        let n = stdin
             .read(&mut chunk)
-            .map_err(|e| CliError::file(path, &format!("read failed ({e})"), "check the disk"))?;
+            .map_err(|e| CliError::bad_input(format!("standard input: read failed ({e})")))?;
         let Some(piece) = chunk.get(..n).filter(|p| !p.is_empty()) else {
             break;
         };
         hasher.update_parallel(piece);
-        bar.inc(u64::try_from(n).unwrap_or(0));
     }
-    bar.finish_and_clear();
     Ok(hasher.finalize())
 }
 
+fn digest_named(name: &Path, alg: DigestAlgorithm, out: Output) -> CliResult<ShardDigest> {
+    if name == Path::new("-") {
+        digest_stdin(alg)
+    } else {
+        digest_file(name, alg, out)
+    }
+}
+
+/// A file name as coreutils writes it in a checksum line: with `\`, `\n` or `\r` escaped,
+/// and whether the line then needs its leading `\`.
+fn escape_name(name: &str) -> (bool, String) {
+    let escaped = name
+        .replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r");
+    (escaped.len() != name.len(), escaped)
+}
+
+fn unescape_name(name: &str) -> Option<String> {
+    let mut out = String::with_capacity(name.len());
+    let mut chars = name.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            '\\' => out.push('\\'),
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// `DIGEST  NAME` (or `\DIGEST  NAME` when the name is escaped).
+fn checksum_line(alg: DigestAlgorithm, digest: &ShardDigest, name: &str) -> String {
+    let (escaped, name) = escape_name(name);
+    format!(
+        "{}{}  {name}",
+        if escaped { "\\" } else { "" },
+        tagged(alg, digest)
+    )
+}
+
 pub(crate) fn run(out: Output, args: &DigestArgs) -> CliResult<Exit> {
+    if let Some(manifest) = &args.check {
+        return check(out, manifest);
+    }
     let alg = algorithm(args.flat, args.leaf)?;
-    let digest = digest_file(&args.file, alg, out)?;
-    out.result(format!("{}  {}", digest.to_hex(), args.file.display()));
-    out.json(&json!({ "file": args.file.display().to_string(), "algorithm": alg.to_string(), "digest": digest.to_hex() }));
+    let files: Vec<PathBuf> = if args.files.is_empty() {
+        vec![PathBuf::from("-")]
+    } else {
+        args.files.clone()
+    };
+    for file in &files {
+        let digest = digest_named(file, alg, out)?;
+        let name = file.to_string_lossy();
+        out.result(checksum_line(alg, &digest, &name));
+        out.json(&json!({ "file": name, "algorithm": alg.to_string(), "digest": digest.to_hex(), "tagged": tagged(alg, &digest) }));
+    }
     Ok(Exit::Ok)
+}
+
+/// One manifest line: `[\]DIGEST  NAME` or `[\]DIGEST *NAME`.
+fn parse_line(line: &str) -> Option<(DigestAlgorithm, ShardDigest, String)> {
+    let (escaped, line) = match line.strip_prefix('\\') {
+        Some(rest) => (true, rest),
+        None => (false, line),
+    };
+    let (digest, name) = line.split_once("  ").or_else(|| line.split_once(" *"))?;
+    let (alg, digest) = parse_tagged(digest, DigestAlgorithm::Sha256)?;
+    let name = if escaped {
+        unescape_name(name)?
+    } else {
+        name.to_owned()
+    };
+    (!name.is_empty()).then_some((alg, digest, name))
+}
+
+/// `--check MANIFEST`: verifies every line as `sha256sum -c` does: `NAME: OK`, `NAME: FAILED`
+/// or `NAME: FAILED open or read`, warnings on stderr, exit 1 if anything failed.
+fn check(out: Output, manifest: &Path) -> CliResult<Exit> {
+    let reader: Box<dyn BufRead> = if manifest == Path::new("-") {
+        Box::new(BufReader::new(std::io::stdin()))
+    } else {
+        let file = File::open(manifest).map_err(|e| {
+            CliError::file(
+                manifest,
+                &format!("cannot be read ({e})"),
+                "give a manifest file",
+            )
+        })?;
+        Box::new(BufReader::new(file))
+    };
+    let (mut ok, mut mismatched, mut unreadable, mut malformed) = (0u64, 0u64, 0u64, 0u64);
+    for (number, line) in (1u64..).zip(reader.lines()) {
+        let line = line.map_err(|e| {
+            CliError::file(
+                manifest,
+                &format!("read failed ({e})"),
+                "give a text manifest",
+            )
+        })?;
+        let Some((alg, want, name)) = parse_line(line.trim_end_matches('\r')) else {
+            if !line.trim().is_empty() {
+                malformed = malformed.saturating_add(1);
+                output::warn(&format!(
+                    "vramctl: {}: {number}: improperly formatted checksum line",
+                    manifest.display()
+                ));
+            }
+            continue;
+        };
+        let (_, shown) = escape_name(&name);
+        let shown = if shown.len() == name.len() {
+            name.clone()
+        } else {
+            format!("\\{shown}")
+        };
+        let verdict = match digest_named(
+            Path::new(&name),
+            alg,
+            Output {
+                json: true,
+                quiet: true,
+            },
+        ) {
+            Ok(got) if got.ct_eq(&want) => {
+                ok = ok.saturating_add(1);
+                "OK"
+            }
+            Ok(_) => {
+                mismatched = mismatched.saturating_add(1);
+                "FAILED"
+            }
+            Err(e) => {
+                unreadable = unreadable.saturating_add(1);
+                output::warn(&format!("vramctl: {e}"));
+                "FAILED open or read"
+            }
+        };
+        out.result(format!("{shown}: {verdict}"));
+        out.json(&json!({ "file": name, "algorithm": alg.to_string(), "result": verdict }));
+    }
+    let warn = |n: u64, one: &str, many: &str| {
+        if n > 0 {
+            output::warn(&format!(
+                "vramctl: WARNING: {n} {}",
+                if n == 1 { one } else { many }
+            ));
+        }
+    };
+    warn(
+        malformed,
+        "line is improperly formatted",
+        "lines are improperly formatted",
+    );
+    warn(
+        unreadable,
+        "listed file could not be read",
+        "listed files could not be read",
+    );
+    warn(
+        mismatched,
+        "computed checksum did NOT match",
+        "computed checksums did NOT match",
+    );
+    if ok.saturating_add(mismatched).saturating_add(unreadable) == 0 {
+        output::warn(&format!(
+            "vramctl: {}: no properly formatted checksum lines found",
+            manifest.display()
+        ));
+        return Ok(Exit::VerificationFailed);
+    }
+    Ok(if mismatched > 0 || unreadable > 0 {
+        Exit::VerificationFailed
+    } else {
+        Exit::Ok
+    })
 }

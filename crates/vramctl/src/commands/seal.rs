@@ -18,6 +18,7 @@ use vram_residency::{
 
 use crate::cli::{BackendArgs, BackendChoice, SealArgs};
 use crate::error::{CliError, CliResult, Exit};
+use crate::files::ProgressSource;
 use crate::formats::{ModelFormat, recognise};
 use crate::metrics_server::MetricsServer;
 use crate::output::{self, Output, human_bytes};
@@ -31,46 +32,55 @@ struct Prepared {
     format: ModelFormat,
 }
 
-/// A file source that advances a progress bar as the copy threads read it.
-struct Progress<'a> {
-    inner: &'a FileSource,
-    bar: &'a indicatif::ProgressBar,
-}
-
-impl ShardSource for Progress<'_> {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read_at(offset, buf)?;
-        self.bar.inc(u64::try_from(buf.len()).unwrap_or(0));
-        Ok(())
-    }
-}
-
-/// A shard id from the file name (`ShardId::from_name_lossy`: unsafe characters become `_`).
+/// A shard id from the path as given (`a/model.safetensors` and `b/model.safetensors` are two
+/// shards), a leading `./` dropped; `ShardId::from_name_lossy` turns unsafe characters into `_`.
 pub(crate) fn shard_id_for(path: &Path) -> String {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    ShardId::from_name_lossy(&name).into_string()
+    let text = path.to_string_lossy();
+    let text = text.strip_prefix("./").unwrap_or(&text);
+    ShardId::from_name_lossy(text).into_string()
 }
 
-/// `HEX` is a tree digest (as `vramctl digest` prints); `sha256:HEX` is the flat SHA-256 (as
-/// `sha256sum` or a Hugging Face LFS oid).
+/// Two files that would get one shard id (the same file twice, or names that differ only in
+/// characters an id cannot hold) are refused before anything is sealed.
+fn check_distinct_ids(paths: &[PathBuf]) -> CliResult<()> {
+    let mut seen: std::collections::HashMap<String, &Path> = std::collections::HashMap::new();
+    for path in paths {
+        if let Some(first) = seen.insert(shard_id_for(path), path) {
+            return Err(CliError::bad_input(format!(
+                "{} and {} would both be shard {}; give each file once",
+                first.display(),
+                path.display(),
+                shard_id_for(path)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `ALG:HEX` as `vramctl digest` prints it, `sha256:HEX` (or `SHA256:HEX`) for a flat SHA-256
+/// (`sha256sum`, a Hugging Face LFS oid), or bare `HEX` for the default tree digest.
 fn parse_expected(value: &str) -> CliResult<(DigestAlgorithm, ShardDigest)> {
-    let (algorithm, hex) = match value.strip_prefix("sha256:") {
-        Some(hex) => (DigestAlgorithm::Sha256, hex),
-        None => (DigestAlgorithm::default(), value),
-    };
-    let digest = ShardDigest::from_hex(hex).map_err(|_| {
+    super::digest::parse_tagged(value, DigestAlgorithm::default()).ok_or_else(|| {
         CliError::bad_input(format!(
-            "--expect {value:?} is not a digest; give the 64 hex characters `vramctl digest FILE` prints, or sha256:HEX for a flat SHA-256"
+            "--expect {value:?} is not a digest; give what `vramctl digest FILE` prints (sha256-tree-65536:HEX), or sha256:HEX for a flat SHA-256"
         ))
-    })?;
-    Ok((algorithm, digest))
+    })
+}
+
+/// Why a bare `--expect HEX` did not match: when it is the file's flat SHA-256, say so (the
+/// operator pasted `sha256sum` output) instead of calling the file wrong.
+fn mismatch_remedy(raw: Option<&String>, source: &FileSource, want: &ShardDigest) -> String {
+    let bare = raw.is_some_and(|r| !r.contains(':'));
+    let flat = bare
+        .then(|| digest_source(source, DigestAlgorithm::Sha256).ok())
+        .flatten();
+    match flat {
+        Some(flat) if flat.ct_eq(want) => format!(
+            "this is the file's flat SHA-256, not its tree digest: write --expect sha256:{}",
+            want.to_hex()
+        ),
+        _ => "refusing to seal it (wrong or corrupted file)".to_owned(),
+    }
 }
 
 fn parse_address(value: &str) -> CliResult<SocketAddr> {
@@ -106,6 +116,9 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
         return Err(CliError::bad_input(
             "--verify-every 0; give a number of seconds ≥ 1",
         ));
+    }
+    if args.group.is_none() {
+        check_distinct_ids(&args.files)?;
     }
     // Every file and its header are checked before the GPU is touched; only headers are read.
     let mut prepared = Vec::new();
@@ -285,9 +298,9 @@ fn seal_group(
     };
     let total: u64 = prepared.iter().map(|p| p.source.len()).sum();
     let bar = out.progress(total, "sealing");
-    let sources: Vec<Progress<'_>> = prepared
+    let sources: Vec<ProgressSource<'_>> = prepared
         .iter()
-        .map(|p| Progress {
+        .map(|p| ProgressSource {
             inner: &p.source,
             bar: &bar,
         })
@@ -314,10 +327,11 @@ fn seal_group(
             return Err(CliError::new(
                 Exit::VerificationFailed,
                 format!(
-                    "{}: digest {} differs from --expect {}; the group was released (wrong or corrupted file)",
+                    "{}: digest {} differs from --expect {}; the group was released; {}",
                     p.path.display(),
                     shard.digest,
-                    want.to_hex()
+                    want.to_hex(),
+                    mismatch_remedy(args.expect.get(i), &p.source, want)
                 ),
             ));
         }
@@ -363,7 +377,7 @@ fn seal_each(
             options = options.expect_digest(*want);
         }
         let bar = out.progress(p.source.len(), "sealing");
-        let source = Progress {
+        let source = ProgressSource {
             inner: &p.source,
             bar: &bar,
         };
@@ -372,11 +386,18 @@ fn seal_each(
         let took = started.elapsed();
         bar.finish_and_clear();
         let shard = sealed.map_err(|e| match e {
-            VramError::UnexpectedDigest { expected, actual } => CliError::new(
+            VramError::UnexpectedDigest {
+                expected: wanted,
+                actual,
+            } => CliError::new(
                 Exit::VerificationFailed,
                 format!(
-                    "{}: digest {actual} differs from --expect {expected}; refusing to seal it (wrong or corrupted file)",
-                    p.path.display()
+                    "{}: digest {actual} differs from --expect {wanted}; {}",
+                    p.path.display(),
+                    expected
+                        .get(i)
+                        .map(|(_, want)| mismatch_remedy(args.expect.get(i), &p.source, want))
+                        .unwrap_or_default()
                 ),
             ),
             other => other.into(),
