@@ -180,12 +180,17 @@ impl vram_types::ShardSource for FailingAt {
 }
 
 #[test]
-fn a_source_digest_with_overlapped_reads_equals_the_one_shot_digest() {
+fn a_source_digest_read_by_the_workers_equals_the_one_shot_digest() {
     use vram_seal::digest::{SOURCE_CHUNK_BYTES, digest_source};
     let c = SOURCE_CHUNK_BYTES;
     for len in [0, 1, 4097, c - 1, c, c + 1, 2 * c + 12345] {
         let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        for alg in [DigestAlgorithm::Sha256, DigestAlgorithm::default()] {
+        for alg in [
+            DigestAlgorithm::Sha256,
+            DigestAlgorithm::default(),
+            DigestAlgorithm::tree(4096).unwrap(),
+            DigestAlgorithm::tree(16 << 20).unwrap(),
+        ] {
             assert_eq!(
                 digest_source(&bytes, alg).unwrap(),
                 digest(&bytes, alg),
@@ -193,12 +198,20 @@ fn a_source_digest_with_overlapped_reads_equals_the_one_shot_digest() {
             );
         }
     }
-    // A read that fails on the reader thread is the digest's error, whichever chunk it hits.
-    for at in [0, c as u64, 2 * c as u64] {
+    // A read that fails on any thread is the digest's error, whichever chunk it hits.
+    for at in [0, 1 << 20, c as u64, 2 * c as u64] {
         let source = FailingAt(vec![1; 2 * c + 1], at);
-        assert!(matches!(
-            digest_source(&source, DigestAlgorithm::default()),
-            Err(vram_types::VramError::SourceReadFailed { .. })
-        ));
+        for alg in [DigestAlgorithm::Sha256, DigestAlgorithm::default()] {
+            let flat_misses = alg == DigestAlgorithm::Sha256 && at == 1 << 20;
+            if !flat_misses {
+                assert!(
+                    matches!(
+                        digest_source(&source, alg),
+                        Err(vram_types::VramError::SourceReadFailed { .. })
+                    ),
+                    "{alg} failing at {at}"
+                );
+            }
+        }
     }
 }

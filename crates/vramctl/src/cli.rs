@@ -53,8 +53,8 @@ pub(crate) struct BackendArgs {
     /// present, else mock). Default: cuda for `seal`, auto for `bench` and `demo`.
     #[arg(long, global = true, value_enum)]
     pub(crate) backend: Option<BackendChoice>,
-    /// Capacity of the mock backend's simulated GPU, in bytes.
-    #[arg(long, global = true, default_value_t = 8 << 30)]
+    /// Capacity of the mock backend's simulated GPU, with units (e.g. 16GiB).
+    #[arg(long, global = true, default_value = "8GiB", value_parser = parse_capacity)]
     pub(crate) mock_capacity: usize,
 }
 
@@ -96,6 +96,12 @@ pub(crate) struct DigestArgs {
     /// it; `-` for standard input): prints `FILE: OK` or `FILE: FAILED`, exit 1 on any failure.
     #[arg(long, short = 'c', value_name = "MANIFEST", conflicts_with_all = ["files", "flat", "leaf"])]
     pub(crate) check: Option<PathBuf>,
+}
+
+/// A capacity that this host can address.
+fn parse_capacity(text: &str) -> Result<usize, String> {
+    let bytes = parse_bytes(text)?;
+    usize::try_from(bytes).map_err(|_| format!("{text:?} does not fit this host's address space"))
 }
 
 /// A byte count with optional units (`65536`, `64KiB`, `16MiB`).

@@ -10,7 +10,7 @@ mod flat;
 mod shard_digest;
 pub mod tree;
 
-use vram_types::{DigestAlgorithm, ShardSource, VramError};
+use vram_types::{DigestAlgorithm, LeafSize, ShardSource, VramError};
 
 pub use shard_digest::ShardDigest;
 pub use tree::TreeHasher;
@@ -38,25 +38,74 @@ pub fn digest_serial(bytes: &[u8], algorithm: DigestAlgorithm) -> ShardDigest {
 /// Bytes read from a source per step of [`digest_source`]: memory stays bounded by two of them.
 pub const SOURCE_CHUNK_BYTES: usize = 16 * 1024 * 1024;
 
-/// Digest of a source (a file), read in order in chunks of [`SOURCE_CHUNK_BYTES`], tree leaves
-/// hashed in parallel. Reading and hashing overlap: the next chunk is read (positioned reads,
-/// on its own thread) while the current one is hashed, so a file in the page cache is digested
-/// at about the hash's own speed. Memory stays bounded (two chunks) whatever the source's size.
+/// Digest of a source (a file), with memory bounded whatever the source's size.
+///
+/// A tree digest is computed by the worker threads each reading its own 1 MiB block
+/// (positioned reads into a buffer that stays in cache) and hashing its leaves there; the leaf
+/// digests fold in order. A flat SHA-256 is one chain: the next [`SOURCE_CHUNK_BYTES`] are read
+/// on another thread while the current chunk is hashed. Either way reading and hashing overlap,
+/// so a file in the page cache is digested at about the hash's own speed.
 ///
 /// # Errors
 /// [`VramError::SourceReadFailed`] when the source cannot be read;
-/// [`VramError::HostMemoryExhausted`] when the chunk buffers cannot be allocated.
+/// [`VramError::HostMemoryExhausted`] when the buffers cannot be allocated.
 pub fn digest_source(
     source: &dyn ShardSource,
     algorithm: DigestAlgorithm,
 ) -> Result<ShardDigest, VramError> {
+    match algorithm.leaf_size() {
+        Some(leaf) => tree_digest_source(source, leaf),
+        None => flat_digest_source(source),
+    }
+}
+
+/// Bytes each worker reads and hashes at a time in [`tree_digest_source`].
+const TREE_BLOCK_BYTES: usize = 1 << 20;
+
+fn tree_digest_source(source: &dyn ShardSource, leaf: LeafSize) -> Result<ShardDigest, VramError> {
+    use rayon::prelude::*;
+    let len = source.len();
+    // A whole number of leaves (both are powers of two).
+    let block = u64::try_from(leaf.bytes().max(TREE_BLOCK_BYTES)).unwrap_or(u64::MAX);
+    let per_window = u64::try_from(rayon::current_num_threads().saturating_mul(8)).unwrap_or(8);
+    let window = block.saturating_mul(per_window.max(1));
+    let mut hasher = tree::TreeHasher::new(leaf);
+    let mut start = 0u64;
+    while start < len {
+        let end = start.saturating_add(window).min(len);
+        let blocks: Vec<(u64, u64)> = (start..end)
+            .step_by(usize::try_from(block).unwrap_or(usize::MAX))
+            .map(|offset| (offset, offset.saturating_add(block).min(end)))
+            .collect();
+        let digests = blocks
+            .par_iter()
+            .map_init(
+                || chunk_buffer(usize::try_from(block).unwrap_or(usize::MAX)),
+                |buf, &(offset, stop)| {
+                    let buf = buf.as_mut().map_err(|e| e.clone())?;
+                    let n = usize::try_from(stop.saturating_sub(offset)).unwrap_or(0);
+                    let piece = buf.get_mut(..n).unwrap_or_default();
+                    source.fill(offset, piece)?;
+                    Ok(tree::leaf_digests(piece, leaf))
+                },
+            )
+            .collect::<Result<Vec<_>, VramError>>()?;
+        for (digests, (offset, stop)) in digests.iter().zip(&blocks) {
+            hasher.push_leaf_digests(digests, stop.saturating_sub(*offset));
+        }
+        start = end;
+    }
+    Ok(hasher.finalize())
+}
+
+fn flat_digest_source(source: &dyn ShardSource) -> Result<ShardDigest, VramError> {
     let len = source.len();
     let size = usize::try_from(len).map_or(SOURCE_CHUNK_BYTES, |l| l.min(SOURCE_CHUNK_BYTES));
     let chunk_at = |offset: u64| {
         usize::try_from(len.saturating_sub(offset)).map_or(size, |rest| rest.min(size))
     };
     let (mut current, mut next) = (chunk_buffer(size)?, chunk_buffer(size)?);
-    let mut hasher = DigestHasher::new(algorithm);
+    let mut hasher = DigestHasher::new(DigestAlgorithm::Sha256);
     let mut offset = 0u64;
     let mut n = chunk_at(0);
     source.fill(0, current.get_mut(..n).unwrap_or_default())?;
@@ -67,7 +116,7 @@ pub fn digest_source(
         let piece = current.get(..n).unwrap_or_default();
         let read = std::thread::scope(|scope| {
             let reader = scope.spawn(|| source.fill(next_offset, next_chunk));
-            hasher.update_parallel(piece);
+            hasher.update(piece);
             reader.join()
         });
         read.map_err(|_| VramError::Unreachable("a source's read_at panicked"))??;

@@ -187,6 +187,17 @@ impl TreeHasher {
         self.update(tail);
     }
 
+    /// Adds the digests of leaves hashed elsewhere, in order, covering `bytes` bytes: whole
+    /// leaves, the last one possibly short (then no more may follow). Only before any
+    /// [`Self::update`] that left a partial leaf pending.
+    pub(crate) fn push_leaf_digests(&mut self, digests: &[[u8; 32]], bytes: u64) {
+        for digest in digests {
+            self.fold.push(*digest);
+            self.leaves = self.leaves.saturating_add(1);
+        }
+        self.total_len = self.total_len.saturating_add(bytes);
+    }
+
     fn finish_leaf(&mut self) {
         let done = std::mem::take(&mut self.current);
         self.fold.push(done.finalize().into());
