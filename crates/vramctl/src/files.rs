@@ -27,6 +27,13 @@ pub(crate) fn open_model(path: &Path) -> CliResult<(File, u64)> {
             "give the model file inside it",
         ));
     }
+    if !meta.is_file() {
+        return Err(CliError::file(
+            path,
+            "is not a regular file (a FIFO, socket or device)",
+            "give a model file",
+        ));
+    }
     if meta.len() == 0 {
         return Err(CliError::file(
             path,

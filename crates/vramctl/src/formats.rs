@@ -23,8 +23,10 @@ pub(crate) enum ModelFormat {
         version: u32,
         /// Number of tensors.
         tensors: u64,
-        /// Bytes of tensor data (from the aligned data section to the end of the file).
+        /// Bytes of tensor data, padding excluded.
         parameter_bytes: u64,
+        /// Tensor types (ggml types, quantisations included) with their counts, by name.
+        types: std::collections::BTreeMap<&'static str, u64>,
     },
     /// Any other file: sealed as bytes.
     Raw,
@@ -44,10 +46,19 @@ impl ModelFormat {
                 version,
                 tensors,
                 parameter_bytes,
-            } => format!(
-                "GGUF v{version}, {tensors} tensors, {} of parameters",
-                crate::output::human_bytes(*parameter_bytes)
-            ),
+                types,
+            } => {
+                let types: Vec<String> = types.iter().map(|(t, n)| format!("{t} ×{n}")).collect();
+                format!(
+                    "GGUF v{version}, {tensors} tensors{}, {} of parameters",
+                    if types.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", types.join(", "))
+                    },
+                    crate::output::human_bytes(*parameter_bytes)
+                )
+            }
             Self::Raw => "raw bytes".to_owned(),
         }
     }
@@ -60,6 +71,9 @@ pub(crate) fn recognise(path: &Path, head: &[u8], file_len: u64) -> Result<Model
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
+    if head.starts_with(b"version https://git-lfs.github.com/spec/") {
+        return Err("this is a Git LFS pointer, not the model: run `git lfs pull`".to_owned());
+    }
     if head.starts_with(b"GGUF") || extension.as_deref() == Some("gguf") {
         return gguf(head, file_len).map_err(|e| format!("malformed GGUF header: {e}"));
     }
@@ -82,6 +96,8 @@ fn safetensors(head: &[u8], file_len: u64) -> Result<ModelFormat, String> {
         .ok()
         .and_then(|n| head.get(8..n.checked_add(8)?))
         .ok_or("header length exceeds the file")?;
+    // serde_json keeps the last of two equal keys: refuse them, as the reference parser does.
+    serde_json::from_slice::<UniqueKeys>(json).map_err(|e| format!("bad header: {e}"))?;
     let metadata: Metadata =
         serde_json::from_slice(json).map_err(|e| format!("bad header: {e}"))?;
     let data = u64::try_from(metadata.data_len()).map_err(|_| "size")?;
@@ -95,6 +111,38 @@ fn safetensors(head: &[u8], file_len: u64) -> Result<ModelFormat, String> {
         tensors: metadata.tensors().len(),
         parameter_bytes: data,
     })
+}
+
+/// A JSON object whose top-level keys are all different (the values are not kept).
+struct UniqueKeys;
+
+impl<'de> serde::Deserialize<'de> for UniqueKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = UniqueKeys;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<UniqueKeys, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if !seen.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!(
+                            "tensor \"{}\" appears twice",
+                            key.escape_debug()
+                        )));
+                    }
+                }
+                Ok(UniqueKeys)
+            }
+        }
+        deserializer.deserialize_map(Keys)
+    }
 }
 
 /// A bounds-checked little-endian reader.
@@ -178,6 +226,109 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// ggml tensor types: `(id, name, elements per block, bytes per block)`, as the official
+/// `gguf` Python package lists them (`GGML_QUANT_SIZES`); ids missing here were removed from
+/// ggml and are refused.
+const GGML_TYPES: &[(u32, &str, u64, u64)] = &[
+    (0, "F32", 1, 4),
+    (1, "F16", 1, 2),
+    (2, "Q4_0", 32, 18),
+    (3, "Q4_1", 32, 20),
+    (6, "Q5_0", 32, 22),
+    (7, "Q5_1", 32, 24),
+    (8, "Q8_0", 32, 34),
+    (9, "Q8_1", 32, 40),
+    (10, "Q2_K", 256, 84),
+    (11, "Q3_K", 256, 110),
+    (12, "Q4_K", 256, 144),
+    (13, "Q5_K", 256, 176),
+    (14, "Q6_K", 256, 210),
+    (15, "Q8_K", 256, 292),
+    (16, "IQ2_XXS", 256, 66),
+    (17, "IQ2_XS", 256, 74),
+    (18, "IQ3_XXS", 256, 98),
+    (19, "IQ1_S", 256, 50),
+    (20, "IQ4_NL", 32, 18),
+    (21, "IQ3_S", 256, 110),
+    (22, "IQ2_S", 256, 82),
+    (23, "IQ4_XS", 256, 136),
+    (24, "I8", 1, 1),
+    (25, "I16", 1, 2),
+    (26, "I32", 1, 4),
+    (27, "I64", 1, 8),
+    (28, "F64", 1, 8),
+    (29, "IQ1_M", 256, 56),
+    (30, "BF16", 1, 2),
+    (34, "TQ1_0", 256, 54),
+    (35, "TQ2_0", 256, 66),
+    (39, "MXFP4", 32, 17),
+    (40, "NVFP4", 64, 36),
+    (41, "Q1_0", 128, 18),
+];
+
+/// ggml's limit on tensor dimensions.
+const GGML_MAX_DIMS: u32 = 4;
+
+/// One tensor's entry in a GGUF header.
+struct GgufTensor<'a> {
+    name: &'a [u8],
+    type_name: &'static str,
+    offset: u64,
+    bytes: u64,
+}
+
+fn gguf_tensor<'a>(c: &mut Cursor<'a>, alignment: u64) -> Result<GgufTensor<'a>, String> {
+    let name = c.string()?;
+    let shown = String::from_utf8_lossy(name).escape_debug().to_string();
+    let dims = c.u32()?;
+    if dims > GGML_MAX_DIMS {
+        return Err(format!(
+            "tensor \"{shown}\" has {dims} dimensions (at most {GGML_MAX_DIMS})"
+        ));
+    }
+    let mut shape = Vec::new();
+    for _ in 0..dims {
+        shape.push(c.u64()?);
+    }
+    let kind = c.u32()?;
+    let offset = c.u64()?;
+    let &(_, type_name, block, block_bytes) = GGML_TYPES
+        .iter()
+        .find(|(id, ..)| *id == kind)
+        .ok_or_else(|| format!("tensor \"{shown}\" has unknown ggml type {kind}"))?;
+    let elements = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&e| i64::try_from(e).is_ok())
+        .ok_or_else(|| format!("tensor \"{shown}\": element count overflows"))?;
+    // ggml quantises rows: the first dimension holds whole blocks.
+    if shape.first().copied().unwrap_or(1).checked_rem(block) != Some(0) {
+        return Err(format!(
+            "tensor \"{shown}\" of type {type_name} has rows of {} elements, not a multiple of {block}",
+            shape.first().copied().unwrap_or(1)
+        ));
+    }
+    let bytes = elements
+        .checked_div(block)
+        .and_then(|blocks| blocks.checked_mul(block_bytes))
+        .ok_or_else(|| format!("tensor \"{shown}\": byte size overflows"))?;
+    if offset.checked_rem(alignment) != Some(0) {
+        return Err(format!(
+            "tensor \"{shown}\" at offset {offset}, not a multiple of the alignment {alignment}"
+        ));
+    }
+    Ok(GgufTensor {
+        name,
+        type_name,
+        offset,
+        bytes,
+    })
+}
+
+/// The GGUF header, and every tensor checked against the data section as the official readers
+/// do: known ggml type, at most 4 dimensions, no overflowing element count, whole blocks per
+/// row, aligned offset, bytes inside the file, no duplicate name. A file with no tensors
+/// (a vocabulary-only GGUF) needs no data section.
 fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, String> {
     let mut c = Cursor { bytes, pos: 0 };
     if c.take(4)? != b"GGUF" {
@@ -195,8 +346,15 @@ fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, String> {
         return Err("counts exceed the file size".into());
     }
     let mut alignment = 32u64;
+    let mut keys = std::collections::HashSet::new();
     for _ in 0..kv_count {
         let key = c.string()?;
+        if !keys.insert(key) {
+            return Err(format!(
+                "metadata key \"{}\" appears twice",
+                String::from_utf8_lossy(key).escape_debug()
+            ));
+        }
         let kind = c.u32()?;
         let value = c.skip_value(kind, 0)?;
         if key == b"general.alignment" {
@@ -205,30 +363,44 @@ fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, String> {
                 .ok_or("bad general.alignment")?;
         }
     }
+    let mut names = std::collections::HashSet::new();
+    let mut types = std::collections::BTreeMap::new();
+    let (mut parameter_bytes, mut data_needed) = (0u64, 0u64);
     for _ in 0..tensors {
-        c.string()?;
-        let dims = c.u32()?;
-        if dims > 8 {
-            return Err(format!("tensor with {dims} dimensions"));
+        let t = gguf_tensor(&mut c, alignment)?;
+        if !names.insert(t.name) {
+            return Err(format!(
+                "tensor \"{}\" appears twice",
+                String::from_utf8_lossy(t.name).escape_debug()
+            ));
         }
-        for _ in 0..dims {
-            c.u64()?;
-        }
-        c.u32()?; // type
-        c.u64()?; // offset
+        let count = types.entry(t.type_name).or_insert(0u64);
+        *count = count.saturating_add(1);
+        parameter_bytes = parameter_bytes.saturating_add(t.bytes);
+        let end = t
+            .offset
+            .checked_add(t.bytes)
+            .ok_or("tensor offset overflows")?;
+        data_needed = data_needed.max(end);
     }
     let header_end = u64::try_from(c.pos).map_err(|_| "size")?;
-    let data_start = header_end
-        .div_ceil(alignment)
-        .checked_mul(alignment)
-        .ok_or("alignment overflows")?;
-    let parameter_bytes = file_len
-        .checked_sub(data_start)
-        .ok_or("tensor data section missing")?;
+    if tensors > 0 {
+        let data_start = header_end
+            .div_ceil(alignment)
+            .checked_mul(alignment)
+            .ok_or("alignment overflows")?;
+        let available = file_len.saturating_sub(data_start);
+        if data_needed > available {
+            return Err(format!(
+                "the tensors need {data_needed} bytes of data after the header, the file has {available} (a partial download?)"
+            ));
+        }
+    }
     Ok(ModelFormat::Gguf {
         version,
         tensors,
         parameter_bytes,
+        types,
     })
 }
 
@@ -260,7 +432,7 @@ mod tests {
             b.extend(1u32.to_le_bytes());
             b.extend(4u64.to_le_bytes());
             b.extend(0u32.to_le_bytes());
-            b.extend((i * 16).to_le_bytes());
+            b.extend((i * 32).to_le_bytes());
         }
         while !b.len().is_multiple_of(32) {
             b.push(0);
@@ -271,13 +443,14 @@ mod tests {
 
     #[test]
     fn gguf_header_is_summarised() {
-        let f = gguf_file(2, 32);
+        let f = gguf_file(2, 64);
         assert_eq!(
             recognise(Path::new("m.gguf"), &f, f.len() as u64).unwrap(),
             ModelFormat::Gguf {
                 version: 3,
                 tensors: 2,
-                parameter_bytes: 32
+                parameter_bytes: 32,
+                types: [("F32", 2)].into_iter().collect(),
             }
         );
     }
@@ -303,6 +476,100 @@ mod tests {
             recognise(Path::new("weights.bin"), b"anything", 8).unwrap(),
             ModelFormat::Raw
         );
+    }
+
+    fn fixture(name: &str) -> Result<ModelFormat, String> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data/models")
+            .join(name);
+        let bytes = std::fs::read(&path).unwrap();
+        recognise(&path, &bytes, bytes.len() as u64)
+    }
+
+    #[test]
+    fn files_from_the_official_writers_are_read_as_the_official_readers_read_them() {
+        // tests/data/models/make_fixtures.py: gguf-py's GGUFWriter and the safetensors library.
+        let tiny = fixture("tiny.gguf").unwrap();
+        assert_eq!(
+            tiny,
+            ModelFormat::Gguf {
+                version: 3,
+                tensors: 3,
+                parameter_bytes: 256 + 64 + 68,
+                types: [("F16", 1), ("F32", 1), ("Q8_0", 1)].into_iter().collect(),
+            }
+        );
+        assert_eq!(
+            tiny.describe(),
+            "GGUF v3, 3 tensors (F16 ×1, F32 ×1, Q8_0 ×1), 388 B of parameters"
+        );
+        for vocab in ["vocab-only.gguf", "vocab-only-unpadded.gguf"] {
+            assert!(
+                matches!(
+                    fixture(vocab),
+                    Ok(ModelFormat::Gguf {
+                        tensors: 0,
+                        parameter_bytes: 0,
+                        ..
+                    })
+                ),
+                "{vocab}: {:?}",
+                fixture(vocab)
+            );
+        }
+        assert_eq!(
+            fixture("tiny.safetensors").unwrap(),
+            ModelFormat::Safetensors {
+                tensors: 2,
+                parameter_bytes: 24 + 6
+            }
+        );
+    }
+
+    #[test]
+    fn broken_gguf_files_that_the_official_reader_refuses_are_refused() {
+        for (name, needle) in [
+            ("truncated.gguf", "partial download"),
+            ("header-only.gguf", "partial download"),
+            ("bad-type.gguf", "unknown ggml type 99"),
+            ("bad-offset.gguf", "partial download"),
+        ] {
+            let e = fixture(name).unwrap_err();
+            assert!(e.contains(needle), "{name}: {e}");
+        }
+        let e = fixture("lfs-pointer.gguf").unwrap_err();
+        assert!(e.contains("git lfs pull"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_tensor_names_are_refused_in_both_formats() {
+        let mut f = gguf_file(2, 64);
+        let second = f.windows(2).rposition(|w| w == b"t1").unwrap();
+        f[second + 1] = b'0';
+        let e = recognise(Path::new("m.gguf"), &f, f.len() as u64).unwrap_err();
+        assert!(e.contains("\"t0\" appears twice"), "{e}");
+        let json = br#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut st = (json.len() as u64).to_le_bytes().to_vec();
+        st.extend_from_slice(json);
+        st.extend_from_slice(&[0; 4]);
+        let e = recognise(Path::new("m.safetensors"), &st, st.len() as u64).unwrap_err();
+        assert!(e.contains("appears twice"), "{e}");
+    }
+
+    #[test]
+    fn gguf_tensors_are_checked_against_the_type_table() {
+        // Row of 4 F32 elements: fine. Q4_K (256-element blocks) with a 4-element row: refused.
+        let mut f = gguf_file(1, 64);
+        let pos = find_type_field(&f);
+        f[pos..pos + 4].copy_from_slice(&12u32.to_le_bytes());
+        let e = recognise(Path::new("m.gguf"), &f, f.len() as u64).unwrap_err();
+        assert!(e.contains("not a multiple of 256"), "{e}");
+    }
+
+    /// Offset of the first tensor's type field in a `gguf_file`.
+    fn find_type_field(f: &[u8]) -> usize {
+        let name = f.windows(2).position(|w| w == b"t0").unwrap();
+        name + 2 + 4 + 8
     }
 
     #[test]

@@ -1058,3 +1058,50 @@ fn files_with_one_base_name_in_two_directories_are_two_shards() {
     assert_eq!(twice.status.code(), Some(2));
     assert!(stderr_one_line(&twice).contains("give each file once"));
 }
+
+#[test]
+fn broken_and_misplaced_model_files_are_refused_before_any_vram_is_used() {
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models");
+    for (name, needle) in [
+        ("truncated.gguf", "partial download"),
+        ("header-only.gguf", "partial download"),
+        ("bad-type.gguf", "unknown ggml type 99"),
+        ("bad-offset.gguf", "partial download"),
+        ("lfs-pointer.gguf", "git lfs pull"),
+        ("/dev/null", "not a regular file"),
+    ] {
+        let out = vramctl()
+            .args(["--backend", "mock", "seal"])
+            .arg(models.join(name))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        assert!(
+            stderr_one_line(&out).contains(needle),
+            "{name}: {}",
+            stderr_one_line(&out)
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "{name}: nothing was sealed, no session was opened"
+        );
+    }
+    // A vocabulary-only GGUF (no tensors, no padding) is a valid file.
+    let mut child = Command::new(cargo_bin("vramctl"))
+        .args(["--json", "--backend", "mock", "seal"])
+        .arg(models.join("vocab-only-unpadded.gguf"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let sealed = loop {
+        let v: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        if v["event"] == "sealed" {
+            break v;
+        }
+    };
+    stop_with_sigterm(child, lines);
+    assert_eq!(sealed["model"]["format"], "gguf");
+    assert_eq!(sealed["model"]["tensors"], 0);
+}
