@@ -1,7 +1,10 @@
 //! Metrics of the consumer contract §9.2, kept in a `prometheus-client` registry:
 //! `vram_total_bytes`, `vram_used_bytes`, `vram_available_bytes` (label `gpu_device`),
 //! `vram_seal_operations_total` and `vram_verify_operations_total` (labels `gpu_device`,
-//! `result` = `success` | `failure`), and the `vram_verify_duration_seconds` histogram.
+//! `result` = `success` | `failure`), and the `vram_verify_duration_seconds` histogram; for
+//! alerts, `vram_shards_resident` (per device), `vram_last_verified_timestamp_seconds` (per live
+//! shard, removed when the shard is released) and `vram_audit_failures_total`. The text comes
+//! in both exposition formats: OpenMetrics 1.0 and Prometheus text 0.0.4.
 
 use std::fmt;
 use std::time::Duration;
@@ -18,6 +21,11 @@ use vram_types::VramError;
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeviceLabels {
     gpu_device: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShardLabels {
+    shard_id: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,6 +49,8 @@ pub(crate) struct Metrics {
     verifies: Family<OperationLabels, Counter>,
     verify_seconds: Family<DeviceLabels, Histogram, fn() -> Histogram>,
     audit_failures: Counter,
+    resident: Family<DeviceLabels, Gauge>,
+    last_verified: Family<ShardLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl fmt::Debug for Metrics {
@@ -97,6 +107,19 @@ impl Metrics {
             "Seal verifications",
             verifies.clone(),
         );
+        let resident = Family::<DeviceLabels, Gauge>::default();
+        registry.register(
+            "vram_shards_resident",
+            "Sealed shards resident on the device",
+            resident.clone(),
+        );
+        let last_verified =
+            Family::<ShardLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "vram_last_verified_timestamp_seconds",
+            "Unix time of the shard's last successful verification (absent until one passes)",
+            last_verified.clone(),
+        );
         let audit_failures = Counter::default();
         registry.register(
             "vram_audit_failures",
@@ -117,7 +140,32 @@ impl Metrics {
             verifies,
             verify_seconds,
             audit_failures,
+            resident,
+            last_verified,
         }
+    }
+
+    pub(crate) fn set_resident(&self, gpu: u32, shards: usize) {
+        self.resident
+            .get_or_create(&device(gpu))
+            .set(gauge_value(shards));
+    }
+
+    pub(crate) fn set_last_verified(&self, shard_id: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_verified
+            .get_or_create(&ShardLabels {
+                shard_id: shard_id.to_owned(),
+            })
+            .set(now);
+    }
+
+    pub(crate) fn forget_shard(&self, shard_id: &str) {
+        self.last_verified.remove(&ShardLabels {
+            shard_id: shard_id.to_owned(),
+        });
     }
 
     pub(crate) fn count_audit_failure(&self) {
@@ -226,9 +274,61 @@ impl VramMetrics {
         }
     }
 
-    /// Every metric in the Prometheus text exposition format (OpenMetrics), ready to serve.
+    /// Every metric in the OpenMetrics 1.0 text format
+    /// (`application/openmetrics-text; version=1.0.0`), ready to serve.
     #[must_use]
     pub fn prometheus_text(&self) -> &str {
         &self.prometheus_text
+    }
+
+    /// Every metric in the Prometheus text format 0.0.4 (`text/plain; version=0.0.4`), for
+    /// scrapers and parsers that do not ask for OpenMetrics: counters are named with their
+    /// `_total` suffix in `HELP` and `TYPE`, and there is no `# EOF`.
+    #[must_use]
+    pub fn prometheus_text_0_0_4(&self) -> String {
+        openmetrics_to_0_0_4(&self.prometheus_text)
+    }
+}
+
+/// OpenMetrics text → Prometheus text 0.0.4: a counter family `x` exposes samples `x_total`,
+/// which 0.0.4 expects its `HELP` and `TYPE` to name; `# EOF` and `# UNIT` do not exist there.
+fn openmetrics_to_0_0_4(text: &str) -> String {
+    let counters: std::collections::HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|tag| {
+            let rest = line.strip_prefix(tag)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{tag}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_renamed_for_the_0_0_4_format() {
+        let om = "# HELP a_ops Ops.\n# TYPE a_ops counter\na_ops_total{x=\"1\"} 2\n# HELP g G.\n# TYPE g gauge\ng 1\n# EOF\n";
+        assert_eq!(
+            openmetrics_to_0_0_4(om),
+            "# HELP a_ops_total Ops.\n# TYPE a_ops_total counter\na_ops_total{x=\"1\"} 2\n# HELP g G.\n# TYPE g gauge\ng 1\n"
+        );
     }
 }

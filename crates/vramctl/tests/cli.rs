@@ -868,28 +868,38 @@ fn a_full_disk_under_the_audit_log_is_exit_4_not_silence() {
         eprintln!("skipping: unprivileged user and mount namespaces are not available here");
         return;
     }
-    let out = Command::new("timeout")
-        .args([
-            "60",
-            "unshare",
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "sh",
-            "-c",
-            &script,
-        ])
+    let mut child = Command::new("unshare")
+        .args(["--user", "--map-root-user", "--mount", "sh", "-c", &script])
         .env_remove("VRAM_WORKER_TOKEN")
         .env_remove("VRAMCTL_TOKEN_FILE")
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(4),
-        "stdout:\n{}\nstderr:\n{err}",
-        String::from_utf8_lossy(&out.stdout)
+    // The refused verification is reported at once; the process keeps serving until SIGTERM.
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut err = String::new();
+    while !err.contains("refused from now on") {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "vramctl exited early:\n{err}"
+        );
+        err.push_str(&line);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still running after the failure"
     );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    stderr.read_to_string(&mut err).unwrap();
+    assert_eq!(status.code(), Some(4), "{err}");
     assert!(
         err.contains("could not be recorded") || err.contains("could not be stored"),
         "{err}"
@@ -1104,4 +1114,134 @@ fn broken_and_misplaced_model_files_are_refused_before_any_vram_is_used() {
     stop_with_sigterm(child, lines);
     assert_eq!(sealed["model"]["format"], "gguf");
     assert_eq!(sealed["model"]["tensors"], 0);
+}
+
+/// Runs the official Python Prometheus parsers on both exposition formats; `None` when
+/// `prometheus_client` is not installed (`.ci/run` installs it).
+fn python_parses(text_0_0_4: &str, openmetrics: &str) -> Option<String> {
+    let script = r#"
+import sys
+from prometheus_client.parser import text_string_to_metric_families as text
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om
+a, b = sys.stdin.read().split("\0")
+for name, parse, body in (("0.0.4", text, a), ("openmetrics", om, b)):
+    fams = {f.name: f for f in parse(body)}
+    for counter in ("vram_seal_operations", "vram_verify_operations", "vram_audit_failures"):
+        assert fams[counter].samples, (name, counter, "no samples")
+    print(name, len(fams), "families")
+"#;
+    let probe = Command::new("python3")
+        .args(["-c", "import prometheus_client"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        return None;
+    }
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{text_0_0_4}\0{openmetrics}").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn get(addr: &str, accept: Option<&str>) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\n{accept}\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+#[test]
+fn metrics_negotiate_their_format_and_parse_with_the_official_parsers() {
+    let dir = TempDir::new().unwrap();
+    let model = write(&dir, "m.bin", &pattern(4096));
+    let mut child = Command::new(cargo_bin("vramctl"))
+        .args([
+            "--json",
+            "--backend",
+            "mock",
+            "seal",
+            "--verify-every",
+            "1",
+            "--metrics",
+            "localhost:0",
+        ])
+        .arg(&model)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let v: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        if v["event"] == "metrics" {
+            break v["address"].as_str().unwrap().to_owned();
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (head, text) = loop {
+        let (head, text) = get(&addr, None);
+        if text.contains("vram_last_verified_timestamp_seconds{") || Instant::now() > deadline {
+            break (head, text);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(head.contains("text/plain; version=0.0.4"), "{head}");
+    assert!(!text.contains("# EOF"));
+    assert!(
+        text.contains("# TYPE vram_seal_operations_total counter"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vram_shards_resident{gpu_device=\"0\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("vram_last_verified_timestamp_seconds{shard_id=\""),
+        "{text}"
+    );
+    let (head, om) = get(
+        &addr,
+        Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5"),
+    );
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    assert!(om.ends_with("# EOF\n"));
+    match python_parses(&text, &om) {
+        Some(report) => eprintln!("prometheus_client: {report}"),
+        None => eprintln!("skipping the Python parsers: prometheus_client is not installed"),
+    }
+    // Many idle connections hold no thread each: the process stays at a handful of threads.
+    let idle: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(&addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let threads = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .count();
+    assert!(
+        threads < 40,
+        "{threads} threads with {} idle connections",
+        idle.len()
+    );
+    drop(idle);
+    stop_with_sigterm(child, lines);
 }

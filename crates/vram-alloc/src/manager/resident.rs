@@ -112,6 +112,7 @@ impl Drop for ResidentAllocation {
                 error: error.map(|e| e.to_string()),
             },
         );
+        self.shared.metrics.forget_shard(&self.sealed.shard_id);
         self.shared.refresh_capacity_metrics(self.sealed.gpu_device);
     }
 }

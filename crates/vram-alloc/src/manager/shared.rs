@@ -96,6 +96,12 @@ impl Shared {
     pub(crate) fn refresh_capacity_metrics(&self, device: u32) {
         if let Ok(c) = self.capacity(device) {
             self.metrics.set_capacity(device, c.total(), c.used());
+            let resident = self
+                .live()
+                .iter()
+                .filter(|a| shard_allocation_device(a) == device)
+                .count();
+            self.metrics.set_resident(device, resident);
         }
     }
 
@@ -239,4 +245,8 @@ impl Drop for Claim {
     fn drop(&mut self) {
         lock(&self.shared.registry).pending.remove(&self.shard_id);
     }
+}
+
+fn shard_allocation_device(allocation: &ResidentAllocation) -> u32 {
+    vram_types::ShardAllocation::device(allocation)
 }

@@ -61,13 +61,15 @@ pub(super) fn verify(
         Ok(()) => {
             tracing::info!(shard_id = %shard.shard_id, result = "pass", "seal verified");
             // Fail-closed: a pass that cannot be recorded is not a pass.
-            shared.record(
-                &correlation_id,
-                AuditEvent::SealVerified {
-                    shard_id: shard.shard_id.clone(),
-                    gpu_device: shard.gpu_device,
-                },
-            )
+            shared
+                .record(
+                    &correlation_id,
+                    AuditEvent::SealVerified {
+                        shard_id: shard.shard_id.clone(),
+                        gpu_device: shard.gpu_device,
+                    },
+                )
+                .inspect(|()| shared.metrics.set_last_verified(&shard.shard_id))
         }
         Err(e) => {
             tracing::error!(shard_id = %shard.shard_id, result = "fail", error = %e, "seal verification failed");

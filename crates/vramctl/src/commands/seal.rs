@@ -83,18 +83,36 @@ fn mismatch_remedy(raw: Option<&String>, source: &FileSource, want: &ShardDigest
     }
 }
 
+/// A loopback address: an IP and port, or `localhost:PORT` (every address the name resolves to
+/// must be loopback).
 fn parse_address(value: &str) -> CliResult<SocketAddr> {
-    let addr: SocketAddr = value.parse().map_err(|_| {
+    use std::net::ToSocketAddrs;
+    let not_an_address = || {
         CliError::bad_input(format!(
-            "--metrics {value:?} is not an address; use 127.0.0.1:PORT"
+            "--metrics {value:?} is not an address; use 127.0.0.1:PORT or localhost:PORT"
         ))
-    })?;
-    if !addr.ip().is_loopback() {
-        return Err(CliError::bad_input(format!(
-            "--metrics {value:?} is not a loopback address; metrics are served on 127.0.0.1 or [::1] only (put a proxy in front to expose them)"
-        )));
+    };
+    let addrs: Vec<SocketAddr> = match value.parse::<SocketAddr>() {
+        Ok(addr) => vec![addr],
+        Err(_)
+            if value
+                .split_once(':')
+                .is_some_and(|(host, _)| host == "localhost") =>
+        {
+            value
+                .to_socket_addrs()
+                .map_err(|_| not_an_address())?
+                .collect()
+        }
+        Err(_) => return Err(not_an_address()),
+    };
+    match addrs.first() {
+        Some(first) if addrs.iter().all(|a| a.ip().is_loopback()) => Ok(*first),
+        Some(_) => Err(CliError::bad_input(format!(
+            "--metrics {value:?} is not a loopback address; metrics are served on 127.0.0.1, [::1] or localhost only (put a proxy in front to expose them)"
+        ))),
+        None => Err(not_an_address()),
     }
-    Ok(addr)
 }
 
 pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliResult<Exit> {
@@ -446,37 +464,45 @@ fn serve_and_verify(
         args.verify_every
     ));
 
+    // A failed verification does not end the process: the failure stays visible (metrics keep
+    // being served, `result="failure"` can be scraped), the model stays refused (the manager
+    // has stopped, so nothing verifies again), and the exit code reports it after SIGTERM.
     let interval = Duration::from_secs(args.verify_every);
     let mut last = Instant::now();
+    let mut failure: Option<VramError> = None;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
-        if last.elapsed() < interval {
+        if failure.is_some() || last.elapsed() < interval {
             continue;
         }
         last = Instant::now();
-        match &held {
-            Held::Shards(shards) => {
-                for shard in shards {
-                    if let Err(e) = manager.verify_sealed(shard) {
+        let checked = match &held {
+            Held::Shards(shards) => shards.iter().try_for_each(|shard| {
+                manager
+                    .verify_sealed(shard)
+                    .inspect(|()| out.line(format!("verified {}", shard.shard_id)))
+                    .inspect_err(|e| {
                         out.json(&json!({ "event": "verification_failed", "shard_id": shard.shard_id, "error": e.to_string() }));
-                        drop(held);
-                        return Err(e.into());
-                    }
-                    out.line(format!("verified {}", shard.shard_id));
-                }
-            }
-            Held::Group(group) => {
-                if let Err(e) = manager.verify_group(group) {
+                    })
+            }),
+            Held::Group(group) => manager
+                .verify_group(group)
+                .inspect(|()| {
+                    out.line(format!(
+                        "verified group {} ({} shards)",
+                        group.model_id,
+                        group.shards.len()
+                    ));
+                })
+                .inspect_err(|e| {
                     out.json(&json!({ "event": "verification_failed", "group": group.model_id, "error": e.to_string() }));
-                    drop(held);
-                    return Err(e.into());
-                }
-                out.line(format!(
-                    "verified group {} ({} shards)",
-                    group.model_id,
-                    group.shards.len()
-                ));
-            }
+                }),
+        };
+        if let Err(e) = checked {
+            output::warn(&format!(
+                "error: {e}; the model is refused from now on; metrics stay up until Ctrl-C or SIGTERM"
+            ));
+            failure = Some(e);
         }
     }
     let count = held.count();
@@ -487,5 +513,8 @@ fn serve_and_verify(
         manager.used_vram()
     ));
     out.json(&json!({ "event": "released", "shards": count, "used_vram": manager.used_vram() }));
-    Ok(Exit::Ok)
+    match failure {
+        Some(e) => Err(e.into()),
+        None => Ok(Exit::Ok),
+    }
 }
