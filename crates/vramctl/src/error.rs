@@ -26,6 +26,9 @@ pub(crate) enum Exit {
 pub(crate) struct CliError {
     pub(crate) exit: Exit,
     message: String,
+    /// The command already printed its JSON document for this failure (`--json` prints one
+    /// document per result, never a second for the error).
+    pub(crate) reported_in_json: bool,
 }
 
 impl CliError {
@@ -33,7 +36,14 @@ impl CliError {
         Self {
             exit,
             message: message.into(),
+            reported_in_json: false,
         }
+    }
+
+    /// Marks the failure as already described by the command's own JSON document.
+    pub(crate) fn reported_in_json(mut self) -> Self {
+        self.reported_in_json = true;
+        self
     }
 
     pub(crate) fn bad_input(message: impl Into<String>) -> Self {

@@ -30,6 +30,16 @@ fn main() -> ExitCode {
         json: cli.json,
         quiet: cli.quiet,
     };
+    let takes_backend = matches!(
+        cli.command,
+        Command::Seal(_) | Command::Bench(_) | Command::Demo
+    );
+    if cli.backend.backend.is_some() && !takes_backend {
+        output::warn(
+            "error: --backend applies to seal, bench and demo only; this command uses no backend",
+        );
+        return ExitCode::from(error::Exit::BadInput as u8);
+    }
     let result = match cli.command {
         Command::Doctor => commands::doctor::run(out),
         Command::Digest(args) => commands::digest::run(out, &args),
@@ -41,7 +51,7 @@ fn main() -> ExitCode {
     match result {
         Ok(exit) => ExitCode::from(exit as u8),
         Err(e) => {
-            if out.json {
+            if out.json && !e.reported_in_json {
                 output::say(
                     &serde_json::json!({ "error": e.to_string(), "exit_code": e.exit as u8 })
                         .to_string(),

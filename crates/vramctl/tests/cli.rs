@@ -1245,3 +1245,24 @@ fn metrics_negotiate_their_format_and_parse_with_the_official_parsers() {
     drop(idle);
     stop_with_sigterm(child, lines);
 }
+
+#[test]
+fn json_failures_are_one_document_and_unused_options_are_refused() {
+    let out = vramctl().args(["--json", "doctor"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["usable"], false);
+    for args in [
+        &["--backend", "mock", "doctor"][..],
+        &["--backend", "cuda", "digest", "x"],
+    ] {
+        let out = vramctl().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr_one_line(&out).contains("--backend applies to"),
+            "{args:?}"
+        );
+    }
+}

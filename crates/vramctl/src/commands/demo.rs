@@ -131,7 +131,7 @@ pub(crate) fn run(out: Output, backend: &BackendArgs) -> CliResult<Exit> {
     ));
 
     let metrics = m.metrics();
-    out.result("7. metrics (Prometheus text):");
+    out.result("7. metrics (OpenMetrics text):");
     out.result(metrics.prometheus_text().trim_end());
 
     out.json(&json!({

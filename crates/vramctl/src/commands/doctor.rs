@@ -17,7 +17,8 @@ pub(crate) fn run(out: Output) -> CliResult<Exit> {
             return Err(CliError::new(
                 Exit::NoGpuOrPolicy,
                 "no GPU can hold VRAM-only shards on this machine; install an NVIDIA GPU and driver, or use --backend mock for tests",
-            ));
+            )
+            .reported_in_json());
         }
         Err(e) => return Err(e.into()),
     };
@@ -109,7 +110,8 @@ pub(crate) fn run(out: Output) -> CliResult<Exit> {
         Err(CliError::new(
             Exit::NoGpuOrPolicy,
             "no GPU here can hold VRAM-only shards (see the reasons above)",
-        ))
+        )
+        .reported_in_json())
     }
 }
 
