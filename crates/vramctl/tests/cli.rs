@@ -1266,3 +1266,36 @@ fn json_failures_are_one_document_and_unused_options_are_refused() {
         );
     }
 }
+
+#[test]
+fn sigterm_while_sealing_releases_what_is_held_and_exits_0() {
+    let dir = TempDir::new().unwrap();
+    let files: Vec<PathBuf> = (0..4)
+        .map(|i| write(&dir, &format!("part{i}.bin"), &vec![i as u8 + 1; 64 << 20]))
+        .collect();
+    let log = dir.path().join("audit.jsonl");
+    let mut child = Command::new(cargo_bin("vramctl"))
+        .args(["--backend", "mock", "seal", "--audit-log"])
+        .arg(&log)
+        .args(&files)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    // The session is open (the first line names the backend): stop it while it seals.
+    assert!(lines.next().unwrap().unwrap().starts_with("backend:"));
+    let rest = stop_with_sigterm(child, lines);
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("stopped by a signal") || l.starts_with("released")),
+        "{rest:?}"
+    );
+    let audit = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        audit.matches("\"event\":\"VramSealed\"").count(),
+        audit.matches("\"event\":\"VramDeallocated\"").count(),
+        "every seal released, and recorded:\n{audit}"
+    );
+    verify_audit_log(&log, &AuditVerifyOptions::default()).unwrap();
+}

@@ -116,6 +116,12 @@ fn parse_address(value: &str) -> CliResult<SocketAddr> {
 }
 
 pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliResult<Exit> {
+    // Ctrl-C or SIGTERM at any moment (reading headers, hashing, sealing, serving) releases what
+    // is held and exits 0: the flag is checked between steps.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
+        .map_err(|e| CliError::bad_input(format!("cannot install the signal handler: {e}")))?;
     // Everything about the input is checked before a byte of VRAM is used.
     if !args.expect.is_empty() && args.expect.len() != args.files.len() {
         return Err(CliError::bad_input(format!(
@@ -191,6 +197,7 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
         metrics_addr,
         prepared,
         &expected,
+        &stop,
     );
     finish_audit(&session, result)
 }
@@ -203,12 +210,20 @@ fn seal_and_serve(
     metrics_addr: Option<SocketAddr>,
     prepared: Vec<Prepared>,
     expected: &[(DigestAlgorithm, ShardDigest)],
+    stop: &AtomicBool,
 ) -> CliResult<Exit> {
     manager.enforce_vram_only_policy()?;
+    if args.group.is_none() {
+        // Before any file is read in full: a file larger than the free VRAM is refused now.
+        check_capacity(manager, args, &prepared)?;
+    }
 
     // A flat SHA-256 (`sha256:HEX`) is serial and is checked on the host before sealing; a tree
     // digest is checked by the seal itself, against the bytes in VRAM.
     for (p, (algorithm, want)) in prepared.iter().zip(expected) {
+        if stopped(out, stop, 0) {
+            return Ok(Exit::Ok);
+        }
         if *algorithm != DigestAlgorithm::Sha256 {
             continue;
         }
@@ -229,13 +244,24 @@ fn seal_and_serve(
     }
     let held = match &args.group {
         Some(model_id) => seal_group(out, manager, args, model_id, &prepared, expected)?,
-        None => {
-            check_capacity(manager, args, &prepared)?;
-            Held::Shards(seal_each(out, manager, args, &prepared, expected)?)
-        }
+        None => Held::Shards(seal_each(out, manager, args, &prepared, expected, stop)?),
     };
     drop(prepared); // close the files
-    serve_and_verify(out, manager, args, metrics_addr, held)
+    if stopped(out, stop, held.count()) {
+        drop(held);
+        return Ok(Exit::Ok);
+    }
+    serve_and_verify(out, manager, args, metrics_addr, held, stop)
+}
+
+/// Whether a stop was asked for; says so, with what is being released.
+fn stopped(out: Output, stop: &AtomicBool, held: usize) -> bool {
+    let asked = stop.load(Ordering::SeqCst);
+    if asked {
+        out.line(format!("stopped by a signal; releasing {held} shard(s)"));
+        out.json(&json!({ "event": "released", "shards": held, "reason": "signal" }));
+    }
+    asked
 }
 
 /// Once every shard is released: signs the audit log and, after a clean stop, prints its last
@@ -385,9 +411,14 @@ fn seal_each(
     args: &SealArgs,
     prepared: &[Prepared],
     expected: &[(DigestAlgorithm, ShardDigest)],
+    stop: &AtomicBool,
 ) -> CliResult<Vec<SealedShard>> {
     let mut shards: Vec<SealedShard> = Vec::new();
     for (i, p) in prepared.iter().enumerate() {
+        if stop.load(Ordering::SeqCst) {
+            // The caller releases what was sealed so far.
+            break;
+        }
         let mut options = SealOptions::new().shard_id(shard_id_for(&p.path));
         if let Some((algorithm, want)) = expected.get(i)
             && *algorithm != DigestAlgorithm::Sha256
@@ -446,6 +477,7 @@ fn serve_and_verify(
     args: &SealArgs,
     metrics_addr: Option<SocketAddr>,
     held: Held,
+    stop: &AtomicBool,
 ) -> CliResult<Exit> {
     let server = metrics_addr
         .map(|a| MetricsServer::start(a, manager.clone()))
@@ -454,10 +486,6 @@ fn serve_and_verify(
         out.line(format!("metrics at http://{}/metrics", s.address()));
         out.json(&json!({ "event": "metrics", "address": s.address().to_string() }));
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .map_err(|e| CliError::bad_input(format!("cannot install the signal handler: {e}")))?;
     out.line(format!(
         "{} shard(s) resident; verifying every {} s; Ctrl-C or SIGTERM releases them",
         held.count(),
