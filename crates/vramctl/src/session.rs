@@ -116,3 +116,15 @@ fn cuda_session(
         audit_file,
     }
 }
+
+/// A session for a command that keeps nothing (`bench`, `demo`): a random key, records in
+/// memory.
+pub(crate) fn open_ephemeral(args: &BackendArgs, default: BackendChoice) -> CliResult<Session> {
+    open(
+        args,
+        default,
+        &AuditTarget::Memory,
+        &crate::keys::random()?,
+        "vramctl",
+    )
+}

@@ -618,6 +618,43 @@ fn seal_group_places_a_sharded_model_as_one_group_and_releases_it_on_sigterm() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+type StdoutLines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// `vramctl ARGS` running in `dir`, no worker token in its environment, stdout piped and
+/// stderr discarded (use `Command` directly to read stderr).
+fn spawn_vramctl(dir: &Path, args: &[&std::ffi::OsStr]) -> (std::process::Child, StdoutLines) {
+    let mut child = Command::new(cargo_bin("vramctl"))
+        .current_dir(dir)
+        .env_remove("VRAM_WORKER_TOKEN")
+        .env_remove("VRAMCTL_TOKEN_FILE")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// Stdout lines up to and including the first that `until` accepts.
+fn read_until(lines: &mut StdoutLines, until: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let line = lines.next().expect("vramctl exited early").unwrap();
+        let done = until(&line);
+        seen.push(line);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// The first JSON document on stdout whose `event` is `event`.
+fn read_event(lines: &mut StdoutLines, event: &str) -> serde_json::Value {
+    let line = read_until(lines, |l| l.contains(&format!("\"event\":\"{event}\"")));
+    serde_json::from_str(line.last().unwrap()).unwrap()
+}
+
 /// `vramctl --backend mock seal FILE --audit-log LOG` (plus `extra`), stopped with SIGTERM once
 /// it reports the shard resident; returns its stdout lines and stderr.
 fn seal_until_sigterm(file: &Path, log: &Path, extra: &[&str]) -> (Vec<String>, String) {
@@ -635,15 +672,7 @@ fn seal_until_sigterm(file: &Path, log: &Path, extra: &[&str]) -> (Vec<String>, 
         .unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    loop {
-        let line = lines.next().expect("vramctl exited early").unwrap();
-        let resident = line.contains("resident");
-        seen.push(line);
-        if resident {
-            break;
-        }
-    }
+    let mut seen = read_until(&mut lines, |l| l.contains("resident"));
     seen.extend(stop_with_sigterm(child, lines));
     let mut err = String::new();
     stderr.read_to_string(&mut err).unwrap();
@@ -815,16 +844,18 @@ fn the_audit_log_must_be_a_regular_file_with_one_writer() {
     }
     // A second writer on a log in use is refused at start.
     let log = dir.path().join("audit.jsonl");
-    let mut first = Command::new(cargo_bin("vramctl"))
-        .args(["--backend", "mock", "seal", "--audit-log"])
-        .arg(&log)
-        .arg(&model)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(first.stdout.take().unwrap()).lines();
-    while !lines.next().unwrap().unwrap().contains("resident") {}
+    let (first, mut lines) = spawn_vramctl(
+        dir.path(),
+        &[
+            "--backend".as_ref(),
+            "mock".as_ref(),
+            "seal".as_ref(),
+            "--audit-log".as_ref(),
+            log.as_os_str(),
+            model.as_os_str(),
+        ],
+    );
+    read_until(&mut lines, |l| l.contains("resident"));
     let second = vramctl()
         .args(["--backend", "mock", "seal", "--audit-log"])
         .arg(&log)
@@ -848,7 +879,7 @@ fn the_audit_log_must_be_a_regular_file_with_one_writer() {
 
 #[test]
 fn a_full_disk_under_the_audit_log_is_exit_4_not_silence() {
-    // A 4 KiB tmpfs in a user and mount namespace; skipped (with the reason) where
+    // An 8 KiB tmpfs, half filled, in a user and mount namespace; skipped (with the reason) where
     // unprivileged namespaces are not allowed.
     let dir = TempDir::new().unwrap();
     let model = write(&dir, "m.bin", &pattern(4096));
@@ -1038,24 +1069,13 @@ fn files_with_one_base_name_in_two_directories_are_two_shards() {
         std::fs::create_dir(dir.path().join(sub)).unwrap();
         std::fs::write(dir.path().join(sub).join("model.bin"), sub.repeat(100)).unwrap();
     }
-    let mut child = Command::new(cargo_bin("vramctl"))
-        .current_dir(dir.path())
-        .args(["--backend", "mock", "seal", "a/model.bin", "./b/model.bin"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut sealed = Vec::new();
-    loop {
-        let line = lines.next().expect("vramctl exited early").unwrap();
-        if line.contains("resident") {
-            break;
-        }
-        if line.starts_with("sealed ") {
-            sealed.push(line);
-        }
-    }
+    let args =
+        ["--backend", "mock", "seal", "a/model.bin", "./b/model.bin"].map(std::ffi::OsStr::new);
+    let (child, mut lines) = spawn_vramctl(dir.path(), &args);
+    let sealed: Vec<String> = read_until(&mut lines, |l| l.contains("resident"))
+        .into_iter()
+        .filter(|l| l.starts_with("sealed "))
+        .collect();
     stop_with_sigterm(child, lines);
     assert!(sealed[0].contains("as a_model.bin "), "{sealed:?}");
     assert!(sealed[1].contains("as b_model.bin "), "{sealed:?}");
@@ -1097,20 +1117,18 @@ fn broken_and_misplaced_model_files_are_refused_before_any_vram_is_used() {
         );
     }
     // A vocabulary-only GGUF (no tensors, no padding) is a valid file.
-    let mut child = Command::new(cargo_bin("vramctl"))
-        .args(["--json", "--backend", "mock", "seal"])
-        .arg(models.join("vocab-only-unpadded.gguf"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let sealed = loop {
-        let v: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-        if v["event"] == "sealed" {
-            break v;
-        }
-    };
+    let (child, mut lines) = spawn_vramctl(
+        &models,
+        &[
+            "--json",
+            "--backend",
+            "mock",
+            "seal",
+            "vocab-only-unpadded.gguf",
+        ]
+        .map(std::ffi::OsStr::new),
+    );
+    let sealed = read_event(&mut lines, "sealed");
     stop_with_sigterm(child, lines);
     assert_eq!(sealed["model"]["format"], "gguf");
     assert_eq!(sealed["model"]["tensors"], 0);
@@ -1173,30 +1191,23 @@ fn get(addr: &str, accept: Option<&str>) -> (String, String) {
 #[test]
 fn metrics_negotiate_their_format_and_parse_with_the_official_parsers() {
     let dir = TempDir::new().unwrap();
-    let model = write(&dir, "m.bin", &pattern(4096));
-    let mut child = Command::new(cargo_bin("vramctl"))
-        .args([
-            "--json",
-            "--backend",
-            "mock",
-            "seal",
-            "--verify-every",
-            "1",
-            "--metrics",
-            "localhost:0",
-        ])
-        .arg(&model)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let v: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-        if v["event"] == "metrics" {
-            break v["address"].as_str().unwrap().to_owned();
-        }
-    };
+    write(&dir, "m.bin", &pattern(4096));
+    let args = [
+        "--json",
+        "--backend",
+        "mock",
+        "seal",
+        "--verify-every",
+        "1",
+        "--metrics",
+        "localhost:0",
+        "m.bin",
+    ];
+    let (child, mut lines) = spawn_vramctl(dir.path(), &args.map(std::ffi::OsStr::new));
+    let addr = read_event(&mut lines, "metrics")["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let deadline = Instant::now() + Duration::from_secs(20);
     let (head, text) = loop {
         let (head, text) = get(&addr, None);
@@ -1274,15 +1285,12 @@ fn sigterm_while_sealing_releases_what_is_held_and_exits_0() {
         .map(|i| write(&dir, &format!("part{i}.bin"), &vec![i as u8 + 1; 64 << 20]))
         .collect();
     let log = dir.path().join("audit.jsonl");
-    let mut child = Command::new(cargo_bin("vramctl"))
-        .args(["--backend", "mock", "seal", "--audit-log"])
-        .arg(&log)
-        .args(&files)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut args = ["--backend", "mock", "seal", "--audit-log"]
+        .map(std::ffi::OsStr::new)
+        .to_vec();
+    args.push(log.as_os_str());
+    args.extend(files.iter().map(|f| f.as_os_str()));
+    let (child, mut lines) = spawn_vramctl(dir.path(), &args);
     // The session is open (the first line names the backend): stop it while it seals.
     assert!(lines.next().unwrap().unwrap().starts_with("backend:"));
     let rest = stop_with_sigterm(child, lines);

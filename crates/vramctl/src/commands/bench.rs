@@ -129,13 +129,7 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &BenchArgs) -> CliRe
             human_bytes(max as u64)
         )));
     }
-    let session = session::open(
-        backend,
-        BackendChoice::Auto,
-        &session::AuditTarget::Memory,
-        &crate::keys::random()?,
-        "vramctl",
-    )?;
+    let session = session::open_ephemeral(backend, BackendChoice::Auto)?;
     let m = &session.manager;
     out.line(&session.backend_note);
     let mut rows = Vec::new();

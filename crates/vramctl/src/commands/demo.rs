@@ -52,13 +52,7 @@ fn write_sample_model(path: &Path) -> CliResult<()> {
 }
 
 pub(crate) fn run(out: Output, backend: &BackendArgs) -> CliResult<Exit> {
-    let session = session::open(
-        backend,
-        BackendChoice::Auto,
-        &session::AuditTarget::Memory,
-        &crate::keys::random()?,
-        "vramctl",
-    )?;
+    let session = session::open_ephemeral(backend, BackendChoice::Auto)?;
     let m = &session.manager;
     // The first line says which backend holds the shards (mock: not VRAM).
     out.result(&session.backend_note);
