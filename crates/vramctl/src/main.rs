@@ -13,8 +13,10 @@ mod files;
 mod formats;
 mod keys;
 mod metrics_server;
+mod notify;
 mod output;
 mod session;
+mod signals;
 
 use std::process::ExitCode;
 

@@ -1307,3 +1307,71 @@ fn sigterm_while_sealing_releases_what_is_held_and_exits_0() {
     );
     verify_audit_log(&log, &AuditVerifyOptions::default()).unwrap();
 }
+
+#[test]
+fn seal_speaks_the_systemd_notify_protocol_and_sighup_reverifies() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new().unwrap();
+    write(&dir, "m.bin", &pattern(4096));
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut child = Command::new(cargo_bin("vramctl"))
+        .current_dir(dir.path())
+        .env_remove("VRAM_WORKER_TOKEN")
+        .env_remove("VRAMCTL_TOKEN_FILE")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .args([
+            "--backend",
+            "mock",
+            "seal",
+            "--verify-every",
+            "3600",
+            "m.bin",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let receive = || {
+        let mut buf = [0u8; 512];
+        let n = socket.recv(&mut buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = receive();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=1 shard(s) sealed"),
+        "{ready}"
+    );
+    let mut got = Vec::new();
+    while !got.iter().any(|m: &String| m == "WATCHDOG=1") {
+        got.push(receive());
+    }
+    // SIGHUP re-verifies at once (the interval is an hour) and does not stop the process.
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    read_until(&mut lines, |l| l.starts_with("verified m.bin"));
+    let status = loop {
+        let m = receive();
+        if m.starts_with("STATUS=") {
+            break m;
+        }
+    };
+    assert_eq!(status, "STATUS=1 shard(s) resident, all verified");
+    assert!(child.try_wait().unwrap().is_none());
+    stop_with_sigterm(child, lines);
+    let stopping = loop {
+        let m = receive();
+        if m.starts_with("STOPPING=1") {
+            break m;
+        }
+    };
+    assert!(stopping.contains("releasing 1 shard(s)"), "{stopping}");
+}

@@ -4,8 +4,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -21,8 +19,10 @@ use crate::error::{CliError, CliResult, Exit};
 use crate::files::ProgressSource;
 use crate::formats::{ModelFormat, recognise};
 use crate::metrics_server::MetricsServer;
+use crate::notify::Notifier;
 use crate::output::{self, Output, human_bytes};
 use crate::session::{AuditTarget, Session};
+use crate::signals::Signals;
 use crate::{files, keys, session};
 
 /// A file whose header was checked, ready to seal.
@@ -117,11 +117,8 @@ fn parse_address(value: &str) -> CliResult<SocketAddr> {
 
 pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliResult<Exit> {
     // Ctrl-C or SIGTERM at any moment (reading headers, hashing, sealing, serving) releases what
-    // is held and exits 0: the flag is checked between steps.
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .map_err(|e| CliError::bad_input(format!("cannot install the signal handler: {e}")))?;
+    // is held and exits 0: the flag is checked between steps. SIGHUP re-verifies.
+    let signals = Signals::install()?;
     // Everything about the input is checked before a byte of VRAM is used.
     if !args.expect.is_empty() && args.expect.len() != args.files.len() {
         return Err(CliError::bad_input(format!(
@@ -197,7 +194,7 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
         metrics_addr,
         prepared,
         &expected,
-        &stop,
+        &signals,
     );
     finish_audit(&session, result)
 }
@@ -210,7 +207,7 @@ fn seal_and_serve(
     metrics_addr: Option<SocketAddr>,
     prepared: Vec<Prepared>,
     expected: &[(DigestAlgorithm, ShardDigest)],
-    stop: &AtomicBool,
+    signals: &Signals,
 ) -> CliResult<Exit> {
     manager.enforce_vram_only_policy()?;
     if args.group.is_none() {
@@ -221,7 +218,7 @@ fn seal_and_serve(
     // A flat SHA-256 (`sha256:HEX`) is serial and is checked on the host before sealing; a tree
     // digest is checked by the seal itself, against the bytes in VRAM.
     for (p, (algorithm, want)) in prepared.iter().zip(expected) {
-        if stopped(out, stop, 0) {
+        if stopped(out, signals, 0) {
             return Ok(Exit::Ok);
         }
         if *algorithm != DigestAlgorithm::Sha256 {
@@ -244,19 +241,19 @@ fn seal_and_serve(
     }
     let held = match &args.group {
         Some(model_id) => seal_group(out, manager, args, model_id, &prepared, expected)?,
-        None => Held::Shards(seal_each(out, manager, args, &prepared, expected, stop)?),
+        None => Held::Shards(seal_each(out, manager, args, &prepared, expected, signals)?),
     };
     drop(prepared); // close the files
-    if stopped(out, stop, held.count()) {
+    if stopped(out, signals, held.count()) {
         drop(held);
         return Ok(Exit::Ok);
     }
-    serve_and_verify(out, manager, args, metrics_addr, held, stop)
+    serve_and_verify(out, manager, args, metrics_addr, held, signals)
 }
 
 /// Whether a stop was asked for; says so, with what is being released.
-fn stopped(out: Output, stop: &AtomicBool, held: usize) -> bool {
-    let asked = stop.load(Ordering::SeqCst);
+fn stopped(out: Output, signals: &Signals, held: usize) -> bool {
+    let asked = signals.stop_requested();
     if asked {
         out.line(format!("stopped by a signal; releasing {held} shard(s)"));
         out.json(&json!({ "event": "released", "shards": held, "reason": "signal" }));
@@ -411,11 +408,11 @@ fn seal_each(
     args: &SealArgs,
     prepared: &[Prepared],
     expected: &[(DigestAlgorithm, ShardDigest)],
-    stop: &AtomicBool,
+    signals: &Signals,
 ) -> CliResult<Vec<SealedShard>> {
     let mut shards: Vec<SealedShard> = Vec::new();
     for (i, p) in prepared.iter().enumerate() {
-        if stop.load(Ordering::SeqCst) {
+        if signals.stop_requested() {
             // The caller releases what was sealed so far.
             break;
         }
@@ -477,7 +474,7 @@ fn serve_and_verify(
     args: &SealArgs,
     metrics_addr: Option<SocketAddr>,
     held: Held,
-    stop: &AtomicBool,
+    signals: &Signals,
 ) -> CliResult<Exit> {
     let server = metrics_addr
         .map(|a| MetricsServer::start(a, manager.clone()))
@@ -495,12 +492,30 @@ fn serve_and_verify(
     // A failed verification does not end the process: the failure stays visible (metrics keep
     // being served, `result="failure"` can be scraped), the model stays refused (the manager
     // has stopped, so nothing verifies again), and the exit code reports it after SIGTERM.
+    let notifier = Notifier::from_env();
+    notifier.notify(&format!(
+        "READY=1\nSTATUS={} shard(s) sealed; verifying every {} s",
+        held.count(),
+        args.verify_every
+    ));
+    let mut pinged = Instant::now();
     let interval = Duration::from_secs(args.verify_every);
     let mut last = Instant::now();
     let mut failure: Option<VramError> = None;
-    while !stop.load(Ordering::SeqCst) {
+    while !signals.stop_requested() {
         std::thread::sleep(Duration::from_millis(100));
-        if failure.is_some() || last.elapsed() < interval {
+        if notifier
+            .watchdog_interval()
+            .is_some_and(|every| pinged.elapsed() >= every)
+        {
+            notifier.notify("WATCHDOG=1");
+            pinged = Instant::now();
+        }
+        let hangup = signals.take_reverify();
+        if hangup {
+            out.line("SIGHUP: re-verifying every shard now (SIGTERM or Ctrl-C stops)");
+        }
+        if failure.is_some() || (!hangup && last.elapsed() < interval) {
             continue;
         }
         last = Instant::now();
@@ -526,6 +541,10 @@ fn serve_and_verify(
                     out.json(&json!({ "event": "verification_failed", "group": group.model_id, "error": e.to_string() }));
                 }),
         };
+        notifier.notify(&match &checked {
+            Ok(()) => format!("STATUS={} shard(s) resident, all verified", held.count()),
+            Err(e) => format!("STATUS=verification failed, the model is refused: {e}"),
+        });
         if let Err(e) = checked {
             output::warn(&format!(
                 "error: {e}; the model is refused from now on; metrics stay up until Ctrl-C or SIGTERM"
@@ -534,6 +553,7 @@ fn serve_and_verify(
         }
     }
     let count = held.count();
+    notifier.notify(&format!("STOPPING=1\nSTATUS=releasing {count} shard(s)"));
     drop(held);
     drop(server);
     out.line(format!(
