@@ -460,7 +460,7 @@ pub fn verify_audit_log(
 ) -> Result<AuditLogSummary, AuditLogError> {
     let file = open_regular(path.as_ref(), false).map_err(|e| AuditLogError {
         line: None,
-        problem: AuditLogProblem::Io(e),
+        problem: AuditLogProblem::Io(e.to_string()),
     })?;
     verify_audit_log_from(file, options)
 }
@@ -494,16 +494,22 @@ pub(crate) fn read_log(
                 problem: AuditLogProblem::Torn | AuditLogProblem::TooLong,
                 ..
             }) if tolerate_torn_tail => {
-                // What follows the last newline, however long, is the torn tail.
+                // What follows the last newline, however long, is the torn tail: counted in
+                // fixed-size reads, never held.
                 torn = u64::try_from(buf.len()).unwrap_or(u64::MAX);
-                let mut rest = Vec::new();
-                let more = reader
-                    .read_to_end(&mut rest)
-                    .map_err(|e| at(number, AuditLogProblem::Io(e.to_string())))?;
-                if rest.contains(&b'\n') {
-                    return Err(at(number, AuditLogProblem::TooLong));
+                let mut chunk = [0u8; 64 * 1024];
+                loop {
+                    let n = reader
+                        .read(&mut chunk)
+                        .map_err(|e| at(number, AuditLogProblem::Io(e.to_string())))?;
+                    let Some(read) = chunk.get(..n).filter(|r| !r.is_empty()) else {
+                        break;
+                    };
+                    if read.contains(&b'\n') {
+                        return Err(at(number, AuditLogProblem::TooLong));
+                    }
+                    torn = torn.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
                 }
-                torn = torn.saturating_add(u64::try_from(more).unwrap_or(u64::MAX));
                 break;
             }
             Err(e) => return Err(e),
@@ -512,15 +518,32 @@ pub(crate) fn read_log(
     Ok((state, torn))
 }
 
+/// Why [`open_regular`] refused a path.
+pub(crate) enum OpenError {
+    /// Not a regular file: what it is instead.
+    NotRegular(String),
+    /// The open or its checks failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotRegular(what) => f.write_str(what),
+            Self::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// Opens `path` if it is a regular file (a symlink to one is followed); a FIFO, device,
 /// directory or socket is refused before any read that could block or never end.
-pub(crate) fn open_regular(path: &Path, write: bool) -> Result<File, String> {
+pub(crate) fn open_regular(path: &Path, write: bool) -> Result<File, OpenError> {
     use std::os::unix::fs::OpenOptionsExt;
     match std::fs::metadata(path) {
         Ok(meta) if !meta.is_file() => return Err(not_regular(&meta)),
         Ok(_) => {}
         Err(e) if write && e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(OpenError::Io(e)),
     }
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
@@ -531,15 +554,15 @@ pub(crate) fn open_regular(path: &Path, write: bool) -> Result<File, String> {
     let file = options
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| e.to_string())?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
+        .map_err(OpenError::Io)?;
+    let meta = file.metadata().map_err(OpenError::Io)?;
     if !meta.is_file() {
         return Err(not_regular(&meta));
     }
     Ok(file)
 }
 
-fn not_regular(meta: &std::fs::Metadata) -> String {
+fn not_regular(meta: &std::fs::Metadata) -> OpenError {
     use std::os::unix::fs::FileTypeExt;
     let t = meta.file_type();
     let kind = if t.is_dir() {
@@ -553,5 +576,5 @@ fn not_regular(meta: &std::fs::Metadata) -> String {
     } else {
         "not a plain file"
     };
-    format!("{kind}, not a regular file")
+    OpenError::NotRegular(format!("{kind}, not a regular file"))
 }

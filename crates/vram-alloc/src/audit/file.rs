@@ -12,7 +12,7 @@
 //!   records and checkpoints are synced to disk before `record` returns.
 
 use std::fs::File;
-use std::io::{BufReader, Seek, SeekFrom, Write};
+use std::io::{BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use vram_seal::{AuditPublicKey, AuditSigningKey, Checkpoint};
 
 use super::chain::{
     self, AuditLogError, AuditLogProblem, AuditVerifyOptions, GENESIS, MAX_RECORD_BYTES, OPENED,
-    OpenedLine, checkpoint_line, line_hash,
+    OpenError, OpenedLine, checkpoint_line, line_hash,
 };
 use super::{AuditRecord, AuditSink, Severity};
 use crate::sync::lock;
@@ -190,12 +190,12 @@ impl FileAuditSink {
         options: AuditLogOptions,
     ) -> Result<Self, AuditError> {
         let path = path.as_ref().to_path_buf();
-        let file = chain::open_regular(&path, true).map_err(|reason| match reason {
-            r if r.ends_with("not a regular file") => AuditError::NotRegularFile {
+        let file = chain::open_regular(&path, true).map_err(|e| match e {
+            OpenError::NotRegular(reason) => AuditError::NotRegularFile {
                 path: path.clone(),
-                reason: r,
+                reason,
             },
-            r => io_error(&path, r),
+            OpenError::Io(e) => io_error(&path, e),
         })?;
         file.try_lock().map_err(|e| match e {
             std::fs::TryLockError::WouldBlock => AuditError::Locked { path: path.clone() },
@@ -237,9 +237,7 @@ impl FileAuditSink {
             file.set_len(len).map_err(|e| io_error(&path, e))?;
             tracing::warn!(path = %path.display(), bytes = torn, "removed a torn record from the end of the audit log");
         }
-        let mut file = file;
-        file.seek(SeekFrom::End(0))
-            .map_err(|e| io_error(&path, e))?;
+        // Opened for appending: every write goes to the end, after the repair too.
         let sink = Self {
             path,
             public_key,

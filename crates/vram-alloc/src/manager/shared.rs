@@ -99,7 +99,7 @@ impl Shared {
             let resident = self
                 .live()
                 .iter()
-                .filter(|a| shard_allocation_device(a) == device)
+                .filter(|a| a.sealed().gpu_device == device)
                 .count();
             self.metrics.set_resident(device, resident);
         }
@@ -245,8 +245,4 @@ impl Drop for Claim {
     fn drop(&mut self) {
         lock(&self.shared.registry).pending.remove(&self.shard_id);
     }
-}
-
-fn shard_allocation_device(allocation: &ResidentAllocation) -> u32 {
-    vram_types::ShardAllocation::device(allocation)
 }
