@@ -206,11 +206,9 @@ fn check(out: Output, manifest: &Path) -> CliResult<Exit> {
             }
             continue;
         };
-        let (_, shown) = escape_name(&name);
-        let shown = if shown.len() == name.len() {
-            name.clone()
-        } else {
-            format!("\\{shown}")
+        let shown = match escape_name(&name) {
+            (true, escaped) => format!("\\{escaped}"),
+            (false, plain) => plain,
         };
         let verdict = match digest_named(
             Path::new(&name),
