@@ -120,3 +120,8 @@ pub mod test_utils {
         Ok(SealedShard::from_parts(fields, now, signature, None))
     }
 }
+
+/// The README's Rust snippets, compiled as doctests so that they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;
