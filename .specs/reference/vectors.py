@@ -6,7 +6,7 @@ Prints the test vectors committed in crates/vram-seal/tests/data/. Run:
 The Rust tests check the Rust implementation against these files, so the two implementations
 must agree bit for bit.
 """
-import hashlib, hmac, struct, sys
+import datetime, hashlib, hmac, struct, sys
 
 def pattern(n):
     return bytes(i % 251 for i in range(n))
@@ -166,12 +166,19 @@ def audit_log(seal_key, records):
     put(head("AuditLogOpened") + ',"public_key":"%s","unsigned_records":0,"repaired_bytes":0}' % ed25519_public(seed).hex())
     checkpoint()
     for r in records:
+        r = dict(timestamp_ms=r["timestamp_ms"], time=rfc3339_millis(r["timestamp_ms"]),
+                 **{k: v for k, v in r.items() if k != "timestamp_ms"})
         body = json.dumps(r, separators=(",", ":"), ensure_ascii=False)
         put('{"seq":%d,"prev":"%s",%s' % (len(lines), prev.hex(), body[1:]))
         if r["severity"] == "critical":
             checkpoint()
     checkpoint()
     return lines
+
+def rfc3339_millis(ms):
+    """RFC 3339, UTC, milliseconds: the `time` of an audit record."""
+    t = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(milliseconds=ms)
+    return t.strftime("%Y-%m-%dT%H:%M:%S") + ".%03dZ" % (ms % 1000)
 
 AUDIT_KEYS = [bytes(range(32)), b"\x5e" * 32, bytes(range(64))]
 AUDIT_CHECKPOINTS = [(1, bytes(32)), (2, hashlib.sha256(b"abc").digest()), (18446744073709551615, b"\xff" * 32)]

@@ -10,7 +10,8 @@
 //! - [`ShardAllocation`]: the trait a backend implements for the VRAM behind a shard;
 //! - [`DeviceFacts`] and [`AllocationFacts`]: what a backend reports for the VRAM-only policy;
 //! - [`ShardSource`] ([`FileSource`], byte slices): model bytes read at any offset while sealing;
-//! - [`GpuShare`]: how much of a GPU a digest of resident bytes may take.
+//! - [`GpuShare`]: how much of a GPU a digest of resident bytes may take;
+//! - [`rfc3339_millis`]: timestamps as log pipelines read them.
 //!
 //! It has no GPU code and no cryptography (`vram-seal` has the cryptography).
 //!
@@ -34,6 +35,7 @@ mod digest_algorithm;
 mod error;
 mod gpu_share;
 mod residency_facts;
+mod rfc3339;
 mod sealed_shard;
 mod shard_source;
 pub mod validation;
@@ -45,6 +47,7 @@ pub use digest_algorithm::{
 pub use error::{CUDA_ERROR_OUT_OF_MEMORY, KeyProblem, Result, SealFailure, VramError};
 pub use gpu_share::{DEFAULT_BACKGROUND_SM_FRACTION, GpuShare};
 pub use residency_facts::{AllocationFacts, BackendKind, DeviceFacts, MemoryType};
+pub use rfc3339::{rfc3339_from_unix_millis, rfc3339_millis};
 pub use sealed_shard::{
     ModelShardHandle, SEAL_SIGNATURE_LEN, SealSignature, SealedFields, SealedShard, ShardAllocation,
 };

@@ -283,13 +283,14 @@ mod serde_impl {
 
     impl Serialize for SealedShard {
         /// Public fields, the algorithm id and the seal (hex); `sealed_at` as seconds and
-        /// nanoseconds since the Unix epoch. Never the allocation.
+        /// nanoseconds since the Unix epoch and as RFC 3339 (UTC, milliseconds; `null` outside
+        /// 1970–9999). Never the allocation.
         fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             let since = self
                 .sealed_at
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            let mut st = s.serialize_struct("SealedShard", 10)?;
+            let mut st = s.serialize_struct("SealedShard", 11)?;
             st.serialize_field("shard_id", &self.shard_id)?;
             st.serialize_field("gpu_device", &self.gpu_device)?;
             st.serialize_field("vram_bytes", &self.vram_bytes)?;
@@ -297,6 +298,7 @@ mod serde_impl {
             st.serialize_field("digest_algorithm", &self.digest_algorithm.to_string())?;
             st.serialize_field("sealed_at_unix_secs", &since.as_secs())?;
             st.serialize_field("sealed_at_nanos", &since.subsec_nanos())?;
+            st.serialize_field("sealed_at", &crate::rfc3339_millis(self.sealed_at))?;
             st.serialize_field("shard_index", &self.shard_index)?;
             st.serialize_field("total_shards", &self.total_shards)?;
             st.serialize_field("seal", &self.signature.to_hex())?;

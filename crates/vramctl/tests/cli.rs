@@ -460,6 +460,27 @@ fn demo_shows_detection_audit_and_metrics_on_the_mock() {
     assert_eq!(v["backend"], "mock");
     assert_eq!(v["metrics"]["verifications_failed"], 1);
     assert_eq!(v["audit_record"]["severity"], "critical");
+    // RFC 3339 beside the epoch numbers, the same instant.
+    let parsed = |field: &serde_json::Value| {
+        humantime::parse_rfc3339(field.as_str().unwrap())
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+    };
+    let record_time = parsed(&v["audit_record"]["time"]);
+    assert_eq!(
+        u64::try_from(record_time.as_millis()).unwrap(),
+        v["audit_record"]["timestamp_ms"].as_u64().unwrap()
+    );
+    let sealed_at = parsed(&v["shard"]["sealed_at"]);
+    assert_eq!(
+        sealed_at.as_secs(),
+        v["shard"]["sealed_at_unix_secs"].as_u64().unwrap()
+    );
+    assert_eq!(
+        sealed_at.subsec_millis(),
+        u32::try_from(v["shard"]["sealed_at_nanos"].as_u64().unwrap() / 1_000_000).unwrap()
+    );
 }
 
 #[test]

@@ -168,7 +168,10 @@ impl AuditEvent {
 }
 
 /// An event with who, when and which operation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// Serialized with `time` (RFC 3339, UTC, milliseconds; `null` for a clock outside 1970–9999)
+/// after `timestamp_ms`, for log pipelines (`.specs/audit.md`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecord {
     /// Milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
@@ -179,8 +182,32 @@ pub struct AuditRecord {
     /// Severity.
     pub severity: Severity,
     /// The event.
-    #[serde(flatten)]
     pub event: AuditEvent,
+}
+
+impl Serialize for AuditRecord {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// The line's field order: `.specs/audit.md`.
+        #[derive(Serialize)]
+        struct Line<'a> {
+            timestamp_ms: u64,
+            time: Option<String>,
+            worker_id: &'a str,
+            correlation_id: &'a str,
+            severity: Severity,
+            #[serde(flatten)]
+            event: &'a AuditEvent,
+        }
+        Line {
+            timestamp_ms: self.timestamp_ms,
+            time: vram_types::rfc3339_from_unix_millis(self.timestamp_ms),
+            worker_id: &self.worker_id,
+            correlation_id: &self.correlation_id,
+            severity: self.severity,
+            event: &self.event,
+        }
+        .serialize(serializer)
+    }
 }
 
 /// Where audit records go.
