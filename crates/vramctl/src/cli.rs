@@ -112,8 +112,14 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
 #[derive(Debug, Args)]
 pub(crate) struct SealArgs {
     /// Model files to seal (any file; safetensors and GGUF headers are checked).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "manifest")]
     pub(crate) files: Vec<PathBuf>,
+    /// Seal every file a manifest lists, each checked against its line: `sha256sum` lines
+    /// (flat SHA-256) and `vramctl digest` lines (`sha256-tree-65536:HEX  FILE`). Relative names
+    /// are taken from the manifest's directory. Every line, file and header is checked before
+    /// anything is sealed.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["files", "expect"])]
+    pub(crate) manifest: Option<PathBuf>,
     /// GPU index.
     #[arg(long, default_value_t = 0)]
     pub(crate) device: u32,

@@ -1111,6 +1111,142 @@ fn files_with_one_base_name_in_two_directories_are_two_shards() {
 }
 
 #[test]
+fn seal_takes_a_manifest_checks_every_line_then_seals_the_directory() {
+    let dir = TempDir::new().unwrap();
+    let shards = dir.path().join("shards");
+    std::fs::create_dir(&shards).unwrap();
+    std::fs::write(shards.join("a.bin"), pattern(300_000)).unwrap();
+    std::fs::write(shards.join("b.bin"), b"abc").unwrap();
+    // A tree line as `vramctl digest` writes it and a flat line as `sha256sum` writes it, both
+    // with names relative to the manifest's directory.
+    let tree = vramctl()
+        .current_dir(&shards)
+        .args(["digest", "a.bin"])
+        .output()
+        .unwrap();
+    assert!(tree.status.success());
+    let flat_abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let manifest = shards.join("SHA256SUMS");
+    let good = format!(
+        "{}{flat_abc}  ./b.bin\n",
+        String::from_utf8(tree.stdout).unwrap()
+    );
+    std::fs::write(&manifest, &good).unwrap();
+    let args = [
+        "--backend",
+        "mock",
+        "--json",
+        "seal",
+        "--manifest",
+        "shards/SHA256SUMS",
+    ]
+    .map(std::ffi::OsStr::new);
+    let (child, mut lines) = spawn_vramctl(dir.path(), &args);
+    let first = read_event(&mut lines, "sealed");
+    let second = read_event(&mut lines, "sealed");
+    stop_with_sigterm(child, lines);
+    assert_eq!(first["shard"]["shard_id"], "shards_a.bin");
+    assert_eq!(first["shard"]["vram_bytes"], 300_000);
+    assert_eq!(second["shard"]["shard_id"], "shards_b.bin");
+
+    // Every line is checked before anything is sealed: a wrong flat digest on the last line,
+    // a malformed line, a missing file, an empty manifest, a manifest with files or --expect.
+    let audit = dir.path().join("audit.jsonl");
+    let token = write(&dir, "token", b"token-of-the-manifest-runs");
+    let wrong_flat = good.replace(flat_abc, &"ab".repeat(32));
+    let cases: Vec<(&str, String, Vec<&str>, i32, &str)> = vec![
+        (
+            "wrong",
+            wrong_flat,
+            vec![],
+            1,
+            "differs from the manifest sha256:abab",
+        ),
+        (
+            "malformed",
+            format!("{good}not a checksum line\n"),
+            vec![],
+            2,
+            "wrong:3: improperly formatted",
+        ),
+        (
+            "missing",
+            format!("{good}{flat_abc}  c.bin\n"),
+            vec![],
+            2,
+            "no such file",
+        ),
+        ("empty", "\n".to_owned(), vec![], 2, "no checksum lines"),
+        (
+            "with-files",
+            good.clone(),
+            vec!["shards/a.bin"],
+            2,
+            "cannot be used with",
+        ),
+        (
+            "with-expect",
+            good.clone(),
+            vec!["--expect", flat_abc],
+            2,
+            "cannot be used with",
+        ),
+    ];
+    for (name, text, extra, code, needle) in cases {
+        let path = shards.join(name);
+        std::fs::write(&path, text).unwrap();
+        let out = vramctl()
+            .current_dir(dir.path())
+            .args(["--backend", "mock", "seal", "--audit-log"])
+            .arg(&audit)
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--manifest")
+            .arg(&path)
+            .args(&extra)
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{name}: {line}");
+        // The malformed case names the manifest it read, whatever the path.
+        let needle = needle.replace(
+            "wrong:3",
+            &format!("{}:3", shards.join("malformed").display()),
+        );
+        assert!(line.contains(&needle), "{name}: {line}");
+    }
+    let log = std::fs::read_to_string(&audit).unwrap_or_default();
+    assert!(!log.contains("VramSealed"), "nothing was sealed: {log}");
+
+    // A wrong tree digest is caught by the seal itself: what was sealed before it is released.
+    let tree_abc = "2d4c4b2d34a7d3711a5b36433106a88f2000c10b13a979e2bc503c4479fc3de4";
+    let wrong_tree = format!(
+        "sha256-tree-65536:{tree_abc}  b.bin\nsha256-tree-65536:{}  a.bin\n",
+        "cd".repeat(32)
+    );
+    std::fs::write(shards.join("wrong-tree"), wrong_tree).unwrap();
+    let released = dir.path().join("released.jsonl");
+    let out = vramctl()
+        .current_dir(dir.path())
+        .args([
+            "--backend",
+            "mock",
+            "seal",
+            "--manifest",
+            "shards/wrong-tree",
+        ])
+        .arg("--audit-log")
+        .arg(&released)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_one_line(&out));
+    let log = std::fs::read_to_string(&released).unwrap();
+    assert_eq!(log.matches("\"VramSealed\"").count(), 1, "{log}");
+    assert_eq!(log.matches("\"VramDeallocated\"").count(), 1, "{log}");
+    assert!(stderr_one_line(&out).contains("differs from the manifest"));
+}
+
+#[test]
 fn broken_and_misplaced_model_files_are_refused_before_any_vram_is_used() {
     let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models");
     for (name, needle) in [

@@ -157,7 +157,7 @@ pub(crate) fn run(out: Output, args: &DigestArgs) -> CliResult<Exit> {
 }
 
 /// One manifest line: `[\]DIGEST  NAME` or `[\]DIGEST *NAME`.
-fn parse_line(line: &str) -> Option<(DigestAlgorithm, ShardDigest, String)> {
+pub(crate) fn parse_line(line: &str) -> Option<(DigestAlgorithm, ShardDigest, String)> {
     let (escaped, line) = match line.strip_prefix('\\') {
         Some(rest) => (true, rest),
         None => (false, line),

@@ -25,11 +25,30 @@ use crate::session::{AuditTarget, Session};
 use crate::signals::Signals;
 use crate::{files, keys, session};
 
+/// What a file must hash to, from `--expect` or a manifest line.
+#[derive(Debug, Clone, Copy)]
+struct Expected {
+    algorithm: DigestAlgorithm,
+    digest: ShardDigest,
+    /// Given as bare hex on the command line: when it is the file's flat SHA-256 instead of its
+    /// tree digest, the error says so.
+    bare: bool,
+    /// Where it was given, for errors: `--expect` or `the manifest`.
+    given_in: &'static str,
+}
+
+/// A file named on the command line or in a manifest, with what it must hash to.
+struct Requested {
+    path: PathBuf,
+    expected: Option<Expected>,
+}
+
 /// A file whose header was checked, ready to seal.
 struct Prepared {
     path: PathBuf,
     source: FileSource,
     format: ModelFormat,
+    expected: Option<Expected>,
 }
 
 /// A shard id from the path as given (`a/model.safetensors` and `b/model.safetensors` are two
@@ -42,9 +61,9 @@ pub(crate) fn shard_id_for(path: &Path) -> String {
 
 /// Two files that would get one shard id (the same file twice, or names that differ only in
 /// characters an id cannot hold) are refused before anything is sealed.
-fn check_distinct_ids(paths: &[PathBuf]) -> CliResult<()> {
+fn check_distinct_ids(requested: &[Requested]) -> CliResult<()> {
     let mut seen: std::collections::HashMap<String, &Path> = std::collections::HashMap::new();
-    for path in paths {
+    for Requested { path, .. } in requested {
         if let Some(first) = seen.insert(shard_id_for(path), path) {
             return Err(CliError::bad_input(format!(
                 "{} and {} would both be shard {}; give each file once",
@@ -59,25 +78,123 @@ fn check_distinct_ids(paths: &[PathBuf]) -> CliResult<()> {
 
 /// `ALG:HEX` as `vramctl digest` prints it, `sha256:HEX` (or `SHA256:HEX`) for a flat SHA-256
 /// (`sha256sum`, a Hugging Face LFS oid), or bare `HEX` for the default tree digest.
-fn parse_expected(value: &str) -> CliResult<(DigestAlgorithm, ShardDigest)> {
-    super::digest::parse_tagged(value, DigestAlgorithm::default()).ok_or_else(|| {
-        CliError::bad_input(format!(
-            "--expect {value:?} is not a digest; give what `vramctl digest FILE` prints (sha256-tree-65536:HEX), or sha256:HEX for a flat SHA-256"
-        ))
+fn parse_expected(value: &str) -> CliResult<Expected> {
+    let (algorithm, digest) = super::digest::parse_tagged(value, DigestAlgorithm::default())
+        .ok_or_else(|| {
+            CliError::bad_input(format!(
+                "--expect {value:?} is not a digest; give what `vramctl digest FILE` prints (sha256-tree-65536:HEX), or sha256:HEX for a flat SHA-256"
+            ))
+        })?;
+    Ok(Expected {
+        algorithm,
+        digest,
+        bare: !value.contains(':'),
+        given_in: "--expect",
     })
 }
 
-/// Why a bare `--expect HEX` did not match: when it is the file's flat SHA-256, say so (the
-/// operator pasted `sha256sum` output) instead of calling the file wrong.
-fn mismatch_remedy(raw: Option<&String>, source: &FileSource, want: &ShardDigest) -> String {
-    let bare = raw.is_some_and(|r| !r.contains(':'));
-    let flat = bare
-        .then(|| digest_source(source, DigestAlgorithm::Sha256).ok())
-        .flatten();
+/// The files to seal, in order, and what each must hash to: `FILE...` with `--expect`, or
+/// every line of `--manifest`.
+fn requested(args: &SealArgs) -> CliResult<Vec<Requested>> {
+    if let Some(manifest) = &args.manifest {
+        return read_manifest(manifest);
+    }
+    if !args.expect.is_empty() && args.expect.len() != args.files.len() {
+        return Err(CliError::bad_input(format!(
+            "{} --expect value(s) for {} file(s); give one per file, in order",
+            args.expect.len(),
+            args.files.len()
+        )));
+    }
+    let mut expected = args.expect.iter().map(|e| parse_expected(e).map(Some));
+    args.files
+        .iter()
+        .map(|path| {
+            Ok(Requested {
+                path: path.clone(),
+                expected: expected.next().transpose()?.flatten(),
+            })
+        })
+        .collect()
+}
+
+/// Largest manifest read: far beyond any model's shard list, short of a runaway file.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// Every line of a manifest (`sha256sum` or `vramctl digest` lines), names taken from the
+/// manifest's directory. A line that is not a checksum line refuses the whole manifest: a
+/// manifest sealed in part would serve a model with shards missing.
+fn read_manifest(manifest: &Path) -> CliResult<Vec<Requested>> {
+    use std::io::Read as _;
+    let unreadable = |e: std::io::Error| {
+        CliError::file(
+            manifest,
+            &format!("cannot be read ({e})"),
+            "give a manifest file",
+        )
+    };
+    let (file, len) = files::open_model(manifest)?;
+    if len > MAX_MANIFEST_BYTES {
+        return Err(CliError::file(
+            manifest,
+            &format!("is {len} bytes, larger than a manifest ({MAX_MANIFEST_BYTES} bytes at most)"),
+            "give the manifest, not a model file",
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_MANIFEST_BYTES)
+        .read_to_string(&mut text)
+        .map_err(unreadable)?;
+    let base = manifest.parent().unwrap_or_else(|| Path::new(""));
+    let mut requested = Vec::new();
+    for (number, line) in (1u64..).zip(text.lines()) {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (algorithm, digest, name) = super::digest::parse_line(line).ok_or_else(|| {
+            CliError::bad_input(format!(
+                "{}:{number}: improperly formatted checksum line; expected `HEX  FILE` (sha256sum) or `sha256-tree-65536:HEX  FILE` (vramctl digest)",
+                manifest.display()
+            ))
+        })?;
+        let name = Path::new(&name);
+        let path = if name.is_absolute() {
+            name.to_path_buf()
+        } else {
+            base.join(name.strip_prefix("./").unwrap_or(name))
+        };
+        requested.push(Requested {
+            path,
+            expected: Some(Expected {
+                algorithm,
+                digest,
+                bare: false,
+                given_in: "the manifest",
+            }),
+        });
+    }
+    if requested.is_empty() {
+        return Err(CliError::bad_input(format!(
+            "{}: no checksum lines; write one with `vramctl digest FILE... > {}`",
+            manifest.display(),
+            manifest.display()
+        )));
+    }
+    Ok(requested)
+}
+
+/// Why a seal's digest did not match: when a bare `--expect HEX` is the file's flat SHA-256,
+/// say so (the operator pasted `sha256sum` output) instead of calling the file wrong.
+fn mismatch_remedy(p: &Prepared) -> String {
+    let flat = p
+        .expected
+        .filter(|e| e.bare)
+        .and_then(|e| Some((e, digest_source(&p.source, DigestAlgorithm::Sha256).ok()?)));
     match flat {
-        Some(flat) if flat.ct_eq(want) => format!(
+        Some((e, flat)) if flat.ct_eq(&e.digest) => format!(
             "this is the file's flat SHA-256, not its tree digest: write --expect sha256:{}",
-            want.to_hex()
+            e.digest.to_hex()
         ),
         _ => "refusing to seal it (wrong or corrupted file)".to_owned(),
     }
@@ -120,18 +237,7 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
     // is held and exits 0: the flag is checked between steps. SIGHUP re-verifies.
     let signals = Signals::install()?;
     // Everything about the input is checked before a byte of VRAM is used.
-    if !args.expect.is_empty() && args.expect.len() != args.files.len() {
-        return Err(CliError::bad_input(format!(
-            "{} --expect value(s) for {} file(s); give one per file, in order",
-            args.expect.len(),
-            args.files.len()
-        )));
-    }
-    let expected = args
-        .expect
-        .iter()
-        .map(|e| parse_expected(e))
-        .collect::<CliResult<Vec<_>>>()?;
+    let requested = requested(args)?;
     let metrics_addr = args.metrics.as_deref().map(parse_address).transpose()?;
     if args.verify_every == 0 {
         return Err(CliError::bad_input(
@@ -139,11 +245,12 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
         ));
     }
     if args.group.is_none() {
-        check_distinct_ids(&args.files)?;
+        check_distinct_ids(&requested)?;
     }
     // Every file and its header are checked before the GPU is touched; only headers are read.
     let mut prepared = Vec::new();
-    for path in &args.files {
+    for Requested { path, expected } in requested {
+        let path = &path;
         let (file, len) = files::open_model(path)?;
         let head = files::read_head(path, &file, len)?;
         let format = recognise(path, &head, len)
@@ -155,6 +262,7 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
             path: path.clone(),
             source,
             format,
+            expected,
         });
     }
     let key = keys::worker_key(&args.token)?;
@@ -193,7 +301,6 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
         args,
         metrics_addr,
         prepared,
-        &expected,
         &signals,
     );
     finish_audit(&session, result)
@@ -206,7 +313,6 @@ fn seal_and_serve(
     args: &SealArgs,
     metrics_addr: Option<SocketAddr>,
     prepared: Vec<Prepared>,
-    expected: &[(DigestAlgorithm, ShardDigest)],
     signals: &Signals,
 ) -> CliResult<Exit> {
     manager.enforce_vram_only_policy()?;
@@ -217,21 +323,28 @@ fn seal_and_serve(
 
     // A flat SHA-256 (`sha256:HEX`) is serial and is checked on the host before sealing; a tree
     // digest is checked by the seal itself, against the bytes in VRAM.
-    for (p, (algorithm, want)) in prepared.iter().zip(expected) {
+    for p in &prepared {
         if stopped(out, signals, 0) {
             return Ok(Exit::Ok);
         }
-        if *algorithm != DigestAlgorithm::Sha256 {
+        let Some(Expected {
+            digest: want,
+            given_in,
+            ..
+        }) = p
+            .expected
+            .filter(|e| e.algorithm == DigestAlgorithm::Sha256)
+        else {
             continue;
-        }
+        };
         let got = digest_source(&p.source, DigestAlgorithm::Sha256).map_err(|e| {
             CliError::file(&p.path, &format!("read failed ({e})"), "check the disk")
         })?;
-        if !got.ct_eq(want) {
+        if !got.ct_eq(&want) {
             return Err(CliError::new(
                 Exit::VerificationFailed,
                 format!(
-                    "{}: digest {} differs from --expect sha256:{}; refusing to seal it (wrong or corrupted file)",
+                    "{}: digest {} differs from {given_in} sha256:{}; refusing to seal it (wrong or corrupted file)",
                     p.path.display(),
                     got.to_hex(),
                     want.to_hex()
@@ -240,8 +353,8 @@ fn seal_and_serve(
         }
     }
     let held = match &args.group {
-        Some(model_id) => seal_group(out, manager, args, model_id, &prepared, expected)?,
-        None => Held::Shards(seal_each(out, manager, args, &prepared, expected, signals)?),
+        Some(model_id) => seal_group(out, manager, args, model_id, &prepared)?,
+        None => Held::Shards(seal_each(out, manager, args, &prepared, signals)?),
     };
     drop(prepared); // close the files
     if stopped(out, signals, held.count()) {
@@ -330,7 +443,6 @@ fn seal_group(
     args: &SealArgs,
     model_id: &str,
     prepared: &[Prepared],
-    expected: &[(DigestAlgorithm, ShardDigest)],
 ) -> CliResult<Held> {
     let devices = if args.devices.is_empty() {
         vec![args.device]
@@ -358,21 +470,23 @@ fn seal_group(
     let group = sealed?;
     // Tree digests given with --expect are checked against what the group sealed; on a
     // mismatch the whole group is released (dropped) before the error is returned.
-    for (i, (algorithm, want)) in expected.iter().enumerate() {
-        let (Some(shard), Some(p)) = (group.shards.get(i), prepared.get(i)) else {
+    for (shard, p) in group.shards.iter().zip(prepared) {
+        let Some(want) = p
+            .expected
+            .filter(|e| e.algorithm != DigestAlgorithm::Sha256)
+        else {
             continue;
         };
-        if *algorithm != DigestAlgorithm::Sha256
-            && ShardDigest::from_hex(&shard.digest).map_or(true, |d| !d.ct_eq(want))
-        {
+        if ShardDigest::from_hex(&shard.digest).map_or(true, |d| !d.ct_eq(&want.digest)) {
             return Err(CliError::new(
                 Exit::VerificationFailed,
                 format!(
-                    "{}: digest {} differs from --expect {}; the group was released; {}",
+                    "{}: digest {} differs from {} {}; the group was released; {}",
                     p.path.display(),
                     shard.digest,
-                    want.to_hex(),
-                    mismatch_remedy(args.expect.get(i), &p.source, want)
+                    want.given_in,
+                    want.digest.to_hex(),
+                    mismatch_remedy(p)
                 ),
             ));
         }
@@ -407,20 +521,20 @@ fn seal_each(
     manager: &VramManager,
     args: &SealArgs,
     prepared: &[Prepared],
-    expected: &[(DigestAlgorithm, ShardDigest)],
     signals: &Signals,
 ) -> CliResult<Vec<SealedShard>> {
     let mut shards: Vec<SealedShard> = Vec::new();
-    for (i, p) in prepared.iter().enumerate() {
+    for p in prepared {
         if signals.stop_requested() {
             // The caller releases what was sealed so far.
             break;
         }
         let mut options = SealOptions::new().shard_id(shard_id_for(&p.path));
-        if let Some((algorithm, want)) = expected.get(i)
-            && *algorithm != DigestAlgorithm::Sha256
+        if let Some(want) = p
+            .expected
+            .filter(|e| e.algorithm != DigestAlgorithm::Sha256)
         {
-            options = options.expect_digest(*want);
+            options = options.expect_digest(want.digest);
         }
         let bar = out.progress(p.source.len(), "sealing");
         let source = ProgressSource {
@@ -438,12 +552,10 @@ fn seal_each(
             } => CliError::new(
                 Exit::VerificationFailed,
                 format!(
-                    "{}: digest {actual} differs from --expect {wanted}; {}",
+                    "{}: digest {actual} differs from {} {wanted}; {}",
                     p.path.display(),
-                    expected
-                        .get(i)
-                        .map(|(_, want)| mismatch_remedy(args.expect.get(i), &p.source, want))
-                        .unwrap_or_default()
+                    p.expected.map_or("--expect", |e| e.given_in),
+                    mismatch_remedy(p)
                 ),
             ),
             other => other.into(),
