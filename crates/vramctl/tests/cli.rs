@@ -23,6 +23,9 @@ use predicates::prelude::*;
 use tempfile::TempDir;
 use vram_residency::audit::{AuditVerifyOptions, verify_audit_log};
 
+#[path = "support/promlint.rs"]
+mod promlint;
+
 fn vramctl() -> assert_cmd::Command {
     let mut c = assert_cmd::Command::new(cargo_bin("vramctl"));
     c.env_remove("VRAM_TEST_GPU")
@@ -1393,6 +1396,15 @@ fn metrics_negotiate_their_format_and_parse_with_the_official_parsers() {
     );
     assert!(head.contains("application/openmetrics-text"), "{head}");
     assert!(om.ends_with("# EOF\n"));
+    // What `promtool check metrics` checks (promtool itself cannot be installed from the
+    // package registries CI reaches; `support/promlint.rs` ports its rules).
+    assert_eq!(promlint::lint(&text), Vec::<String>::new(), "{text}");
+    // ...and it flags what promtool flagged when OpenMetrics was served as the default.
+    let old_default = promlint::lint(&om);
+    assert!(
+        old_default.contains(&"vram_seal_operations_total: no help text".to_owned()),
+        "{old_default:?}"
+    );
     match python_parses(&text, &om) {
         Some(report) => eprintln!("prometheus_client: {report}"),
         None => eprintln!("skipping the Python parsers: prometheus_client is not installed"),
