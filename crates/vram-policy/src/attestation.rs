@@ -114,7 +114,8 @@ impl Attestation {
 
 /// Reads a statement written by [`Attestation::statement_bytes`] back into its fields (with an
 /// empty signature). `None` for anything that is not exactly one canonical statement: another
-/// version, a field that does not parse, a list count that does not match, trailing bytes.
+/// version, a field that does not parse, a list count that does not match, a nonce that is not
+/// lowercase hex of at most [`MAX_NONCE_BYTES`] bytes, trailing bytes.
 #[must_use]
 pub fn decode_statement(input: &[u8]) -> Option<Attestation> {
     let mut rest = input;
@@ -152,6 +153,16 @@ pub fn decode_statement(input: &[u8]) -> Option<Attestation> {
     let checks_passed = (0..checks).map(|_| next()).collect::<Option<Vec<_>>>()?;
     let attested_at_ms = next()?.parse().ok()?;
     let nonce = next()?;
+    // The nonce is lowercase hex of at most MAX_NONCE_BYTES bytes, as the manager writes it: any
+    // other spelling could never verify against the nonce a verifier sent.
+    let canonical_nonce = nonce.len() % 2 == 0
+        && nonce.len() / 2 <= MAX_NONCE_BYTES
+        && nonce
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    if !canonical_nonce {
+        return None;
+    }
     let attestation = Attestation {
         version,
         worker_id,

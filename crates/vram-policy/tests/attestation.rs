@@ -108,6 +108,23 @@ fn only_canonical_statements_decode() {
     assert!(decode_statement(&trailing).is_none());
     assert!(decode_statement(&statement[..statement.len() - 1]).is_none());
     assert!(decode_statement(&[]).is_none());
+    // A nonce in another spelling than lowercase hex (found by the `attestation` fuzz target: it
+    // decoded, but could never verify against the nonce sent).
+    let mut att = decode_statement(&statement).unwrap();
+    assert!(!att.nonce.is_empty());
+    for nonce in [
+        att.nonce.to_uppercase(),
+        format!("{}0", att.nonce),
+        "zz".to_owned(),
+        "ab".repeat(257),
+    ] {
+        att.nonce = nonce;
+        assert!(
+            decode_statement(&att.statement_bytes().unwrap()).is_none(),
+            "{}",
+            att.nonce
+        );
+    }
     // A list count far larger than the input is refused without allocating for it.
     let mut huge = vec![1u8];
     for text in [

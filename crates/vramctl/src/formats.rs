@@ -9,7 +9,7 @@ use serde::Serialize;
 /// What a file is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "format", rename_all = "lowercase")]
-pub(crate) enum ModelFormat {
+pub enum ModelFormat {
     /// A safetensors file.
     Safetensors {
         /// Number of tensors.
@@ -33,14 +33,16 @@ pub(crate) enum ModelFormat {
 }
 
 impl ModelFormat {
-    pub(crate) fn describe(&self) -> String {
+    /// One line for operators: format, tensor count, types, parameter bytes.
+    #[must_use]
+    pub fn describe(&self) -> String {
         match self {
             Self::Safetensors {
                 tensors,
                 parameter_bytes,
             } => format!(
                 "safetensors, {tensors} tensors, {} of parameters",
-                crate::output::human_bytes(*parameter_bytes)
+                crate::units::human_bytes(*parameter_bytes)
             ),
             Self::Gguf {
                 version,
@@ -56,7 +58,7 @@ impl ModelFormat {
                     } else {
                         format!(" ({})", types.join(", "))
                     },
-                    crate::output::human_bytes(*parameter_bytes)
+                    crate::units::human_bytes(*parameter_bytes)
                 )
             }
             Self::Raw => "raw bytes".to_owned(),
@@ -66,7 +68,10 @@ impl ModelFormat {
 
 /// Recognises a model file of `file_len` bytes (named `path`) from its first bytes `head` (at
 /// least the whole header); a malformed safetensors or GGUF header is an error.
-pub(crate) fn recognise(path: &Path, head: &[u8], file_len: u64) -> Result<ModelFormat, String> {
+///
+/// # Errors
+/// A one-line reason when a safetensors or GGUF header is malformed, or the file is cut short.
+pub fn recognise(path: &Path, head: &[u8], file_len: u64) -> Result<ModelFormat, String> {
     let extension = path
         .extension()
         .and_then(|e| e.to_str())

@@ -10,7 +10,6 @@ mod cli;
 mod commands;
 mod error;
 mod files;
-mod formats;
 mod keys;
 mod metrics_server;
 mod notify;

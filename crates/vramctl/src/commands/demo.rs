@@ -12,9 +12,9 @@ use vram_residency::VramError;
 use crate::cli::{BackendArgs, BackendChoice};
 use crate::commands::seal::shard_id_for;
 use crate::error::{CliError, CliResult, Exit};
-use crate::formats::recognise;
 use crate::output::{Output, human_bytes};
 use crate::session;
+use vramctl::formats::recognise;
 
 /// Writes a small model: three f32 tensors, 5 MiB of parameters, deterministic values.
 fn write_sample_model(path: &Path) -> CliResult<()> {

@@ -19,6 +19,7 @@ use crate::cli::DigestArgs;
 use crate::error::{CliError, CliResult, Exit};
 use crate::files::{ProgressSource, READ_CHUNK, open_model};
 use crate::output::{self, Output};
+use vramctl::manifest::{checksum_line, escape_name, parse_line, tagged};
 
 pub(crate) fn algorithm(flat: bool, leaf: Option<u64>) -> CliResult<DigestAlgorithm> {
     match (flat, leaf) {
@@ -28,29 +29,6 @@ pub(crate) fn algorithm(flat: bool, leaf: Option<u64>) -> CliResult<DigestAlgori
             DigestAlgorithm::tree(l).map_err(|e| CliError::bad_input(format!("--leaf: {e}")))
         }
     }
-}
-
-/// A digest as it stands alone: bare hex for the flat SHA-256 (as `sha256sum`), `ALG:HEX`
-/// for every other algorithm.
-pub(crate) fn tagged(alg: DigestAlgorithm, digest: &ShardDigest) -> String {
-    match alg {
-        DigestAlgorithm::Sha256 => digest.to_hex(),
-        tree => format!("{tree}:{}", digest.to_hex()),
-    }
-}
-
-/// Parses a digest as it stands alone: `sha256:HEX` or `SHA256:HEX` (flat), `ALG:HEX` for a
-/// tree algorithm, or bare 64 hex characters read as `bare`.
-pub(crate) fn parse_tagged(
-    text: &str,
-    bare: DigestAlgorithm,
-) -> Option<(DigestAlgorithm, ShardDigest)> {
-    let (alg, hex) = match text.split_once(':') {
-        Some((tag, hex)) if tag.eq_ignore_ascii_case("sha256") => (DigestAlgorithm::Sha256, hex),
-        Some((tag, hex)) => (tag.parse().ok()?, hex),
-        None => (bare, text),
-    };
-    Some((alg, ShardDigest::from_hex(hex).ok()?))
 }
 
 /// Digest of a file: positioned reads overlapping with hashing, tree leaves in parallel.
@@ -99,44 +77,6 @@ fn digest_named(name: &Path, alg: DigestAlgorithm, out: Output) -> CliResult<Sha
     }
 }
 
-/// A file name as coreutils writes it in a checksum line: with `\`, `\n` or `\r` escaped,
-/// and whether the line then needs its leading `\`.
-fn escape_name(name: &str) -> (bool, String) {
-    let escaped = name
-        .replace('\\', "\\\\")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r");
-    (escaped.len() != name.len(), escaped)
-}
-
-fn unescape_name(name: &str) -> Option<String> {
-    let mut out = String::with_capacity(name.len());
-    let mut chars = name.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next()? {
-            '\\' => out.push('\\'),
-            'n' => out.push('\n'),
-            'r' => out.push('\r'),
-            _ => return None,
-        }
-    }
-    Some(out)
-}
-
-/// `DIGEST  NAME` (or `\DIGEST  NAME` when the name is escaped).
-fn checksum_line(alg: DigestAlgorithm, digest: &ShardDigest, name: &str) -> String {
-    let (escaped, name) = escape_name(name);
-    format!(
-        "{}{}  {name}",
-        if escaped { "\\" } else { "" },
-        tagged(alg, digest)
-    )
-}
-
 pub(crate) fn run(out: Output, args: &DigestArgs) -> CliResult<Exit> {
     if let Some(manifest) = &args.check {
         return check(out, manifest);
@@ -154,22 +94,6 @@ pub(crate) fn run(out: Output, args: &DigestArgs) -> CliResult<Exit> {
         out.json(&json!({ "file": name, "algorithm": alg.to_string(), "digest": digest.to_hex(), "tagged": tagged(alg, &digest) }));
     }
     Ok(Exit::Ok)
-}
-
-/// One manifest line: `[\]DIGEST  NAME` or `[\]DIGEST *NAME`.
-pub(crate) fn parse_line(line: &str) -> Option<(DigestAlgorithm, ShardDigest, String)> {
-    let (escaped, line) = match line.strip_prefix('\\') {
-        Some(rest) => (true, rest),
-        None => (false, line),
-    };
-    let (digest, name) = line.split_once("  ").or_else(|| line.split_once(" *"))?;
-    let (alg, digest) = parse_tagged(digest, DigestAlgorithm::Sha256)?;
-    let name = if escaped {
-        unescape_name(name)?
-    } else {
-        name.to_owned()
-    };
-    (!name.is_empty()).then_some((alg, digest, name))
 }
 
 /// `--check MANIFEST`: verifies every line as `sha256sum -c` does: `NAME: OK`, `NAME: FAILED`

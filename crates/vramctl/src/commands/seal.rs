@@ -17,13 +17,13 @@ use vram_residency::{
 use crate::cli::{BackendArgs, BackendChoice, SealArgs};
 use crate::error::{CliError, CliResult, Exit};
 use crate::files::ProgressSource;
-use crate::formats::{ModelFormat, recognise};
 use crate::metrics_server::MetricsServer;
 use crate::notify::Notifier;
 use crate::output::{self, Output, human_bytes};
 use crate::session::{AuditTarget, Session};
 use crate::signals::Signals;
 use crate::{files, keys, session};
+use vramctl::formats::{ModelFormat, recognise};
 
 /// What a file must hash to, from `--expect` or a manifest line.
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +79,7 @@ fn check_distinct_ids(requested: &[Requested]) -> CliResult<()> {
 /// `ALG:HEX` as `vramctl digest` prints it, `sha256:HEX` (or `SHA256:HEX`) for a flat SHA-256
 /// (`sha256sum`, a Hugging Face LFS oid), or bare `HEX` for the default tree digest.
 fn parse_expected(value: &str) -> CliResult<Expected> {
-    let (algorithm, digest) = super::digest::parse_tagged(value, DigestAlgorithm::default())
+    let (algorithm, digest) = vramctl::manifest::parse_tagged(value, DigestAlgorithm::default())
         .ok_or_else(|| {
             CliError::bad_input(format!(
                 "--expect {value:?} is not a digest; give what `vramctl digest FILE` prints (sha256-tree-65536:HEX), or sha256:HEX for a flat SHA-256"
@@ -152,7 +152,7 @@ fn read_manifest(manifest: &Path) -> CliResult<Vec<Requested>> {
         if line.trim().is_empty() {
             continue;
         }
-        let (algorithm, digest, name) = super::digest::parse_line(line).ok_or_else(|| {
+        let (algorithm, digest, name) = vramctl::manifest::parse_line(line).ok_or_else(|| {
             CliError::bad_input(format!(
                 "{}:{number}: improperly formatted checksum line; expected `HEX  FILE` (sha256sum) or `sha256-tree-65536:HEX  FILE` (vramctl digest)",
                 manifest.display()

@@ -1,0 +1,86 @@
+//! Checksum manifest lines, as `sha256sum` writes and reads them, extended with tree digests
+//! that carry their algorithm (`sha256-tree-65536:HEX  FILE`): a digest that stands alone can
+//! never be mistaken for the flat SHA-256 of other bytes (`.specs/digest.md`).
+
+use vram_residency::{DigestAlgorithm, ShardDigest};
+
+/// A digest as it stands alone: bare hex for the flat SHA-256 (as `sha256sum`), `ALG:HEX`
+/// for every other algorithm.
+#[must_use]
+pub fn tagged(alg: DigestAlgorithm, digest: &ShardDigest) -> String {
+    match alg {
+        DigestAlgorithm::Sha256 => digest.to_hex(),
+        tree => format!("{tree}:{}", digest.to_hex()),
+    }
+}
+
+/// Parses a digest as it stands alone: `sha256:HEX` or `SHA256:HEX` (flat), `ALG:HEX` for a
+/// tree algorithm, or bare 64 hex characters read as `bare`.
+#[must_use]
+pub fn parse_tagged(text: &str, bare: DigestAlgorithm) -> Option<(DigestAlgorithm, ShardDigest)> {
+    let (alg, hex) = match text.split_once(':') {
+        Some((tag, hex)) if tag.eq_ignore_ascii_case("sha256") => (DigestAlgorithm::Sha256, hex),
+        Some((tag, hex)) => (tag.parse().ok()?, hex),
+        None => (bare, text),
+    };
+    Some((alg, ShardDigest::from_hex(hex).ok()?))
+}
+
+/// A file name as coreutils writes it in a checksum line: with `\`, `\n` or `\r` escaped,
+/// and whether the line then needs its leading `\`.
+#[must_use]
+pub fn escape_name(name: &str) -> (bool, String) {
+    let escaped = name
+        .replace('\\', "\\\\")
+        .replace('\n', "\\n")
+        .replace('\r', "\\r");
+    (escaped.len() != name.len(), escaped)
+}
+
+/// The inverse of [`escape_name`]; `None` for an escape coreutils never writes.
+#[must_use]
+pub fn unescape_name(name: &str) -> Option<String> {
+    let mut out = String::with_capacity(name.len());
+    let mut chars = name.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            '\\' => out.push('\\'),
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// `DIGEST  NAME` (or `\DIGEST  NAME` when the name is escaped).
+#[must_use]
+pub fn checksum_line(alg: DigestAlgorithm, digest: &ShardDigest, name: &str) -> String {
+    let (escaped, name) = escape_name(name);
+    format!(
+        "{}{}  {name}",
+        if escaped { "\\" } else { "" },
+        tagged(alg, digest)
+    )
+}
+
+/// One manifest line: `[\]DIGEST  NAME` or `[\]DIGEST *NAME`.
+#[must_use]
+pub fn parse_line(line: &str) -> Option<(DigestAlgorithm, ShardDigest, String)> {
+    let (escaped, line) = match line.strip_prefix('\\') {
+        Some(rest) => (true, rest),
+        None => (false, line),
+    };
+    let (digest, name) = line.split_once("  ").or_else(|| line.split_once(" *"))?;
+    let (alg, digest) = parse_tagged(digest, DigestAlgorithm::Sha256)?;
+    let name = if escaped {
+        unescape_name(name)?
+    } else {
+        name.to_owned()
+    };
+    (!name.is_empty()).then_some((alg, digest, name))
+}
