@@ -60,6 +60,8 @@
 pub mod audit;
 pub mod backend;
 mod capacity;
+#[cfg(test)]
+mod capacity_tests;
 mod manager;
 mod metrics;
 mod sync;

@@ -15,3 +15,10 @@ pub(crate) fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 pub(crate) fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     m.write().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// The atomics of the capacity accounting; `tests/loom_capacity.rs` compiles `capacity.rs`
+/// against loom's instead, to model-check every interleaving.
+pub(crate) mod atomics {
+    pub(crate) use std::sync::Arc;
+    pub(crate) use std::sync::atomic::{AtomicUsize, Ordering};
+}

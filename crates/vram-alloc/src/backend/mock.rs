@@ -47,6 +47,8 @@ struct Faults {
     fail_uploads: u32,
     fail_reads: u32,
     fail_frees: u32,
+    /// Fallible backend calls to let through before one fails, whatever it is.
+    fail_call_after: Option<u64>,
     next_allocation_facts: Option<AllocationFacts>,
 }
 
@@ -165,6 +167,21 @@ impl MockBackend {
     }
 
     #[cfg(feature = "test-utils")]
+    /// After `calls` more fallible backend calls succeed, the next one fails, whatever it is:
+    /// device facts, memory info, allocation, upload, digest read-back, allocation facts or
+    /// free (a fault at any point of any operation; `None` cancels).
+    pub fn fail_call_after(&self, calls: Option<u64>) {
+        lock(&self.faults).fail_call_after = calls;
+    }
+
+    #[cfg(feature = "test-utils")]
+    /// Whether the fault set with [`Self::fail_call_after`] is still waiting to fire.
+    #[must_use]
+    pub fn call_fault_pending(&self) -> bool {
+        lock(&self.faults).fail_call_after.is_some()
+    }
+
+    #[cfg(feature = "test-utils")]
     /// The next allocation reports these facts (simulates managed, pinned or host memory).
     pub fn next_allocation_reports(&self, facts: AllocationFacts) {
         lock(&self.faults).next_allocation_facts = Some(facts);
@@ -240,7 +257,36 @@ impl MockBackend {
         self.buffers.get(id)
     }
 
+    /// Counts one fallible call against [`Self::fail_call_after`]; true when this one fails.
+    fn any_call_fails(&self) -> bool {
+        let mut faults = lock(&self.faults);
+        match faults.fail_call_after {
+            Some(0) => {
+                faults.fail_call_after = None;
+                true
+            }
+            Some(n) => {
+                faults.fail_call_after = Some(n.saturating_sub(1));
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// An injected fault of a call that is not a copy.
+    fn call_fault(device: u32, operation: &'static str) -> VramError {
+        VramError::CudaOperationFailed {
+            device,
+            operation,
+            cuda_error: "CUDA_ERROR_UNKNOWN: injected fault (mock)".into(),
+            code: Some(MOCK_FAULT_CODE),
+        }
+    }
+
     fn take_fault(&self, pick: impl FnOnce(&mut Faults) -> &mut u32) -> bool {
+        if self.any_call_fails() {
+            return true;
+        }
         let mut faults = lock(&self.faults);
         let n = pick(&mut faults);
         if *n > 0 {
@@ -279,11 +325,18 @@ impl Backend for MockBackend {
     }
 
     fn device_facts(&self, device: u32) -> Result<DeviceFacts, VramError> {
-        Ok(read(&self.device(device)?.facts).clone())
+        let d = self.device(device)?;
+        if self.any_call_fails() {
+            return Err(Self::call_fault(device, "cuDeviceGetAttribute"));
+        }
+        Ok(read(&d.facts).clone())
     }
 
     fn memory_info(&self, device: u32) -> Result<MemoryInfo, VramError> {
         let d = self.device(device)?;
+        if self.any_call_fails() {
+            return Err(Self::call_fault(device, "cuMemGetInfo"));
+        }
         let total = read(&d.facts).total_memory;
         Ok(MemoryInfo {
             free: total.saturating_sub(d.used.load(Ordering::Acquire)),
@@ -392,6 +445,9 @@ impl Backend for MockBackend {
 
     fn allocation_facts(&self, buffer: BufferId, len: usize) -> Result<AllocationFacts, VramError> {
         let b = self.buffer(buffer)?;
+        if self.any_call_fails() {
+            return Err(Self::call_fault(b.device, "cuPointerGetAttributes"));
+        }
         let mut facts = b.facts;
         facts.covers_shard = facts.covers_shard && read(&b.data).len() >= len;
         Ok(facts)

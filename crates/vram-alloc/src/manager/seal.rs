@@ -20,7 +20,7 @@ use super::seal_options::{CrossCheck, SealOptions};
 use super::shared::{Claim, Shared};
 use crate::audit::AuditEvent;
 use crate::backend::{BufferId, ChunkObserver, round_up};
-use crate::capacity::Reservation;
+use crate::capacity::{DeviceCapacity, Reservation};
 use crate::manager::resident::ResidentAllocation;
 
 /// What the caller asked to seal.
@@ -144,10 +144,8 @@ fn reserve(
             device,
         }
     };
-    let reservation = shared
-        .capacity(device)?
-        .try_reserve(needed)
-        .map_err(refuse)?;
+    let reservation =
+        DeviceCapacity::try_reserve(shared.capacity(device)?, needed).map_err(refuse)?;
     // Our accounting admits it; the device must also have it free now (other processes count).
     let free = shared.backend.memory_info(device)?.free;
     if free < needed {
