@@ -62,9 +62,13 @@ pub mod backend;
 mod capacity;
 #[cfg(test)]
 mod capacity_tests;
+mod clock;
 mod manager;
 mod metrics;
 mod sync;
+
+#[cfg(feature = "test-utils")]
+pub use clock::ManualClock;
 
 pub use manager::{GroupPart, SealOptions, SealedGroup, VramManager, VramManagerBuilder};
 pub use metrics::{DeviceUsage, VramMetrics};

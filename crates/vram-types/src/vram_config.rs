@@ -23,7 +23,8 @@ pub struct VramConfig {
     pub digest_algorithm: DigestAlgorithm,
     /// Whether seals cover the seal time (default true; false for determinism tests).
     pub include_seal_time: bool,
-    /// Refuse seals older than this at verification (default: no limit).
+    /// Refuse seals older than this at verification (default: no limit). The age is measured on
+    /// a monotonic clock from the moment of sealing: wall-clock steps do not change it.
     pub max_seal_age: Option<Duration>,
     /// Stop accepting work after a failed verification (the contract's "worker transitions to
     /// Stopped"; default true).

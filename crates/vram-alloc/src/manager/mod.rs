@@ -20,6 +20,7 @@ use vram_types::{
 use crate::audit::{AuditEvent, AuditSink, InMemoryAuditSink};
 use crate::backend::{Backend, CudaBackend, MockBackend, round_up};
 use crate::capacity::DeviceCapacity;
+use crate::clock::{Clock, SystemClock};
 use crate::metrics::VramMetrics;
 pub use group::{GroupPart, SealedGroup};
 use seal::SealRequest;
@@ -55,6 +56,7 @@ pub struct VramManagerBuilder {
     key: Option<SealKey>,
     audit: Option<Arc<dyn AuditSink>>,
     backend: Option<Arc<dyn Backend>>,
+    clock: Option<Arc<dyn Clock>>,
 }
 
 impl VramManagerBuilder {
@@ -83,6 +85,14 @@ impl VramManagerBuilder {
     #[must_use]
     pub fn mock(mut self, backend: Arc<MockBackend>) -> Self {
         self.backend = Some(backend);
+        self
+    }
+
+    /// Reads time from `clock` instead of the system's (tests of seal ages and clock jumps).
+    #[cfg(feature = "test-utils")]
+    #[must_use]
+    pub fn clock(mut self, clock: Arc<crate::clock::ManualClock>) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -126,7 +136,8 @@ impl VramManagerBuilder {
         let audit = self
             .audit
             .unwrap_or_else(|| Arc::new(InMemoryAuditSink::new()));
-        let manager = VramManager::assemble(backend, config, key, capacities, audit);
+        let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock::new()));
+        let manager = VramManager::assemble(backend, config, key, capacities, audit, clock);
         if manager.backend_kind() == BackendKind::Cuda {
             check_devices_at_start(&manager.shared)?;
         }
@@ -245,6 +256,7 @@ impl VramManager {
             key,
             vec![DeviceCapacity::new(capacity)],
             audit,
+            Arc::new(SystemClock::new()),
         )
     }
 
@@ -255,8 +267,9 @@ impl VramManager {
         key: SealKey,
         capacities: Vec<Arc<DeviceCapacity>>,
         audit: Arc<dyn AuditSink>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
-        let shared = Arc::new(Shared::new(backend, config, key, capacities, audit));
+        let shared = Arc::new(Shared::new(backend, config, key, capacities, audit, clock));
         for d in 0..shared.backend.device_count() {
             shared.refresh_capacity_metrics(d);
         }

@@ -4,7 +4,7 @@
 //! verified. Nothing here can be asked to sign a statement or to write an audit record of the
 //! caller's choosing.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use vram_policy::{
     ATTESTATION_VERSION, Attestation, MAX_NONCE_BYTES, PolicyFinding, PolicyReport, rules,
@@ -181,7 +181,9 @@ impl VramManager {
             device_ordinal: facts.device_ordinal,
             covers_shard: facts.covers_shard,
             checks_passed: CHECKS_PASSED.map(str::to_owned).to_vec(),
-            attested_at_ms: SystemTime::now()
+            attested_at_ms: shared
+                .clock
+                .wall()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             nonce: hex::encode(nonce),

@@ -21,6 +21,8 @@ pub(crate) struct ResidentAllocation {
     /// What was sealed (shard id, device, length, digest, ...): a verification that fails can
     /// name the field that differs.
     sealed: SealedFields,
+    /// The manager's monotonic clock when it was sealed, for the seal's age.
+    sealed_at_monotonic: std::time::Duration,
 }
 
 impl ResidentAllocation {
@@ -32,12 +34,22 @@ impl ResidentAllocation {
         sealed: SealedFields,
     ) -> Self {
         Self {
-            shared,
             buffer,
             correlation_id,
             reservation: Some(reservation),
             sealed,
+            sealed_at_monotonic: shared.clock.monotonic(),
+            shared,
         }
+    }
+
+    /// How long ago it was sealed, on the manager's monotonic clock (wall-clock steps do not
+    /// change it).
+    pub(crate) fn age(&self) -> std::time::Duration {
+        self.shared
+            .clock
+            .monotonic()
+            .saturating_sub(self.sealed_at_monotonic)
     }
 
     pub(crate) fn buffer(&self) -> BufferId {

@@ -6,7 +6,7 @@
 //! Rejected input returns before anything is reserved or audited.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use vram_policy::rules;
 use vram_seal::{ShardDigest, compute_signature};
@@ -297,7 +297,15 @@ fn prepare(
         Some(c) => c,
         None => shared.claim(&shard_id)?,
     };
-    let now = SystemTime::now();
+    let now = shared.clock.wall();
+    // A seal time is seconds since 1970 (`.specs/seal.md`): a clock that reads earlier is
+    // wrong, and is said to be, instead of failing as a malformed seal.
+    if shared.config.include_seal_time && now < UNIX_EPOCH {
+        return Err(VramError::invalid_input(
+            "system clock",
+            "reads before 1970-01-01, so no seal time can be written; set the clock (NTP) and seal again",
+        ));
+    }
     let fields = SealedFields {
         shard_id: shard_id.clone(),
         gpu_device: device,

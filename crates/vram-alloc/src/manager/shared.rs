@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use vram_seal::SealKey;
 use vram_types::{AuditFailurePolicy, VramConfig, VramError};
@@ -14,6 +14,7 @@ use vram_types::{AuditFailurePolicy, VramConfig, VramError};
 use crate::audit::{AuditError, AuditEvent, AuditRecord, AuditSink, Severity};
 use crate::backend::{Backend, BufferId};
 use crate::capacity::DeviceCapacity;
+use crate::clock::Clock;
 use crate::manager::resident::ResidentAllocation;
 use crate::metrics::{DeviceUsage, Metrics};
 use crate::sync::lock;
@@ -32,6 +33,7 @@ pub(crate) struct Shared {
     pub(crate) capacities: Vec<Arc<DeviceCapacity>>,
     pub(crate) audit: Arc<dyn AuditSink>,
     pub(crate) metrics: Metrics,
+    pub(crate) clock: Arc<dyn Clock>,
     registry: Mutex<Registry>,
     stopped: Mutex<Option<String>>,
     run_id: String,
@@ -45,6 +47,7 @@ impl Shared {
         key: SealKey,
         capacities: Vec<Arc<DeviceCapacity>>,
         audit: Arc<dyn AuditSink>,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         let mut nonce = [0u8; 4];
         let run_id = match getrandom::fill(&mut nonce) {
@@ -58,6 +61,7 @@ impl Shared {
             capacities,
             audit,
             metrics: Metrics::new(),
+            clock,
             registry: Mutex::new(Registry::default()),
             stopped: Mutex::new(None),
             run_id,
@@ -139,7 +143,9 @@ impl Shared {
     fn store(&self, correlation_id: &str, event: AuditEvent) -> Result<(), AuditError> {
         let severity = event.severity();
         let record = AuditRecord {
-            timestamp_ms: SystemTime::now()
+            timestamp_ms: self
+                .clock
+                .wall()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             worker_id: self.config.worker_id.clone(),

@@ -3,7 +3,7 @@
 //! sealed digest. Every outcome is audited; a security failure can stop the manager.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use vram_seal::{ShardDigest, verify_signature};
 use vram_types::{GpuShare, SealFailure, SealedFields, SealedShard, VramError};
@@ -114,12 +114,10 @@ fn check(
     }
     // Same fields: the seal itself must still match them (a replaced signature fails here).
     verify_signature(&shared.key, &fields, shard.seal_signature())?;
-    if let Some(max) = shared.config.max_seal_age
-        && shard.seal_time_covered()
-    {
-        let age = SystemTime::now()
-            .duration_since(shard.sealed_at)
-            .unwrap_or_default();
+    // The age is measured on the monotonic clock from the moment this manager sealed it: a
+    // wall clock stepped back or forward neither expires the seal early nor extends it.
+    if let Some(max) = shared.config.max_seal_age {
+        let age = resident.age();
         if age > max {
             return Err(VramError::SealExpired {
                 shard_id: shard.shard_id.clone(),
