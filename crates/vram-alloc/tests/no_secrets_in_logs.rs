@@ -36,6 +36,7 @@ impl Write for Capture {
 }
 
 const TOKEN: &[u8] = b"super-secret-worker-token-4f1d9a";
+const FORGED_ID: &str = "llama\nFORGED 2026-01-01 INFO seal verified\u{1b}[31m\r";
 
 fn scenario(audit_path: &std::path::Path) -> (String, Vec<u8>) {
     let capture = Capture::default();
@@ -76,6 +77,11 @@ fn scenario(audit_path: &std::path::Path) -> (String, Vec<u8>) {
         let _ = manager.seal_model(&model(20 * MIB, 1), 0);
         let _ = manager.seal_model_with_id("../bad", &model(1, 1), 0);
         tracing::info!(?shard, "debug print of a shard");
+        // A caller that edits a shard id to forge log lines or colour a terminal gets its id
+        // escaped in every log line.
+        let mut forged = shard.clone();
+        forged.shard_id = FORGED_ID.into();
+        assert!(manager.verify_sealed(&forged).is_err());
         mock.corrupt_byte(&shard, 5).unwrap();
         assert!(manager.verify_sealed(&shard).is_err());
         drop(shard);
@@ -94,6 +100,10 @@ fn logs_and_audit_records_never_show_keys_or_pointers() {
         "{logs}"
     );
     assert!(audit.lines().count() >= 5, "{audit}");
+    // Log hygiene: the edited id reached no line raw.
+    assert!(logs.contains("seal verification failed"), "{logs}");
+    assert!(!logs.lines().any(|l| l.starts_with("FORGED")), "{logs}");
+    assert!(!logs.contains('\u{1b}') && !logs.contains('\r'), "{logs:?}");
     for text in [&logs, &audit] {
         let hex_key: String = key.iter().map(|b| format!("{b:02x}")).collect();
         assert!(!text.contains(&hex_key));

@@ -59,6 +59,7 @@ pub(super) fn verify(
     let checked = check(shared, shard, share, &correlation_id);
     let result = match checked {
         Ok(()) => {
+            // Passed: the id is the one this manager validated and sealed.
             tracing::info!(shard_id = %shard.shard_id, result = "pass", "seal verified");
             // Fail-closed: a pass that cannot be recorded is not a pass.
             shared
@@ -72,7 +73,8 @@ pub(super) fn verify(
                 .inspect(|()| shared.metrics.set_last_verified(&shard.shard_id))
         }
         Err(e) => {
-            tracing::error!(shard_id = %shard.shard_id, result = "fail", error = %e, "seal verification failed");
+            // The caller's id, possibly edited (line breaks, terminal escapes): escaped.
+            tracing::error!(shard_id = ?shard.shard_id, result = "fail", error = %e, "seal verification failed");
             shared.record_or_stop(
                 &correlation_id,
                 AuditEvent::SealVerificationFailed {
