@@ -191,7 +191,20 @@ fn ci() -> Result<(), DynError> {
             "--tests",
         ]);
     }
+    // Proof bundles (`.specs/proof-bundle.md`) go to one run directory, checked below.
+    let proof_dir = env::var_os("LLORCH_PROOF_DIR")
+        .map_or_else(|| project_root().join("target/proof_bundle"), PathBuf::from);
+    let run_id = env::var("LLORCH_RUN_ID").unwrap_or_else(|_| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        format!("ci-{secs}")
+    });
+    tests
+        .env("LLORCH_PROOF_DIR", &proof_dir)
+        .env("LLORCH_RUN_ID", &run_id);
     run("tests", tests)?;
+    check_proof_bundles(&proof_dir.join("unit").join(&run_id))?;
 
     let mut doctests = cargo();
     doctests.args(["test", "--workspace", "--all-features", "--doc"]);
@@ -223,6 +236,42 @@ fn ci() -> Result<(), DynError> {
     run("cargo deny check licenses bans sources", deny)?;
     eprintln!("note: cargo deny advisories skipped (the advisory database needs the network)");
     eprintln!("\nxtask ci: all checks passed");
+    Ok(())
+}
+
+/// The test run left a proof bundle per manager suite, each line with its test, seeds and
+/// VRAM allocation timeline.
+fn check_proof_bundles(run_dir: &Path) -> Result<(), DynError> {
+    eprintln!("\n==> proof bundles in {}", run_dir.display());
+    let mut lines = 0usize;
+    let mut timeline_events = 0usize;
+    for suite in ["vram-alloc-fault_injection", "vram-alloc-manager_behaviour"] {
+        let dir = run_dir.join(suite);
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|e| format!("no proof bundle for {suite} in {} ({e})", dir.display()))?;
+        for entry in entries {
+            let text = std::fs::read_to_string(entry?.path())?;
+            for line in text.lines() {
+                let v: serde_json::Value = serde_json::from_str(line)?;
+                let field = |name: &str| v.get(name).cloned().unwrap_or_default();
+                if field("test").as_str().is_none() || !field("seeds").is_object() {
+                    return Err(
+                        format!("{suite}: a bundle line without test or seeds: {line}").into(),
+                    );
+                }
+                let timeline = field("allocation_timeline");
+                let events = timeline
+                    .as_array()
+                    .ok_or_else(|| format!("{suite}: a bundle line without a timeline"))?;
+                timeline_events = timeline_events.saturating_add(events.len());
+                lines = lines.saturating_add(1);
+            }
+        }
+    }
+    if timeline_events == 0 {
+        return Err("the proof bundles hold no allocation event".into());
+    }
+    eprintln!("{lines} bundle lines, {timeline_events} allocation events");
     Ok(())
 }
 

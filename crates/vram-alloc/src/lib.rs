@@ -65,6 +65,8 @@ mod capacity_tests;
 mod clock;
 mod manager;
 mod metrics;
+#[cfg(feature = "test-utils")]
+pub mod proof_bundle;
 mod sync;
 
 #[cfg(feature = "test-utils")]

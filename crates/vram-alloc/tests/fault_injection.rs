@@ -170,6 +170,8 @@ proptest! {
         fault_after in proptest::option::of(0u64..160),
     ) {
         let r = two_devices();
+        r.note_seed("fault_after", fault_after);
+        r.note_seed("ops", format!("{ops:?}"));
         r.mock.fail_call_after(fault_after);
         let (sealed, live) = run(&r, &ops, 0, true);
         drop(live);
@@ -183,6 +185,8 @@ proptest! {
         fault_after in proptest::option::of(0u64..300),
     ) {
         let r = Arc::new(two_devices());
+        r.note_seed("fault_after", fault_after);
+        r.note_seed("ops", format!("{ops:?}"));
         r.mock.fail_call_after(fault_after);
         let results: Vec<(u64, Vec<SealedShard>)> = std::thread::scope(|s| {
             let handles: Vec<_> = ops

@@ -22,6 +22,70 @@ pub struct Rig {
     pub manager: VramManager,
     pub mock: Arc<MockBackend>,
     pub audit: Arc<InMemoryAuditSink>,
+    /// Inputs a test drew at random, for its proof bundle.
+    pub seeds: std::sync::Mutex<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Rig {
+    /// Notes a random input for the proof bundle.
+    pub fn note_seed(&self, name: &str, value: impl serde::Serialize) {
+        self.seeds
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), serde_json::to_value(value).unwrap());
+    }
+}
+
+/// Appends the proof bundle line of a manager a test made (`.specs/proof-bundle.md`): the test,
+/// its seeds, the manager's metrics and the VRAM allocation timeline from its audit records.
+fn write_proof_bundle(manager: &VramManager, audit: &InMemoryAuditSink, seeds: serde_json::Value) {
+    use vram_alloc::proof_bundle::{ProofBundle, allocation_timeline};
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("unnamed");
+    let suite = std::env::args()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
+        .unwrap_or_default();
+    let suite = suite.split('-').next().unwrap_or_default();
+    let m = manager.metrics();
+    let entry = serde_json::json!({
+        "crate": env!("CARGO_PKG_NAME"),
+        "suite": suite,
+        "test": test,
+        "backend": manager.backend_kind().as_str(),
+        "devices": manager.device_count(),
+        "total_vram": manager.total_vram(),
+        "used_vram_at_end": manager.used_vram(),
+        "stopped": manager.is_stopped(),
+        "seeds": seeds,
+        "metrics": {
+            "seals_succeeded": m.seals_succeeded,
+            "verifications_succeeded": m.verifications_succeeded,
+            "verifications_failed": m.verifications_failed,
+            "audit_failures": m.audit_failures,
+        },
+        "evicted_audit_records": audit.evicted(),
+        "allocation_timeline": allocation_timeline(&audit.records()),
+    });
+    let bundle = ProofBundle::from_env();
+    let suite_dir = format!("{}-{suite}", env!("CARGO_PKG_NAME"));
+    if let Err(e) = bundle.append(&suite_dir, test, &entry) {
+        eprintln!(
+            "proof bundle not written to {}: {e}",
+            bundle.dir().display()
+        );
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let seeds = serde_json::Value::Object(std::mem::take(&mut *self.seeds.lock().unwrap()));
+        write_proof_bundle(&self.manager, &self.audit, seeds);
+    }
 }
 
 pub fn rig_with(mock: MockBackend, config: VramConfig) -> Rig {
@@ -38,6 +102,7 @@ pub fn rig_with(mock: MockBackend, config: VramConfig) -> Rig {
         manager,
         mock,
         audit,
+        seeds: std::sync::Mutex::default(),
     }
 }
 
@@ -76,6 +141,12 @@ pub struct AnyRig {
     pub manager: VramManager,
     pub audit: Arc<InMemoryAuditSink>,
     mock: Option<Arc<MockBackend>>,
+}
+
+impl Drop for AnyRig {
+    fn drop(&mut self) {
+        write_proof_bundle(&self.manager, &self.audit, serde_json::json!({}));
+    }
 }
 
 impl AnyRig {
