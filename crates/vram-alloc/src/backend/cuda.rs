@@ -143,11 +143,16 @@ impl CudaBackend {
     /// Inverts the byte at `offset` of the buffer with a raw copy, behind the manager's back
     /// (simulated VRAM corruption; test builds only).
     #[cfg(feature = "test-utils")]
-    pub(crate) fn flip_byte(&self, buffer: BufferId, offset: usize) -> Result<(), VramError> {
+    pub(crate) fn flip_byte(
+        &self,
+        buffer: BufferId,
+        offset: usize,
+        mask: u8,
+    ) -> Result<(), VramError> {
         let b = self.buffer(buffer)?;
         let mut byte = [0u8; 1];
         b.read(offset, &mut byte)?;
-        b.write(offset, &byte.map(|v| !v))
+        b.write(offset, &byte.map(|v| v ^ mask))
     }
 }
 

@@ -227,19 +227,19 @@ impl MockBackend {
                 format!("{offset} is outside the {}-byte shard", resident.len()),
             ));
         }
-        self.flip(resident.buffer(), offset)
+        self.flip(resident.buffer(), offset, 0xff)
             .map_err(|_| not_sealed())
     }
 
     #[cfg(feature = "test-utils")]
-    /// Inverts one byte of a buffer.
-    pub(crate) fn flip(&self, buffer: BufferId, offset: usize) -> Result<(), VramError> {
+    /// XORs one byte of a buffer with `mask`.
+    pub(crate) fn flip(&self, buffer: BufferId, offset: usize, mask: u8) -> Result<(), VramError> {
         let b = self.buffer(buffer)?;
         let mut data = write(&b.data);
         let byte = data.get_mut(offset).ok_or_else(|| {
             VramError::invalid_input("offset", format!("{offset} is outside the buffer"))
         })?;
-        *byte = !*byte;
+        *byte ^= mask;
         Ok(())
     }
 

@@ -516,13 +516,28 @@ impl VramManager {
     /// test for "a corrupted weight never serves silently".
     ///
     /// # Errors
-    /// [`VramError::NotSealed`] for a shard of another manager; [`VramError::InvalidInput`] for
-    /// an offset outside the shard; CUDA errors.
+    /// As [`Self::flip_bits_for_tests`].
     #[cfg(feature = "test-utils")]
     pub fn corrupt_byte_for_tests(
         &self,
         shard: &SealedShard,
         offset: usize,
+    ) -> Result<(), VramError> {
+        self.flip_bits_for_tests(shard, offset, 0xff)
+    }
+
+    /// XORs the resident byte at `offset` of `shard` with `mask` behind the manager's back, on
+    /// any backend (a single-bit flip: `mask = 1 << bit`); the same call again undoes it.
+    ///
+    /// # Errors
+    /// [`VramError::NotSealed`] for a shard of another manager; [`VramError::InvalidInput`] for
+    /// an offset outside the shard; CUDA errors.
+    #[cfg(feature = "test-utils")]
+    pub fn flip_bits_for_tests(
+        &self,
+        shard: &SealedShard,
+        offset: usize,
+        mask: u8,
     ) -> Result<(), VramError> {
         let resident = verify::owned(&self.shared, shard)?;
         if offset >= resident.len() {
@@ -533,9 +548,9 @@ impl VramManager {
         }
         let backend = self.shared.backend.as_any();
         if let Some(mock) = backend.downcast_ref::<MockBackend>() {
-            mock.flip(resident.buffer(), offset)
+            mock.flip(resident.buffer(), offset, mask)
         } else if let Some(cuda) = backend.downcast_ref::<CudaBackend>() {
-            cuda.flip_byte(resident.buffer(), offset)
+            cuda.flip_byte(resident.buffer(), offset, mask)
         } else {
             Err(VramError::Unreachable("a backend of this crate"))
         }
