@@ -14,6 +14,7 @@
     reason = "tests"
 )]
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
@@ -21,24 +22,6 @@ use std::time::Duration;
 use common::{MIB, On, model, names, rig_on};
 use vram_alloc::audit::AuditEvent;
 use vram_types::{SealFailure, SealSignature, SealedShard, VramConfig, VramError};
-
-/// Runs each named test on the mock and, ignored unless asked for, on a GPU.
-macro_rules! on_both_backends {
-    ($($name:ident)*) => {$(
-        mod $name {
-            #[test]
-            fn mock() {
-                super::$name(super::On::Mock);
-            }
-
-            #[test]
-            #[ignore = "needs a GPU: VRAM_TEST_GPU=1 and --include-ignored"]
-            fn cuda() {
-                super::$name(super::On::Cuda);
-            }
-        }
-    )*};
-}
 
 on_both_backends! {
     seal_then_verify_succeeds_and_is_audited

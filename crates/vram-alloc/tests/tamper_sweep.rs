@@ -14,6 +14,7 @@
     reason = "tests"
 )]
 
+#[macro_use]
 mod common;
 
 use std::time::Instant;
@@ -105,23 +106,6 @@ fn random_bytes_of_a_large_shard(on: On) {
         took.as_secs_f64(),
         took.as_secs_f64() * 1e3 / flips as f64
     );
-}
-
-macro_rules! on_both_backends {
-    ($($name:ident)*) => {$(
-        mod $name {
-            #[test]
-            fn mock() {
-                super::$name(super::On::Mock);
-            }
-
-            #[test]
-            #[ignore = "needs a GPU: VRAM_TEST_GPU=1 and --include-ignored"]
-            fn cuda() {
-                super::$name(super::On::Cuda);
-            }
-        }
-    )*};
 }
 
 on_both_backends! {

@@ -195,3 +195,23 @@ pub fn rig_on(on: On, capacity: usize, config: VramConfig) -> AnyRig {
         mock,
     }
 }
+
+/// Runs each named test on the mock and, ignored unless asked for, on a GPU (the test file
+/// imports [`On`]).
+#[allow(unused_macros, reason = "used by the files that run on both backends")]
+macro_rules! on_both_backends {
+    ($($name:ident)*) => {$(
+        mod $name {
+            #[test]
+            fn mock() {
+                super::$name(super::On::Mock);
+            }
+
+            #[test]
+            #[ignore = "needs a GPU: VRAM_TEST_GPU=1 and --include-ignored"]
+            fn cuda() {
+                super::$name(super::On::Cuda);
+            }
+        }
+    )*};
+}
