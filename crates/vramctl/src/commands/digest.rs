@@ -130,9 +130,12 @@ fn check(out: Output, manifest: &Path) -> CliResult<Exit> {
             }
             continue;
         };
-        let shown = match escape_name(&name) {
-            (true, escaped) => format!("\\{escaped}"),
-            (false, plain) => plain,
+        // As coreutils 9 prints a checked name: escaped (with a leading `\`) only when it holds
+        // a line break, which would otherwise forge a result line.
+        let shown = if name.contains('\n') {
+            format!("\\{}", escape_name(&name).1)
+        } else {
+            name.clone()
         };
         let verdict = match digest_named(
             Path::new(&name),
