@@ -53,16 +53,7 @@ impl ProofBundle {
                 format!("local-{secs}-{}", std::process::id())
             });
         // A run id is one path component.
-        let run_id: String = run_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let run_id = path_component(&run_id);
         Self {
             dir: root.join("unit").join(&run_id),
             run_id,
@@ -87,20 +78,9 @@ impl ProofBundle {
     /// # Errors
     /// The I/O error when the directory or file cannot be written.
     pub fn append(&self, suite: &str, test: &str, entry: &Value) -> std::io::Result<PathBuf> {
-        let safe = |name: &str| -> String {
-            name.chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                        c
-                    } else {
-                        '_'
-                    }
-                })
-                .collect()
-        };
-        let dir = self.dir.join(safe(suite));
+        let dir = self.dir.join(path_component(suite));
         std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{}.jsonl", safe(test)));
+        let path = dir.join(format!("{}.jsonl", path_component(test)));
         let mut line = serde_json::to_vec(entry).map_err(std::io::Error::other)?;
         line.push(b'\n');
         std::fs::OpenOptions::new()
@@ -110,6 +90,20 @@ impl ProofBundle {
             .write_all(&line)?;
         Ok(path)
     }
+}
+
+/// `name` as one safe path component: characters other than ASCII letters, digits, `-`, `_`
+/// and `.` become `_`.
+fn path_component(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The VRAM allocation timeline in a manager's audit records: each seal, release, aborted seal

@@ -19,7 +19,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{MIB, On, model, names, rig_on};
+use common::{MIB, On, keep_going, model, names, rig_on};
 use vram_alloc::audit::AuditEvent;
 use vram_types::{SealFailure, SealSignature, SealedShard, VramConfig, VramError};
 
@@ -200,14 +200,7 @@ fn corruption_in_vram_fails_verification_with_a_critical_event_and_stops_the_wor
 }
 
 fn the_worker_can_be_configured_to_keep_going_after_a_failure(on: On) {
-    let r = rig_on(
-        on,
-        10 * MIB,
-        VramConfig {
-            stop_on_verification_failure: false,
-            ..VramConfig::default()
-        },
-    );
+    let r = rig_on(on, 10 * MIB, keep_going());
     let shard = r.manager.seal_model(&model(100, 1), 0).unwrap();
     r.manager.corrupt_byte_for_tests(&shard, 0).unwrap();
     assert!(r.manager.verify_sealed(&shard).is_err());
@@ -217,14 +210,7 @@ fn the_worker_can_be_configured_to_keep_going_after_a_failure(on: On) {
 }
 
 fn changed_fields_and_forged_seals_fail_the_seal_check(on: On) {
-    let r = rig_on(
-        on,
-        10 * MIB,
-        VramConfig {
-            stop_on_verification_failure: false,
-            ..VramConfig::default()
-        },
-    );
+    let r = rig_on(on, 10 * MIB, keep_going());
     let shard = r.manager.seal_model(&model(1000, 1), 0).unwrap();
     let expect_seal_failure = |s: &SealedShard, reason: SealFailure| {
         let e = r.manager.verify_sealed(s).unwrap_err();

@@ -16,7 +16,7 @@ mod common;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use common::{MIB, model, rig};
+use common::{MIB, model, rig, rig_with_sink};
 use vram_types::VramError;
 
 #[test]
@@ -87,24 +87,19 @@ fn eight_threads_ten_thousand_operations_each() {
 
     const THREADS: u64 = 8;
     const OPS: u32 = 10_000;
-    let mock = Arc::new(
+    let r = rig_with_sink(
         MockBackend::builder()
             .device(8 * MIB)
             .device(8 * MIB)
             .granularity(64 << 10)
             .build(),
+        vram_types::VramConfig::default(),
+        InMemoryAuditSink::with_capacity(1 << 20),
     );
-    let audit = Arc::new(InMemoryAuditSink::with_capacity(1 << 20));
-    let manager = vram_alloc::VramManager::builder()
-        .mock(mock.clone())
-        .seal_key(vram_seal::SealKey::from_bytes(&[0x5e; 32]).unwrap())
-        .audit_sink(audit.clone())
-        .build()
-        .unwrap();
+    let (manager, mock, audit) = (&r.manager, &r.mock, &r.audit);
     let sealed: u64 = std::thread::scope(|s| {
         let handles: Vec<_> = (0..THREADS)
             .map(|t| {
-                let manager = &manager;
                 s.spawn(move || {
                     let mut state = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
                     let mut next = move || {

@@ -15,7 +15,7 @@ mod common;
 
 use std::io;
 
-use common::{MIB, model, names, rig_with};
+use common::{MIB, keep_going, model, names, rig_with};
 use proptest::prelude::*;
 use vram_alloc::audit::AuditEvent;
 use vram_alloc::backend::MockBackend;
@@ -27,13 +27,6 @@ fn devices(capacities: &[usize]) -> MockBackend {
         .iter()
         .fold(MockBackend::builder(), |b, c| b.device(*c))
         .build()
-}
-
-fn keep_going() -> VramConfig {
-    VramConfig {
-        stop_on_verification_failure: false,
-        ..VramConfig::default()
-    }
 }
 
 fn parts<'a>(data: &'a [Vec<u8>], devices: &[u32]) -> Vec<GroupPart<'a>> {

@@ -19,16 +19,8 @@ mod common;
 
 use std::time::Instant;
 
-use common::{On, model, rig_on};
-use vram_types::{VramConfig, VramError};
-
-/// Verification failures do not stop the manager here: the sweep flips thousands of times.
-fn sweep_config() -> VramConfig {
-    VramConfig {
-        stop_on_verification_failure: false,
-        ..VramConfig::default()
-    }
-}
+use common::{On, keep_going, model, rig_on};
+use vram_types::VramError;
 
 fn caught(result: Result<(), VramError>, what: &str) {
     match result {
@@ -42,7 +34,7 @@ fn every_bit_of_a_shard(on: On) {
         On::Mock => 1 << 10,
         On::Cuda => 64 << 10,
     };
-    let r = rig_on(on, 256 << 20, sweep_config());
+    let r = rig_on(on, 256 << 20, keep_going());
     let shard = r
         .manager
         .seal_model_with_id("sweep", &model(len, 3), 0)
@@ -76,7 +68,7 @@ fn random_bytes_of_a_large_shard(on: On) {
         On::Mock => (4 << 20, 1_000),
         On::Cuda => (1 << 30, 10_000),
     };
-    let r = rig_on(on, len + (64 << 20), sweep_config());
+    let r = rig_on(on, len + (64 << 20), keep_going());
     let shard = r
         .manager
         .seal_model_with_id("large", &model(len, 5), 0)

@@ -290,6 +290,18 @@ fn bad_inputs_get_one_line_the_right_code_and_seal_nothing() {
     assert!(stderr_one_line(&out).contains("--backend mock"));
 }
 
+/// Calls `probe` every 200 ms until it gives a value; fails the test after 20 s.
+fn poll<T>(what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "no {what} within 20 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn scrape(addr: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
@@ -400,15 +412,13 @@ fn seal_serves_metrics_reverifies_and_releases_everything_on_sigterm() {
         2.0
     );
     // Wait for a re-verification round.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(
-        &scrape(&addr),
-        "vram_verify_operations_total{gpu_device=\"0\",result=\"success\"}",
-    ) < 2.0
-    {
-        assert!(Instant::now() < deadline, "no re-verification within 20 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    poll("a re-verification", || {
+        let verified = metric(
+            &scrape(&addr),
+            "vram_verify_operations_total{gpu_device=\"0\",result=\"success\"}",
+        );
+        (verified >= 2.0).then_some(())
+    });
 
     let rest = stop_with_sigterm(child, lines);
     assert!(
@@ -607,19 +617,10 @@ fn seal_group_places_a_sharded_model_as_one_group_and_releases_it_on_sigterm() {
         .collect();
     assert_eq!(ids, ["llama:tp0", "llama:tp1"]);
     // Let it re-verify the group at least once, then stop it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::read_to_string(&audit)
-        .unwrap()
-        .matches("\"event\":\"SealVerified\"")
-        .count()
-        < 2
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no group verification within 20 s"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    poll("a group verification", || {
+        let log = std::fs::read_to_string(&audit).unwrap();
+        (log.matches("\"event\":\"SealVerified\"").count() >= 2).then_some(())
+    });
     let rest = stop_with_sigterm(child, lines);
     assert!(
         rest.iter()
@@ -1383,14 +1384,11 @@ fn metrics_negotiate_their_format_and_parse_with_the_official_parsers() {
         .as_str()
         .unwrap()
         .to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let (head, text) = loop {
+    let (head, text) = poll("a verification timestamp in the metrics", || {
         let (head, text) = get(&addr, None);
-        if text.contains("vram_last_verified_timestamp_seconds{") || Instant::now() > deadline {
-            break (head, text);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+        text.contains("vram_last_verified_timestamp_seconds{")
+            .then_some((head, text))
+    });
     assert!(head.contains("text/plain; version=0.0.4"), "{head}");
     assert!(!text.contains("# EOF"));
     assert!(

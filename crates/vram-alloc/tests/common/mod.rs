@@ -89,8 +89,13 @@ impl Drop for Rig {
 }
 
 pub fn rig_with(mock: MockBackend, config: VramConfig) -> Rig {
+    rig_with_sink(mock, config, InMemoryAuditSink::new())
+}
+
+/// [`rig_with`] keeping the audit records in `audit` (for example a larger window).
+pub fn rig_with_sink(mock: MockBackend, config: VramConfig, audit: InMemoryAuditSink) -> Rig {
     let mock = Arc::new(mock);
-    let audit = Arc::new(InMemoryAuditSink::new());
+    let audit = Arc::new(audit);
     let manager = VramManager::builder()
         .mock(mock.clone())
         .config(config)
@@ -103,6 +108,15 @@ pub fn rig_with(mock: MockBackend, config: VramConfig) -> Rig {
         mock,
         audit,
         seeds: std::sync::Mutex::default(),
+    }
+}
+
+/// A configuration in which a failed verification does not stop the manager (tests that fail
+/// verifications on purpose and go on).
+pub fn keep_going() -> VramConfig {
+    VramConfig {
+        stop_on_verification_failure: false,
+        ..VramConfig::default()
     }
 }
 

@@ -436,6 +436,19 @@ fn check_capacity(manager: &VramManager, args: &SealArgs, prepared: &[Prepared])
     Ok(())
 }
 
+/// `sealed FILE as ID on GPU N: SIZE (FORMAT), digest HEX`.
+fn sealed_line(p: &Prepared, shard: &SealedShard) -> String {
+    format!(
+        "sealed {} as {} on GPU {}: {} ({}), digest {}",
+        p.path.display(),
+        shard.shard_id,
+        shard.gpu_device,
+        human_bytes(u64::try_from(shard.vram_bytes).unwrap_or(0)),
+        p.format.describe(),
+        shard.digest
+    )
+}
+
 /// Seals every file as one group (`--group`): file i on the i-th of `--devices`, cycling.
 fn seal_group(
     out: Output,
@@ -492,15 +505,7 @@ fn seal_group(
         }
     }
     for (shard, p) in group.shards.iter().zip(prepared) {
-        out.result(format!(
-            "sealed {} as {} on GPU {}: {} ({}), digest {}",
-            p.path.display(),
-            shard.shard_id,
-            shard.gpu_device,
-            human_bytes(u64::try_from(shard.vram_bytes).unwrap_or(0)),
-            p.format.describe(),
-            shard.digest
-        ));
+        out.result(sealed_line(p, shard));
         out.json(&json!({ "event": "sealed", "file": p.path.display().to_string(), "shard": shard, "model": p.format, "group": model_id }));
     }
     #[allow(clippy::cast_precision_loss, reason = "throughput display")]
@@ -563,13 +568,8 @@ fn seal_each(
         #[allow(clippy::cast_precision_loss, reason = "throughput display")]
         let gbps = shard.vram_bytes as f64 / took.as_secs_f64().max(1e-9) / 1e9;
         out.result(format!(
-            "sealed {} as {} on GPU {}: {} ({}), digest {}, in {:.3} s ({gbps:.1} GB/s)",
-            p.path.display(),
-            shard.shard_id,
-            shard.gpu_device,
-            human_bytes(u64::try_from(shard.vram_bytes).unwrap_or(0)),
-            p.format.describe(),
-            shard.digest,
+            "{}, in {:.3} s ({gbps:.1} GB/s)",
+            sealed_line(p, &shard),
             took.as_secs_f64()
         ));
         out.json(&json!({ "event": "sealed", "file": p.path.display().to_string(), "shard": shard, "model": p.format, "seconds": took.as_secs_f64() }));
