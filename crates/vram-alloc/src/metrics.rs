@@ -151,8 +151,9 @@ impl Metrics {
             .set(gauge_value(shards));
     }
 
-    pub(crate) fn set_last_verified(&self, shard_id: &str) {
-        let now = std::time::SystemTime::now()
+    /// Records that `shard_id` passed verification at wall time `at` (the manager's clock).
+    pub(crate) fn set_last_verified(&self, shard_id: &str, at: std::time::SystemTime) {
+        let now = at
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         self.last_verified

@@ -70,7 +70,11 @@ pub(super) fn verify(
                         gpu_device: shard.gpu_device,
                     },
                 )
-                .inspect(|()| shared.metrics.set_last_verified(&shard.shard_id))
+                .inspect(|()| {
+                    shared
+                        .metrics
+                        .set_last_verified(&shard.shard_id, shared.clock.wall());
+                })
         }
         Err(e) => {
             // The caller's id, possibly edited (line breaks, terminal escapes): escaped.
