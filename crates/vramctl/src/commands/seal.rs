@@ -106,16 +106,20 @@ fn requested(args: &SealArgs) -> CliResult<Vec<Requested>> {
             args.files.len()
         )));
     }
-    let mut expected = args.expect.iter().map(|e| parse_expected(e).map(Some));
-    args.files
+    let expected = args
+        .expect
         .iter()
-        .map(|path| {
-            Ok(Requested {
-                path: path.clone(),
-                expected: expected.next().transpose()?.flatten(),
-            })
+        .map(|e| parse_expected(e))
+        .collect::<CliResult<Vec<_>>>()?;
+    Ok(args
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, path)| Requested {
+            path: path.clone(),
+            expected: expected.get(i).copied(),
         })
-        .collect()
+        .collect())
 }
 
 /// Largest manifest read: far beyond any model's shard list, short of a runaway file.
