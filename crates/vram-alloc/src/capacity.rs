@@ -69,6 +69,17 @@ impl Reservation {
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
+
+    /// Moves `bytes` of this reservation into a new one (a plan reserves a device's whole
+    /// share at once, then hands each shard its part); `None` when fewer are held. The device's
+    /// count does not change.
+    pub(crate) fn split_off(&mut self, bytes: usize) -> Option<Reservation> {
+        self.bytes = self.bytes.checked_sub(bytes)?;
+        Some(Reservation {
+            capacity: Arc::clone(&self.capacity),
+            bytes,
+        })
+    }
 }
 
 impl Drop for Reservation {

@@ -1,8 +1,9 @@
 //! `VramManager`: seals model shards into GPU memory and re-verifies them, behind a backend trait.
 //!
 //! This crate provides:
-//! - [`VramManager`]: seal (validate → reserve capacity → allocate → upload → digest the
-//!   resident bytes → seal → audit), verify, capacity queries and metrics; `Send + Sync`;
+//! - [`VramManager`]: seal (a [`SealPlan`] checks, claims and reserves; then allocate → upload
+//!   → digest the resident bytes → seal → audit), verify, capacity queries and metrics;
+//!   `Send + Sync`;
 //! - [`backend`]: the [`MockBackend`](backend::MockBackend) test double (fault injection and
 //!   simulated corruption with the `test-utils` feature only); the backend trait itself, and
 //!   the CUDA backend, are private to this crate, so no outside type can claim memory is VRAM;
@@ -72,7 +73,10 @@ mod sync;
 #[cfg(feature = "test-utils")]
 pub use clock::ManualClock;
 
-pub use manager::{GroupPart, SealOptions, SealedGroup, VramManager, VramManagerBuilder};
+pub use manager::{
+    GroupPart, GroupPlan, PlanError, PlanStep, SealOptions, SealPart, SealPlan, SealedGroup,
+    VramManager, VramManagerBuilder,
+};
 pub use metrics::{DeviceUsage, VramMetrics};
 
 /// The facts of every CUDA GPU of the machine, without building a manager (for diagnostics

@@ -69,9 +69,9 @@ fn write_sample(path: &Path) -> (Vec<String>, Checkpoint) {
         m.verify_sealed(&b).unwrap();
         m.verify_sealed(&a).unwrap();
     }));
-    let sink = run(&|m, mock| {
+    let sink = run(&|m, _| {
         let c = m.seal_model_with_id("c", &model(30, 3), 0).unwrap();
-        mock.corrupt_byte(&c, 3).unwrap();
+        m.corrupt_byte_for_tests(&c, 3).unwrap();
         assert!(m.verify_sealed(&c).is_err());
     });
     // The clean close (drop) signs the tail; keep what it signed.

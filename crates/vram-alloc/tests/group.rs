@@ -93,9 +93,17 @@ fn every_device_must_hold_its_share_before_anything_is_copied() {
         }
     );
     assert_eq!((r.manager.used_vram(), r.mock.live_allocations()), (0, 0));
+    // Refused by the plan before anything was placed, and recorded the way every capacity
+    // refusal is: one `VramAllocationFailed` for the device, with its whole share.
+    let events = r.audit.events();
+    assert_eq!(names(&events), ["VramAllocationFailed"]);
     assert!(
-        r.audit.events().is_empty(),
-        "refused before anything was placed"
+        matches!(
+            &events[0],
+            AuditEvent::VramAllocationFailed { gpu_device: 0, requested, available, .. }
+                if *requested == 16 * MIB && *available == 12 * MIB
+        ),
+        "{events:?}"
     );
     // Spread over both devices, it fits.
     let group = r

@@ -82,7 +82,7 @@ fn scenario(audit_path: &std::path::Path) -> (String, Vec<u8>) {
         let mut forged = shard.clone();
         forged.shard_id = FORGED_ID.into();
         assert!(manager.verify_sealed(&forged).is_err());
-        mock.corrupt_byte(&shard, 5).unwrap();
+        manager.corrupt_byte_for_tests(&shard, 5).unwrap();
         assert!(manager.verify_sealed(&shard).is_err());
         drop(shard);
     });

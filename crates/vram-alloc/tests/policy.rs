@@ -188,7 +188,7 @@ fn no_attestation_for_a_corrupted_or_misplaced_shard() {
         },
     );
     let shard = m.seal_model(&[9; 1000], 0).unwrap();
-    mock.corrupt_byte(&shard, 999).unwrap();
+    m.corrupt_byte_for_tests(&shard, 999).unwrap();
     assert!(matches!(
         m.attest_vram_residency(&shard, b"n"),
         Err(VramError::IntegrityViolation { .. })

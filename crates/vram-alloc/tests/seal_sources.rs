@@ -150,7 +150,9 @@ fn background_verification_catches_corruption_like_a_request_check() {
     let r = rig(64 * MIB);
     let shard = r.manager.seal_model(&model(5 * MIB, 4), 0).unwrap();
     r.manager.verify_sealed_background(&shard).unwrap();
-    r.mock.corrupt_byte(&shard, 4 * MIB + 1).unwrap();
+    r.manager
+        .corrupt_byte_for_tests(&shard, 4 * MIB + 1)
+        .unwrap();
     assert!(matches!(
         r.manager.verify_sealed_background(&shard),
         Err(VramError::IntegrityViolation { .. })

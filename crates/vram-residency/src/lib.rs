@@ -74,8 +74,8 @@ pub use vram_policy::{
 
 #[doc(inline)]
 pub use vram_alloc::{
-    DeviceUsage, GroupPart, SealOptions, SealedGroup, VramManager, VramManagerBuilder, VramMetrics,
-    audit, probe_gpus,
+    DeviceUsage, GroupPart, GroupPlan, PlanError, PlanStep, SealOptions, SealPart, SealPlan,
+    SealedGroup, VramManager, VramManagerBuilder, VramMetrics, audit, probe_gpus,
 };
 
 #[doc(inline)]

@@ -4,8 +4,8 @@
 //! [`BackendKind::Mock`], and a manager built without it never falls back to it. It simulates
 //! several devices and capacities, the 2 MiB allocation granularity of `cuMemAlloc`, device
 //! properties (unified memory, integrated GPU, ...), and, with the `test-utils` feature only,
-//! faults (fail the next allocation, copy or free) and VRAM corruption (flip a byte of a
-//! resident shard): a default build cannot inject either.
+//! faults (fail the next allocation, copy or free) and the byte flips behind
+//! `VramManager::flip_bits_for_tests`: a default build cannot inject either.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -197,38 +197,6 @@ impl MockBackend {
             ..facts
         };
         Ok(())
-    }
-
-    #[cfg(feature = "test-utils")]
-    /// Flips every bit of the resident byte at `offset` of `shard`, behind the manager's back
-    /// (simulated VRAM corruption).
-    ///
-    /// # Errors
-    /// [`VramError::NotSealed`] when the shard has no allocation in this backend,
-    /// [`VramError::InvalidInput`] when `offset` is outside the shard.
-    pub fn corrupt_byte(
-        &self,
-        shard: &vram_types::SealedShard,
-        offset: usize,
-    ) -> Result<(), VramError> {
-        use crate::manager::resident::ResidentAllocation;
-        use vram_types::ShardAllocation;
-
-        let not_sealed = || VramError::NotSealed {
-            shard_id: shard.shard_id.clone(),
-        };
-        let resident = shard
-            .allocation()
-            .and_then(|a| a.as_any().downcast_ref::<ResidentAllocation>())
-            .ok_or_else(not_sealed)?;
-        if offset >= resident.len() {
-            return Err(VramError::invalid_input(
-                "offset",
-                format!("{offset} is outside the {}-byte shard", resident.len()),
-            ));
-        }
-        self.flip(resident.buffer(), offset, 0xff)
-            .map_err(|_| not_sealed())
     }
 
     #[cfg(feature = "test-utils")]

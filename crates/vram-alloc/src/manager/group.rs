@@ -4,14 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use vram_seal::group::{GroupFields, GroupMember, compute_group_seal, verify_group_seal};
-use vram_types::validation::{ShardId, validate_gpu_device, validate_model_size};
+use vram_seal::group::{GroupFields, GroupMember, verify_group_seal};
 use vram_types::{SealSignature, SealedShard, ShardSource, VramError};
 
-use super::seal::{self, SealRequest};
-use super::{SealOptions, VramManager};
+use super::VramManager;
+use super::plan::SealPart;
 use crate::audit::AuditEvent;
-use crate::backend::round_up;
 
 /// One part of a tensor-parallel model: its bytes and the GPU it goes to. Part `i` of a group
 /// becomes shard `i` of `n`.
@@ -44,6 +42,19 @@ pub struct SealedGroup {
 }
 
 impl SealedGroup {
+    /// A group not yet sealed (the plan seals it once every shard is placed).
+    pub(super) fn unsigned(model_id: String, shards: Vec<SealedShard>) -> Self {
+        Self {
+            model_id,
+            shards,
+            seal: SealSignature::from_bytes([0; 32]),
+        }
+    }
+
+    pub(super) fn set_seal(&mut self, seal: SealSignature) {
+        self.seal = seal;
+    }
+
     /// The group seal.
     #[must_use]
     pub fn group_seal(&self) -> &SealSignature {
@@ -51,7 +62,7 @@ impl SealedGroup {
     }
 
     /// What the group seal covers, as the shards now say.
-    fn fields(&self) -> GroupFields {
+    pub(super) fn fields(&self) -> GroupFields {
         GroupFields {
             model_id: self.model_id.clone(),
             members: self
@@ -72,11 +83,11 @@ impl SealedGroup {
 
 impl VramManager {
     /// Seals a tensor-parallel model: part `i` becomes shard `i` of `parts.len()` (id
-    /// `<model_id>:tp<i>`) on its device, and one group seal binds them all. All or nothing: the
-    /// capacity of every device is checked before any copy (each device against its own
-    /// accounting and free memory), and if any shard fails, every shard already placed is
-    /// released and no shard is audited as sealed. Each shard's `VramSealed` record names the
-    /// group.
+    /// `<model_id>:tp<i>`) on its device, and one group seal binds them all
+    /// ([`Self::plan_group`]). All or nothing: the capacity of every device is reserved before
+    /// any copy (each device against its own accounting and free memory), and if any shard
+    /// fails, every shard already placed is released and no shard is audited as sealed. Each
+    /// shard's `VramSealed` record names the group.
     ///
     /// # Errors
     /// [`VramError::InvalidInput`] / [`VramError::InvalidDevice`] for an invalid model id, no
@@ -88,69 +99,11 @@ impl VramManager {
         model_id: &str,
         parts: &[GroupPart<'_>],
     ) -> Result<SealedGroup, VramError> {
-        let shared = &self.shared;
-        shared.ensure_running()?;
-        ShardId::new(model_id)?;
-        if parts.is_empty() {
-            return Err(VramError::invalid_input("group", "no parts"));
-        }
-        let mut needed: BTreeMap<u32, usize> = BTreeMap::new();
-        for part in parts {
-            validate_gpu_device(part.gpu_device, self.device_count())?;
-            let len = usize::try_from(part.source.len()).map_err(|_| {
-                VramError::invalid_input("model size", "larger than this host's address space")
-            })?;
-            validate_model_size(len, shared.config.max_model_bytes)?;
-            let footprint = round_up(len, shared.backend.granularity())
-                .ok_or_else(|| VramError::invalid_input("model size", "cannot be allocated"))?;
-            let total = needed.entry(part.gpu_device).or_insert(0);
-            *total = total.saturating_add(footprint);
-        }
-        // Like a multi-GPU loader taking the minimum across ranks: every device must hold its
-        // share before anything is copied.
-        for (&device, &bytes) in &needed {
-            let available = shared
-                .capacity(device)?
-                .available()
-                .min(shared.backend.memory_info(device)?.free);
-            if bytes > available {
-                return Err(VramError::InsufficientVram {
-                    needed: bytes,
-                    available,
-                    device,
-                });
-            }
-        }
-        let count = parts.len();
-        let mut shards = Vec::with_capacity(count);
-        let mut held_back = Vec::with_capacity(count);
-        for (index, part) in parts.iter().enumerate() {
-            let options = SealOptions::new()
-                .shard_id(format!("{model_id}:tp{index}"))
-                .tensor_parallel(index, count);
-            let request = SealRequest {
-                source: part.source,
-                device: part.gpu_device,
-                options: &options,
-                group: Some(model_id),
-            };
-            // On an error, `shards` drops here: every shard placed so far is released.
-            let sealed = seal::seal(shared, &request)?;
-            shards.push(sealed.shard);
-            held_back.extend(sealed.held_back);
-        }
-        let mut group = SealedGroup {
-            model_id: model_id.to_owned(),
-            shards,
-            seal: SealSignature::from_bytes([0; 32]),
-        };
-        group.seal = compute_group_seal(&shared.key, &group.fields())?;
-        // Fail-closed: a group whose records cannot all be stored is released (dropping
-        // `group` on the error releases every shard, and those releases are recorded).
-        for (correlation_id, event) in held_back {
-            shared.record(&correlation_id, event)?;
-        }
-        Ok(group)
+        let parts = parts
+            .iter()
+            .map(|p| SealPart::new(p.source, p.gpu_device))
+            .collect();
+        Ok(self.plan_group(model_id, parts)?.execute()?)
     }
 
     /// Verifies a sealed group: the group seal over every shard as presented (a missing,
@@ -166,7 +119,7 @@ impl VramManager {
     pub fn verify_group(&self, group: &SealedGroup) -> Result<(), VramError> {
         let shared = &self.shared;
         shared.ensure_running()?;
-        if let Err(e) = verify_group_seal(&shared.key, &group.fields(), &group.seal) {
+        if let Err(e) = verify_group_seal(shared.key(), &group.fields(), &group.seal) {
             let correlation_id = shared.next_correlation_id();
             if let Some(first) = group.shards.first() {
                 shared.record_or_stop(
@@ -178,7 +131,7 @@ impl VramManager {
                     },
                 );
             }
-            if shared.config.stop_on_verification_failure {
+            if shared.config().stop_on_verification_failure {
                 shared.stop(&e.to_string());
             }
             return Err(e);

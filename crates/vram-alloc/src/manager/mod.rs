@@ -1,21 +1,23 @@
 //! `VramManager`: the public face of sealing, verification and capacity.
 
+mod cross_check;
 mod group;
+mod plan;
 mod policy;
-pub(crate) mod resident;
+mod residency;
+mod resident;
 mod seal;
 mod seal_options;
 mod shared;
+#[cfg(feature = "test-utils")]
+mod test_hooks;
 mod verify;
 
 use std::sync::Arc;
 
 use vram_policy::rules;
 use vram_seal::SealKey;
-use vram_types::{
-    AllocationFacts, BackendKind, DeviceFacts, GpuShare, SealedShard, ShardAllocation, ShardSource,
-    VramConfig, VramError,
-};
+use vram_types::{BackendKind, DeviceFacts, VramConfig, VramError};
 
 use crate::audit::{AuditEvent, AuditSink, InMemoryAuditSink};
 use crate::backend::{Backend, CudaBackend, MockBackend, round_up};
@@ -23,7 +25,7 @@ use crate::capacity::DeviceCapacity;
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::VramMetrics;
 pub use group::{GroupPart, SealedGroup};
-use seal::SealRequest;
+pub use plan::{GroupPlan, PlanError, PlanStep, SealPart, SealPlan};
 pub use seal_options::SealOptions;
 pub(crate) use shared::Shared;
 
@@ -39,7 +41,7 @@ impl std::fmt::Debug for VramManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VramManager")
             .field("backend", &self.backend_kind().as_str())
-            .field("worker_id", &self.shared.config.worker_id)
+            .field("worker_id", &self.shared.config().worker_id)
             .field("devices", &self.device_count())
             .field("used_vram", &self.used_vram())
             .field("total_vram", &self.total_vram())
@@ -150,9 +152,9 @@ impl VramManagerBuilder {
 /// the ECC state); accepted devices are audited with their ECC state and driver version.
 fn check_devices_at_start(shared: &Shared) -> Result<(), VramError> {
     let correlation_id = shared.next_correlation_id();
-    for device in 0..shared.backend.device_count() {
-        let facts = shared.backend.device_facts(device)?;
-        let problems = rules::device_problems(&facts, shared.config.allow_pageable_memory_access);
+    for device in 0..shared.backend().device_count() {
+        let facts = shared.backend().device_facts(device)?;
+        let problems = rules::device_problems(&facts, shared.config().allow_pageable_memory_access);
         if problems.is_empty() {
             tracing::info!(gpu_device = device, name = %facts.name, ecc_enabled = ?facts.ecc_enabled, "GPU accepted for VRAM-only shards");
             shared.record(
@@ -270,7 +272,7 @@ impl VramManager {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let shared = Arc::new(Shared::new(backend, config, key, capacities, audit, clock));
-        for d in 0..shared.backend.device_count() {
+        for d in 0..shared.backend().device_count() {
             shared.refresh_capacity_metrics(d);
         }
         Self { shared }
@@ -293,107 +295,6 @@ impl VramManager {
         VramManagerBuilder::default()
     }
 
-    /// Seals `model_bytes` on `gpu_device` under an id derived from its digest
-    /// (`shard-<16 hex>-gpu<N>`), so sealing the same bytes twice on one device fails.
-    ///
-    /// # Errors
-    /// [`VramError::InvalidInput`] / [`VramError::InvalidDevice`] for rejected input (nothing
-    /// reserved, nothing audited); [`VramError::InsufficientVram`]; [`VramError::AlreadySealed`];
-    /// [`VramError::CudaAllocationFailed`] and other CUDA errors; [`VramError::PolicyViolation`]
-    /// when the allocation is not device memory; [`VramError::Stopped`] after a security failure.
-    pub fn seal_model(
-        &self,
-        model_bytes: &[u8],
-        gpu_device: u32,
-    ) -> Result<SealedShard, VramError> {
-        self.seal_from_source(&model_bytes, gpu_device, &SealOptions::new())
-    }
-
-    /// Seals `model_bytes` on `gpu_device` under the caller's `shard_id`.
-    ///
-    /// # Errors
-    /// As [`Self::seal_model`]; an invalid id is [`VramError::InvalidInput`], an id already live
-    /// is [`VramError::AlreadySealed`].
-    pub fn seal_model_with_id(
-        &self,
-        shard_id: &str,
-        model_bytes: &[u8],
-        gpu_device: u32,
-    ) -> Result<SealedShard, VramError> {
-        let options = SealOptions::new().shard_id(shard_id);
-        self.seal_from_source(&model_bytes, gpu_device, &options)
-    }
-
-    /// Seals one tensor-parallel shard (`shard_index` of `total_shards`); both are sealed, and the
-    /// generated id carries them (`shard-<16 hex>-gpu<N>-tp<i>of<n>`), so shards of one model
-    /// with identical bytes on one device do not collide.
-    ///
-    /// # Errors
-    /// As [`Self::seal_model`]; `shard_index >= total_shards` is [`VramError::InvalidInput`].
-    pub fn seal_model_shard(
-        &self,
-        model_bytes: &[u8],
-        gpu_device: u32,
-        shard_index: usize,
-        total_shards: usize,
-    ) -> Result<SealedShard, VramError> {
-        let options = SealOptions::new().tensor_parallel(shard_index, total_shards);
-        self.seal_from_source(&model_bytes, gpu_device, &options)
-    }
-
-    /// Seals the bytes of `source` (a [`FileSource`](vram_types::FileSource), or `&bytes`) on
-    /// `gpu_device`. The bytes go from the source through a bounded ring of pinned staging
-    /// buffers straight to VRAM, so host memory stays bounded whatever the shard's size, and
-    /// the digest is computed from the bytes in VRAM. `options` can name the shard, require an
-    /// expected digest and cross-check the host bytes.
-    ///
-    /// # Errors
-    /// As [`Self::seal_model`]; [`VramError::SourceReadFailed`] when the source cannot be read;
-    /// [`VramError::UnexpectedDigest`] when an expected digest does not match;
-    /// [`VramError::UploadMismatch`] when the cross-check finds the host bytes differ. Nothing
-    /// stays allocated or reserved after an error.
-    pub fn seal_from_source(
-        &self,
-        source: &dyn ShardSource,
-        gpu_device: u32,
-        options: &SealOptions,
-    ) -> Result<SealedShard, VramError> {
-        seal::seal(
-            &self.shared,
-            &SealRequest {
-                source,
-                device: gpu_device,
-                options,
-                group: None,
-            },
-        )
-        .map(|sealed| sealed.shard)
-    }
-
-    /// Verifies a shard: its seal, its freshness, that it is still in device memory, and that
-    /// the bytes in VRAM still hash to the sealed digest. Call it before every inference request.
-    ///
-    /// # Errors
-    /// [`VramError::NotSealed`] (not made by this manager, or released);
-    /// [`VramError::SealVerificationFailed`] (fields or seal changed);
-    /// [`VramError::SealExpired`]; [`VramError::PolicyViolation`];
-    /// [`VramError::IntegrityViolation`] (bytes in VRAM changed); CUDA errors;
-    /// [`VramError::Stopped`].
-    pub fn verify_sealed(&self, shard: &SealedShard) -> Result<(), VramError> {
-        verify::verify(&self.shared, shard, GpuShare::Full)
-    }
-
-    /// Verifies a shard like [`Self::verify_sealed`], taking at most the configured background
-    /// share of the GPU ([`VramConfig::background_gpu_share`]): for re-verifying resident shards
-    /// next to a running inference engine. Slower than a per-request check, and outcomes are
-    /// audited and counted the same way.
-    ///
-    /// # Errors
-    /// As [`Self::verify_sealed`].
-    pub fn verify_sealed_background(&self, shard: &SealedShard) -> Result<(), VramError> {
-        verify::verify(&self.shared, shard, self.shared.config.background_gpu_share)
-    }
-
     /// Bytes still available on all devices.
     #[must_use]
     pub fn available_vram(&self) -> usize {
@@ -413,11 +314,7 @@ impl VramManager {
     }
 
     fn sum_over_devices(&self, bytes: impl Fn(&DeviceCapacity) -> usize) -> usize {
-        self.shared
-            .capacities
-            .iter()
-            .map(|c| bytes(c))
-            .fold(0, usize::saturating_add)
+        self.shared.sum_over_devices(bytes)
     }
 
     /// Bytes still available on one device.
@@ -447,7 +344,7 @@ impl VramManager {
     /// The bytes a shard of `len` bytes takes on the device (rounded to the granularity).
     #[must_use]
     pub fn vram_footprint(&self, len: usize) -> usize {
-        round_up(len, self.shared.backend.granularity()).unwrap_or(usize::MAX)
+        round_up(len, self.shared.backend().granularity()).unwrap_or(usize::MAX)
     }
 
     /// A snapshot of the metrics, with their Prometheus text.
@@ -458,7 +355,7 @@ impl VramManager {
     pub fn metrics(&self) -> VramMetrics {
         let usage = self.shared.usage();
         self.shared
-            .metrics
+            .metrics()
             .snapshot(usage.clone())
             .unwrap_or_else(|_| VramMetrics::empty(usage))
     }
@@ -466,19 +363,19 @@ impl VramManager {
     /// Number of devices.
     #[must_use]
     pub fn device_count(&self) -> u32 {
-        self.shared.backend.device_count()
+        self.shared.backend().device_count()
     }
 
     /// Which backend holds the shards.
     #[must_use]
     pub fn backend_kind(&self) -> BackendKind {
-        self.shared.backend.kind()
+        self.shared.backend().kind()
     }
 
     /// The configuration.
     #[must_use]
     pub fn config(&self) -> &VramConfig {
-        &self.shared.config
+        self.shared.config()
     }
 
     /// Device attributes, for the VRAM-only policy.
@@ -486,18 +383,7 @@ impl VramManager {
     /// # Errors
     /// [`VramError::InvalidDevice`]; CUDA errors.
     pub fn device_facts(&self, gpu_device: u32) -> Result<DeviceFacts, VramError> {
-        self.shared.backend.device_facts(gpu_device)
-    }
-
-    /// What the driver reports now about a shard's allocation.
-    ///
-    /// # Errors
-    /// [`VramError::NotSealed`] when the shard is not this manager's; CUDA errors.
-    pub fn allocation_facts(&self, shard: &SealedShard) -> Result<AllocationFacts, VramError> {
-        let resident = verify::owned(&self.shared, shard)?;
-        self.shared
-            .backend
-            .allocation_facts(resident.buffer(), resident.len())
+        self.shared.backend().device_facts(gpu_device)
     }
 
     /// Whether the manager stopped, and why.
@@ -510,49 +396,5 @@ impl VramManager {
     #[must_use]
     pub fn is_stopped(&self) -> bool {
         self.shared.stop_reason().is_some()
-    }
-
-    /// Inverts one resident byte of `shard` behind the manager's back, on any backend: the
-    /// test for "a corrupted weight never serves silently".
-    ///
-    /// # Errors
-    /// As [`Self::flip_bits_for_tests`].
-    #[cfg(feature = "test-utils")]
-    pub fn corrupt_byte_for_tests(
-        &self,
-        shard: &SealedShard,
-        offset: usize,
-    ) -> Result<(), VramError> {
-        self.flip_bits_for_tests(shard, offset, 0xff)
-    }
-
-    /// XORs the resident byte at `offset` of `shard` with `mask` behind the manager's back, on
-    /// any backend (a single-bit flip: `mask = 1 << bit`); the same call again undoes it.
-    ///
-    /// # Errors
-    /// [`VramError::NotSealed`] for a shard of another manager; [`VramError::InvalidInput`] for
-    /// an offset outside the shard; CUDA errors.
-    #[cfg(feature = "test-utils")]
-    pub fn flip_bits_for_tests(
-        &self,
-        shard: &SealedShard,
-        offset: usize,
-        mask: u8,
-    ) -> Result<(), VramError> {
-        let resident = verify::owned(&self.shared, shard)?;
-        if offset >= resident.len() {
-            return Err(VramError::invalid_input(
-                "offset",
-                format!("{offset} is outside the {}-byte shard", resident.len()),
-            ));
-        }
-        let backend = self.shared.backend.as_any();
-        if let Some(mock) = backend.downcast_ref::<MockBackend>() {
-            mock.flip(resident.buffer(), offset, mask)
-        } else if let Some(cuda) = backend.downcast_ref::<CudaBackend>() {
-            cuda.flip_byte(resident.buffer(), offset, mask)
-        } else {
-            Err(VramError::Unreachable("a backend of this crate"))
-        }
     }
 }

@@ -4,15 +4,12 @@
 //! verified. Nothing here can be asked to sign a statement or to write an audit record of the
 //! caller's choosing.
 
-use std::time::UNIX_EPOCH;
-
 use vram_policy::{
     ATTESTATION_VERSION, Attestation, MAX_NONCE_BYTES, PolicyFinding, PolicyReport, rules,
 };
 use vram_types::{BackendKind, SealedShard, ShardAllocation, VramError};
 
-use super::VramManager;
-use crate::audit::AuditEvent;
+use super::{VramManager, residency};
 
 /// The checks an attestation records as passed, in the order they ran.
 const CHECKS_PASSED: [&str; 5] = [
@@ -32,10 +29,10 @@ impl VramManager {
     #[must_use]
     pub fn policy_report(&self) -> PolicyReport {
         let shared = &self.shared;
-        let allow_pageable = shared.config.allow_pageable_memory_access;
+        let allow_pageable = shared.config().allow_pageable_memory_access;
         let mut findings = Vec::new();
         for device in 0..self.device_count() {
-            match shared.backend.device_facts(device) {
+            match shared.backend().device_facts(device) {
                 Ok(facts) => findings.extend(
                     rules::device_problems(&facts, allow_pageable)
                         .into_iter()
@@ -52,12 +49,9 @@ impl VramManager {
                 }),
             }
         }
-        let simulated_ok = self.backend_kind() == BackendKind::Mock;
         for r in shared.live() {
-            let problem = match shared.backend.allocation_facts(r.buffer(), r.len()) {
-                Ok(f) => rules::allocation_problem(&f, r.device(), simulated_ok),
-                Err(e) => Some(format!("allocation facts unavailable: {e}")),
-            };
+            let problem = residency::problem(shared, r.buffer(), r.device(), r.len())
+                .unwrap_or_else(|e| Some(format!("allocation facts unavailable: {e}")));
             if let Some(reason) = problem {
                 findings.push(PolicyFinding {
                     gpu_device: r.device(),
@@ -95,23 +89,11 @@ impl VramManager {
         };
         let correlation_id = shared.next_correlation_id();
         for f in &report.findings {
-            let ecc_enabled = shared
-                .backend
-                .device_facts(f.gpu_device)
-                .ok()
-                .and_then(|d| d.ecc_enabled);
             let reason = match &f.shard_id {
                 Some(id) => format!("shard {id:?}: {}", f.reason),
                 None => f.reason.clone(),
             };
-            shared.record_or_stop(
-                &correlation_id,
-                AuditEvent::PolicyViolation {
-                    gpu_device: f.gpu_device,
-                    reason,
-                    ecc_enabled,
-                },
-            );
+            residency::record_violation(shared, &correlation_id, f.gpu_device, reason);
         }
         let reasons: Vec<&str> = report
             .findings
@@ -155,8 +137,9 @@ impl VramManager {
         }
         self.verify_sealed(shard)?;
         let shared = &self.shared;
-        let device = shared.backend.device_facts(shard.gpu_device)?;
-        let problems = rules::device_problems(&device, shared.config.allow_pageable_memory_access);
+        let device = shared.backend().device_facts(shard.gpu_device)?;
+        let problems =
+            rules::device_problems(&device, shared.config().allow_pageable_memory_access);
         if !problems.is_empty() {
             return Err(VramError::PolicyViolation {
                 device: shard.gpu_device,
@@ -166,7 +149,7 @@ impl VramManager {
         let facts = self.allocation_facts(shard)?;
         Attestation {
             version: ATTESTATION_VERSION,
-            worker_id: shared.config.worker_id.clone(),
+            worker_id: shared.config().worker_id.clone(),
             shard_id: shard.shard_id.clone(),
             gpu_device: shard.gpu_device,
             vram_bytes: shard.vram_bytes,
@@ -181,14 +164,10 @@ impl VramManager {
             device_ordinal: facts.device_ordinal,
             covers_shard: facts.covers_shard,
             checks_passed: CHECKS_PASSED.map(str::to_owned).to_vec(),
-            attested_at_ms: shared
-                .clock
-                .wall()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            attested_at_ms: shared.wall_ms(),
             nonce: hex::encode(nonce),
             signature: String::new(),
         }
-        .signed(&shared.key)
+        .signed(shared.key())
     }
 }

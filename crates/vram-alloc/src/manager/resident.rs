@@ -38,7 +38,7 @@ impl ResidentAllocation {
             correlation_id,
             reservation: Some(reservation),
             sealed,
-            sealed_at_monotonic: shared.clock.monotonic(),
+            sealed_at_monotonic: shared.clock().monotonic(),
             shared,
         }
     }
@@ -47,7 +47,7 @@ impl ResidentAllocation {
     /// change it).
     pub(crate) fn age(&self) -> std::time::Duration {
         self.shared
-            .clock
+            .clock()
             .monotonic()
             .saturating_sub(self.sealed_at_monotonic)
     }
@@ -102,7 +102,7 @@ impl fmt::Debug for ResidentAllocation {
 
 impl Drop for ResidentAllocation {
     fn drop(&mut self) {
-        let error = self.shared.backend.free(self.buffer).err();
+        let error = self.shared.backend().free(self.buffer).err();
         let freed_bytes = self.reserved_bytes();
         // The device memory is gone whether or not the driver complained; give the capacity back.
         drop(self.reservation.take());
@@ -124,7 +124,7 @@ impl Drop for ResidentAllocation {
                 error: error.map(|e| e.to_string()),
             },
         );
-        self.shared.metrics.forget_shard(&self.sealed.shard_id);
+        self.shared.metrics().forget_shard(&self.sealed.shard_id);
         self.shared.refresh_capacity_metrics(self.sealed.gpu_device);
     }
 }

@@ -1,36 +1,122 @@
-//! Sealing: validate → claim the id → reserve capacity → allocate → upload → check the
-//! allocation is device memory → digest the resident bytes → seal → register → audit.
+//! Sealing one planned part, in typed steps: [`Placed`] (allocated) → [`Uploaded`] (copied and
+//! checked to be device memory) → [`Digested`] (hashed where it lies, checked against what was
+//! expected) → [`Signed`] (id claimed, seal computed) → registered and audited.
 //!
-//! Each step that holds a resource holds it in a guard ([`Reservation`], [`PlacedBuffer`],
-//! [`Claim`]), so a failure at any step leaves no allocation, no reservation and no claimed id.
-//! Rejected input returns before anything is reserved or audited.
+//! Every step owns the device buffer until the next takes it, and the plan's reservation and
+//! claim travel with it, so a failure at any step frees the buffer, gives the capacity back
+//! and releases the id; what had been allocated is then audited as a `SealAborted` record.
+//! Checks that need no device (ids, sizes, capacity) were made by the plan (`plan.rs`).
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use vram_policy::rules;
 use vram_seal::{ShardDigest, compute_signature};
-use vram_types::validation::{validate_gpu_device, validate_model_size};
 use vram_types::{
-    BackendKind, GpuShare, SealSignature, SealedFields, SealedShard, ShardAllocation, ShardId,
-    ShardSource, VramError,
+    GpuShare, SealSignature, SealedFields, SealedShard, ShardAllocation, ShardSource, VramError,
 };
 
-use super::seal_options::{CrossCheck, SealOptions};
+use super::VramManager;
+use super::cross_check::CrossCheck;
+use super::plan::SealPart;
+use super::residency;
+use super::resident::ResidentAllocation;
+use super::seal_options::SealOptions;
 use super::shared::{Claim, Shared};
 use crate::audit::AuditEvent;
-use crate::backend::{BufferId, ChunkObserver, round_up};
-use crate::capacity::{DeviceCapacity, Reservation};
-use crate::manager::resident::ResidentAllocation;
+use crate::backend::{BufferId, ChunkObserver};
+use crate::capacity::Reservation;
 
-/// What the caller asked to seal.
-pub(super) struct SealRequest<'a> {
-    pub(super) source: &'a dyn ShardSource,
+impl VramManager {
+    /// Seals `model_bytes` on `gpu_device` under an id derived from its digest
+    /// (`shard-<16 hex>-gpu<N>`), so sealing the same bytes twice on one device fails.
+    ///
+    /// # Errors
+    /// [`VramError::InvalidInput`] / [`VramError::InvalidDevice`] for rejected input (nothing
+    /// reserved, nothing audited); [`VramError::InsufficientVram`]; [`VramError::AlreadySealed`];
+    /// [`VramError::CudaAllocationFailed`] and other CUDA errors; [`VramError::PolicyViolation`]
+    /// when the allocation is not device memory; [`VramError::Stopped`] after a security failure.
+    pub fn seal_model(
+        &self,
+        model_bytes: &[u8],
+        gpu_device: u32,
+    ) -> Result<SealedShard, VramError> {
+        self.seal_from_source(&model_bytes, gpu_device, &SealOptions::new())
+    }
+
+    /// Seals `model_bytes` on `gpu_device` under the caller's `shard_id`.
+    ///
+    /// # Errors
+    /// As [`Self::seal_model`]; an invalid id is [`VramError::InvalidInput`], an id already live
+    /// is [`VramError::AlreadySealed`].
+    pub fn seal_model_with_id(
+        &self,
+        shard_id: &str,
+        model_bytes: &[u8],
+        gpu_device: u32,
+    ) -> Result<SealedShard, VramError> {
+        let options = SealOptions::new().shard_id(shard_id);
+        self.seal_from_source(&model_bytes, gpu_device, &options)
+    }
+
+    /// Seals one tensor-parallel shard (`shard_index` of `total_shards`); both are sealed, and the
+    /// generated id carries them (`shard-<16 hex>-gpu<N>-tp<i>of<n>`), so shards of one model
+    /// with identical bytes on one device do not collide.
+    ///
+    /// # Errors
+    /// As [`Self::seal_model`]; `shard_index >= total_shards` is [`VramError::InvalidInput`].
+    pub fn seal_model_shard(
+        &self,
+        model_bytes: &[u8],
+        gpu_device: u32,
+        shard_index: usize,
+        total_shards: usize,
+    ) -> Result<SealedShard, VramError> {
+        let options = SealOptions::new().tensor_parallel(shard_index, total_shards);
+        self.seal_from_source(&model_bytes, gpu_device, &options)
+    }
+
+    /// Seals the bytes of `source` (a [`FileSource`](vram_types::FileSource), or `&bytes`) on
+    /// `gpu_device`: a plan of one part ([`Self::plan_seal`]). The bytes go from the source
+    /// through a bounded ring of pinned staging buffers straight to VRAM, so host memory stays
+    /// bounded whatever the shard's size, and the digest is computed from the bytes in VRAM.
+    /// `options` can name the shard, require an expected digest and cross-check the host bytes.
+    ///
+    /// # Errors
+    /// As [`Self::seal_model`]; [`VramError::SourceReadFailed`] when the source cannot be read;
+    /// [`VramError::UnexpectedDigest`] when an expected digest does not match;
+    /// [`VramError::UploadMismatch`] when the cross-check finds the host bytes differ. Nothing
+    /// stays allocated or reserved after an error.
+    pub fn seal_from_source(
+        &self,
+        source: &dyn ShardSource,
+        gpu_device: u32,
+        options: &SealOptions,
+    ) -> Result<SealedShard, VramError> {
+        let part = SealPart {
+            source,
+            gpu_device,
+            options: options.clone(),
+        };
+        let mut shards = self.plan_seal(vec![part])?.execute()?;
+        shards
+            .pop()
+            .ok_or(VramError::Unreachable("a plan of one part seals one shard"))
+    }
+}
+
+/// A planned part, ready to place.
+pub(super) struct PartRequest<'r> {
+    pub(super) source: &'r dyn ShardSource,
     pub(super) device: u32,
-    pub(super) options: &'a SealOptions,
+    pub(super) options: &'r SealOptions,
+    pub(super) len: usize,
+    /// The caller's (or the group's) id, claimed by the plan; `None`: derived from the digest.
+    pub(super) claim: Option<Claim>,
+    /// This part's share of the plan's reservation.
+    pub(super) reservation: Reservation,
     /// The group the shard belongs to: its `VramSealed` record names the group and is held
     /// back until the whole group is placed (nothing is audited as sealed otherwise).
-    pub(super) group: Option<&'a str>,
+    pub(super) group: Option<&'r str>,
 }
 
 /// A sealed shard, with its `VramSealed` record when the request held it back (a group's).
@@ -39,13 +125,95 @@ pub(super) struct Sealed {
     pub(super) held_back: Option<(String, AuditEvent)>,
 }
 
-/// A device buffer freed on drop unless handed over.
-struct PlacedBuffer<'a> {
-    shared: &'a Shared,
-    buffer: Option<BufferId>,
+/// Places, seals, registers and audits one part. A failure after the allocation is audited as
+/// `SealAborted` once the buffer and the capacity are given back.
+pub(super) fn seal_part(shared: &Arc<Shared>, req: PartRequest<'_>) -> Result<Sealed, VramError> {
+    let device = req.device;
+    let correlation_id = shared.next_correlation_id();
+    let result = place_and_seal(shared, req, &correlation_id);
+    shared.metrics().count_seal(device, result.is_ok());
+    shared.refresh_capacity_metrics(device);
+    result
 }
 
-impl PlacedBuffer<'_> {
+fn place_and_seal(
+    shared: &Arc<Shared>,
+    req: PartRequest<'_>,
+    correlation_id: &str,
+) -> Result<Sealed, VramError> {
+    let PartRequest {
+        source,
+        device,
+        options,
+        len,
+        claim,
+        reservation,
+        group,
+    } = req;
+    let placed = Placed::allocate(shared, device, len, &reservation, correlation_id)?;
+    let signed = placed
+        .upload(source, options, correlation_id)
+        .and_then(|uploaded| uploaded.digest(shared.config().digest_algorithm))
+        .and_then(|digested| digested.check(options))
+        .and_then(|digested| digested.sign(options, claim));
+    let signed = match signed {
+        Ok(signed) => signed,
+        Err(e) => {
+            // The steps have freed the buffer; give the capacity back, then record that the
+            // allocation came and went.
+            let reserved_bytes = reservation.bytes();
+            drop(reservation);
+            shared.record_or_stop(
+                correlation_id,
+                AuditEvent::SealAborted {
+                    shard_id: options.shard_id.clone(),
+                    gpu_device: device,
+                    reserved_bytes,
+                    reason: e.to_string(),
+                },
+            );
+            return Err(e);
+        }
+    };
+    signed.register(reservation, correlation_id, group)
+}
+
+/// Step 1: a device buffer of the shard's length, freed on drop unless handed on.
+struct Placed<'s> {
+    shared: &'s Arc<Shared>,
+    buffer: Option<BufferId>,
+    device: u32,
+    len: usize,
+}
+
+impl<'s> Placed<'s> {
+    /// Allocates; a failure is audited as `VramAllocationFailed`.
+    fn allocate(
+        shared: &'s Arc<Shared>,
+        device: u32,
+        len: usize,
+        reservation: &Reservation,
+        correlation_id: &str,
+    ) -> Result<Self, VramError> {
+        let buffer = shared.backend().allocate(device, len).inspect_err(|e| {
+            shared.record_or_stop(
+                correlation_id,
+                AuditEvent::VramAllocationFailed {
+                    gpu_device: device,
+                    requested: reservation.bytes(),
+                    available: shared.capacity(device).map_or(0, |c| c.available()),
+                    reason: e.to_string(),
+                },
+            );
+        })?;
+        Ok(Self {
+            shared,
+            buffer: Some(buffer),
+            device,
+            len,
+        })
+    }
+
     fn id(&self) -> Result<BufferId, VramError> {
         self.buffer.ok_or(VramError::Unreachable(
             "buffer taken before the seal completed",
@@ -57,313 +225,224 @@ impl PlacedBuffer<'_> {
             .take()
             .ok_or(VramError::Unreachable("buffer handed over twice"))
     }
+
+    /// Step 2: copies the source in (showing each chunk to the cross-check, if asked for) and
+    /// checks that the allocation is device memory of the device, covering the shard.
+    fn upload(
+        self,
+        source: &dyn ShardSource,
+        options: &SealOptions,
+        correlation_id: &str,
+    ) -> Result<Uploaded<'s>, VramError> {
+        let algorithm = self.shared.config().digest_algorithm;
+        let cross_check = options
+            .cross_check
+            .then(|| CrossCheck::new(algorithm, source.len()))
+            .transpose()?;
+        let observe = |offset: u64, chunk: &[u8]| {
+            if let Some(c) = &cross_check {
+                c.observe(offset, chunk);
+            }
+        };
+        let observer: Option<ChunkObserver<'_>> = cross_check.as_ref().map(|_| &observe as _);
+        self.shared.backend().upload(self.id()?, source, observer)?;
+        residency::check(
+            self.shared,
+            self.id()?,
+            self.device,
+            self.len,
+            correlation_id,
+        )?;
+        let host_digest = cross_check
+            .map(|check| check.finish(source, algorithm))
+            .transpose()?;
+        Ok(Uploaded {
+            placed: self,
+            host_digest,
+        })
+    }
 }
 
-impl Drop for PlacedBuffer<'_> {
+impl Drop for Placed<'_> {
     fn drop(&mut self) {
         if let Some(buffer) = self.buffer.take()
-            && let Err(e) = self.shared.backend.free(buffer)
+            && let Err(e) = self.shared.backend().free(buffer)
         {
             tracing::error!(error = %e, "freeing a partly sealed buffer failed");
         }
     }
 }
 
-/// Checks the request; returns the caller's id, if any, and the shard's length.
-fn validate(shared: &Shared, req: &SealRequest<'_>) -> Result<(Option<ShardId>, usize), VramError> {
-    let id = req
-        .options
-        .shard_id
-        .as_deref()
-        .map(ShardId::new)
-        .transpose()?;
-    validate_gpu_device(req.device, shared.backend.device_count())?;
-    let len = usize::try_from(req.source.len()).map_err(|_| {
-        VramError::invalid_input(
-            "model size",
-            format!(
-                "{} bytes do not fit this host's address space",
-                req.source.len()
-            ),
-        )
-    })?;
-    validate_model_size(len, shared.config.max_model_bytes)?;
-    if let Some((index, total)) = req.options.tensor_parallel
-        && (total == 0 || index >= total)
-    {
-        return Err(VramError::invalid_input(
-            "shard index",
-            format!("index {index} of {total} shards; need index < total and total > 0"),
-        ));
-    }
-    Ok((id, len))
+/// Step 2 done: the bytes are resident in device memory; with the cross-check, the digest of
+/// the host bytes they came from.
+struct Uploaded<'s> {
+    placed: Placed<'s>,
+    host_digest: Option<ShardDigest>,
 }
 
-pub(super) fn seal(shared: &Arc<Shared>, req: &SealRequest<'_>) -> Result<Sealed, VramError> {
-    shared.ensure_running()?;
-    let (id, len) = validate(shared, req)?;
-    let claim = id
-        .as_ref()
-        .map(|id| shared.claim(id.as_str()))
-        .transpose()?;
-    let correlation_id = shared.next_correlation_id();
-    let result = place_and_seal(shared, req, len, claim, &correlation_id);
-    shared.metrics.count_seal(req.device, result.is_ok());
-    shared.refresh_capacity_metrics(req.device);
-    result
-}
-
-fn reserve(
-    shared: &Shared,
-    device: u32,
-    len: usize,
-    correlation_id: &str,
-) -> Result<Reservation, VramError> {
-    let needed = round_up(len, shared.backend.granularity()).ok_or_else(|| {
-        VramError::invalid_input("model size", format!("{len} bytes cannot be allocated"))
-    })?;
-    let refuse = |available: usize| {
-        shared.record_or_stop(
-            correlation_id,
-            AuditEvent::VramAllocationFailed {
-                gpu_device: device,
-                requested: needed,
-                available,
-                reason: "insufficient VRAM".into(),
-            },
-        );
-        tracing::warn!(
-            gpu_device = device,
-            requested = needed,
-            available,
-            "insufficient VRAM"
-        );
-        VramError::InsufficientVram {
-            needed,
-            available,
-            device,
-        }
-    };
-    let reservation =
-        DeviceCapacity::try_reserve(shared.capacity(device)?, needed).map_err(refuse)?;
-    // Our accounting admits it; the device must also have it free now (other processes count).
-    let free = shared.backend.memory_info(device)?.free;
-    if free < needed {
-        return Err(refuse(free));
-    }
-    Ok(reservation)
-}
-
-fn place_and_seal(
-    shared: &Arc<Shared>,
-    req: &SealRequest<'_>,
-    len: usize,
-    claim: Option<Claim>,
-    correlation_id: &str,
-) -> Result<Sealed, VramError> {
-    let device = req.device;
-    let reservation = reserve(shared, device, len, correlation_id)?;
-    let placed = PlacedBuffer {
-        shared,
-        buffer: Some(shared.backend.allocate(device, len).inspect_err(|e| {
-            shared.record_or_stop(
-                correlation_id,
-                AuditEvent::VramAllocationFailed {
-                    gpu_device: device,
-                    requested: reservation.bytes(),
-                    available: shared.capacity(device).map_or(0, |c| c.available()),
-                    reason: e.to_string(),
-                },
-            );
-        })?),
-    };
-    let (fields, now, signature, claim) =
-        match prepare(shared, req, len, claim, &placed, correlation_id) {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                // Release first, then record that the allocation came and went.
-                let reserved_bytes = reservation.bytes();
-                drop(placed);
-                drop(reservation);
-                shared.record_or_stop(
-                    correlation_id,
-                    AuditEvent::SealAborted {
-                        shard_id: req.options.shard_id.clone(),
-                        gpu_device: device,
-                        reserved_bytes,
-                        reason: e.to_string(),
-                    },
-                );
-                return Err(e);
-            }
-        };
-    let buffer = placed.hand_over()?;
-    let reserved_bytes = reservation.bytes();
-    let resident = Arc::new(ResidentAllocation::new(
-        Arc::clone(shared),
-        buffer,
-        correlation_id.to_owned(),
-        reservation,
-        fields.clone(),
-    ));
-    claim.commit(buffer, &resident);
-    let allocation: Arc<dyn ShardAllocation> = resident;
-    let shard = SealedShard::from_parts(fields, now, signature, Some(allocation));
-
-    let event = AuditEvent::VramSealed {
-        shard_id: shard.shard_id.clone(),
-        gpu_device: device,
-        vram_bytes: len,
-        reserved_bytes,
-        digest: shard.digest.clone(),
-        digest_algorithm: shard.digest_algorithm().to_string(),
-        backend: shared.backend.kind().to_string(),
-        group_id: req.group.map(str::to_owned),
-    };
-    tracing::info!(
-        shard_id = %shard.shard_id, vram_bytes = len, gpu_device = device, digest = %shard.digest,
-        "model sealed in VRAM"
-    );
-    warn_if_low(shared, device);
-    let held_back = match req.group {
-        Some(_) => Some((correlation_id.to_owned(), event)),
-        None => {
-            // Fail-closed: a seal that cannot be recorded is undone (dropping `shard` releases
-            // the VRAM, and the release is recorded).
-            shared.record(correlation_id, event)?;
-            None
-        }
-    };
-    Ok(Sealed { shard, held_back })
-}
-
-/// What a seal computes between allocating and registering: upload, residency check, the
-/// digest of the resident bytes, the checks the caller asked for, the id and the seal.
-fn prepare(
-    shared: &Arc<Shared>,
-    req: &SealRequest<'_>,
-    len: usize,
-    claim: Option<Claim>,
-    placed: &PlacedBuffer<'_>,
-    correlation_id: &str,
-) -> Result<(SealedFields, SystemTime, SealSignature, Claim), VramError> {
-    let device = req.device;
-    let algorithm = shared.config.digest_algorithm;
-    let cross_check = req
-        .options
-        .cross_check
-        .then(|| CrossCheck::new(algorithm, req.source.len()))
-        .transpose()?;
-    let observe = |offset: u64, chunk: &[u8]| {
-        if let Some(c) = &cross_check {
-            c.observe(offset, chunk);
-        }
-    };
-    let observer: Option<ChunkObserver<'_>> = cross_check.as_ref().map(|_| &observe as _);
-    shared.backend.upload(placed.id()?, req.source, observer)?;
-    check_residency(shared, placed.id()?, device, len, correlation_id)?;
-    // The seal covers what is in VRAM: the digest is computed there, not from the host bytes.
-    let digest: ShardDigest =
-        shared
-            .backend
-            .digest(placed.id()?, len, algorithm, GpuShare::Full)?;
-    if let Some(check) = cross_check {
-        let host = check.finish(req.source, algorithm)?;
-        if !host.ct_eq(&digest) {
+impl<'s> Uploaded<'s> {
+    /// Step 3: the digest of the resident bytes, computed where they lie: the seal covers what
+    /// is in VRAM, not the host bytes.
+    fn digest(self, algorithm: vram_types::DigestAlgorithm) -> Result<Digested<'s>, VramError> {
+        let placed = self.placed;
+        let digest =
+            placed
+                .shared
+                .backend()
+                .digest(placed.id()?, placed.len, algorithm, GpuShare::Full)?;
+        if let Some(host) = self.host_digest
+            && !host.ct_eq(&digest)
+        {
             return Err(VramError::UploadMismatch {
-                device,
+                device: placed.device,
                 host: host.to_hex(),
                 resident: digest.to_hex(),
             });
         }
+        Ok(Digested { placed, digest })
     }
-    if let Some(expected) = &req.options.expected_digest
-        && !expected.ct_eq(&digest)
-    {
-        return Err(VramError::UnexpectedDigest {
-            expected: expected.to_hex(),
-            actual: digest.to_hex(),
-        });
-    }
-    let digest_hex = digest.to_hex();
+}
 
-    let shard_id = match id_of(req, &digest_hex, device) {
-        Some(id) => id,
-        None => return Err(VramError::Unreachable("digest is 64 hex characters")),
-    };
-    // A generated id is derived from the content: sealing the same bytes twice on one device
-    // fails instead of keeping two copies (the contract's idempotency rule).
-    let claim = match claim {
-        Some(c) => c,
-        None => shared.claim(&shard_id)?,
-    };
-    let now = shared.clock.wall();
-    // A seal time is seconds since 1970 (`.specs/seal.md`): a clock that reads earlier is
-    // wrong, and is said to be, instead of failing as a malformed seal.
-    if shared.config.include_seal_time && now < UNIX_EPOCH {
-        return Err(VramError::invalid_input(
-            "system clock",
-            "reads before 1970-01-01, so no seal time can be written; set the clock (NTP) and seal again",
+/// Step 3 done: the digest of the resident bytes.
+struct Digested<'s> {
+    placed: Placed<'s>,
+    digest: ShardDigest,
+}
+
+impl<'s> Digested<'s> {
+    /// The expected digest in the manager's algorithm, if any, against the resident bytes.
+    fn check(self, options: &SealOptions) -> Result<Self, VramError> {
+        let sealed_with = self.placed.shared.config().digest_algorithm;
+        if let Some(expected) = options.expected.filter(|e| e.is_resident(sealed_with))
+            && !expected.digest.ct_eq(&self.digest)
+        {
+            return Err(VramError::UnexpectedDigest {
+                expected: expected.digest.to_hex(),
+                actual: self.digest.to_hex(),
+            });
+        }
+        Ok(self)
+    }
+
+    /// Step 4: the id (the plan's claim, or one derived from the content, claimed now) and the
+    /// seal over the shard's fields.
+    fn sign(self, options: &SealOptions, claim: Option<Claim>) -> Result<Signed<'s>, VramError> {
+        let shared = self.placed.shared;
+        let device = self.placed.device;
+        let digest_hex = self.digest.to_hex();
+        let shard_id = id_of(options, &digest_hex, device)
+            .ok_or(VramError::Unreachable("digest is 64 hex characters"))?;
+        // A generated id is derived from the content: sealing the same bytes twice on one
+        // device fails instead of keeping two copies (the contract's idempotency rule).
+        let claim = match claim {
+            Some(c) => c,
+            None => shared.claim(&shard_id)?,
+        };
+        let now = shared.clock().wall();
+        // A seal time is seconds since 1970 (`.specs/seal.md`): a clock that reads earlier is
+        // wrong, and is said to be, instead of failing as a malformed seal.
+        let include_time = shared.config().include_seal_time;
+        if include_time && now < UNIX_EPOCH {
+            return Err(VramError::invalid_input(
+                "system clock",
+                "reads before 1970-01-01, so no seal time can be written; set the clock (NTP) and seal again",
+            ));
+        }
+        let fields = SealedFields {
+            shard_id,
+            gpu_device: device,
+            vram_bytes: self.placed.len,
+            digest_algorithm: shared.config().digest_algorithm,
+            digest: digest_hex,
+            sealed_at: include_time.then_some(now),
+            shard_index: options.tensor_parallel.map(|(i, _)| i),
+            total_shards: options.tensor_parallel.map(|(_, n)| n),
+        };
+        let signature = compute_signature(shared.key(), &fields)?;
+        Ok(Signed {
+            placed: self.placed,
+            fields,
+            now,
+            signature,
+            claim,
+        })
+    }
+}
+
+/// Step 4 done: sealed, not yet registered.
+struct Signed<'s> {
+    placed: Placed<'s>,
+    fields: SealedFields,
+    now: SystemTime,
+    signature: SealSignature,
+    claim: Claim,
+}
+
+impl Signed<'_> {
+    /// Step 5: the allocation becomes the shard's (its drop now frees it and audits the
+    /// release), the id goes live, and the seal is audited, or held back for a group.
+    fn register(
+        self,
+        reservation: Reservation,
+        correlation_id: &str,
+        group: Option<&str>,
+    ) -> Result<Sealed, VramError> {
+        let shared = self.placed.shared;
+        let device = self.placed.device;
+        let len = self.placed.len;
+        let buffer = self.placed.hand_over()?;
+        let reserved_bytes = reservation.bytes();
+        let resident = Arc::new(ResidentAllocation::new(
+            Arc::clone(shared),
+            buffer,
+            correlation_id.to_owned(),
+            reservation,
+            self.fields.clone(),
         ));
+        self.claim.commit(buffer, &resident);
+        let allocation: Arc<dyn ShardAllocation> = resident;
+        let shard =
+            SealedShard::from_parts(self.fields, self.now, self.signature, Some(allocation));
+        let event = AuditEvent::VramSealed {
+            shard_id: shard.shard_id.clone(),
+            gpu_device: device,
+            vram_bytes: len,
+            reserved_bytes,
+            digest: shard.digest.clone(),
+            digest_algorithm: shard.digest_algorithm().to_string(),
+            backend: shared.backend().kind().to_string(),
+            group_id: group.map(str::to_owned),
+        };
+        tracing::info!(
+            shard_id = %shard.shard_id, vram_bytes = len, gpu_device = device, digest = %shard.digest,
+            "model sealed in VRAM"
+        );
+        warn_if_low(shared, device);
+        let held_back = match group {
+            Some(_) => Some((correlation_id.to_owned(), event)),
+            None => {
+                // Fail-closed: a seal that cannot be recorded is undone (dropping `shard`
+                // releases the VRAM, and the release is recorded).
+                shared.record(correlation_id, event)?;
+                None
+            }
+        };
+        Ok(Sealed { shard, held_back })
     }
-    let fields = SealedFields {
-        shard_id: shard_id.clone(),
-        gpu_device: device,
-        vram_bytes: len,
-        digest_algorithm: algorithm,
-        digest: digest_hex,
-        sealed_at: shared.config.include_seal_time.then_some(now),
-        shard_index: req.options.tensor_parallel.map(|(i, _)| i),
-        total_shards: req.options.tensor_parallel.map(|(_, n)| n),
-    };
-    let signature = compute_signature(&shared.key, &fields)?;
-
-    Ok((fields, now, signature, claim))
 }
 
 /// The caller's id, or one derived from the content and place: `shard-<16 hex>-gpu<N>`, with
 /// `-tp<i>of<n>` for a tensor-parallel shard (two shards of one model may hold identical bytes
 /// on one device; they are different shards).
-fn id_of(req: &SealRequest<'_>, digest_hex: &str, device: u32) -> Option<String> {
-    if let Some(id) = &req.options.shard_id {
+fn id_of(options: &SealOptions, digest_hex: &str, device: u32) -> Option<String> {
+    if let Some(id) = &options.shard_id {
         return Some(id.clone());
     }
     let content = digest_hex.get(..16)?;
-    Some(match req.options.tensor_parallel {
+    Some(match options.tensor_parallel {
         None => format!("shard-{content}-gpu{device}"),
         Some((i, n)) => format!("shard-{content}-gpu{device}-tp{i}of{n}"),
     })
-}
-
-/// The allocation must be plain device memory of `device` covering the whole shard.
-pub(super) fn check_residency(
-    shared: &Shared,
-    buffer: BufferId,
-    device: u32,
-    len: usize,
-    correlation_id: &str,
-) -> Result<(), VramError> {
-    let facts = shared.backend.allocation_facts(buffer, len)?;
-    let allow_simulated = shared.backend.kind() == BackendKind::Mock;
-    let Some(reason) = rules::allocation_problem(&facts, device, allow_simulated) else {
-        return Ok(());
-    };
-    let ecc_enabled = shared
-        .backend
-        .device_facts(device)
-        .ok()
-        .and_then(|f| f.ecc_enabled);
-    shared.record_or_stop(
-        correlation_id,
-        AuditEvent::PolicyViolation {
-            gpu_device: device,
-            reason: reason.clone(),
-            ecc_enabled,
-        },
-    );
-    let error = VramError::PolicyViolation { device, reason };
-    shared.stop(&error.to_string());
-    Err(error)
 }
 
 fn warn_if_low(shared: &Shared, device: u32) {

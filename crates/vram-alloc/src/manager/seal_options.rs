@@ -1,10 +1,7 @@
-//! `SealOptions`: what a seal checks beyond the defaults, and the cross-check of host bytes.
-
-use std::sync::{Mutex, PoisonError};
+//! `SealOptions`: what a seal checks beyond the defaults.
 
 use vram_seal::ShardDigest;
-use vram_seal::digest::tree::{digest_from_leaf_digests, leaf_count, leaf_digest};
-use vram_types::{DigestAlgorithm, LeafSize, ShardSource, VramError};
+use vram_types::DigestAlgorithm;
 
 /// Options of [`VramManager::seal_from_source`](crate::VramManager::seal_from_source).
 ///
@@ -15,7 +12,7 @@ use vram_types::{DigestAlgorithm, LeafSize, ShardSource, VramError};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SealOptions {
     pub(crate) shard_id: Option<String>,
-    pub(crate) expected_digest: Option<ShardDigest>,
+    pub(crate) expected: Option<ExpectedDigest>,
     pub(crate) cross_check: bool,
     pub(crate) tensor_parallel: Option<(usize, usize)>,
 }
@@ -35,10 +32,28 @@ impl SealOptions {
     }
 
     /// Refuses to seal unless the resident bytes have this digest (in the manager's digest
-    /// algorithm): [`VramError::UnexpectedDigest`] otherwise, and nothing stays allocated.
+    /// algorithm): [`VramError::UnexpectedDigest`](vram_types::VramError::UnexpectedDigest)
+    /// otherwise, and nothing stays allocated.
     #[must_use]
     pub fn expect_digest(mut self, digest: ShardDigest) -> Self {
-        self.expected_digest = Some(digest);
+        self.expected = Some(ExpectedDigest {
+            algorithm: None,
+            digest,
+        });
+        self
+    }
+
+    /// Refuses to seal unless the bytes have this digest in `algorithm`. In the manager's own
+    /// algorithm it is checked against the resident bytes, as [`Self::expect_digest`]; in
+    /// another one (a flat SHA-256 from `sha256sum` or a Hugging Face LFS oid) it cannot be
+    /// computed in VRAM, so a plan checks it on the source's bytes before anything is reserved
+    /// or placed.
+    #[must_use]
+    pub fn expect_digest_in(mut self, algorithm: DigestAlgorithm, digest: ShardDigest) -> Self {
+        self.expected = Some(ExpectedDigest {
+            algorithm: Some(algorithm),
+            digest,
+        });
         self
     }
 
@@ -58,77 +73,17 @@ impl SealOptions {
     }
 }
 
-/// The digest of the host bytes, computed from the chunks the upload shows it.
-pub(super) enum CrossCheck {
-    /// Tree: every leaf digest, filled in by the copy threads in any order.
-    Tree {
-        leaf: LeafSize,
-        len: u64,
-        leaves: Mutex<Vec<Option<[u8; 32]>>>,
-    },
-    /// Flat SHA-256 is serial: the source is hashed again, in order, after the upload.
-    Flat,
+/// An expected digest and the algorithm it is in (`None`: the manager's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ExpectedDigest {
+    pub(crate) algorithm: Option<DigestAlgorithm>,
+    pub(crate) digest: ShardDigest,
 }
 
-impl CrossCheck {
-    pub(super) fn new(algorithm: DigestAlgorithm, len: u64) -> Result<Self, VramError> {
-        Ok(match algorithm.leaf_size() {
-            Some(leaf) => {
-                let n = usize::try_from(leaf_count(len, leaf))
-                    .map_err(|_| VramError::HostMemoryExhausted { needed: usize::MAX })?;
-                let mut leaves = Vec::new();
-                leaves
-                    .try_reserve_exact(n)
-                    .map_err(|_| VramError::HostMemoryExhausted { needed: n })?;
-                leaves.resize(n, None);
-                Self::Tree {
-                    leaf,
-                    len,
-                    leaves: Mutex::new(leaves),
-                }
-            }
-            None => Self::Flat,
-        })
-    }
-
-    /// Hashes the leaves of one uploaded chunk (chunks start on leaf boundaries: the chunk size
-    /// is a multiple of every leaf size).
-    pub(super) fn observe(&self, offset: u64, chunk: &[u8]) {
-        let Self::Tree { leaf, leaves, .. } = self else {
-            return;
-        };
-        let first = offset
-            .checked_div(u64::from(leaf.get()))
-            .and_then(|i| usize::try_from(i).ok())
-            .unwrap_or(usize::MAX);
-        let digests: Vec<[u8; 32]> = chunk.chunks(leaf.bytes()).map(leaf_digest).collect();
-        let mut all = leaves.lock().unwrap_or_else(PoisonError::into_inner);
-        for (i, d) in digests.into_iter().enumerate() {
-            if let Some(slot) = first.checked_add(i).and_then(|j| all.get_mut(j)) {
-                *slot = Some(d);
-            }
-        }
-    }
-
-    /// The digest of the host bytes.
-    pub(super) fn finish(
-        self,
-        source: &dyn ShardSource,
-        algorithm: DigestAlgorithm,
-    ) -> Result<ShardDigest, VramError> {
-        match self {
-            Self::Tree { leaf, len, leaves } => {
-                let leaves: Option<Vec<[u8; 32]>> = leaves
-                    .into_inner()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .into_iter()
-                    .collect();
-                let leaves = leaves.ok_or(VramError::Unreachable(
-                    "every chunk of the upload was shown to the cross-check",
-                ))?;
-                digest_from_leaf_digests(&leaves, leaf, len)
-            }
-            Self::Flat => vram_seal::digest::digest_source(source, algorithm),
-        }
+impl ExpectedDigest {
+    /// Whether it is checked on the resident bytes (in `sealed_with`, the manager's algorithm);
+    /// otherwise on the host bytes, before anything is placed.
+    pub(crate) fn is_resident(&self, sealed_with: DigestAlgorithm) -> bool {
+        self.algorithm.is_none_or(|a| a == sealed_with)
     }
 }

@@ -27,13 +27,13 @@ struct Registry {
 
 #[derive(Debug)]
 pub(crate) struct Shared {
-    pub(crate) backend: Arc<dyn Backend>,
-    pub(crate) config: VramConfig,
-    pub(crate) key: SealKey,
-    pub(crate) capacities: Vec<Arc<DeviceCapacity>>,
-    pub(crate) audit: Arc<dyn AuditSink>,
-    pub(crate) metrics: Metrics,
-    pub(crate) clock: Arc<dyn Clock>,
+    backend: Arc<dyn Backend>,
+    config: VramConfig,
+    key: SealKey,
+    capacities: Vec<Arc<DeviceCapacity>>,
+    audit: Arc<dyn AuditSink>,
+    metrics: Metrics,
+    clock: Arc<dyn Clock>,
     registry: Mutex<Registry>,
     stopped: Mutex<Option<String>>,
     run_id: String,
@@ -67,6 +67,52 @@ impl Shared {
             run_id,
             next_operation: AtomicU64::new(1),
         }
+    }
+
+    pub(crate) fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub(crate) fn config(&self) -> &VramConfig {
+        &self.config
+    }
+
+    pub(crate) fn key(&self) -> &SealKey {
+        &self.key
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn clock(&self) -> &dyn Clock {
+        self.clock.as_ref()
+    }
+
+    /// Wall-clock milliseconds since 1970, as records carry them: 0 for a clock before 1970,
+    /// `u64::MAX` past the year 584 million. The one place this conversion is made.
+    pub(crate) fn wall_ms(&self) -> u64 {
+        self.clock
+            .wall()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    /// `bytes` summed over every device's capacity.
+    pub(crate) fn sum_over_devices(&self, bytes: impl Fn(&DeviceCapacity) -> usize) -> usize {
+        self.capacities
+            .iter()
+            .map(|c| bytes(c))
+            .fold(0, usize::saturating_add)
+    }
+
+    /// The ECC state of `device` as its facts report it (`None` when unknown or unreadable),
+    /// for policy-violation records.
+    pub(crate) fn ecc_enabled(&self, device: u32) -> Option<bool> {
+        self.backend
+            .device_facts(device)
+            .ok()
+            .and_then(|f| f.ecc_enabled)
     }
 
     /// A fresh correlation id: `<run id>-<operation number>`.
@@ -143,11 +189,7 @@ impl Shared {
     fn store(&self, correlation_id: &str, event: AuditEvent) -> Result<(), AuditError> {
         let severity = event.severity();
         let record = AuditRecord {
-            timestamp_ms: self
-                .clock
-                .wall()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            timestamp_ms: self.wall_ms(),
             worker_id: self.config.worker_id.clone(),
             correlation_id: correlation_id.to_owned(),
             severity,

@@ -8,23 +8,52 @@ use std::time::Instant;
 use vram_seal::{ShardDigest, verify_signature};
 use vram_types::{GpuShare, SealFailure, SealedFields, SealedShard, VramError};
 
-use super::seal::check_residency;
+use vram_types::{AllocationFacts, ShardAllocation};
+
+use super::VramManager;
+use super::residency::{self, owned};
 use super::shared::Shared;
 use crate::audit::AuditEvent;
-use crate::manager::resident::ResidentAllocation;
 
-/// The shard's allocation, if this manager made it.
-pub(super) fn owned<'a>(
-    shared: &Arc<Shared>,
-    shard: &'a SealedShard,
-) -> Result<&'a ResidentAllocation, VramError> {
-    shard
-        .allocation()
-        .and_then(|a| a.as_any().downcast_ref::<ResidentAllocation>())
-        .filter(|r| r.is_owned_by(shared))
-        .ok_or_else(|| VramError::NotSealed {
-            shard_id: shard.shard_id.clone(),
-        })
+impl VramManager {
+    /// Verifies a shard: its seal, its freshness, that it is still in device memory, and that
+    /// the bytes in VRAM still hash to the sealed digest. Call it before every inference request.
+    ///
+    /// # Errors
+    /// [`VramError::NotSealed`] (not made by this manager, or released);
+    /// [`VramError::SealVerificationFailed`] (fields or seal changed);
+    /// [`VramError::SealExpired`]; [`VramError::PolicyViolation`];
+    /// [`VramError::IntegrityViolation`] (bytes in VRAM changed); CUDA errors;
+    /// [`VramError::Stopped`].
+    pub fn verify_sealed(&self, shard: &SealedShard) -> Result<(), VramError> {
+        verify(&self.shared, shard, GpuShare::Full)
+    }
+
+    /// Verifies a shard like [`Self::verify_sealed`], taking at most the configured background
+    /// share of the GPU ([`VramConfig::background_gpu_share`](vram_types::VramConfig::background_gpu_share)):
+    /// for re-verifying resident shards next to a running inference engine. Slower than a
+    /// per-request check, and outcomes are audited and counted the same way.
+    ///
+    /// # Errors
+    /// As [`Self::verify_sealed`].
+    pub fn verify_sealed_background(&self, shard: &SealedShard) -> Result<(), VramError> {
+        verify(
+            &self.shared,
+            shard,
+            self.shared.config().background_gpu_share,
+        )
+    }
+
+    /// What the driver reports now about a shard's allocation.
+    ///
+    /// # Errors
+    /// [`VramError::NotSealed`] when the shard is not this manager's; CUDA errors.
+    pub fn allocation_facts(&self, shard: &SealedShard) -> Result<AllocationFacts, VramError> {
+        let resident = owned(&self.shared, shard)?;
+        self.shared
+            .backend()
+            .allocation_facts(resident.buffer(), resident.len())
+    }
 }
 
 /// The first field of `presented` that differs from `sealed`, by name.
@@ -48,11 +77,7 @@ fn changed_field(sealed: &SealedFields, presented: &SealedFields) -> Option<&'st
     differs.into_iter().find(|(_, d)| *d).map(|(name, _)| name)
 }
 
-pub(super) fn verify(
-    shared: &Arc<Shared>,
-    shard: &SealedShard,
-    share: GpuShare,
-) -> Result<(), VramError> {
+fn verify(shared: &Arc<Shared>, shard: &SealedShard, share: GpuShare) -> Result<(), VramError> {
     shared.ensure_running()?;
     let started = Instant::now();
     let correlation_id = shared.next_correlation_id();
@@ -72,8 +97,8 @@ pub(super) fn verify(
                 )
                 .inspect(|()| {
                     shared
-                        .metrics
-                        .set_last_verified(&shard.shard_id, shared.clock.wall());
+                        .metrics()
+                        .set_last_verified(&shard.shard_id, shared.clock().wall());
                 })
         }
         Err(e) => {
@@ -87,7 +112,7 @@ pub(super) fn verify(
                     reason: e.to_string(),
                 },
             );
-            if e.is_security_critical() && shared.config.stop_on_verification_failure {
+            if e.is_security_critical() && shared.config().stop_on_verification_failure {
                 shared.stop(&e.to_string());
             }
             Err(e)
@@ -95,9 +120,9 @@ pub(super) fn verify(
     };
     // Counted under the shard's device only when that device exists: a caller's made-up device
     // numbers must not grow the metrics' label set.
-    if shard.gpu_device < shared.backend.device_count() {
+    if shard.gpu_device < shared.backend().device_count() {
         shared
-            .metrics
+            .metrics()
             .count_verify(shard.gpu_device, result.is_ok(), started.elapsed());
     }
     result
@@ -119,10 +144,10 @@ fn check(
         });
     }
     // Same fields: the seal itself must still match them (a replaced signature fails here).
-    verify_signature(&shared.key, &fields, shard.seal_signature())?;
+    verify_signature(shared.key(), &fields, shard.seal_signature())?;
     // The age is measured on the monotonic clock from the moment this manager sealed it: a
     // wall clock stepped back or forward neither expires the seal early nor extends it.
-    if let Some(max) = shared.config.max_seal_age {
+    if let Some(max) = shared.config().max_seal_age {
         let age = resident.age();
         if age > max {
             return Err(VramError::SealExpired {
@@ -132,7 +157,7 @@ fn check(
             });
         }
     }
-    check_residency(
+    residency::check(
         shared,
         resident.buffer(),
         shard.gpu_device,
@@ -140,7 +165,7 @@ fn check(
         correlation_id,
     )?;
     let expected = ShardDigest::from_hex(&shard.digest)?;
-    let actual = shared.backend.digest(
+    let actual = shared.backend().digest(
         resident.buffer(),
         shard.vram_bytes,
         shard.digest_algorithm(),
