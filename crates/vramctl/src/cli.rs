@@ -1,5 +1,6 @@
 //! The command line (clap).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -98,6 +99,60 @@ pub(crate) struct DigestArgs {
     pub(crate) check: Option<PathBuf>,
 }
 
+/// A whole number of seconds, at least 1.
+fn parse_seconds(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("--verify-every 0; give a number of seconds ≥ 1".to_owned()),
+        Ok(seconds) => Ok(seconds),
+        Err(_) => Err(format!(
+            "--verify-every {text:?} is not a number of seconds; give a whole number ≥ 1"
+        )),
+    }
+}
+
+/// A loopback address: an IP and port, or `localhost:PORT` (every address the name resolves to
+/// must be loopback).
+fn parse_loopback(value: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let not_an_address =
+        || format!("--metrics {value:?} is not an address; use 127.0.0.1:PORT or localhost:PORT");
+    let addrs: Vec<SocketAddr> = match value.parse::<SocketAddr>() {
+        Ok(addr) => vec![addr],
+        Err(_)
+            if value
+                .split_once(':')
+                .is_some_and(|(host, _)| host == "localhost") =>
+        {
+            value
+                .to_socket_addrs()
+                .map_err(|_| not_an_address())?
+                .collect()
+        }
+        Err(_) => return Err(not_an_address()),
+    };
+    match addrs.first() {
+        Some(first) if addrs.iter().all(|a| a.ip().is_loopback()) => Ok(*first),
+        Some(_) => Err(format!(
+            "--metrics {value:?} is not a loopback address; metrics are served on 127.0.0.1, [::1] or localhost only (put a proxy in front to expose them)"
+        )),
+        None => Err(not_an_address()),
+    }
+}
+
+/// A shard size with units, at least one byte, that this host can address.
+fn parse_shard_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let bytes = parse_size::parse_size(text)
+        .map_err(|e| format!("--size {text:?}: {e}; give sizes such as 1MiB,256MiB,16GiB"))?;
+    match usize::try_from(bytes) {
+        Ok(0) => Err("--size 0; give sizes ≥ 1 byte".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!(
+            "--size {text:?} does not fit this machine's address space; give a smaller size"
+        )),
+    }
+}
+
 /// A capacity that this host can address.
 fn parse_capacity(text: &str) -> Result<usize, String> {
     let bytes = parse_bytes(text)?;
@@ -131,17 +186,20 @@ pub(crate) struct SealArgs {
     /// i-th (cycling). Default: --device.
     #[arg(long, value_name = "LIST", value_delimiter = ',', requires = "group")]
     pub(crate) devices: Vec<u32>,
-    /// Expected digest of each file, in order: the 64 hex characters `vramctl digest` prints, or
-    /// `sha256:HEX` for a flat SHA-256 (`sha256sum`, a Hugging Face LFS oid). A file whose
-    /// digest differs is refused before anything is sealed.
+    /// Expected digest of each file, in order: what `vramctl digest` prints (a bare 64-hex value
+    /// is read as the tree digest), or `sha256:HEX` for a flat SHA-256 (`sha256sum`, a Hugging
+    /// Face LFS oid). A flat SHA-256 is checked on the file before anything is placed: a
+    /// mismatch seals nothing. A tree digest is checked on the bytes in VRAM as the file is
+    /// sealed: a mismatch releases that file and every file sealed before it (exit 1).
     #[arg(long)]
     pub(crate) expect: Vec<String>,
-    /// Seconds between re-verifications of every shard.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds between re-verifications of every shard (≥ 1).
+    #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = parse_seconds)]
     pub(crate) verify_every: u64,
-    /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address, e.g. 127.0.0.1:9400).
-    #[arg(long)]
-    pub(crate) metrics: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address, e.g. 127.0.0.1:9400,
+    /// or localhost:PORT); the port is bound before anything is sealed.
+    #[arg(long, value_name = "ADDR", value_parser = parse_loopback)]
+    pub(crate) metrics: Option<SocketAddr>,
     /// Append hash-chained audit records (JSON lines), signed with the worker's audit key, to
     /// this regular file (locked while sealed). At exit the last checkpoint is printed on
     /// stderr: keep it off the host to detect a cut log later.
@@ -197,12 +255,49 @@ pub(crate) struct AuditVerifyArgs {
 pub(crate) struct BenchArgs {
     /// Shard sizes to measure, comma-separated, with units (sizes larger than the free VRAM are
     /// skipped with a note).
-    #[arg(long, default_value = "1MiB,256MiB,4GiB,16GiB")]
-    pub(crate) size: String,
+    #[arg(long, value_name = "SIZES", default_value = "1MiB,256MiB,4GiB,16GiB", value_delimiter = ',', value_parser = parse_shard_size)]
+    pub(crate) size: Vec<usize>,
     /// Seal with the cross-check (the host bytes are also digested on the CPU).
     #[arg(long)]
     pub(crate) cross_check: bool,
     /// GPU index.
     #[arg(long, default_value_t = 0)]
     pub(crate) device: u32,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_units_and_refuse_zero_and_junk() {
+        let sizes: Vec<usize> = "1MiB, 256MiB,16GiB,4096"
+            .split(',')
+            .map(|s| parse_shard_size(s).unwrap())
+            .collect();
+        assert_eq!(sizes, vec![1 << 20, 256 << 20, 16 << 30, 4096]);
+        for bad in ["0", "12 parsecs", "", "18446744073709551616"] {
+            assert!(parse_shard_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn options_are_validated_by_their_parsers() {
+        assert_eq!(parse_seconds("5"), Ok(5));
+        assert!(parse_seconds("0").unwrap_err().contains("--verify-every 0"));
+        assert!(parse_seconds("-1").is_err());
+        assert!(parse_loopback("127.0.0.1:9400").is_ok());
+        assert!(parse_loopback("[::1]:9400").is_ok());
+        assert!(
+            parse_loopback("0.0.0.0:9400")
+                .unwrap_err()
+                .contains("not a loopback")
+        );
+        assert!(
+            parse_loopback("nonsense")
+                .unwrap_err()
+                .contains("not an address")
+        );
+    }
 }

@@ -4,7 +4,7 @@ use std::fs::File;
 use std::io::{ErrorKind, Read};
 use std::path::Path;
 
-use vram_residency::{FileSource, ShardSource};
+use vram_residency::{FileSource, ShardId, ShardSource};
 
 use crate::error::{CliError, CliResult};
 
@@ -98,4 +98,38 @@ impl ShardSource for ProgressSource<'_> {
         self.bar.inc(u64::try_from(buf.len()).unwrap_or(0));
         Ok(())
     }
+}
+
+/// A shard id from the path as given (`a/model.safetensors` and `b/model.safetensors` are two
+/// shards), a leading `./` dropped; `ShardId::from_name_lossy` turns unsafe characters into `_`.
+pub(crate) fn shard_id_for(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let text = text.strip_prefix("./").unwrap_or(&text);
+    ShardId::from_name_lossy(text).into_string()
+}
+
+/// Largest manifest read: far beyond any model's shard list, short of a runaway file.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// The text of a manifest file (a regular file of at most 16 MiB).
+pub(crate) fn read_manifest_text(manifest: &Path) -> CliResult<String> {
+    let (file, len) = open_model(manifest)?;
+    if len > MAX_MANIFEST_BYTES {
+        return Err(CliError::file(
+            manifest,
+            &format!("is {len} bytes, larger than a manifest ({MAX_MANIFEST_BYTES} bytes at most)"),
+            "give the manifest, not a model file",
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_MANIFEST_BYTES)
+        .read_to_string(&mut text)
+        .map_err(|e| {
+            CliError::file(
+                manifest,
+                &format!("cannot be read ({e})"),
+                "give a manifest file",
+            )
+        })?;
+    Ok(text)
 }

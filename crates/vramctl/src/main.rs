@@ -25,7 +25,10 @@ use crate::cli::{Cli, Command};
 use crate::output::Output;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return bad_argument(&e),
+    };
     init_logging(cli.verbose);
     let out = Output {
         json: cli.json,
@@ -61,6 +64,20 @@ fn main() -> ExitCode {
             output::warn(&format!("error: {e}"));
             ExitCode::from(e.exit as u8)
         }
+    }
+}
+
+/// A value our own parsers refused gets the one-line error every bad input gets (its message
+/// names the option and the remedy); clap reports everything else (unknown options, missing
+/// arguments, `--help`) its own way.
+fn bad_argument(e: &clap::Error) -> ExitCode {
+    use std::error::Error as _;
+    match (e.kind(), e.source()) {
+        (clap::error::ErrorKind::ValueValidation, Some(reason)) => {
+            output::warn(&format!("error: {reason}"));
+            ExitCode::from(error::Exit::BadInput as u8)
+        }
+        _ => e.exit(),
     }
 }
 

@@ -84,3 +84,65 @@ pub fn parse_line(line: &str) -> Option<(DigestAlgorithm, ShardDigest, String)> 
     };
     (!name.is_empty()).then_some((alg, digest, name))
 }
+
+/// A file a manifest names, with the digest it must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestEntry {
+    /// The file, relative to the manifest's directory (an absolute name as written).
+    pub path: std::path::PathBuf,
+    /// The digest's algorithm (bare hex: flat SHA-256, as `sha256sum`).
+    pub algorithm: DigestAlgorithm,
+    /// The digest.
+    pub digest: ShardDigest,
+}
+
+/// Why a manifest was refused as a whole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    /// Line `line` (1-based) is not a checksum line.
+    #[error("{line}: improperly formatted checksum line")]
+    Malformed {
+        /// The line number.
+        line: u64,
+    },
+    /// Nothing but blank lines.
+    #[error("no checksum lines")]
+    Empty,
+}
+
+/// Every line of a manifest's text (`sha256sum` or `vramctl digest` lines; blank lines and a
+/// CR before the line break are ignored), names taken from `base`, the manifest's directory.
+/// A line that is not a checksum line refuses the whole manifest: a manifest sealed in part
+/// would serve a model with shards missing.
+///
+/// # Errors
+/// [`ManifestError::Malformed`] naming the first bad line; [`ManifestError::Empty`].
+pub fn parse_manifest(
+    text: &str,
+    base: &std::path::Path,
+) -> Result<Vec<ManifestEntry>, ManifestError> {
+    let mut entries = Vec::new();
+    for (number, line) in (1u64..).zip(text.lines()) {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() {
+            continue;
+        }
+        let (algorithm, digest, name) =
+            parse_line(line).ok_or(ManifestError::Malformed { line: number })?;
+        let name = std::path::Path::new(&name);
+        let path = if name.is_absolute() {
+            name.to_path_buf()
+        } else {
+            base.join(name.strip_prefix("./").unwrap_or(name))
+        };
+        entries.push(ManifestEntry {
+            path,
+            algorithm,
+            digest,
+        });
+    }
+    if entries.is_empty() {
+        return Err(ManifestError::Empty);
+    }
+    Ok(entries)
+}

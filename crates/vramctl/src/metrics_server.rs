@@ -37,8 +37,16 @@ pub(crate) struct MetricsServer {
     threads: Vec<JoinHandle<()>>,
 }
 
-impl MetricsServer {
-    pub(crate) fn start(address: SocketAddr, manager: VramManager) -> CliResult<Self> {
+/// A bound metrics port, not yet served: bound before any work, so that a busy port is found
+/// before a model is sealed.
+pub(crate) struct MetricsListener {
+    listener: TcpListener,
+    address: SocketAddr,
+}
+
+impl MetricsListener {
+    /// Binds `address`.
+    pub(crate) fn bind(address: SocketAddr) -> CliResult<Self> {
         let listener = TcpListener::bind(address).map_err(|e| {
             CliError::bad_input(format!("cannot listen on {address}: {e}; pick a free port"))
         })?;
@@ -46,6 +54,18 @@ impl MetricsServer {
         listener
             .set_nonblocking(true)
             .map_err(|e| CliError::bad_input(format!("cannot serve on {address}: {e}")))?;
+        Ok(Self { listener, address })
+    }
+
+    /// Serves `manager`'s metrics on the bound port.
+    pub(crate) fn serve(self, manager: VramManager) -> MetricsServer {
+        MetricsServer::start(self, manager)
+    }
+}
+
+impl MetricsServer {
+    fn start(bound: MetricsListener, manager: VramManager) -> Self {
+        let MetricsListener { listener, address } = bound;
         let stop = Arc::new(AtomicBool::new(false));
         let (queue, pending) = sync_channel::<TcpStream>(QUEUE);
         let pending = Arc::new(Mutex::new(pending));
@@ -58,11 +78,11 @@ impl MetricsServer {
             .collect();
         let flag = Arc::clone(&stop);
         threads.push(std::thread::spawn(move || accept(&listener, &queue, &flag)));
-        Ok(Self {
+        Self {
             address,
             stop,
             threads,
-        })
+        }
     }
 
     pub(crate) fn address(&self) -> SocketAddr {

@@ -1557,3 +1557,53 @@ fn seal_speaks_the_systemd_notify_protocol_and_sighup_reverifies() {
     };
     assert!(stopping.contains("releasing 1 shard(s)"), "{stopping}");
 }
+
+#[test]
+fn a_busy_metrics_port_and_a_wrong_flat_digest_in_a_group_are_refused_before_anything_is_sealed() {
+    let dir = TempDir::new().unwrap();
+    let model = write(&dir, "model.bin", &vec![5u8; 1 << 20]);
+    let audit = dir.path().join("audit.jsonl");
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let out = vramctl()
+        .args(["--backend", "mock", "seal", "--audit-log"])
+        .arg(&audit)
+        .arg("--metrics")
+        .arg(busy.local_addr().unwrap().to_string())
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_one_line(&out).contains("pick a free port"));
+    // Refused while the arguments were checked: no session was opened, no log written.
+    assert!(!audit.exists(), "nothing was started");
+
+    // A group whose last file has the wrong flat SHA-256: checked on the files first, so no
+    // shard of the group is ever placed.
+    let second = write(&dir, "second.bin", &vec![6u8; 1 << 20]);
+    let right = vram_residency::compute_digest(
+        &vec![5u8; 1 << 20],
+        vram_residency::DigestAlgorithm::Sha256,
+    );
+    let out = vramctl()
+        .args(["--backend", "mock", "seal", "--group", "m", "--audit-log"])
+        .arg(&audit)
+        .arg(&model)
+        .arg(&second)
+        .arg("--expect")
+        .arg(format!("sha256:{}", right.to_hex()))
+        .arg("--expect")
+        .arg(format!("sha256:{}", right.to_hex()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let line = stderr_one_line(&out);
+    assert!(
+        line.contains("second.bin: digest") && line.contains("nothing was sealed"),
+        "{line}"
+    );
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        !log.contains("VramSealed") && !log.contains("SealAborted"),
+        "{log}"
+    );
+}

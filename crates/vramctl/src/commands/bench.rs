@@ -23,26 +23,6 @@ fn ratio(naive: Duration, ours: Duration) -> f64 {
     naive.as_secs_f64() / ours.as_secs_f64().max(1e-9)
 }
 
-/// `1MiB,256MiB` → bytes; every size > 0.
-pub(crate) fn parse_sizes(text: &str) -> CliResult<Vec<usize>> {
-    text.split(',')
-        .map(|s| {
-            let bytes = parse_size::parse_size(s.trim()).map_err(|e| {
-                CliError::bad_input(format!(
-                    "--size {s:?}: {e}; give sizes such as 1MiB,256MiB,16GiB"
-                ))
-            })?;
-            match usize::try_from(bytes) {
-                Ok(0) => Err(CliError::bad_input("--size 0; give sizes ≥ 1 byte")),
-                Ok(n) => Ok(n),
-                Err(_) => Err(CliError::bad_input(format!(
-                    "--size {s:?} does not fit this machine's address space"
-                ))),
-            }
-        })
-        .collect()
-}
-
 /// A measurement buffer of `n` non-repeating bytes, filled in parallel.
 fn sample(n: usize) -> CliResult<Vec<u8>> {
     let mut data = Vec::new();
@@ -119,7 +99,7 @@ struct Row {
 }
 
 pub(crate) fn run(out: Output, backend: &BackendArgs, args: &BenchArgs) -> CliResult<Exit> {
-    let sizes = parse_sizes(&args.size)?;
+    let sizes = args.size.clone();
     let max =
         usize::try_from(vram_residency::validation::DEFAULT_MAX_MODEL_BYTES).unwrap_or(usize::MAX);
     if let Some(big) = sizes.iter().find(|s| **s > max) {
@@ -205,21 +185,4 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &BenchArgs) -> CliRe
         })).collect::<Vec<_>>(),
     }));
     Ok(Exit::Ok)
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests")]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_take_units_and_refuse_zero_and_junk() {
-        assert_eq!(
-            parse_sizes("1MiB, 256MiB,16GiB,4096").unwrap(),
-            vec![1 << 20, 256 << 20, 16 << 30, 4096]
-        );
-        assert!(parse_sizes("0").is_err());
-        assert!(parse_sizes("12 parsecs").is_err());
-        assert!(parse_sizes("").is_err());
-    }
 }

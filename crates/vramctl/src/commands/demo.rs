@@ -10,8 +10,8 @@ use serde_json::json;
 use vram_residency::VramError;
 
 use crate::cli::{BackendArgs, BackendChoice};
-use crate::commands::seal::shard_id_for;
 use crate::error::{CliError, CliResult, Exit};
+use crate::files::shard_id_for;
 use crate::output::{Output, human_bytes};
 use crate::session;
 use vramctl::formats::recognise;

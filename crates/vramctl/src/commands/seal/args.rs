@@ -1,0 +1,180 @@
+//! The seal command's arguments, validated into a job before any work: the files to seal with
+//! what each must hash to (from `--expect` or a manifest), each file opened and its header
+//! checked (only headers are read), where they go, and how they are served (the metrics port
+//! is bound here, so a busy port is refused before a byte is sealed). As ripgrep turns its
+//! parsed arguments into `HiArgs` before searching.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use vram_residency::{DigestAlgorithm, FileSource, ShardDigest};
+use vramctl::formats::{ModelFormat, recognise};
+use vramctl::manifest::{self, ManifestError};
+
+use crate::cli::SealArgs;
+use crate::error::{CliError, CliResult};
+use crate::files;
+use crate::metrics_server::MetricsListener;
+
+/// What a file must hash to, from `--expect` or a manifest line.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Expected {
+    pub(super) algorithm: DigestAlgorithm,
+    pub(super) digest: ShardDigest,
+    /// Given as bare hex on the command line: when it is the file's flat SHA-256 instead of its
+    /// tree digest, the error says so.
+    pub(super) bare: bool,
+    /// Where it was given, for errors: `--expect` or `the manifest`.
+    pub(super) given_in: &'static str,
+}
+
+/// A file to seal, opened, its header checked.
+pub(super) struct SealFile {
+    pub(super) path: PathBuf,
+    pub(super) source: FileSource,
+    pub(super) format: ModelFormat,
+    pub(super) expected: Option<Expected>,
+}
+
+/// Where the files go.
+pub(super) enum Placement {
+    /// Each file its own shard on one device, named from its path.
+    Each { device: u32 },
+    /// One tensor-parallel group: file i on the i-th device (cycling).
+    Group { model_id: String, devices: Vec<u32> },
+}
+
+/// How the sealed files are kept.
+pub(super) struct Serving {
+    pub(super) verify_every: Duration,
+    /// Bound already: serving starts once the files are sealed.
+    pub(super) metrics: Option<MetricsListener>,
+}
+
+/// Everything `seal` will do, checked.
+pub(super) struct SealJob {
+    pub(super) files: Vec<SealFile>,
+    pub(super) placement: Placement,
+    pub(super) serving: Serving,
+}
+
+impl SealJob {
+    /// Validates the arguments: every file and its header (only headers are read), every
+    /// expected digest, and the metrics port (bound now).
+    pub(super) fn from_args(args: &SealArgs) -> CliResult<Self> {
+        let files = requested(args)?
+            .into_iter()
+            .map(|(path, expected)| open(path, expected))
+            .collect::<CliResult<Vec<_>>>()?;
+        let placement = match &args.group {
+            Some(model_id) => Placement::Group {
+                model_id: model_id.clone(),
+                devices: if args.devices.is_empty() {
+                    vec![args.device]
+                } else {
+                    args.devices.clone()
+                },
+            },
+            None => Placement::Each {
+                device: args.device,
+            },
+        };
+        let metrics = args.metrics.map(MetricsListener::bind).transpose()?;
+        Ok(Self {
+            files,
+            placement,
+            serving: Serving {
+                verify_every: Duration::from_secs(args.verify_every),
+                metrics,
+            },
+        })
+    }
+}
+
+/// `ALG:HEX` as `vramctl digest` prints it, `sha256:HEX` (or `SHA256:HEX`) for a flat SHA-256
+/// (`sha256sum`, a Hugging Face LFS oid), or bare `HEX` for the default tree digest.
+fn parse_expected(value: &str) -> CliResult<Expected> {
+    let (algorithm, digest) = manifest::parse_tagged(value, DigestAlgorithm::default())
+        .ok_or_else(|| {
+            CliError::bad_input(format!(
+                "--expect {value:?} is not a digest; give what `vramctl digest FILE` prints (sha256-tree-65536:HEX), or sha256:HEX for a flat SHA-256"
+            ))
+        })?;
+    Ok(Expected {
+        algorithm,
+        digest,
+        bare: !value.contains(':'),
+        given_in: "--expect",
+    })
+}
+
+/// The files to seal, in order, and what each must hash to: `FILE...` with `--expect`, or
+/// every line of `--manifest`.
+fn requested(args: &SealArgs) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
+    if let Some(manifest) = &args.manifest {
+        return read_manifest(manifest);
+    }
+    if !args.expect.is_empty() && args.expect.len() != args.files.len() {
+        return Err(CliError::bad_input(format!(
+            "{} --expect value(s) for {} file(s); give one per file, in order",
+            args.expect.len(),
+            args.files.len()
+        )));
+    }
+    let expected = args
+        .expect
+        .iter()
+        .map(|e| parse_expected(e))
+        .collect::<CliResult<Vec<_>>>()?;
+    Ok(args
+        .files
+        .iter()
+        .enumerate()
+        .map(|(i, path)| (path.clone(), expected.get(i).copied()))
+        .collect())
+}
+
+/// Every line of a manifest, names taken from its directory; one bad line refuses it whole.
+fn read_manifest(path: &Path) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
+    let text = files::read_manifest_text(path)?;
+    let base = path.parent().unwrap_or_else(|| Path::new(""));
+    let entries = manifest::parse_manifest(&text, base).map_err(|e| match e {
+        ManifestError::Malformed { line } => CliError::bad_input(format!(
+            "{}:{line}: improperly formatted checksum line; expected `HEX  FILE` (sha256sum) or `sha256-tree-65536:HEX  FILE` (vramctl digest)",
+            path.display()
+        )),
+        ManifestError::Empty => CliError::bad_input(format!(
+            "{}: no checksum lines; write one with `vramctl digest FILE... > {}`",
+            path.display(),
+            path.display()
+        )),
+    })?;
+    Ok(entries
+        .into_iter()
+        .map(|e| {
+            let expected = Expected {
+                algorithm: e.algorithm,
+                digest: e.digest,
+                bare: false,
+                given_in: "the manifest",
+            };
+            (e.path, Some(expected))
+        })
+        .collect())
+}
+
+/// Opens a file and checks its header; only the header is read.
+fn open(path: PathBuf, expected: Option<Expected>) -> CliResult<SealFile> {
+    let (file, len) = files::open_model(&path)?;
+    let head = files::read_head(&path, &file, len)?;
+    let format = recognise(&path, &head, len)
+        .map_err(|e| CliError::file(&path, &e, "use an intact model file"))?;
+    let source = FileSource::new(file)
+        .map_err(|e| CliError::file(&path, &format!("cannot be read ({e})"), "check the file"))?;
+    Ok(SealFile {
+        path,
+        source,
+        format,
+        expected,
+    })
+}

@@ -1,0 +1,297 @@
+//! Placement: the job's files become one library plan ([`VramManager::plan_seal`] or
+//! [`VramManager::plan_group`]) that checks ids, capacity and flat digests before anything is
+//! placed, then executes, reporting each sealed file. A signal stops it between steps.
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vram_residency::digest::digest_source;
+use vram_residency::{
+    DigestAlgorithm, PlanError, PlanStep, SealOptions, SealPart, SealedGroup, SealedShard,
+    ShardSource, VramError, VramManager,
+};
+
+use super::args::{Expected, Placement, SealFile, SealJob};
+use crate::error::{CliError, CliResult, Exit};
+use crate::files::{ProgressSource, shard_id_for};
+use crate::output::{Output, human_bytes};
+use crate::signals::Signals;
+
+/// What `seal` keeps resident: shards sealed one by one, or one group.
+pub(super) enum Held {
+    Shards(Vec<SealedShard>),
+    Group(SealedGroup),
+}
+
+impl Held {
+    pub(super) fn count(&self) -> usize {
+        match self {
+            Self::Shards(s) => s.len(),
+            Self::Group(g) => g.shards.len(),
+        }
+    }
+}
+
+/// Seals the job's files as one plan; `None` when a signal stopped it (everything placed is
+/// released, and that is said).
+pub(super) fn place(
+    out: Output,
+    manager: &VramManager,
+    job: &SealJob,
+    signals: &Signals,
+) -> CliResult<Option<Held>> {
+    // Read once to hash a flat expectation on the host, once to upload.
+    let reads: u64 = job
+        .files
+        .iter()
+        .map(|f| {
+            let checked_on_host = f
+                .expected
+                .is_some_and(|e| e.algorithm != manager.config().digest_algorithm);
+            f.source
+                .len()
+                .saturating_mul(if checked_on_host { 2 } else { 1 })
+        })
+        .fold(0, u64::saturating_add);
+    let bar = out.progress(reads, "sealing");
+    let sources: Vec<ProgressSource<'_>> = job
+        .files
+        .iter()
+        .map(|f| ProgressSource {
+            inner: &f.source,
+            bar: &bar,
+        })
+        .collect();
+    if signals.stop_requested() {
+        released_by_signal(out, 0);
+        return Ok(None);
+    }
+    let mut sealed = 0usize;
+    let started = Instant::now();
+    let held = match &job.placement {
+        Placement::Each { device } => {
+            let parts = job
+                .files
+                .iter()
+                .zip(&sources)
+                .map(|(f, source)| {
+                    let options = expect(SealOptions::new().shard_id(shard_id_for(&f.path)), f);
+                    SealPart::new(source, *device).with_options(options)
+                })
+                .collect();
+            let plan = manager
+                .plan_seal(parts)
+                .map_err(|e| plan_error(job, e, None))?;
+            plan.execute_with(|step| {
+                if let PlanStep::Sealed { part, shard, took } = step
+                    && let Some(file) = job.files.get(part)
+                {
+                    bar.suspend(|| report_sealed(out, file, shard, Some(took), None));
+                    sealed = sealed.saturating_add(1);
+                }
+                flow(signals)
+            })
+            .map_err(|e| plan_error(job, e, None))?
+            .map(Held::Shards)
+        }
+        Placement::Group { model_id, devices } => {
+            let parts = job
+                .files
+                .iter()
+                .zip(&sources)
+                .zip(devices.iter().cycle())
+                .map(|((f, source), device)| {
+                    SealPart::new(source, *device).with_options(expect(SealOptions::new(), f))
+                })
+                .collect();
+            let plan = manager
+                .plan_group(model_id, parts)
+                .map_err(|e| plan_error(job, e, Some(model_id)))?;
+            let group = plan
+                .execute_with(|step| {
+                    if matches!(step, PlanStep::Sealed { .. }) {
+                        sealed = sealed.saturating_add(1);
+                    }
+                    flow(signals)
+                })
+                .map_err(|e| plan_error(job, e, Some(model_id)))?;
+            if let Some(group) = &group {
+                bar.finish_and_clear();
+                report_group(out, job, group, devices, started.elapsed());
+            }
+            group.map(Held::Group)
+        }
+    };
+    bar.finish_and_clear();
+    if held.is_none() {
+        released_by_signal(out, sealed);
+    }
+    Ok(held)
+}
+
+/// Stops the plan when a signal asked for it.
+fn flow(signals: &Signals) -> ControlFlow<()> {
+    if signals.stop_requested() {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(())
+    }
+}
+
+/// Says that a signal stopped the seal and what it releases.
+pub(super) fn released_by_signal(out: Output, released: usize) {
+    out.line(format!(
+        "stopped by a signal; releasing {released} shard(s)"
+    ));
+    out.json(&json!({ "event": "released", "shards": released, "reason": "signal" }));
+}
+
+/// The file's expectation, in the options the plan checks: a digest in the manager's algorithm
+/// on the resident bytes, another (a flat SHA-256) on the file before anything is placed.
+fn expect(options: SealOptions, file: &SealFile) -> SealOptions {
+    match file.expected {
+        Some(e) => options.expect_digest_in(e.algorithm, e.digest),
+        None => options,
+    }
+}
+
+/// `sealed FILE as ID on GPU N: SIZE (FORMAT), digest HEX[, in T s (R GB/s)]`, and its JSON.
+fn report_sealed(
+    out: Output,
+    file: &SealFile,
+    shard: &SealedShard,
+    took: Option<Duration>,
+    group: Option<&str>,
+) {
+    let line = format!(
+        "sealed {} as {} on GPU {}: {} ({}), digest {}",
+        file.path.display(),
+        shard.shard_id,
+        shard.gpu_device,
+        human_bytes(u64::try_from(shard.vram_bytes).unwrap_or(0)),
+        file.format.describe(),
+        shard.digest
+    );
+    let seconds = took.map(|t| t.as_secs_f64());
+    match took {
+        Some(took) => out.result(format!(
+            "{line}, in {:.3} s ({:.1} GB/s)",
+            took.as_secs_f64(),
+            gbps(shard.vram_bytes, took)
+        )),
+        None => out.result(line),
+    }
+    let event = match group {
+        Some(group) => {
+            json!({ "event": "sealed", "file": file.path.display().to_string(), "shard": shard, "model": file.format, "group": group })
+        }
+        None => {
+            json!({ "event": "sealed", "file": file.path.display().to_string(), "shard": shard, "model": file.format, "seconds": seconds })
+        }
+    };
+    out.json(&event);
+}
+
+fn report_group(out: Output, job: &SealJob, group: &SealedGroup, devices: &[u32], took: Duration) {
+    for (shard, file) in group.shards.iter().zip(&job.files) {
+        report_sealed(out, file, shard, None, Some(&group.model_id));
+    }
+    let total = group
+        .shards
+        .iter()
+        .map(|s| s.vram_bytes)
+        .fold(0, usize::saturating_add);
+    out.result(format!(
+        "sealed group {}: {} shard(s) on GPU(s) {devices:?}, group seal {}, in {:.3} s ({:.1} GB/s)",
+        group.model_id,
+        group.shards.len(),
+        group.group_seal().to_hex(),
+        took.as_secs_f64(),
+        gbps(total, took)
+    ));
+    out.json(&json!({ "event": "group_sealed", "group": group.model_id, "shards": group.shards.len(), "group_seal": group.group_seal().to_hex(), "seconds": took.as_secs_f64() }));
+}
+
+#[allow(clippy::cast_precision_loss, reason = "throughput display")]
+fn gbps(bytes: usize, took: Duration) -> f64 {
+    bytes as f64 / took.as_secs_f64().max(1e-9) / 1e9
+}
+
+/// A plan's error in the operator's terms: the file it is about, and for a digest mismatch
+/// what was expected where, and what happened to what was sealed.
+fn plan_error(job: &SealJob, error: PlanError, group: Option<&str>) -> CliError {
+    let file = |i: usize| job.files.get(i);
+    match error {
+        PlanError::SameShardId {
+            first,
+            second,
+            shard_id,
+        } => match (file(first), file(second)) {
+            (Some(a), Some(b)) => CliError::bad_input(format!(
+                "{} and {} would both be shard {shard_id}; give each file once",
+                a.path.display(),
+                b.path.display(),
+            )),
+            _ => VramError::from(PlanError::SameShardId {
+                first,
+                second,
+                shard_id,
+            })
+            .into(),
+        },
+        PlanError::Part {
+            part,
+            error: VramError::UnexpectedDigest { expected, actual },
+        } => match file(part).and_then(|f| Some((f, f.expected?))) {
+            Some((f, want)) => digest_mismatch(f, &want, &actual, group.is_some()),
+            None => VramError::UnexpectedDigest { expected, actual }.into(),
+        },
+        other => VramError::from(other).into(),
+    }
+}
+
+/// `FILE: digest X differs from WHERE Y; what happened; remedy` (exit 1).
+fn digest_mismatch(file: &SealFile, want: &Expected, actual: &str, in_group: bool) -> CliError {
+    let released = if want.algorithm == DigestAlgorithm::Sha256 {
+        "nothing was sealed"
+    } else if in_group {
+        "the group was released"
+    } else {
+        "what was sealed before it was released"
+    };
+    CliError::new(
+        Exit::VerificationFailed,
+        format!(
+            "{}: digest {actual} differs from {} {}; {released}; {}",
+            file.path.display(),
+            want.given_in,
+            manifest_digest(want),
+            mismatch_remedy(file, want)
+        ),
+    )
+}
+
+/// An expectation as it was written: `sha256:HEX` for a flat SHA-256, the hex otherwise.
+fn manifest_digest(want: &Expected) -> String {
+    match want.algorithm {
+        DigestAlgorithm::Sha256 => format!("sha256:{}", want.digest.to_hex()),
+        _ => want.digest.to_hex(),
+    }
+}
+
+/// Why a seal's digest did not match: when a bare `--expect HEX` is the file's flat SHA-256,
+/// say so (the operator pasted `sha256sum` output) instead of calling the file wrong.
+fn mismatch_remedy(file: &SealFile, want: &Expected) -> String {
+    let flat = want
+        .bare
+        .then(|| digest_source(&file.source, DigestAlgorithm::Sha256).ok())
+        .flatten();
+    match flat {
+        Some(flat) if flat.ct_eq(&want.digest) => format!(
+            "this is the file's flat SHA-256, not its tree digest: write --expect sha256:{}",
+            want.digest.to_hex()
+        ),
+        _ => "refusing to seal it (wrong or corrupted file)".to_owned(),
+    }
+}
