@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use cudarc::driver::result;
 use cudarc::driver::sys::{self, CUcontext, CUdevice, CUdevice_attribute};
-use vram_types::{DeviceFacts, VramError};
+use vram_types::DeviceFacts;
 
 use crate::driver::Driver;
-use crate::error::CudaError;
+use crate::error::{CudaError, CudaStatus};
 
 /// A CUDA device with its retained primary context.
 pub struct Device {
@@ -34,26 +34,26 @@ impl Device {
     /// Opens device `ordinal` and retains its primary context.
     ///
     /// # Errors
-    /// [`VramError::NoGpu`] / [`VramError::DriverTooOld`] from [`Driver::get`];
-    /// [`VramError::InvalidDevice`] for an ordinal the driver does not know;
-    /// [`VramError::CudaOperationFailed`] when the context cannot be created.
-    pub fn open(ordinal: u32) -> Result<Arc<Self>, VramError> {
+    /// [`CudaError::NoGpu`] / [`CudaError::DriverTooOld`] from [`Driver::get`];
+    /// [`CudaError::InvalidDevice`] for an ordinal the driver does not know;
+    /// [`CudaError::Driver`] when the context cannot be created.
+    pub fn open(ordinal: u32) -> Result<Arc<Self>, CudaError> {
         let driver = Driver::get()?;
         if ordinal >= driver.device_count() {
-            return Err(VramError::InvalidDevice {
+            return Err(CudaError::InvalidDevice {
                 device: ordinal,
                 device_count: driver.device_count(),
             });
         }
-        let index = i32::try_from(ordinal).map_err(|_| VramError::InvalidDevice {
+        let index = i32::try_from(ordinal).map_err(|_| CudaError::InvalidDevice {
             device: ordinal,
             device_count: driver.device_count(),
         })?;
         let handle = result::device::get(index)
-            .map_err(|e| CudaError::from(e).during(ordinal, "cuDeviceGet"))?;
+            .map_err(|e| CudaStatus::from(e).during(ordinal, "cuDeviceGet"))?;
         // SAFETY: `handle` was returned by `cuDeviceGet` just above.
         let ctx = unsafe { result::primary_ctx::retain(handle) }
-            .map_err(|e| CudaError::from(e).during(ordinal, "cuDevicePrimaryCtxRetain"))?;
+            .map_err(|e| CudaStatus::from(e).during(ordinal, "cuDevicePrimaryCtxRetain"))?;
         let device = Self {
             ordinal,
             handle,
@@ -72,31 +72,31 @@ impl Device {
     /// Makes the primary context current on the calling thread.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] from `cuCtxSetCurrent`.
-    pub fn bind(&self) -> Result<(), VramError> {
+    /// [`CudaError::Driver`] from `cuCtxSetCurrent`.
+    pub fn bind(&self) -> Result<(), CudaError> {
         // SAFETY: `ctx` is a primary context retained in `open` and released only in `Drop`.
         unsafe { result::ctx::set_current(self.ctx) }
-            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuCtxSetCurrent"))
+            .map_err(|e| CudaStatus::from(e).during(self.ordinal, "cuCtxSetCurrent"))
     }
 
-    fn attribute(&self, attribute: CUdevice_attribute) -> Result<i32, VramError> {
+    fn attribute(&self, attribute: CUdevice_attribute) -> Result<i32, CudaError> {
         // SAFETY: `handle` came from `cuDeviceGet`; the attribute is a valid enum value.
         unsafe { result::device::get_attribute(self.handle, attribute) }
-            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuDeviceGetAttribute"))
+            .map_err(|e| CudaStatus::from(e).during(self.ordinal, "cuDeviceGetAttribute"))
     }
 
     /// The attributes the VRAM-only policy decides on.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] when an attribute cannot be read.
-    pub fn facts(&self) -> Result<DeviceFacts, VramError> {
+    /// [`CudaError::Driver`] when an attribute cannot be read.
+    pub fn facts(&self) -> Result<DeviceFacts, CudaError> {
         use CUdevice_attribute as A;
         let flag = |a| self.attribute(a).map(|v| v != 0);
         let name = result::device::get_name(self.handle)
-            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuDeviceGetName"))?;
+            .map_err(|e| CudaStatus::from(e).during(self.ordinal, "cuDeviceGetName"))?;
         // SAFETY: `handle` came from `cuDeviceGet`.
         let total_memory = unsafe { result::device::total_mem(self.handle) }
-            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuDeviceTotalMem"))?;
+            .map_err(|e| CudaStatus::from(e).during(self.ordinal, "cuDeviceTotalMem"))?;
         Ok(DeviceFacts {
             ordinal: self.ordinal,
             name,
@@ -114,8 +114,8 @@ impl Device {
     /// Number of streaming multiprocessors.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`].
-    pub fn multiprocessor_count(&self) -> Result<u32, VramError> {
+    /// [`CudaError::Driver`].
+    pub fn multiprocessor_count(&self) -> Result<u32, CudaError> {
         let n = self.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
         Ok(u32::try_from(n).unwrap_or(1).max(1))
     }
@@ -123,40 +123,40 @@ impl Device {
     /// Free and total device memory, in bytes (`cuMemGetInfo`; a snapshot).
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`].
-    pub fn memory_info(&self) -> Result<(usize, usize), VramError> {
+    /// [`CudaError::Driver`].
+    pub fn memory_info(&self) -> Result<(usize, usize), CudaError> {
         self.bind()?;
-        result::mem_get_info().map_err(|e| CudaError::from(e).during(self.ordinal, "cuMemGetInfo"))
+        result::mem_get_info().map_err(|e| CudaStatus::from(e).during(self.ordinal, "cuMemGetInfo"))
     }
 
     /// Returns the unused memory of the device's default stream-ordered pool (`cuMemAllocAsync`)
     /// to the device, so free memory reflects only live allocations.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`].
-    pub fn trim_memory_pool(&self) -> Result<(), VramError> {
+    /// [`CudaError::Driver`].
+    pub fn trim_memory_pool(&self) -> Result<(), CudaError> {
         self.bind()?;
         let mut pool = std::mem::MaybeUninit::uninit();
         // SAFETY: `handle` came from `cuDeviceGet`; `pool` is written by the call.
         unsafe { sys::cuDeviceGetDefaultMemPool(pool.as_mut_ptr(), self.handle) }
             .result()
-            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuDeviceGetDefaultMemPool"))?;
+            .map_err(|e| CudaStatus::from(e).during(self.ordinal, "cuDeviceGetDefaultMemPool"))?;
         // SAFETY: the call above succeeded, so `pool` is initialised.
         let pool = unsafe { pool.assume_init() };
         // SAFETY: `pool` is the device's default pool, valid for the process's lifetime.
         unsafe { sys::cuMemPoolTrimTo(pool, 0) }
             .result()
-            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuMemPoolTrimTo"))
+            .map_err(|e| CudaStatus::from(e).during(self.ordinal, "cuMemPoolTrimTo"))
     }
 
     /// Waits until all work on the device's context is done.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`].
-    pub fn synchronize(&self) -> Result<(), VramError> {
+    /// [`CudaError::Driver`].
+    pub fn synchronize(&self) -> Result<(), CudaError> {
         self.bind()?;
         result::ctx::synchronize()
-            .map_err(|e| CudaError::from(e).during(self.ordinal, "cuCtxSynchronize"))
+            .map_err(|e| CudaStatus::from(e).during(self.ordinal, "cuCtxSynchronize"))
     }
 }
 

@@ -9,9 +9,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::OnceLock;
 
 use cudarc::driver::{result, sys};
-use vram_types::VramError;
 
-use crate::error::CudaError;
+use crate::error::{CudaError, CudaStatus};
 
 /// The driver version this build needs: CUDA 12.8 (`cuda-12080`), as `major * 1000 + minor * 10`.
 pub const REQUIRED_DRIVER_VERSION: i32 = 12_080;
@@ -31,13 +30,13 @@ fn version_text(v: i32) -> String {
     )
 }
 
-fn no_gpu(reason: impl Into<String>) -> VramError {
-    VramError::NoGpu {
+fn no_gpu(reason: impl Into<String>) -> CudaError {
+    CudaError::NoGpu {
         reason: reason.into(),
     }
 }
 
-fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, VramError> {
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, CudaError> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
         no_gpu(format!(
             "the CUDA driver failed during {what} (missing library or symbol)"
@@ -45,7 +44,7 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T, VramError> {
     })
 }
 
-fn load() -> Result<Driver, VramError> {
+fn load() -> Result<Driver, CudaError> {
     // SAFETY: `is_culib_present` only tries to open the library by name and closes it again.
     let present = guarded("library lookup", || unsafe { sys::is_culib_present() })?;
     if !present {
@@ -58,19 +57,22 @@ fn load() -> Result<Driver, VramError> {
     let status = guarded("cuDriverGetVersion", || unsafe {
         sys::cuDriverGetVersion(&raw mut version)
     })?;
-    status
-        .result()
-        .map_err(|e| no_gpu(format!("cuDriverGetVersion failed: {}", CudaError::from(e))))?;
+    status.result().map_err(|e| {
+        no_gpu(format!(
+            "cuDriverGetVersion failed: {}",
+            CudaStatus::from(e)
+        ))
+    })?;
     if version < REQUIRED_DRIVER_VERSION {
-        return Err(VramError::DriverTooOld {
+        return Err(CudaError::DriverTooOld {
             found: version_text(version),
             required: version_text(REQUIRED_DRIVER_VERSION),
         });
     }
     guarded("cuInit", result::init)?
-        .map_err(|e| no_gpu(format!("cuInit failed: {}", CudaError::from(e))))?;
+        .map_err(|e| no_gpu(format!("cuInit failed: {}", CudaStatus::from(e))))?;
     let count = guarded("cuDeviceGetCount", result::device::get_count)?
-        .map_err(|e| no_gpu(format!("cuDeviceGetCount failed: {}", CudaError::from(e))))?;
+        .map_err(|e| no_gpu(format!("cuDeviceGetCount failed: {}", CudaStatus::from(e))))?;
     let device_count = u32::try_from(count).unwrap_or(0);
     if device_count == 0 {
         return Err(no_gpu("the NVIDIA driver reports no GPU"));
@@ -85,10 +87,10 @@ impl Driver {
     /// The process's driver, initialised on first use.
     ///
     /// # Errors
-    /// [`VramError::NoGpu`] when no driver or no GPU is present or the driver fails to start;
-    /// [`VramError::DriverTooOld`] when it is older than CUDA 12.8.
-    pub fn get() -> Result<&'static Self, VramError> {
-        static DRIVER: OnceLock<Result<Driver, VramError>> = OnceLock::new();
+    /// [`CudaError::NoGpu`] when no driver or no GPU is present or the driver fails to start;
+    /// [`CudaError::DriverTooOld`] when it is older than CUDA 12.8.
+    pub fn get() -> Result<&'static Self, CudaError> {
+        static DRIVER: OnceLock<Result<Driver, CudaError>> = OnceLock::new();
         DRIVER.get_or_init(load).as_ref().map_err(Clone::clone)
     }
 

@@ -53,4 +53,4 @@ pub mod tree_digest;
 
 pub use device::Device;
 pub use driver::{Driver, REQUIRED_DRIVER_VERSION};
-pub use error::CudaError;
+pub use error::{CudaError, CudaStatus, Result};

@@ -8,19 +8,14 @@ use std::sync::Arc;
 
 use cudarc::driver::result;
 use cudarc::driver::sys::CUdeviceptr;
-use vram_types::{AllocationFacts, VramError};
+use vram_types::AllocationFacts;
 
 use crate::device::Device;
-use crate::error::CudaError;
+use crate::error::{CudaError, CudaStatus};
 use crate::pointer;
 
-fn range_error(device: u32, operation: &'static str) -> VramError {
-    VramError::CudaOperationFailed {
-        device,
-        operation,
-        cuda_error: "range outside the allocation (refused before calling the driver)".into(),
-        code: None,
-    }
+fn range_error(device: u32, operation: &'static str) -> CudaError {
+    CudaError::OutOfRange { device, operation }
 }
 
 /// Device memory from `cuMemAlloc`. Freed on drop; [`DeviceBuffer::free`] reports errors.
@@ -39,30 +34,21 @@ impl DeviceBuffer {
     /// Allocates `len` bytes on `device`.
     ///
     /// # Errors
-    /// [`VramError::InvalidInput`] for `len == 0`; [`VramError::InsufficientVram`] when the
-    /// device is out of memory; [`VramError::CudaAllocationFailed`] otherwise.
-    pub fn alloc(device: &Arc<Device>, len: usize) -> Result<Self, VramError> {
+    /// [`CudaError::InvalidArgument`] for `len == 0`; [`CudaError::OutOfMemory`] when the
+    /// device is out of memory; [`CudaError::Driver`] otherwise.
+    pub fn alloc(device: &Arc<Device>, len: usize) -> Result<Self, CudaError> {
         if len == 0 {
-            return Err(VramError::invalid_input("allocation size", "0 bytes"));
+            return Err(CudaError::InvalidArgument {
+                what: "allocation size",
+                reason: "0 bytes".into(),
+            });
         }
         device.bind()?;
         // SAFETY: the device's context is current (bound above) and `len` is non-zero.
         let ptr = unsafe { result::malloc_sync(len) }.map_err(|e| {
-            let e = CudaError::from(e);
-            if e.is_out_of_memory() {
-                VramError::InsufficientVram {
-                    needed: len,
-                    available: device.memory_info().map_or(0, |(free, _)| free),
-                    device: device.ordinal(),
-                }
-            } else {
-                VramError::CudaAllocationFailed {
-                    device: device.ordinal(),
-                    bytes: len,
-                    cuda_error: e.to_string(),
-                    code: Some(e.code()),
-                }
-            }
+            CudaStatus::from(e).allocating(device.ordinal(), "cuMemAlloc", len, || {
+                device.memory_info().map_or(0, |(free, _)| free)
+            })
         })?;
         Ok(Self {
             device: Arc::clone(device),
@@ -94,7 +80,7 @@ impl DeviceBuffer {
         offset: usize,
         n: usize,
         operation: &'static str,
-    ) -> Result<CUdeviceptr, VramError> {
+    ) -> Result<CUdeviceptr, CudaError> {
         let ptr = self
             .ptr
             .ok_or_else(|| range_error(self.device.ordinal(), operation))?;
@@ -111,31 +97,33 @@ impl DeviceBuffer {
     /// Copies host bytes (any host memory, pageable included) to `offset`, synchronously.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] when the range is outside the buffer or the copy fails.
-    pub fn write(&self, offset: usize, src: &[u8]) -> Result<(), VramError> {
+    /// [`CudaError::OutOfRange`] when the range is outside the buffer; [`CudaError::Driver`] when
+    /// the copy fails.
+    pub fn write(&self, offset: usize, src: &[u8]) -> Result<(), CudaError> {
         let dst = self.range_address(offset, src.len(), "host-to-device copy")?;
         self.device.bind()?;
-        // SAFETY: `dst..dst+src.len()` lies inside this live allocation (checked by `at`), and
+        // SAFETY: `dst..dst+src.len()` lies inside this live allocation (checked by `range_address`), and
         // `src` is a valid host slice for the whole synchronous copy.
         unsafe { result::memcpy_htod_sync(dst, src) }
-            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "host-to-device copy"))
+            .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "host-to-device copy"))
     }
 
     /// Copies bytes at `offset` to host memory, synchronously.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] when the range is outside the buffer or the copy fails.
-    pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), VramError> {
+    /// [`CudaError::OutOfRange`] when the range is outside the buffer; [`CudaError::Driver`] when
+    /// the copy fails.
+    pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), CudaError> {
         let src = self.range_address(offset, dst.len(), "device-to-host copy")?;
         self.device.bind()?;
-        // SAFETY: `src..src+dst.len()` lies inside this live allocation (checked by `at`), and
+        // SAFETY: `src..src+dst.len()` lies inside this live allocation (checked by `range_address`), and
         // `dst` is a valid, exclusively borrowed host slice for the whole synchronous copy.
         unsafe { result::memcpy_dtoh_sync(dst, src) }
-            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "device-to-host copy"))
+            .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "device-to-host copy"))
     }
 
     /// The device address, for kernel arguments inside this crate only.
-    pub(crate) fn device_address(&self) -> Result<u64, VramError> {
+    pub(crate) fn device_address(&self) -> Result<u64, CudaError> {
         self.ptr
             .ok_or_else(|| range_error(self.device.ordinal(), "kernel argument"))
     }
@@ -143,8 +131,8 @@ impl DeviceBuffer {
     /// What the driver reports about this allocation, for the first `len` bytes.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`].
-    pub fn facts(&self, len: usize) -> Result<AllocationFacts, VramError> {
+    /// [`CudaError::Driver`].
+    pub fn facts(&self, len: usize) -> Result<AllocationFacts, CudaError> {
         let ptr = self
             .ptr
             .ok_or_else(|| range_error(self.device.ordinal(), "pointer query"))?;
@@ -154,25 +142,19 @@ impl DeviceBuffer {
     /// Frees the buffer now, reporting a driver error.
     ///
     /// # Errors
-    /// [`VramError::CudaDeallocationFailed`].
-    pub fn free(mut self) -> Result<(), VramError> {
+    /// [`CudaError::Driver`] (`cuMemFree`).
+    pub fn free(mut self) -> Result<(), CudaError> {
         self.release()
     }
 
-    fn release(&mut self) -> Result<(), VramError> {
+    fn release(&mut self) -> Result<(), CudaError> {
         let Some(ptr) = self.ptr.take() else {
             return Ok(());
         };
         self.device.bind()?;
         // SAFETY: `ptr` came from `cuMemAlloc` and is freed exactly once (taken out of `self.ptr`).
-        unsafe { result::free_sync(ptr) }.map_err(|e| {
-            let e = CudaError::from(e);
-            VramError::CudaDeallocationFailed {
-                device: self.device.ordinal(),
-                cuda_error: e.to_string(),
-                code: Some(e.code()),
-            }
-        })
+        unsafe { result::free_sync(ptr) }
+            .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuMemFree"))
     }
 }
 
@@ -206,12 +188,12 @@ impl PinnedBuffer {
     /// Allocates `len` bytes of pinned host memory.
     ///
     /// # Errors
-    /// [`VramError::HostMemoryExhausted`] when it cannot be allocated.
-    pub fn alloc(device: &Arc<Device>, len: usize) -> Result<Self, VramError> {
+    /// [`CudaError::HostMemory`] when it cannot be allocated.
+    pub fn alloc(device: &Arc<Device>, len: usize) -> Result<Self, CudaError> {
         device.bind()?;
         // SAFETY: the device's context is current; `len` is the requested size.
         let ptr = unsafe { result::malloc_host(len.max(1), 0) }
-            .map_err(|_| VramError::HostMemoryExhausted { needed: len })?;
+            .map_err(|_| CudaError::HostMemory { bytes: len })?;
         Ok(Self {
             device: Arc::clone(device),
             ptr: ptr.cast(),
@@ -235,8 +217,8 @@ impl PinnedBuffer {
     /// What the driver reports about this memory (host memory: the policy refuses it).
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`].
-    pub fn facts(&self) -> Result<AllocationFacts, VramError> {
+    /// [`CudaError::Driver`].
+    pub fn facts(&self) -> Result<AllocationFacts, CudaError> {
         pointer::query(&self.device, self.ptr as CUdeviceptr, self.len)
     }
 }
@@ -271,8 +253,8 @@ impl ManagedBuffer {
     /// Allocates `len` bytes of managed memory (keep it small: never more than the card has free).
     ///
     /// # Errors
-    /// [`VramError::CudaAllocationFailed`].
-    pub fn alloc(device: &Arc<Device>, len: usize) -> Result<Self, VramError> {
+    /// [`CudaError::Driver`].
+    pub fn alloc(device: &Arc<Device>, len: usize) -> Result<Self, CudaError> {
         device.bind()?;
         // SAFETY: the device's context is current; `len` is the requested size.
         let ptr = unsafe {
@@ -281,15 +263,7 @@ impl ManagedBuffer {
                 cudarc::driver::sys::CUmemAttach_flags::CU_MEM_ATTACH_GLOBAL,
             )
         }
-        .map_err(|e| {
-            let e = CudaError::from(e);
-            VramError::CudaAllocationFailed {
-                device: device.ordinal(),
-                bytes: len,
-                cuda_error: e.to_string(),
-                code: Some(e.code()),
-            }
-        })?;
+        .map_err(|e| CudaStatus::from(e).during(device.ordinal(), "cuMemAllocManaged"))?;
         Ok(Self {
             device: Arc::clone(device),
             ptr,
@@ -300,8 +274,8 @@ impl ManagedBuffer {
     /// What the driver reports about it.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`].
-    pub fn facts(&self) -> Result<AllocationFacts, VramError> {
+    /// [`CudaError::Driver`].
+    pub fn facts(&self) -> Result<AllocationFacts, CudaError> {
         pointer::query(&self.device, self.ptr, self.len)
     }
 }
@@ -337,14 +311,14 @@ impl MappedHostBuffer {
     /// Allocates `len` bytes of mapped pinned host memory.
     ///
     /// # Errors
-    /// [`VramError::HostMemoryExhausted`].
-    pub fn alloc(device: &Arc<Device>, len: usize) -> Result<Self, VramError> {
+    /// [`CudaError::HostMemory`].
+    pub fn alloc(device: &Arc<Device>, len: usize) -> Result<Self, CudaError> {
         device.bind()?;
         // SAFETY: the device's context is current; flags ask for a device mapping.
         let ptr = unsafe {
             result::malloc_host(len.max(1), cudarc::driver::sys::CU_MEMHOSTALLOC_DEVICEMAP)
         }
-        .map_err(|_| VramError::HostMemoryExhausted { needed: len })?;
+        .map_err(|_| CudaError::HostMemory { bytes: len })?;
         Ok(Self {
             device: Arc::clone(device),
             ptr,
@@ -355,8 +329,8 @@ impl MappedHostBuffer {
     /// What the driver reports about it.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`].
-    pub fn facts(&self) -> Result<AllocationFacts, VramError> {
+    /// [`CudaError::Driver`].
+    pub fn facts(&self) -> Result<AllocationFacts, CudaError> {
         pointer::query(&self.device, self.ptr as CUdeviceptr, self.len)
     }
 }
@@ -392,8 +366,8 @@ impl RegisteredHostBuffer {
     /// Allocates `len` bytes on the heap and registers them.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] when registration fails.
-    pub fn alloc(device: &Arc<Device>, len: usize) -> Result<Self, VramError> {
+    /// [`CudaError::Driver`] when registration fails.
+    pub fn alloc(device: &Arc<Device>, len: usize) -> Result<Self, CudaError> {
         device.bind()?;
         let mut bytes = vec![0u8; len.max(1)];
         let ptr = bytes.as_mut_ptr().cast::<c_void>();
@@ -401,7 +375,7 @@ impl RegisteredHostBuffer {
         // registration (unregistered in `Drop` before the vector is freed).
         unsafe { cudarc::driver::sys::cuMemHostRegister_v2(ptr, bytes.len(), 0) }
             .result()
-            .map_err(|e| CudaError::from(e).during(device.ordinal(), "cuMemHostRegister"))?;
+            .map_err(|e| CudaStatus::from(e).during(device.ordinal(), "cuMemHostRegister"))?;
         Ok(Self {
             device: Arc::clone(device),
             bytes,
@@ -412,8 +386,8 @@ impl RegisteredHostBuffer {
     /// What the driver reports about it.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`].
-    pub fn facts(&self) -> Result<AllocationFacts, VramError> {
+    /// [`CudaError::Driver`].
+    pub fn facts(&self) -> Result<AllocationFacts, CudaError> {
         pointer::query(
             &self.device,
             self.bytes.as_ptr() as CUdeviceptr,

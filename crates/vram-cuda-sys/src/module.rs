@@ -8,10 +8,9 @@ use std::sync::Arc;
 
 use cudarc::driver::result;
 use cudarc::driver::sys::{CUfunction, CUmodule, CUstream};
-use vram_types::VramError;
 
 use crate::device::Device;
-use crate::error::CudaError;
+use crate::error::{CudaError, CudaStatus};
 #[cfg(feature = "test-utils")]
 use crate::memory::DeviceBuffer;
 #[cfg(feature = "test-utils")]
@@ -48,15 +47,17 @@ impl Module {
     /// Loads PTX text (JIT-compiled by the driver for the device).
     ///
     /// # Errors
-    /// [`VramError::InvalidInput`] for text with a NUL byte; [`VramError::CudaOperationFailed`]
-    /// when the driver rejects it.
-    pub fn load_ptx(device: &Arc<Device>, ptx: &str) -> Result<Self, VramError> {
-        let image = CString::new(ptx)
-            .map_err(|_| VramError::invalid_input("PTX", "contains a NUL byte"))?;
+    /// [`CudaError::InvalidArgument`] for text with a NUL byte; [`CudaError::Driver`] when the
+    /// driver rejects it.
+    pub fn load_ptx(device: &Arc<Device>, ptx: &str) -> Result<Self, CudaError> {
+        let image = CString::new(ptx).map_err(|_| CudaError::InvalidArgument {
+            what: "PTX",
+            reason: "contains a NUL byte".into(),
+        })?;
         device.bind()?;
         // SAFETY: `image` is a NUL-terminated PTX string that outlives the call; context is current.
         let module = unsafe { result::module::load_data(image.as_ptr().cast()) }
-            .map_err(|e| CudaError::from(e).during(device.ordinal(), "cuModuleLoadData"))?;
+            .map_err(|e| CudaStatus::from(e).during(device.ordinal(), "cuModuleLoadData"))?;
         Ok(Self {
             device: Arc::clone(device),
             module,
@@ -64,20 +65,22 @@ impl Module {
     }
 
     /// Looks a kernel up (once per kernel for repeated launches).
-    pub(crate) fn function(&self, name: &str) -> Result<CUfunction, VramError> {
-        let name = CString::new(name)
-            .map_err(|_| VramError::invalid_input("kernel name", "contains a NUL byte"))?;
+    pub(crate) fn function(&self, name: &str) -> Result<CUfunction, CudaError> {
+        let name = CString::new(name).map_err(|_| CudaError::InvalidArgument {
+            what: "kernel name",
+            reason: "contains a NUL byte".into(),
+        })?;
         // SAFETY: `module` was loaded in `load_ptx` and is unloaded only in `Drop`.
         unsafe { result::module::get_function(self.module, name) }
-            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "cuModuleGetFunction"))
+            .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuModuleGetFunction"))
     }
 
     #[cfg(feature = "test-utils")]
     /// Launches kernel `name` on the default stream and waits for it.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] for an unknown kernel, a buffer of another device or a
-    /// failed launch.
+    /// [`CudaError::WrongDevice`] for a buffer of another device; [`CudaError::Driver`] for an
+    /// unknown kernel or a failed launch.
     ///
     /// # Safety
     /// 1. `args` must match the kernel's parameter list in number, order and type.
@@ -88,7 +91,7 @@ impl Module {
         grid: u32,
         block: u32,
         args: &[KernelArg<'_>],
-    ) -> Result<(), VramError> {
+    ) -> Result<(), CudaError> {
         let values = self.arg_values(args)?;
         let function = self.function(name)?;
         // SAFETY: forwarded from this function's contract; the null stream is always valid.
@@ -101,8 +104,8 @@ impl Module {
     /// waiting (errors of the kernel itself surface when the stream is synchronised).
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] for an unknown kernel, a buffer of another device, a
-    /// stream of another device or a failed launch.
+    /// [`CudaError::WrongDevice`] for a buffer or stream of another device;
+    /// [`CudaError::Driver`] for an unknown kernel or a failed launch.
     ///
     /// # Safety
     /// 1. `args` must match the kernel's parameter list in number, order and type.
@@ -115,13 +118,12 @@ impl Module {
         grid: (u32, u32),
         block: u32,
         args: &[KernelArg<'_>],
-    ) -> Result<(), VramError> {
+    ) -> Result<(), CudaError> {
         if stream.device().ordinal() != self.device.ordinal() {
-            return Err(VramError::CudaOperationFailed {
+            return Err(CudaError::WrongDevice {
                 device: self.device.ordinal(),
-                operation: "cuLaunchKernel",
-                cuda_error: "stream belongs to another device".into(),
-                code: None,
+                found: stream.device().ordinal(),
+                operation: "cuLaunchKernel (stream)",
             });
         }
         let values = self.arg_values(args)?;
@@ -131,17 +133,16 @@ impl Module {
     }
 
     #[cfg(feature = "test-utils")]
-    fn arg_values(&self, args: &[KernelArg<'_>]) -> Result<Vec<u64>, VramError> {
+    fn arg_values(&self, args: &[KernelArg<'_>]) -> Result<Vec<u64>, CudaError> {
         let ordinal = self.device.ordinal();
         args.iter()
             .map(|arg| match arg {
                 KernelArg::Buffer(b) => {
                     if b.device().ordinal() != ordinal {
-                        return Err(VramError::CudaOperationFailed {
+                        return Err(CudaError::WrongDevice {
                             device: ordinal,
+                            found: b.device().ordinal(),
                             operation: "cuLaunchKernel",
-                            cuda_error: "buffer belongs to another device".into(),
-                            code: None,
                         });
                     }
                     b.device_address()
@@ -167,7 +168,7 @@ impl Module {
         block: u32,
         values: &[u64],
         stream: CUstream,
-    ) -> Result<(), VramError> {
+    ) -> Result<(), CudaError> {
         let ordinal = self.device.ordinal();
         let mut values = values.to_vec();
         // Each parameter points at its value; the driver copies them before returning.
@@ -186,7 +187,7 @@ impl Module {
                 &mut params,
             )
         }
-        .map_err(|e| CudaError::from(e).during(ordinal, "cuLaunchKernel"))
+        .map_err(|e| CudaStatus::from(e).during(ordinal, "cuLaunchKernel"))
     }
 }
 

@@ -8,18 +8,18 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::sys::{self, CUdeviceptr, CUpointer_attribute};
-use vram_types::{AllocationFacts, MemoryType, VramError};
+use vram_types::{AllocationFacts, MemoryType};
 
 use crate::device::Device;
-use crate::error::CudaError;
+use crate::error::{CudaError, CudaStatus};
 
 #[cfg(feature = "test-utils")]
 /// Facts of host memory that CUDA does not know (plain `malloc` or a stack array), as the pointer
 /// check sees it.
 ///
 /// # Errors
-/// [`VramError::CudaOperationFailed`].
-pub fn host_slice_facts(device: &Arc<Device>, bytes: &[u8]) -> Result<AllocationFacts, VramError> {
+/// [`CudaError::Driver`].
+pub fn host_slice_facts(device: &Arc<Device>, bytes: &[u8]) -> Result<AllocationFacts, CudaError> {
     query(device, bytes.as_ptr() as CUdeviceptr, bytes.len())
 }
 
@@ -27,7 +27,7 @@ pub(crate) fn query(
     device: &Arc<Device>,
     ptr: CUdeviceptr,
     len: usize,
-) -> Result<AllocationFacts, VramError> {
+) -> Result<AllocationFacts, CudaError> {
     use CUpointer_attribute as A;
     device.bind()?;
     let mut attributes = [
@@ -50,16 +50,10 @@ pub(crate) fn query(
         unsafe { sys::cuPointerGetAttributes(5, attributes.as_mut_ptr(), data.as_mut_ptr(), ptr) };
     status
         .result()
-        .map_err(|e| CudaError::from(e).during(device.ordinal(), "cuPointerGetAttributes"))?;
+        .map_err(|e| CudaStatus::from(e).during(device.ordinal(), "cuPointerGetAttributes"))?;
     let [memory_type, is_managed, ordinal, start, size] = values;
     let low = |v: u64| u32::try_from(v & 0xffff_ffff).unwrap_or(0);
-    let memory_type = match low(memory_type) {
-        2 => MemoryType::Device,
-        1 => MemoryType::Host,
-        // 0: unknown to CUDA (plain malloc); 3 (array) and 4 (unified) are not plain VRAM either.
-        4 => MemoryType::Host,
-        _ => MemoryType::Unregistered,
-    };
+    let memory_type = memory_type_of(low(memory_type));
     let device_ordinal =
         u32::try_from(i32::from_ne_bytes(low(ordinal).to_ne_bytes())).unwrap_or(u32::MAX);
     let len = u64::try_from(len).unwrap_or(u64::MAX);
@@ -76,4 +70,47 @@ pub(crate) fn query(
         device_ordinal,
         covers_shard,
     ))
+}
+
+/// What a `CU_POINTER_ATTRIBUTE_MEMORY_TYPE` value means for the policy: device memory is
+/// `Device`; host memory and unified memory (which may live in host RAM) are `Host`; anything
+/// else is `Unregistered`: 0, which the driver leaves for memory it does not know (a plain
+/// `malloc`), and arrays, which are never a pointer's memory type.
+fn memory_type_of(value: u32) -> MemoryType {
+    use cudarc::driver::sys::CUmemorytype as T;
+    #[allow(clippy::as_conversions, reason = "CUmemorytype is a repr(u32) enum")]
+    let is = |t: T| value == t as u32;
+    if is(T::CU_MEMORYTYPE_DEVICE) {
+        MemoryType::Device
+    } else if is(T::CU_MEMORYTYPE_HOST) || is(T::CU_MEMORYTYPE_UNIFIED) {
+        MemoryType::Host
+    } else {
+        MemoryType::Unregistered
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_types_follow_the_driver_constants() {
+        assert_eq!(memory_type_of(2), MemoryType::Device);
+        assert_eq!(memory_type_of(1), MemoryType::Host);
+        assert_eq!(
+            memory_type_of(4),
+            MemoryType::Host,
+            "unified may live in host RAM"
+        );
+        assert_eq!(
+            memory_type_of(3),
+            MemoryType::Unregistered,
+            "an array is no pointer's"
+        );
+        assert_eq!(
+            memory_type_of(0),
+            MemoryType::Unregistered,
+            "unknown to CUDA"
+        );
+    }
 }

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::driver::result;
-use vram_types::{ShardSource, VramError};
+use vram_types::ShardSource;
 
 use crate::device::Device;
-use crate::error::CudaError;
+use crate::error::{CudaError, CudaStatus};
 use crate::memory::{DeviceBuffer, PinnedBuffer};
 use crate::stream::{Event, Stream, StreamPriority};
 
@@ -111,14 +111,14 @@ impl StagingRing {
             .saturating_mul(2)
     }
 
-    fn slot(&self) -> Result<Slot, VramError> {
+    fn slot(&self) -> Result<Slot, CudaError> {
         Ok(Slot {
             pinned: PinnedBuffer::alloc(&self.device, self.slot_bytes)?,
             copied: Event::new(&self.device)?,
         })
     }
 
-    fn take(&self) -> Result<CopyLane, VramError> {
+    fn take(&self) -> Result<CopyLane, CudaError> {
         let reused = self
             .idle
             .lock()
@@ -144,24 +144,21 @@ impl StagingRing {
     /// sits in pinned memory (what the device receives). Returns when every copy has finished.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] when the source is longer than `dst` or a copy fails;
-    /// [`VramError::SourceReadFailed`] when the source cannot be read;
-    /// [`VramError::HostMemoryExhausted`] when a slot cannot be pinned.
+    /// [`CudaError::OutOfRange`] when the source is longer than `dst`; [`CudaError::Driver`]
+    /// when a copy fails; [`CudaError::SourceRead`] when the source cannot be read;
+    /// [`CudaError::HostMemory`] when a slot cannot be pinned.
     pub fn upload(
         &self,
         dst: &DeviceBuffer,
         source: &dyn ShardSource,
         observe: Option<ChunkObserver<'_>>,
-    ) -> Result<(), VramError> {
+    ) -> Result<(), CudaError> {
         let ordinal = self.device.ordinal();
         let len = source.len();
         if usize::try_from(len).map_or(true, |l| l > dst.len()) {
-            return Err(VramError::CudaOperationFailed {
+            return Err(CudaError::OutOfRange {
                 device: ordinal,
-                operation: "host-to-device copy",
-                cuda_error: "source longer than the allocation (refused before calling the driver)"
-                    .into(),
-                code: None,
+                operation: "host-to-device copy (source longer than the allocation)",
             });
         }
         let slot = u64::try_from(self.slot_bytes).unwrap_or(u64::MAX);
@@ -173,7 +170,7 @@ impl StagingRing {
             .max(1);
         let next = AtomicU64::new(0);
         let failed = AtomicBool::new(false);
-        let first_error: Mutex<Option<VramError>> = Mutex::new(None);
+        let first_error: Mutex<Option<CudaError>> = Mutex::new(None);
         std::thread::scope(|scope| {
             for _ in 0..threads {
                 scope.spawn(|| {
@@ -207,7 +204,7 @@ impl StagingRing {
         next: &AtomicU64,
         failed: &AtomicBool,
         (slot_len, len): (u64, u64),
-    ) -> Result<(), VramError> {
+    ) -> Result<(), CudaError> {
         let ordinal = self.device.ordinal();
         let mut lane = self.take()?;
         let mut result = Ok(());
@@ -249,31 +246,36 @@ fn fill_and_send(
     offset: u64,
     n: usize,
     ordinal: u32,
-) -> Result<(), VramError> {
+) -> Result<(), CudaError> {
     slot.copied.wait()?;
     let host = slot
         .pinned
         .as_mut_slice()
         .get_mut(..n)
-        .ok_or(VramError::Unreachable("a chunk is at most one slot"))?;
-    source.fill(offset, host)?;
+        .ok_or(CudaError::Unreachable("a chunk is at most one slot"))?;
+    source
+        .read_at(offset, host)
+        .map_err(|e| CudaError::SourceRead {
+            offset,
+            reason: e.to_string(),
+        })?;
     if let Some(observe) = observe {
         observe(offset, host);
     }
     let at =
-        usize::try_from(offset).map_err(|_| VramError::Unreachable("offset fits the buffer"))?;
+        usize::try_from(offset).map_err(|_| CudaError::Unreachable("offset fits the buffer"))?;
     let target = dst.range_address(at, n, "host-to-device copy")?;
     let host = slot
         .pinned
         .as_slice()
         .get(..n)
-        .ok_or(VramError::Unreachable("a chunk is at most one slot"))?;
+        .ok_or(CudaError::Unreachable("a chunk is at most one slot"))?;
     stream.device().bind()?;
     // The slot is written again only after the event recorded next has completed (`wait` above),
     // and the stream is synchronised before the slot returns to the pool.
     // SAFETY: `target..target + n` lies inside `dst` (`range_address`), which outlives the copy;
     // `host` is the slot's pinned memory, untouched until the copy completes (see above).
     unsafe { result::memcpy_htod_async(target, host, stream.raw()) }
-        .map_err(|e| CudaError::from(e).during(ordinal, "host-to-device copy"))?;
+        .map_err(|e| CudaStatus::from(e).during(ordinal, "host-to-device copy"))?;
     slot.copied.record(stream)
 }

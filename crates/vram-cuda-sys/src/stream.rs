@@ -7,10 +7,9 @@ use std::sync::Arc;
 
 use cudarc::driver::result;
 use cudarc::driver::sys::{self, CUevent, CUstream};
-use vram_types::VramError;
 
 use crate::device::Device;
-use crate::error::CudaError;
+use crate::error::{CudaError, CudaStatus};
 
 /// Scheduling priority of a stream relative to other streams of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,19 +41,19 @@ impl Stream {
     /// A stream with `priority` on `device`.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] from `cuStreamCreateWithPriority`.
-    pub fn new(device: &Arc<Device>, priority: StreamPriority) -> Result<Self, VramError> {
+    /// [`CudaError::Driver`] from `cuStreamCreateWithPriority`.
+    pub fn new(device: &Arc<Device>, priority: StreamPriority) -> Result<Self, CudaError> {
         device.bind()?;
         let ordinal = device.ordinal();
         let (least, greatest) = result::stream::get_priority_range()
-            .map_err(|e| CudaError::from(e).during(ordinal, "cuCtxGetStreamPriorityRange"))?;
+            .map_err(|e| CudaStatus::from(e).during(ordinal, "cuCtxGetStreamPriorityRange"))?;
         let priority = match priority {
             StreamPriority::Lowest => least,
             StreamPriority::Highest => greatest,
         };
         let raw =
             result::stream::create_with_priority(result::stream::StreamKind::NonBlocking, priority)
-                .map_err(|e| CudaError::from(e).during(ordinal, "cuStreamCreateWithPriority"))?;
+                .map_err(|e| CudaStatus::from(e).during(ordinal, "cuStreamCreateWithPriority"))?;
         Ok(Self {
             device: Arc::clone(device),
             raw,
@@ -74,12 +73,12 @@ impl Stream {
     /// Waits for the work queued on this stream only.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`], including an error of a kernel queued on it.
-    pub fn synchronize(&self) -> Result<(), VramError> {
+    /// [`CudaError::Driver`], including an error of a kernel queued on it.
+    pub fn synchronize(&self) -> Result<(), CudaError> {
         self.device.bind()?;
         // SAFETY: `raw` was created in `new` and is destroyed only in `Drop`.
         unsafe { result::stream::synchronize(self.raw) }
-            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "cuStreamSynchronize"))
+            .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuStreamSynchronize"))
     }
 }
 
@@ -113,10 +112,10 @@ crate::debug_without_pointers!(Event {
 unsafe impl Send for Event {}
 
 impl Event {
-    pub(crate) fn new(device: &Arc<Device>) -> Result<Self, VramError> {
+    pub(crate) fn new(device: &Arc<Device>) -> Result<Self, CudaError> {
         device.bind()?;
         let raw = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
-            .map_err(|e| CudaError::from(e).during(device.ordinal(), "cuEventCreate"))?;
+            .map_err(|e| CudaStatus::from(e).during(device.ordinal(), "cuEventCreate"))?;
         Ok(Self {
             device: Arc::clone(device),
             raw,
@@ -125,22 +124,22 @@ impl Event {
     }
 
     /// Marks the current end of `stream`'s queue.
-    pub(crate) fn record(&mut self, stream: &Stream) -> Result<(), VramError> {
+    pub(crate) fn record(&mut self, stream: &Stream) -> Result<(), CudaError> {
         // SAFETY: `raw` and the stream's handle were created by the driver and are live.
         unsafe { result::event::record(self.raw, stream.raw()) }
-            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "cuEventRecord"))?;
+            .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuEventRecord"))?;
         self.recorded = true;
         Ok(())
     }
 
     /// Waits until the work recorded before this event has finished (at once if never recorded).
-    pub(crate) fn wait(&self) -> Result<(), VramError> {
+    pub(crate) fn wait(&self) -> Result<(), CudaError> {
         if !self.recorded {
             return Ok(());
         }
         // SAFETY: `raw` was created in `new` and recorded on a live stream.
         unsafe { result::event::synchronize(self.raw) }
-            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "cuEventSynchronize"))
+            .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuEventSynchronize"))
     }
 }
 

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cudarc::driver::result;
 use cudarc::driver::sys::{CUdeviceptr, CUfunction};
-use vram_types::{GpuShare, LeafSize, VramError};
+use vram_types::{GpuShare, LeafSize};
 
 use crate::device::Device;
-use crate::error::CudaError;
+use crate::error::{CudaError, CudaStatus};
 use crate::memory::DeviceBuffer;
 use crate::module::Module;
 use crate::stream::{Stream, StreamPriority};
@@ -69,24 +69,19 @@ struct Scratch<'s> {
 }
 
 impl<'s> Scratch<'s> {
-    fn alloc(stream: &'s Stream, bytes: u64) -> Result<Self, VramError> {
+    fn alloc(stream: &'s Stream, bytes: u64) -> Result<Self, CudaError> {
         let ordinal = stream.device().ordinal();
-        let bytes = usize::try_from(bytes)
-            .map_err(|_| VramError::HostMemoryExhausted { needed: usize::MAX })?;
+        let bytes = usize::try_from(bytes).map_err(|_| CudaError::InvalidArgument {
+            what: "digest scratch",
+            reason: format!("{bytes} bytes do not fit this host's address space"),
+        })?;
         stream.device().bind()?;
         // SAFETY: the stream is live and belongs to the current context; the memory is only
         // used by work queued on this stream and freed on it.
         let ptr = unsafe { result::malloc_async(stream.raw(), bytes) }.map_err(|e| {
-            let e = CudaError::from(e);
-            if e.is_out_of_memory() {
-                VramError::InsufficientVram {
-                    needed: bytes,
-                    available: stream.device().memory_info().map_or(0, |(free, _)| free),
-                    device: ordinal,
-                }
-            } else {
-                e.during(ordinal, "cuMemAllocAsync")
-            }
+            CudaStatus::from(e).allocating(ordinal, "cuMemAllocAsync", bytes, || {
+                stream.device().memory_info().map_or(0, |(free, _)| free)
+            })
         })?;
         Ok(Self { stream, ptr })
     }
@@ -121,9 +116,13 @@ pub fn block_size(leaves: u64, multiprocessors: u32) -> u32 {
     }
 }
 
-fn grid_for(threads: u64, block: u32) -> Result<u32, VramError> {
-    u32::try_from(threads.div_ceil(u64::from(block.max(1))))
-        .map_err(|_| VramError::invalid_input("digest launch", "more than 2^32 blocks"))
+fn grid_for(threads: u64, block: u32) -> Result<u32, CudaError> {
+    u32::try_from(threads.div_ceil(u64::from(block.max(1)))).map_err(|_| {
+        CudaError::InvalidArgument {
+            what: "digest launch",
+            reason: "more than 2^32 blocks".into(),
+        }
+    })
 }
 
 fn lock(m: &Mutex<Stream>) -> std::sync::MutexGuard<'_, Stream> {
@@ -134,9 +133,9 @@ impl TreeDigestEngine {
     /// Loads the kernels on `device` and makes its two lowest-priority streams.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] when the driver refuses the PTX (for example a driver
+    /// [`CudaError::Driver`] when the driver refuses the PTX (for example a driver
     /// older than the PTX version) or a stream cannot be made.
-    pub fn new(device: &Arc<Device>) -> Result<Self, VramError> {
+    pub fn new(device: &Arc<Device>) -> Result<Self, CudaError> {
         let module = Module::load_ptx(device, SHA256_TREE_PTX)?;
         let leaves = module.function("sha256_leaves")?;
         let fold = module.function("sha256_fold_level")?;
@@ -165,24 +164,29 @@ impl TreeDigestEngine {
     /// `vram_seal::digest::tree::root_from_leaf_digests` gives for the same bytes.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] when `len` exceeds the buffer, the buffer is on another
-    /// device, or a launch or copy fails; [`VramError::InsufficientVram`] when the leaf states
-    /// (32 bytes a leaf, and half as much again for the fold) do not fit.
+    /// [`CudaError::OutOfRange`] when `len` exceeds the buffer; [`CudaError::WrongDevice`] for a
+    /// buffer of another device; [`CudaError::Driver`] when a launch or copy fails;
+    /// [`CudaError::OutOfMemory`] when the leaf states (32 bytes a leaf, and half as much again
+    /// for the fold) do not fit.
     pub fn tree_root(
         &self,
         buffer: &DeviceBuffer,
         len: usize,
         leaf: LeafSize,
         share: GpuShare,
-    ) -> Result<[u8; 32], VramError> {
+    ) -> Result<[u8; 32], CudaError> {
         let ordinal = self.device.ordinal();
-        if buffer.device().ordinal() != ordinal || len > buffer.len() {
-            return Err(VramError::CudaOperationFailed {
+        if buffer.device().ordinal() != ordinal {
+            return Err(CudaError::WrongDevice {
+                device: ordinal,
+                found: buffer.device().ordinal(),
+                operation: "tree digest",
+            });
+        }
+        if len > buffer.len() {
+            return Err(CudaError::OutOfRange {
                 device: ordinal,
                 operation: "tree digest",
-                cuda_error: "range outside the allocation (refused before calling the driver)"
-                    .into(),
-                code: None,
             });
         }
         let total = u64::try_from(len).unwrap_or(u64::MAX);
@@ -244,7 +248,7 @@ impl TreeDigestEngine {
         leaves: u64,
         (a, b): (u64, u64),
         words: &mut [u32; 8],
-    ) -> Result<(), VramError> {
+    ) -> Result<(), CudaError> {
         match share {
             GpuShare::Full => {
                 let block = block_size(leaves, self.multiprocessors);
@@ -269,7 +273,7 @@ impl TreeDigestEngine {
         // work queued before on this stream; `words` is a host array of exactly 32 bytes that
         // the caller keeps alive until it has synchronised the stream.
         unsafe { result::memcpy_dtoh_async(words, root_at, stream.raw()) }
-            .map_err(|e| CudaError::from(e).during(self.device.ordinal(), "cuMemcpyDtoHAsync"))
+            .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuMemcpyDtoHAsync"))
     }
 
     /// Queues the leaf kernel over leaves `first..first + count`, bytes `begin..begin + slice`
@@ -285,7 +289,7 @@ impl TreeDigestEngine {
         (first, count): (u64, u64),
         (begin, slice): (u64, u64),
         state: u64,
-    ) -> Result<(), VramError> {
+    ) -> Result<(), CudaError> {
         let grid = grid_for(count, block)?;
         let args = [data, total, leaf, first, count, begin, slice, state];
         // `data` has `total` bytes (checked by the caller, who keeps it alive until the stream is
@@ -310,7 +314,7 @@ impl TreeDigestEngine {
         leaves: u64,
         sm_fraction: f32,
         state: u64,
-    ) -> Result<(), VramError> {
+    ) -> Result<(), CudaError> {
         let blocks = bounded_blocks(self.multiprocessors, sm_fraction);
         let per_launch = u64::from(blocks).saturating_mul(u64::from(MAX_BLOCK));
         let mut first = 0u64;
@@ -339,7 +343,7 @@ impl TreeDigestEngine {
 
     /// Folds `leaves` node states at `a` level by level (ping-pong with `b`); returns where the
     /// root ends up.
-    fn fold(&self, stream: &Stream, leaves: u64, a: u64, b: u64) -> Result<u64, VramError> {
+    fn fold(&self, stream: &Stream, leaves: u64, a: u64, b: u64) -> Result<u64, CudaError> {
         let (mut from, mut to, mut n) = (a, b, leaves);
         while n > 1 {
             let out = n.div_ceil(2);

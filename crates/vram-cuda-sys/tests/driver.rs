@@ -15,6 +15,7 @@
     reason = "tests"
 )]
 
+use vram_cuda_sys::CudaError;
 use vram_cuda_sys::memory::{
     DeviceBuffer, ManagedBuffer, MappedHostBuffer, PinnedBuffer, RegisteredHostBuffer,
 };
@@ -23,7 +24,7 @@ use vram_cuda_sys::pointer::host_slice_facts;
 use vram_cuda_sys::staging_ring::StagingRing;
 use vram_cuda_sys::{Device, Driver};
 use vram_policy::rules::allocation_problem;
-use vram_types::{MemoryType, VramError};
+use vram_types::MemoryType;
 
 const MIB: usize = 1 << 20;
 
@@ -48,11 +49,11 @@ fn loading_the_driver_never_panics_and_names_the_problem() {
         }
         Err(e) => {
             assert!(!gpu_expected(), "VRAM_TEST_GPU=1 but no GPU: {e}");
-            assert!(matches!(e, VramError::NoGpu { .. }), "{e:?}");
+            assert!(matches!(e, CudaError::NoGpu { .. }), "{e:?}");
             assert!(e.to_string().contains("driver"), "{e}");
             // The second call answers the same, from the cached result.
             assert_eq!(Driver::get().unwrap_err(), e);
-            assert!(matches!(Device::open(0), Err(VramError::NoGpu { .. })));
+            assert!(matches!(Device::open(0), Err(CudaError::NoGpu { .. })));
         }
     }
 }

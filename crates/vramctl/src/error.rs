@@ -111,4 +111,21 @@ impl From<VramError> for CliError {
     }
 }
 
+/// The naive baseline of `bench` calls the CUDA wrappers directly: their errors get the exit
+/// code of a GPU problem (out of memory: bad input, as the library's `InsufficientVram`).
+impl From<vram_cuda_sys::CudaError> for CliError {
+    fn from(e: vram_cuda_sys::CudaError) -> Self {
+        match e {
+            vram_cuda_sys::CudaError::OutOfMemory { .. } => Self::new(
+                Exit::BadInput,
+                format!("{e}; free VRAM or measure smaller sizes with --size"),
+            ),
+            _ => Self::new(
+                Exit::NoGpuOrPolicy,
+                format!("{e}; see `vramctl doctor` and the logs (-v)"),
+            ),
+        }
+    }
+}
+
 pub(crate) type CliResult<T> = Result<T, CliError>;

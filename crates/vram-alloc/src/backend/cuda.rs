@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use vram_cuda_sys::memory::DeviceBuffer;
 use vram_cuda_sys::staging_ring::StagingRing;
 use vram_cuda_sys::tree_digest::TreeDigestEngine;
-use vram_cuda_sys::{Device, Driver};
+use vram_cuda_sys::{CudaError, Device, Driver};
 use vram_seal::ShardDigest;
 use vram_seal::digest::DigestHasher;
 use vram_seal::digest::tree::{finalize_root, leaf_count};
@@ -27,6 +27,95 @@ use super::{
 /// kernel takes at least a leaf's worth of that (about 2 ms at 64 KiB leaves) however small the
 /// shard; below this many leaves a read-back hashed on the CPU cores is quicker (`docs/perf.md`).
 pub(crate) const GPU_DIGEST_MIN_LEAVES: u64 = 64;
+
+/// What a CUDA call was for, so that its error becomes the right [`VramError`].
+#[derive(Debug, Clone, Copy)]
+enum Call {
+    /// An allocation of this many bytes.
+    Allocate { bytes: usize },
+    /// Releasing an allocation.
+    Free,
+    /// Anything else (a copy, a query, a launch).
+    Other,
+}
+
+/// The one place a CUDA error of `vram-cuda-sys` becomes the workspace's [`VramError`]: the
+/// sys crate says what went wrong (the driver's status, out of memory, a range or device it
+/// refused before calling the driver), this backend knows what the call was for.
+fn vram_error(e: CudaError, call: Call) -> VramError {
+    let refused = |device, operation, why: String| VramError::CudaOperationFailed {
+        device,
+        operation,
+        cuda_error: format!("{why} (refused before calling the driver)"),
+        code: None,
+    };
+    match e {
+        CudaError::Driver {
+            device,
+            operation,
+            status,
+        } => {
+            let (cuda_error, code) = (status.to_string(), Some(status.code()));
+            match call {
+                Call::Allocate { bytes } => VramError::CudaAllocationFailed {
+                    device,
+                    bytes,
+                    cuda_error,
+                    code,
+                },
+                Call::Free => VramError::CudaDeallocationFailed {
+                    device,
+                    cuda_error,
+                    code,
+                },
+                Call::Other => VramError::CudaOperationFailed {
+                    device,
+                    operation,
+                    cuda_error,
+                    code,
+                },
+            }
+        }
+        CudaError::OutOfMemory {
+            device,
+            requested,
+            free,
+        } => VramError::InsufficientVram {
+            needed: requested,
+            available: free,
+            device,
+        },
+        CudaError::OutOfRange { device, operation } => {
+            refused(device, operation, "range outside the allocation".into())
+        }
+        CudaError::WrongDevice {
+            device,
+            found,
+            operation,
+        } => refused(device, operation, format!("the buffer is on GPU {found}")),
+        CudaError::NoGpu { reason } => VramError::NoGpu { reason },
+        CudaError::DriverTooOld { found, required } => VramError::DriverTooOld { found, required },
+        CudaError::InvalidDevice {
+            device,
+            device_count,
+        } => VramError::InvalidDevice {
+            device,
+            device_count,
+        },
+        CudaError::InvalidArgument { what, reason } => VramError::InvalidInput {
+            field: what,
+            reason,
+        },
+        CudaError::HostMemory { bytes } => VramError::HostMemoryExhausted { needed: bytes },
+        CudaError::SourceRead { offset, reason } => VramError::SourceReadFailed { offset, reason },
+        CudaError::Unreachable(what) => VramError::Unreachable(what),
+    }
+}
+
+/// [`vram_error`] of a call that is neither an allocation nor a release.
+fn other(e: CudaError) -> VramError {
+    vram_error(e, Call::Other)
+}
 
 /// One device with its staging ring and (loaded on first use) digest kernels.
 struct DeviceLane {
@@ -86,10 +175,10 @@ impl CudaBackend {
     /// [`VramError::NoGpu`] without a driver or GPU; [`VramError::DriverTooOld`];
     /// CUDA errors while creating contexts.
     pub(crate) fn open() -> Result<Self, VramError> {
-        let count = Driver::get()?.device_count();
+        let count = Driver::get().map_err(other)?.device_count();
         let lanes = (0..count)
             .map(|ordinal| {
-                let device = Device::open(ordinal)?;
+                let device = Device::open(ordinal).map_err(other)?;
                 Ok(DeviceLane {
                     ring: StagingRing::with_defaults(&device),
                     device,
@@ -129,7 +218,7 @@ impl CudaBackend {
         while offset < len {
             let n = len.saturating_sub(offset).min(size);
             let piece = chunk.get_mut(..n).unwrap_or_default();
-            b.read(offset, piece)?;
+            b.read(offset, piece).map_err(other)?;
             hasher.update_parallel(piece);
             offset = offset.saturating_add(n);
         }
@@ -151,8 +240,8 @@ impl CudaBackend {
     ) -> Result<(), VramError> {
         let b = self.buffer(buffer)?;
         let mut byte = [0u8; 1];
-        b.read(offset, &mut byte)?;
-        b.write(offset, &byte.map(|v| v ^ mask))
+        b.read(offset, &mut byte).map_err(other)?;
+        b.write(offset, &byte.map(|v| v ^ mask)).map_err(other)
     }
 }
 
@@ -166,11 +255,11 @@ impl Backend for CudaBackend {
     }
 
     fn device_facts(&self, device: u32) -> Result<DeviceFacts, VramError> {
-        self.device(device)?.facts()
+        self.device(device)?.facts().map_err(other)
     }
 
     fn memory_info(&self, device: u32) -> Result<MemoryInfo, VramError> {
-        let (free, total) = self.device(device)?.memory_info()?;
+        let (free, total) = self.device(device)?.memory_info().map_err(other)?;
         Ok(MemoryInfo { free, total })
     }
 
@@ -179,7 +268,8 @@ impl Backend for CudaBackend {
     }
 
     fn allocate(&self, device: u32, bytes: usize) -> Result<BufferId, VramError> {
-        let buffer = DeviceBuffer::alloc(self.device(device)?, bytes)?;
+        let buffer = DeviceBuffer::alloc(self.device(device)?, bytes)
+            .map_err(|e| vram_error(e, Call::Allocate { bytes }))?;
         Ok(self.buffers.insert(buffer))
     }
 
@@ -193,6 +283,7 @@ impl Backend for CudaBackend {
         self.lane(b.device().ordinal())?
             .ring
             .upload(&b, source, observe)
+            .map_err(other)
     }
 
     fn digest(
@@ -213,7 +304,7 @@ impl Backend for CudaBackend {
         };
         match kernels {
             Some((engine, leaf)) => {
-                let root = engine.tree_root(&b, len, leaf, share)?;
+                let root = engine.tree_root(&b, len, leaf, share).map_err(other)?;
                 Ok(finalize_root(leaf, total, &root))
             }
             None => Self::digest_on_cpu(&b, len, algorithm),
@@ -221,7 +312,7 @@ impl Backend for CudaBackend {
     }
 
     fn allocation_facts(&self, buffer: BufferId, len: usize) -> Result<AllocationFacts, VramError> {
-        self.buffer(buffer)?.facts(len)
+        self.buffer(buffer)?.facts(len).map_err(other)
     }
 
     #[cfg(feature = "test-utils")]
@@ -234,7 +325,7 @@ impl Backend for CudaBackend {
             "freeing a buffer id this backend does not hold",
         ))?;
         match Arc::try_unwrap(b) {
-            Ok(owned) => owned.free(),
+            Ok(owned) => owned.free().map_err(|e| vram_error(e, Call::Free)),
             // A transfer still holds it (cannot happen: the allocation is only freed when its
             // last shard handle is gone); dropping the last reference frees it.
             Err(_) => Ok(()),

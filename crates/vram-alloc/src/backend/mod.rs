@@ -24,8 +24,8 @@ pub use mock::{MockBackend, MockBuilder};
 /// Upload chunk size: the CUDA backend's staging slot, a multiple of every tree leaf size.
 pub(crate) const UPLOAD_CHUNK_BYTES: usize = vram_cuda_sys::staging_ring::DEFAULT_SLOT_BYTES;
 
-/// What each uploaded chunk is shown to: `(offset, bytes)`.
-pub(crate) type ChunkObserver<'a> = &'a (dyn Fn(u64, &[u8]) + Sync);
+/// What each uploaded chunk is shown to: `(offset, bytes)`; one definition, the staging ring's.
+pub(crate) use vram_cuda_sys::staging_ring::ChunkObserver;
 
 /// `cuMemAlloc`'s granularity: every allocation takes a multiple of 2 MiB of device memory.
 pub(crate) const CUDA_ALLOCATION_GRANULARITY: usize = 2 * 1024 * 1024;
