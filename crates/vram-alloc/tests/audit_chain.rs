@@ -463,7 +463,8 @@ fn a_torn_tail_is_refused_or_repaired_and_the_repair_is_recorded() {
 fn a_full_disk_leaves_no_torn_record_and_the_chain_continues_after() {
     let path = temp_path("full.jsonl");
     let mock = Arc::new(MockBackend::with_capacity(16 * MIB));
-    let sink = Arc::new(FileAuditSink::open(&path, signing_key(0x11)).unwrap());
+    let room = common::Room::default();
+    let sink = Arc::new(common::sink_on_small_disk(&path, signing_key(0x11), &room));
     let config = vram_types::VramConfig {
         audit_failure_policy: vram_types::AuditFailurePolicy::Continue,
         ..vram_types::VramConfig::default()
@@ -476,7 +477,7 @@ fn a_full_disk_leaves_no_torn_record_and_the_chain_continues_after() {
         .unwrap();
     let shard = manager.seal_model(&model(10, 1), 0).unwrap();
     let before = std::fs::read(&path).unwrap();
-    sink.limit_room_for_tests(Some(40));
+    room.set(Some(40));
     manager.verify_sealed(&shard).unwrap();
     assert_eq!(
         std::fs::read(&path).unwrap(),
@@ -484,7 +485,7 @@ fn a_full_disk_leaves_no_torn_record_and_the_chain_continues_after() {
         "the part of the record that fit was cut back off"
     );
     assert_eq!(manager.metrics().audit_failures, 1);
-    sink.limit_room_for_tests(None);
+    room.set(None);
     manager.verify_sealed(&shard).unwrap();
     drop(shard);
     drop(manager);

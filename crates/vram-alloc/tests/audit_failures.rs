@@ -18,9 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use common::{MIB, model, names, rig, temp_path};
 use vram_alloc::VramManager;
-use vram_alloc::audit::{
-    AuditError, AuditEvent, AuditRecord, AuditSink, FileAuditSink, InMemoryAuditSink,
-};
+use vram_alloc::audit::{AuditError, AuditEvent, AuditRecord, AuditSink, InMemoryAuditSink};
 use vram_alloc::backend::MockBackend;
 use vram_seal::SealKey;
 use vram_types::{AuditFailurePolicy, VramConfig, VramError};
@@ -207,10 +205,15 @@ fn a_seal_that_fails_after_allocating_is_audited_with_its_reason() {
 fn a_full_log_file_fails_closed_through_the_manager() {
     let path = temp_path("fail-closed.jsonl");
     let key = SealKey::from_bytes(&[0x33; 32]).unwrap();
-    let sink = Arc::new(FileAuditSink::open(&path, key.audit_signing_key().unwrap()).unwrap());
+    let room = common::Room::default();
+    let sink = Arc::new(common::sink_on_small_disk(
+        &path,
+        key.audit_signing_key().unwrap(),
+        &room,
+    ));
     let (manager, mock) = manager_with(sink.clone(), AuditFailurePolicy::FailClosed);
     let shard = manager.seal_model(&model(100, 1), 0).unwrap();
-    sink.limit_room_for_tests(Some(0));
+    room.set(Some(0));
     assert!(matches!(
         manager.verify_sealed(&shard),
         Err(VramError::AuditFailed { .. })
@@ -218,7 +221,7 @@ fn a_full_log_file_fails_closed_through_the_manager() {
     drop(shard);
     assert_eq!(mock.live_allocations(), 0, "released although unrecorded");
     // The release could not be recorded: the manager stopped, even with room again.
-    sink.limit_room_for_tests(None);
+    room.set(None);
     assert_eq!(
         manager.seal_model(&model(1, 1), 0).unwrap_err(),
         VramError::Stopped

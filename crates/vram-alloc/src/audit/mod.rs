@@ -8,21 +8,34 @@
 //! nothing). [`verify_audit_log`] checks a log file with only its public key
 //! (`.specs/audit.md`).
 
-mod chain;
-mod file;
-mod memory;
+//!
+//! | module | role |
+//! |---|---|
+//! | `sink` | the [`AuditSink`] trait and its [`AuditError`] |
+//! | `format` | the line format: encoding records, openings and checkpoints; scanning lines |
+//! | `writer` | [`FileAuditSink`], the one writer of a log file, over a [`LogFile`] |
+//! | `verify` | [`verify_audit_log`]: checking a log with its public key |
+//! | `open` | opening a path only if it is a regular file |
+//! | `memory` | [`InMemoryAuditSink`], a bounded ring |
 
-use std::fmt;
+mod format;
+mod memory;
+mod open;
+mod sink;
+mod verify;
+mod writer;
 
 use serde::Serialize;
 
-pub use chain::{
-    AuditLogError, AuditLogProblem, AuditLogSummary, AuditVerifyOptions, MAX_RECORD_BYTES,
-    verify_audit_log, verify_audit_log_from,
-};
-pub use file::{AuditError, AuditLogOptions, FileAuditSink};
+pub use format::MAX_RECORD_BYTES;
 pub use memory::{DEFAULT_IN_MEMORY_RECORDS, InMemoryAuditSink};
+pub use sink::{AuditError, AuditSink};
+pub use verify::{
+    AuditLogError, AuditLogProblem, AuditLogSummary, AuditVerifyOptions, verify_audit_log,
+    verify_audit_log_from,
+};
 pub use vram_seal::{AuditPublicKey, AuditSigningKey, Checkpoint};
+pub use writer::{AuditLogOptions, FileAuditSink, LogFile};
 
 /// How urgent an event is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -208,16 +221,4 @@ impl Serialize for AuditRecord {
         }
         .serialize(serializer)
     }
-}
-
-/// Where audit records go.
-pub trait AuditSink: Send + Sync + fmt::Debug {
-    /// Stores one record.
-    ///
-    /// A sink that panics is treated as one that failed: the panic is caught.
-    ///
-    /// # Errors
-    /// [`AuditError`] when the record could not be stored; the manager then follows its
-    /// [`AuditFailurePolicy`](vram_types::AuditFailurePolicy).
-    fn record(&self, record: &AuditRecord) -> Result<(), AuditError>;
 }

@@ -229,3 +229,69 @@ macro_rules! on_both_backends {
         }
     )*};
 }
+
+/// How much room the "disk" under a [`SmallDisk`] log has left (`None`: unlimited). Shared by
+/// the test and the sink's file, so the test can fill and empty the disk while the sink runs.
+#[derive(Debug, Clone, Default)]
+pub struct Room(Arc<std::sync::Mutex<Option<u64>>>);
+
+impl Room {
+    pub fn set(&self, bytes: Option<u64>) {
+        *self.0.lock().unwrap() = bytes;
+    }
+}
+
+/// A log file on a disk with limited room: a write past it writes what fits and then fails
+/// with ENOSPC, as a full disk does.
+#[derive(Debug)]
+pub struct SmallDisk {
+    file: std::fs::File,
+    room: Room,
+}
+
+impl vram_alloc::audit::LogFile for SmallDisk {
+    fn write_once(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        use std::io::Write as _;
+        let mut room = self.room.0.lock().unwrap();
+        let Some(left) = *room else {
+            return self.file.write(bytes);
+        };
+        let fits = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+        let n = self.file.write(bytes.get(..fits).unwrap_or_default())?;
+        *room = Some(left.saturating_sub(n as u64));
+        if n < bytes.len() {
+            Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
+        } else {
+            Ok(n)
+        }
+    }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+/// A file audit sink at `path` writing through a [`SmallDisk`] with `room`.
+pub fn sink_on_small_disk(
+    path: &std::path::Path,
+    key: vram_alloc::audit::AuditSigningKey,
+    room: &Room,
+) -> vram_alloc::audit::FileAuditSink<SmallDisk> {
+    let room = room.clone();
+    vram_alloc::audit::FileAuditSink::open_through(
+        path,
+        key,
+        vram_alloc::audit::AuditLogOptions::default(),
+        move |file| {
+            Ok(SmallDisk {
+                file: file.try_clone()?,
+                room,
+            })
+        },
+    )
+    .unwrap()
+}

@@ -1,62 +1,19 @@
-//! The audit log's on-disk format and its verifier (`.specs/audit.md`).
-//!
-//! One JSON object per line, `\n`-terminated. Every line starts with `"seq":N` (0-based) and
-//! `"prev"`: the SHA-256 of the previous line's bytes (64 zeros for the first). The first line
-//! is an `AuditLogOpened` record naming the log's Ed25519 public key; `AuditCheckpoint` lines
-//! sign `(count = seq, head = prev)`, so each one authenticates every line before it. Anyone
-//! holding the public key can check the whole file; nobody without the private key can rebuild
-//! a chain that passes, because the checkpoints would no longer verify.
+//! The audit log's verifier (`.specs/audit.md`): every line's sequence number and link, every
+//! checkpoint's signature, the key against a pinned one, the log against a kept checkpoint.
+//! Anyone holding the public key can check the whole file; nobody without the private key can
+//! rebuild a chain that passes, because the checkpoints would no longer verify.
 
-use std::collections::BTreeSet;
-use std::fmt;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 use std::path::Path;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::{Deserialize, Serialize};
 use vram_seal::audit_key::decode_lower_hex;
 use vram_seal::{AuditPublicKey, Checkpoint};
-use vram_types::DigestAlgorithm;
 
-/// `prev` of the first line.
-pub(crate) const GENESIS: [u8; 32] = [0; 32];
-/// Longest line a reader accepts, newline included; longer input is refused without being
-/// buffered (a device such as `/dev/zero` named as a log cannot exhaust memory).
-pub const MAX_RECORD_BYTES: usize = 64 * 1024;
-/// Name of the first record of every log.
-pub(crate) const OPENED: &str = "AuditLogOpened";
-/// Name of a checkpoint record.
-pub(crate) const CHECKPOINT: &str = "AuditCheckpoint";
-
-/// SHA-256 of a line's bytes (without its newline).
-pub(crate) fn line_hash(line: &[u8]) -> [u8; 32] {
-    *vram_seal::digest(line, DigestAlgorithm::Sha256).as_bytes()
-}
-
-/// The record the sink writes when it opens a log (first line, and each reopening).
-#[derive(Debug, Serialize)]
-pub(crate) struct OpenedLine<'a> {
-    pub(crate) seq: u64,
-    pub(crate) prev: &'a str,
-    pub(crate) event: &'static str,
-    pub(crate) public_key: String,
-    /// Records found after the last checkpoint when the log was reopened: they were linked
-    /// but never signed (the writer stopped without a clean shutdown).
-    pub(crate) unsigned_records: u64,
-    /// Bytes of a torn last record removed when the log was reopened.
-    pub(crate) repaired_bytes: u64,
-}
-
-/// A checkpoint line, canonical: nothing on it is unsigned.
-pub(crate) fn checkpoint_line(checkpoint: &Checkpoint) -> String {
-    format!(
-        r#"{{"seq":{},"prev":"{}","event":"{CHECKPOINT}","signature":"{}"}}"#,
-        checkpoint.count,
-        hex::encode(checkpoint.head),
-        checkpoint.signature_hex()
-    )
-}
+use super::format::{
+    CHECKPOINT, GENESIS, LineFields, MAX_RECORD_BYTES, OPENED, Scan, checkpoint_line, line_hash,
+    scan_line,
+};
+use super::open::open_regular;
 
 /// What a verification should hold the log against.
 #[derive(Debug, Clone, Default)]
@@ -88,10 +45,16 @@ pub struct AuditLogSummary {
     pub key_pinned: bool,
     /// The last checkpoint in the log.
     pub last_checkpoint: Option<Checkpoint>,
-    /// SHA-256 of the last line (the next line's `prev`).
+}
+
+/// Where a writer continues a log that verified: the next line's `seq` and `prev`, the length
+/// of the complete lines, and how many of them no checkpoint covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Continuation {
+    pub(crate) records: u64,
     pub(crate) head: [u8; 32],
-    /// Byte length of the complete lines read.
     pub(crate) complete_bytes: u64,
+    pub(crate) unsigned_records: u64,
 }
 
 impl AuditLogSummary {
@@ -197,77 +160,10 @@ pub enum AuditLogProblem {
     },
 }
 
-fn at(line: u64, problem: AuditLogProblem) -> AuditLogError {
+pub(crate) fn at(line: u64, problem: AuditLogProblem) -> AuditLogError {
     AuditLogError {
         line: Some(line),
         problem,
-    }
-}
-
-/// The fields a reader needs from a line; every key of the object is checked for duplicates.
-#[derive(Debug, Default)]
-struct LineFields {
-    seq: Option<u64>,
-    prev: Option<String>,
-    event: Option<String>,
-    public_key: Option<String>,
-    signature: Option<String>,
-}
-
-impl<'de> Deserialize<'de> for LineFields {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct FieldsVisitor;
-        impl<'de> Visitor<'de> for FieldsVisitor {
-            type Value = LineFields;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LineFields, A::Error> {
-                let mut seen = BTreeSet::new();
-                let mut out = LineFields::default();
-                while let Some(key) = map.next_key::<String>()? {
-                    if !seen.insert(key.clone()) {
-                        return Err(de::Error::custom(format!("key `{key}` appears twice")));
-                    }
-                    match key.as_str() {
-                        "seq" => out.seq = Some(map.next_value()?),
-                        "prev" => out.prev = Some(map.next_value()?),
-                        "event" => out.event = Some(map.next_value()?),
-                        "public_key" => out.public_key = Some(map.next_value()?),
-                        "signature" => out.signature = Some(map.next_value()?),
-                        _ => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(out)
-            }
-        }
-        deserializer.deserialize_map(FieldsVisitor)
-    }
-}
-
-/// Reads one `\n`-terminated line of at most [`MAX_RECORD_BYTES`]; `Ok(false)` at the end.
-fn read_line(
-    reader: &mut impl BufRead,
-    buf: &mut Vec<u8>,
-    number: u64,
-) -> Result<bool, AuditLogError> {
-    buf.clear();
-    let cap = u64::try_from(MAX_RECORD_BYTES).unwrap_or(u64::MAX);
-    reader
-        .by_ref()
-        .take(cap)
-        .read_until(b'\n', buf)
-        .map_err(|e| at(number, AuditLogProblem::Io(e.to_string())))?;
-    match buf.last() {
-        None => Ok(false),
-        Some(b'\n') => {
-            buf.pop();
-            Ok(true)
-        }
-        Some(_) if buf.len() >= MAX_RECORD_BYTES => Err(at(number, AuditLogProblem::TooLong)),
-        Some(_) => Err(at(number, AuditLogProblem::Torn)),
     }
 }
 
@@ -286,7 +182,27 @@ pub(crate) struct Reader {
 }
 
 impl Reader {
-    fn line(&mut self, line: &[u8]) -> Result<(), AuditLogError> {
+    pub(crate) fn new(options: &AuditVerifyOptions) -> Self {
+        Self {
+            options: options.clone(),
+            key: None,
+            prev: GENESIS,
+            records: 0,
+            checkpoints: 0,
+            signed_records: 0,
+            last_checkpoint: None,
+            kept_head: None,
+            complete_bytes: 0,
+        }
+    }
+
+    /// The 1-based number of the next line.
+    pub(crate) fn next_line(&self) -> u64 {
+        self.records.saturating_add(1)
+    }
+
+    /// Checks the next line (without its newline).
+    pub(crate) fn line(&mut self, line: &[u8]) -> Result<(), AuditLogError> {
         let number = self.records.saturating_add(1);
         let fail = |p| at(number, p);
         if line.contains(&b'\r') {
@@ -381,11 +297,17 @@ impl Reader {
     }
 
     /// What a writer continuing the log needs: `None` for an empty log.
-    pub(crate) fn finish_for_writer(self) -> Option<AuditLogSummary> {
+    pub(crate) fn finish_for_writer(self) -> Option<Continuation> {
         if self.records == 0 {
             return None;
         }
-        self.finish().ok()
+        let (head, complete_bytes) = (self.prev, self.complete_bytes);
+        self.finish().ok().map(|s| Continuation {
+            records: s.records,
+            head,
+            complete_bytes,
+            unsigned_records: s.unsigned_records(),
+        })
     }
 
     pub(crate) fn finish(self) -> Result<AuditLogSummary, AuditLogError> {
@@ -429,8 +351,6 @@ impl Reader {
             public_key: key,
             key_pinned: self.options.public_key.is_some(),
             last_checkpoint: self.last_checkpoint,
-            head: self.prev,
-            complete_bytes: self.complete_bytes,
         })
     }
 }
@@ -445,7 +365,20 @@ pub fn verify_audit_log_from(
     reader: impl Read,
     options: &AuditVerifyOptions,
 ) -> Result<AuditLogSummary, AuditLogError> {
-    let (state, _) = read_log(BufReader::new(reader), options, false)?;
+    let mut reader = BufReader::new(reader);
+    let mut state = Reader::new(options);
+    let mut buf = Vec::new();
+    loop {
+        let number = state.next_line();
+        let scanned = scan_line(&mut reader, &mut buf)
+            .map_err(|e| at(number, AuditLogProblem::Io(e.to_string())))?;
+        match scanned {
+            Scan::Line => state.line(&buf)?,
+            Scan::End => break,
+            Scan::Torn(_) => return Err(at(number, AuditLogProblem::Torn)),
+            Scan::TooLong => return Err(at(number, AuditLogProblem::TooLong)),
+        }
+    }
     state.finish()
 }
 
@@ -463,118 +396,4 @@ pub fn verify_audit_log(
         problem: AuditLogProblem::Io(e.to_string()),
     })?;
     verify_audit_log_from(file, options)
-}
-
-/// Reads a log; with `tolerate_torn_tail` an unterminated last line ends the read instead of
-/// failing it and its length is returned.
-pub(crate) fn read_log(
-    mut reader: impl BufRead,
-    options: &AuditVerifyOptions,
-    tolerate_torn_tail: bool,
-) -> Result<(Reader, u64), AuditLogError> {
-    let mut state = Reader {
-        options: options.clone(),
-        key: None,
-        prev: GENESIS,
-        records: 0,
-        checkpoints: 0,
-        signed_records: 0,
-        last_checkpoint: None,
-        kept_head: None,
-        complete_bytes: 0,
-    };
-    let mut buf = Vec::new();
-    let mut torn = 0u64;
-    loop {
-        let number = state.records.saturating_add(1);
-        match read_line(&mut reader, &mut buf, number) {
-            Ok(true) => state.line(&buf)?,
-            Ok(false) => break,
-            Err(AuditLogError {
-                problem: AuditLogProblem::Torn | AuditLogProblem::TooLong,
-                ..
-            }) if tolerate_torn_tail => {
-                // What follows the last newline, however long, is the torn tail: counted in
-                // fixed-size reads, never held.
-                torn = u64::try_from(buf.len()).unwrap_or(u64::MAX);
-                let mut chunk = [0u8; 64 * 1024];
-                loop {
-                    let n = reader
-                        .read(&mut chunk)
-                        .map_err(|e| at(number, AuditLogProblem::Io(e.to_string())))?;
-                    let Some(read) = chunk.get(..n).filter(|r| !r.is_empty()) else {
-                        break;
-                    };
-                    if read.contains(&b'\n') {
-                        return Err(at(number, AuditLogProblem::TooLong));
-                    }
-                    torn = torn.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
-                }
-                break;
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((state, torn))
-}
-
-/// Why [`open_regular`] refused a path.
-pub(crate) enum OpenError {
-    /// Not a regular file: what it is instead.
-    NotRegular(String),
-    /// The open or its checks failed.
-    Io(std::io::Error),
-}
-
-impl std::fmt::Display for OpenError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::NotRegular(what) => f.write_str(what),
-            Self::Io(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-/// Opens `path` if it is a regular file (a symlink to one is followed); a FIFO, device,
-/// directory or socket is refused before any read that could block or never end.
-pub(crate) fn open_regular(path: &Path, write: bool) -> Result<File, OpenError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() => return Err(not_regular(&meta)),
-        Ok(_) => {}
-        Err(e) if write && e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(OpenError::Io(e)),
-    }
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    if write {
-        options.append(true).create(true);
-    }
-    // Non-blocking open: a FIFO swapped in after the check cannot hang the open.
-    let file = options
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(OpenError::Io)?;
-    let meta = file.metadata().map_err(OpenError::Io)?;
-    if !meta.is_file() {
-        return Err(not_regular(&meta));
-    }
-    Ok(file)
-}
-
-fn not_regular(meta: &std::fs::Metadata) -> OpenError {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    let kind = if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else if t.is_socket() {
-        "a socket"
-    } else {
-        "not a plain file"
-    };
-    OpenError::NotRegular(format!("{kind}, not a regular file"))
 }

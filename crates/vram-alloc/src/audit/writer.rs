@@ -11,95 +11,59 @@
 //!   first record after `checkpoint_interval`, the opening, and a clean close (drop). Critical
 //!   records and checkpoints are synced to disk before `record` returns.
 
+use std::fmt;
 use std::fs::File;
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use vram_seal::{AuditPublicKey, AuditSigningKey, Checkpoint};
 
-use super::chain::{
-    self, AuditLogError, AuditLogProblem, AuditVerifyOptions, GENESIS, MAX_RECORD_BYTES, OPENED,
-    OpenError, OpenedLine, checkpoint_line, line_hash,
+use super::format::{
+    ChainedLine, GENESIS, MAX_RECORD_BYTES, OPENED, OpenedLine, Scan, checkpoint_line, line_hash,
+    scan_line,
 };
-use super::{AuditRecord, AuditSink, Severity};
+use super::open::{OpenError, open_regular};
+use super::verify::{AuditLogError, AuditLogProblem, AuditVerifyOptions, Reader, at};
+use super::{AuditError, AuditRecord, AuditSink, Severity};
 use crate::sync::lock;
 
-/// Why an audit sink could not open its log or store a record.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum AuditError {
-    /// Reading or writing the log failed (a full disk, a permission, a vanished directory).
-    #[error("audit log {path}: {reason}")]
-    Io {
-        /// The log's path.
-        path: PathBuf,
-        /// The I/O error.
-        reason: String,
-    },
-    /// The path names something other than a regular file (a FIFO, device, directory, socket).
-    #[error("audit log {path}: {reason}")]
-    NotRegularFile {
-        /// The path.
-        path: PathBuf,
-        /// What it is.
-        reason: String,
-    },
-    /// Another sink (in this or another process) holds the log.
-    #[error("audit log {path} is locked by another writer; two writers would break its chain")]
-    Locked {
-        /// The log's path.
-        path: PathBuf,
-    },
-    /// The log's last line is incomplete (a write stopped half way).
-    #[error(
-        "audit log {path}: the last record is torn ({bytes} bytes without a newline); \
-         open it with repair to remove it (the repair is recorded in the log)"
-    )]
-    TornTail {
-        /// The log's path.
-        path: PathBuf,
-        /// Bytes after the last newline.
-        bytes: u64,
-    },
-    /// The log is signed with another key than this writer's: one log, one key.
-    #[error(
-        "audit log {path} is signed with audit key {log_key}, this writer's key is {writer_key}: \
-         continue it with the worker token that wrote it, or start a new log"
-    )]
-    ForeignKey {
-        /// The log's path.
-        path: PathBuf,
-        /// The key the log names.
-        log_key: AuditPublicKey,
-        /// This writer's key.
-        writer_key: AuditPublicKey,
-    },
-    /// An existing log does not verify (chain, signatures or key), so it cannot be continued.
-    #[error("audit log {path}: {source}")]
-    BrokenChain {
-        /// The log's path.
-        path: PathBuf,
-        /// Where and how it fails.
-        source: AuditLogError,
-    },
-    /// A record could not be encoded, or is longer than a record may be.
-    #[error("audit record could not be encoded: {0}")]
-    Encode(String),
-    /// A failed write could not be cut back off the log; the sink refuses further records
-    /// until the log is reopened (which finds and reports the torn record).
-    #[error(
-        "audit log {path}: a failed write left a torn record that could not be removed; reopen the log"
-    )]
-    Poisoned {
-        /// The log's path.
-        path: PathBuf,
-    },
-    /// The sink panicked while storing the record.
-    #[error("audit sink panicked while storing a record")]
-    Panicked,
+/// What the writer needs of the file it appends to: a line goes out in one `write`, a failed
+/// or short write is cut back off, checkpoints are synced. A [`File`] is one; tests put a
+/// failing disk in its place ([`FileAuditSink::open_through`]).
+pub trait LogFile: Send + fmt::Debug {
+    /// Writes `bytes` in one call; returns how many were written.
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn write_once(&mut self, bytes: &[u8]) -> std::io::Result<usize>;
+
+    /// Cuts the file back to `len` bytes.
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn truncate(&mut self, len: u64) -> std::io::Result<()>;
+
+    /// Syncs the file's data to disk.
+    ///
+    /// # Errors
+    /// The I/O error.
+    fn sync(&mut self) -> std::io::Result<()>;
+}
+
+impl LogFile for File {
+    fn write_once(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.write(bytes)
+    }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.set_len(len)
+    }
+
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.sync_data()
+    }
 }
 
 /// When a [`FileAuditSink`] signs, and what it does with a torn log.
@@ -125,8 +89,8 @@ impl Default for AuditLogOptions {
 }
 
 #[derive(Debug)]
-struct Writer {
-    file: File,
+struct Writer<F> {
+    file: F,
     key: AuditSigningKey,
     /// Lines in the file (the next line's `seq`).
     seq: u64,
@@ -137,26 +101,17 @@ struct Writer {
     last_checkpoint_at: Instant,
     last_checkpoint: Option<Checkpoint>,
     poisoned: bool,
-    /// Test hook: bytes the "disk" still has room for.
-    #[cfg(feature = "test-utils")]
-    room: Option<u64>,
 }
 
 /// Appends hash-chained, checkpoint-signed JSON lines to a file it holds locked.
 #[derive(Debug)]
-pub struct FileAuditSink {
+pub struct FileAuditSink<F: LogFile = File> {
     path: PathBuf,
     public_key: AuditPublicKey,
     options: AuditLogOptions,
-    writer: Mutex<Writer>,
-}
-
-#[derive(Serialize)]
-struct ChainedLine<'a> {
-    seq: u64,
-    prev: &'a str,
-    #[serde(flatten)]
-    record: &'a AuditRecord,
+    writer: Mutex<Writer<F>>,
+    /// The locked file: the lock lasts as long as the sink.
+    _lock: File,
 }
 
 fn io_error(path: &Path, e: impl std::fmt::Display) -> AuditError {
@@ -189,8 +144,24 @@ impl FileAuditSink {
         key: AuditSigningKey,
         options: AuditLogOptions,
     ) -> Result<Self, AuditError> {
+        Self::open_through(path, key, options, |file| file.try_clone())
+    }
+}
+
+impl<F: LogFile> FileAuditSink<F> {
+    /// As [`FileAuditSink::open_with`], writing through what `wrap` makes of the opened file
+    /// (a test's failing disk; production uses [`FileAuditSink::open_with`]).
+    ///
+    /// # Errors
+    /// As [`FileAuditSink::open_with`]; [`AuditError::Io`] when `wrap` fails.
+    pub fn open_through(
+        path: impl AsRef<Path>,
+        key: AuditSigningKey,
+        options: AuditLogOptions,
+        wrap: impl FnOnce(&File) -> std::io::Result<F>,
+    ) -> Result<Self, AuditError> {
         let path = path.as_ref().to_path_buf();
-        let file = chain::open_regular(&path, true).map_err(|e| match e {
+        let file = open_regular(&path, true).map_err(|e| match e {
             OpenError::NotRegular(reason) => AuditError::NotRegularFile {
                 path: path.clone(),
                 reason,
@@ -207,10 +178,8 @@ impl FileAuditSink {
             kept_checkpoint: None,
             allow_unsigned_tail: true,
         };
-        let (state, torn) =
-            chain::read_log(BufReader::new(&file), &verify, true).map_err(|source| match source
-                .problem
-            {
+        let (found, torn) = read_for_writing(BufReader::new(&file), &verify).map_err(|source| {
+            match source.problem {
                 AuditLogProblem::KeyMismatch { pinned, named } => AuditError::ForeignKey {
                     path: path.clone(),
                     log_key: named,
@@ -220,21 +189,18 @@ impl FileAuditSink {
                     path: path.clone(),
                     source,
                 },
-            })?;
+            }
+        })?;
         if torn > 0 && !options.repair_torn_tail {
             return Err(AuditError::TornTail { path, bytes: torn });
         }
-        let (seq, prev, len, unsigned) = match state.finish_for_writer() {
-            Some(found) => (
-                found.records,
-                found.head,
-                found.complete_bytes,
-                found.unsigned_records(),
-            ),
+        let (seq, prev, len, unsigned) = match found {
+            Some(c) => (c.records, c.head, c.complete_bytes, c.unsigned_records),
             None => (0, GENESIS, 0, 0),
         };
+        let mut out = wrap(&file).map_err(|e| io_error(&path, e))?;
         if torn > 0 {
-            file.set_len(len).map_err(|e| io_error(&path, e))?;
+            out.truncate(len).map_err(|e| io_error(&path, e))?;
             tracing::warn!(path = %path.display(), bytes = torn, "removed a torn record from the end of the audit log");
         }
         // Opened for appending: every write goes to the end, after the repair too.
@@ -246,7 +212,7 @@ impl FileAuditSink {
                 ..options
             },
             writer: Mutex::new(Writer {
-                file,
+                file: out,
                 key,
                 seq,
                 prev,
@@ -255,9 +221,8 @@ impl FileAuditSink {
                 last_checkpoint_at: Instant::now(),
                 last_checkpoint: None,
                 poisoned: false,
-                #[cfg(feature = "test-utils")]
-                room: None,
             }),
+            _lock: file,
         };
         {
             let mut w = lock(&sink.writer);
@@ -308,15 +273,8 @@ impl FileAuditSink {
         }
     }
 
-    /// Test hook: the disk has room for `bytes` more bytes; a write past that stops short
-    /// (as on a full disk) after writing what fits.
-    #[cfg(feature = "test-utils")]
-    pub fn limit_room_for_tests(&self, bytes: Option<u64>) {
-        lock(&self.writer).room = bytes;
-    }
-
     /// Appends one line in one write; a failed or short write is cut back off the file.
-    fn append(&self, w: &mut Writer, line: &str) -> Result<(), AuditError> {
+    fn append(&self, w: &mut Writer<F>, line: &str) -> Result<(), AuditError> {
         if w.poisoned {
             return Err(AuditError::Poisoned {
                 path: self.path.clone(),
@@ -331,7 +289,7 @@ impl FileAuditSink {
                 bytes.len()
             )));
         }
-        let written = write_once(w, &bytes);
+        let written = w.file.write_once(&bytes);
         match written {
             Ok(n) if n == bytes.len() => {
                 w.len = w.len.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
@@ -344,7 +302,7 @@ impl FileAuditSink {
                     Ok(n) => format!("short write: {n} of {} bytes (disk full?)", bytes.len()),
                     Err(e) => e.to_string(),
                 };
-                if w.file.set_len(w.len).is_err() {
+                if w.file.truncate(w.len).is_err() {
                     w.poisoned = true;
                 }
                 Err(io_error(&self.path, reason))
@@ -353,10 +311,10 @@ impl FileAuditSink {
     }
 
     /// Writes a checkpoint over everything so far and syncs the file.
-    fn sign(&self, w: &mut Writer) -> Result<Checkpoint, AuditError> {
+    fn sign(&self, w: &mut Writer<F>) -> Result<Checkpoint, AuditError> {
         let checkpoint = w.key.sign_checkpoint(w.seq, w.prev);
         self.append(w, &checkpoint_line(&checkpoint))?;
-        w.file.sync_data().map_err(|e| io_error(&self.path, e))?;
+        w.file.sync().map_err(|e| io_error(&self.path, e))?;
         w.since_checkpoint = 0;
         w.last_checkpoint_at = Instant::now();
         w.last_checkpoint = Some(checkpoint.clone());
@@ -364,22 +322,47 @@ impl FileAuditSink {
     }
 }
 
-fn write_once(w: &mut Writer, bytes: &[u8]) -> std::io::Result<usize> {
-    #[cfg(feature = "test-utils")]
-    if let Some(room) = w.room {
-        let fits = usize::try_from(room).unwrap_or(usize::MAX).min(bytes.len());
-        let n = w.file.write(bytes.get(..fits).unwrap_or_default())?;
-        w.room = Some(room.saturating_sub(u64::try_from(n).unwrap_or(u64::MAX)));
-        return if n < bytes.len() {
-            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
-        } else {
-            Ok(n)
+/// Reads an existing log for a writer that will continue it: every complete line verified
+/// (an unsigned tail allowed), and the length of a torn last line, counted in fixed-size reads
+/// and never held, however long.
+fn read_for_writing(
+    mut reader: impl BufRead,
+    options: &AuditVerifyOptions,
+) -> Result<(Option<super::verify::Continuation>, u64), AuditLogError> {
+    let mut state = Reader::new(options);
+    let mut buf = Vec::new();
+    loop {
+        let number = state.next_line();
+        let scanned = scan_line(&mut reader, &mut buf)
+            .map_err(|e| at(number, AuditLogProblem::Io(e.to_string())))?;
+        let torn = match scanned {
+            Scan::Line => {
+                state.line(&buf)?;
+                continue;
+            }
+            Scan::End => 0,
+            Scan::Torn(n) => u64::try_from(n).unwrap_or(u64::MAX),
+            Scan::TooLong => u64::try_from(buf.len()).unwrap_or(u64::MAX),
         };
+        let mut torn = torn;
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            let n = reader
+                .read(&mut chunk)
+                .map_err(|e| at(number, AuditLogProblem::Io(e.to_string())))?;
+            let Some(read) = chunk.get(..n).filter(|r| !r.is_empty()) else {
+                break;
+            };
+            if read.contains(&b'\n') {
+                return Err(at(number, AuditLogProblem::TooLong));
+            }
+            torn = torn.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+        }
+        return Ok((state.finish_for_writer(), torn));
     }
-    w.file.write(bytes)
 }
 
-impl AuditSink for FileAuditSink {
+impl<F: LogFile> AuditSink for FileAuditSink<F> {
     fn record(&self, record: &AuditRecord) -> Result<(), AuditError> {
         let mut w = lock(&self.writer);
         let line = serde_json::to_string(&ChainedLine {
@@ -400,7 +383,7 @@ impl AuditSink for FileAuditSink {
     }
 }
 
-impl Drop for FileAuditSink {
+impl<F: LogFile> Drop for FileAuditSink<F> {
     /// A clean close signs what is not signed yet.
     fn drop(&mut self) {
         let mut w = lock(&self.writer);
