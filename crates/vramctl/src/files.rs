@@ -52,33 +52,24 @@ pub(crate) fn open_model(path: &Path) -> CliResult<(File, u64)> {
     Ok((file, meta.len()))
 }
 
-/// Longest prefix read to recognise a model's format (a safetensors header is at most 100 MB).
-const HEADER_PREFIX_MAX: u64 = 128 << 20;
-
-/// The first bytes of a model file, enough to check its header: a safetensors file's 8-byte
-/// length and JSON header, up to 128 MiB of anything else.
+/// The first bytes of a model file, enough to check its header: as many as
+/// [`vramctl::formats::header_extent`] says its format needs.
 pub(crate) fn read_head(path: &Path, file: &File, len: u64) -> CliResult<Vec<u8>> {
-    let read = |n: u64| -> CliResult<Vec<u8>> {
-        let n = usize::try_from(n.min(len)).unwrap_or(0);
-        let mut buf = vec![0u8; n];
+    use vramctl::formats::{HEADER_PROBE_BYTES, header_extent};
+    let read = |n: u64, buf: &mut Vec<u8>| -> CliResult<()> {
+        let start = buf.len();
+        buf.resize(start.saturating_add(usize::try_from(n).unwrap_or(0)), 0);
         (&*file)
-            .read_exact(&mut buf)
-            .map_err(|e| CliError::file(path, &format!("read failed ({e})"), "check the disk"))?;
-        Ok(buf)
+            .read_exact(buf.get_mut(start..).unwrap_or_default())
+            .map_err(|e| CliError::file(path, &format!("read failed ({e})"), "check the disk"))
     };
-    let is_safetensors = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"));
-    if !is_safetensors {
-        return read(HEADER_PREFIX_MAX);
-    }
-    let mut head = read(8)?;
-    let n = head
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
-        .min(HEADER_PREFIX_MAX);
-    head.extend(read(n.min(len.saturating_sub(8)))?);
+    let mut head = Vec::new();
+    read(HEADER_PROBE_BYTES.min(len), &mut head)?;
+    let extent = header_extent(path, &head, len);
+    read(
+        extent.saturating_sub(u64::try_from(head.len()).unwrap_or(0)),
+        &mut head,
+    )?;
     Ok(head)
 }
 

@@ -1,10 +1,168 @@
 //! Recognising model files: safetensors and GGUF headers are checked and summarised before any
-//! VRAM is used; any other file is sealed as plain bytes.
+//! VRAM is used; any other file is sealed as plain bytes. [`header_extent`] is the one place
+//! that knows how much of a file its header takes; [`recognise`] reads it, with a typed
+//! [`FormatError`] for every way it can be wrong.
 
 use std::path::Path;
 
 use safetensors::tensor::Metadata;
 use serde::Serialize;
+
+/// Why a model file's header was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// A Git LFS pointer where the model should be.
+    #[error("this is a Git LFS pointer, not the model: run `git lfs pull`")]
+    LfsPointer,
+    /// A safetensors header that does not hold.
+    #[error("malformed safetensors header: {0}")]
+    Safetensors(HeaderProblem),
+    /// A GGUF header that does not hold.
+    #[error("malformed GGUF header: {0}")]
+    Gguf(HeaderProblem),
+}
+
+/// What is wrong with a header. Names from the file are shown escaped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeaderProblem {
+    /// The header ends before a field it declares.
+    #[error("truncated at byte {0}")]
+    Truncated(usize),
+    /// A length that no file could hold.
+    #[error("length {0} too large")]
+    LengthTooLarge(u64),
+    /// Fewer than the 8 bytes of a safetensors header's length.
+    #[error("shorter than the 8-byte header length")]
+    NoHeaderLength,
+    /// A safetensors header length beyond the file.
+    #[error("header length exceeds the file")]
+    HeaderBeyondFile,
+    /// The safetensors JSON does not parse or breaks the format's rules.
+    #[error("bad header: {0}")]
+    Json(String),
+    /// A tensor name given twice.
+    #[error("tensor \"{0}\" appears twice")]
+    DuplicateTensor(String),
+    /// A GGUF metadata key given twice.
+    #[error("metadata key \"{0}\" appears twice")]
+    DuplicateKey(String),
+    /// The data section is shorter (or longer) than the tensors need.
+    #[error("the tensors need {needed} bytes of data after the header, the file has {available}{}", if *.partial { " (a partial download?)" } else { "" })]
+    DataSize {
+        /// Bytes the tensors need.
+        needed: u64,
+        /// Bytes after the header.
+        available: u64,
+        /// Shorter than needed: the file was probably cut.
+        partial: bool,
+    },
+    /// No `GGUF` magic.
+    #[error("missing GGUF magic")]
+    NoMagic,
+    /// A GGUF version this reader does not know.
+    #[error("unsupported version {0} (2 and 3 are supported)")]
+    UnsupportedVersion(u32),
+    /// Tensor or key counts larger than the file could hold.
+    #[error("counts exceed the file size")]
+    CountsBeyondFile,
+    /// `general.alignment` is not a power of two (or not an unsigned integer).
+    #[error("bad general.alignment")]
+    BadAlignment,
+    /// A GGUF value type outside the table.
+    #[error("unknown value type {0}")]
+    UnknownValueType(u32),
+    /// Arrays of arrays of arrays.
+    #[error("arrays nested too deeply")]
+    NestedTooDeeply,
+    /// An array with more elements than the file has bytes.
+    #[error("array of {0} elements exceeds the file")]
+    ArrayBeyondFile(u64),
+    /// A tensor with more dimensions than ggml allows.
+    #[error("tensor \"{tensor}\" has {dims} dimensions (at most {GGML_MAX_DIMS})")]
+    TooManyDimensions {
+        /// The tensor's name.
+        tensor: String,
+        /// Its dimension count.
+        dims: u32,
+    },
+    /// A ggml type id outside the table.
+    #[error("tensor \"{tensor}\" has unknown ggml type {kind}")]
+    UnknownTensorType {
+        /// The tensor's name.
+        tensor: String,
+        /// The type id.
+        kind: u32,
+    },
+    /// An element count or byte size that overflows.
+    #[error("tensor \"{0}\": size overflows")]
+    SizeOverflow(String),
+    /// A row that is not whole blocks of its quantisation.
+    #[error(
+        "tensor \"{tensor}\" of type {type_name} has rows of {row} elements, not a multiple of {block}"
+    )]
+    PartialBlock {
+        /// The tensor's name.
+        tensor: String,
+        /// Its ggml type.
+        type_name: &'static str,
+        /// Elements in a row.
+        row: u64,
+        /// Elements in a block.
+        block: u64,
+    },
+    /// A tensor offset off the alignment.
+    #[error("tensor \"{tensor}\" at offset {offset}, not a multiple of the alignment {alignment}")]
+    Misaligned {
+        /// The tensor's name.
+        tensor: String,
+        /// Its offset.
+        offset: u64,
+        /// The file's alignment.
+        alignment: u64,
+    },
+}
+
+/// A name from a file, as errors show it: lossy UTF-8, escaped.
+fn shown(name: &[u8]) -> String {
+    String::from_utf8_lossy(name).escape_debug().to_string()
+}
+
+/// Longest prefix read to recognise a model's format (a safetensors header is at most 100 MB).
+pub const HEADER_PREFIX_MAX: u64 = 128 << 20;
+
+/// Bytes [`header_extent`] needs to see first: a safetensors file's header length.
+pub const HEADER_PROBE_BYTES: u64 = 8;
+
+/// How many bytes from the start of a file of `file_len` bytes named `path` [`recognise`]
+/// needs, given its first [`HEADER_PROBE_BYTES`] bytes `probe`: a safetensors file's 8-byte
+/// length and JSON header, up to [`HEADER_PREFIX_MAX`] of anything else. Never more than
+/// the file.
+#[must_use]
+pub fn header_extent(path: &Path, probe: &[u8], file_len: u64) -> u64 {
+    let extent = if is_safetensors(path) {
+        let n = probe
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+            .min(HEADER_PREFIX_MAX);
+        n.saturating_add(HEADER_PROBE_BYTES)
+    } else {
+        HEADER_PREFIX_MAX
+    };
+    extent.min(file_len)
+}
+
+fn extension(path: &Path) -> Option<String> {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+}
+
+fn is_safetensors(path: &Path) -> bool {
+    extension(path).as_deref() == Some("safetensors")
+}
 
 /// What a file is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -70,53 +228,62 @@ impl ModelFormat {
 /// least the whole header); a malformed safetensors or GGUF header is an error.
 ///
 /// # Errors
-/// A one-line reason when a safetensors or GGUF header is malformed, or the file is cut short.
-pub fn recognise(path: &Path, head: &[u8], file_len: u64) -> Result<ModelFormat, String> {
-    let extension = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+/// [`FormatError::LfsPointer`]; [`FormatError::Safetensors`] or [`FormatError::Gguf`] when the
+/// header is malformed or the file is cut short.
+pub fn recognise(path: &Path, head: &[u8], file_len: u64) -> Result<ModelFormat, FormatError> {
     if head.starts_with(b"version https://git-lfs.github.com/spec/") {
-        return Err("this is a Git LFS pointer, not the model: run `git lfs pull`".to_owned());
+        return Err(FormatError::LfsPointer);
     }
-    if head.starts_with(b"GGUF") || extension.as_deref() == Some("gguf") {
-        return gguf(head, file_len).map_err(|e| format!("malformed GGUF header: {e}"));
+    if head.starts_with(b"GGUF") || extension(path).as_deref() == Some("gguf") {
+        return gguf(head, file_len).map_err(FormatError::Gguf);
     }
-    if extension.as_deref() == Some("safetensors") {
-        return safetensors(head, file_len)
-            .map_err(|e| format!("malformed safetensors header: {e}"));
+    if is_safetensors(path) {
+        return safetensors(head, file_len).map_err(FormatError::Safetensors);
     }
     Ok(ModelFormat::Raw)
 }
 
 /// The header (`u64` LE length, JSON) checked by the `safetensors` crate's own validation
 /// (contiguous offsets, sizes matching dtype and shape), and its data section against the file.
-fn safetensors(head: &[u8], file_len: u64) -> Result<ModelFormat, String> {
+fn safetensors(head: &[u8], file_len: u64) -> Result<ModelFormat, HeaderProblem> {
     let n = head
         .get(..8)
         .and_then(|b| b.try_into().ok())
         .map(u64::from_le_bytes)
-        .ok_or("shorter than the 8-byte header length")?;
+        .ok_or(HeaderProblem::NoHeaderLength)?;
     let json = usize::try_from(n)
         .ok()
         .and_then(|n| head.get(8..n.checked_add(8)?))
-        .ok_or("header length exceeds the file")?;
+        .ok_or(HeaderProblem::HeaderBeyondFile)?;
     // serde_json keeps the last of two equal keys: refuse them, as the reference parser does.
-    serde_json::from_slice::<UniqueKeys>(json).map_err(|e| format!("bad header: {e}"))?;
+    serde_json::from_slice::<UniqueKeys>(json).map_err(|e| {
+        let text = e.to_string();
+        match text.strip_prefix(DUPLICATE_TENSOR) {
+            Some(rest) => HeaderProblem::DuplicateTensor(
+                rest.split(" at line").next().unwrap_or(rest).to_owned(),
+            ),
+            None => HeaderProblem::Json(text),
+        }
+    })?;
     let metadata: Metadata =
-        serde_json::from_slice(json).map_err(|e| format!("bad header: {e}"))?;
-    let data = u64::try_from(metadata.data_len()).map_err(|_| "size")?;
+        serde_json::from_slice(json).map_err(|e| HeaderProblem::Json(e.to_string()))?;
+    let data = u64::try_from(metadata.data_len()).map_err(|_| HeaderProblem::LengthTooLarge(n))?;
+    let available = file_len.saturating_sub(n.saturating_add(8));
     if n.checked_add(8).and_then(|h| h.checked_add(data)) != Some(file_len) {
-        return Err(format!(
-            "the tensors need {data} bytes of data after the header, the file has {}",
-            file_len.saturating_sub(n.saturating_add(8))
-        ));
+        return Err(HeaderProblem::DataSize {
+            needed: data,
+            available,
+            partial: available < data,
+        });
     }
     Ok(ModelFormat::Safetensors {
         tensors: metadata.tensors().len(),
         parameter_bytes: data,
     })
 }
+
+/// How [`UniqueKeys`] reports a repeated key through serde's text-only custom error.
+const DUPLICATE_TENSOR: &str = "duplicate tensor: ";
 
 /// A JSON object whose top-level keys are all different (the values are not kept).
 struct UniqueKeys;
@@ -138,7 +305,7 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
                     map.next_value::<serde::de::IgnoredAny>()?;
                     if !seen.insert(key.clone()) {
                         return Err(serde::de::Error::custom(format!(
-                            "tensor \"{}\" appears twice",
+                            "{DUPLICATE_TENSOR}{}",
                             key.escape_debug()
                         )));
                     }
@@ -150,6 +317,62 @@ impl<'de> serde::Deserialize<'de> for UniqueKeys {
     }
 }
 
+/// GGUF metadata value types (`gguf_type` in ggml's `gguf.h`), by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GgufValueType {
+    U8,
+    I8,
+    U16,
+    I16,
+    U32,
+    I32,
+    F32,
+    Bool,
+    String,
+    Array,
+    U64,
+    I64,
+    F64,
+}
+
+impl GgufValueType {
+    /// The table: every id GGUF defines.
+    const ALL: [(u32, Self); 13] = [
+        (0, Self::U8),
+        (1, Self::I8),
+        (2, Self::U16),
+        (3, Self::I16),
+        (4, Self::U32),
+        (5, Self::I32),
+        (6, Self::F32),
+        (7, Self::Bool),
+        (8, Self::String),
+        (9, Self::Array),
+        (10, Self::U64),
+        (11, Self::I64),
+        (12, Self::F64),
+    ];
+
+    fn from_id(id: u32) -> Result<Self, HeaderProblem> {
+        Self::ALL
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, t)| *t)
+            .ok_or(HeaderProblem::UnknownValueType(id))
+    }
+
+    /// Bytes of a value of a fixed-size type; `None` for strings and arrays.
+    fn fixed_bytes(self) -> Option<u64> {
+        match self {
+            Self::U8 | Self::I8 | Self::Bool => Some(1),
+            Self::U16 | Self::I16 => Some(2),
+            Self::U32 | Self::I32 | Self::F32 => Some(4),
+            Self::U64 | Self::I64 | Self::F64 => Some(8),
+            Self::String | Self::Array => None,
+        }
+    }
+}
+
 /// A bounds-checked little-endian reader.
 struct Cursor<'a> {
     bytes: &'a [u8],
@@ -157,33 +380,34 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
-    fn take(&mut self, n: u64) -> Result<&'a [u8], String> {
-        let n = usize::try_from(n).map_err(|_| "length too large".to_owned())?;
-        let end = self.pos.checked_add(n).ok_or("length overflows")?;
+    fn take(&mut self, n: u64) -> Result<&'a [u8], HeaderProblem> {
+        let too_large = HeaderProblem::LengthTooLarge(n);
+        let n = usize::try_from(n).map_err(|_| too_large.clone())?;
+        let end = self.pos.checked_add(n).ok_or(too_large)?;
         let out = self
             .bytes
             .get(self.pos..end)
-            .ok_or_else(|| format!("truncated at byte {}", self.pos))?;
+            .ok_or(HeaderProblem::Truncated(self.pos))?;
         self.pos = end;
         Ok(out)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], String> {
-        let n = u64::try_from(N).map_err(|_| "size")?;
-        self.take(n)?
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], HeaderProblem> {
+        let at = self.pos;
+        self.take(u64::try_from(N).unwrap_or(u64::MAX))?
             .try_into()
-            .map_err(|_| "short read".to_owned())
+            .map_err(|_| HeaderProblem::Truncated(at))
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, HeaderProblem> {
         Ok(u32::from_le_bytes(self.array()?))
     }
 
-    fn u64(&mut self) -> Result<u64, String> {
+    fn u64(&mut self) -> Result<u64, HeaderProblem> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    fn string(&mut self) -> Result<&'a [u8], String> {
+    fn string(&mut self) -> Result<&'a [u8], HeaderProblem> {
         let len = self.u64()?;
         self.take(len)
     }
@@ -192,42 +416,41 @@ impl<'a> Cursor<'a> {
         u64::try_from(self.bytes.len().saturating_sub(self.pos)).unwrap_or(u64::MAX)
     }
 
-    /// Skips one value of GGUF type `kind`; returns it as u64 when it is an unsigned integer.
-    fn skip_value(&mut self, kind: u32, depth: u32) -> Result<Option<u64>, String> {
-        let fixed = match kind {
-            0 | 1 | 7 => 1, // u8, i8, bool
-            2 | 3 => 2,     // u16, i16
-            4..=6 => 4,     // u32, i32, f32
-            10..=12 => 8,   // u64, i64, f64
-            8 => {
+    /// Skips one value of GGUF type `kind`; returns it as u64 when it is an unsigned integer of
+    /// 32 or 64 bits.
+    fn skip_value(&mut self, kind: u32, depth: u32) -> Result<Option<u64>, HeaderProblem> {
+        let kind = GgufValueType::from_id(kind)?;
+        match kind {
+            GgufValueType::String => {
                 self.string()?;
-                return Ok(None);
+                Ok(None)
             }
-            9 => {
+            GgufValueType::Array => {
                 if depth > 2 {
-                    return Err("arrays nested too deeply".into());
+                    return Err(HeaderProblem::NestedTooDeeply);
                 }
                 let elem = self.u32()?;
                 let count = self.u64()?;
                 if count > self.remaining() {
-                    return Err(format!("array of {count} elements exceeds the file"));
+                    return Err(HeaderProblem::ArrayBeyondFile(count));
                 }
                 for _ in 0..count {
                     self.skip_value(elem, depth.saturating_add(1))?;
                 }
-                return Ok(None);
+                Ok(None)
             }
-            other => return Err(format!("unknown value type {other}")),
-        };
-        let raw = self.take(fixed)?;
-        Ok(match kind {
-            4 => raw
-                .try_into()
-                .ok()
-                .map(|b| u64::from(u32::from_le_bytes(b))),
-            10 => raw.try_into().ok().map(u64::from_le_bytes),
-            _ => None,
-        })
+            fixed => {
+                let raw = self.take(fixed.fixed_bytes().unwrap_or(0))?;
+                Ok(match fixed {
+                    GgufValueType::U32 => raw
+                        .try_into()
+                        .ok()
+                        .map(|b| u64::from(u32::from_le_bytes(b))),
+                    GgufValueType::U64 => raw.try_into().ok().map(u64::from_le_bytes),
+                    _ => None,
+                })
+            }
+        }
     }
 }
 
@@ -282,14 +505,15 @@ struct GgufTensor<'a> {
     bytes: u64,
 }
 
-fn gguf_tensor<'a>(c: &mut Cursor<'a>, alignment: u64) -> Result<GgufTensor<'a>, String> {
+fn gguf_tensor<'a>(c: &mut Cursor<'a>, alignment: u64) -> Result<GgufTensor<'a>, HeaderProblem> {
     let name = c.string()?;
-    let shown = String::from_utf8_lossy(name).escape_debug().to_string();
+    let tensor = || shown(name);
     let dims = c.u32()?;
     if dims > GGML_MAX_DIMS {
-        return Err(format!(
-            "tensor \"{shown}\" has {dims} dimensions (at most {GGML_MAX_DIMS})"
-        ));
+        return Err(HeaderProblem::TooManyDimensions {
+            tensor: tensor(),
+            dims,
+        });
     }
     let mut shape = Vec::new();
     for _ in 0..dims {
@@ -300,27 +524,35 @@ fn gguf_tensor<'a>(c: &mut Cursor<'a>, alignment: u64) -> Result<GgufTensor<'a>,
     let &(_, type_name, block, block_bytes) = GGML_TYPES
         .iter()
         .find(|(id, ..)| *id == kind)
-        .ok_or_else(|| format!("tensor \"{shown}\" has unknown ggml type {kind}"))?;
+        .ok_or_else(|| HeaderProblem::UnknownTensorType {
+            tensor: tensor(),
+            kind,
+        })?;
     let elements = shape
         .iter()
         .try_fold(1u64, |acc, &d| acc.checked_mul(d))
         .filter(|&e| i64::try_from(e).is_ok())
-        .ok_or_else(|| format!("tensor \"{shown}\": element count overflows"))?;
+        .ok_or_else(|| HeaderProblem::SizeOverflow(tensor()))?;
     // ggml quantises rows: the first dimension holds whole blocks.
-    if shape.first().copied().unwrap_or(1).checked_rem(block) != Some(0) {
-        return Err(format!(
-            "tensor \"{shown}\" of type {type_name} has rows of {} elements, not a multiple of {block}",
-            shape.first().copied().unwrap_or(1)
-        ));
+    let row = shape.first().copied().unwrap_or(1);
+    if row.checked_rem(block) != Some(0) {
+        return Err(HeaderProblem::PartialBlock {
+            tensor: tensor(),
+            type_name,
+            row,
+            block,
+        });
     }
     let bytes = elements
         .checked_div(block)
         .and_then(|blocks| blocks.checked_mul(block_bytes))
-        .ok_or_else(|| format!("tensor \"{shown}\": byte size overflows"))?;
+        .ok_or_else(|| HeaderProblem::SizeOverflow(tensor()))?;
     if offset.checked_rem(alignment) != Some(0) {
-        return Err(format!(
-            "tensor \"{shown}\" at offset {offset}, not a multiple of the alignment {alignment}"
-        ));
+        return Err(HeaderProblem::Misaligned {
+            tensor: tensor(),
+            offset,
+            alignment,
+        });
     }
     Ok(GgufTensor {
         name,
@@ -334,38 +566,33 @@ fn gguf_tensor<'a>(c: &mut Cursor<'a>, alignment: u64) -> Result<GgufTensor<'a>,
 /// do: known ggml type, at most 4 dimensions, no overflowing element count, whole blocks per
 /// row, aligned offset, bytes inside the file, no duplicate name. A file with no tensors
 /// (a vocabulary-only GGUF) needs no data section.
-fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, String> {
+fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, HeaderProblem> {
     let mut c = Cursor { bytes, pos: 0 };
     if c.take(4)? != b"GGUF" {
-        return Err("missing GGUF magic".into());
+        return Err(HeaderProblem::NoMagic);
     }
     let version = c.u32()?;
     if !(2..=3).contains(&version) {
-        return Err(format!(
-            "unsupported version {version} (2 and 3 are supported)"
-        ));
+        return Err(HeaderProblem::UnsupportedVersion(version));
     }
     let tensors = c.u64()?;
     let kv_count = c.u64()?;
     if tensors > c.remaining() || kv_count > c.remaining() {
-        return Err("counts exceed the file size".into());
+        return Err(HeaderProblem::CountsBeyondFile);
     }
     let mut alignment = 32u64;
     let mut keys = std::collections::HashSet::new();
     for _ in 0..kv_count {
         let key = c.string()?;
         if !keys.insert(key) {
-            return Err(format!(
-                "metadata key \"{}\" appears twice",
-                String::from_utf8_lossy(key).escape_debug()
-            ));
+            return Err(HeaderProblem::DuplicateKey(shown(key)));
         }
         let kind = c.u32()?;
         let value = c.skip_value(kind, 0)?;
         if key == b"general.alignment" {
             alignment = value
                 .filter(|a| a.is_power_of_two())
-                .ok_or("bad general.alignment")?;
+                .ok_or(HeaderProblem::BadAlignment)?;
         }
     }
     let mut names = std::collections::HashSet::new();
@@ -374,10 +601,7 @@ fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, String> {
     for _ in 0..tensors {
         let t = gguf_tensor(&mut c, alignment)?;
         if !names.insert(t.name) {
-            return Err(format!(
-                "tensor \"{}\" appears twice",
-                String::from_utf8_lossy(t.name).escape_debug()
-            ));
+            return Err(HeaderProblem::DuplicateTensor(shown(t.name)));
         }
         let count = types.entry(t.type_name).or_insert(0u64);
         *count = count.saturating_add(1);
@@ -385,20 +609,22 @@ fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, String> {
         let end = t
             .offset
             .checked_add(t.bytes)
-            .ok_or("tensor offset overflows")?;
+            .ok_or_else(|| HeaderProblem::SizeOverflow(shown(t.name)))?;
         data_needed = data_needed.max(end);
     }
-    let header_end = u64::try_from(c.pos).map_err(|_| "size")?;
+    let header_end = u64::try_from(c.pos).unwrap_or(u64::MAX);
     if tensors > 0 {
         let data_start = header_end
             .div_ceil(alignment)
             .checked_mul(alignment)
-            .ok_or("alignment overflows")?;
+            .ok_or(HeaderProblem::BadAlignment)?;
         let available = file_len.saturating_sub(data_start);
         if data_needed > available {
-            return Err(format!(
-                "the tensors need {data_needed} bytes of data after the header, the file has {available} (a partial download?)"
-            ));
+            return Err(HeaderProblem::DataSize {
+                needed: data_needed,
+                available,
+                partial: true,
+            });
         }
     }
     Ok(ModelFormat::Gguf {
@@ -466,6 +692,7 @@ mod tests {
         assert!(
             recognise(Path::new("m.gguf"), &f[..40], 40)
                 .unwrap_err()
+                .to_string()
                 .contains("GGUF")
         );
         assert!(recognise(Path::new("m.gguf"), b"GGUF\x01\0\0\0", 8).is_err());
@@ -483,7 +710,7 @@ mod tests {
         );
     }
 
-    fn fixture(name: &str) -> Result<ModelFormat, String> {
+    fn fixture(name: &str) -> Result<ModelFormat, FormatError> {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/data/models")
             .join(name);
@@ -539,11 +766,19 @@ mod tests {
             ("bad-type.gguf", "unknown ggml type 99"),
             ("bad-offset.gguf", "partial download"),
         ] {
-            let e = fixture(name).unwrap_err();
+            let e = fixture(name).unwrap_err().to_string();
             assert!(e.contains(needle), "{name}: {e}");
         }
+        assert!(matches!(
+            fixture("bad-type.gguf"),
+            Err(FormatError::Gguf(HeaderProblem::UnknownTensorType {
+                kind: 99,
+                ..
+            }))
+        ));
         let e = fixture("lfs-pointer.gguf").unwrap_err();
-        assert!(e.contains("git lfs pull"), "{e}");
+        assert_eq!(e, FormatError::LfsPointer);
+        assert!(e.to_string().contains("git lfs pull"), "{e}");
     }
 
     #[test]
@@ -552,13 +787,17 @@ mod tests {
         let second = f.windows(2).rposition(|w| w == b"t1").unwrap();
         f[second + 1] = b'0';
         let e = recognise(Path::new("m.gguf"), &f, f.len() as u64).unwrap_err();
-        assert!(e.contains("\"t0\" appears twice"), "{e}");
+        assert!(e.to_string().contains("\"t0\" appears twice"), "{e}");
         let json = br#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
         let mut st = (json.len() as u64).to_le_bytes().to_vec();
         st.extend_from_slice(json);
         st.extend_from_slice(&[0; 4]);
         let e = recognise(Path::new("m.safetensors"), &st, st.len() as u64).unwrap_err();
-        assert!(e.contains("appears twice"), "{e}");
+        assert!(e.to_string().contains("appears twice"), "{e}");
+        assert_eq!(
+            e,
+            FormatError::Safetensors(HeaderProblem::DuplicateTensor("w".into()))
+        );
     }
 
     #[test]
@@ -568,7 +807,7 @@ mod tests {
         let pos = find_type_field(&f);
         f[pos..pos + 4].copy_from_slice(&12u32.to_le_bytes());
         let e = recognise(Path::new("m.gguf"), &f, f.len() as u64).unwrap_err();
-        assert!(e.contains("not a multiple of 256"), "{e}");
+        assert!(e.to_string().contains("not a multiple of 256"), "{e}");
     }
 
     /// Offset of the first tensor's type field in a `gguf_file`.
@@ -594,7 +833,47 @@ mod tests {
             }
         );
         let truncated = recognise(Path::new("m.safetensors"), head, len - 1).unwrap_err();
-        assert!(truncated.contains("need 24 bytes"), "{truncated}");
+        assert!(
+            truncated.to_string().contains("need 24 bytes"),
+            "{truncated}"
+        );
         assert!(recognise(Path::new("m.safetensors"), &head[..8 + n - 1], len).is_err());
+    }
+
+    #[test]
+    fn the_header_extent_is_the_safetensors_header_or_a_bounded_prefix() {
+        let probe = 100u64.to_le_bytes();
+        assert_eq!(
+            header_extent(Path::new("a.safetensors"), &probe, 1 << 20),
+            108
+        );
+        assert_eq!(header_extent(Path::new("a.safetensors"), &probe, 50), 50);
+        assert_eq!(
+            header_extent(
+                Path::new("a.safetensors"),
+                &u64::MAX.to_le_bytes(),
+                u64::MAX
+            ),
+            HEADER_PREFIX_MAX + 8
+        );
+        assert_eq!(
+            header_extent(Path::new("a.gguf"), b"GGUF\x03\0\0\0", 1 << 40),
+            HEADER_PREFIX_MAX
+        );
+        assert_eq!(header_extent(Path::new("a.bin"), b"", 10), 10);
+    }
+
+    #[test]
+    fn gguf_value_types_follow_the_table() {
+        for (id, t) in GgufValueType::ALL {
+            assert_eq!(GgufValueType::from_id(id), Ok(t));
+        }
+        assert_eq!(
+            GgufValueType::from_id(13),
+            Err(HeaderProblem::UnknownValueType(13))
+        );
+        assert_eq!(GgufValueType::Bool.fixed_bytes(), Some(1));
+        assert_eq!(GgufValueType::F64.fixed_bytes(), Some(8));
+        assert_eq!(GgufValueType::String.fixed_bytes(), None);
     }
 }

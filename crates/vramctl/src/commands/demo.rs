@@ -65,7 +65,7 @@ pub(crate) fn run(out: Output, backend: &BackendArgs) -> CliResult<Exit> {
     let bytes = std::fs::read(&path)
         .map_err(|e| CliError::file(&path, &format!("cannot be read ({e})"), "report a bug"))?;
     let format = recognise(&path, &bytes, bytes.len() as u64)
-        .map_err(|e| CliError::file(&path, &e, "report a bug"))?;
+        .map_err(|e| CliError::file(&path, &e.to_string(), "report a bug"))?;
     out.result(format!(
         "1. wrote {} ({}, {} on disk)",
         path.display(),

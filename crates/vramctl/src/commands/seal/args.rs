@@ -168,7 +168,7 @@ fn open(path: PathBuf, expected: Option<Expected>) -> CliResult<SealFile> {
     let (file, len) = files::open_model(&path)?;
     let head = files::read_head(&path, &file, len)?;
     let format = recognise(&path, &head, len)
-        .map_err(|e| CliError::file(&path, &e, "use an intact model file"))?;
+        .map_err(|e| CliError::file(&path, &e.to_string(), "use an intact model file"))?;
     let source = FileSource::new(file)
         .map_err(|e| CliError::file(&path, &format!("cannot be read ({e})"), "check the file"))?;
     Ok(SealFile {
