@@ -180,6 +180,7 @@ fn a_seal_that_fails_after_allocating_is_audited_with_its_reason() {
             gpu_device: 0,
             reserved_bytes,
             reason,
+            security_failure: false,
         } => {
             assert_eq!(shard_id.as_deref(), Some("upload-fails"));
             assert!(*reserved_bytes >= MIB);
@@ -232,4 +233,51 @@ fn a_full_log_file_fails_closed_through_the_manager() {
     vram_alloc::audit::verify_audit_log(&path, &vram_alloc::audit::AuditVerifyOptions::default())
         .unwrap();
     std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn bytes_that_reach_vram_changed_are_a_critical_abort_that_stops_the_manager() {
+    // The copy path delivers other bytes than it was given: the cross-check catches it, the
+    // abort is recorded as a security failure (critical), and the manager stops, because shards
+    // sealed earlier without the cross-check came over the same path.
+    let r = rig(16 * MIB);
+    r.mock.garble_next_uploads(1);
+    let e = r
+        .manager
+        .seal_from_source(
+            &model(MIB, 7).as_slice(),
+            0,
+            &vram_alloc::SealOptions::new()
+                .shard_id("garbled")
+                .cross_check(true),
+        )
+        .unwrap_err();
+    assert!(matches!(e, VramError::UploadMismatch { .. }), "{e:?}");
+    assert!(e.is_security_critical());
+    let records = r.audit.records();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(matches!(
+        records[0].event,
+        AuditEvent::SealAborted {
+            security_failure: true,
+            ..
+        }
+    ));
+    assert_eq!(records[0].severity, vram_alloc::audit::Severity::Critical);
+    assert!(r.manager.is_stopped());
+    assert_eq!((r.manager.used_vram(), r.mock.live_allocations()), (0, 0));
+    // A wrong file is no security failure: recorded as a warning, nothing stops.
+    let r = rig(16 * MIB);
+    let wrong = vram_alloc::SealOptions::new().expect_digest(vram_seal::digest(
+        b"other",
+        vram_types::DigestAlgorithm::default(),
+    ));
+    r.manager
+        .seal_from_source(&model(MIB, 7).as_slice(), 0, &wrong)
+        .unwrap_err();
+    assert_eq!(
+        r.audit.records()[0].severity,
+        vram_alloc::audit::Severity::Warning
+    );
+    assert!(!r.manager.is_stopped());
 }

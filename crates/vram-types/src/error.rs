@@ -1,4 +1,10 @@
-//! The one error type of the workspace.
+//! [`VramError`]: the error of every public operation (seal, verify, attest, query, build).
+//!
+//! Narrower errors exist where a caller needs more than a `VramError` says, each converting or
+//! wrapping: `vram_alloc::PlanError` (which part of a seal plan failed, around a `VramError`),
+//! `vram_alloc::audit::AuditError` (an audit sink) and `AuditLogError` (a log that does not
+//! verify), `vram_seal::AuditKeyError` (an audit key's text), and `vram_cuda_sys::CudaError`
+//! (the driver layer's own, mapped to `VramError` in one place by the CUDA backend).
 //!
 //! Every variant carries what an operator needs to act (bytes needed and available, the device,
 //! the CUDA error name) and nothing an attacker could use: no key bytes, no seal bytes, no device
@@ -247,8 +253,10 @@ impl VramError {
         }
     }
 
-    /// Whether the error is a security event (seal, integrity or policy failure) that must be
-    /// audited as critical and should stop the worker.
+    /// Whether the error is a security event: a seal, integrity, upload or policy failure. The
+    /// manager records each as critical (a failed verification, a policy violation, or a seal
+    /// aborted with `security_failure`) and stops: always after a policy violation, after the
+    /// others when `stop_on_verification_failure` is set (the default).
     #[must_use]
     pub fn is_security_critical(&self) -> bool {
         matches!(

@@ -3,7 +3,8 @@
 //! Commands: `doctor` (can these GPUs hold VRAM-only shards?), `digest` (the expected digest of
 //! a file, for manifests), `seal` (keep files sealed in VRAM, re-verified, with metrics and an
 //! audit log), `audit verify` (check a signed audit log), `bench` (seal and verify speed next to the naive path) and `demo` (the README's
-//! main job). Exit codes: 0 ok, 1 verification failure, 2 bad input, 3 no GPU / policy violation.
+//! main job). Exit codes: 0 ok, 1 verification failure, 2 bad input, 3 no GPU / policy violation,
+//! 4 audit records lost (the audit trail is incomplete).
 #![forbid(unsafe_code)]
 
 mod cli;

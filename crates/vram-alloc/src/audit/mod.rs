@@ -114,6 +114,11 @@ pub enum AuditEvent {
         reserved_bytes: usize,
         /// Why the seal failed.
         reason: String,
+        /// The seal failed a security check (the bytes that reached VRAM differ from the host
+        /// bytes, or the allocation broke the VRAM-only policy): recorded as critical, and the
+        /// manager stops as after a failed verification. Absent when false.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        security_failure: bool,
     },
     /// An allocation for a seal failed (capacity or driver).
     VramAllocationFailed {
@@ -155,9 +160,12 @@ impl AuditEvent {
     #[must_use]
     pub fn severity(&self) -> Severity {
         match self {
-            Self::SealVerificationFailed { .. } | Self::PolicyViolation { .. } => {
-                Severity::Critical
-            }
+            Self::SealVerificationFailed { .. }
+            | Self::PolicyViolation { .. }
+            | Self::SealAborted {
+                security_failure: true,
+                ..
+            } => Severity::Critical,
             Self::VramAllocationFailed { .. } | Self::SealAborted { .. } => Severity::Warning,
             Self::VramDeallocated { error, .. } if error.is_some() => Severity::Warning,
             _ => Severity::Info,

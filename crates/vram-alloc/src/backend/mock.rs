@@ -45,6 +45,8 @@ struct MockBuffer {
 struct Faults {
     fail_allocations: u32,
     fail_uploads: u32,
+    /// Uploads whose bytes arrive with their first byte inverted (a broken copy path).
+    garble_uploads: u32,
     fail_reads: u32,
     fail_frees: u32,
     /// Fallible backend calls to let through before one fails, whatever it is.
@@ -151,6 +153,13 @@ impl MockBackend {
     /// The next `n` host-to-device copies (uploads) fail.
     pub fn fail_next_uploads(&self, n: u32) {
         lock(&self.faults).fail_uploads = n;
+    }
+
+    #[cfg(feature = "test-utils")]
+    /// The next `n` uploads complete, but the first byte arrives inverted, after the host bytes
+    /// were shown to the cross-check: a copy path that delivers other bytes than it was given.
+    pub fn garble_next_uploads(&self, n: u32) {
+        lock(&self.faults).garble_uploads = n;
     }
 
     #[cfg(feature = "test-utils")]
@@ -388,6 +397,13 @@ impl Backend for MockBackend {
                 observe(offset, chunk);
             }
             offset = offset.saturating_add(u64::try_from(chunk.len()).unwrap_or(u64::MAX));
+        }
+        let mut faults = lock(&self.faults);
+        if faults.garble_uploads > 0 {
+            faults.garble_uploads = faults.garble_uploads.saturating_sub(1);
+            if let Some(first) = dst.first_mut() {
+                *first ^= 0xff;
+            }
         }
         Ok(())
     }

@@ -163,6 +163,7 @@ fn place_and_seal(
             // allocation came and went.
             let reserved_bytes = reservation.bytes();
             drop(reservation);
+            let security_failure = e.is_security_critical();
             shared.record_or_stop(
                 correlation_id,
                 AuditEvent::SealAborted {
@@ -170,8 +171,14 @@ fn place_and_seal(
                     gpu_device: device,
                     reserved_bytes,
                     reason: e.to_string(),
+                    security_failure,
                 },
             );
+            // A copy path that delivered other bytes may have delivered them to shards sealed
+            // before without a cross-check: stop, as after a failed verification.
+            if security_failure && shared.config().stop_on_verification_failure {
+                shared.stop(&e.to_string());
+            }
             return Err(e);
         }
     };
