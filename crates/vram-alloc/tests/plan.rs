@@ -254,20 +254,22 @@ fn a_group_plan_names_its_shards_and_checks_expected_digests_before_the_group_se
     ));
     let expect =
         |bytes: &[u8]| SealOptions::new().expect_digest(digest(bytes, DigestAlgorithm::default()));
+    // Part 0 on device 0 expects `a`, part 1 on device 1 expects `second`.
+    let group_expecting = |second: &[u8]| {
+        r.manager
+            .plan_group(
+                "m",
+                vec![
+                    SealPart::new(&a, 0).with_options(expect(&a)),
+                    SealPart::new(&b, 1).with_options(expect(second)),
+                ],
+            )
+            .unwrap()
+            .execute()
+    };
     // Expected digests in a group: a mismatch on the last part leaves nothing placed and
     // nothing audited as sealed.
-    let err = r
-        .manager
-        .plan_group(
-            "m",
-            vec![
-                SealPart::new(&a, 0).with_options(expect(&a)),
-                SealPart::new(&b, 1).with_options(expect(&a)),
-            ],
-        )
-        .unwrap()
-        .execute()
-        .unwrap_err();
+    let err = group_expecting(&a).unwrap_err();
     assert!(matches!(
         err,
         PlanError::Part {
@@ -278,18 +280,7 @@ fn a_group_plan_names_its_shards_and_checks_expected_digests_before_the_group_se
     assert_eq!((r.manager.used_vram(), r.mock.live_allocations()), (0, 0));
     assert!(!names(&r.audit.events()).contains(&"VramSealed"));
     // Right digests: one group, shard i is m:tp<i>, every record names the group.
-    let group = r
-        .manager
-        .plan_group(
-            "m",
-            vec![
-                SealPart::new(&a, 0).with_options(expect(&a)),
-                SealPart::new(&b, 1).with_options(expect(&b)),
-            ],
-        )
-        .unwrap()
-        .execute()
-        .unwrap();
+    let group = group_expecting(&b).unwrap();
     let ids: Vec<&str> = group.shards.iter().map(|s| s.shard_id.as_str()).collect();
     assert_eq!(ids, ["m:tp0", "m:tp1"]);
     r.manager.verify_group(&group).unwrap();

@@ -3,7 +3,7 @@
 //! Anyone holding the public key can check the whole file; nobody without the private key can
 //! rebuild a chain that passes, because the checkpoints would no longer verify.
 
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use vram_seal::audit_key::decode_lower_hex;
@@ -201,6 +201,24 @@ impl Reader {
         self.records.saturating_add(1)
     }
 
+    /// Reads and checks every complete line of `reader` (each into `buf`); returns how the
+    /// input ended ([`Scan::End`], a torn line or a line too long, left in `buf`).
+    pub(crate) fn read_lines(
+        &mut self,
+        reader: &mut impl BufRead,
+        buf: &mut Vec<u8>,
+    ) -> Result<Scan, AuditLogError> {
+        loop {
+            let number = self.next_line();
+            let scanned = scan_line(reader, buf)
+                .map_err(|e| at(number, AuditLogProblem::Io(e.to_string())))?;
+            match scanned {
+                Scan::Line => self.line(buf)?,
+                ended => return Ok(ended),
+            }
+        }
+    }
+
     /// Checks the next line (without its newline).
     pub(crate) fn line(&mut self, line: &[u8]) -> Result<(), AuditLogError> {
         let number = self.records.saturating_add(1);
@@ -365,21 +383,14 @@ pub fn verify_audit_log_from(
     reader: impl Read,
     options: &AuditVerifyOptions,
 ) -> Result<AuditLogSummary, AuditLogError> {
-    let mut reader = BufReader::new(reader);
     let mut state = Reader::new(options);
-    let mut buf = Vec::new();
-    loop {
-        let number = state.next_line();
-        let scanned = scan_line(&mut reader, &mut buf)
-            .map_err(|e| at(number, AuditLogProblem::Io(e.to_string())))?;
-        match scanned {
-            Scan::Line => state.line(&buf)?,
-            Scan::End => break,
-            Scan::Torn(_) => return Err(at(number, AuditLogProblem::Torn)),
-            Scan::TooLong => return Err(at(number, AuditLogProblem::TooLong)),
-        }
+    let ended = state.read_lines(&mut BufReader::new(reader), &mut Vec::new())?;
+    let number = state.next_line();
+    match ended {
+        Scan::Line | Scan::End => state.finish(),
+        Scan::Torn(_) => Err(at(number, AuditLogProblem::Torn)),
+        Scan::TooLong => Err(at(number, AuditLogProblem::TooLong)),
     }
-    state.finish()
 }
 
 /// [`verify_audit_log_from`] on a file.

@@ -22,7 +22,6 @@ use vram_seal::{AuditPublicKey, AuditSigningKey, Checkpoint};
 
 use super::format::{
     ChainedLine, GENESIS, MAX_RECORD_BYTES, OPENED, OpenedLine, Scan, checkpoint_line, line_hash,
-    scan_line,
 };
 use super::open::{OpenError, open_regular};
 use super::verify::{AuditLogError, AuditLogProblem, AuditVerifyOptions, Reader, at};
@@ -331,35 +330,26 @@ fn read_for_writing(
 ) -> Result<(Option<super::verify::Continuation>, u64), AuditLogError> {
     let mut state = Reader::new(options);
     let mut buf = Vec::new();
+    let mut torn = match state.read_lines(&mut reader, &mut buf)? {
+        Scan::Line | Scan::End => return Ok((state.finish_for_writer(), 0)),
+        Scan::Torn(n) => u64::try_from(n).unwrap_or(u64::MAX),
+        Scan::TooLong => u64::try_from(buf.len()).unwrap_or(u64::MAX),
+    };
+    let number = state.next_line();
+    let mut chunk = [0u8; 64 * 1024];
     loop {
-        let number = state.next_line();
-        let scanned = scan_line(&mut reader, &mut buf)
+        let n = reader
+            .read(&mut chunk)
             .map_err(|e| at(number, AuditLogProblem::Io(e.to_string())))?;
-        let torn = match scanned {
-            Scan::Line => {
-                state.line(&buf)?;
-                continue;
-            }
-            Scan::End => 0,
-            Scan::Torn(n) => u64::try_from(n).unwrap_or(u64::MAX),
-            Scan::TooLong => u64::try_from(buf.len()).unwrap_or(u64::MAX),
+        let Some(read) = chunk.get(..n).filter(|r| !r.is_empty()) else {
+            break;
         };
-        let mut torn = torn;
-        let mut chunk = [0u8; 64 * 1024];
-        loop {
-            let n = reader
-                .read(&mut chunk)
-                .map_err(|e| at(number, AuditLogProblem::Io(e.to_string())))?;
-            let Some(read) = chunk.get(..n).filter(|r| !r.is_empty()) else {
-                break;
-            };
-            if read.contains(&b'\n') {
-                return Err(at(number, AuditLogProblem::TooLong));
-            }
-            torn = torn.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
+        if read.contains(&b'\n') {
+            return Err(at(number, AuditLogProblem::TooLong));
         }
-        return Ok((state.finish_for_writer(), torn));
+        torn = torn.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
     }
+    Ok((state.finish_for_writer(), torn))
 }
 
 impl<F: LogFile> AuditSink for FileAuditSink<F> {
