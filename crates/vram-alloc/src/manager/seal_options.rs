@@ -58,7 +58,7 @@ impl SealOptions {
     }
 
     /// Also digests the host bytes on the CPU and refuses to seal if they differ from the
-    /// resident bytes ([`VramError::UploadMismatch`]).
+    /// resident bytes ([`VramError::UploadMismatch`](vram_types::VramError::UploadMismatch)).
     #[must_use]
     pub fn cross_check(mut self, on: bool) -> Self {
         self.cross_check = on;
