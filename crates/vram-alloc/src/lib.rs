@@ -74,10 +74,14 @@ mod sync;
 pub use clock::ManualClock;
 
 pub use manager::{
-    GroupPart, GroupPlan, PlanError, PlanStep, SealOptions, SealPart, SealPlan, SealedGroup,
-    VramManager, VramManagerBuilder,
+    ExecutionMode, GroupPart, GroupPlan, PlanError, PlanStep, SealOptions, SealPart, SealPlan,
+    SealedGroup, VramManager, VramManagerBuilder, Weights,
 };
-pub use metrics::{DeviceUsage, VramMetrics};
+pub use metrics::{DeviceUsage, ExecutionCounts, VramMetrics};
+/// An inference engine's CUDA stream, named for [`ExecutionMode::BeforeAndAfterOn`] and
+/// [`ExecutionMode::Pipelined`] (its constructor from a raw handle is `unsafe`: the caller
+/// vouches that the stream is live).
+pub use vram_cuda_sys::stream::EngineStream;
 
 /// The facts of every CUDA GPU of the machine, without building a manager (for diagnostics
 /// such as `vramctl doctor`).

@@ -3,7 +3,9 @@
 //! `vram_seal_operations_total` and `vram_verify_operations_total` (labels `gpu_device`,
 //! `result` = `success` | `failure`), and the `vram_verify_duration_seconds` histogram; for
 //! alerts, `vram_shards_resident` (per device), `vram_last_verified_timestamp_seconds` (per live
-//! shard, removed when the shard is released) and `vram_audit_failures_total`. The text comes
+//! shard, removed when the shard is released), `vram_audit_failures_total` and
+//! `vram_executions_total` (labels `gpu_device`, `result` = `passed` | `refused_before` |
+//! `caught_after`: verified executions on lent weights). The text comes
 //! in both exposition formats: OpenMetrics 1.0 and Prometheus text 0.0.4.
 
 use std::fmt;
@@ -51,6 +53,29 @@ pub(crate) struct Metrics {
     audit_failures: Counter,
     resident: Family<DeviceLabels, Gauge>,
     last_verified: Family<ShardLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    executions: Family<OperationLabels, Counter>,
+}
+
+/// How a verified execution ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExecutionResult {
+    /// Both checks passed; the result was released.
+    Passed,
+    /// The check before refused it (or the pipelined one found the bytes changed before the
+    /// engine's work): the result was withheld.
+    RefusedBefore,
+    /// The check after the engine's work found the bytes changed: the result was withheld.
+    CaughtAfter,
+}
+
+impl ExecutionResult {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::RefusedBefore => "refused_before",
+            Self::CaughtAfter => "caught_after",
+        }
+    }
 }
 
 impl fmt::Debug for Metrics {
@@ -126,6 +151,12 @@ impl Metrics {
             "Audit records the sink could not store (dropped or refused operations)",
             audit_failures.clone(),
         );
+        let executions = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "vram_executions",
+            "Executions on lent sealed weights, by result (passed, refused_before, caught_after)",
+            executions.clone(),
+        );
         registry.register(
             "vram_verify_duration_seconds",
             "Time to verify a sealed shard, digest of the resident bytes included",
@@ -142,6 +173,7 @@ impl Metrics {
             audit_failures,
             resident,
             last_verified,
+            executions,
         }
     }
 
@@ -183,6 +215,25 @@ impl Metrics {
             .set(gauge_value(total.saturating_sub(used)));
     }
 
+    pub(crate) fn count_execution(&self, gpu: u32, result: ExecutionResult) {
+        self.executions
+            .get_or_create(&OperationLabels {
+                gpu_device: gpu.to_string(),
+                result: result.label().to_owned(),
+            })
+            .inc();
+    }
+
+    /// Executions on `gpu` that ended with `result`.
+    pub(crate) fn execution_count(&self, gpu: u32, result: ExecutionResult) -> u64 {
+        self.executions
+            .get_or_create(&OperationLabels {
+                gpu_device: gpu.to_string(),
+                result: result.label().to_owned(),
+            })
+            .get()
+    }
+
     pub(crate) fn count_seal(&self, gpu: u32, ok: bool) {
         self.seals.get_or_create(&outcome(gpu, ok)).inc();
     }
@@ -214,6 +265,11 @@ impl Metrics {
         let verifications_succeeded = sum(&|g| self.verify_count(g, true));
         let verifications_failed = sum(&|g| self.verify_count(g, false));
         let audit_failures = self.audit_failures.get();
+        let executions = ExecutionCounts {
+            passed: sum(&|g| self.execution_count(g, ExecutionResult::Passed)),
+            refused_before: sum(&|g| self.execution_count(g, ExecutionResult::RefusedBefore)),
+            caught_after: sum(&|g| self.execution_count(g, ExecutionResult::CaughtAfter)),
+        };
         let mut prometheus_text = String::new();
         encode(&mut prometheus_text, &self.registry)
             .map_err(|_| VramError::Unreachable("writing metrics to a String cannot fail"))?;
@@ -224,9 +280,23 @@ impl Metrics {
             verifications_succeeded,
             verifications_failed,
             audit_failures,
+            executions,
             prometheus_text,
         })
     }
+}
+
+/// Verified executions on lent weights, by how they ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExecutionCounts {
+    /// Every check passed; the engine's result was released.
+    pub passed: u64,
+    /// Refused by the check before the engine's work (the closure never ran, or in the
+    /// pipelined form its result was withheld).
+    pub refused_before: u64,
+    /// The check after the engine's work found the bytes changed; the result was withheld.
+    pub caught_after: u64,
 }
 
 /// Capacity of one device.
@@ -258,6 +328,8 @@ pub struct VramMetrics {
     pub verifications_failed: u64,
     /// Audit records that could not be stored.
     pub audit_failures: u64,
+    /// Verified executions on lent weights ([`VramManager::execute`](crate::VramManager::execute)).
+    pub executions: ExecutionCounts,
     prometheus_text: String,
 }
 
@@ -271,6 +343,7 @@ impl VramMetrics {
             verifications_succeeded: 0,
             verifications_failed: 0,
             audit_failures: 0,
+            executions: ExecutionCounts::default(),
             prometheus_text: String::new(),
         }
     }

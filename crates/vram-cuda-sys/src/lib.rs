@@ -14,9 +14,11 @@
 //! | [`stream`] | streams with a priority, events |
 //! | [`tree_digest`] | the `sha256-tree-L` digest of bytes in VRAM: leaf and fold kernels (`kernels/`) |
 //! | [`staging_ring`] | uploads through a bounded pool of pinned slots filled by several threads |
+//! | `testing` | stand-in engines for tests (feature `test-utils`): a GEMM and a byte writer |
 //!
-//! Device pointers never leave this crate's types: no public function returns one, and no
-//! `Debug` output shows one. Every `unsafe` block holds one driver call behind a `// SAFETY:`
+//! Device pointers never leave this crate's types but one way: [`memory::DeviceBuffer::lending_address`],
+//! which the manager hands to an engine inside a scoped, verified execution; no `Debug` output
+//! shows one. Every `unsafe` block holds one driver call behind a `// SAFETY:`
 //! comment that names what makes it sound.
 #![allow(unsafe_code)]
 #![deny(
@@ -49,6 +51,8 @@ pub mod module;
 pub mod pointer;
 pub mod staging_ring;
 pub mod stream;
+#[cfg(feature = "test-utils")]
+pub mod testing;
 pub mod tree_digest;
 
 pub use device::Device;

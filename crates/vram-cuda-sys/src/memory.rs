@@ -122,6 +122,16 @@ impl DeviceBuffer {
             .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "device-to-host copy"))
     }
 
+    /// The allocation's device address, for the manager's scoped lending view (an engine's
+    /// kernels read the sealed bytes where they lie). Valid while this buffer lives; the view
+    /// that carries it borrows the shard that owns the buffer.
+    ///
+    /// # Errors
+    /// [`CudaError::OutOfRange`] for a buffer already freed.
+    pub fn lending_address(&self) -> Result<u64, CudaError> {
+        self.device_address()
+    }
+
     /// The device address, for kernel arguments inside this crate only.
     pub(crate) fn device_address(&self) -> Result<u64, CudaError> {
         self.ptr

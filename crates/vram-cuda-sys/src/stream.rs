@@ -96,6 +96,103 @@ impl Drop for Stream {
     }
 }
 
+/// A stream an inference engine owns, named to this crate so that a verification can be ordered
+/// after the engine's work on it (or the engine's work after a verification) on the GPU: the
+/// crate only records events on it and makes streams wait for them. It never synchronises,
+/// destroys or queues work on it.
+#[derive(Clone, Copy)]
+pub struct EngineStream<'a> {
+    device: u32,
+    raw: CUstream,
+    _borrow: std::marker::PhantomData<&'a ()>,
+}
+
+impl std::fmt::Debug for EngineStream<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineStream")
+            .field("device", &self.device)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EngineStream<'static> {
+    /// An engine's stream by its driver handle (`torch.cuda.current_stream().cuda_stream`, a
+    /// `cudaStream_t`, a `CUstream`); 0 names the legacy default stream.
+    ///
+    /// # Safety
+    /// 1. `raw` is 0 or a live stream of the primary context of device `device` (the context
+    ///    the CUDA runtime, PyTorch and this crate share).
+    /// 2. It stays live until every call given this value has returned.
+    #[must_use]
+    pub unsafe fn from_raw(device: u32, raw: u64) -> Self {
+        Self {
+            device,
+            raw: std::ptr::with_exposed_provenance_mut(usize::try_from(raw).unwrap_or(0)),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'a> EngineStream<'a> {
+    /// One of this crate's streams, as an engine's (tests and benchmarks: a stand-in engine).
+    #[must_use]
+    pub fn of(stream: &'a Stream) -> Self {
+        Self {
+            device: stream.device().ordinal(),
+            raw: stream.raw(),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+
+    /// The device the stream belongs to.
+    #[must_use]
+    pub fn device(&self) -> u32 {
+        self.device
+    }
+
+    pub(crate) fn raw(&self) -> CUstream {
+        self.raw
+    }
+
+    /// Waits on the host until the work queued on this stream so far is done (an event recorded
+    /// there; the rest of the device is not waited for).
+    ///
+    /// # Errors
+    /// [`CudaError::WrongDevice`] when `device` is not the stream's; [`CudaError::Driver`].
+    pub fn wait_on_host(&self, device: &Arc<Device>) -> Result<(), CudaError> {
+        let mut done = Event::new(device)?;
+        done.record_on(*self)?;
+        done.wait()
+    }
+}
+
+// SAFETY: a CUstream is a driver handle usable from any thread of the process; this value only
+// hands it to thread-safe driver calls (event record, stream wait).
+unsafe impl Send for EngineStream<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for EngineStream<'_> {}
+
+impl Stream {
+    /// Makes work queued on this stream from now on wait, on the GPU, for `event` (the work
+    /// queued before it was recorded); the host does not wait.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`] from `cuStreamWaitEvent`.
+    pub(crate) fn wait_for(&self, event: &Event) -> Result<(), CudaError> {
+        self.device.bind()?;
+        // SAFETY: both handles were created by the driver and are live (the event is owned by
+        // the caller, the stream by `self`).
+        unsafe {
+            result::stream::wait_event(
+                self.raw,
+                event.raw,
+                sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuStreamWaitEvent"))
+    }
+}
+
 /// An event without timing, for "has the work before this point finished".
 pub(crate) struct Event {
     device: Arc<Device>,
@@ -130,6 +227,38 @@ impl Event {
             .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuEventRecord"))?;
         self.recorded = true;
         Ok(())
+    }
+
+    /// Marks the current end of an engine's stream's queue.
+    pub(crate) fn record_on(&mut self, stream: EngineStream<'_>) -> Result<(), CudaError> {
+        if stream.device() != self.device.ordinal() {
+            return Err(CudaError::WrongDevice {
+                device: self.device.ordinal(),
+                found: stream.device(),
+                operation: "cuEventRecord (engine stream)",
+            });
+        }
+        self.device.bind()?;
+        // SAFETY: `raw` was created in `new`; the engine's stream is live and of this device
+        // (the contract of `EngineStream::from_raw`, or borrowed from a live `Stream`).
+        unsafe { result::event::record(self.raw, stream.raw()) }
+            .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuEventRecord"))?;
+        self.recorded = true;
+        Ok(())
+    }
+
+    /// Makes the engine's stream wait, on the GPU, for the work recorded before this event.
+    pub(crate) fn hold(&self, stream: EngineStream<'_>) -> Result<(), CudaError> {
+        self.device.bind()?;
+        // SAFETY: as in `record_on`.
+        unsafe {
+            result::stream::wait_event(
+                stream.raw(),
+                self.raw,
+                sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+            )
+        }
+        .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuStreamWaitEvent"))
     }
 
     /// Waits until the work recorded before this event has finished (at once if never recorded).

@@ -14,9 +14,9 @@ use vram_types::{GpuShare, LeafSize};
 
 use crate::device::Device;
 use crate::error::{CudaError, CudaStatus};
-use crate::memory::DeviceBuffer;
+use crate::memory::{DeviceBuffer, PinnedBuffer};
 use crate::module::Module;
-use crate::stream::{Stream, StreamPriority};
+use crate::stream::{EngineStream, Event, Stream, StreamPriority};
 
 /// PTX of `kernels/sha256_tree.cu` (`cargo xtask ptx` regenerates it).
 pub const SHA256_TREE_PTX: &str = include_str!("../kernels/sha256_tree.ptx");
@@ -175,6 +175,101 @@ impl TreeDigestEngine {
         leaf: LeafSize,
         share: GpuShare,
     ) -> Result<[u8; 32], CudaError> {
+        self.tree_root_ordered(buffer, len, leaf, share, None)
+    }
+
+    /// [`Self::tree_root`] of the bytes as they are once the work an engine has queued on its
+    /// stream so far is done: the digest's stream waits on the GPU for an event recorded on the
+    /// engine's stream (the host waits only for the digest, never for the device).
+    ///
+    /// # Errors
+    /// As [`Self::tree_root`]; [`CudaError::WrongDevice`] for a stream of another device.
+    pub fn tree_root_after(
+        &self,
+        buffer: &DeviceBuffer,
+        len: usize,
+        leaf: LeafSize,
+        share: GpuShare,
+        after: EngineStream<'_>,
+    ) -> Result<[u8; 32], CudaError> {
+        self.tree_root_ordered(buffer, len, leaf, share, Some(after))
+    }
+
+    fn tree_root_ordered(
+        &self,
+        buffer: &DeviceBuffer,
+        len: usize,
+        leaf: LeafSize,
+        share: GpuShare,
+        after: Option<EngineStream<'_>>,
+    ) -> Result<[u8; 32], CudaError> {
+        let lane = match share {
+            GpuShare::Full => &self.full_lane,
+            GpuShare::Bounded { .. } => &self.bounded_lane,
+        };
+        let stream = lock(lane);
+        if let Some(engine) = after {
+            let mut engine_done = Event::new(&self.device)?;
+            engine_done.record_on(engine)?;
+            stream.wait_for(&engine_done)?;
+        }
+        let mut root = [0u8; 32];
+        let queued = self.queue_root(&stream, buffer, len, leaf, share, &mut root);
+        // Waited for on every path: no queued kernel may outlive this call and read `buffer`
+        // after the caller frees it, even when a later launch failed.
+        let waited = stream.synchronize();
+        queued?;
+        waited?;
+        self.device.trim_memory_pool()?;
+        Ok(root_bytes(root))
+    }
+
+    /// Queues the digest of `buffer`'s first `len` bytes ahead of an engine's work, for the
+    /// pipelined execution: on a stream of its own, and the engine's stream waits on the GPU
+    /// until the digest is done, so the engine's kernels queued next start right after it with
+    /// no host round trip. [`PendingRoot::wait`] gives the root.
+    ///
+    /// # Errors
+    /// As [`Self::tree_root`]; [`CudaError::HostMemory`] when the root's pinned slot cannot be
+    /// had; [`CudaError::WrongDevice`] for a stream of another device.
+    pub fn queue_root_before(
+        &self,
+        buffer: &Arc<DeviceBuffer>,
+        len: usize,
+        leaf: LeafSize,
+        engine: EngineStream<'_>,
+    ) -> Result<PendingRoot, CudaError> {
+        // Pinned, so that the copy of the root does not make the host wait for the digest.
+        let mut out = PinnedBuffer::alloc(&self.device, 32)?;
+        let stream = Stream::new(&self.device, StreamPriority::Lowest)?;
+        let slot: &mut [u8; 32] = out
+            .as_mut_slice()
+            .try_into()
+            .map_err(|_| CudaError::Unreachable("a 32-byte pinned slot"))?;
+        self.queue_root(&stream, buffer, len, leaf, GpuShare::Full, slot)?;
+        let mut done = Event::new(&self.device)?;
+        done.record(&stream)?;
+        done.hold(engine)?;
+        Ok(PendingRoot {
+            stream,
+            out,
+            device: Arc::clone(&self.device),
+            _buffer: Arc::clone(buffer),
+        })
+    }
+
+    /// Checks the range, then queues the leaves, the fold and the copy of the root into `root`
+    /// (device word order) on `stream`; the scratch is freed in stream order. The caller waits
+    /// for the stream before reading `root` or freeing `buffer`.
+    fn queue_root(
+        &self,
+        stream: &Stream,
+        buffer: &DeviceBuffer,
+        len: usize,
+        leaf: LeafSize,
+        share: GpuShare,
+        root: &mut [u8; 32],
+    ) -> Result<(), CudaError> {
         let ordinal = self.device.ordinal();
         if buffer.device().ordinal() != ordinal {
             return Err(CudaError::WrongDevice {
@@ -192,15 +287,10 @@ impl TreeDigestEngine {
         let total = u64::try_from(len).unwrap_or(u64::MAX);
         let leaf_bytes = u64::from(leaf.get());
         let leaves = total.div_ceil(leaf_bytes).max(1);
-        let lane = match share {
-            GpuShare::Full => &self.full_lane,
-            GpuShare::Bounded { .. } => &self.bounded_lane,
-        };
-        let stream = lock(lane);
         // Region A holds a state per leaf; region B, half as many, is the fold's other side.
         let half = leaves.div_ceil(2);
         let scratch = Scratch::alloc(
-            &stream,
+            stream,
             leaves.saturating_add(half).saturating_mul(DIGEST_BYTES),
         )?;
         let (a, b) = (
@@ -208,34 +298,12 @@ impl TreeDigestEngine {
             scratch.at(leaves.saturating_mul(DIGEST_BYTES)),
         );
         let data = buffer.device_address()?;
-        let mut words = [0u32; 8];
-        let queued = self.queue_digest(
-            &stream,
-            share,
-            data,
-            total,
-            leaf_bytes,
-            leaves,
-            (a, b),
-            &mut words,
-        );
-        // Freed in stream order before the wait, so the pool hands the memory back to the
-        // device at the wait (release threshold 0) instead of holding it until the next one.
-        drop(scratch);
-        // Waited for on every path: no queued kernel may outlive this call and read `buffer`
-        // after the caller frees it, even when a later launch failed.
-        let waited = stream.synchronize();
-        queued?;
-        waited?;
-        self.device.trim_memory_pool()?;
-        let mut root = [0u8; 32];
-        for (out, word) in root.chunks_exact_mut(4).zip(words) {
-            out.copy_from_slice(&word.to_be_bytes());
-        }
-        Ok(root)
+        // Freed in stream order after the queued work (dropped at the end of this call), so the
+        // pool hands the memory back to the device at the caller's wait.
+        self.queue_digest(stream, share, data, total, leaf_bytes, leaves, (a, b), root)
     }
 
-    /// Queues the leaf launches, the fold and the copy of the root into `words`; the caller
+    /// Queues the leaf launches, the fold and the copy of the root into `root`; the caller
     /// waits for the stream.
     #[allow(clippy::too_many_arguments, reason = "the digest's parameters")]
     fn queue_digest(
@@ -247,7 +315,7 @@ impl TreeDigestEngine {
         leaf_bytes: u64,
         leaves: u64,
         (a, b): (u64, u64),
-        words: &mut [u32; 8],
+        root: &mut [u8; 32],
     ) -> Result<(), CudaError> {
         match share {
             GpuShare::Full => {
@@ -270,9 +338,9 @@ impl TreeDigestEngine {
         }
         let root_at = self.fold(stream, leaves, a, b)?;
         // SAFETY: `root_at` points at 8 words inside the live scratch allocation, written by
-        // work queued before on this stream; `words` is a host array of exactly 32 bytes that
+        // work queued before on this stream; `root` is host memory of exactly 32 bytes that
         // the caller keeps alive until it has synchronised the stream.
-        unsafe { result::memcpy_dtoh_async(words, root_at, stream.raw()) }
+        unsafe { result::memcpy_dtoh_async(root.as_mut_slice(), root_at, stream.raw()) }
             .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuMemcpyDtoHAsync"))
     }
 
@@ -363,6 +431,53 @@ impl TreeDigestEngine {
             (from, to, n) = (to, from, out);
         }
         Ok(from)
+    }
+}
+
+/// The root as the digest's bytes: the kernels leave eight 32-bit words in device (little-endian)
+/// order; SHA-256 writes each big-endian.
+fn root_bytes(words: [u8; 32]) -> [u8; 32] {
+    let mut root = [0u8; 32];
+    for (out, word) in root.chunks_exact_mut(4).zip(words.chunks_exact(4)) {
+        let word: [u8; 4] = word.try_into().unwrap_or_default();
+        out.copy_from_slice(&u32::from_le_bytes(word).to_be_bytes());
+    }
+    root
+}
+
+/// A digest queued ahead of an engine's work ([`TreeDigestEngine::queue_root_before`]); it
+/// keeps the buffer it reads alive. Dropped without [`Self::wait`], it still waits for its
+/// stream before the buffer can go.
+pub struct PendingRoot {
+    // Dropped first: the stream waits for its work before the root's slot and the buffer go.
+    stream: Stream,
+    out: PinnedBuffer,
+    device: Arc<Device>,
+    _buffer: Arc<DeviceBuffer>,
+}
+
+impl std::fmt::Debug for PendingRoot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingRoot")
+            .field("device", &self.device.ordinal())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PendingRoot {
+    /// Waits for the digest (its own stream only) and returns the root.
+    ///
+    /// # Errors
+    /// [`CudaError::Driver`], including an error of a digest kernel.
+    pub fn wait(self) -> Result<[u8; 32], CudaError> {
+        self.stream.synchronize()?;
+        self.device.trim_memory_pool()?;
+        let words: [u8; 32] = self
+            .out
+            .as_slice()
+            .try_into()
+            .map_err(|_| CudaError::Unreachable("a 32-byte pinned slot"))?;
+        Ok(root_bytes(words))
     }
 }
 

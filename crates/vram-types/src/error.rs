@@ -73,6 +73,20 @@ pub enum VramError {
         actual: String,
     },
 
+    /// The bytes in VRAM changed while an engine computed with them: the check after the
+    /// engine's work found another digest, so the engine's result was withheld.
+    #[error(
+        "shard {shard_id:?} changed during execution: bytes in VRAM hash to {actual} after the engine's work, sealed digest is {expected}; the result was withheld"
+    )]
+    ModifiedDuringExecution {
+        /// The shard whose bytes changed.
+        shard_id: String,
+        /// The sealed digest (hex).
+        expected: String,
+        /// The digest after the engine's work (hex).
+        actual: String,
+    },
+
     /// The model bytes do not have the digest the caller expected (a manifest's): a wrong,
     /// truncated or corrupted file. Nothing was sealed.
     #[error(
@@ -263,6 +277,7 @@ impl VramError {
             self,
             Self::SealVerificationFailed { .. }
                 | Self::IntegrityViolation { .. }
+                | Self::ModifiedDuringExecution { .. }
                 | Self::UploadMismatch { .. }
                 | Self::PolicyViolation { .. }
         )

@@ -71,6 +71,7 @@ impl From<VramError> for CliError {
             ),
             VramError::SourceReadFailed { .. } => (Exit::BadInput, "check the file and the disk"),
             VramError::IntegrityViolation { .. }
+            | VramError::ModifiedDuringExecution { .. }
             | VramError::UploadMismatch { .. }
             | VramError::SealVerificationFailed { .. }
             | VramError::NotSealed { .. }

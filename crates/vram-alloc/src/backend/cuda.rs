@@ -18,8 +18,8 @@ use vram_types::{
 };
 
 use super::{
-    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, MemoryInfo,
-    UPLOAD_CHUNK_BYTES, device_at,
+    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, DigestOrder,
+    EngineStream, LentMemory, MemoryInfo, PendingDigest, Ready, UPLOAD_CHUNK_BYTES, device_at,
 };
 
 /// Fewest leaves for which the GPU kernels digest a shard. One thread hashes one leaf, at about
@@ -229,6 +229,23 @@ impl CudaBackend {
         self.buffers.get(id)
     }
 
+    /// The digest kernels and leaf size when the GPU digests this shard: a tree algorithm, at
+    /// least [`GPU_DIGEST_MIN_LEAVES`] leaves, kernels loaded.
+    fn kernels_for(
+        &self,
+        b: &DeviceBuffer,
+        total: u64,
+        algorithm: DigestAlgorithm,
+    ) -> Result<Option<(&TreeDigestEngine, vram_types::LeafSize)>, VramError> {
+        Ok(match algorithm.leaf_size() {
+            Some(leaf) if leaf_count(total, leaf) >= GPU_DIGEST_MIN_LEAVES => self
+                .lane(b.device().ordinal())?
+                .kernels()
+                .map(|k| (k, leaf)),
+            _ => None,
+        })
+    }
+
     /// Inverts the byte at `offset` of the buffer with a raw copy, behind the manager's back
     /// (simulated VRAM corruption; test builds only).
     #[cfg(feature = "test-utils")]
@@ -292,23 +309,54 @@ impl Backend for CudaBackend {
         len: usize,
         algorithm: DigestAlgorithm,
         share: GpuShare,
+        order: DigestOrder<'_>,
     ) -> Result<ShardDigest, VramError> {
         let b = self.buffer(buffer)?;
         let total = u64::try_from(len).unwrap_or(u64::MAX);
-        let kernels = match algorithm.leaf_size() {
-            Some(leaf) if leaf_count(total, leaf) >= GPU_DIGEST_MIN_LEAVES => self
-                .lane(b.device().ordinal())?
-                .kernels()
-                .map(|k| (k, leaf)),
-            _ => None,
-        };
-        match kernels {
+        match self.kernels_for(&b, total, algorithm)? {
             Some((engine, leaf)) => {
-                let root = engine.tree_root(&b, len, leaf, share).map_err(other)?;
+                let root = match order {
+                    DigestOrder::Now => engine.tree_root(&b, len, leaf, share),
+                    DigestOrder::After(s) => engine.tree_root_after(&b, len, leaf, share, s),
+                }
+                .map_err(other)?;
                 Ok(finalize_root(leaf, total, &root))
             }
-            None => Self::digest_on_cpu(&b, len, algorithm),
+            None => {
+                if let DigestOrder::After(engine) = order {
+                    engine.wait_on_host(b.device()).map_err(other)?;
+                }
+                Self::digest_on_cpu(&b, len, algorithm)
+            }
         }
+    }
+
+    fn digest_before<'b>(
+        &'b self,
+        buffer: BufferId,
+        len: usize,
+        algorithm: DigestAlgorithm,
+        engine: EngineStream<'_>,
+    ) -> Result<Box<dyn PendingDigest + 'b>, VramError> {
+        let b = self.buffer(buffer)?;
+        let total = u64::try_from(len).unwrap_or(u64::MAX);
+        match self.kernels_for(&b, total, algorithm)? {
+            Some((kernels, leaf)) => Ok(Box::new(QueuedRoot {
+                pending: kernels
+                    .queue_root_before(&b, len, leaf, engine)
+                    .map_err(other)?,
+                leaf,
+                total,
+            })),
+            // Read back and hashed now: the engine has queued nothing yet.
+            None => Ok(Box::new(Ready(Self::digest_on_cpu(&b, len, algorithm)?))),
+        }
+    }
+
+    fn lend(&self, buffer: BufferId) -> Result<Box<dyn LentMemory>, VramError> {
+        let b = self.buffer(buffer)?;
+        let address = b.lending_address().map_err(other)?;
+        Ok(Box::new(LentDevice { buffer: b, address }))
     }
 
     fn allocation_facts(&self, buffer: BufferId, len: usize) -> Result<AllocationFacts, VramError> {
@@ -330,5 +378,44 @@ impl Backend for CudaBackend {
             // last shard handle is gone); dropping the last reference frees it.
             Err(_) => Ok(()),
         }
+    }
+}
+
+/// A tree digest queued ahead of an engine's work, finished into the shard's digest.
+struct QueuedRoot {
+    pending: vram_cuda_sys::tree_digest::PendingRoot,
+    leaf: vram_types::LeafSize,
+    total: u64,
+}
+
+impl PendingDigest for QueuedRoot {
+    fn wait(self: Box<Self>) -> Result<ShardDigest, VramError> {
+        let root = self.pending.wait().map_err(other)?;
+        Ok(finalize_root(self.leaf, self.total, &root))
+    }
+}
+
+/// A device allocation lent to an engine; keeps it alive.
+struct LentDevice {
+    #[cfg_attr(
+        not(feature = "test-utils"),
+        allow(dead_code, reason = "keeps the buffer alive")
+    )]
+    buffer: Arc<DeviceBuffer>,
+    address: u64,
+}
+
+impl LentMemory for LentDevice {
+    fn address(&self) -> u64 {
+        self.address
+    }
+
+    fn read_host(&self, _read: &mut dyn FnMut(&[u8])) -> bool {
+        false
+    }
+
+    #[cfg(feature = "test-utils")]
+    fn device_buffer(&self) -> Option<&DeviceBuffer> {
+        Some(&self.buffer)
     }
 }

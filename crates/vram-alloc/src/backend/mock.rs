@@ -17,8 +17,9 @@ use vram_types::{
 };
 
 use super::{
-    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, MemoryInfo,
-    UPLOAD_CHUNK_BYTES, device_at, round_up,
+    Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, DigestOrder,
+    EngineStream, LentMemory, MemoryInfo, PendingDigest, Ready, UPLOAD_CHUNK_BYTES, device_at,
+    round_up,
 };
 use crate::sync::{lock, read, write};
 
@@ -414,6 +415,7 @@ impl Backend for MockBackend {
         len: usize,
         algorithm: DigestAlgorithm,
         _share: GpuShare,
+        _order: DigestOrder<'_>,
     ) -> Result<ShardDigest, VramError> {
         let b = self.buffer(buffer)?;
         self.copy_fault(b.device, "device-to-host copy", |f| &mut f.fail_reads)?;
@@ -425,6 +427,22 @@ impl Backend for MockBackend {
             code: Some(CUDA_ERROR_INVALID_VALUE),
         })?;
         Ok(vram_seal::digest(bytes, algorithm))
+    }
+
+    /// The mock has no streams: the engine is the host, and the digest is computed now.
+    fn digest_before<'b>(
+        &'b self,
+        buffer: BufferId,
+        len: usize,
+        algorithm: DigestAlgorithm,
+        _engine: EngineStream<'_>,
+    ) -> Result<Box<dyn PendingDigest + 'b>, VramError> {
+        let digest = self.digest(buffer, len, algorithm, GpuShare::Full, DigestOrder::Now)?;
+        Ok(Box::new(Ready(digest)))
+    }
+
+    fn lend(&self, buffer: BufferId) -> Result<Box<dyn LentMemory>, VramError> {
+        Ok(Box::new(LentMock(self.buffer(buffer)?)))
     }
 
     fn allocation_facts(&self, buffer: BufferId, len: usize) -> Result<AllocationFacts, VramError> {
@@ -457,5 +475,25 @@ impl Backend for MockBackend {
             });
         }
         Ok(())
+    }
+}
+
+/// A mock buffer lent to an engine: simulated device memory, host memory that never moves while
+/// the buffer lives (its vector is never resized).
+struct LentMock(Arc<MockBuffer>);
+
+impl LentMemory for LentMock {
+    fn address(&self) -> u64 {
+        u64::try_from(read(&self.0.data).as_ptr().addr()).unwrap_or(u64::MAX)
+    }
+
+    fn read_host(&self, read_bytes: &mut dyn FnMut(&[u8])) -> bool {
+        read_bytes(&read(&self.0.data));
+        true
+    }
+
+    #[cfg(feature = "test-utils")]
+    fn device_buffer(&self) -> Option<&vram_cuda_sys::memory::DeviceBuffer> {
+        None
     }
 }

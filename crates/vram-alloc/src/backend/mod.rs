@@ -27,6 +27,49 @@ pub(crate) const UPLOAD_CHUNK_BYTES: usize = vram_cuda_sys::staging_ring::DEFAUL
 /// What each uploaded chunk is shown to: `(offset, bytes)`; one definition, the staging ring's.
 pub(crate) use vram_cuda_sys::staging_ring::ChunkObserver;
 
+/// An inference engine's stream, to order a digest after (or before) its work.
+pub(crate) use vram_cuda_sys::stream::EngineStream;
+
+/// When a digest reads the resident bytes, relative to an engine's work.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum DigestOrder<'e> {
+    /// Now (work on other streams is not waited for).
+    Now,
+    /// Once the work queued so far on the engine's stream is done.
+    After(EngineStream<'e>),
+}
+
+/// A buffer lent for one execution ([`Backend::lend`]).
+pub(crate) trait LentMemory: Send + Sync {
+    /// The address of its first byte.
+    fn address(&self) -> u64;
+
+    /// Shows the bytes to `read` when they are host memory (the mock); false otherwise.
+    fn read_host(&self, read: &mut dyn FnMut(&[u8])) -> bool;
+
+    /// The device allocation, on the CUDA backend (test engines launch kernels on it).
+    #[cfg(feature = "test-utils")]
+    fn device_buffer(&self) -> Option<&vram_cuda_sys::memory::DeviceBuffer>;
+}
+
+/// A digest queued ahead of an engine's work ([`Backend::digest_before`]).
+pub(crate) trait PendingDigest {
+    /// Waits for the digest.
+    ///
+    /// # Errors
+    /// CUDA errors of the digest.
+    fn wait(self: Box<Self>) -> Result<ShardDigest, VramError>;
+}
+
+/// A digest that was computed at once.
+pub(crate) struct Ready(pub(crate) ShardDigest);
+
+impl PendingDigest for Ready {
+    fn wait(self: Box<Self>) -> Result<ShardDigest, VramError> {
+        Ok(self.0)
+    }
+}
+
 /// `cuMemAlloc`'s granularity: every allocation takes a multiple of 2 MiB of device memory.
 pub(crate) const CUDA_ALLOCATION_GRANULARITY: usize = 2 * 1024 * 1024;
 
@@ -88,7 +131,7 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     ) -> Result<(), VramError>;
 
     /// Digest of the first `len` resident bytes of the buffer, computed from device memory,
-    /// taking at most `share` of the GPU.
+    /// taking at most `share` of the GPU, at the point `order` names.
     ///
     /// # Errors
     /// [`VramError::CudaOperationFailed`] when the bytes cannot be read or hashed.
@@ -98,7 +141,30 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
         len: usize,
         algorithm: DigestAlgorithm,
         share: GpuShare,
+        order: DigestOrder<'_>,
     ) -> Result<ShardDigest, VramError>;
+
+    /// Queues the digest of the first `len` resident bytes ahead of the engine's work: the
+    /// engine's stream waits on the GPU until it is done (where the backend can queue it;
+    /// otherwise it is computed at once, before the engine has queued anything).
+    ///
+    /// # Errors
+    /// As [`Backend::digest`].
+    fn digest_before<'b>(
+        &'b self,
+        buffer: BufferId,
+        len: usize,
+        algorithm: DigestAlgorithm,
+        engine: EngineStream<'_>,
+    ) -> Result<Box<dyn PendingDigest + 'b>, VramError>;
+
+    /// The buffer, lent to an engine for a verified execution: its address (device memory on
+    /// the CUDA backend, host memory on the mock), valid while the lent value lives (it keeps
+    /// the buffer alive).
+    ///
+    /// # Errors
+    /// A buffer this backend does not hold.
+    fn lend(&self, buffer: BufferId) -> Result<Box<dyn LentMemory>, VramError>;
 
     /// What the driver reports about the allocation (one pointer-attributes query).
     ///

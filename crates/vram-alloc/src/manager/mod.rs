@@ -1,6 +1,7 @@
 //! `VramManager`: the public face of sealing, verification and capacity.
 
 mod cross_check;
+mod execute;
 mod group;
 mod plan;
 mod policy;
@@ -24,6 +25,7 @@ use crate::backend::{Backend, CudaBackend, MockBackend, round_up};
 use crate::capacity::DeviceCapacity;
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::VramMetrics;
+pub use execute::{ExecutionMode, Weights};
 pub use group::{GroupPart, SealedGroup};
 pub use plan::{GroupPlan, PlanError, PlanStep, SealPart, SealPlan};
 pub use seal_options::SealOptions;

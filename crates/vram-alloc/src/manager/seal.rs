@@ -23,7 +23,7 @@ use super::resident::ResidentAllocation;
 use super::seal_options::SealOptions;
 use super::shared::{Claim, Shared};
 use crate::audit::AuditEvent;
-use crate::backend::{BufferId, ChunkObserver};
+use crate::backend::{BufferId, ChunkObserver, DigestOrder};
 use crate::capacity::Reservation;
 
 impl VramManager {
@@ -292,11 +292,13 @@ impl<'s> Uploaded<'s> {
     /// is in VRAM, not the host bytes.
     fn digest(self, algorithm: vram_types::DigestAlgorithm) -> Result<Digested<'s>, VramError> {
         let placed = self.placed;
-        let digest =
-            placed
-                .shared
-                .backend()
-                .digest(placed.id()?, placed.len, algorithm, GpuShare::Full)?;
+        let digest = placed.shared.backend().digest(
+            placed.id()?,
+            placed.len,
+            algorithm,
+            GpuShare::Full,
+            DigestOrder::Now,
+        )?;
         if let Some(host) = self.host_digest
             && !host.ct_eq(&digest)
         {

@@ -12,8 +12,10 @@ use vram_types::{AllocationFacts, ShardAllocation};
 
 use super::VramManager;
 use super::residency::{self, owned};
+use super::resident::ResidentAllocation;
 use super::shared::Shared;
 use crate::audit::AuditEvent;
+use crate::backend::DigestOrder;
 
 impl VramManager {
     /// Verifies a shard: its seal, its freshness, that it is still in device memory, and that
@@ -78,10 +80,63 @@ fn changed_field(sealed: &SealedFields, presented: &SealedFields) -> Option<&'st
 }
 
 fn verify(shared: &Arc<Shared>, shard: &SealedShard, share: GpuShare) -> Result<(), VramError> {
+    verify_ordered(shared, shard, share, DigestOrder::Now, Stage::Standalone)
+}
+
+/// What a verification is for: it names the error of changed bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// On its own, or before an engine's work: [`VramError::IntegrityViolation`].
+    Standalone,
+    /// After an engine's work: [`VramError::ModifiedDuringExecution`].
+    AfterExecution,
+}
+
+/// A whole verification, the digest read at the point `order` names.
+pub(super) fn verify_ordered(
+    shared: &Arc<Shared>,
+    shard: &SealedShard,
+    share: GpuShare,
+    order: DigestOrder<'_>,
+    stage: Stage,
+) -> Result<(), VramError> {
+    audited(shared, shard, |correlation_id| {
+        let resident = check_fields(shared, shard, correlation_id)?;
+        let actual = shared.backend().digest(
+            resident.buffer(),
+            shard.vram_bytes,
+            shard.digest_algorithm(),
+            share,
+            order,
+        )?;
+        compare(shard, &actual, stage)
+    })
+}
+
+/// Records `error` as a failed verification of `shard` (as [`audited`] does) and returns it.
+pub(super) fn audit_failure(
+    shared: &Arc<Shared>,
+    shard: &SealedShard,
+    error: VramError,
+) -> VramError {
+    match audited(shared, shard, |_| Err(error)) {
+        Err(e) => e,
+        Ok(()) => VramError::Unreachable("a failure is recorded as one"),
+    }
+}
+
+/// One verification, audited and counted: `check` (given the operation's correlation id)
+/// decides; a pass is recorded (fail-closed: a pass that cannot be recorded is not a pass), a
+/// failure is recorded as critical and stops the manager when it is a security failure.
+pub(super) fn audited(
+    shared: &Arc<Shared>,
+    shard: &SealedShard,
+    check: impl FnOnce(&str) -> Result<(), VramError>,
+) -> Result<(), VramError> {
     shared.ensure_running()?;
     let started = Instant::now();
     let correlation_id = shared.next_correlation_id();
-    let checked = check(shared, shard, share, &correlation_id);
+    let checked = check(&correlation_id);
     let result = match checked {
         Ok(()) => {
             // Passed: the id is the one this manager validated and sealed.
@@ -128,12 +183,14 @@ fn verify(shared: &Arc<Shared>, shard: &SealedShard, share: GpuShare) -> Result<
     result
 }
 
-fn check(
+/// Everything but the digest: the allocation is this manager's, no sealed field was edited, the
+/// seal matches the fields, the seal is fresh enough, the allocation is still device memory.
+/// Returns the allocation.
+pub(super) fn check_fields<'s>(
     shared: &Arc<Shared>,
-    shard: &SealedShard,
-    share: GpuShare,
+    shard: &'s SealedShard,
     correlation_id: &str,
-) -> Result<(), VramError> {
+) -> Result<&'s ResidentAllocation, VramError> {
     let resident = owned(shared, shard)?;
     let fields = shard.sealed_fields();
     // The manager knows what it sealed: an edited field is named, before the MAC is computed.
@@ -164,20 +221,34 @@ fn check(
         shard.vram_bytes,
         correlation_id,
     )?;
+    Ok(resident)
+}
+
+/// The digest of the resident bytes against the sealed one.
+pub(super) fn compare(
+    shard: &SealedShard,
+    actual: &ShardDigest,
+    stage: Stage,
+) -> Result<(), VramError> {
     let expected = ShardDigest::from_hex(&shard.digest)?;
-    let actual = shared.backend().digest(
-        resident.buffer(),
-        shard.vram_bytes,
-        shard.digest_algorithm(),
-        share,
-    )?;
     if actual.ct_eq(&expected) {
-        Ok(())
-    } else {
-        Err(VramError::IntegrityViolation {
-            shard_id: shard.shard_id.clone(),
-            expected: shard.digest.clone(),
-            actual: actual.to_hex(),
-        })
+        return Ok(());
     }
+    let (shard_id, expected, actual) = (
+        shard.shard_id.clone(),
+        shard.digest.clone(),
+        actual.to_hex(),
+    );
+    Err(match stage {
+        Stage::Standalone => VramError::IntegrityViolation {
+            shard_id,
+            expected,
+            actual,
+        },
+        Stage::AfterExecution => VramError::ModifiedDuringExecution {
+            shard_id,
+            expected,
+            actual,
+        },
+    })
 }

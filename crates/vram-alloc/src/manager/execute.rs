@@ -1,0 +1,258 @@
+//! Verified execution: an inference engine computes on a sealed shard's bytes where they lie,
+//! inside a scope that verified them first and, in the checked modes, verifies them again after
+//! the engine's work, withholding the engine's result when they changed
+//! (`docs/adr/0009-verified-execution.md`).
+//!
+//! The engine gets the bytes' address only through [`Weights`], which borrows the shard for the
+//! scope: the shard cannot be released while it is lent, and the address never reaches a log,
+//! an audit record, a metric or an error.
+
+use std::sync::Arc;
+
+use vram_types::{GpuShare, SealedShard, VramError};
+
+use super::VramManager;
+use super::residency::owned;
+use super::shared::Shared;
+use super::verify::{Stage, audit_failure, audited, check_fields, compare, verify_ordered};
+use crate::backend::{DigestOrder, EngineStream, LentMemory};
+use crate::metrics::ExecutionResult;
+
+/// A sealed shard's memory, lent to an engine for one verified execution: its address (device
+/// memory on a GPU, host memory on the mock backend), length and device. It lives only inside
+/// [`VramManager::execute`]'s closure; it is neither `Clone` nor `Serialize`, and its `Debug`
+/// shows no address.
+pub struct Weights<'s> {
+    lent: Box<dyn LentMemory>,
+    len: usize,
+    device: u32,
+    shard_id: &'s str,
+}
+
+impl Weights<'_> {
+    /// The address of the shard's first byte, for the engine's kernels (a `CUdeviceptr`).
+    #[must_use]
+    pub fn device_ptr(&self) -> u64 {
+        self.lent.address()
+    }
+
+    /// Shows the bytes to `read` when they are host memory (the mock backend, where an engine
+    /// computes on the host) and returns its value; `None` on a GPU, where the bytes are read
+    /// by the engine's kernels through [`Self::device_ptr`].
+    pub fn read_host<T>(&self, read: impl FnOnce(&[u8]) -> T) -> Option<T> {
+        let mut read = Some(read);
+        let mut out = None;
+        let shown = self.lent.read_host(&mut |bytes| {
+            if let Some(read) = read.take() {
+                out = Some(read(bytes));
+            }
+        });
+        if shown { out } else { None }
+    }
+
+    /// The device allocation behind the view, on the CUDA backend (test engines launch their
+    /// kernels on it; test builds only).
+    #[cfg(feature = "test-utils")]
+    #[must_use]
+    pub fn device_buffer(&self) -> Option<&vram_cuda_sys::memory::DeviceBuffer> {
+        self.lent.device_buffer()
+    }
+
+    /// The shard's length in bytes.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the shard is empty (never: a sealed shard has at least one byte).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The CUDA device the bytes are on.
+    #[must_use]
+    pub fn device(&self) -> u32 {
+        self.device
+    }
+
+    /// The shard's id.
+    #[must_use]
+    pub fn shard_id(&self) -> &str {
+        self.shard_id
+    }
+}
+
+impl std::fmt::Debug for Weights<'_> {
+    /// Shard, device and length: never the address.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Weights")
+            .field("shard_id", &self.shard_id)
+            .field("device", &self.device)
+            .field("len", &self.len)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What an execution checks around the engine's work, and how the checks are ordered with it.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub enum ExecutionMode<'e> {
+    /// Verified, then lent: the engine starts only on bytes that hash to the sealed digest.
+    /// Proves the bytes were intact when the engine was handed them.
+    Before,
+    /// Verified, lent, and verified again once the closure has returned: for an engine whose
+    /// work is finished when its closure returns (a host engine, a synchronised stream, the
+    /// mock). Proves the bytes were also intact after the engine's work; otherwise the result
+    /// is withheld.
+    BeforeAndAfter,
+    /// Verified, lent, and verified again after the work the closure queued on the engine's
+    /// stream: the library's digest waits on the GPU for an event recorded there (never a
+    /// device-wide sync). Proves as [`ExecutionMode::BeforeAndAfter`] for a GPU engine that
+    /// returns before its kernels finish.
+    BeforeAndAfterOn(EngineStream<'e>),
+    /// The verification's digest is queued on the GPU ahead of the engine's work: the engine's
+    /// stream waits for it there, so its kernels start right after it with no host round trip.
+    /// The digest after the engine's work is queued as in [`ExecutionMode::BeforeAndAfterOn`];
+    /// the result is released only when both match. Proves the same as the checked mode, with
+    /// the difference that the engine may already have computed on bytes the first digest then
+    /// finds changed: that result is withheld too.
+    Pipelined(EngineStream<'e>),
+}
+
+impl VramManager {
+    /// Verifies `shard`, lends its memory to `engine` for the closure's duration, and, as `mode`
+    /// says, verifies it again after the engine's work. The closure's value is returned only
+    /// when every check passed. Each check is a verification like
+    /// [`Self::verify_sealed`] (audited and counted the same way); the execution is counted in
+    /// `vram_executions_total` by how it ended.
+    ///
+    /// ```
+    /// use vram_alloc::{ExecutionMode, VramManager};
+    ///
+    /// let manager = VramManager::with_capacity(64 << 20); // mock: lends host memory
+    /// let shard = manager.seal_model(&[1u8, 2, 3, 4], 0)?;
+    /// let sum = manager.execute(&shard, ExecutionMode::BeforeAndAfter, |weights| {
+    ///     // An engine launches its kernels with weights.device_ptr() and weights.len().
+    ///     assert_eq!(weights.len(), 4);
+    ///     10
+    /// })?;
+    /// assert_eq!(sum, 10);
+    /// # Ok::<(), vram_types::VramError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// Before the engine's work: any error of [`Self::verify_sealed`] (the closure never runs;
+    /// in [`ExecutionMode::Pipelined`] the digest's mismatch is found after it ran, and its
+    /// result is withheld). After it: [`VramError::ModifiedDuringExecution`] when the bytes
+    /// changed during the execution (recorded as a critical failed verification; the manager
+    /// stops as after any), or another error of [`Self::verify_sealed`].
+    pub fn execute<R>(
+        &self,
+        shard: &SealedShard,
+        mode: ExecutionMode<'_>,
+        engine: impl FnOnce(&Weights<'_>) -> R,
+    ) -> Result<R, VramError> {
+        let shared = &self.shared;
+        let result = match mode {
+            ExecutionMode::Before => checked(shared, shard, None, engine),
+            ExecutionMode::BeforeAndAfter => checked(shared, shard, Some(DigestOrder::Now), engine),
+            ExecutionMode::BeforeAndAfterOn(stream) => {
+                checked(shared, shard, Some(DigestOrder::After(stream)), engine)
+            }
+            ExecutionMode::Pipelined(stream) => pipelined(shared, shard, stream, engine),
+        };
+        let (outcome, value) = match result {
+            Ok(value) => (ExecutionResult::Passed, Ok(value)),
+            Err((stage, e)) => (stage, Err(e)),
+        };
+        // Counted under the shard's device only when that device exists (as verifications).
+        if shard.gpu_device < shared.backend().device_count() {
+            shared.metrics().count_execution(shard.gpu_device, outcome);
+        }
+        value
+    }
+}
+
+/// Why an execution did not release its result, and the error.
+type Refused = (ExecutionResult, VramError);
+
+/// The lending view of a shard this manager sealed.
+fn lend<'s>(shared: &Arc<Shared>, shard: &'s SealedShard) -> Result<Weights<'s>, VramError> {
+    let resident = owned(shared, shard)?;
+    Ok(Weights {
+        lent: shared.backend().lend(resident.buffer())?,
+        len: shard.vram_bytes,
+        device: shard.gpu_device,
+        shard_id: &shard.shard_id,
+    })
+}
+
+/// Verified now, lent, and (with `after`) verified again at that point.
+fn checked<R>(
+    shared: &Arc<Shared>,
+    shard: &SealedShard,
+    after: Option<DigestOrder<'_>>,
+    engine: impl FnOnce(&Weights<'_>) -> R,
+) -> Result<R, Refused> {
+    let before = |e| (ExecutionResult::RefusedBefore, e);
+    verify_ordered(
+        shared,
+        shard,
+        GpuShare::Full,
+        DigestOrder::Now,
+        Stage::Standalone,
+    )
+    .map_err(before)?;
+    let weights = lend(shared, shard).map_err(before)?;
+    let value = engine(&weights);
+    if let Some(order) = after {
+        check_after(shared, shard, order)?;
+    }
+    Ok(value)
+}
+
+/// The first digest queued ahead of the engine's work, the second after it; both confirmed.
+fn pipelined<R>(
+    shared: &Arc<Shared>,
+    shard: &SealedShard,
+    stream: EngineStream<'_>,
+    engine: impl FnOnce(&Weights<'_>) -> R,
+) -> Result<R, Refused> {
+    let refuse = |e| (ExecutionResult::RefusedBefore, e);
+    let queued = shared.ensure_running().and_then(|()| {
+        let correlation_id = shared.next_correlation_id();
+        let resident = check_fields(shared, shard, &correlation_id)?;
+        shared.backend().digest_before(
+            resident.buffer(),
+            shard.vram_bytes,
+            shard.digest_algorithm(),
+            stream,
+        )
+    });
+    let pending = match queued {
+        Ok(pending) => pending,
+        // Refused before anything was queued: audited as the failed verification it is.
+        Err(e) => return Err(refuse(audit_failure(shared, shard, e))),
+    };
+    let weights = lend(shared, shard).map_err(refuse)?;
+    let value = engine(&weights);
+    let after = check_after(shared, shard, DigestOrder::After(stream));
+    audited(shared, shard, |_| {
+        compare(shard, &pending.wait()?, Stage::Standalone)
+    })
+    .map_err(refuse)?;
+    after?;
+    Ok(value)
+}
+
+/// The verification after the engine's work; bytes found changed are
+/// [`VramError::ModifiedDuringExecution`].
+fn check_after(
+    shared: &Arc<Shared>,
+    shard: &SealedShard,
+    order: DigestOrder<'_>,
+) -> Result<(), Refused> {
+    verify_ordered(shared, shard, GpuShare::Full, order, Stage::AfterExecution)
+        .map_err(|e| (ExecutionResult::CaughtAfter, e))
+}
