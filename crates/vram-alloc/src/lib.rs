@@ -78,6 +78,9 @@ pub use manager::{
     SealedGroup, VramManager, VramManagerBuilder, Weights,
 };
 pub use metrics::{DeviceUsage, ExecutionCounts, VramMetrics};
+/// An engine's memory to seal in place ([`VramManager::seal_in_place`]); its constructor from a
+/// device address is `unsafe`: the caller vouches the memory stays allocated until released.
+pub use vram_cuda_sys::resident::ForeignRange;
 /// An inference engine's CUDA stream, named for [`ExecutionMode::BeforeAndAfterOn`] and
 /// [`ExecutionMode::Pipelined`] (its constructor from a raw handle is `unsafe`: the caller
 /// vouches that the stream is live).

@@ -190,6 +190,7 @@ mod tests {
                 digest_algorithm: String::new(),
                 backend: "mock".into(),
                 group_id: None,
+                in_place: false,
             })
         };
         let released = record(AuditEvent::VramDeallocated {

@@ -90,6 +90,7 @@ fn records() -> Vec<AuditRecord> {
                 digest_algorithm: "sha256-tree-65536".into(),
                 backend: "mock".into(),
                 group_id: None,
+                in_place: false,
             },
         ),
         record(

@@ -10,6 +10,7 @@
 //! | [`device`] | one device and its primary context: attributes, free/total memory |
 //! | [`memory`] | device allocations, synchronous copies, pinned buffers, and the managed / pinned / mapped / registered host memory the policy must refuse |
 //! | [`pointer`](mod@pointer) | `cuPointerGetAttributes`: where an allocation really lives |
+//! | [`resident`] | memory a digest reads in place: own allocations, and an engine's ranges sealed in place |
 //! | [`module`] | loading PTX and launching a kernel |
 //! | [`stream`] | streams with a priority, events |
 //! | [`tree_digest`] | the `sha256-tree-L` digest of bytes in VRAM: leaf and fold kernels (`kernels/`) |
@@ -49,6 +50,7 @@ mod error;
 pub mod memory;
 pub mod module;
 pub mod pointer;
+pub mod resident;
 pub mod staging_ring;
 pub mod stream;
 #[cfg(feature = "test-utils")]

@@ -211,6 +211,12 @@ impl PinnedBuffer {
         })
     }
 
+    /// The device whose context pinned it.
+    #[must_use]
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
     /// The bytes.
     #[must_use]
     pub fn as_slice(&self) -> &[u8] {
@@ -287,6 +293,28 @@ impl ManagedBuffer {
     /// [`CudaError::Driver`].
     pub fn facts(&self) -> Result<AllocationFacts, CudaError> {
         pointer::query(&self.device, self.ptr, self.len)
+    }
+
+    /// The device.
+    #[must_use]
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    /// Its length.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn address(&self) -> CUdeviceptr {
+        self.ptr
     }
 }
 

@@ -16,6 +16,7 @@ use crate::device::Device;
 use crate::error::{CudaError, CudaStatus};
 use crate::memory::{DeviceBuffer, PinnedBuffer};
 use crate::module::Module;
+use crate::resident::Resident;
 use crate::stream::{EngineStream, Event, Stream, StreamPriority};
 
 /// PTX of `kernels/sha256_tree.cu` (`cargo xtask ptx` regenerates it).
@@ -178,26 +179,27 @@ impl TreeDigestEngine {
         self.tree_root_ordered(buffer, len, leaf, share, None)
     }
 
-    /// [`Self::tree_root`] of the bytes as they are once the work an engine has queued on its
-    /// stream so far is done: the digest's stream waits on the GPU for an event recorded on the
-    /// engine's stream (the host waits only for the digest, never for the device).
+    /// [`Self::tree_root`] of resident memory (an own buffer or an engine's range sealed in
+    /// place), now or, with `after`, once the work queued so far on the engine's stream is done
+    /// (the digest's stream waits on the GPU for an event recorded there; the host waits only
+    /// for the digest).
     ///
     /// # Errors
     /// As [`Self::tree_root`]; [`CudaError::WrongDevice`] for a stream of another device.
-    pub fn tree_root_after(
+    pub fn tree_root_of(
         &self,
-        buffer: &DeviceBuffer,
+        memory: &Resident,
         len: usize,
         leaf: LeafSize,
         share: GpuShare,
-        after: EngineStream<'_>,
+        after: Option<EngineStream<'_>>,
     ) -> Result<[u8; 32], CudaError> {
-        self.tree_root_ordered(buffer, len, leaf, share, Some(after))
+        self.tree_root_ordered(memory, len, leaf, share, after)
     }
 
     fn tree_root_ordered(
         &self,
-        buffer: &DeviceBuffer,
+        buffer: &dyn Span,
         len: usize,
         leaf: LeafSize,
         share: GpuShare,
@@ -234,7 +236,7 @@ impl TreeDigestEngine {
     /// had; [`CudaError::WrongDevice`] for a stream of another device.
     pub fn queue_root_before(
         &self,
-        buffer: &Arc<DeviceBuffer>,
+        buffer: &Resident,
         len: usize,
         leaf: LeafSize,
         engine: EngineStream<'_>,
@@ -254,7 +256,7 @@ impl TreeDigestEngine {
             stream,
             out,
             device: Arc::clone(&self.device),
-            _buffer: Arc::clone(buffer),
+            _memory: buffer.clone(),
         })
     }
 
@@ -264,21 +266,21 @@ impl TreeDigestEngine {
     fn queue_root(
         &self,
         stream: &Stream,
-        buffer: &DeviceBuffer,
+        buffer: &dyn Span,
         len: usize,
         leaf: LeafSize,
         share: GpuShare,
         root: &mut [u8; 32],
     ) -> Result<(), CudaError> {
         let ordinal = self.device.ordinal();
-        if buffer.device().ordinal() != ordinal {
+        if buffer.ordinal() != ordinal {
             return Err(CudaError::WrongDevice {
                 device: ordinal,
-                found: buffer.device().ordinal(),
+                found: buffer.ordinal(),
                 operation: "tree digest",
             });
         }
-        if len > buffer.len() {
+        if len > buffer.span_len() {
             return Err(CudaError::OutOfRange {
                 device: ordinal,
                 operation: "tree digest",
@@ -297,7 +299,7 @@ impl TreeDigestEngine {
             scratch.at(0),
             scratch.at(leaves.saturating_mul(DIGEST_BYTES)),
         );
-        let data = buffer.device_address()?;
+        let data = buffer.address()?;
         // Freed in stream order after the queued work (dropped at the end of this call), so the
         // pool hands the memory back to the device at the caller's wait.
         self.queue_digest(stream, share, data, total, leaf_bytes, leaves, (a, b), root)
@@ -434,6 +436,41 @@ impl TreeDigestEngine {
     }
 }
 
+/// Memory the kernels read: a device, a length and the address of its first byte.
+trait Span {
+    fn ordinal(&self) -> u32;
+    fn span_len(&self) -> usize;
+    fn address(&self) -> Result<u64, CudaError>;
+}
+
+impl Span for DeviceBuffer {
+    fn ordinal(&self) -> u32 {
+        self.device().ordinal()
+    }
+
+    fn span_len(&self) -> usize {
+        self.len()
+    }
+
+    fn address(&self) -> Result<u64, CudaError> {
+        self.device_address()
+    }
+}
+
+impl Span for Resident {
+    fn ordinal(&self) -> u32 {
+        self.device().ordinal()
+    }
+
+    fn span_len(&self) -> usize {
+        self.len()
+    }
+
+    fn address(&self) -> Result<u64, CudaError> {
+        self.lending_address()
+    }
+}
+
 /// The root as the digest's bytes: the kernels leave eight 32-bit words in device (little-endian)
 /// order; SHA-256 writes each big-endian.
 fn root_bytes(words: [u8; 32]) -> [u8; 32] {
@@ -453,7 +490,7 @@ pub struct PendingRoot {
     stream: Stream,
     out: PinnedBuffer,
     device: Arc<Device>,
-    _buffer: Arc<DeviceBuffer>,
+    _memory: Resident,
 }
 
 impl std::fmt::Debug for PendingRoot {

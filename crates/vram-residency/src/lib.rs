@@ -74,9 +74,9 @@ pub use vram_policy::{
 
 #[doc(inline)]
 pub use vram_alloc::{
-    DeviceUsage, EngineStream, ExecutionCounts, ExecutionMode, GroupPart, GroupPlan, PlanError,
-    PlanStep, SealOptions, SealPart, SealPlan, SealedGroup, VramManager, VramManagerBuilder,
-    VramMetrics, Weights, audit, probe_gpus,
+    DeviceUsage, EngineStream, ExecutionCounts, ExecutionMode, ForeignRange, GroupPart, GroupPlan,
+    PlanError, PlanStep, SealOptions, SealPart, SealPlan, SealedGroup, VramManager,
+    VramManagerBuilder, VramMetrics, Weights, audit, probe_gpus,
 };
 
 #[doc(inline)]

@@ -75,6 +75,10 @@ pub enum AuditEvent {
         /// The tensor-parallel group (model id) the shard was sealed in, if any.
         #[serde(skip_serializing_if = "Option::is_none")]
         group_id: Option<String>,
+        /// Sealed in place: the engine's memory, not copied and never freed by the manager
+        /// (`reserved_bytes` is 0). Absent when false.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        in_place: bool,
     },
     /// A shard passed verification.
     SealVerified {

@@ -7,6 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use vram_cuda_sys::memory::DeviceBuffer;
+use vram_cuda_sys::resident::{ForeignRange, Resident};
 use vram_cuda_sys::staging_ring::StagingRing;
 use vram_cuda_sys::tree_digest::TreeDigestEngine;
 use vram_cuda_sys::{CudaError, Device, Driver};
@@ -144,7 +145,7 @@ impl DeviceLane {
 /// Every CUDA device of the machine.
 pub(crate) struct CudaBackend {
     lanes: Vec<DeviceLane>,
-    buffers: BufferTable<DeviceBuffer>,
+    buffers: BufferTable<Resident>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -203,7 +204,7 @@ impl CudaBackend {
     /// Reads the bytes back in chunks into pageable memory (no pinned allocation per call) and
     /// hashes each on the CPU, tree leaves in parallel.
     fn digest_on_cpu(
-        b: &DeviceBuffer,
+        b: &Resident,
         len: usize,
         algorithm: DigestAlgorithm,
     ) -> Result<ShardDigest, VramError> {
@@ -225,7 +226,7 @@ impl CudaBackend {
         Ok(hasher.finalize())
     }
 
-    fn buffer(&self, id: BufferId) -> Result<Arc<DeviceBuffer>, VramError> {
+    fn buffer(&self, id: BufferId) -> Result<Arc<Resident>, VramError> {
         self.buffers.get(id)
     }
 
@@ -233,7 +234,7 @@ impl CudaBackend {
     /// least [`GPU_DIGEST_MIN_LEAVES`] leaves, kernels loaded.
     fn kernels_for(
         &self,
-        b: &DeviceBuffer,
+        b: &Resident,
         total: u64,
         algorithm: DigestAlgorithm,
     ) -> Result<Option<(&TreeDigestEngine, vram_types::LeafSize)>, VramError> {
@@ -287,7 +288,13 @@ impl Backend for CudaBackend {
     fn allocate(&self, device: u32, bytes: usize) -> Result<BufferId, VramError> {
         let buffer = DeviceBuffer::alloc(self.device(device)?, bytes)
             .map_err(|e| vram_error(e, Call::Allocate { bytes }))?;
-        Ok(self.buffers.insert(buffer))
+        Ok(self.buffers.insert(Resident::Owned(Arc::new(buffer))))
+    }
+
+    fn adopt(&self, range: ForeignRange) -> Result<BufferId, VramError> {
+        let device = self.device(range.device_ordinal())?;
+        let resident = Resident::foreign(device, range).map_err(other)?;
+        Ok(self.buffers.insert(resident))
     }
 
     fn upload(
@@ -297,9 +304,12 @@ impl Backend for CudaBackend {
         observe: Option<ChunkObserver<'_>>,
     ) -> Result<(), VramError> {
         let b = self.buffer(buffer)?;
+        let owned = b.owned().ok_or(VramError::Unreachable(
+            "uploading into an engine's range sealed in place",
+        ))?;
         self.lane(b.device().ordinal())?
             .ring
-            .upload(&b, source, observe)
+            .upload(owned, source, observe)
             .map_err(other)
     }
 
@@ -315,11 +325,13 @@ impl Backend for CudaBackend {
         let total = u64::try_from(len).unwrap_or(u64::MAX);
         match self.kernels_for(&b, total, algorithm)? {
             Some((engine, leaf)) => {
-                let root = match order {
-                    DigestOrder::Now => engine.tree_root(&b, len, leaf, share),
-                    DigestOrder::After(s) => engine.tree_root_after(&b, len, leaf, share, s),
-                }
-                .map_err(other)?;
+                let after = match order {
+                    DigestOrder::Now => None,
+                    DigestOrder::After(s) => Some(s),
+                };
+                let root = engine
+                    .tree_root_of(&b, len, leaf, share, after)
+                    .map_err(other)?;
                 Ok(finalize_root(leaf, total, &root))
             }
             None => {
@@ -372,11 +384,15 @@ impl Backend for CudaBackend {
         let b = self.buffers.remove(buffer).ok_or(VramError::Unreachable(
             "freeing a buffer id this backend does not hold",
         ))?;
-        match Arc::try_unwrap(b) {
-            Ok(owned) => owned.free().map_err(|e| vram_error(e, Call::Free)),
-            // A transfer still holds it (cannot happen: the allocation is only freed when its
-            // last shard handle is gone); dropping the last reference frees it.
-            Err(_) => Ok(()),
+        match Arc::try_unwrap(b).map(|r| match r {
+            Resident::Owned(buffer) => Arc::try_unwrap(buffer).ok(),
+            // An engine's range sealed in place is never freed here: it is the engine's.
+            Resident::Foreign { .. } => None,
+        }) {
+            Ok(Some(owned)) => owned.free().map_err(|e| vram_error(e, Call::Free)),
+            // A transfer or a lent view still holds it (cannot happen: the allocation is only
+            // freed when its last shard handle is gone); dropping the last reference frees it.
+            Ok(None) | Err(_) => Ok(()),
         }
     }
 }
@@ -401,7 +417,7 @@ struct LentDevice {
         not(feature = "test-utils"),
         allow(dead_code, reason = "keeps the buffer alive")
     )]
-    buffer: Arc<DeviceBuffer>,
+    buffer: Arc<Resident>,
     address: u64,
 }
 
@@ -416,6 +432,6 @@ impl LentMemory for LentDevice {
 
     #[cfg(feature = "test-utils")]
     fn device_buffer(&self) -> Option<&DeviceBuffer> {
-        Some(&self.buffer)
+        self.buffer.owned()
     }
 }

@@ -18,8 +18,8 @@ use vram_types::{
 
 use super::{
     Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, DigestOrder,
-    EngineStream, LentMemory, MemoryInfo, PendingDigest, Ready, UPLOAD_CHUNK_BYTES, device_at,
-    round_up,
+    EngineStream, ForeignRange, LentMemory, MemoryInfo, PendingDigest, Ready, UPLOAD_CHUNK_BYTES,
+    device_at, round_up,
 };
 use crate::sync::{lock, read, write};
 
@@ -60,6 +60,9 @@ pub struct MockBackend {
     devices: Vec<MockDevice>,
     granularity: usize,
     buffers: BufferTable<MockBuffer>,
+    /// Memory a simulated inference engine holds (tensors to seal in place): not the manager's,
+    /// not counted against a device's capacity, never freed by the manager.
+    engine: BufferTable<MockBuffer>,
     faults: Mutex<Faults>,
 }
 
@@ -112,6 +115,7 @@ impl MockBuilder {
                 .collect(),
             granularity: self.granularity,
             buffers: BufferTable::default(),
+            engine: BufferTable::default(),
             faults: Mutex::new(Faults::default()),
         }
     }
@@ -219,6 +223,77 @@ impl MockBackend {
         })?;
         *byte ^= mask;
         Ok(())
+    }
+
+    /// Simulated engine memory on `device` holding `bytes` (the tensors an engine allocated
+    /// itself), named for [`VramManager::seal_in_place`](crate::VramManager::seal_in_place).
+    /// It is the engine's: not counted against the device's capacity, never freed by a manager.
+    ///
+    /// # Errors
+    /// [`VramError::InvalidDevice`]; [`VramError::InvalidInput`] for no bytes;
+    /// [`VramError::HostMemoryExhausted`].
+    pub fn engine_memory(&self, device: u32, bytes: &[u8]) -> Result<ForeignRange, VramError> {
+        self.device(device)?;
+        if bytes.is_empty() {
+            return Err(VramError::invalid_input("engine memory", "0 bytes"));
+        }
+        let mut data = Vec::new();
+        data.try_reserve_exact(bytes.len())
+            .map_err(|_| VramError::HostMemoryExhausted {
+                needed: bytes.len(),
+            })?;
+        data.extend_from_slice(bytes);
+        let id = self.engine.insert(MockBuffer {
+            device,
+            taken: 0,
+            facts: AllocationFacts::new(MemoryType::Simulated, false, device, true),
+            data: RwLock::new(data),
+        });
+        Ok(ForeignRange::mock(device, id.raw(), bytes.len()))
+    }
+
+    /// Writes `bytes` at `offset` of simulated engine memory, as the engine itself may.
+    ///
+    /// # Errors
+    /// [`VramError::InvalidInput`] for memory this mock did not hand out or a range outside it.
+    pub fn write_engine_memory(
+        &self,
+        range: &ForeignRange,
+        offset: usize,
+        bytes: &[u8],
+    ) -> Result<(), VramError> {
+        let b = self.engine_buffer(range)?;
+        let mut data = write(&b.data);
+        let dst = offset
+            .checked_add(bytes.len())
+            .and_then(|end| data.get_mut(offset..end))
+            .ok_or_else(|| {
+                VramError::invalid_input("offset", format!("{offset} + {} is outside", bytes.len()))
+            })?;
+        dst.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    /// The engine's bytes of a range, as the engine sees them (they stay the engine's after a
+    /// manager that sealed them released them).
+    ///
+    /// # Errors
+    /// [`VramError::InvalidInput`] for memory this mock did not hand out.
+    pub fn read_engine_memory(&self, range: &ForeignRange) -> Result<Vec<u8>, VramError> {
+        Ok(read(&self.engine_buffer(range)?.data).clone())
+    }
+
+    fn engine_buffer(&self, range: &ForeignRange) -> Result<Arc<MockBuffer>, VramError> {
+        range
+            .mock_id()
+            .and_then(|id| self.engine.get(BufferId::from_raw(id)).ok())
+            .filter(|b| b.device == range.device_ordinal() && read(&b.data).len() == range.len())
+            .ok_or_else(|| {
+                VramError::invalid_input(
+                    "range to seal in place",
+                    "not engine memory of this mock backend (device memory of a GPU, or another mock's)",
+                )
+            })
     }
 
     /// Number of live allocations (tests check that nothing leaked).
@@ -371,6 +446,11 @@ impl Backend for MockBackend {
             facts,
             data: RwLock::new(data),
         }))
+    }
+
+    fn adopt(&self, range: ForeignRange) -> Result<BufferId, VramError> {
+        self.device(range.device_ordinal())?;
+        Ok(self.buffers.insert_shared(self.engine_buffer(&range)?))
     }
 
     fn upload(

@@ -27,6 +27,8 @@ pub(crate) const UPLOAD_CHUNK_BYTES: usize = vram_cuda_sys::staging_ring::DEFAUL
 /// What each uploaded chunk is shown to: `(offset, bytes)`; one definition, the staging ring's.
 pub(crate) use vram_cuda_sys::staging_ring::ChunkObserver;
 
+/// An engine's memory, named for sealing in place.
+pub(crate) use vram_cuda_sys::resident::ForeignRange;
 /// An inference engine's stream, to order a digest after (or before) its work.
 pub(crate) use vram_cuda_sys::stream::EngineStream;
 
@@ -116,6 +118,14 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     /// otherwise.
     fn allocate(&self, device: u32, bytes: usize) -> Result<BufferId, VramError>;
 
+    /// Registers an engine's memory, to be sealed in place: never copied, never freed ([`Backend::free`]
+    /// only forgets it). Checked like an allocation by the caller (`allocation_facts`).
+    ///
+    /// # Errors
+    /// [`VramError::InvalidDevice`]; [`VramError::InvalidInput`] for a range this backend cannot
+    /// read (mock memory on the CUDA backend, device memory on the mock).
+    fn adopt(&self, range: ForeignRange) -> Result<BufferId, VramError>;
+
     /// Copies all of `source` to the start of the buffer, in chunks of [`UPLOAD_CHUNK_BYTES`]
     /// (the last may be shorter), showing each chunk to `observe` as it goes (in no particular
     /// order).
@@ -199,10 +209,26 @@ impl<T> Default for BufferTable<T> {
     }
 }
 
+impl BufferId {
+    /// The id as a number (a mock engine range carries it; it is no address).
+    pub(crate) fn raw(self) -> u64 {
+        self.0
+    }
+
+    pub(crate) fn from_raw(id: u64) -> Self {
+        Self(id)
+    }
+}
+
 impl<T> BufferTable<T> {
     pub(crate) fn insert(&self, buffer: T) -> BufferId {
+        self.insert_shared(Arc::new(buffer))
+    }
+
+    /// Registers a buffer another table (or owner) shares.
+    pub(crate) fn insert_shared(&self, buffer: Arc<T>) -> BufferId {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        lock(&self.buffers).insert(id, Arc::new(buffer));
+        lock(&self.buffers).insert(id, buffer);
         BufferId(id)
     }
 

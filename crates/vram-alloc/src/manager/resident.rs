@@ -30,13 +30,13 @@ impl ResidentAllocation {
         shared: Arc<Shared>,
         buffer: BufferId,
         correlation_id: String,
-        reservation: Reservation,
+        reservation: Option<Reservation>,
         sealed: SealedFields,
     ) -> Self {
         Self {
             buffer,
             correlation_id,
-            reservation: Some(reservation),
+            reservation,
             sealed,
             sealed_at_monotonic: shared.clock().monotonic(),
             shared,

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use vram_seal::{ShardDigest, compute_signature};
+use vram_types::validation::{ShardId, validate_gpu_device, validate_model_size};
 use vram_types::{
     GpuShare, SealSignature, SealedFields, SealedShard, ShardAllocation, ShardSource, VramError,
 };
@@ -23,7 +24,7 @@ use super::resident::ResidentAllocation;
 use super::seal_options::SealOptions;
 use super::shared::{Claim, Shared};
 use crate::audit::AuditEvent;
-use crate::backend::{BufferId, ChunkObserver, DigestOrder};
+use crate::backend::{BufferId, ChunkObserver, DigestOrder, ForeignRange};
 use crate::capacity::Reservation;
 
 impl VramManager {
@@ -182,7 +183,87 @@ fn place_and_seal(
             return Err(e);
         }
     };
-    signed.register(reservation, correlation_id, group)
+    signed.register(Some(reservation), correlation_id, group)
+}
+
+impl VramManager {
+    /// Seals memory an inference engine already holds, where it lies: `range` is checked like
+    /// the manager's own allocations (device memory of its device's context, not managed, not
+    /// host memory, inside one allocation), hashed on the GPU with no copy, and sealed. The
+    /// manager never frees it (dropping the shard only forgets it) and does not count it
+    /// against its capacity; the engine keeps it allocated until the shard is released (the
+    /// promise of the `unsafe` [`ForeignRange::device`](vram_cuda_sys::resident::ForeignRange::device)).
+    /// Verified and lent like any shard ([`Self::verify_sealed`], [`Self::execute`]).
+    ///
+    /// # Errors
+    /// [`VramError::InvalidInput`] / [`VramError::InvalidDevice`] for a bad id, device or
+    /// length, or a range this backend cannot read (nothing audited);
+    /// [`VramError::PolicyViolation`] for memory that is not plain device memory of the device
+    /// inside one allocation (recorded as a policy violation; the manager keeps running: the
+    /// caller's range was refused, nothing was sealed); [`VramError::AlreadySealed`];
+    /// [`VramError::UnexpectedDigest`]; CUDA errors; [`VramError::Stopped`].
+    pub fn seal_in_place(
+        &self,
+        range: ForeignRange,
+        options: &SealOptions,
+    ) -> Result<SealedShard, VramError> {
+        let shared = &self.shared;
+        shared.ensure_running()?;
+        let device = range.device_ordinal();
+        let len = range.len();
+        validate_in_place(shared, &range, options)?;
+        let claim = options
+            .shard_id
+            .as_deref()
+            .map(|id| shared.claim(id))
+            .transpose()?;
+        let correlation_id = shared.next_correlation_id();
+        let placed = Placed::adopt(shared, range)?;
+        let signed = placed
+            .in_place(&correlation_id)
+            .and_then(|uploaded| uploaded.digest(shared.config().digest_algorithm))
+            .and_then(|digested| digested.check(options))
+            .and_then(|digested| digested.sign(options, claim));
+        let result = signed.and_then(|s| s.register(None, &correlation_id, None));
+        shared.metrics().count_seal(device, result.is_ok());
+        tracing::debug!(
+            gpu_device = device,
+            len,
+            ok = result.is_ok(),
+            "sealed in place"
+        );
+        result.map(|sealed| sealed.shard)
+    }
+}
+
+/// An in-place seal's input: the id, the device, a length within the model-size limit, no
+/// cross-check (there are no host bytes) and no expectation in another algorithm.
+fn validate_in_place(
+    shared: &Shared,
+    range: &ForeignRange,
+    options: &SealOptions,
+) -> Result<(), VramError> {
+    if let Some(id) = &options.shard_id {
+        ShardId::new(id)?;
+    }
+    validate_gpu_device(range.device_ordinal(), shared.backend().device_count())?;
+    validate_model_size(range.len(), shared.config().max_model_bytes)?;
+    if options.cross_check {
+        return Err(VramError::invalid_input(
+            "cross-check",
+            "a range sealed in place has no host bytes to compare",
+        ));
+    }
+    if options
+        .expected
+        .is_some_and(|e| !e.is_resident(shared.config().digest_algorithm))
+    {
+        return Err(VramError::invalid_input(
+            "expected digest",
+            "in another algorithm than the manager's; a range sealed in place is hashed where it lies",
+        ));
+    }
+    Ok(())
 }
 
 /// Step 1: a device buffer of the shard's length, freed on drop unless handed on.
@@ -218,6 +299,36 @@ impl<'s> Placed<'s> {
             buffer: Some(buffer),
             device,
             len,
+        })
+    }
+
+    /// An engine's range, registered (never freed: dropping the guard only forgets it).
+    fn adopt(shared: &'s Arc<Shared>, range: ForeignRange) -> Result<Self, VramError> {
+        let device = range.device_ordinal();
+        let len = range.len();
+        Ok(Self {
+            shared,
+            buffer: Some(shared.backend().adopt(range)?),
+            device,
+            len,
+        })
+    }
+
+    /// Step 2 for an engine's range: nothing to copy; the range must be plain device memory
+    /// of its device inside one allocation. A range that is not is the caller's mistake, not
+    /// the environment's: recorded as a policy violation and refused, and the manager keeps
+    /// running.
+    fn in_place(self, correlation_id: &str) -> Result<Uploaded<'s>, VramError> {
+        if let Some(reason) = residency::problem(self.shared, self.id()?, self.device, self.len)? {
+            residency::record_violation(self.shared, correlation_id, self.device, reason.clone());
+            return Err(VramError::PolicyViolation {
+                device: self.device,
+                reason,
+            });
+        }
+        Ok(Uploaded {
+            placed: self,
+            host_digest: None,
         })
     }
 
@@ -392,7 +503,7 @@ impl Signed<'_> {
     /// release), the id goes live, and the seal is audited, or held back for a group.
     fn register(
         self,
-        reservation: Reservation,
+        reservation: Option<Reservation>,
         correlation_id: &str,
         group: Option<&str>,
     ) -> Result<Sealed, VramError> {
@@ -400,7 +511,8 @@ impl Signed<'_> {
         let device = self.placed.device;
         let len = self.placed.len;
         let buffer = self.placed.hand_over()?;
-        let reserved_bytes = reservation.bytes();
+        let in_place = reservation.is_none();
+        let reserved_bytes = reservation.as_ref().map_or(0, Reservation::bytes);
         let resident = Arc::new(ResidentAllocation::new(
             Arc::clone(shared),
             buffer,
@@ -421,6 +533,7 @@ impl Signed<'_> {
             digest_algorithm: shard.digest_algorithm().to_string(),
             backend: shared.backend().kind().to_string(),
             group_id: group.map(str::to_owned),
+            in_place,
         };
         tracing::info!(
             shard_id = %shard.shard_id, vram_bytes = len, gpu_device = device, digest = %shard.digest,

@@ -164,6 +164,11 @@ impl Drop for AnyRig {
 }
 
 impl AnyRig {
+    /// The mock backend, on the mock.
+    pub fn mock(&self) -> Option<&Arc<MockBackend>> {
+        self.mock.as_ref()
+    }
+
     /// On the mock, the backend holds exactly `n` allocations (the CUDA backend does not count
     /// them; its accounting is checked through `used_vram` and the GPU suite's free memory).
     pub fn assert_live_allocations(&self, n: usize) {
