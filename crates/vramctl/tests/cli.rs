@@ -461,6 +461,7 @@ fn demo_shows_detection_audit_and_metrics_on_the_mock() {
     for needle in [
         "safetensors, 3 tensors, 5.00 MiB of parameters",
         "3. verified",
+        "engine computed on the lent weights, verified before and after its work: byte sum",
         "verification FAILED as it must: integrity violation",
         "\"event\":\"SealVerificationFailed\"",
         "\"severity\":\"critical\"",

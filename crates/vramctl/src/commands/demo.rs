@@ -7,7 +7,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
-use vram_residency::VramError;
+use vram_residency::{ExecutionMode, VramError};
 
 use crate::cli::{BackendArgs, BackendChoice};
 use crate::error::{CliError, CliResult, Exit};
@@ -85,6 +85,17 @@ pub(crate) fn run(out: Output, backend: &BackendArgs) -> CliResult<Exit> {
 
     m.verify_sealed(&shard)?;
     out.result("3. verified: the bytes in VRAM hash to the sealed digest, and the seal matches");
+    // An engine computes on the sealed bytes where they lie, checked before and after its work.
+    let computed = m.execute(&shard, ExecutionMode::BeforeAndAfter, |weights| {
+        weights.read_host(|bytes| bytes.iter().map(|&b| u64::from(b)).sum::<u64>())
+    })?;
+    out.result(format!(
+        "   then an engine computed on the lent weights, verified before and after its work: {}",
+        computed.map_or_else(
+            || "its kernels read them in VRAM; result released".to_owned(),
+            |sum| format!("byte sum {sum}; result released")
+        )
+    ));
 
     let offset = shard.vram_bytes / 2;
     m.corrupt_byte_for_tests(&shard, offset)?;
