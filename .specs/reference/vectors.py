@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Independent reference implementation of .specs/digest.md, .specs/seal.md, .specs/group-seal.md, .specs/attestation.md and .specs/audit.md (Python hashlib/hmac; Ed25519 from RFC 8032 section 6, in pure Python).
+"""Independent reference implementation of .specs/digest.md, .specs/seal.md, .specs/group-seal.md, .specs/model-digest.md, .specs/attestation.md and .specs/audit.md (Python hashlib/hmac; Ed25519 from RFC 8032 section 6, in pure Python).
 
 Prints the test vectors committed in crates/vram-seal/tests/data/. Run:
-    python3 .specs/reference/vectors.py digest|seal|hkdf|attestation|group|audit
+    python3 .specs/reference/vectors.py digest|seal|hkdf|attestation|group|model|audit
 The Rust tests check the Rust implementation against these files, so the two implementations
 must agree bit for bit.
 """
@@ -228,6 +228,30 @@ GROUP_CASES = [
     ]),
 ]
 
+def model_encoding(tensors):
+    """The model digest encoding of .specs/model-digest.md; tensors in any order, sorted by name bytes."""
+    def s(x):
+        b = x.encode()
+        return struct.pack(">I", len(b)) + b
+    out = b"VRAMMODL" + b"\x01" + struct.pack(">Q", len(tensors))
+    for name, dtype, shape, nbytes, alg, dig in sorted(tensors, key=lambda t: t[0].encode()):
+        out += s(name) + s(dtype) + struct.pack(">I", len(shape))
+        out += b"".join(struct.pack(">Q", d) for d in shape)
+        out += struct.pack(">Q", nbytes) + s(alg) + s(dig)
+    return out
+
+def tensor(name, dtype, shape, data, alg):
+    return (name, dtype, shape, len(data), alg, digest(data, alg))
+
+MODEL_CASES = [
+    ("one-tensor", [tensor("w", "F32", [2, 3], pattern(24), "sha256-tree-65536")]),
+    ("three-tensors", [
+        tensor("model.layers.0.mlp.up_proj.weight", "BF16", [4096, 1], pattern(8192), "sha256-tree-4096"),
+        tensor("lm_head.weight", "Q4_K", [256, 2], pattern(288), "sha256"),
+        tensor("\u00e9mbed", "F16", [], pattern(2), "sha256-tree-65536"),
+    ]),
+]
+
 STATEMENT_DOMAIN = b"VRAM-STATEMENT\x00\x01"
 ATTESTATION_CASES = [
     dict(version=1, worker_id="worker-1", shard_id="llama-3-8b.0", gpu_device=0, vram_bytes=1048577,
@@ -276,6 +300,16 @@ if __name__ == "__main__":
             print("encoding", enc.hex())
             print("seal", hmac.new(SEAL_KEY, enc, hashlib.sha256).hexdigest())
             print()
+    elif what == "model":
+        for name, tensors in MODEL_CASES:
+            enc = model_encoding(tensors)
+            print("name", name)
+            for t_name, dtype, shape, nbytes, alg, dig in tensors:
+                dims = ",".join(str(d) for d in shape) or "-"
+                print("tensor", t_name, dtype, dims, nbytes, alg, dig)
+            print("encoding", enc.hex())
+            print("digest", hashlib.sha256(enc).hexdigest())
+            print()
     elif what == "attestation":
         import json
         for a in ATTESTATION_CASES:
@@ -293,4 +327,4 @@ if __name__ == "__main__":
         for line in audit_log(AUDIT_KEYS[0], AUDIT_RECORDS):
             print("line", line)
     else:
-        sys.exit("usage: vectors.py digest|seal|hkdf|attestation|group|audit")
+        sys.exit("usage: vectors.py digest|seal|hkdf|attestation|group|model|audit")

@@ -439,6 +439,7 @@ const VECTOR_FILES: &[(&str, &str)] = &[
     ("seal", "crates/vram-seal/tests/data/seal_vectors.txt"),
     ("hkdf", "crates/vram-seal/tests/data/hkdf_vectors.txt"),
     ("group", "crates/vram-seal/tests/data/group_vectors.txt"),
+    ("model", "crates/vram-seal/tests/data/model_vectors.txt"),
     ("audit", "crates/vram-alloc/tests/data/audit_vectors.txt"),
     (
         "attestation",

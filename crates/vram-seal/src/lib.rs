@@ -9,6 +9,8 @@
 //!   field (`.specs/seal.md`), verified in constant time.
 //! - [`SealKey`]: the per-worker seal key, derived with HKDF-SHA256 from a worker token and
 //!   worker id, zeroized on drop and never printed.
+//! - [`model`]: the model digest over every tensor's name, dtype, shape, length and digest
+//!   (`.specs/model-digest.md`).
 //! - [`audit_key`]: the Ed25519 key derived from the seal key that signs audit-log
 //!   checkpoints, and the checkpoint format (`.specs/audit.md`).
 //!
@@ -56,6 +58,7 @@ pub mod digest;
 pub mod encoding;
 pub mod group;
 mod key;
+pub mod model;
 pub mod signature;
 
 pub use audit_key::{AuditKeyError, AuditPublicKey, AuditSigningKey, Checkpoint};
