@@ -67,6 +67,12 @@ pub mod digest {
     pub use vram_seal::digest::{DigestHasher, digest_serial, digest_source, tree};
 }
 
+/// The model digest over every tensor of a model (`.specs/model-digest.md`).
+pub mod model {
+    #[doc(inline)]
+    pub use vram_seal::model::{TAG, TensorEntry, encode_model, model_digest};
+}
+
 #[doc(inline)]
 pub use vram_policy::{
     Attestation, PolicyFinding, PolicyReport, decode_statement, rules, verify_attestation,

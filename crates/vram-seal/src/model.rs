@@ -44,7 +44,10 @@ pub fn encode_model(tensors: &[TensorEntry]) -> Result<Vec<u8>, VramError> {
     }
     let mut sorted: Vec<&TensorEntry> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
-    if let Some(pair) = sorted.windows(2).find(|w| matches!(w, [a, b] if a.name == b.name)) {
+    if let Some(pair) = sorted
+        .windows(2)
+        .find(|w| matches!(w, [a, b] if a.name == b.name))
+    {
         let name = pair.first().map_or("", |t| t.name.as_str());
         return Err(VramError::invalid_input(
             "model",
@@ -55,7 +58,11 @@ pub fn encode_model(tensors: &[TensorEntry]) -> Result<Vec<u8>, VramError> {
     let mut out = Vec::new();
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
-    out.extend_from_slice(&u64::try_from(sorted.len()).map_err(|_| too_large())?.to_be_bytes());
+    out.extend_from_slice(
+        &u64::try_from(sorted.len())
+            .map_err(|_| too_large())?
+            .to_be_bytes(),
+    );
     for t in sorted {
         put_str(&mut out, &t.name).ok_or_else(too_large)?;
         put_str(&mut out, &t.dtype).ok_or_else(too_large)?;

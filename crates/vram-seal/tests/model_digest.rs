@@ -98,5 +98,8 @@ fn duplicates_and_empty_models_are_refused() {
         model_digest(&twice),
         Err(VramError::InvalidInput { .. })
     ));
-    assert!(matches!(model_digest(&[]), Err(VramError::InvalidInput { .. })));
+    assert!(matches!(
+        model_digest(&[]),
+        Err(VramError::InvalidInput { .. })
+    ));
 }

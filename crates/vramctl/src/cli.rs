@@ -97,6 +97,11 @@ pub(crate) struct DigestArgs {
     /// it; `-` for standard input): prints `FILE: OK` or `FILE: FAILED`, exit 1 on any failure.
     #[arg(long, short = 'c', value_name = "MANIFEST", conflicts_with_all = ["files", "flat", "leaf"])]
     pub(crate) check: Option<PathBuf>,
+    /// For safetensors and GGUF files: each tensor's digest (`ALG:HEX  FILE#TENSOR`, in name
+    /// order) and the model digest over all of them (`vram-model-v1:HEX  FILE`,
+    /// `.specs/model-digest.md`): what an engine's tensors sealed in VRAM must hash to.
+    #[arg(long, requires = "files")]
+    pub(crate) tensors: bool,
 }
 
 /// A whole number of seconds, at least 1.

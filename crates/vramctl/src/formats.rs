@@ -45,6 +45,9 @@ pub enum HeaderProblem {
     /// A tensor name given twice.
     #[error("tensor \"{0}\" appears twice")]
     DuplicateTensor(String),
+    /// A GGUF tensor name that is not UTF-8 (a model digest names tensors in UTF-8).
+    #[error("tensor name \"{0}\" is not UTF-8")]
+    NonUtf8Name(String),
     /// A GGUF metadata key given twice.
     #[error("metadata key \"{0}\" appears twice")]
     DuplicateKey(String),
@@ -127,6 +130,42 @@ pub enum HeaderProblem {
 /// A name from a file, as errors show it: lossy UTF-8, escaped.
 fn shown(name: &[u8]) -> String {
     String::from_utf8_lossy(name).escape_debug().to_string()
+}
+
+/// One tensor of a model file: what the model digest covers, and where its bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Its name.
+    pub name: String,
+    /// Its element type as the file names it (`F32`, `BF16`, `Q4_K`).
+    pub dtype: String,
+    /// Its shape, in the file's order.
+    pub shape: Vec<u64>,
+    /// Where its bytes start, from the start of the file.
+    pub offset: u64,
+    /// Its length in bytes.
+    pub bytes: u64,
+}
+
+/// The tensor table of a safetensors or GGUF file (as [`recognise`] reads the header); `None`
+/// for any other file, which has none.
+///
+/// # Errors
+/// As [`recognise`]; [`HeaderProblem::NonUtf8Name`] for a GGUF tensor name that is not UTF-8.
+pub fn tensor_table(
+    path: &Path,
+    head: &[u8],
+    file_len: u64,
+) -> Result<Option<Vec<TensorInfo>>, FormatError> {
+    match recognise(path, head, file_len)? {
+        ModelFormat::Safetensors { .. } => safetensors_table(head, file_len)
+            .map(|(_, t)| Some(t))
+            .map_err(FormatError::Safetensors),
+        ModelFormat::Gguf { .. } => gguf_table(head, file_len)
+            .map(|(_, t)| Some(t))
+            .map_err(FormatError::Gguf),
+        ModelFormat::Raw => Ok(None),
+    }
 }
 
 /// Longest prefix read to recognise a model's format (a safetensors header is at most 100 MB).
@@ -246,6 +285,14 @@ pub fn recognise(path: &Path, head: &[u8], file_len: u64) -> Result<ModelFormat,
 /// The header (`u64` LE length, JSON) checked by the `safetensors` crate's own validation
 /// (contiguous offsets, sizes matching dtype and shape), and its data section against the file.
 fn safetensors(head: &[u8], file_len: u64) -> Result<ModelFormat, HeaderProblem> {
+    safetensors_table(head, file_len).map(|(format, _)| format)
+}
+
+/// The safetensors header and its tensor table (byte ranges from the start of the file).
+fn safetensors_table(
+    head: &[u8],
+    file_len: u64,
+) -> Result<(ModelFormat, Vec<TensorInfo>), HeaderProblem> {
     let n = head
         .get(..8)
         .and_then(|b| b.try_into().ok())
@@ -276,10 +323,27 @@ fn safetensors(head: &[u8], file_len: u64) -> Result<ModelFormat, HeaderProblem>
             partial: available < data,
         });
     }
-    Ok(ModelFormat::Safetensors {
+    let data_start = n.saturating_add(8);
+    let table = metadata
+        .tensors()
+        .into_iter()
+        .map(|(name, info)| {
+            let (start, end) = info.data_offsets;
+            let to_u64 = |v: usize| u64::try_from(v).unwrap_or(u64::MAX);
+            TensorInfo {
+                dtype: format!("{:?}", info.dtype),
+                shape: info.shape.iter().map(|&d| to_u64(d)).collect(),
+                offset: data_start.saturating_add(to_u64(start)),
+                bytes: to_u64(end.saturating_sub(start)),
+                name,
+            }
+        })
+        .collect();
+    let format = ModelFormat::Safetensors {
         tensors: metadata.tensors().len(),
         parameter_bytes: data,
-    })
+    };
+    Ok((format, table))
 }
 
 /// How [`UniqueKeys`] reports a repeated key through serde's text-only custom error.
@@ -501,6 +565,7 @@ const GGML_MAX_DIMS: u32 = 4;
 struct GgufTensor<'a> {
     name: &'a [u8],
     type_name: &'static str,
+    shape: Vec<u64>,
     offset: u64,
     bytes: u64,
 }
@@ -557,6 +622,7 @@ fn gguf_tensor<'a>(c: &mut Cursor<'a>, alignment: u64) -> Result<GgufTensor<'a>,
     Ok(GgufTensor {
         name,
         type_name,
+        shape,
         offset,
         bytes,
     })
@@ -567,6 +633,14 @@ fn gguf_tensor<'a>(c: &mut Cursor<'a>, alignment: u64) -> Result<GgufTensor<'a>,
 /// row, aligned offset, bytes inside the file, no duplicate name. A file with no tensors
 /// (a vocabulary-only GGUF) needs no data section.
 fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, HeaderProblem> {
+    gguf_table(bytes, file_len).map(|(format, _)| format)
+}
+
+/// The GGUF header and its tensor table (byte ranges from the start of the file).
+fn gguf_table(
+    bytes: &[u8],
+    file_len: u64,
+) -> Result<(ModelFormat, Vec<TensorInfo>), HeaderProblem> {
     let mut c = Cursor { bytes, pos: 0 };
     if c.take(4)? != b"GGUF" {
         return Err(HeaderProblem::NoMagic);
@@ -598,6 +672,7 @@ fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, HeaderProblem> {
     let mut names = std::collections::HashSet::new();
     let mut types = std::collections::BTreeMap::new();
     let (mut parameter_bytes, mut data_needed) = (0u64, 0u64);
+    let mut table = Vec::new();
     for _ in 0..tensors {
         let t = gguf_tensor(&mut c, alignment)?;
         if !names.insert(t.name) {
@@ -611,6 +686,14 @@ fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, HeaderProblem> {
             .checked_add(t.bytes)
             .ok_or_else(|| HeaderProblem::SizeOverflow(shown(t.name)))?;
         data_needed = data_needed.max(end);
+        table.push(TensorInfo {
+            name: String::from_utf8(t.name.to_vec())
+                .map_err(|_| HeaderProblem::NonUtf8Name(shown(t.name)))?,
+            dtype: t.type_name.to_owned(),
+            shape: t.shape,
+            offset: t.offset,
+            bytes: t.bytes,
+        });
     }
     let header_end = u64::try_from(c.pos).unwrap_or(u64::MAX);
     if tensors > 0 {
@@ -618,6 +701,9 @@ fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, HeaderProblem> {
             .div_ceil(alignment)
             .checked_mul(alignment)
             .ok_or(HeaderProblem::BadAlignment)?;
+        for t in &mut table {
+            t.offset = t.offset.saturating_add(data_start);
+        }
         let available = file_len.saturating_sub(data_start);
         if data_needed > available {
             return Err(HeaderProblem::DataSize {
@@ -627,12 +713,13 @@ fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, HeaderProblem> {
             });
         }
     }
-    Ok(ModelFormat::Gguf {
+    let format = ModelFormat::Gguf {
         version,
         tensors,
         parameter_bytes,
         types,
-    })
+    };
+    Ok((format, table))
 }
 
 #[cfg(test)]
@@ -875,5 +962,41 @@ mod tests {
         assert_eq!(GgufValueType::Bool.fixed_bytes(), Some(1));
         assert_eq!(GgufValueType::F64.fixed_bytes(), Some(8));
         assert_eq!(GgufValueType::String.fixed_bytes(), None);
+    }
+
+    #[test]
+    fn tensor_tables_give_each_tensors_byte_range() {
+        // GGUF: two F32 tensors of 4 elements at relative offsets 0 and 32, data aligned to 32.
+        let f = gguf_file(2, 64);
+        let table = tensor_table(Path::new("m.gguf"), &f, f.len() as u64)
+            .unwrap()
+            .unwrap();
+        let data_start = (f.len() - 64) as u64;
+        assert_eq!(table.len(), 2);
+        for (i, t) in table.iter().enumerate() {
+            assert_eq!(t.name, format!("t{i}"));
+            assert_eq!(
+                (t.dtype.as_str(), t.shape.as_slice(), t.bytes),
+                ("F32", &[4u64][..], 16)
+            );
+            assert_eq!(t.offset, data_start + 32 * i as u64);
+        }
+        // safetensors: the range holds exactly the tensor's bytes.
+        use safetensors::tensor::{Dtype, TensorView};
+        let data: Vec<u8> = (0..24u8).collect();
+        let view = TensorView::new(Dtype::F32, vec![2, 3], &data).unwrap();
+        let file = safetensors::serialize([("w", view)], None).unwrap();
+        let table = tensor_table(Path::new("m.safetensors"), &file, file.len() as u64)
+            .unwrap()
+            .unwrap();
+        let t = &table[0];
+        assert_eq!(
+            (t.name.as_str(), t.dtype.as_str(), t.shape.as_slice()),
+            ("w", "F32", &[2u64, 3][..])
+        );
+        let range = &file[t.offset as usize..(t.offset + t.bytes) as usize];
+        assert_eq!(range, data.as_slice());
+        // Raw files have no table.
+        assert_eq!(tensor_table(Path::new("x.bin"), b"abc", 3).unwrap(), None);
     }
 }

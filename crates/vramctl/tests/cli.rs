@@ -1608,3 +1608,68 @@ fn a_busy_metrics_port_and_a_wrong_flat_digest_in_a_group_are_refused_before_any
         "{log}"
     );
 }
+
+#[test]
+fn digest_tensors_gives_each_tensor_and_the_model_digest_as_the_safetensors_library_reads_them() {
+    use vram_residency::model::{TAG, TensorEntry, model_digest};
+    use vram_residency::{DigestAlgorithm, compute_digest};
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models");
+    let path = models.join("tiny.safetensors");
+    let out = vramctl()
+        .args(["--json", "digest", "--tensors"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Independently: the safetensors library's view of every tensor, hashed here.
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let alg = DigestAlgorithm::default();
+    let mut entries: Vec<TensorEntry> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| TensorEntry {
+            name,
+            dtype: format!("{:?}", view.dtype()),
+            shape: view.shape().iter().map(|&d| d as u64).collect(),
+            bytes: view.data().len() as u64,
+            algorithm: alg,
+            digest: compute_digest(view.data(), alg),
+        })
+        .collect();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let listed = v["tensors"].as_array().unwrap();
+    assert_eq!(listed.len(), entries.len());
+    for (l, e) in listed.iter().zip(&entries) {
+        assert_eq!(l["name"], e.name.as_str());
+        assert_eq!(l["digest"], format!("{alg}:{}", e.digest.to_hex()).as_str());
+    }
+    assert_eq!(
+        v["model_digest"],
+        format!("{TAG}:{}", model_digest(&entries).unwrap().to_hex()).as_str()
+    );
+    // The text form: one line per tensor, then the model line.
+    let text = vramctl()
+        .args(["digest", "--tensors"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.lines().last().unwrap().starts_with(&format!("{TAG}:")),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), entries.len() + 1);
+    // A file that has no tensors is refused.
+    let raw = vramctl()
+        .args(["digest", "--tensors"])
+        .arg(models.join("lfs-pointer.gguf"))
+        .output()
+        .unwrap();
+    assert_eq!(raw.status.code(), Some(2));
+}

@@ -82,6 +82,12 @@ pub(crate) fn run(out: Output, args: &DigestArgs) -> CliResult<Exit> {
         return check(out, manifest);
     }
     let alg = algorithm(args.flat, args.leaf)?;
+    if args.tensors {
+        for file in &args.files {
+            digest_tensors(out, file, alg)?;
+        }
+        return Ok(Exit::Ok);
+    }
     let files: Vec<PathBuf> = if args.files.is_empty() {
         vec![PathBuf::from("-")]
     } else {
@@ -94,6 +100,94 @@ pub(crate) fn run(out: Output, args: &DigestArgs) -> CliResult<Exit> {
         out.json(&json!({ "file": name, "algorithm": alg.to_string(), "digest": digest.to_hex(), "tagged": tagged(alg, &digest) }));
     }
     Ok(Exit::Ok)
+}
+
+/// `--tensors`: each tensor's digest, read from its byte range of the file, and the model digest.
+fn digest_tensors(out: Output, path: &Path, alg: DigestAlgorithm) -> CliResult<()> {
+    use vram_residency::model::{TAG, TensorEntry, model_digest};
+    let (file, len) = open_model(path)?;
+    let head = crate::files::read_head(path, &file, len)?;
+    let table = vramctl::formats::tensor_table(path, &head, len)
+        .map_err(|e| CliError::file(path, &e.to_string(), "use an intact model file"))?
+        .ok_or_else(|| {
+            CliError::file(
+                path,
+                "is neither safetensors nor GGUF, so it has no tensors",
+                "digest it without --tensors",
+            )
+        })?;
+    let source = FileSource::new(file)
+        .map_err(|e| CliError::file(path, &format!("cannot be read ({e})"), "check the file"))?;
+    let mut entries = Vec::with_capacity(table.len());
+    for t in table {
+        let range = TensorBytes {
+            file: &source,
+            offset: t.offset,
+            len: t.bytes,
+        };
+        let digest = digest_source(&range, alg)
+            .map_err(|e| CliError::file(path, &format!("read failed ({e})"), "check the disk"))?;
+        entries.push(TensorEntry {
+            name: t.name,
+            dtype: t.dtype,
+            shape: t.shape,
+            bytes: t.bytes,
+            algorithm: alg,
+            digest,
+        });
+    }
+    entries.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+    let model = model_digest(&entries).map_err(|e| {
+        CliError::file(
+            path,
+            &e.to_string(),
+            "use a model file with at least one tensor",
+        )
+    })?;
+    let file_name = path.to_string_lossy();
+    for e in &entries {
+        out.result(checksum_line(
+            alg,
+            &e.digest,
+            &format!("{file_name}#{}", e.name),
+        ));
+    }
+    let (escaped, shown) = escape_name(&file_name);
+    out.result(format!(
+        "{}{TAG}:{}  {shown}",
+        if escaped { "\\" } else { "" },
+        model.to_hex()
+    ));
+    out.json(&json!({
+        "file": file_name,
+        "model_digest": format!("{TAG}:{}", model.to_hex()),
+        "tensors": entries.iter().map(|e| json!({
+            "name": e.name, "dtype": e.dtype, "shape": e.shape, "bytes": e.bytes,
+            "digest": tagged(alg, &e.digest),
+        })).collect::<Vec<_>>(),
+    }));
+    Ok(())
+}
+
+/// The bytes of one tensor: a range of the file.
+struct TensorBytes<'a> {
+    file: &'a FileSource,
+    offset: u64,
+    len: u64,
+}
+
+impl vram_residency::ShardSource for TensorBytes<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let end = offset.saturating_add(u64::try_from(buf.len()).unwrap_or(u64::MAX));
+        if end > self.len {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+        }
+        self.file.read_at(self.offset.saturating_add(offset), buf)
+    }
 }
 
 /// `--check MANIFEST`: verifies every line as `sha256sum -c` does: `NAME: OK`, `NAME: FAILED`
