@@ -252,8 +252,11 @@ impl TreeDigestEngine {
         let mut done = Event::new(&self.device)?;
         done.record(&stream)?;
         done.hold(engine)?;
+        // Kept in the pending root: dropping an event waits for it on the host, which would
+        // put back the round trip this form exists to remove.
         Ok(PendingRoot {
             stream,
+            _done: done,
             out,
             device: Arc::clone(&self.device),
             _memory: buffer.clone(),
@@ -486,8 +489,10 @@ fn root_bytes(words: [u8; 32]) -> [u8; 32] {
 /// keeps the buffer it reads alive. Dropped without [`Self::wait`], it still waits for its
 /// stream before the buffer can go.
 pub struct PendingRoot {
-    // Dropped first: the stream waits for its work before the root's slot and the buffer go.
+    // Dropped first: the stream waits for its work before the event, the root's slot and the
+    // buffer go.
     stream: Stream,
+    _done: Event,
     out: PinnedBuffer,
     device: Arc<Device>,
     _memory: Resident,
