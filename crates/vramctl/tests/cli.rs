@@ -1673,3 +1673,16 @@ fn digest_tensors_gives_each_tensor_and_the_model_digest_as_the_safetensors_libr
         .unwrap();
     assert_eq!(raw.status.code(), Some(2));
 }
+
+#[test]
+fn digest_check_refuses_a_line_longer_than_a_manifest_line_before_holding_it() {
+    // /dev/zero is one endless line: it used to be read whole until memory ran out (SIGABRT).
+    let started = std::time::Instant::now();
+    let out = vramctl()
+        .args(["digest", "-c", "/dev/zero"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_one_line(&out).contains("longer than 65536 bytes"));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}

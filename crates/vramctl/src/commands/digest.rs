@@ -190,6 +190,45 @@ impl vram_residency::ShardSource for TensorBytes<'_> {
     }
 }
 
+/// Longest manifest line read: a digest and a path (at most 4096 bytes) with room to spare.
+const MAX_LINE_BYTES: u64 = 64 * 1024;
+
+/// The next line of a manifest, without its line break; `None` at the end. A line longer than
+/// [`MAX_LINE_BYTES`] (`/dev/zero`, a model file given by mistake) is refused before it is
+/// held in memory.
+fn next_line(reader: &mut dyn BufRead, manifest: &Path, number: u64) -> CliResult<Option<String>> {
+    let mut buf = Vec::new();
+    reader
+        .take(MAX_LINE_BYTES.saturating_add(1))
+        .read_until(b'\n', &mut buf)
+        .map_err(|e| {
+            CliError::file(
+                manifest,
+                &format!("read failed ({e})"),
+                "give a text manifest",
+            )
+        })?;
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    } else if u64::try_from(buf.len()).unwrap_or(u64::MAX) > MAX_LINE_BYTES {
+        return Err(CliError::file(
+            manifest,
+            &format!("line {number} is longer than {MAX_LINE_BYTES} bytes"),
+            "give a manifest (`vramctl digest` or `sha256sum` lines), not a model or a device",
+        ));
+    }
+    String::from_utf8(buf).map(Some).map_err(|_| {
+        CliError::file(
+            manifest,
+            &format!("line {number} is not UTF-8"),
+            "give a text manifest",
+        )
+    })
+}
+
 /// `--check MANIFEST`: verifies every line as `sha256sum -c` does: `NAME: OK`, `NAME: FAILED`
 /// or `NAME: FAILED open or read`, warnings on stderr, exit 1 if anything failed.
 fn check(out: Output, manifest: &Path) -> CliResult<Exit> {
@@ -206,14 +245,11 @@ fn check(out: Output, manifest: &Path) -> CliResult<Exit> {
         Box::new(BufReader::new(file))
     };
     let (mut ok, mut mismatched, mut unreadable, mut malformed) = (0u64, 0u64, 0u64, 0u64);
-    for (number, line) in (1u64..).zip(reader.lines()) {
-        let line = line.map_err(|e| {
-            CliError::file(
-                manifest,
-                &format!("read failed ({e})"),
-                "give a text manifest",
-            )
-        })?;
+    let mut reader = reader;
+    for number in 1u64.. {
+        let Some(line) = next_line(&mut reader, manifest, number)? else {
+            break;
+        };
         let Some((alg, want, name)) = parse_line(line.trim_end_matches('\r')) else {
             if !line.trim().is_empty() {
                 malformed = malformed.saturating_add(1);
