@@ -55,8 +55,16 @@ fn an_engines_tensor_is_sealed_where_it_lies_and_verified_like_any_shard(on: On)
         vram_seal::digest(&bytes, shard.digest_algorithm()).to_hex()
     );
     assert_eq!((shard.vram_bytes, shard.gpu_device), (bytes.len(), 0));
-    // Not the manager's memory: no capacity taken.
+    // Not the manager's memory: no capacity taken, but a resident shard all the same.
     assert_eq!(r.manager.used_vram(), 0);
+    assert!(
+        r.manager
+            .metrics()
+            .prometheus_text()
+            .contains("vram_shards_resident{gpu_device=\"0\"} 1"),
+        "{}",
+        r.manager.metrics().prometheus_text()
+    );
     r.manager.verify_sealed(&shard).unwrap();
     let lent = r
         .manager

@@ -38,7 +38,8 @@ impl Weights<'_> {
 
     /// Shows the bytes to `read` when they are host memory (the mock backend, where an engine
     /// computes on the host) and returns its value; `None` on a GPU, where the bytes are read
-    /// by the engine's kernels through [`Self::device_ptr`].
+    /// by the engine's kernels through [`Self::device_ptr`]. The mock's buffer is locked for
+    /// reading while `read` runs: do not call the manager's test hooks from inside it.
     pub fn read_host<T>(&self, read: impl FnOnce(&[u8]) -> T) -> Option<T> {
         let mut read = Some(read);
         let mut out = None;

@@ -226,6 +226,7 @@ impl VramManager {
             .and_then(|digested| digested.sign(options, claim));
         let result = signed.and_then(|s| s.register(None, &correlation_id, None));
         shared.metrics().count_seal(device, result.is_ok());
+        shared.refresh_capacity_metrics(device);
         tracing::debug!(
             gpu_device = device,
             len,
