@@ -245,13 +245,17 @@ impl<'a> SealPlan<'a> {
                     .shard_id(format!("{model_id}:tp{index}"))
                     .tensor_parallel(index, count);
             }
-            let len =
+            let (len, footprint) =
                 validate(shared, &part).map_err(|error| PlanError::Part { part: index, error })?;
-            checked.push((part, len));
+            checked.push(Checked {
+                part,
+                len,
+                footprint,
+            });
         }
         distinct_ids(&checked)?;
         let mut claims = Vec::with_capacity(count);
-        for (index, (part, _)) in checked.iter().enumerate() {
+        for (index, Checked { part, .. }) in checked.iter().enumerate() {
             let claim = part
                 .options
                 .shard_id
@@ -263,8 +267,15 @@ impl<'a> SealPlan<'a> {
         }
         let mut reservations = reserve(shared, &checked)?;
         let mut parts = Vec::with_capacity(count);
-        for ((part, len), claim) in checked.into_iter().zip(claims) {
-            let footprint = footprint(shared, len).map_err(PlanError::Plan)?;
+        for (
+            Checked {
+                part,
+                len,
+                footprint,
+            },
+            claim,
+        ) in checked.into_iter().zip(claims)
+        {
             let reservation = reservations
                 .get_mut(&part.gpu_device)
                 .and_then(|r| r.split_off(footprint))
@@ -444,8 +455,16 @@ impl GroupPlan<'_> {
     }
 }
 
-/// Checks one part on its own; returns its length.
-fn validate(shared: &Shared, part: &SealPart<'_>) -> Result<usize, VramError> {
+/// A part that passed its own checks, with its length and the device bytes it takes.
+struct Checked<'a> {
+    part: SealPart<'a>,
+    len: usize,
+    footprint: usize,
+}
+
+/// Checks one part on its own; returns its length and the device bytes it takes (the
+/// allocation granularity included).
+fn validate(shared: &Shared, part: &SealPart<'_>) -> Result<(usize, usize), VramError> {
     if let Some(id) = &part.options.shard_id {
         ShardId::new(id)?;
     }
@@ -468,13 +487,16 @@ fn validate(shared: &Shared, part: &SealPart<'_>) -> Result<usize, VramError> {
             format!("index {index} of {total} shards; need index < total and total > 0"),
         ));
     }
-    Ok(len)
+    let footprint = round_up(len, shared.backend().granularity()).ok_or_else(|| {
+        VramError::invalid_input("model size", format!("{len} bytes cannot be allocated"))
+    })?;
+    Ok((len, footprint))
 }
 
 /// Two parts that name one id are refused before any id is claimed.
-fn distinct_ids(parts: &[(SealPart<'_>, usize)]) -> Result<(), PlanError> {
+fn distinct_ids(parts: &[Checked<'_>]) -> Result<(), PlanError> {
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
-    for (index, (part, _)) in parts.iter().enumerate() {
+    for (index, Checked { part, .. }) in parts.iter().enumerate() {
         if let Some(id) = part.options.shard_id.as_deref()
             && let Some(first) = seen.insert(id, index)
         {
@@ -488,26 +510,21 @@ fn distinct_ids(parts: &[(SealPart<'_>, usize)]) -> Result<(), PlanError> {
     Ok(())
 }
 
-/// The device bytes a shard of `len` bytes takes.
-fn footprint(shared: &Shared, len: usize) -> Result<usize, VramError> {
-    round_up(len, shared.backend().granularity()).ok_or_else(|| {
-        VramError::invalid_input("model size", format!("{len} bytes cannot be allocated"))
-    })
-}
-
 /// Reserves every device's whole share, against the manager's accounting and the device's
 /// free memory now (other processes count). A device that lacks room is audited once
 /// (`VramAllocationFailed`) and refuses the plan; what was reserved on other devices is given
 /// back.
 fn reserve(
     shared: &Shared,
-    parts: &[(SealPart<'_>, usize)],
+    parts: &[Checked<'_>],
 ) -> Result<BTreeMap<u32, Reservation>, PlanError> {
     let mut needed: BTreeMap<u32, usize> = BTreeMap::new();
-    for (part, len) in parts {
-        let bytes = footprint(shared, *len).map_err(PlanError::Plan)?;
+    for Checked {
+        part, footprint, ..
+    } in parts
+    {
         let total = needed.entry(part.gpu_device).or_insert(0);
-        *total = total.saturating_add(bytes);
+        *total = total.saturating_add(*footprint);
     }
     let mut reserved = BTreeMap::new();
     for (&device, &bytes) in &needed {
@@ -528,8 +545,8 @@ fn reserve(
                 available,
                 "insufficient VRAM"
             );
-            for (part, _) in parts.iter().filter(|(p, _)| p.gpu_device == device) {
-                shared.metrics().count_seal(part.gpu_device, false);
+            for c in parts.iter().filter(|c| c.part.gpu_device == device) {
+                shared.metrics().count_seal(c.part.gpu_device, false);
             }
             PlanError::Plan(VramError::InsufficientVram {
                 needed: bytes,
