@@ -63,26 +63,20 @@ __device__ __forceinline__ void words_of(const uint4 v[4], uint32_t w[16]) {
     }
 }
 
-// Hashes bytes [slice_begin, slice_begin + slice_len) of each leaf in
-// [first_leaf, first_leaf + leaf_count), one thread per leaf. `state` holds 8 words per leaf
-// (absolute leaf index): the chaining state between slices, the leaf digest once the leaf ends.
-// A slice that starts at 0 starts from the IV; a leaf that ends inside the slice is padded and
-// finished. `slice_begin` and `slice_len` are multiples of 64; `leaf_size` is a power of two
-// >= 4096, so every leaf but the last is whole. Full-leaf mode is slice_begin 0, slice_len
-// leaf_size: no state is read, only the digest written.
-extern "C" __global__ void __launch_bounds__(128) sha256_leaves(
-    const uint8_t* __restrict__ data, uint64_t total_len, uint64_t leaf_size, uint64_t first_leaf,
-    uint64_t leaf_count, uint64_t slice_begin, uint64_t slice_len, uint32_t* __restrict__ state) {
-    uint64_t t = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (t >= leaf_count) return;
-    uint64_t leaf = first_leaf + t;
+// Hashes bytes [slice_begin, slice_begin + slice_len) of leaf `leaf` of the `total_len` bytes at
+// `data` into `out` (8 words): the chaining state between slices, the leaf digest once the leaf
+// ends. A slice that starts at 0 starts from the IV; a leaf that ends inside the slice is padded
+// and finished. `slice_begin` and `slice_len` are multiples of 64; `leaf_size` is a power of two
+// >= 4096, so every leaf but the last is whole.
+__device__ __forceinline__ void hash_leaf(const uint8_t* __restrict__ data, uint64_t total_len,
+                                          uint64_t leaf_size, uint64_t leaf, uint64_t slice_begin,
+                                          uint64_t slice_len, uint32_t* __restrict__ out) {
     uint64_t start = leaf * leaf_size;
     uint64_t leaf_len = total_len > start ? min(leaf_size, total_len - start) : 0;
     if (slice_begin > 0 && slice_begin >= leaf_len) return;  // finished by an earlier slice
     uint64_t end = min(slice_begin + slice_len, leaf_len);
     bool finishes = end == leaf_len;
     uint64_t full_end = finishes ? (leaf_len & ~(uint64_t)63) : end;
-    uint32_t* out = state + leaf * 8;
 
     uint32_t s[8];
     if (slice_begin == 0) {
@@ -128,15 +122,51 @@ extern "C" __global__ void __launch_bounds__(128) sha256_leaves(
     for (int k = 0; k < 8; k++) out[k] = s[k];
 }
 
-// One level of the tree: out[i] = SHA-256(0x01 || in[2i] || in[2i+1]); an odd last node moves
-// up unchanged. Nodes are 8 state words each.
-extern "C" __global__ void __launch_bounds__(128) sha256_fold_level(
-    const uint32_t* __restrict__ in, uint32_t* __restrict__ out, uint64_t n_in) {
-    uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    uint64_t n_out = (n_in + 1) / 2;
-    if (i >= n_out) return;
-    const uint32_t* l = in + 16 * i;
-    uint32_t* o = out + 8 * i;
+// Bytes [slice_begin, slice_begin + slice_len) of each leaf in [first_leaf, first_leaf +
+// leaf_count) of one range, one thread per leaf. `state` holds 8 words per leaf (absolute leaf
+// index). Full-leaf mode is slice_begin 0, slice_len leaf_size: no state is read, only the digest
+// written.
+extern "C" __global__ void __launch_bounds__(128) sha256_leaves(
+    const uint8_t* __restrict__ data, uint64_t total_len, uint64_t leaf_size, uint64_t first_leaf,
+    uint64_t leaf_count, uint64_t slice_begin, uint64_t slice_len, uint32_t* __restrict__ state) {
+    uint64_t t = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= leaf_count) return;
+    uint64_t leaf = first_leaf + t;
+    hash_leaf(data, total_len, leaf_size, leaf, slice_begin, slice_len, state + leaf * 8);
+}
+
+// The range holding entry `g` of a segmented list: the last r < ranges with offs[r] <= g
+// (`offs` has ranges + 1 ascending entries, offs[0] = 0, g < offs[ranges]).
+__device__ __forceinline__ uint64_t range_of(const uint64_t* __restrict__ offs, uint64_t ranges,
+                                             uint64_t g) {
+    uint64_t lo = 0, hi = ranges;  // offs[lo] <= g < offs[hi]
+    while (hi - lo > 1) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (offs[mid] <= g) lo = mid; else hi = mid;
+    }
+    return lo;
+}
+
+// The leaves of many ranges (a model's tensors) in one launch: range r is lens[r] bytes at
+// ptrs[r], and its leaves are the global leaves [offs[r], offs[r + 1]). Global leaves
+// [first_leaf, first_leaf + leaf_count), one thread each; slices as in `sha256_leaves`.
+extern "C" __global__ void __launch_bounds__(128) sha256_range_leaves(
+    const uint64_t* __restrict__ ptrs, const uint64_t* __restrict__ lens,
+    const uint64_t* __restrict__ offs, uint64_t ranges, uint64_t leaf_size, uint64_t first_leaf,
+    uint64_t leaf_count, uint64_t slice_begin, uint64_t slice_len, uint32_t* __restrict__ state) {
+    uint64_t t = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= leaf_count) return;
+    uint64_t g = first_leaf + t;
+    uint64_t r = range_of(offs, ranges, g);
+    hash_leaf(reinterpret_cast<const uint8_t*>(ptrs[r]), lens[r], leaf_size, g - offs[r],
+              slice_begin, slice_len, state + g * 8);
+}
+
+// Node i of the next level over the `n_in` nodes at `level`: SHA-256(0x01 || level[2i] ||
+// level[2i+1]); an odd last node moves up unchanged. Nodes are 8 state words each.
+__device__ __forceinline__ void fold_node(const uint32_t* __restrict__ level, uint64_t n_in,
+                                          uint64_t i, uint32_t* __restrict__ o) {
+    const uint32_t* l = level + 16 * i;
     if (2 * i + 1 == n_in) {
 #pragma unroll
         for (int k = 0; k < 8; k++) o[k] = l[k];
@@ -165,4 +195,25 @@ extern "C" __global__ void __launch_bounds__(128) sha256_fold_level(
     compress(s, w);
 #pragma unroll
     for (int k = 0; k < 8; k++) o[k] = s[k];
+}
+
+// One level of one tree: out[i] = node i of the level above `in`'s n_in nodes.
+extern "C" __global__ void __launch_bounds__(128) sha256_fold_level(
+    const uint32_t* __restrict__ in, uint32_t* __restrict__ out, uint64_t n_in) {
+    uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (n_in + 1) / 2) return;
+    fold_node(in, n_in, i, out + 8 * i);
+}
+
+// One level of many trees at once: range r's nodes are in[in_offs[r] .. in_offs[r + 1]) and its
+// next level goes to out[out_offs[r] .. out_offs[r + 1]) (half as many, rounded up; a range
+// already at its root moves it up unchanged). One thread per output node, `n_out` in all.
+extern "C" __global__ void __launch_bounds__(128) sha256_range_fold_level(
+    const uint32_t* __restrict__ in, uint32_t* __restrict__ out,
+    const uint64_t* __restrict__ in_offs, const uint64_t* __restrict__ out_offs, uint64_t ranges,
+    uint64_t n_out) {
+    uint64_t i = (uint64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n_out) return;
+    uint64_t r = range_of(out_offs, ranges, i);
+    fold_node(in + 8 * in_offs[r], in_offs[r + 1] - in_offs[r], i - out_offs[r], out + 8 * i);
 }
