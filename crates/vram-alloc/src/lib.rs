@@ -74,8 +74,9 @@ mod sync;
 pub use clock::ManualClock;
 
 pub use manager::{
-    ExecutionMode, GroupPart, GroupPlan, PlanError, PlanStep, SealOptions, SealPart, SealPlan,
-    SealedGroup, VramManager, VramManagerBuilder, Weights,
+    EngineTensor, ExecutionMode, GroupPart, GroupPlan, ModelWeights, PlanError, PlanStep,
+    SealOptions, SealPart, SealPlan, SealedGroup, SealedModel, SealedTensor, VramManager,
+    VramManagerBuilder, Weights,
 };
 pub use metrics::{DeviceUsage, ExecutionCounts, VramMetrics};
 /// An engine's memory to seal in place ([`VramManager::seal_in_place`]); its constructor from a

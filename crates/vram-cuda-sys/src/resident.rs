@@ -12,6 +12,7 @@ use crate::device::Device;
 use crate::error::{CudaError, CudaStatus};
 use crate::memory::DeviceBuffer;
 use crate::pointer;
+use crate::tree_digest::KERNEL_ALIGNMENT;
 
 /// Device memory an engine owns (its weight tensors), named for sealing in place: never copied
 /// and never freed by this crate. A token: it holds no reference to the memory, so the caller's
@@ -149,6 +150,20 @@ impl ForeignRange {
             ..self
         }
     }
+
+    #[cfg(feature = "test-utils")]
+    /// The same range starting `bytes` later, as long (tests: a tensor view that starts off a
+    /// 16-byte boundary must be refused before a kernel reads it).
+    #[must_use]
+    pub fn shifted_for_tests(self, bytes: u64) -> Self {
+        Self {
+            place: match self.place {
+                Place::Device(address) => Place::Device(address.saturating_add(bytes)),
+                mock @ Place::Mock(_) => mock,
+            },
+            ..self
+        }
+    }
 }
 
 /// Memory a digest reads in place: one of this crate's allocations, or an engine's range.
@@ -192,6 +207,16 @@ impl Resident {
             return Err(CudaError::InvalidArgument {
                 what: "range to seal in place",
                 reason: "mock engine memory or 0 bytes; give a tensor's device memory".into(),
+            });
+        }
+        if let Place::Device(address) = range.place
+            && address % KERNEL_ALIGNMENT != 0
+        {
+            return Err(CudaError::InvalidArgument {
+                what: "range to seal in place",
+                reason: format!(
+                    "starts off a {KERNEL_ALIGNMENT}-byte boundary (a view into a tensor?); the digest kernels read aligned words: seal the whole tensor"
+                ),
             });
         }
         Ok(Self::Foreign {

@@ -32,6 +32,8 @@ const MAX_BLOCK: u32 = 128;
 /// Warp schedulers per SM on every GPU this targets (Volta to Hopper).
 const SCHEDULERS_PER_SM: u64 = 4;
 const DIGEST_BYTES: u64 = 32;
+/// The kernels read 16-byte words: every range they hash starts on a 16-byte boundary.
+pub const KERNEL_ALIGNMENT: u64 = 16;
 
 /// The digest kernels loaded on one device, with a stream for per-request digests and one for
 /// bounded background digests (so a long background pass never delays a request's check).
@@ -40,6 +42,8 @@ pub struct TreeDigestEngine {
     module: Module,
     leaves: CUfunction,
     fold: CUfunction,
+    range_leaves: CUfunction,
+    range_fold: CUfunction,
     multiprocessors: u32,
     bounded_slice_bytes: u64,
     full_lane: Mutex<Stream>,
@@ -140,10 +144,14 @@ impl TreeDigestEngine {
         let module = Module::load_ptx(device, SHA256_TREE_PTX)?;
         let leaves = module.function("sha256_leaves")?;
         let fold = module.function("sha256_fold_level")?;
+        let range_leaves = module.function("sha256_range_leaves")?;
+        let range_fold = module.function("sha256_range_fold_level")?;
         Ok(Self {
             device: Arc::clone(device),
             leaves,
             fold,
+            range_leaves,
+            range_fold,
             multiprocessors: device.multiprocessor_count()?,
             bounded_slice_bytes: BOUNDED_SLICE_BYTES,
             full_lane: Mutex::new(Stream::new(device, StreamPriority::Lowest)?),
@@ -197,6 +205,24 @@ impl TreeDigestEngine {
         self.tree_root_ordered(memory, len, leaf, share, after)
     }
 
+    /// The tree roots of many ranges at once (a model's tensors, each `(memory, len)`): one
+    /// leaf launch over every range's leaves, one fold launch per tree level, one copy of every
+    /// root, so a model of hundreds of tensors costs about what one range of the same total size
+    /// costs. Root `i` is what [`Self::tree_root_of`] gives for range `i`. With `after`, as
+    /// there.
+    ///
+    /// # Errors
+    /// As [`Self::tree_root_of`], for any range; [`CudaError::InvalidArgument`] for no ranges.
+    pub fn tree_roots_of(
+        &self,
+        ranges: &[(Resident, usize)],
+        leaf: LeafSize,
+        share: GpuShare,
+        after: Option<EngineStream<'_>>,
+    ) -> Result<Vec<[u8; 32]>, CudaError> {
+        self.roots_ordered(Target::Many(ranges), leaf, share, after)
+    }
+
     fn tree_root_ordered(
         &self,
         buffer: &dyn Span,
@@ -205,6 +231,19 @@ impl TreeDigestEngine {
         share: GpuShare,
         after: Option<EngineStream<'_>>,
     ) -> Result<[u8; 32], CudaError> {
+        self.roots_ordered(Target::One(buffer, len), leaf, share, after)?
+            .first()
+            .copied()
+            .ok_or(CudaError::Unreachable("one range has one root"))
+    }
+
+    fn roots_ordered(
+        &self,
+        target: Target<'_>,
+        leaf: LeafSize,
+        share: GpuShare,
+        after: Option<EngineStream<'_>>,
+    ) -> Result<Vec<[u8; 32]>, CudaError> {
         let lane = match share {
             GpuShare::Full => &self.full_lane,
             GpuShare::Bounded { .. } => &self.bounded_lane,
@@ -215,21 +254,21 @@ impl TreeDigestEngine {
             engine_done.record_on(engine)?;
             stream.wait_for(&engine_done)?;
         }
-        let mut root = [0u8; 32];
-        let queued = self.queue_root(&stream, buffer, len, leaf, share, &mut root);
+        let mut roots = vec![0u8; target.count().saturating_mul(32)];
+        let queued = self.queue_roots(&stream, target, leaf, share, &mut roots);
         // Waited for on every path: no queued kernel may outlive this call and read `buffer`
         // after the caller frees it, even when a later launch failed.
         let waited = stream.synchronize();
         queued?;
         waited?;
         self.device.trim_memory_pool()?;
-        Ok(root_bytes(root))
+        Ok(root_bytes(&roots))
     }
 
     /// Queues the digest of `buffer`'s first `len` bytes ahead of an engine's work, for the
     /// pipelined execution: on a stream of its own, and the engine's stream waits on the GPU
     /// until the digest is done, so the engine's kernels queued next start right after it with
-    /// no host round trip. [`PendingRoot::wait`] gives the root.
+    /// no host round trip. [`PendingRoots::wait`] gives the root.
     ///
     /// # Errors
     /// As [`Self::tree_root`]; [`CudaError::HostMemory`] when the root's pinned slot cannot be
@@ -240,41 +279,129 @@ impl TreeDigestEngine {
         len: usize,
         leaf: LeafSize,
         engine: EngineStream<'_>,
-    ) -> Result<PendingRoot, CudaError> {
-        // Pinned, so that the copy of the root does not make the host wait for the digest.
-        let mut out = PinnedBuffer::alloc(&self.device, 32)?;
+    ) -> Result<PendingRoots, CudaError> {
+        self.queue_before(Target::One(buffer, len), vec![buffer.clone()], leaf, engine)
+    }
+
+    /// [`Self::queue_root_before`] for many ranges at once, as [`Self::tree_roots_of`] hashes
+    /// them.
+    ///
+    /// # Errors
+    /// As [`Self::queue_root_before`] and [`Self::tree_roots_of`].
+    pub fn queue_roots_before(
+        &self,
+        ranges: &[(Resident, usize)],
+        leaf: LeafSize,
+        engine: EngineStream<'_>,
+    ) -> Result<PendingRoots, CudaError> {
+        let kept = ranges.iter().map(|(memory, _)| memory.clone()).collect();
+        self.queue_before(Target::Many(ranges), kept, leaf, engine)
+    }
+
+    fn queue_before(
+        &self,
+        target: Target<'_>,
+        memory: Vec<Resident>,
+        leaf: LeafSize,
+        engine: EngineStream<'_>,
+    ) -> Result<PendingRoots, CudaError> {
+        // Pinned, so that the copy of the roots does not make the host wait for the digest.
+        let mut out = PinnedBuffer::alloc(&self.device, target.count().saturating_mul(32))?;
         let stream = Stream::new(&self.device, StreamPriority::Lowest)?;
-        let slot: &mut [u8; 32] = out
-            .as_mut_slice()
-            .try_into()
-            .map_err(|_| CudaError::Unreachable("a 32-byte pinned slot"))?;
-        self.queue_root(&stream, buffer, len, leaf, GpuShare::Full, slot)?;
+        self.queue_roots(&stream, target, leaf, GpuShare::Full, out.as_mut_slice())?;
         let mut done = Event::new(&self.device)?;
         done.record(&stream)?;
         done.hold(engine)?;
-        // Kept in the pending root: dropping an event waits for it on the host, which would
+        // Kept in the pending roots: dropping an event waits for it on the host, which would
         // put back the round trip this form exists to remove.
-        Ok(PendingRoot {
+        Ok(PendingRoots {
             stream,
             _done: done,
             out,
             device: Arc::clone(&self.device),
-            _memory: buffer.clone(),
+            memory,
         })
     }
 
-    /// Checks the range, then queues the leaves, the fold and the copy of the root into `root`
-    /// (device word order) on `stream`; the scratch is freed in stream order. The caller waits
-    /// for the stream before reading `root` or freeing `buffer`.
-    fn queue_root(
+    /// Checks every range, then queues the leaves, the fold and the copy of every root into
+    /// `roots` (32 bytes each, device word order) on `stream`; the scratch is freed in stream
+    /// order. The caller waits for the stream before reading `roots` or freeing the memory.
+    fn queue_roots(
         &self,
         stream: &Stream,
-        buffer: &dyn Span,
-        len: usize,
+        target: Target<'_>,
         leaf: LeafSize,
         share: GpuShare,
-        root: &mut [u8; 32],
+        roots: &mut [u8],
     ) -> Result<(), CudaError> {
+        let leaf_bytes = u64::from(leaf.get());
+        match target {
+            Target::One(buffer, len) => {
+                let (data, total) = self.checked(buffer, len)?;
+                let leaves = total.div_ceil(leaf_bytes).max(1);
+                // Region A holds a state per leaf; region B, half as many, is the fold's other
+                // side.
+                let half = leaves.div_ceil(2);
+                let scratch = Scratch::alloc(
+                    stream,
+                    leaves.saturating_add(half).saturating_mul(DIGEST_BYTES),
+                )?;
+                let (a, b) = (
+                    scratch.at(0),
+                    scratch.at(leaves.saturating_mul(DIGEST_BYTES)),
+                );
+                let source = LeafSource::One { data, total };
+                self.queue_leaves(stream, share, source, leaf_bytes, leaves, a)?;
+                let root_at = self.fold(stream, leaves, a, b)?;
+                self.copy_roots(stream, root_at, roots)
+            }
+            Target::Many(ranges) => {
+                if ranges.is_empty() {
+                    return Err(CudaError::InvalidArgument {
+                        what: "tree digest",
+                        reason: "no ranges to hash".into(),
+                    });
+                }
+                let spans = ranges
+                    .iter()
+                    .map(|(memory, len)| self.checked(memory, *len))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let layout = RangeLayout::new(&spans, leaf_bytes);
+                let table_bytes = layout.table_bytes();
+                let leaves = layout.total(0);
+                let scratch = Scratch::alloc(
+                    stream,
+                    table_bytes
+                        .saturating_add(leaves.saturating_mul(DIGEST_BYTES))
+                        .saturating_add(layout.total(1).saturating_mul(DIGEST_BYTES)),
+                )?;
+                let table = scratch.at(0);
+                let a = scratch.at(table_bytes);
+                let b = scratch.at(table_bytes.saturating_add(leaves.saturating_mul(DIGEST_BYTES)));
+                self.device.bind()?;
+                // SAFETY: the table's bytes fit the scratch's first `table_bytes` (its size);
+                // the host slice is read before the call returns (pageable memory is staged by
+                // the driver) and lives until the caller has synchronised the stream anyway.
+                unsafe { result::memcpy_htod_async(table, layout.table.as_slice(), stream.raw()) }
+                    .map_err(|e| {
+                        CudaStatus::from(e).during(self.device.ordinal(), "cuMemcpyHtoDAsync")
+                    })?;
+                let source = LeafSource::Ranges {
+                    ptrs: table,
+                    lens: table.saturating_add(layout.ranges.saturating_mul(8)),
+                    offs: table.saturating_add(layout.offsets_byte(0)),
+                    ranges: layout.ranges,
+                };
+                self.queue_leaves(stream, share, source, leaf_bytes, leaves, a)?;
+                let roots_at = self.fold_ranges(stream, &layout, table, a, b)?;
+                self.copy_roots(stream, roots_at, roots)
+            }
+        }
+    }
+
+    /// The address and length of a range the kernels may read: on this device, inside its
+    /// memory, aligned for the kernels' loads.
+    fn checked(&self, buffer: &dyn Span, len: usize) -> Result<(u64, u64), CudaError> {
         let ordinal = self.device.ordinal();
         if buffer.ordinal() != ordinal {
             return Err(CudaError::WrongDevice {
@@ -289,63 +416,51 @@ impl TreeDigestEngine {
                 operation: "tree digest",
             });
         }
-        let total = u64::try_from(len).unwrap_or(u64::MAX);
-        let leaf_bytes = u64::from(leaf.get());
-        let leaves = total.div_ceil(leaf_bytes).max(1);
-        // Region A holds a state per leaf; region B, half as many, is the fold's other side.
-        let half = leaves.div_ceil(2);
-        let scratch = Scratch::alloc(
-            stream,
-            leaves.saturating_add(half).saturating_mul(DIGEST_BYTES),
-        )?;
-        let (a, b) = (
-            scratch.at(0),
-            scratch.at(leaves.saturating_mul(DIGEST_BYTES)),
-        );
         let data = buffer.address()?;
-        // Freed in stream order after the queued work (dropped at the end of this call), so the
-        // pool hands the memory back to the device at the caller's wait.
-        self.queue_digest(stream, share, data, total, leaf_bytes, leaves, (a, b), root)
+        if data % KERNEL_ALIGNMENT != 0 {
+            return Err(CudaError::InvalidArgument {
+                what: "tree digest",
+                reason: format!("a range must start on a {KERNEL_ALIGNMENT}-byte boundary"),
+            });
+        }
+        Ok((data, u64::try_from(len).unwrap_or(u64::MAX)))
     }
 
-    /// Queues the leaf launches, the fold and the copy of the root into `root`; the caller
-    /// waits for the stream.
-    #[allow(clippy::too_many_arguments, reason = "the digest's parameters")]
-    fn queue_digest(
+    /// Queues the leaf launches (the whole GPU or a bounded share of it).
+    fn queue_leaves(
         &self,
         stream: &Stream,
         share: GpuShare,
-        data: u64,
-        total: u64,
+        source: LeafSource,
         leaf_bytes: u64,
         leaves: u64,
-        (a, b): (u64, u64),
-        root: &mut [u8; 32],
+        state: u64,
     ) -> Result<(), CudaError> {
         match share {
             GpuShare::Full => {
                 let block = block_size(leaves, self.multiprocessors);
-                let whole = (0, leaf_bytes);
                 self.launch_leaves(
                     stream,
                     block,
-                    data,
-                    total,
+                    source,
                     leaf_bytes,
                     (0, leaves),
-                    whole,
-                    a,
-                )?;
+                    (0, leaf_bytes),
+                    state,
+                )
             }
             GpuShare::Bounded { sm_fraction } => {
-                self.hash_leaves_bounded(stream, data, total, leaf_bytes, leaves, sm_fraction, a)?;
+                self.hash_leaves_bounded(stream, source, leaf_bytes, leaves, sm_fraction, state)
             }
         }
-        let root_at = self.fold(stream, leaves, a, b)?;
-        // SAFETY: `root_at` points at 8 words inside the live scratch allocation, written by
-        // work queued before on this stream; `root` is host memory of exactly 32 bytes that
-        // the caller keeps alive until it has synchronised the stream.
-        unsafe { result::memcpy_dtoh_async(root.as_mut_slice(), root_at, stream.raw()) }
+    }
+
+    /// Queues the copy of `roots.len() / 32` root states at `from` into `roots`.
+    fn copy_roots(&self, stream: &Stream, from: u64, roots: &mut [u8]) -> Result<(), CudaError> {
+        // SAFETY: `from` points at `roots.len() / 32` node states inside the live scratch
+        // allocation, written by work queued before on this stream; `roots` is host memory the
+        // caller keeps alive until it has synchronised the stream.
+        unsafe { result::memcpy_dtoh_async(roots, from, stream.raw()) }
             .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuMemcpyDtoHAsync"))
     }
 
@@ -356,33 +471,53 @@ impl TreeDigestEngine {
         &self,
         stream: &Stream,
         block: u32,
-        data: u64,
-        total: u64,
+        source: LeafSource,
         leaf: u64,
         (first, count): (u64, u64),
         (begin, slice): (u64, u64),
         state: u64,
     ) -> Result<(), CudaError> {
         let grid = grid_for(count, block)?;
-        let args = [data, total, leaf, first, count, begin, slice, state];
-        // `data` has `total` bytes (checked by the caller, who keeps it alive until the stream is
-        // synchronised); `state` has 8 words per leaf (scratch, freed in stream order after).
-        // SAFETY: `sha256_leaves` takes (u8*, u64 x6, u32*) in this order; the memory it touches
-        // stays allocated until the queued work is done (see above).
-        unsafe {
-            self.module
-                .launch_raw(self.leaves, (grid, 1), block, &args, stream.raw())
+        // The bytes are checked to lie inside memory the caller keeps alive until the stream is
+        // synchronised (`checked`); the table and `state` (8 words per leaf) are scratch, freed
+        // in stream order after.
+        match source {
+            LeafSource::One { data, total } => {
+                let args = [data, total, leaf, first, count, begin, slice, state];
+                // SAFETY: `sha256_leaves` takes (u8*, u64 x6, u32*) in this order; the memory it
+                // touches stays allocated until the queued work is done (see above).
+                unsafe {
+                    self.module
+                        .launch_raw(self.leaves, (grid, 1), block, &args, stream.raw())
+                }
+            }
+            LeafSource::Ranges {
+                ptrs,
+                lens,
+                offs,
+                ranges,
+            } => {
+                let args = [
+                    ptrs, lens, offs, ranges, leaf, first, count, begin, slice, state,
+                ];
+                // SAFETY: `sha256_range_leaves` takes (u64* x3, u64 x6, u32*) in this order;
+                // the table holds `ranges` addresses and lengths and `ranges + 1` offsets, each
+                // address with its length checked; all of it stays allocated until the queued
+                // work is done (see above).
+                unsafe {
+                    self.module
+                        .launch_raw(self.range_leaves, (grid, 1), block, &args, stream.raw())
+                }
+            }
         }
     }
 
     /// At most `sm_fraction` of the SMs busy at a time: groups of leaves as many as that many
     /// blocks hold, each group in slices of `bounded_slice_bytes` per leaf.
-    #[allow(clippy::too_many_arguments, reason = "the kernel's parameter list")]
     fn hash_leaves_bounded(
         &self,
         stream: &Stream,
-        data: u64,
-        total: u64,
+        source: LeafSource,
         leaf: u64,
         leaves: u64,
         sm_fraction: f32,
@@ -400,8 +535,7 @@ impl TreeDigestEngine {
                 self.launch_leaves(
                     stream,
                     block,
-                    data,
-                    total,
+                    source,
                     leaf,
                     (first, count),
                     (begin, self.bounded_slice_bytes),
@@ -436,6 +570,153 @@ impl TreeDigestEngine {
             (from, to, n) = (to, from, out);
         }
         Ok(from)
+    }
+
+    /// Folds every range's tree level by level, all ranges in one launch per level (ping-pong
+    /// between `a`, the leaves, and `b`); returns where the roots end up, one per range in range
+    /// order (at the last level every range has one node, at offsets 0..ranges).
+    fn fold_ranges(
+        &self,
+        stream: &Stream,
+        layout: &RangeLayout,
+        table: u64,
+        a: u64,
+        b: u64,
+    ) -> Result<u64, CudaError> {
+        let (mut from, mut to) = (a, b);
+        for level in 1..layout.levels() {
+            let n_out = layout.total(level);
+            let grid = grid_for(n_out, MAX_BLOCK)?;
+            let in_offs = table.saturating_add(layout.offsets_byte(level.saturating_sub(1)));
+            let out_offs = table.saturating_add(layout.offsets_byte(level));
+            // SAFETY: `sha256_range_fold_level` takes (u32*, u32*, u64*, u64*, u64, u64); `from`
+            // holds the level above's nodes and `to` room for this level's (region B is sized
+            // for level 1, the largest after the leaves; region A for the leaves), and both
+            // offset tables lie in the uploaded table, all inside the live scratch allocation.
+            unsafe {
+                self.module.launch_raw(
+                    self.range_fold,
+                    (grid, 1),
+                    MAX_BLOCK,
+                    &[from, to, in_offs, out_offs, layout.ranges, n_out],
+                    stream.raw(),
+                )
+            }?;
+            (from, to) = (to, from);
+        }
+        Ok(from)
+    }
+}
+
+/// Where a leaf launch finds its bytes: one range, or a table of many in scratch memory.
+#[derive(Clone, Copy)]
+enum LeafSource {
+    /// `total` bytes at `data`.
+    One { data: u64, total: u64 },
+    /// `ranges` ranges: device addresses of their addresses, lengths and leaf offsets.
+    Ranges {
+        ptrs: u64,
+        lens: u64,
+        offs: u64,
+        ranges: u64,
+    },
+}
+
+/// What one digest launch sequence reads.
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    /// The first `len` bytes of one span.
+    One(&'a dyn Span, usize),
+    /// Many ranges, each `(memory, len)`.
+    Many(&'a [(Resident, usize)]),
+}
+
+impl Target<'_> {
+    /// How many roots it gives.
+    fn count(&self) -> usize {
+        match self {
+            Self::One(..) => 1,
+            Self::Many(ranges) => ranges.len(),
+        }
+    }
+}
+
+/// Many ranges' trees laid out together: the table the range kernels read (every range's
+/// address and length, then for each tree level the prefix offsets of every range's nodes) and
+/// the node count of each level. Level 0 is the leaves; at the last level every range has one
+/// node, its root.
+struct RangeLayout {
+    /// `[addresses | lengths | offsets of level 0 | offsets of level 1 | ...]`, `ranges + 1`
+    /// offsets per level.
+    table: Vec<u64>,
+    ranges: u64,
+    levels: usize,
+}
+
+impl RangeLayout {
+    fn new(spans: &[(u64, u64)], leaf_bytes: u64) -> Self {
+        let ranges = u64::try_from(spans.len()).unwrap_or(u64::MAX);
+        let mut table: Vec<u64> = spans.iter().map(|(address, _)| *address).collect();
+        table.extend(spans.iter().map(|(_, len)| *len));
+        let mut counts: Vec<u64> = spans
+            .iter()
+            .map(|(_, len)| len.div_ceil(leaf_bytes.max(1)).max(1))
+            .collect();
+        let mut levels = 0usize;
+        loop {
+            table.push(0);
+            let mut sum = 0u64;
+            for count in &counts {
+                sum = sum.saturating_add(*count);
+                table.push(sum);
+            }
+            levels = levels.saturating_add(1);
+            if counts.iter().all(|c| *c <= 1) {
+                break;
+            }
+            for count in &mut counts {
+                *count = count.div_ceil(2);
+            }
+        }
+        Self {
+            table,
+            ranges,
+            levels,
+        }
+    }
+
+    /// Levels, the leaves included.
+    fn levels(&self) -> usize {
+        self.levels
+    }
+
+    fn table_bytes(&self) -> u64 {
+        u64::try_from(self.table.len())
+            .unwrap_or(u64::MAX)
+            .saturating_mul(8)
+    }
+
+    /// Byte offset in the table of `level`'s offsets.
+    fn offsets_byte(&self, level: usize) -> u64 {
+        let per_level = self.ranges.saturating_add(1);
+        let level = u64::try_from(level).unwrap_or(u64::MAX);
+        self.ranges
+            .saturating_mul(2)
+            .saturating_add(level.saturating_mul(per_level))
+            .saturating_mul(8)
+    }
+
+    /// Nodes at `level`, every range together (0 past the last level).
+    fn total(&self, level: usize) -> u64 {
+        if level >= self.levels {
+            return 0;
+        }
+        let end = self.offsets_byte(level.saturating_add(1)) / 8;
+        usize::try_from(end.saturating_sub(1))
+            .ok()
+            .and_then(|i| self.table.get(i))
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -474,52 +755,54 @@ impl Span for Resident {
     }
 }
 
-/// The root as the digest's bytes: the kernels leave eight 32-bit words in device (little-endian)
-/// order; SHA-256 writes each big-endian.
-fn root_bytes(words: [u8; 32]) -> [u8; 32] {
-    let mut root = [0u8; 32];
-    for (out, word) in root.chunks_exact_mut(4).zip(words.chunks_exact(4)) {
-        let word: [u8; 4] = word.try_into().unwrap_or_default();
-        out.copy_from_slice(&u32::from_le_bytes(word).to_be_bytes());
-    }
-    root
+/// The roots as the digests' bytes: the kernels leave eight 32-bit words per root in device
+/// (little-endian) order; SHA-256 writes each big-endian.
+fn root_bytes(words: &[u8]) -> Vec<[u8; 32]> {
+    words
+        .chunks_exact(32)
+        .map(|node| {
+            let mut root = [0u8; 32];
+            for (out, word) in root.chunks_exact_mut(4).zip(node.chunks_exact(4)) {
+                let word: [u8; 4] = word.try_into().unwrap_or_default();
+                out.copy_from_slice(&u32::from_le_bytes(word).to_be_bytes());
+            }
+            root
+        })
+        .collect()
 }
 
-/// A digest queued ahead of an engine's work ([`TreeDigestEngine::queue_root_before`]); it
-/// keeps the buffer it reads alive. Dropped without [`Self::wait`], it still waits for its
-/// stream before the buffer can go.
-pub struct PendingRoot {
-    // Dropped first: the stream waits for its work before the event, the root's slot and the
-    // buffer go.
+/// Digests queued ahead of an engine's work ([`TreeDigestEngine::queue_root_before`],
+/// [`TreeDigestEngine::queue_roots_before`]); they keep the memory they read alive. Dropped
+/// without [`Self::wait`], they still wait for their stream before the memory can go.
+pub struct PendingRoots {
+    // Dropped first: the stream waits for its work before the event, the roots' slot and the
+    // memory go.
     stream: Stream,
     _done: Event,
     out: PinnedBuffer,
     device: Arc<Device>,
-    _memory: Resident,
+    memory: Vec<Resident>,
 }
 
-impl std::fmt::Debug for PendingRoot {
+impl std::fmt::Debug for PendingRoots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingRoot")
+        f.debug_struct("PendingRoots")
             .field("device", &self.device.ordinal())
+            .field("roots", &self.memory.len())
             .finish_non_exhaustive()
     }
 }
 
-impl PendingRoot {
-    /// Waits for the digest (its own stream only) and returns the root.
+impl PendingRoots {
+    /// Waits for the digests (their own stream only) and returns the roots, in the order the
+    /// ranges were given.
     ///
     /// # Errors
     /// [`CudaError::Driver`], including an error of a digest kernel.
-    pub fn wait(self) -> Result<[u8; 32], CudaError> {
+    pub fn wait(self) -> Result<Vec<[u8; 32]>, CudaError> {
         self.stream.synchronize()?;
         self.device.trim_memory_pool()?;
-        let words: [u8; 32] = self
-            .out
-            .as_slice()
-            .try_into()
-            .map_err(|_| CudaError::Unreachable("a 32-byte pinned slot"))?;
-        Ok(root_bytes(words))
+        Ok(root_bytes(self.out.as_slice()))
     }
 }
 

@@ -84,6 +84,66 @@ fn kernels_match_the_cpu_digest_at_every_leaf_size_and_shape() {
     println!("{shapes} shapes x (full, bounded) match the CPU digest");
 }
 
+/// Many ranges hashed in one launch sequence give each range's own root: ranges of one leaf and
+/// of many, ragged and exact, with the whole GPU and a bounded share (sliced launches), through
+/// the waiting and the queued-ahead forms.
+#[test]
+#[ignore = "needs a GPU: run with VRAM_TEST_GPU=1 and --include-ignored"]
+fn many_ranges_at_once_match_each_ranges_own_root() {
+    use vram_cuda_sys::resident::{ForeignRange, Resident};
+    use vram_cuda_sys::stream::{EngineStream, Stream, StreamPriority};
+
+    let device = device();
+    let engine = TreeDigestEngine::new(&device).unwrap();
+    let ring = StagingRing::with_defaults(&device);
+    for leaf in [4096usize, 65536] {
+        let l = LeafSize::new(leaf as u64).unwrap();
+        let lens = [
+            1,
+            63,
+            leaf - 1,
+            leaf,
+            leaf + 1,
+            3 * leaf + 77,
+            17 * leaf - 9,
+            2,
+            100 * leaf,
+            5,
+        ];
+        let datas: Vec<Vec<u8>> = lens
+            .iter()
+            .enumerate()
+            .map(|(i, n)| bytes(*n, (i * 131 + leaf) as u64))
+            .collect();
+        let ranges: Vec<(Resident, usize)> = datas
+            .iter()
+            .map(|d| {
+                let range = ForeignRange::leak(upload(&device, &ring, d));
+                (Resident::foreign(&device, range).unwrap(), d.len())
+            })
+            .collect();
+        let want: Vec<[u8; 32]> = datas.iter().map(|d| cpu_root(d, l)).collect();
+        for share in [GpuShare::Full, GpuShare::bounded(0.05).unwrap()] {
+            let got = engine.tree_roots_of(&ranges, l, share, None).unwrap();
+            assert_eq!(got, want, "leaf {leaf}, {share:?}");
+        }
+        let stream = Stream::new(&device, StreamPriority::Highest).unwrap();
+        let queued = engine
+            .queue_roots_before(&ranges, l, EngineStream::of(&stream))
+            .unwrap();
+        assert_eq!(queued.wait().unwrap(), want, "leaf {leaf}, queued ahead");
+        // A range that starts off a 16-byte boundary is refused before any launch.
+        let buffer = upload(&device, &ring, &datas[6]);
+        let off = ForeignRange::leak(buffer).shifted_for_tests(8);
+        assert!(Resident::foreign(&device, off).is_err());
+    }
+    assert!(
+        engine
+            .tree_roots_of(&[], LeafSize::new(4096).unwrap(), GpuShare::Full, None)
+            .is_err()
+    );
+}
+
 #[test]
 #[ignore = "needs a GPU: run with VRAM_TEST_GPU=1 and --include-ignored"]
 fn one_gib_matches_and_every_single_bit_flip_is_detected() {

@@ -21,6 +21,7 @@ use vram_types::{
 use super::{
     Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, DigestOrder,
     EngineStream, LentMemory, MemoryInfo, PendingDigest, Ready, UPLOAD_CHUNK_BYTES, device_at,
+    one_device,
 };
 
 /// Fewest leaves for which the GPU kernels digest a shard. One thread hashes one leaf, at about
@@ -230,20 +231,37 @@ impl CudaBackend {
         self.buffers.get(id)
     }
 
-    /// The digest kernels and leaf size when the GPU digests this shard: a tree algorithm, at
-    /// least [`GPU_DIGEST_MIN_LEAVES`] leaves, kernels loaded.
+    /// The buffers' memory with each length, all on one device.
+    fn resident(&self, buffers: &[(BufferId, usize)]) -> Result<Vec<(Resident, usize)>, VramError> {
+        let memory = buffers
+            .iter()
+            .map(|(id, len)| Ok((Resident::clone(&*self.buffer(*id)?), *len)))
+            .collect::<Result<Vec<_>, VramError>>()?;
+        one_device(memory.iter().map(|(b, _)| b.device().ordinal()))?;
+        Ok(memory)
+    }
+
+    /// The digest kernels and leaf size when the GPU digests these buffers (one device): a
+    /// tree algorithm, at least [`GPU_DIGEST_MIN_LEAVES`] leaves in all (many small tensors
+    /// hashed together fill the GPU like one large shard), kernels loaded.
     fn kernels_for(
         &self,
-        b: &Resident,
-        total: u64,
+        memory: &[(Resident, usize)],
         algorithm: DigestAlgorithm,
     ) -> Result<Option<(&TreeDigestEngine, vram_types::LeafSize)>, VramError> {
-        Ok(match algorithm.leaf_size() {
-            Some(leaf) if leaf_count(total, leaf) >= GPU_DIGEST_MIN_LEAVES => self
-                .lane(b.device().ordinal())?
+        let (Some(leaf), Some((first, _))) = (algorithm.leaf_size(), memory.first()) else {
+            return Ok(None);
+        };
+        let leaves = memory
+            .iter()
+            .map(|(_, len)| leaf_count(total_of(*len), leaf))
+            .fold(0u64, u64::saturating_add);
+        Ok(if leaves >= GPU_DIGEST_MIN_LEAVES {
+            self.lane(first.device().ordinal())?
                 .kernels()
-                .map(|k| (k, leaf)),
-            _ => None,
+                .map(|k| (k, leaf))
+        } else {
+            None
         })
     }
 
@@ -315,53 +333,67 @@ impl Backend for CudaBackend {
 
     fn digest(
         &self,
-        buffer: BufferId,
-        len: usize,
+        buffers: &[(BufferId, usize)],
         algorithm: DigestAlgorithm,
         share: GpuShare,
         order: DigestOrder<'_>,
-    ) -> Result<ShardDigest, VramError> {
-        let b = self.buffer(buffer)?;
-        let total = u64::try_from(len).unwrap_or(u64::MAX);
-        match self.kernels_for(&b, total, algorithm)? {
+    ) -> Result<Vec<ShardDigest>, VramError> {
+        let memory = self.resident(buffers)?;
+        match self.kernels_for(&memory, algorithm)? {
             Some((engine, leaf)) => {
                 let after = match order {
                     DigestOrder::Now => None,
                     DigestOrder::After(s) => Some(s),
                 };
-                let root = engine
-                    .tree_root_of(&b, len, leaf, share, after)
-                    .map_err(other)?;
-                Ok(finalize_root(leaf, total, &root))
+                let roots = match memory.as_slice() {
+                    // One shard: the single-range kernel, with no table to upload.
+                    [(b, len)] => engine
+                        .tree_root_of(b, *len, leaf, share, after)
+                        .map(|root| vec![root]),
+                    _ => engine.tree_roots_of(&memory, leaf, share, after),
+                }
+                .map_err(other)?;
+                Ok(finalized(leaf, &memory, &roots))
             }
             None => {
-                if let DigestOrder::After(engine) = order {
+                if let (DigestOrder::After(engine), Some((b, _))) = (order, memory.first()) {
                     engine.wait_on_host(b.device()).map_err(other)?;
                 }
-                Self::digest_on_cpu(&b, len, algorithm)
+                memory
+                    .iter()
+                    .map(|(b, len)| Self::digest_on_cpu(b, *len, algorithm))
+                    .collect()
             }
         }
     }
 
     fn digest_before<'b>(
         &'b self,
-        buffer: BufferId,
-        len: usize,
+        buffers: &[(BufferId, usize)],
         algorithm: DigestAlgorithm,
         engine: EngineStream<'_>,
     ) -> Result<Box<dyn PendingDigest + 'b>, VramError> {
-        let b = self.buffer(buffer)?;
-        let total = u64::try_from(len).unwrap_or(u64::MAX);
-        match self.kernels_for(&b, total, algorithm)? {
-            Some((kernels, leaf)) => Ok(Box::new(QueuedRoot {
-                pending: kernels
-                    .queue_root_before(&b, len, leaf, engine)
-                    .map_err(other)?,
-                leaf,
-                total,
-            })),
+        let memory = self.resident(buffers)?;
+        match self.kernels_for(&memory, algorithm)? {
+            Some((kernels, leaf)) => {
+                let pending = match memory.as_slice() {
+                    [(b, len)] => kernels.queue_root_before(b, *len, leaf, engine),
+                    _ => kernels.queue_roots_before(&memory, leaf, engine),
+                }
+                .map_err(other)?;
+                Ok(Box::new(QueuedRoots {
+                    pending,
+                    leaf,
+                    lens: memory.iter().map(|(_, len)| *len).collect(),
+                }))
+            }
             // Read back and hashed now: the engine has queued nothing yet.
-            None => Ok(Box::new(Ready(Self::digest_on_cpu(&b, len, algorithm)?))),
+            None => Ok(Box::new(Ready(
+                memory
+                    .iter()
+                    .map(|(b, len)| Self::digest_on_cpu(b, *len, algorithm))
+                    .collect::<Result<_, _>>()?,
+            ))),
         }
     }
 
@@ -397,18 +429,40 @@ impl Backend for CudaBackend {
     }
 }
 
-/// A tree digest queued ahead of an engine's work, finished into the shard's digest.
-struct QueuedRoot {
-    pending: vram_cuda_sys::tree_digest::PendingRoot,
+/// Tree digests queued ahead of an engine's work, finished into the shards' digests.
+struct QueuedRoots {
+    pending: vram_cuda_sys::tree_digest::PendingRoots,
     leaf: vram_types::LeafSize,
-    total: u64,
+    lens: Vec<usize>,
 }
 
-impl PendingDigest for QueuedRoot {
-    fn wait(self: Box<Self>) -> Result<ShardDigest, VramError> {
-        let root = self.pending.wait().map_err(other)?;
-        Ok(finalize_root(self.leaf, self.total, &root))
+impl PendingDigest for QueuedRoots {
+    fn wait(self: Box<Self>) -> Result<Vec<ShardDigest>, VramError> {
+        let roots = self.pending.wait().map_err(other)?;
+        Ok(self
+            .lens
+            .iter()
+            .zip(&roots)
+            .map(|(len, root)| finalize_root(self.leaf, total_of(*len), root))
+            .collect())
     }
+}
+
+fn total_of(len: usize) -> u64 {
+    u64::try_from(len).unwrap_or(u64::MAX)
+}
+
+/// Each range's digest from its tree root.
+fn finalized(
+    leaf: vram_types::LeafSize,
+    memory: &[(Resident, usize)],
+    roots: &[[u8; 32]],
+) -> Vec<ShardDigest> {
+    memory
+        .iter()
+        .zip(roots)
+        .map(|((_, len), root)| finalize_root(leaf, total_of(*len), root))
+        .collect()
 }
 
 /// A device allocation lent to an engine; keeps it alive.

@@ -19,7 +19,7 @@ use vram_types::{
 use super::{
     Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, DigestOrder,
     EngineStream, ForeignRange, LentMemory, MemoryInfo, PendingDigest, Ready, UPLOAD_CHUNK_BYTES,
-    device_at, round_up,
+    device_at, one_device, round_up,
 };
 use crate::sync::{lock, read, write};
 
@@ -491,34 +491,41 @@ impl Backend for MockBackend {
 
     fn digest(
         &self,
-        buffer: BufferId,
-        len: usize,
+        buffers: &[(BufferId, usize)],
         algorithm: DigestAlgorithm,
         _share: GpuShare,
         _order: DigestOrder<'_>,
-    ) -> Result<ShardDigest, VramError> {
-        let b = self.buffer(buffer)?;
-        self.copy_fault(b.device, "device-to-host copy", |f| &mut f.fail_reads)?;
-        let data = read(&b.data);
-        let bytes = data.get(..len).ok_or(VramError::CudaOperationFailed {
-            device: b.device,
-            operation: "device-to-host copy",
-            cuda_error: "CUDA_ERROR_INVALID_VALUE: read past the allocation".into(),
-            code: Some(CUDA_ERROR_INVALID_VALUE),
-        })?;
-        Ok(vram_seal::digest(bytes, algorithm))
+    ) -> Result<Vec<ShardDigest>, VramError> {
+        let buffers = buffers
+            .iter()
+            .map(|(id, len)| Ok((self.buffer(*id)?, *len)))
+            .collect::<Result<Vec<_>, VramError>>()?;
+        one_device(buffers.iter().map(|(b, _)| b.device))?;
+        buffers
+            .iter()
+            .map(|(b, len)| {
+                self.copy_fault(b.device, "device-to-host copy", |f| &mut f.fail_reads)?;
+                let data = read(&b.data);
+                let bytes = data.get(..*len).ok_or(VramError::CudaOperationFailed {
+                    device: b.device,
+                    operation: "device-to-host copy",
+                    cuda_error: "CUDA_ERROR_INVALID_VALUE: read past the allocation".into(),
+                    code: Some(CUDA_ERROR_INVALID_VALUE),
+                })?;
+                Ok(vram_seal::digest(bytes, algorithm))
+            })
+            .collect()
     }
 
-    /// The mock has no streams: the engine is the host, and the digest is computed now.
+    /// The mock has no streams: the engine is the host, and the digests are computed now.
     fn digest_before<'b>(
         &'b self,
-        buffer: BufferId,
-        len: usize,
+        buffers: &[(BufferId, usize)],
         algorithm: DigestAlgorithm,
         _engine: EngineStream<'_>,
     ) -> Result<Box<dyn PendingDigest + 'b>, VramError> {
-        let digest = self.digest(buffer, len, algorithm, GpuShare::Full, DigestOrder::Now)?;
-        Ok(Box::new(Ready(digest)))
+        let digests = self.digest(buffers, algorithm, GpuShare::Full, DigestOrder::Now)?;
+        Ok(Box::new(Ready(digests)))
     }
 
     fn lend(&self, buffer: BufferId) -> Result<Box<dyn LentMemory>, VramError> {

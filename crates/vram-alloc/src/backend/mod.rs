@@ -54,22 +54,40 @@ pub(crate) trait LentMemory: Send + Sync {
     fn device_buffer(&self) -> Option<&vram_cuda_sys::memory::DeviceBuffer>;
 }
 
-/// A digest queued ahead of an engine's work ([`Backend::digest_before`]).
+/// Digests queued ahead of an engine's work ([`Backend::digest_before`]).
 pub(crate) trait PendingDigest {
-    /// Waits for the digest.
+    /// Waits for the digests, one per buffer in the order given.
     ///
     /// # Errors
     /// CUDA errors of the digest.
-    fn wait(self: Box<Self>) -> Result<ShardDigest, VramError>;
+    fn wait(self: Box<Self>) -> Result<Vec<ShardDigest>, VramError>;
 }
 
-/// A digest that was computed at once.
-pub(crate) struct Ready(pub(crate) ShardDigest);
+/// Digests that were computed at once.
+pub(crate) struct Ready(pub(crate) Vec<ShardDigest>);
 
 impl PendingDigest for Ready {
-    fn wait(self: Box<Self>) -> Result<ShardDigest, VramError> {
+    fn wait(self: Box<Self>) -> Result<Vec<ShardDigest>, VramError> {
         Ok(self.0)
     }
+}
+
+/// The one device a multi-buffer digest's buffers are on (a launch sequence runs on one).
+///
+/// # Errors
+/// [`VramError::InvalidInput`] for buffers of several devices.
+pub(crate) fn one_device(devices: impl IntoIterator<Item = u32>) -> Result<Option<u32>, VramError> {
+    let mut devices = devices.into_iter();
+    let first = devices.next();
+    if let Some(d) = first
+        && devices.any(|other| other != d)
+    {
+        return Err(VramError::invalid_input(
+            "digest",
+            "buffers of several devices in one digest",
+        ));
+    }
+    Ok(first)
 }
 
 /// `cuMemAlloc`'s granularity: every allocation takes a multiple of 2 MiB of device memory.
@@ -140,30 +158,48 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
         observe: Option<ChunkObserver<'_>>,
     ) -> Result<(), VramError>;
 
-    /// Digest of the first `len` resident bytes of the buffer, computed from device memory,
-    /// taking at most `share` of the GPU, at the point `order` names.
+    /// Digests of the first `len` resident bytes of each `(buffer, len)` (one shard, or a
+    /// model's tensors, all on one device), computed from device memory in one launch sequence
+    /// where the backend can, taking at most `share` of the GPU, at the point `order` names. One
+    /// digest per buffer, in order.
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] when the bytes cannot be read or hashed.
+    /// [`VramError::CudaOperationFailed`] when the bytes cannot be read or hashed;
+    /// [`VramError::InvalidInput`] for buffers of several devices.
     fn digest(
+        &self,
+        buffers: &[(BufferId, usize)],
+        algorithm: DigestAlgorithm,
+        share: GpuShare,
+        order: DigestOrder<'_>,
+    ) -> Result<Vec<ShardDigest>, VramError>;
+
+    /// The digest of one buffer's first `len` bytes ([`Backend::digest`] of one).
+    ///
+    /// # Errors
+    /// As [`Backend::digest`].
+    fn digest_one(
         &self,
         buffer: BufferId,
         len: usize,
         algorithm: DigestAlgorithm,
         share: GpuShare,
         order: DigestOrder<'_>,
-    ) -> Result<ShardDigest, VramError>;
+    ) -> Result<ShardDigest, VramError> {
+        self.digest(&[(buffer, len)], algorithm, share, order)?
+            .pop()
+            .ok_or(VramError::Unreachable("one buffer has one digest"))
+    }
 
-    /// Queues the digest of the first `len` resident bytes ahead of the engine's work: the
-    /// engine's stream waits on the GPU until it is done (where the backend can queue it;
-    /// otherwise it is computed at once, before the engine has queued anything).
+    /// Queues the digests of [`Backend::digest`] ahead of the engine's work: the engine's
+    /// stream waits on the GPU until they are done (where the backend can queue them;
+    /// otherwise they are computed at once, before the engine has queued anything).
     ///
     /// # Errors
     /// As [`Backend::digest`].
     fn digest_before<'b>(
         &'b self,
-        buffer: BufferId,
-        len: usize,
+        buffers: &[(BufferId, usize)],
         algorithm: DigestAlgorithm,
         engine: EngineStream<'_>,
     ) -> Result<Box<dyn PendingDigest + 'b>, VramError>;

@@ -12,11 +12,56 @@ use std::sync::Arc;
 use vram_types::{GpuShare, SealedShard, VramError};
 
 use super::VramManager;
+use super::model::SealedModel;
 use super::residency::owned;
 use super::shared::Shared;
-use super::verify::{Stage, audit_failure, audited, check_fields, compare, verify_ordered};
+use super::verify::{Stage, Subject, audit_failure, audited, verify_ordered};
 use crate::backend::{DigestOrder, EngineStream, LentMemory};
 use crate::metrics::ExecutionResult;
+
+/// A sealed model's tensors, lent to an engine for one verified execution
+/// ([`VramManager::execute_model`]): each tensor's [`Weights`] by name. Lives only inside the
+/// closure, like [`Weights`].
+pub struct ModelWeights<'s> {
+    tensors: Vec<(&'s str, Weights<'s>)>,
+}
+
+impl ModelWeights<'_> {
+    /// The tensor named `name`.
+    #[must_use]
+    pub fn get(&self, name: &str) -> Option<&Weights<'_>> {
+        self.tensors
+            .binary_search_by(|(n, _)| n.as_bytes().cmp(name.as_bytes()))
+            .ok()
+            .and_then(|i| self.tensors.get(i))
+            .map(|(_, w)| w)
+    }
+
+    /// Every tensor with its name, names in byte order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Weights<'_>)> {
+        self.tensors.iter().map(|(n, w)| (*n, w))
+    }
+
+    /// How many tensors.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether there are none (never: a sealed model has at least one tensor).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+}
+
+impl std::fmt::Debug for ModelWeights<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.tensors.iter().map(|(_, w)| w))
+            .finish()
+    }
+}
 
 /// A sealed shard's memory, lent to an engine for one verified execution: its address (device
 /// memory on a GPU, host memory on the mock backend), length and device. It lives only inside
@@ -155,24 +200,77 @@ impl VramManager {
         engine: impl FnOnce(&Weights<'_>) -> R,
     ) -> Result<R, VramError> {
         let shared = &self.shared;
-        let result = match mode {
-            ExecutionMode::Before => checked(shared, shard, None, engine),
-            ExecutionMode::BeforeAndAfter => checked(shared, shard, Some(DigestOrder::Now), engine),
-            ExecutionMode::BeforeAndAfterOn(stream) => {
-                checked(shared, shard, Some(DigestOrder::After(stream)), engine)
-            }
-            ExecutionMode::Pipelined(stream) => pipelined(shared, shard, stream, engine),
-        };
-        let (outcome, value) = match result {
-            Ok(value) => (ExecutionResult::Passed, Ok(value)),
-            Err((stage, e)) => (stage, Err(e)),
-        };
-        // Counted under the shard's device only when that device exists (as verifications).
-        if shard.gpu_device < shared.backend().device_count() {
-            shared.metrics().count_execution(shard.gpu_device, outcome);
-        }
-        value
+        run(
+            shared,
+            &Subject::shard(shard),
+            mode,
+            || lend(shared, shard),
+            engine,
+        )
     }
+
+    /// [`Self::execute`] for a model sealed in place ([`Self::seal_model_in_place`]): every
+    /// tensor is checked before (and, as `mode` says, after) the engine's work, all in one
+    /// launch sequence, and the closure gets every tensor's memory by name. Audited and counted
+    /// as one verification of the model per check.
+    ///
+    /// # Errors
+    /// As [`Self::execute`]; a tensor whose bytes changed names itself in the error.
+    pub fn execute_model<R>(
+        &self,
+        model: &SealedModel,
+        mode: ExecutionMode<'_>,
+        engine: impl FnOnce(&ModelWeights<'_>) -> R,
+    ) -> Result<R, VramError> {
+        let shared = &self.shared;
+        run(
+            shared,
+            &model.subject(),
+            mode,
+            || {
+                let tensors = model
+                    .tensors()
+                    .iter()
+                    .map(|t| Ok((t.name(), lend(shared, t.shard())?)))
+                    .collect::<Result<_, VramError>>()?;
+                Ok(ModelWeights { tensors })
+            },
+            engine,
+        )
+    }
+}
+
+/// One execution in `mode`, counted by how it ended.
+fn run<V, R>(
+    shared: &Arc<Shared>,
+    subject: &Subject<'_>,
+    mode: ExecutionMode<'_>,
+    lend: impl FnOnce() -> Result<V, VramError>,
+    engine: impl FnOnce(&V) -> R,
+) -> Result<R, VramError> {
+    let result = match mode {
+        ExecutionMode::Before => checked(shared, subject, None, lend, engine),
+        ExecutionMode::BeforeAndAfter => {
+            checked(shared, subject, Some(DigestOrder::Now), lend, engine)
+        }
+        ExecutionMode::BeforeAndAfterOn(stream) => checked(
+            shared,
+            subject,
+            Some(DigestOrder::After(stream)),
+            lend,
+            engine,
+        ),
+        ExecutionMode::Pipelined(stream) => pipelined(shared, subject, stream, lend, engine),
+    };
+    let (outcome, value) = match result {
+        Ok(value) => (ExecutionResult::Passed, Ok(value)),
+        Err((stage, e)) => (stage, Err(e)),
+    };
+    // Counted under the device only when that device exists (as verifications).
+    if subject.device < shared.backend().device_count() {
+        shared.metrics().count_execution(subject.device, outcome);
+    }
+    value
 }
 
 /// Why an execution did not release its result, and the error.
@@ -190,57 +288,56 @@ fn lend<'s>(shared: &Arc<Shared>, shard: &'s SealedShard) -> Result<Weights<'s>,
 }
 
 /// Verified now, lent, and (with `after`) verified again at that point.
-fn checked<R>(
+fn checked<V, R>(
     shared: &Arc<Shared>,
-    shard: &SealedShard,
+    subject: &Subject<'_>,
     after: Option<DigestOrder<'_>>,
-    engine: impl FnOnce(&Weights<'_>) -> R,
+    lend: impl FnOnce() -> Result<V, VramError>,
+    engine: impl FnOnce(&V) -> R,
 ) -> Result<R, Refused> {
     let before = |e| (ExecutionResult::RefusedBefore, e);
     verify_ordered(
         shared,
-        shard,
+        subject,
         GpuShare::Full,
         DigestOrder::Now,
         Stage::Standalone,
     )
     .map_err(before)?;
-    let weights = lend(shared, shard).map_err(before)?;
+    let weights = lend().map_err(before)?;
     let value = engine(&weights);
     if let Some(order) = after {
-        check_after(shared, shard, order)?;
+        check_after(shared, subject, order)?;
     }
     Ok(value)
 }
 
 /// The first digest queued ahead of the engine's work, the second after it; both confirmed.
-fn pipelined<R>(
+fn pipelined<V, R>(
     shared: &Arc<Shared>,
-    shard: &SealedShard,
+    subject: &Subject<'_>,
     stream: EngineStream<'_>,
-    engine: impl FnOnce(&Weights<'_>) -> R,
+    lend: impl FnOnce() -> Result<V, VramError>,
+    engine: impl FnOnce(&V) -> R,
 ) -> Result<R, Refused> {
     let refuse = |e| (ExecutionResult::RefusedBefore, e);
     let queued = shared.ensure_running().and_then(|()| {
         let correlation_id = shared.next_correlation_id();
-        let resident = check_fields(shared, shard, &correlation_id)?;
-        shared.backend().digest_before(
-            resident.buffer(),
-            shard.vram_bytes,
-            shard.digest_algorithm(),
-            stream,
-        )
+        let buffers = subject.checked_buffers(shared, &correlation_id)?;
+        shared
+            .backend()
+            .digest_before(&buffers, subject.algorithm()?, stream)
     });
     let pending = match queued {
         Ok(pending) => pending,
         // Refused before anything was queued: audited as the failed verification it is.
-        Err(e) => return Err(refuse(audit_failure(shared, shard, e))),
+        Err(e) => return Err(refuse(audit_failure(shared, subject, e))),
     };
-    let weights = lend(shared, shard).map_err(refuse)?;
+    let weights = lend().map_err(refuse)?;
     let value = engine(&weights);
-    let after = check_after(shared, shard, DigestOrder::After(stream));
-    audited(shared, shard, |_| {
-        compare(shard, &pending.wait()?, Stage::Standalone)
+    let after = check_after(shared, subject, DigestOrder::After(stream));
+    audited(shared, subject, |_| {
+        subject.compare(&pending.wait()?, Stage::Standalone)
     })
     .map_err(refuse)?;
     after?;
@@ -251,9 +348,15 @@ fn pipelined<R>(
 /// [`VramError::ModifiedDuringExecution`].
 fn check_after(
     shared: &Arc<Shared>,
-    shard: &SealedShard,
+    subject: &Subject<'_>,
     order: DigestOrder<'_>,
 ) -> Result<(), Refused> {
-    verify_ordered(shared, shard, GpuShare::Full, order, Stage::AfterExecution)
-        .map_err(|e| (ExecutionResult::CaughtAfter, e))
+    verify_ordered(
+        shared,
+        subject,
+        GpuShare::Full,
+        order,
+        Stage::AfterExecution,
+    )
+    .map_err(|e| (ExecutionResult::CaughtAfter, e))
 }

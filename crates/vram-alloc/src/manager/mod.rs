@@ -3,6 +3,7 @@
 mod cross_check;
 mod execute;
 mod group;
+mod model;
 mod plan;
 mod policy;
 mod residency;
@@ -25,8 +26,9 @@ use crate::backend::{Backend, CudaBackend, MockBackend, round_up};
 use crate::capacity::DeviceCapacity;
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::VramMetrics;
-pub use execute::{ExecutionMode, Weights};
+pub use execute::{ExecutionMode, ModelWeights, Weights};
 pub use group::{GroupPart, SealedGroup};
+pub use model::{EngineTensor, SealedModel, SealedTensor};
 pub use plan::{GroupPlan, PlanError, PlanStep, SealPart, SealPlan};
 pub use seal_options::SealOptions;
 pub(crate) use shared::Shared;

@@ -239,7 +239,7 @@ impl VramManager {
 
 /// An in-place seal's input: the id, the device, a length within the model-size limit, no
 /// cross-check (there are no host bytes) and no expectation in another algorithm.
-fn validate_in_place(
+pub(super) fn validate_in_place(
     shared: &Shared,
     range: &ForeignRange,
     options: &SealOptions,
@@ -268,7 +268,7 @@ fn validate_in_place(
 }
 
 /// Step 1: a device buffer of the shard's length, freed on drop unless handed on.
-struct Placed<'s> {
+pub(super) struct Placed<'s> {
     shared: &'s Arc<Shared>,
     buffer: Option<BufferId>,
     device: u32,
@@ -304,7 +304,7 @@ impl<'s> Placed<'s> {
     }
 
     /// An engine's range, registered (never freed: dropping the guard only forgets it).
-    fn adopt(shared: &'s Arc<Shared>, range: ForeignRange) -> Result<Self, VramError> {
+    pub(super) fn adopt(shared: &'s Arc<Shared>, range: ForeignRange) -> Result<Self, VramError> {
         let device = range.device_ordinal();
         let len = range.len();
         Ok(Self {
@@ -319,7 +319,7 @@ impl<'s> Placed<'s> {
     /// of its device inside one allocation. A range that is not is the caller's mistake, not
     /// the environment's: recorded as a policy violation and refused, and the manager keeps
     /// running.
-    fn in_place(self, correlation_id: &str) -> Result<Uploaded<'s>, VramError> {
+    pub(super) fn in_place(self, correlation_id: &str) -> Result<Uploaded<'s>, VramError> {
         if let Some(reason) = residency::problem(self.shared, self.id()?, self.device, self.len)? {
             residency::record_violation(self.shared, correlation_id, self.device, reason.clone());
             return Err(VramError::PolicyViolation {
@@ -394,17 +394,31 @@ impl Drop for Placed<'_> {
 
 /// Step 2 done: the bytes are resident in device memory; with the cross-check, the digest of
 /// the host bytes they came from.
-struct Uploaded<'s> {
+pub(super) struct Uploaded<'s> {
     placed: Placed<'s>,
     host_digest: Option<ShardDigest>,
 }
 
 impl<'s> Uploaded<'s> {
+    /// The buffer and its length, for a digest of many buffers at once (a model's tensors,
+    /// sealed in place: there are no host bytes to compare).
+    pub(super) fn buffer(&self) -> Result<(BufferId, usize), VramError> {
+        Ok((self.placed.id()?, self.placed.len))
+    }
+
+    /// Step 3 from a digest computed with other buffers' in one launch sequence.
+    pub(super) fn digested(self, digest: ShardDigest) -> Digested<'s> {
+        Digested {
+            placed: self.placed,
+            digest,
+        }
+    }
+
     /// Step 3: the digest of the resident bytes, computed where they lie: the seal covers what
     /// is in VRAM, not the host bytes.
     fn digest(self, algorithm: vram_types::DigestAlgorithm) -> Result<Digested<'s>, VramError> {
         let placed = self.placed;
-        let digest = placed.shared.backend().digest(
+        let digest = placed.shared.backend().digest_one(
             placed.id()?,
             placed.len,
             algorithm,
@@ -425,7 +439,7 @@ impl<'s> Uploaded<'s> {
 }
 
 /// Step 3 done: the digest of the resident bytes.
-struct Digested<'s> {
+pub(super) struct Digested<'s> {
     placed: Placed<'s>,
     digest: ShardDigest,
 }
@@ -447,7 +461,11 @@ impl<'s> Digested<'s> {
 
     /// Step 4: the id (the plan's claim, or one derived from the content, claimed now) and the
     /// seal over the shard's fields.
-    fn sign(self, options: &SealOptions, claim: Option<Claim>) -> Result<Signed<'s>, VramError> {
+    pub(super) fn sign(
+        self,
+        options: &SealOptions,
+        claim: Option<Claim>,
+    ) -> Result<Signed<'s>, VramError> {
         let shared = self.placed.shared;
         let device = self.placed.device;
         let digest_hex = self.digest.to_hex();
@@ -491,7 +509,7 @@ impl<'s> Digested<'s> {
 }
 
 /// Step 4 done: sealed, not yet registered.
-struct Signed<'s> {
+pub(super) struct Signed<'s> {
     placed: Placed<'s>,
     fields: SealedFields,
     now: SystemTime,
@@ -502,7 +520,7 @@ struct Signed<'s> {
 impl Signed<'_> {
     /// Step 5: the allocation becomes the shard's (its drop now frees it and audits the
     /// release), the id goes live, and the seal is audited, or held back for a group.
-    fn register(
+    pub(super) fn register(
         self,
         reservation: Option<Reservation>,
         correlation_id: &str,

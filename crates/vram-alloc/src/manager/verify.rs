@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use vram_seal::{ShardDigest, verify_signature};
-use vram_types::{GpuShare, SealFailure, SealedFields, SealedShard, VramError};
+use vram_types::{DigestAlgorithm, GpuShare, SealFailure, SealedFields, SealedShard, VramError};
 
 use vram_types::{AllocationFacts, ShardAllocation};
 
@@ -15,7 +15,7 @@ use super::residency::{self, owned};
 use super::resident::ResidentAllocation;
 use super::shared::Shared;
 use crate::audit::AuditEvent;
-use crate::backend::DigestOrder;
+use crate::backend::{BufferId, DigestOrder};
 
 impl VramManager {
     /// Verifies a shard: its seal, its freshness, that it is still in device memory, and that
@@ -80,7 +80,75 @@ fn changed_field(sealed: &SealedFields, presented: &SealedFields) -> Option<&'st
 }
 
 fn verify(shared: &Arc<Shared>, shard: &SealedShard, share: GpuShare) -> Result<(), VramError> {
-    verify_ordered(shared, shard, share, DigestOrder::Now, Stage::Standalone)
+    verify_ordered(
+        shared,
+        &Subject::shard(shard),
+        share,
+        DigestOrder::Now,
+        Stage::Standalone,
+    )
+}
+
+/// What one verification covers: one shard, or a model's tensors hashed together in one launch
+/// sequence; it is audited and counted under one id (the shard's, or the model's).
+pub(super) struct Subject<'a> {
+    /// The id its audit record and metrics name.
+    pub(super) id: &'a str,
+    /// The device of every shard.
+    pub(super) device: u32,
+    /// The shards, checked in this order (the first that fails names the error).
+    pub(super) shards: Vec<&'a SealedShard>,
+}
+
+impl<'a> Subject<'a> {
+    pub(super) fn shard(shard: &'a SealedShard) -> Self {
+        Self {
+            id: &shard.shard_id,
+            device: shard.gpu_device,
+            shards: vec![shard],
+        }
+    }
+
+    /// Everything but the digests, for every shard ([`check_fields`]); the buffers to hash.
+    pub(super) fn checked_buffers(
+        &self,
+        shared: &Arc<Shared>,
+        correlation_id: &str,
+    ) -> Result<Vec<(BufferId, usize)>, VramError> {
+        self.shards
+            .iter()
+            .map(|shard| {
+                let resident = check_fields(shared, shard, correlation_id)?;
+                Ok((resident.buffer(), shard.vram_bytes))
+            })
+            .collect()
+    }
+
+    /// The algorithm every shard was sealed with (a model's tensors share one).
+    pub(super) fn algorithm(&self) -> Result<DigestAlgorithm, VramError> {
+        let mut algorithms = self.shards.iter().map(|s| s.digest_algorithm());
+        let first = algorithms
+            .next()
+            .ok_or(VramError::Unreachable("a subject has a shard"))?;
+        if algorithms.any(|a| a != first) {
+            return Err(VramError::invalid_input(
+                "model",
+                "tensors sealed with different digest algorithms",
+            ));
+        }
+        Ok(first)
+    }
+
+    /// Each shard's digest against the sealed one; the first that differs names the error.
+    pub(super) fn compare(&self, actual: &[ShardDigest], stage: Stage) -> Result<(), VramError> {
+        if actual.len() != self.shards.len() {
+            return Err(VramError::Unreachable("one digest per shard"));
+        }
+        self.shards
+            .iter()
+            .zip(actual)
+            .try_for_each(|(shard, digest)| compare(shard, digest, stage))
+    }
 }
 
 /// What a verification is for: it names the error of changed bytes.
@@ -95,31 +163,27 @@ pub(super) enum Stage {
 /// A whole verification, the digest read at the point `order` names.
 pub(super) fn verify_ordered(
     shared: &Arc<Shared>,
-    shard: &SealedShard,
+    subject: &Subject<'_>,
     share: GpuShare,
     order: DigestOrder<'_>,
     stage: Stage,
 ) -> Result<(), VramError> {
-    audited(shared, shard, |correlation_id| {
-        let resident = check_fields(shared, shard, correlation_id)?;
-        let actual = shared.backend().digest(
-            resident.buffer(),
-            shard.vram_bytes,
-            shard.digest_algorithm(),
-            share,
-            order,
-        )?;
-        compare(shard, &actual, stage)
+    audited(shared, subject, |correlation_id| {
+        let buffers = subject.checked_buffers(shared, correlation_id)?;
+        let actual = shared
+            .backend()
+            .digest(&buffers, subject.algorithm()?, share, order)?;
+        subject.compare(&actual, stage)
     })
 }
 
-/// Records `error` as a failed verification of `shard` (as [`audited`] does) and returns it.
+/// Records `error` as a failed verification of `subject` (as [`audited`] does) and returns it.
 pub(super) fn audit_failure(
     shared: &Arc<Shared>,
-    shard: &SealedShard,
+    subject: &Subject<'_>,
     error: VramError,
 ) -> VramError {
-    match audited(shared, shard, |_| Err(error)) {
+    match audited(shared, subject, |_| Err(error)) {
         Err(e) => e,
         Ok(()) => VramError::Unreachable("a failure is recorded as one"),
     }
@@ -130,9 +194,10 @@ pub(super) fn audit_failure(
 /// failure is recorded as critical and stops the manager when it is a security failure.
 pub(super) fn audited(
     shared: &Arc<Shared>,
-    shard: &SealedShard,
+    subject: &Subject<'_>,
     check: impl FnOnce(&str) -> Result<(), VramError>,
 ) -> Result<(), VramError> {
+    let (id, device) = (subject.id, subject.device);
     shared.ensure_running()?;
     let started = Instant::now();
     let correlation_id = shared.next_correlation_id();
@@ -140,30 +205,30 @@ pub(super) fn audited(
     let result = match checked {
         Ok(()) => {
             // Passed: the id is the one this manager validated and sealed.
-            tracing::info!(shard_id = %shard.shard_id, result = "pass", "seal verified");
+            tracing::info!(shard_id = %id, result = "pass", "seal verified");
             // Fail-closed: a pass that cannot be recorded is not a pass.
             shared
                 .record(
                     &correlation_id,
                     AuditEvent::SealVerified {
-                        shard_id: shard.shard_id.clone(),
-                        gpu_device: shard.gpu_device,
+                        shard_id: id.to_owned(),
+                        gpu_device: device,
                     },
                 )
                 .inspect(|()| {
                     shared
                         .metrics()
-                        .set_last_verified(&shard.shard_id, shared.clock().wall());
+                        .set_last_verified(id, shared.clock().wall());
                 })
         }
         Err(e) => {
             // The caller's id, possibly edited (line breaks, terminal escapes): escaped.
-            tracing::error!(shard_id = ?shard.shard_id, result = "fail", error = %e, "seal verification failed");
+            tracing::error!(shard_id = ?id, result = "fail", error = %e, "seal verification failed");
             shared.record_or_stop(
                 &correlation_id,
                 AuditEvent::SealVerificationFailed {
-                    shard_id: shard.shard_id.clone(),
-                    gpu_device: shard.gpu_device,
+                    shard_id: id.to_owned(),
+                    gpu_device: device,
                     reason: e.to_string(),
                 },
             );
@@ -175,10 +240,10 @@ pub(super) fn audited(
     };
     // Counted under the shard's device only when that device exists: a caller's made-up device
     // numbers must not grow the metrics' label set.
-    if shard.gpu_device < shared.backend().device_count() {
+    if device < shared.backend().device_count() {
         shared
             .metrics()
-            .count_verify(shard.gpu_device, result.is_ok(), started.elapsed());
+            .count_verify(device, result.is_ok(), started.elapsed());
     }
     result
 }
