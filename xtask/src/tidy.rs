@@ -2,7 +2,7 @@
 //!
 //! - every `.rs` file under `crates/`, `xtask/` and `fuzz/` starts with a `//!` doc comment;
 //! - `unsafe` appears only in `vram-cuda-sys`, and each `unsafe` block there has a `// SAFETY:`
-//!   comment on one of the three lines above it;
+//!   comment on one of the three lines above it (or in the comment block right above it);
 //! - every library crate except `vram-cuda-sys` says `#![forbid(unsafe_code)]`;
 //! - no should-panic tests (errors are values here, not panics).
 
@@ -74,9 +74,18 @@ pub(crate) fn problems(root: &Path) -> Vec<String> {
                 continue;
             }
             let start = i.saturating_sub(3);
-            let documented = lines
+            let near = lines
                 .get(start..=i)
                 .is_some_and(|w| w.iter().any(|l| l.contains("SAFETY:")));
+            // A longer `//` comment block ending right above the line counts as a whole.
+            let block = lines
+                .get(..i)
+                .unwrap_or_default()
+                .iter()
+                .rev()
+                .take_while(|l| l.trim_start().starts_with("//"))
+                .any(|l| l.contains("SAFETY:"));
+            let documented = near || block;
             // An `unsafe fn` declaration documents its contract in a `# Safety` section instead.
             let words: Vec<&str> = code_words(line).collect();
             let is_fn = words.windows(2).any(|w| w == ["unsafe", "fn"]);
@@ -139,6 +148,10 @@ mod tests {
             "crates/vram-cuda-sys/src/z.rs",
             "//! z\n/// Does it.\n///\n/// # Safety\n/// 1. valid\npub unsafe fn f() {}\nunsafe fn undocumented() {}\n",
         );
+        write(
+            "crates/vram-cuda-sys/src/w.rs",
+            "//! w\n// SAFETY: one\n// two\n// three\n// four\nunsafe { g() }\n",
+        );
         let problems = super::problems(&root).join("\n");
         std::fs::remove_dir_all(&root).unwrap();
         assert!(problems.contains("crates/a/src/lib.rs: does not start with a //! doc comment"));
@@ -146,6 +159,10 @@ mod tests {
         assert!(problems.contains("crates/a/src/lib.rs: missing #![forbid(unsafe_code)]"));
         assert!(problems.contains("x.rs:3: unsafe without a // SAFETY: comment"));
         assert!(!problems.contains("y.rs"), "{problems}");
+        assert!(
+            !problems.contains("w.rs"),
+            "a long SAFETY block: {problems}"
+        );
         assert!(
             !problems.contains("z.rs:6"),
             "a documented unsafe fn: {problems}"

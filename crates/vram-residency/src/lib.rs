@@ -52,7 +52,7 @@ pub use vram_types::{
     AllocationFacts, AuditFailurePolicy, BackendKind, DeviceFacts, DigestAlgorithm, FileSource,
     GpuShare, KeyProblem, LeafSize, MemoryType, ModelShardHandle, Result, SealFailure,
     SealSignature, SealedFields, SealedShard, ShardAllocation, ShardId, ShardSource, VramConfig,
-    VramError, validation,
+    VramError, formats, validation,
 };
 
 #[doc(inline)]
@@ -80,9 +80,10 @@ pub use vram_policy::{
 
 #[doc(inline)]
 pub use vram_alloc::{
-    DeviceUsage, EngineStream, ExecutionCounts, ExecutionMode, ForeignRange, GroupPart, GroupPlan,
-    PlanError, PlanStep, SealOptions, SealPart, SealPlan, SealedGroup, VramManager,
-    VramManagerBuilder, VramMetrics, Weights, audit, probe_gpus,
+    DeviceUsage, EngineStream, EngineTensor, ExecutionCounts, ExecutionMode, ForeignRange,
+    GroupPart, GroupPlan, ModelWeights, PlanError, PlanStep, SealOptions, SealPart, SealPlan,
+    SealedGroup, SealedModel, SealedTensor, VramManager, VramManagerBuilder, VramMetrics, Weights,
+    audit, probe_gpus,
 };
 
 #[doc(inline)]

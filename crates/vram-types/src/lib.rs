@@ -10,6 +10,7 @@
 //! - [`ShardAllocation`]: the trait a backend implements for the VRAM behind a shard;
 //! - [`DeviceFacts`] and [`AllocationFacts`]: what a backend reports for the VRAM-only policy;
 //! - [`ShardSource`] ([`FileSource`], byte slices): model bytes read at any offset while sealing;
+//! - [`formats`]: safetensors and GGUF headers checked, and their tensor tables read;
 //! - [`GpuShare`]: how much of a GPU a digest of resident bytes may take;
 //! - [`rfc3339_millis`]: timestamps as log pipelines read them.
 //!
@@ -33,6 +34,7 @@
 
 mod digest_algorithm;
 mod error;
+pub mod formats;
 mod gpu_share;
 mod residency_facts;
 mod rfc3339;

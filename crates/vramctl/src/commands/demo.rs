@@ -69,7 +69,7 @@ pub(crate) fn run(out: Output, backend: &BackendArgs) -> CliResult<Exit> {
     out.result(format!(
         "1. wrote {} ({}, {} on disk)",
         path.display(),
-        format.describe(),
+        vramctl::formats::describe(&format),
         human_bytes(bytes.len() as u64)
     ));
 

@@ -170,7 +170,7 @@ fn report_sealed(
         shard.shard_id,
         shard.gpu_device,
         human_bytes(u64::try_from(shard.vram_bytes).unwrap_or(0)),
-        file.format.describe(),
+        vramctl::formats::describe(&file.format),
         shard.digest
     );
     let seconds = took.map(|t| t.as_secs_f64());
