@@ -74,8 +74,8 @@ mod sync;
 pub use clock::ManualClock;
 
 pub use manager::{
-    EngineTensor, ExecutionMode, GroupPart, GroupPlan, ModelWeights, PlanError, PlanStep,
-    SealOptions, SealPart, SealPlan, SealedGroup, SealedModel, SealedTensor, VramManager,
+    EngineTensor, ExecutionMode, GroupPart, GroupPlan, LentTensor, ModelWeights, PlanError,
+    PlanStep, SealOptions, SealPart, SealPlan, SealedGroup, SealedModel, SealedTensor, VramManager,
     VramManagerBuilder, Weights,
 };
 pub use metrics::{DeviceUsage, ExecutionCounts, VramMetrics};

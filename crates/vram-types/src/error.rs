@@ -196,6 +196,12 @@ pub enum VramError {
         reason: String,
     },
 
+    /// Model bytes named or recognised as a safetensors or GGUF file whose header does not hold
+    /// (read from the bytes in VRAM when they are sealed): the shard would carry a wrong tensor
+    /// table, so nothing is sealed.
+    #[error("{0}")]
+    MalformedModel(crate::formats::FormatError),
+
     /// A shard with this id is already sealed and resident.
     #[error("shard {shard_id:?} is already sealed; drop it before sealing that id again")]
     AlreadySealed {

@@ -168,6 +168,104 @@ pub fn tensor_table(
     }
 }
 
+/// What [`sealed_table`] found the bytes to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TableKind {
+    Safetensors,
+    Gguf,
+}
+
+/// Whether bytes of `len` bytes starting with `probe`, from a file `name` when they came from
+/// one, have a tensor table to read, and whether a header that does not hold is an error
+/// (`true`: the name or the GGUF magic says they are a model file) or makes them plain bytes.
+fn table_kind(name: Option<&Path>, probe: &[u8], len: u64) -> Option<(TableKind, bool)> {
+    if probe.starts_with(b"GGUF") {
+        return Some((TableKind::Gguf, name.is_some()));
+    }
+    if let Some(name) = name {
+        return match extension(name).as_deref() {
+            Some("safetensors") => Some((TableKind::Safetensors, true)),
+            Some("gguf") => Some((TableKind::Gguf, true)),
+            _ => None,
+        };
+    }
+    // Unnamed: a safetensors header is an 8-byte length, within the bytes, then a JSON object.
+    let n = probe
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)?;
+    let fits = n <= HEADER_PREFIX_MAX && n.checked_add(8).is_some_and(|end| end <= len);
+    (fits && probe.get(8) == Some(&b'{')).then_some((TableKind::Safetensors, false))
+}
+
+/// Reads the bytes at an offset into a buffer (the resident bytes, for [`sealed_table`]).
+pub type ReadAt<'r> = dyn FnMut(u64, &mut [u8]) -> Result<(), crate::VramError> + 'r;
+
+/// The tensor table a sealed shard carries: read through `read` (offset, buffer) from bytes of
+/// `len` bytes (the bytes in VRAM, so the table describes what was sealed), sorted by name.
+///
+/// One rule decides which bytes have a table. Bytes that came from a file (`name`) are
+/// recognised as [`recognise`] does: a `.safetensors` or `.gguf` name, or the GGUF magic, and
+/// a header that does not hold is an error. Unnamed bytes (a byte slice) are recognised by
+/// their content (the GGUF magic, or an 8-byte length followed by a JSON object), and a header
+/// that does not parse leaves them plain bytes: nothing said they were a model file. Plain
+/// bytes have no table (`Ok(None)`). A GGUF header is read in growing prefixes (1 MiB first),
+/// so a small header costs a small read.
+///
+/// # Errors
+/// [`VramError::MalformedModel`](crate::VramError::MalformedModel) for a model file whose
+/// header does not hold; the error of `read`.
+pub fn sealed_table(
+    name: Option<&Path>,
+    len: u64,
+    read: &mut ReadAt<'_>,
+) -> Result<Option<Vec<TensorInfo>>, crate::VramError> {
+    const FIRST_GGUF_READ: u64 = 1 << 20;
+    let read_prefix = |n: u64, read: &mut ReadAt<'_>| {
+        let n = usize::try_from(n)
+            .map_err(|_| crate::VramError::Unreachable("a header prefix fits in memory"))?;
+        let mut head = vec![0u8; n];
+        read(0, &mut head)?;
+        Ok::<_, crate::VramError>(head)
+    };
+    let probe = read_prefix(HEADER_PROBE_BYTES.saturating_add(1).min(len), read)?;
+    let Some((kind, strict)) = table_kind(name, &probe, len) else {
+        return Ok(None);
+    };
+    let parsed = match kind {
+        TableKind::Safetensors => {
+            let n = probe
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .map_or(0, u64::from_le_bytes)
+                .min(HEADER_PREFIX_MAX);
+            let head = read_prefix(n.saturating_add(HEADER_PROBE_BYTES).min(len), read)?;
+            safetensors_table(&head, len).map_err(FormatError::Safetensors)
+        }
+        TableKind::Gguf => {
+            let extent = HEADER_PREFIX_MAX.min(len);
+            let mut size = FIRST_GGUF_READ.min(extent);
+            loop {
+                let head = read_prefix(size, read)?;
+                match gguf_table(&head, len) {
+                    // A prefix too short for the header fails somewhere: read more, up to all a
+                    // header may take, and keep the answer of the longest read.
+                    Err(_) if size < extent => size = size.saturating_mul(4).min(extent),
+                    done => break done.map_err(FormatError::Gguf),
+                }
+            }
+        }
+    };
+    match parsed {
+        Ok((_, mut table)) => {
+            table.sort_unstable_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+            Ok(Some(table))
+        }
+        Err(e) if strict => Err(crate::VramError::MalformedModel(e)),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Longest prefix read to recognise a model's format (a safetensors header is at most 100 MB).
 pub const HEADER_PREFIX_MAX: u64 = 128 << 20;
 
@@ -961,5 +1059,92 @@ mod tests {
         assert_eq!(range, data.as_slice());
         // Raw files have no table.
         assert_eq!(tensor_table(Path::new("x.bin"), b"abc", 3).unwrap(), None);
+    }
+
+    /// `sealed_table` over `bytes`, with the length of every read it made.
+    fn sealed(
+        name: Option<&str>,
+        bytes: &[u8],
+    ) -> (
+        Result<Option<Vec<TensorInfo>>, crate::VramError>,
+        Vec<usize>,
+    ) {
+        let mut reads = Vec::new();
+        let result = sealed_table(
+            name.map(Path::new),
+            bytes.len() as u64,
+            &mut |offset, dst| {
+                reads.push(dst.len());
+                let start = usize::try_from(offset).unwrap();
+                dst.copy_from_slice(&bytes[start..start + dst.len()]);
+                Ok(())
+            },
+        );
+        (result, reads)
+    }
+
+    #[test]
+    fn a_sealed_table_is_read_by_name_or_content_and_sorted() {
+        // GGUF with a header over 1 MiB: read in growing prefixes, after a 9-byte probe.
+        let f = gguf_file(60_000, 60_000 * 32);
+        let (table, reads) = sealed(Some("m.gguf"), &f);
+        let table = table.unwrap().unwrap();
+        assert_eq!(
+            reads,
+            [9, 1 << 20, f.len()],
+            "4 MiB, or the whole when shorter"
+        );
+        let mut expected = tensor_table(Path::new("m.gguf"), &f, f.len() as u64)
+            .unwrap()
+            .unwrap();
+        expected.sort_by(|a, b| a.name.cmp(&b.name));
+        assert_eq!(table, expected);
+        // A small header takes one read after the probe; unnamed bytes with the magic too.
+        let small = gguf_file(2, 64);
+        let (table, reads) = sealed(None, &small);
+        assert_eq!(table.unwrap().unwrap().len(), 2);
+        assert_eq!(reads, [9, small.len()]);
+
+        // A named file whose header does not hold is refused; unnamed, it is plain bytes.
+        let mut cut = small.clone();
+        cut.truncate(small.len() - 40); // 24 of the 48 data bytes the tensors need
+        let (named, _) = sealed(Some("m.gguf"), &cut);
+        assert!(
+            matches!(
+                named,
+                Err(crate::VramError::MalformedModel(FormatError::Gguf(
+                    HeaderProblem::DataSize { .. }
+                )))
+            ),
+            "{named:?}"
+        );
+        assert_eq!(sealed(None, &cut).0.unwrap(), None);
+
+        // safetensors: by name, or by content (a length within the bytes, then `{`).
+        use safetensors::tensor::{Dtype, TensorView};
+        let data: Vec<u8> = (0..24u8).collect();
+        let view = TensorView::new(Dtype::F32, vec![2, 3], &data).unwrap();
+        let file = safetensors::serialize([("w", view)], None).unwrap();
+        for name in [Some("m.safetensors"), None] {
+            let (table, reads) = sealed(name, &file);
+            assert_eq!(table.unwrap().unwrap()[0].name, "w");
+            assert_eq!(reads, [9, file.len() - 24], "the probe, then the header");
+        }
+        assert!(
+            sealed(Some("m.safetensors"), &file[..file.len() - 1])
+                .0
+                .is_err()
+        );
+        assert_eq!(sealed(None, &file[..file.len() - 1]).0.unwrap(), None);
+
+        // Anything else: the probe alone, no table, whatever its name.
+        for name in [Some("weights.bin"), None] {
+            let (table, reads) = sealed(name, b"plain bytes, not a model");
+            assert_eq!((table.unwrap(), reads), (None, vec![9]));
+        }
+        assert_eq!(sealed(None, b"").0.unwrap(), None);
+        // A read that fails fails the whole.
+        let failing = sealed_table(None, 100, &mut |_, _| Err(crate::VramError::Stopped));
+        assert_eq!(failing, Err(crate::VramError::Stopped));
     }
 }

@@ -62,6 +62,11 @@ pub trait ShardAllocation: Send + Sync + fmt::Debug + 'static {
     }
     /// Lets the owning backend recover its concrete type.
     fn as_any(&self) -> &dyn Any;
+    /// The tensor table of the bytes, sorted by name, when they were sealed from a safetensors
+    /// or GGUF file ([`crate::formats::sealed_table`]); `None` for plain bytes.
+    fn tensors(&self) -> Option<&[crate::formats::TensorInfo]> {
+        None
+    }
 }
 
 /// The fields a seal covers, in one place: what is signed is exactly this.
@@ -213,6 +218,15 @@ impl SealedShard {
     #[must_use]
     pub fn seal_signature(&self) -> &SealSignature {
         &self.signature
+    }
+
+    /// The tensor table of the shard's bytes (name, dtype, shape and byte range of each tensor,
+    /// sorted by name), read from the bytes in VRAM when they were sealed from a safetensors or
+    /// GGUF file; `None` for plain bytes or a shard that is not resident here. An engine finds
+    /// each tensor's device address through the manager's lending view.
+    #[must_use]
+    pub fn tensors(&self) -> Option<&[crate::formats::TensorInfo]> {
+        self.allocation.as_ref().and_then(|a| a.tensors())
     }
 
     /// The backend's handle on the shard's VRAM, if the shard is resident.

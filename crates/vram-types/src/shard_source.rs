@@ -7,6 +7,7 @@
 
 use std::fs::File;
 use std::io;
+use std::path::{Path, PathBuf};
 
 use crate::error::VramError;
 
@@ -18,6 +19,13 @@ pub trait ShardSource: Sync {
     /// Whether the source is empty.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The file the bytes come from, when they come from one: sealing recognises a
+    /// safetensors or GGUF file by it and reads the file's tensor table
+    /// ([`crate::formats::sealed_table`]). `None` by default.
+    fn path(&self) -> Option<&Path> {
+        None
     }
 
     /// Fills `buf` with the bytes at `offset`.
@@ -74,22 +82,52 @@ impl ShardSource for Vec<u8> {
 pub struct FileSource {
     file: File,
     len: u64,
+    path: Option<PathBuf>,
 }
 
 impl FileSource {
-    /// A source over `file`, of its current length.
+    /// A source over `file`, of its current length, with no name: its format is recognised by
+    /// its content alone (prefer [`Self::open`]).
     ///
     /// # Errors
     /// The error of reading the file's metadata.
     pub fn new(file: File) -> io::Result<Self> {
         let len = file.metadata()?.len();
-        Ok(Self { file, len })
+        Ok(Self {
+            file,
+            len,
+            path: None,
+        })
+    }
+
+    /// Opens the file at `path`; its name tells a sealed safetensors or GGUF file, whose header
+    /// must then hold.
+    ///
+    /// # Errors
+    /// The error of opening the file or reading its metadata.
+    pub fn open(path: impl AsRef<Path>) -> io::Result<Self> {
+        let path = path.as_ref();
+        Self::with_path(File::open(path)?, path)
+    }
+
+    /// A source over `file`, already open, named `path` (see [`Self::open`]).
+    ///
+    /// # Errors
+    /// The error of reading the file's metadata.
+    pub fn with_path(file: File, path: impl Into<PathBuf>) -> io::Result<Self> {
+        let mut source = Self::new(file)?;
+        source.path = Some(path.into());
+        Ok(source)
     }
 }
 
 impl ShardSource for FileSource {
     fn len(&self) -> u64 {
         self.len
+    }
+
+    fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

@@ -84,6 +84,10 @@ impl ShardSource for ProgressSource<'_> {
         self.inner.len()
     }
 
+    fn path(&self) -> Option<&Path> {
+        self.inner.path()
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.inner.read_at(offset, buf)?;
         self.bar.inc(u64::try_from(buf.len()).unwrap_or(0));

@@ -397,6 +397,10 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn read(&self, buffer: BufferId, offset: usize, dst: &mut [u8]) -> Result<(), VramError> {
+        self.buffer(buffer)?.read(offset, dst).map_err(other)
+    }
+
     fn lend(&self, buffer: BufferId) -> Result<Box<dyn LentMemory>, VramError> {
         let b = self.buffer(buffer)?;
         let address = b.lending_address().map_err(other)?;

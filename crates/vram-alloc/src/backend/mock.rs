@@ -528,6 +528,23 @@ impl Backend for MockBackend {
         Ok(Box::new(Ready(digests)))
     }
 
+    fn read(&self, buffer: BufferId, offset: usize, dst: &mut [u8]) -> Result<(), VramError> {
+        let b = self.buffer(buffer)?;
+        self.copy_fault(b.device, "device-to-host copy", |f| &mut f.fail_reads)?;
+        let data = read(&b.data);
+        let src = offset
+            .checked_add(dst.len())
+            .and_then(|end| data.get(offset..end))
+            .ok_or_else(|| VramError::CudaOperationFailed {
+                device: b.device,
+                operation: "device-to-host copy",
+                cuda_error: "CUDA_ERROR_INVALID_VALUE: range outside the buffer (mock)".into(),
+                code: None,
+            })?;
+        dst.copy_from_slice(src);
+        Ok(())
+    }
+
     fn lend(&self, buffer: BufferId) -> Result<Box<dyn LentMemory>, VramError> {
         Ok(Box::new(LentMock(self.buffer(buffer)?)))
     }

@@ -158,6 +158,14 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
         observe: Option<ChunkObserver<'_>>,
     ) -> Result<(), VramError>;
 
+    /// Copies the resident bytes at `offset` into `dst` (a sealed file's header, read to find
+    /// its tensor table: the table then describes the bytes in VRAM).
+    ///
+    /// # Errors
+    /// [`VramError::CudaOperationFailed`] when the copy fails or the range is outside the
+    /// buffer.
+    fn read(&self, buffer: BufferId, offset: usize, dst: &mut [u8]) -> Result<(), VramError>;
+
     /// Digests of the first `len` resident bytes of each `(buffer, len)` (one shard, or a
     /// model's tensors, all on one device), computed from device memory in one launch sequence
     /// where the backend can, taking at most `share` of the GPU, at the point `order` names. One

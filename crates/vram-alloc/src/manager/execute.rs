@@ -3,142 +3,20 @@
 //! the engine's work, withholding the engine's result when they changed
 //! (`docs/adr/0009-verified-execution.md`).
 //!
-//! The engine gets the bytes' address only through [`Weights`], which borrows the shard for the
-//! scope: the shard cannot be released while it is lent, and the address never reaches a log,
-//! an audit record, a metric or an error.
+//! The engine gets the bytes' address only through the lending view (`lending.rs`), which
+//! borrows the shard for the scope.
 
 use std::sync::Arc;
 
 use vram_types::{GpuShare, SealedShard, VramError};
 
 use super::VramManager;
+use super::lending::{ModelWeights, Weights, lend};
 use super::model::SealedModel;
-use super::residency::owned;
 use super::shared::Shared;
 use super::verify::{Stage, Subject, audit_failure, audited, verify_ordered};
-use crate::backend::{DigestOrder, EngineStream, LentMemory};
+use crate::backend::{DigestOrder, EngineStream};
 use crate::metrics::ExecutionResult;
-
-/// A sealed model's tensors, lent to an engine for one verified execution
-/// ([`VramManager::execute_model`]): each tensor's [`Weights`] by name. Lives only inside the
-/// closure, like [`Weights`].
-pub struct ModelWeights<'s> {
-    tensors: Vec<(&'s str, Weights<'s>)>,
-}
-
-impl ModelWeights<'_> {
-    /// The tensor named `name`.
-    #[must_use]
-    pub fn get(&self, name: &str) -> Option<&Weights<'_>> {
-        self.tensors
-            .binary_search_by(|(n, _)| n.as_bytes().cmp(name.as_bytes()))
-            .ok()
-            .and_then(|i| self.tensors.get(i))
-            .map(|(_, w)| w)
-    }
-
-    /// Every tensor with its name, names in byte order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &Weights<'_>)> {
-        self.tensors.iter().map(|(n, w)| (*n, w))
-    }
-
-    /// How many tensors.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.tensors.len()
-    }
-
-    /// Whether there are none (never: a sealed model has at least one tensor).
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.tensors.is_empty()
-    }
-}
-
-impl std::fmt::Debug for ModelWeights<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.tensors.iter().map(|(_, w)| w))
-            .finish()
-    }
-}
-
-/// A sealed shard's memory, lent to an engine for one verified execution: its address (device
-/// memory on a GPU, host memory on the mock backend), length and device. It lives only inside
-/// [`VramManager::execute`]'s closure; it is neither `Clone` nor `Serialize`, and its `Debug`
-/// shows no address.
-pub struct Weights<'s> {
-    lent: Box<dyn LentMemory>,
-    len: usize,
-    device: u32,
-    shard_id: &'s str,
-}
-
-impl Weights<'_> {
-    /// The address of the shard's first byte, for the engine's kernels (a `CUdeviceptr`).
-    #[must_use]
-    pub fn device_ptr(&self) -> u64 {
-        self.lent.address()
-    }
-
-    /// Shows the bytes to `read` when they are host memory (the mock backend, where an engine
-    /// computes on the host) and returns its value; `None` on a GPU, where the bytes are read
-    /// by the engine's kernels through [`Self::device_ptr`]. The mock's buffer is locked for
-    /// reading while `read` runs: do not call the manager's test hooks from inside it.
-    pub fn read_host<T>(&self, read: impl FnOnce(&[u8]) -> T) -> Option<T> {
-        let mut read = Some(read);
-        let mut out = None;
-        let shown = self.lent.read_host(&mut |bytes| {
-            if let Some(read) = read.take() {
-                out = Some(read(bytes));
-            }
-        });
-        if shown { out } else { None }
-    }
-
-    /// The device allocation behind the view, on the CUDA backend (test engines launch their
-    /// kernels on it; test builds only).
-    #[cfg(feature = "test-utils")]
-    #[must_use]
-    pub fn device_buffer(&self) -> Option<&vram_cuda_sys::memory::DeviceBuffer> {
-        self.lent.device_buffer()
-    }
-
-    /// The shard's length in bytes.
-    #[must_use]
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Whether the shard is empty (never: a sealed shard has at least one byte).
-    #[must_use]
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The CUDA device the bytes are on.
-    #[must_use]
-    pub fn device(&self) -> u32 {
-        self.device
-    }
-
-    /// The shard's id.
-    #[must_use]
-    pub fn shard_id(&self) -> &str {
-        self.shard_id
-    }
-}
-
-impl std::fmt::Debug for Weights<'_> {
-    /// Shard, device and length: never the address.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Weights")
-            .field("shard_id", &self.shard_id)
-            .field("device", &self.device)
-            .field("len", &self.len)
-            .finish_non_exhaustive()
-    }
-}
 
 /// What an execution checks around the engine's work, and how the checks are ordered with it.
 #[derive(Debug, Clone, Copy)]
@@ -233,7 +111,7 @@ impl VramManager {
                     .iter()
                     .map(|t| Ok((t.name(), lend(shared, t.shard())?)))
                     .collect::<Result<_, VramError>>()?;
-                Ok(ModelWeights { tensors })
+                Ok(ModelWeights::new(tensors))
             },
             engine,
         )
@@ -275,17 +153,6 @@ fn run<V, R>(
 
 /// Why an execution did not release its result, and the error.
 type Refused = (ExecutionResult, VramError);
-
-/// The lending view of a shard this manager sealed.
-fn lend<'s>(shared: &Arc<Shared>, shard: &'s SealedShard) -> Result<Weights<'s>, VramError> {
-    let resident = owned(shared, shard)?;
-    Ok(Weights {
-        lent: shared.backend().lend(resident.buffer())?,
-        len: shard.vram_bytes,
-        device: shard.gpu_device,
-        shard_id: &shard.shard_id,
-    })
-}
 
 /// Verified now, lent, and (with `after`) verified again at that point.
 fn checked<V, R>(

@@ -3,6 +3,7 @@
 mod cross_check;
 mod execute;
 mod group;
+mod lending;
 mod model;
 mod plan;
 mod policy;
@@ -26,8 +27,9 @@ use crate::backend::{Backend, CudaBackend, MockBackend, round_up};
 use crate::capacity::DeviceCapacity;
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::VramMetrics;
-pub use execute::{ExecutionMode, ModelWeights, Weights};
+pub use execute::ExecutionMode;
 pub use group::{GroupPart, SealedGroup};
+pub use lending::{LentTensor, ModelWeights, Weights};
 pub use model::{EngineTensor, SealedModel, SealedTensor};
 pub use plan::{GroupPlan, PlanError, PlanStep, SealPart, SealPlan};
 pub use seal_options::SealOptions;

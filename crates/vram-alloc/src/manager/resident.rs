@@ -5,6 +5,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
+use vram_types::formats::TensorInfo;
 use vram_types::{SealedFields, ShardAllocation};
 
 use super::Shared;
@@ -23,6 +24,8 @@ pub(crate) struct ResidentAllocation {
     sealed: SealedFields,
     /// The manager's monotonic clock when it was sealed, for the seal's age.
     sealed_at_monotonic: std::time::Duration,
+    /// The tensor table of a sealed safetensors or GGUF file, sorted by name.
+    tensors: Option<Vec<TensorInfo>>,
 }
 
 impl ResidentAllocation {
@@ -32,8 +35,10 @@ impl ResidentAllocation {
         correlation_id: String,
         reservation: Option<Reservation>,
         sealed: SealedFields,
+        tensors: Option<Vec<TensorInfo>>,
     ) -> Self {
         Self {
+            tensors,
             buffer,
             correlation_id,
             reservation,
@@ -86,6 +91,10 @@ impl ShardAllocation for ResidentAllocation {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+
+    fn tensors(&self) -> Option<&[TensorInfo]> {
+        self.tensors.as_deref()
     }
 }
 

@@ -7,10 +7,12 @@
 //! and releases the id; what had been allocated is then audited as a `SealAborted` record.
 //! Checks that need no device (ids, sizes, capacity) were made by the plan (`plan.rs`).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use vram_seal::{ShardDigest, compute_signature};
+use vram_types::formats::{TensorInfo, sealed_table};
 use vram_types::validation::{ShardId, validate_gpu_device, validate_model_size};
 use vram_types::{
     GpuShare, SealSignature, SealedFields, SealedShard, ShardAllocation, ShardSource, VramError,
@@ -273,6 +275,8 @@ pub(super) struct Placed<'s> {
     buffer: Option<BufferId>,
     device: u32,
     len: usize,
+    /// The tensor table read from the uploaded bytes (a safetensors or GGUF file's).
+    tensors: Option<Vec<TensorInfo>>,
 }
 
 impl<'s> Placed<'s> {
@@ -300,6 +304,7 @@ impl<'s> Placed<'s> {
             buffer: Some(buffer),
             device,
             len,
+            tensors: None,
         })
     }
 
@@ -312,6 +317,7 @@ impl<'s> Placed<'s> {
             buffer: Some(shared.backend().adopt(range)?),
             device,
             len,
+            tensors: None,
         })
     }
 
@@ -333,6 +339,18 @@ impl<'s> Placed<'s> {
         })
     }
 
+    /// The tensor table of the resident bytes, read from VRAM: it describes what is sealed,
+    /// whatever the source later holds.
+    fn table(&self, path: Option<&Path>) -> Result<Option<Vec<TensorInfo>>, VramError> {
+        let (buffer, backend) = (self.id()?, self.shared.backend());
+        let len = u64::try_from(self.len).unwrap_or(u64::MAX);
+        sealed_table(path, len, &mut |offset, dst| {
+            let offset = usize::try_from(offset)
+                .map_err(|_| VramError::Unreachable("a header offset inside the shard"))?;
+            backend.read(buffer, offset, dst)
+        })
+    }
+
     fn id(&self) -> Result<BufferId, VramError> {
         self.buffer.ok_or(VramError::Unreachable(
             "buffer taken before the seal completed",
@@ -345,10 +363,11 @@ impl<'s> Placed<'s> {
             .ok_or(VramError::Unreachable("buffer handed over twice"))
     }
 
-    /// Step 2: copies the source in (showing each chunk to the cross-check, if asked for) and
-    /// checks that the allocation is device memory of the device, covering the shard.
+    /// Step 2: copies the source in (showing each chunk to the cross-check, if asked for),
+    /// checks that the allocation is device memory of the device, covering the shard, and reads
+    /// the tensor table of a safetensors or GGUF file from the resident bytes.
     fn upload(
-        self,
+        mut self,
         source: &dyn ShardSource,
         options: &SealOptions,
         correlation_id: &str,
@@ -372,6 +391,7 @@ impl<'s> Placed<'s> {
             self.len,
             correlation_id,
         )?;
+        self.tensors = self.table(source.path())?;
         let host_digest = cross_check
             .map(|check| check.finish(source, algorithm))
             .transpose()?;
@@ -526,10 +546,12 @@ impl Signed<'_> {
         correlation_id: &str,
         group: Option<&str>,
     ) -> Result<Sealed, VramError> {
-        let shared = self.placed.shared;
-        let device = self.placed.device;
-        let len = self.placed.len;
-        let buffer = self.placed.hand_over()?;
+        let mut placed = self.placed;
+        let shared = placed.shared;
+        let device = placed.device;
+        let len = placed.len;
+        let tensors = placed.tensors.take();
+        let buffer = placed.hand_over()?;
         let in_place = reservation.is_none();
         let reserved_bytes = reservation.as_ref().map_or(0, Reservation::bytes);
         let resident = Arc::new(ResidentAllocation::new(
@@ -538,6 +560,7 @@ impl Signed<'_> {
             correlation_id.to_owned(),
             reservation,
             self.fields.clone(),
+            tensors,
         ));
         self.claim.commit(buffer, &resident);
         let allocation: Arc<dyn ShardAllocation> = resident;

@@ -169,7 +169,8 @@ fn open(path: PathBuf, expected: Option<Expected>) -> CliResult<SealFile> {
     let head = files::read_head(&path, &file, len)?;
     let format = recognise(&path, &head, len)
         .map_err(|e| CliError::file(&path, &e.to_string(), "use an intact model file"))?;
-    let source = FileSource::new(file)
+    // Named, so the library reads the sealed file's tensor table from VRAM by the same rule.
+    let source = FileSource::with_path(file, &path)
         .map_err(|e| CliError::file(&path, &format!("cannot be read ({e})"), "check the file"))?;
     Ok(SealFile {
         path,
