@@ -129,7 +129,7 @@ fn the_plan_refuses_what_it_can_know_and_changes_nothing() {
 }
 
 #[test]
-fn a_flat_sha256_is_checked_on_the_source_before_anything_is_placed() {
+fn a_flat_sha256_is_checked_on_the_resident_bytes_and_a_mismatch_releases_the_plan() {
     let r = rig(16 * MIB);
     let (a, b) = (model(MIB, 1), model(MIB, 2));
     let flat = |bytes: &[u8]| digest(bytes, DigestAlgorithm::Sha256);
@@ -153,19 +153,25 @@ fn a_flat_sha256_is_checked_on_the_source_before_anything_is_placed() {
             ControlFlow::Continue(())
         })
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            PlanError::Part {
-                part: 1,
-                error: VramError::UnexpectedDigest { .. }
-            }
+    match &err {
+        PlanError::Part {
+            part: 1,
+            error: VramError::UnexpectedDigest { actual, .. },
+        } => assert_eq!(
+            actual,
+            &flat(&b).to_hex(),
+            "the flat digest of what reached VRAM"
         ),
-        "{err:?}"
+        other => panic!("{other:?}"),
+    }
+    // Part 0 was sealed, part 1 placed and refused; both released, nothing left.
+    assert_eq!(steps.len(), 1);
+    assert!(steps[0].starts_with("Sealed { part: 0"), "{steps:?}");
+    assert_eq!(
+        names(&r.audit.events()),
+        ["VramSealed", "SealAborted", "VramDeallocated"],
+        "part 0 sealed, part 1 aborted, then part 0 released"
     );
-    // Part 0 was checked, part 1 refused, nothing was placed or audited.
-    assert_eq!(steps, ["HostDigestChecked { part: 0 }"]);
-    assert!(r.audit.events().is_empty());
     assert_eq!((r.manager.used_vram(), r.mock.live_allocations()), (0, 0));
     // The right digest passes and the shard seals under the manager's own algorithm.
     let shard = r

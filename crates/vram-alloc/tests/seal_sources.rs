@@ -168,3 +168,70 @@ fn background_verification_catches_corruption_like_a_request_check() {
         1
     );
 }
+
+/// A file rewritten in place after it was first read through: every read of its first chunk
+/// after the first one (and every read after that) sees the new bytes, as a second pass over
+/// a file changed between two reads does.
+struct ChangedAfterFirstPass<'a> {
+    before: &'a [u8],
+    after: &'a [u8],
+    reads_of_start: std::sync::atomic::AtomicUsize,
+}
+
+impl ShardSource for ChangedAfterFirstPass<'_> {
+    fn len(&self) -> u64 {
+        self.before.len() as u64
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        if offset == 0 {
+            self.reads_of_start.fetch_add(1, Ordering::SeqCst);
+        }
+        let pass = self.reads_of_start.load(Ordering::SeqCst);
+        let bytes = if pass <= 1 { self.before } else { self.after };
+        bytes.read_at(offset, buf)
+    }
+}
+
+/// Issue 22, item 5: a flat SHA-256 (a `sha256sum` manifest's) is computed from the bytes that
+/// reached VRAM, so a file changed in place between a check and the upload is never sealed.
+#[test]
+fn a_flat_digest_is_checked_on_the_bytes_that_were_uploaded() {
+    let r = rig(16 * MIB);
+    let before = model(4 * MIB, 1);
+    let mut after = before.clone();
+    after[2 * MIB..2 * MIB + 1024].fill(0xee); // 1 KiB overwritten in place
+    let flat = vram_seal::digest(&before, DigestAlgorithm::Sha256);
+    let options = SealOptions::new()
+        .shard_id("m")
+        .expect_digest_in(DigestAlgorithm::Sha256, flat);
+    let source = ChangedAfterFirstPass {
+        before: &before,
+        after: &after,
+        reads_of_start: 0.into(),
+    };
+    // Whatever the reads, what is sealed is what matched the manifest, or nothing.
+    match r.manager.seal_from_source(&source, 0, &options) {
+        Ok(shard) => assert_eq!(
+            shard.digest,
+            vram_seal::digest(&before, DigestAlgorithm::default()).to_hex(),
+            "sealed bytes other than those the flat digest was checked on"
+        ),
+        Err(e) => assert!(matches!(e, VramError::UnexpectedDigest { .. }), "{e:?}"),
+    }
+
+    // Bytes that changed before the upload are refused, and nothing stays placed.
+    let source = ChangedAfterFirstPass {
+        before: &after,
+        after: &after,
+        reads_of_start: 0.into(),
+    };
+    let e = r
+        .manager
+        .seal_from_source(&source, 0, &options)
+        .unwrap_err();
+    assert!(matches!(e, VramError::UnexpectedDigest { .. }), "{e:?}");
+    assert_eq!((r.manager.used_vram(), r.mock.live_allocations()), (0, 0));
+    assert_eq!(names(&r.audit.events()).last(), Some(&"SealAborted"));
+}

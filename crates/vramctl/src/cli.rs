@@ -193,9 +193,9 @@ pub(crate) struct SealArgs {
     pub(crate) devices: Vec<u32>,
     /// Expected digest of each file, in order: what `vramctl digest` prints (a bare 64-hex value
     /// is read as the tree digest), or `sha256:HEX` for a flat SHA-256 (`sha256sum`, a Hugging
-    /// Face LFS oid). A flat SHA-256 is checked on the file before anything is placed: a
-    /// mismatch seals nothing. A tree digest is checked on the bytes in VRAM as the file is
-    /// sealed: a mismatch releases that file and every file sealed before it (exit 1).
+    /// Face LFS oid). Either is checked on the bytes in VRAM as the file is sealed (a flat
+    /// SHA-256 on the bytes read back, so a file changed during the seal is never sealed): a
+    /// mismatch releases that file and every file sealed before it (exit 1).
     #[arg(long)]
     pub(crate) expect: Vec<String>,
     /// Seconds between re-verifications of every shard (≥ 1).

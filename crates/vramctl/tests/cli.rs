@@ -1169,19 +1169,11 @@ fn seal_takes_a_manifest_checks_every_line_then_seals_the_directory() {
     assert_eq!(first["shard"]["vram_bytes"], 300_000);
     assert_eq!(second["shard"]["shard_id"], "shards_b.bin");
 
-    // Every line is checked before anything is sealed: a wrong flat digest on the last line,
-    // a malformed line, a missing file, an empty manifest, a manifest with files or --expect.
+    // Every line is checked before anything is sealed: a malformed line, a missing file, an empty manifest, a manifest with files or --expect.
     let audit = dir.path().join("audit.jsonl");
     let token = write(&dir, "token", b"token-of-the-manifest-runs");
     let wrong_flat = good.replace(flat_abc, &"ab".repeat(32));
     let cases: Vec<(&str, String, Vec<&str>, i32, &str)> = vec![
-        (
-            "wrong",
-            wrong_flat,
-            vec![],
-            1,
-            "differs from the manifest sha256:abab",
-        ),
         (
             "malformed",
             format!("{good}not a checksum line\n"),
@@ -1245,25 +1237,37 @@ fn seal_takes_a_manifest_checks_every_line_then_seals_the_directory() {
         "cd".repeat(32)
     );
     std::fs::write(shards.join("wrong-tree"), wrong_tree).unwrap();
-    let released = dir.path().join("released.jsonl");
-    let out = vramctl()
-        .current_dir(dir.path())
-        .args([
-            "--backend",
-            "mock",
-            "seal",
-            "--manifest",
-            "shards/wrong-tree",
-        ])
-        .arg("--audit-log")
-        .arg(&released)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", stderr_one_line(&out));
-    let log = std::fs::read_to_string(&released).unwrap();
-    assert_eq!(log.matches("\"VramSealed\"").count(), 1, "{log}");
-    assert_eq!(log.matches("\"VramDeallocated\"").count(), 1, "{log}");
-    assert!(stderr_one_line(&out).contains("differs from the manifest"));
+    // So is a wrong flat digest (on the last line): computed from the bytes that reached VRAM,
+    // never from a separate read of the file (issue 22, item 5).
+    std::fs::write(shards.join("wrong-flat"), wrong_flat).unwrap();
+    for (name, needle) in [
+        ("wrong-tree", "differs from the manifest"),
+        ("wrong-flat", "differs from the manifest sha256:abab"),
+    ] {
+        let released = dir.path().join(format!("released-{name}.jsonl"));
+        let out = vramctl()
+            .current_dir(dir.path())
+            .args(["--backend", "mock", "seal", "--manifest"])
+            .arg(format!("shards/{name}"))
+            .arg("--audit-log")
+            .arg(&released)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr_one_line(&out));
+        let log = std::fs::read_to_string(&released).unwrap();
+        assert_eq!(log.matches("\"VramSealed\"").count(), 1, "{name}: {log}");
+        assert_eq!(log.matches("\"SealAborted\"").count(), 1, "{name}: {log}");
+        assert_eq!(
+            log.matches("\"VramDeallocated\"").count(),
+            1,
+            "{name}: {log}"
+        );
+        assert!(
+            stderr_one_line(&out).contains(needle),
+            "{name}: {}",
+            stderr_one_line(&out)
+        );
+    }
 }
 
 #[test]
@@ -1560,7 +1564,8 @@ fn seal_speaks_the_systemd_notify_protocol_and_sighup_reverifies() {
 }
 
 #[test]
-fn a_busy_metrics_port_and_a_wrong_flat_digest_in_a_group_are_refused_before_anything_is_sealed() {
+fn a_busy_metrics_port_is_refused_before_anything_is_sealed_and_a_wrong_flat_digest_before_the_group_is()
+ {
     let dir = TempDir::new().unwrap();
     let model = write(&dir, "model.bin", &vec![5u8; 1 << 20]);
     let audit = dir.path().join("audit.jsonl");
@@ -1578,8 +1583,8 @@ fn a_busy_metrics_port_and_a_wrong_flat_digest_in_a_group_are_refused_before_any
     // Refused while the arguments were checked: no session was opened, no log written.
     assert!(!audit.exists(), "nothing was started");
 
-    // A group whose last file has the wrong flat SHA-256: checked on the files first, so no
-    // shard of the group is ever placed.
+    // A group whose last file has the wrong flat SHA-256: checked on the bytes placed in VRAM,
+    // so the group is never sealed (its first shard is released, the second aborted).
     let second = write(&dir, "second.bin", &vec![6u8; 1 << 20]);
     let right = vram_residency::compute_digest(
         &vec![5u8; 1 << 20],
@@ -1603,10 +1608,8 @@ fn a_busy_metrics_port_and_a_wrong_flat_digest_in_a_group_are_refused_before_any
         "{line}"
     );
     let log = std::fs::read_to_string(&audit).unwrap();
-    assert!(
-        !log.contains("VramSealed") && !log.contains("SealAborted"),
-        "{log}"
-    );
+    assert!(!log.contains("VramSealed"), "{log}");
+    assert_eq!(log.matches("\"SealAborted\"").count(), 1, "{log}");
 }
 
 #[test]

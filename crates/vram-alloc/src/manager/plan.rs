@@ -1,9 +1,10 @@
 //! Seal plans: the one pre-flight of every seal. A plan takes parts (a source, a device, its
 //! [`SealOptions`]), independent or as a tensor-parallel group, and before a byte is copied it
 //! checks every id, size and device, claims the ids, reserves each device's whole share
-//! (against the manager's accounting and the device's free memory) and checks the expected
-//! digests that can be known up front (those in another algorithm than the manager seals with,
-//! on the source's bytes). Executing it seals the parts in order with one story for failure:
+//! (against the manager's accounting and the device's free memory). Executing it seals the
+//! parts in order, each checked against its expected digest on the resident bytes (never on a
+//! separate read of the source, which could differ from what was uploaded), with one story for
+//! failure:
 //! the first part that fails stops the plan, everything the plan placed is released, and the
 //! error names the part.
 //!
@@ -16,7 +17,6 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vram_seal::digest::digest_source;
 use vram_seal::group::compute_group_seal;
 use vram_types::validation::{ShardId, validate_gpu_device, validate_model_size};
 use vram_types::{SealedShard, ShardSource, VramError};
@@ -131,11 +131,6 @@ impl From<PlanError> for VramError {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum PlanStep<'s> {
-    /// Part `part`'s expected digest was checked on its source (before anything is placed).
-    HostDigestChecked {
-        /// The part.
-        part: usize,
-    },
     /// Part `part` is sealed.
     Sealed {
         /// The part.
@@ -351,13 +346,6 @@ impl<'a> SealPlan<'a> {
     ) -> Result<Option<Vec<Sealed>>, PlanError> {
         let shared = &self.shared;
         shared.ensure_running().map_err(PlanError::Plan)?;
-        for (index, planned) in self.parts.iter().enumerate() {
-            let checked = check_on_host(shared, planned)
-                .map_err(|error| PlanError::Part { part: index, error })?;
-            if checked && observe(PlanStep::HostDigestChecked { part: index }).is_break() {
-                return Ok(None);
-            }
-        }
         let mut sealed: Vec<Sealed> = Vec::with_capacity(self.parts.len());
         for (index, planned) in self.parts.into_iter().enumerate() {
             let device = planned.part.gpu_device;
@@ -568,28 +556,4 @@ fn reserve(
         reserved.insert(device, reservation);
     }
     Ok(reserved)
-}
-
-/// Checks a part's expected digest on its source when it is in another algorithm than the
-/// manager seals with (it cannot be computed in VRAM); true when one was checked.
-fn check_on_host(shared: &Shared, planned: &Planned<'_>) -> Result<bool, VramError> {
-    let sealed_with = shared.config().digest_algorithm;
-    let Some(expected) = planned
-        .part
-        .options
-        .expected
-        .filter(|e| !e.is_resident(sealed_with))
-    else {
-        return Ok(false);
-    };
-    let algorithm = expected.algorithm.unwrap_or(sealed_with);
-    let actual = digest_source(planned.part.source, algorithm)?;
-    if actual.ct_eq(&expected.digest) {
-        Ok(true)
-    } else {
-        Err(VramError::UnexpectedDigest {
-            expected: expected.digest.to_hex(),
-            actual: actual.to_hex(),
-        })
-    }
 }

@@ -21,6 +21,7 @@ use vram_types::{
 use super::VramManager;
 use super::cross_check::CrossCheck;
 use super::plan::SealPart;
+use super::read_back::digest_resident;
 use super::residency;
 use super::resident::ResidentAllocation;
 use super::seal_options::SealOptions;
@@ -465,15 +466,24 @@ pub(super) struct Digested<'s> {
 }
 
 impl<'s> Digested<'s> {
-    /// The expected digest in the manager's algorithm, if any, against the resident bytes.
+    /// The expected digest, if any, against the resident bytes: in the manager's algorithm,
+    /// the digest just computed in VRAM; in another (a flat SHA-256), one computed from the
+    /// resident bytes read back, so what was checked is what is sealed.
     fn check(self, options: &SealOptions) -> Result<Self, VramError> {
-        let sealed_with = self.placed.shared.config().digest_algorithm;
-        if let Some(expected) = options.expected.filter(|e| e.is_resident(sealed_with))
-            && !expected.digest.ct_eq(&self.digest)
-        {
+        let Some(expected) = options.expected else {
+            return Ok(self);
+        };
+        let shared = self.placed.shared;
+        let actual = match expected.algorithm {
+            Some(other) if !expected.is_resident(shared.config().digest_algorithm) => {
+                digest_resident(shared.backend(), self.placed.id()?, self.placed.len, other)?
+            }
+            _ => self.digest,
+        };
+        if !expected.digest.ct_eq(&actual) {
             return Err(VramError::UnexpectedDigest {
                 expected: expected.digest.to_hex(),
-                actual: self.digest.to_hex(),
+                actual: actual.to_hex(),
             });
         }
         Ok(self)

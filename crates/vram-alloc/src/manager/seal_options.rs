@@ -44,10 +44,12 @@ impl SealOptions {
     }
 
     /// Refuses to seal unless the bytes have this digest in `algorithm`. In the manager's own
-    /// algorithm it is checked against the resident bytes, as [`Self::expect_digest`]; in
-    /// another one (a flat SHA-256 from `sha256sum` or a Hugging Face LFS oid) it cannot be
-    /// computed in VRAM, so a plan checks it on the source's bytes before anything is reserved
-    /// or placed.
+    /// algorithm it is checked against the digest computed in VRAM, as [`Self::expect_digest`];
+    /// in another one (a flat SHA-256 from `sha256sum` or a Hugging Face LFS oid) it is
+    /// computed on the host from the resident bytes read back after the upload (one more pass
+    /// over the shard, at the speed of SHA-256 on one core), never from a separate read of the
+    /// source: a file changed between a check and its upload is never sealed. A mismatch
+    /// releases what was placed ([`VramError::UnexpectedDigest`](vram_types::VramError::UnexpectedDigest)).
     #[must_use]
     pub fn expect_digest_in(mut self, algorithm: DigestAlgorithm, digest: ShardDigest) -> Self {
         self.expected = Some(ExpectedDigest {
@@ -81,8 +83,8 @@ pub(crate) struct ExpectedDigest {
 }
 
 impl ExpectedDigest {
-    /// Whether it is checked on the resident bytes (in `sealed_with`, the manager's algorithm);
-    /// otherwise on the host bytes, before anything is placed.
+    /// Whether it is the digest computed in VRAM (in `sealed_with`, the manager's algorithm);
+    /// otherwise it is computed from the resident bytes read back.
     pub(crate) fn is_resident(&self, sealed_with: DigestAlgorithm) -> bool {
         self.algorithm.is_none_or(|a| a == sealed_with)
     }

@@ -1,6 +1,7 @@
 //! Placement: the job's files become one library plan ([`VramManager::plan_seal`] or
-//! [`VramManager::plan_group`]) that checks ids, capacity and flat digests before anything is
-//! placed, then executes, reporting each sealed file. A signal stops it between steps.
+//! [`VramManager::plan_group`]) that checks ids and capacity before anything is placed, then
+//! executes (each file checked against its expected digest on the bytes in VRAM), reporting
+//! each sealed file. A signal stops it between steps.
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -148,7 +149,8 @@ pub(super) fn released_by_signal(out: Output, released: usize) {
 }
 
 /// The file's expectation, in the options the plan checks: a digest in the manager's algorithm
-/// on the resident bytes, another (a flat SHA-256) on the file before anything is placed.
+/// computed in VRAM, another (a flat SHA-256) on the resident bytes read back: both on what was
+/// uploaded, never on a second read of the file.
 fn expect(options: SealOptions, file: &SealFile) -> SealOptions {
     match file.expected {
         Some(e) => options.expect_digest_in(e.algorithm, e.digest),

@@ -1,0 +1,58 @@
+//! The resident bytes as a [`ShardSource`]: read back from VRAM, for the digests that cannot be
+//! computed there (a flat SHA-256 expected by a `sha256sum` manifest or a Hugging Face LFS
+//! oid). Hashing what is resident, not the file, leaves no window between a check and the
+//! upload: the bytes checked are the bytes sealed.
+
+use std::io;
+use std::sync::Mutex;
+
+use vram_seal::ShardDigest;
+use vram_seal::digest::digest_source;
+use vram_types::{DigestAlgorithm, ShardSource, VramError};
+
+use crate::backend::{Backend, BufferId};
+use crate::sync::lock;
+
+/// A buffer's first `len` bytes, read with device-to-host copies.
+struct Resident<'b> {
+    backend: &'b dyn Backend,
+    buffer: BufferId,
+    len: u64,
+    /// The first copy error, kept whole (a source's read reports only an I/O error).
+    failed: Mutex<Option<VramError>>,
+}
+
+impl ShardSource for Resident<'_> {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let offset = usize::try_from(offset).map_err(|_| io::ErrorKind::UnexpectedEof)?;
+        self.backend.read(self.buffer, offset, buf).map_err(|e| {
+            let text = e.to_string();
+            lock(&self.failed).get_or_insert(e);
+            io::Error::other(text)
+        })
+    }
+}
+
+/// The digest in `algorithm` of the buffer's first `len` bytes, read back from VRAM (reading
+/// and hashing overlap, as for a file).
+///
+/// # Errors
+/// The copy's error (as [`Backend::read`] gives it); [`VramError::HostMemoryExhausted`].
+pub(super) fn digest_resident(
+    backend: &dyn Backend,
+    buffer: BufferId,
+    len: usize,
+    algorithm: DigestAlgorithm,
+) -> Result<ShardDigest, VramError> {
+    let source = Resident {
+        backend,
+        buffer,
+        len: u64::try_from(len).unwrap_or(u64::MAX),
+        failed: Mutex::new(None),
+    };
+    digest_source(&source, algorithm).map_err(|e| lock(&source.failed).take().unwrap_or(e))
+}
