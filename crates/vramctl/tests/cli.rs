@@ -1689,3 +1689,72 @@ fn digest_check_refuses_a_line_longer_than_a_manifest_line_before_holding_it() {
     assert!(stderr_one_line(&out).contains("longer than 65536 bytes"));
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
+
+/// Issue 22, item 2: a metrics client that never finishes its request does not hold the stop:
+/// SIGTERM exits 0 within 3 s, the shards released and the final checkpoint written.
+#[test]
+fn sigterm_stops_at_once_with_a_slow_metrics_client_connected() {
+    let dir = TempDir::new().unwrap();
+    write(&dir, "m.bin", &pattern(4096));
+    let audit = dir.path().join("audit.jsonl");
+    let args = [
+        "--json",
+        "--backend",
+        "mock",
+        "seal",
+        "--metrics",
+        "127.0.0.1:0",
+        "--audit-log",
+        "audit.jsonl",
+        "m.bin",
+    ];
+    let (mut child, mut lines) = spawn_vramctl(dir.path(), &args.map(std::ffi::OsStr::new));
+    let addr = read_event(&mut lines, "metrics")["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // One client trickling its request, one idle.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let _idle = TcpStream::connect(&addr).unwrap();
+    // A byte a second, under any per-read timeout, until the server closes (10 s at most).
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..10 {
+            if slow.write_all(b"X").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "still running 3 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(log.contains("\"event\":\"VramDeallocated\""), "{log}");
+    assert!(
+        log.lines()
+            .last()
+            .unwrap()
+            .contains("\"event\":\"AuditCheckpoint\""),
+        "the final checkpoint is written: {log}"
+    );
+    let summary = verify_audit_log(&audit, &AuditVerifyOptions::default()).unwrap();
+    assert_eq!(summary.unsigned_records(), 0);
+    trickle.join().unwrap();
+}

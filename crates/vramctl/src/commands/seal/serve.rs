@@ -30,7 +30,8 @@ pub(super) fn serve(
 ) -> CliResult<Exit> {
     let server = serving
         .metrics
-        .map(|listener| listener.serve(manager.clone()));
+        .map(|listener| listener.serve(manager.clone()))
+        .transpose()?;
     if let Some(s) = &server {
         out.line(format!("metrics at http://{}/metrics", s.address()));
         out.json(&json!({ "event": "metrics", "address": s.address().to_string() }));
