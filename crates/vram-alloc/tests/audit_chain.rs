@@ -493,3 +493,146 @@ fn a_full_disk_leaves_no_torn_record_and_the_chain_continues_after() {
     verify_audit_log(&path, &pinned()).unwrap();
     std::fs::remove_file(&path).unwrap();
 }
+
+/// A record forged without the key: correctly linked after `lines`, never signed.
+fn forged_after(lines: &[String], event: &str) -> String {
+    let seq = lines.len();
+    let prev = line_hash(lines.last().unwrap());
+    format!(
+        r#"{{"seq":{seq},"prev":"{prev}","timestamp_ms":1,"time":"1970-01-01T00:00:00.001Z","worker_id":"w","correlation_id":"c","severity":"info","event":"{event}","shard_id":"forged","gpu_device":0}}"#
+    )
+}
+
+fn append_lines(path: &Path, new: &[String]) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    for l in new {
+        writeln!(f, "{l}").unwrap();
+    }
+}
+
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Issue 22, item 4: records appended without the key after a clean stop are adopted by the
+/// next writer only as unsigned, and every later verification, after any number of restarts,
+/// reports them so (refused unless unsigned records are allowed, and counted either way).
+#[test]
+fn records_forged_without_the_key_are_never_reported_as_signed_after_restarts() {
+    let path = temp_path("forged-tail.jsonl");
+    let (mut lines, _) = write_sample(&path);
+    let first_forged = lines.len() as u64 + 1;
+    for _ in 0..3 {
+        let forged = forged_after(&lines, "SealVerified");
+        lines.push(forged);
+    }
+    append_lines(&path, &lines[lines.len() - 3..]);
+    for restart in 0..3 {
+        // The writer reopens (as after any stop) and signs on.
+        drop(FileAuditSink::open_with(&path, signing_key(0x11), options(4)).unwrap());
+        let e = verify_audit_log(&path, &pinned()).unwrap_err();
+        assert_eq!(
+            e.problem,
+            AuditLogProblem::AdoptedUnsigned {
+                first: first_forged,
+                records: 3,
+                reopened_at: first_forged + 3,
+            },
+            "restart {restart}"
+        );
+        let allowed = AuditVerifyOptions {
+            allow_unsigned_tail: true,
+            ..pinned()
+        };
+        let summary = verify_audit_log(&path, &allowed).unwrap();
+        assert_eq!(summary.adopted_unsigned_records, 3);
+        assert_eq!(summary.unsigned_records(), 3, "restart {restart}");
+        assert_eq!(summary.signed_records, summary.records - 3);
+    }
+    // The opening that adopted them cannot be edited to hide them: its checkpoint signs it.
+    let mut text = lines_of(&path);
+    let at = usize::try_from(first_forged + 3 - 1).unwrap();
+    assert!(text[at].contains(r#""unsigned_records":3"#), "{}", text[at]);
+    text[at] = text[at].replace(r#""unsigned_records":3"#, r#""unsigned_records":0"#);
+    let (line, problem) = fails_at(check(&relink(&text), &pinned()));
+    assert!(
+        matches!(
+            problem,
+            AuditLogProblem::WrongUnsignedCount {
+                claimed: 0,
+                found: 3
+            }
+        ),
+        "line {line:?}: {problem:?}"
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// The spec's rules on lines are enforced: UTF-8 text, records' keys in the fixed order, and
+/// openings exactly as written; a writer refuses to continue a log that breaks them.
+#[test]
+fn non_utf8_records_keys_out_of_order_and_odd_openings_are_refused() {
+    let path = temp_path("rules.jsonl");
+    let (lines, _) = write_sample(&path);
+    let n = lines.len() as u64 + 1;
+    let utf8 = forged_after(&lines, "SealVerified");
+    let mut bytes = lines.join("\n").into_bytes();
+    bytes.push(b'\n');
+    let mut bad = utf8.clone().into_bytes();
+    let i = bad.iter().position(|b| *b == b'f').unwrap(); // in "forged"
+    bad[i] = 0xff;
+    bytes.extend_from_slice(&bad);
+    bytes.push(b'\n');
+    let allowed = AuditVerifyOptions {
+        allow_unsigned_tail: true,
+        ..pinned()
+    };
+    let e = verify_audit_log_from(&bytes[..], &allowed).unwrap_err();
+    assert_eq!(e.line, Some(n));
+    assert!(matches!(e.problem, AuditLogProblem::NotUtf8 { .. }), "{e}");
+    std::fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        FileAuditSink::open(&path, signing_key(0x11)).unwrap_err(),
+        AuditError::BrokenChain { .. }
+    ));
+
+    // Keys out of order (the same fields, `severity` moved to the end).
+    let moved = utf8
+        .replace(r#","severity":"info""#, "")
+        .replace(r#""gpu_device":0}"#, r#""gpu_device":0,"severity":"info"}"#);
+    let mut out_of_order = lines.clone();
+    out_of_order.push(moved);
+    let (line, problem) = fails_at(check(&out_of_order, &allowed));
+    assert_eq!(line, Some(n));
+    assert!(
+        matches!(problem, AuditLogProblem::KeyOrder { .. }),
+        "{problem:?}"
+    );
+
+    // An opening with a field added, or its fields in another order.
+    for (from, to) in [
+        (
+            r#","repaired_bytes":0}"#,
+            r#","repaired_bytes":0,"note":"x"}"#,
+        ),
+        (
+            r#""unsigned_records":0,"repaired_bytes":0"#,
+            r#""repaired_bytes":0,"unsigned_records":0"#,
+        ),
+    ] {
+        let mut odd = lines.clone();
+        assert!(odd[0].contains(from), "{}", odd[0]);
+        odd[0] = odd[0].replace(from, to);
+        let (line, problem) = fails_at(check(&relink(&odd), &allowed));
+        assert_eq!(
+            (line, problem),
+            (Some(1), AuditLogProblem::NonCanonicalOpening)
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+}

@@ -248,8 +248,9 @@ pub(crate) struct AuditVerifyArgs {
     /// still hold everything it signed.
     #[arg(long, value_name = "TEXT")]
     pub(crate) checkpoint: Option<String>,
-    /// Accept records after the last checkpoint (a log still being written); they are
-    /// reported, not vouched for.
+    /// Accept unsigned records: those after the last checkpoint (a log still being written)
+    /// and those a writer found unsigned when it reopened the log (after a crash, or appended
+    /// by someone else); they are reported, not vouched for.
     #[arg(long)]
     pub(crate) allow_unsigned_tail: bool,
     #[command(flatten)]

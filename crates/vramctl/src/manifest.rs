@@ -108,6 +108,13 @@ pub enum ManifestError {
     /// Nothing but blank lines.
     #[error("no checksum lines")]
     Empty,
+    /// Line `line` names a file outside the manifest's directory (an absolute path, or a path
+    /// through `..`): a manifest shipped with a model names the model's files, nothing else.
+    #[error("{line}: names a file outside the manifest's directory")]
+    OutsideDirectory {
+        /// The line number.
+        line: u64,
+    },
 }
 
 /// Every line of a manifest's text (`sha256sum` or `vramctl digest` lines; blank lines and a
@@ -116,7 +123,9 @@ pub enum ManifestError {
 /// would serve a model with shards missing.
 ///
 /// # Errors
-/// [`ManifestError::Malformed`] naming the first bad line; [`ManifestError::Empty`].
+/// [`ManifestError::Malformed`] naming the first bad line; [`ManifestError::Empty`];
+/// [`ManifestError::OutsideDirectory`] for an absolute name or one through `..` (symbolic links
+/// out of the directory are the caller's to check, on the file system).
 pub fn parse_manifest(
     text: &str,
     base: &std::path::Path,
@@ -130,11 +139,14 @@ pub fn parse_manifest(
         let (algorithm, digest, name) =
             parse_line(line).ok_or(ManifestError::Malformed { line: number })?;
         let name = std::path::Path::new(&name);
-        let path = if name.is_absolute() {
-            name.to_path_buf()
-        } else {
-            base.join(name.strip_prefix("./").unwrap_or(name))
-        };
+        let leaves = name.is_absolute()
+            || name
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir));
+        if leaves {
+            return Err(ManifestError::OutsideDirectory { line: number });
+        }
+        let path = base.join(name.strip_prefix("./").unwrap_or(name));
         entries.push(ManifestEntry {
             path,
             algorithm,
@@ -145,4 +157,38 @@ pub fn parse_manifest(
         return Err(ManifestError::Empty);
     }
     Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, reason = "tests")]
+
+    use std::path::Path;
+
+    use super::{ManifestError, parse_manifest};
+
+    #[test]
+    fn names_stay_inside_the_manifests_directory() {
+        let hex = "ab".repeat(32);
+        let ok = parse_manifest(
+            &format!("{hex}  a.bin\n{hex}  ./sub/b.bin\n"),
+            Path::new("m"),
+        )
+        .unwrap();
+        assert_eq!(ok[0].path, Path::new("m/a.bin"));
+        assert_eq!(ok[1].path, Path::new("m/sub/b.bin"));
+        for name in [
+            "/etc/hostname",
+            "../token",
+            "sub/../../token",
+            "sub/../a.bin",
+        ] {
+            let text = format!("{hex}  a.bin\n{hex}  {name}\n");
+            assert_eq!(
+                parse_manifest(&text, Path::new("m")),
+                Err(ManifestError::OutsideDirectory { line: 2 }),
+                "{name}"
+            );
+        }
+    }
 }

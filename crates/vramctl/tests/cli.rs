@@ -1758,3 +1758,107 @@ fn sigterm_stops_at_once_with_a_slow_metrics_client_connected() {
     assert_eq!(summary.unsigned_records(), 0);
     trickle.join().unwrap();
 }
+
+/// Issue 22, item 4, through the tool: records appended without the key after a clean stop,
+/// then a restart of `vramctl seal` on the same log: `audit verify` with the pinned key refuses
+/// them (exit 1) and, when unsigned records are allowed, still counts them as unsigned.
+#[test]
+fn a_forged_tail_adopted_at_restart_is_reported_unsigned_by_audit_verify() {
+    let dir = TempDir::new().unwrap();
+    let model = write(&dir, "m.bin", &pattern(4096));
+    let token = write(&dir, "token", b"worker-token-for-the-forgery-test");
+    let log = dir.path().join("audit.jsonl");
+    let token_arg = ["--token-file", token.to_str().unwrap()];
+    seal_until_sigterm(&model, &log, &token_arg);
+    // Two records linked after the clean close, as anyone with write access could add them.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut last = text.lines().last().unwrap().to_owned();
+    let mut forged = String::new();
+    let start = text.lines().count();
+    for seq in start..start + 2 {
+        let prev = vram_residency::compute_digest(
+            last.as_bytes(),
+            vram_residency::DigestAlgorithm::Sha256,
+        )
+        .to_hex();
+        last = format!(
+            r#"{{"seq":{seq},"prev":"{prev}","timestamp_ms":1,"time":"1970-01-01T00:00:00.001Z","worker_id":"vramctl","correlation_id":"x","severity":"info","event":"SealVerified","shard_id":"m.bin","gpu_device":0}}"#
+        );
+        forged.push_str(&last);
+        forged.push('\n');
+    }
+    std::fs::write(&log, format!("{text}{forged}")).unwrap();
+    // Two restarts: each signs the log on.
+    seal_until_sigterm(&model, &log, &token_arg);
+    seal_until_sigterm(&model, &log, &token_arg);
+    let verify = |extra: &[&str]| {
+        vramctl()
+            .args(["--json", "audit", "verify"])
+            .arg(&log)
+            .args(token_arg)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = verify(&[]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&refused.stdout).to_string();
+    let doc: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap()
+            .contains("2 record(s) from line"),
+        "{doc}"
+    );
+    let allowed = verify(&["--allow-unsigned-tail"]);
+    assert_eq!(allowed.status.code(), Some(0));
+    let doc: serde_json::Value = serde_json::from_slice(&allowed.stdout).unwrap();
+    assert_eq!(doc["adopted_unsigned_records"], 2, "{doc}");
+    assert_eq!(doc["unsigned_records"], 2, "{doc}");
+}
+
+/// Issue 22: a manifest names only files beside it or below it. An absolute path, `..` and a
+/// symbolic link out of its directory are refused before anything is read, and the digest of
+/// the file outside (a token, say) is never printed.
+#[test]
+fn manifest_names_that_leave_its_directory_are_refused_and_never_hashed() {
+    let dir = TempDir::new().unwrap();
+    let secret = write(&dir, "token", b"the-worker-token-nobody-may-hash");
+    let secret_digest = vram_residency::compute_digest(
+        b"the-worker-token-nobody-may-hash",
+        vram_residency::DigestAlgorithm::Sha256,
+    )
+    .to_hex();
+    let shards = dir.path().join("model");
+    std::fs::create_dir(&shards).unwrap();
+    std::fs::write(shards.join("a.bin"), pattern(4096)).unwrap();
+    std::os::unix::fs::symlink(&secret, shards.join("link.bin")).unwrap();
+    let hex = "ab".repeat(32);
+    for (name, line) in [
+        ("absolute", secret.display().to_string()),
+        ("dotdot", "../token".to_owned()),
+        ("symlink", "link.bin".to_owned()),
+    ] {
+        let manifest = shards.join(format!("SUMS-{name}"));
+        std::fs::write(&manifest, format!("{hex}  a.bin\n{hex}  {line}\n")).unwrap();
+        let out = vramctl()
+            .args(["--backend", "mock", "seal", "--manifest"])
+            .arg(&manifest)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(2), "{name}: {all}");
+        assert!(
+            all.contains("outside the manifest's directory"),
+            "{name}: {all}"
+        );
+        assert!(!all.contains(&secret_digest), "{name}: {all}");
+        assert!(!all.contains("sealed"), "{name}: {all}");
+    }
+}

@@ -72,6 +72,30 @@ pub(crate) struct LineFields {
     pub(crate) event: Option<String>,
     pub(crate) public_key: Option<String>,
     pub(crate) signature: Option<String>,
+    pub(crate) unsigned_records: Option<u64>,
+    pub(crate) repaired_bytes: Option<u64>,
+    /// The object's keys, in the line's order (at most [`KEYS_KEPT`]: the order checked).
+    pub(crate) keys: Vec<String>,
+}
+
+/// Leading keys kept in [`LineFields::keys`]: those whose order the spec fixes.
+pub(crate) const KEYS_KEPT: usize = 8;
+
+/// The keys every record (not an opening or a checkpoint) begins with, in this order.
+pub(crate) const RECORD_KEYS: [&str; 8] = [
+    "seq",
+    "prev",
+    "timestamp_ms",
+    "time",
+    "worker_id",
+    "correlation_id",
+    "severity",
+    "event",
+];
+
+/// An opening line, canonical: exactly what the writer writes.
+pub(crate) fn opened_line(opened: &OpenedLine<'_>) -> Result<String, serde_json::Error> {
+    serde_json::to_string(opened)
 }
 
 impl<'de> Deserialize<'de> for LineFields {
@@ -89,12 +113,17 @@ impl<'de> Deserialize<'de> for LineFields {
                     if !seen.insert(key.clone()) {
                         return Err(de::Error::custom(format!("key `{key}` appears twice")));
                     }
+                    if out.keys.len() < KEYS_KEPT {
+                        out.keys.push(key.clone());
+                    }
                     match key.as_str() {
                         "seq" => out.seq = Some(map.next_value()?),
                         "prev" => out.prev = Some(map.next_value()?),
                         "event" => out.event = Some(map.next_value()?),
                         "public_key" => out.public_key = Some(map.next_value()?),
                         "signature" => out.signature = Some(map.next_value()?),
+                        "unsigned_records" => out.unsigned_records = Some(map.next_value()?),
+                        "repaired_bytes" => out.repaired_bytes = Some(map.next_value()?),
                         _ => {
                             map.next_value::<IgnoredAny>()?;
                         }

@@ -10,8 +10,8 @@ use vram_seal::audit_key::decode_lower_hex;
 use vram_seal::{AuditPublicKey, Checkpoint};
 
 use super::format::{
-    CHECKPOINT, GENESIS, LineFields, MAX_RECORD_BYTES, OPENED, Scan, checkpoint_line, line_hash,
-    scan_line,
+    CHECKPOINT, GENESIS, LineFields, MAX_RECORD_BYTES, OPENED, OpenedLine, RECORD_KEYS, Scan,
+    checkpoint_line, line_hash, opened_line, scan_line,
 };
 use super::open::open_regular;
 
@@ -24,8 +24,10 @@ pub struct AuditVerifyOptions {
     /// A checkpoint kept off the host: the log must still contain the chain it signed (a tail
     /// cut after the log's own last checkpoint is detected only this way).
     pub kept_checkpoint: Option<Checkpoint>,
-    /// Accept records after the log's last checkpoint (a log still being written). Default
-    /// `false`: they are linked but unsigned, so anyone could have appended them.
+    /// Accept unsigned records: those after the log's last checkpoint (a log still being
+    /// written) and those a writer found unsigned when it reopened the log (later checkpoints
+    /// cover them only as records it did not write). Default `false`: they are linked but
+    /// unsigned, so anyone could have appended them. Either way they are reported as unsigned.
     pub allow_unsigned_tail: bool,
 }
 
@@ -36,9 +38,15 @@ pub struct AuditLogSummary {
     pub records: u64,
     /// Checkpoint lines whose signatures verified.
     pub checkpoints: u64,
-    /// Lines authenticated by a checkpoint (the checkpoint itself included). Lines after it
-    /// are linked but unsigned: written since the last checkpoint, or added by someone else.
+    /// Lines the key holder signed: covered by a checkpoint (the checkpoint itself included),
+    /// less those a writer found unsigned when it reopened the log. The rest are linked but
+    /// unsigned: written since the last checkpoint, left by a writer that stopped without
+    /// closing, or added by someone else.
     pub signed_records: u64,
+    /// Lines found unsigned when a writer reopened the log (its opening record names how
+    /// many): later checkpoints cover them, but only as records the writer did not sign, so
+    /// they stay unsigned for good.
+    pub adopted_unsigned_records: u64,
     /// The key the log was checked against.
     pub public_key: AuditPublicKey,
     /// Whether that key was given by the caller (`true`) or taken from the log (`false`).
@@ -58,7 +66,8 @@ pub(crate) struct Continuation {
 }
 
 impl AuditLogSummary {
-    /// Lines after the last checkpoint, which no signature covers.
+    /// Lines the key holder did not sign: those after the last checkpoint, and those a writer
+    /// found unsigned when it reopened the log.
     #[must_use]
     pub fn unsigned_records(&self) -> u64 {
         self.records.saturating_sub(self.signed_records)
@@ -122,6 +131,46 @@ pub enum AuditLogProblem {
     /// A checkpoint line carries anything beyond its signed fields, or another spelling.
     #[error("checkpoint is not in its canonical form")]
     NonCanonicalCheckpoint,
+    /// An opening line is not exactly what a writer writes.
+    #[error("opening record is not in its canonical form")]
+    NonCanonicalOpening,
+    /// A line is not UTF-8.
+    #[error("not UTF-8 (invalid byte after {valid_up_to} valid bytes)")]
+    NotUtf8 {
+        /// Valid bytes before the first invalid one.
+        valid_up_to: usize,
+    },
+    /// A line's keys are not in the order the spec fixes.
+    #[error("keys out of order: {found}; a record begins with {expected}")]
+    KeyOrder {
+        /// The keys found, in order.
+        found: String,
+        /// The keys a record begins with.
+        expected: String,
+    },
+    /// An opening states another number of unsigned records than the log holds before it.
+    #[error("the opening says {claimed} unsigned record(s) precede it, the log has {found}")]
+    WrongUnsignedCount {
+        /// What the opening says.
+        claimed: u64,
+        /// Unsigned lines before it.
+        found: u64,
+    },
+    /// A writer reopened the log and found records no checkpoint covered: later checkpoints
+    /// sign them only as records it did not write.
+    #[error(
+        "{records} record(s) from line {first} on were unsigned when the log was reopened at \
+         line {reopened_at}; later checkpoints cover them only as found (a writer that stopped \
+         without closing, or records appended by someone else)"
+    )]
+    AdoptedUnsigned {
+        /// First such line (1-based).
+        first: u64,
+        /// Such lines, in the whole log.
+        records: u64,
+        /// The first reopening that found them.
+        reopened_at: u64,
+    },
     /// A checkpoint's signature does not verify: the chain before it was rebuilt or the
     /// checkpoint forged.
     #[error(
@@ -179,6 +228,13 @@ pub(crate) struct Reader {
     /// `line_hash` of line `kept_checkpoint.count` (1-based), once read.
     kept_head: Option<[u8; 32]>,
     complete_bytes: u64,
+    /// The last line a reopening found unsigned (so two reopenings count each line once).
+    adopted_through: u64,
+    /// Lines found unsigned at reopenings since the last checkpoint, and before it.
+    adopted_pending: u64,
+    adopted_signed: u64,
+    /// The first such range: (first line, lines, the reopening's line).
+    first_adopted: Option<(u64, u64, u64)>,
 }
 
 impl Reader {
@@ -193,6 +249,10 @@ impl Reader {
             last_checkpoint: None,
             kept_head: None,
             complete_bytes: 0,
+            adopted_through: 0,
+            adopted_pending: 0,
+            adopted_signed: 0,
+            first_adopted: None,
         }
     }
 
@@ -226,6 +286,12 @@ impl Reader {
         if line.contains(&b'\r') {
             return Err(fail(AuditLogProblem::CarriageReturn));
         }
+        // A log is UTF-8 text; JSON parsers skip checking the strings they ignore.
+        std::str::from_utf8(line).map_err(|e| {
+            fail(AuditLogProblem::NotUtf8 {
+                valid_up_to: e.valid_up_to(),
+            })
+        })?;
         let fields: LineFields = serde_json::from_slice(line)
             .map_err(|e| fail(AuditLogProblem::Malformed(e.to_string())))?;
         let (Some(seq), Some(prev)) = (fields.seq, fields.prev.as_deref()) else {
@@ -243,9 +309,15 @@ impl Reader {
             return Err(fail(AuditLogProblem::BrokenLink));
         }
         match fields.event.as_deref() {
-            Some(OPENED) => self.opened(fields.public_key.as_deref(), number)?,
+            Some(OPENED) => self.opened(&fields, seq, line, number)?,
             _ if self.records == 0 => return Err(fail(AuditLogProblem::NotOpened)),
             Some(CHECKPOINT) => self.checkpoint(line, fields.signature.as_deref(), number)?,
+            _ if fields.keys.iter().map(String::as_str).ne(RECORD_KEYS) => {
+                return Err(fail(AuditLogProblem::KeyOrder {
+                    found: fields.keys.join(", "),
+                    expected: RECORD_KEYS.join(", "),
+                }));
+            }
             _ => {}
         }
         self.prev = line_hash(line);
@@ -263,7 +335,61 @@ impl Reader {
         Ok(())
     }
 
-    fn opened(&mut self, named: Option<&str>, number: u64) -> Result<(), AuditLogError> {
+    /// An opening: canonical, naming the log's key, and stating how many lines before it no
+    /// checkpoint covered; those stay unsigned for good.
+    fn opened(
+        &mut self,
+        fields: &LineFields,
+        seq: u64,
+        line: &[u8],
+        number: u64,
+    ) -> Result<(), AuditLogError> {
+        let named = self.opening_key(fields.public_key.as_deref(), number)?;
+        let canonical = match (fields.unsigned_records, fields.repaired_bytes) {
+            (Some(unsigned_records), Some(repaired_bytes)) => opened_line(&OpenedLine {
+                seq,
+                prev: &hex::encode(self.prev),
+                event: OPENED,
+                public_key: named.to_string(),
+                unsigned_records,
+                repaired_bytes,
+            })
+            .ok(),
+            _ => None,
+        };
+        if canonical.as_deref().map(str::as_bytes) != Some(line) {
+            return Err(at(number, AuditLogProblem::NonCanonicalOpening));
+        }
+        let unsigned_before = self.records.saturating_sub(self.signed_records);
+        let claimed = fields.unsigned_records.unwrap_or(0);
+        if claimed != unsigned_before {
+            return Err(at(
+                number,
+                AuditLogProblem::WrongUnsignedCount {
+                    claimed,
+                    found: unsigned_before,
+                },
+            ));
+        }
+        // Lines not yet counted at an earlier reopening (one without a checkpoint after it).
+        let first = self
+            .signed_records
+            .max(self.adopted_through)
+            .saturating_add(1);
+        let adopted = self.records.saturating_add(1).saturating_sub(first);
+        if adopted > 0 {
+            self.adopted_pending = self.adopted_pending.saturating_add(adopted);
+            self.adopted_through = self.records;
+            self.first_adopted.get_or_insert((first, adopted, number));
+        }
+        Ok(())
+    }
+
+    fn opening_key(
+        &mut self,
+        named: Option<&str>,
+        number: u64,
+    ) -> Result<AuditPublicKey, AuditLogError> {
         let named: AuditPublicKey = named
             .ok_or_else(|| {
                 at(
@@ -282,7 +408,7 @@ impl Reader {
             }
             _ => {
                 self.key = Some(named);
-                Ok(())
+                Ok(named)
             }
         }
     }
@@ -310,6 +436,8 @@ impl Reader {
             .map_err(|_| at(number, AuditLogProblem::BadSignature(key)))?;
         self.checkpoints = self.checkpoints.saturating_add(1);
         self.signed_records = number;
+        self.adopted_signed = self.adopted_signed.saturating_add(self.adopted_pending);
+        self.adopted_pending = 0;
         self.last_checkpoint = Some(checkpoint);
         Ok(())
     }
@@ -320,11 +448,13 @@ impl Reader {
             return None;
         }
         let (head, complete_bytes) = (self.prev, self.complete_bytes);
+        // The next opening names the lines after the last checkpoint.
+        let tail = self.records.saturating_sub(self.signed_records);
         self.finish().ok().map(|s| Continuation {
             records: s.records,
             head,
             complete_bytes,
-            unsigned_records: s.unsigned_records(),
+            unsigned_records: tail,
         })
     }
 
@@ -356,6 +486,16 @@ impl Reader {
                 ));
             }
         }
+        if let Some((first, _, reopened_at)) = self.first_adopted
+            && !self.options.allow_unsigned_tail
+            && self.adopted_signed > 0
+        {
+            return Err(whole(AuditLogProblem::AdoptedUnsigned {
+                first,
+                records: self.adopted_signed,
+                reopened_at,
+            }));
+        }
         if !self.options.allow_unsigned_tail && self.signed_records < self.records {
             return Err(whole(AuditLogProblem::UnsignedTail {
                 first: self.signed_records.saturating_add(1),
@@ -365,7 +505,8 @@ impl Reader {
         Ok(AuditLogSummary {
             records: self.records,
             checkpoints: self.checkpoints,
-            signed_records: self.signed_records,
+            signed_records: self.signed_records.saturating_sub(self.adopted_signed),
+            adopted_unsigned_records: self.adopted_signed,
             public_key: key,
             key_pinned: self.options.public_key.is_some(),
             last_checkpoint: self.last_checkpoint,

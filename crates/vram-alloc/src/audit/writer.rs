@@ -22,6 +22,7 @@ use vram_seal::{AuditPublicKey, AuditSigningKey, Checkpoint};
 
 use super::format::{
     ChainedLine, GENESIS, MAX_RECORD_BYTES, OPENED, OpenedLine, Scan, checkpoint_line, line_hash,
+    opened_line,
 };
 use super::open::{OpenError, open_regular};
 use super::verify::{AuditLogError, AuditLogProblem, AuditVerifyOptions, Reader, at};
@@ -225,7 +226,7 @@ impl<F: LogFile> FileAuditSink<F> {
         };
         {
             let mut w = lock(&sink.writer);
-            let opened = serde_json::to_string(&OpenedLine {
+            let opened = opened_line(&OpenedLine {
                 seq,
                 prev: &hex::encode(prev),
                 event: OPENED,

@@ -36,11 +36,15 @@ pub(crate) fn verify(out: Output, args: &AuditVerifyArgs) -> CliResult<Exit> {
                 "NOT pinned: checked against the key the log names, which proves only that the log is consistent with itself; pass --public-key or --token-file".to_owned()
             };
             out.result(format!(
-                "{file}: holds: {} records, {} checkpoint(s), {} signed, {} unsigned after the last checkpoint; audit key {} ({pinning}){}",
+                "{file}: holds: {} records, {} checkpoint(s), {} signed, {} unsigned ({} after the last checkpoint, {} found unsigned when the log was reopened); audit key {} ({pinning}){}",
                 summary.records,
                 summary.checkpoints,
                 summary.signed_records,
                 summary.unsigned_records(),
+                summary
+                    .unsigned_records()
+                    .saturating_sub(summary.adopted_unsigned_records),
+                summary.adopted_unsigned_records,
                 summary.public_key,
                 if options.kept_checkpoint.is_some() { "; covers the kept checkpoint" } else { "" },
             ));
@@ -51,6 +55,7 @@ pub(crate) fn verify(out: Output, args: &AuditVerifyArgs) -> CliResult<Exit> {
                 "checkpoints": summary.checkpoints,
                 "signed_records": summary.signed_records,
                 "unsigned_records": summary.unsigned_records(),
+                "adopted_unsigned_records": summary.adopted_unsigned_records,
                 "public_key": summary.public_key.to_string(),
                 "key_pinned": summary.key_pinned,
                 "last_checkpoint": summary.last_checkpoint.map(|c| c.to_string()),

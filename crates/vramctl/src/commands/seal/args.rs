@@ -134,6 +134,15 @@ fn requested(args: &SealArgs) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
         .collect())
 }
 
+/// A manifest line that names a file outside the manifest's directory (no digest of that file
+/// is ever computed or shown).
+fn outside(manifest: &Path, entry: &str) -> CliError {
+    CliError::bad_input(format!(
+        "{}: {entry} names a file outside the manifest's directory (an absolute path, `..` or a symbolic link out of it); a manifest names only files beside it or below it",
+        manifest.display()
+    ))
+}
+
 /// Every line of a manifest, names taken from its directory; one bad line refuses it whole.
 fn read_manifest(path: &Path) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
     let text = files::read_manifest_text(path)?;
@@ -148,7 +157,21 @@ fn read_manifest(path: &Path) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
             path.display(),
             path.display()
         )),
+        ManifestError::OutsideDirectory { line } => outside(path, &format!("line {line}")),
     })?;
+    // A symbolic link inside the directory may still lead out of it.
+    let root = std::fs::canonicalize(if base.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        base
+    })
+    .map_err(|e| CliError::file(base, &e.to_string(), "check the manifest's directory"))?;
+    for entry in &entries {
+        if std::fs::canonicalize(&entry.path).is_ok_and(|real| !real.starts_with(&root)) {
+            let name = entry.path.strip_prefix(base).unwrap_or(&entry.path);
+            return Err(outside(path, &format!("{:?}", name.display().to_string())));
+        }
+    }
     Ok(entries
         .into_iter()
         .map(|e| {
