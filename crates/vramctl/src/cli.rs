@@ -221,9 +221,10 @@ pub(crate) struct SealArgs {
 /// Where the worker token comes from.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct TokenArgs {
-    /// File holding the worker token (at least 16 bytes; one trailing newline is ignored).
-    /// Without it, $VRAM_WORKER_TOKEN; without either, a random key for this run.
-    #[arg(long, env = "VRAMCTL_TOKEN_FILE", value_name = "PATH")]
+    /// File holding the worker token (at least 16 bytes; one trailing newline is ignored;
+    /// readable by its owner alone). Without it, $VRAMCTL_TOKEN_FILE (when not empty), then
+    /// $VRAM_WORKER_TOKEN; without any, a random key for this run.
+    #[arg(long, value_name = "PATH")]
     pub(crate) token_file: Option<PathBuf>,
     /// Worker id: recorded in audit records and part of the key derivation.
     #[arg(long, default_value = "vramctl")]

@@ -7,7 +7,7 @@
 //! can read in the process list.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use vram_residency::SealKey;
 use zeroize::Zeroizing;
@@ -17,6 +17,8 @@ use crate::error::{CliError, CliResult};
 
 /// Environment variable holding the worker token itself.
 pub(crate) const TOKEN_ENV: &str = "VRAM_WORKER_TOKEN";
+/// The environment variable naming the token file (as `--token-file`).
+pub(crate) const TOKEN_FILE_ENV: &str = "VRAMCTL_TOKEN_FILE";
 /// Longest token file read.
 const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
@@ -54,7 +56,13 @@ impl WorkerKey {
 
 /// The token, if one was given.
 fn token(args: &TokenArgs) -> CliResult<Option<(Zeroizing<Vec<u8>>, String)>> {
-    if let Some(path) = &args.token_file {
+    // The environment's file is read here, not by clap: an empty `VRAMCTL_TOKEN_FILE=` means
+    // none, and an exported one never conflicts with an option given on the command line
+    // (`audit verify --public-key`).
+    let from_env = std::env::var_os(TOKEN_FILE_ENV)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    if let Some(path) = args.token_file.as_ref().or(from_env.as_ref()) {
         return read_token_file(path).map(|t| Some((t, format!("token file {}", path.display()))));
     }
     Ok(std::env::var_os(TOKEN_ENV).map(|v| {
@@ -70,6 +78,7 @@ fn read_token_file(path: &Path) -> CliResult<Zeroizing<Vec<u8>>> {
     if !meta.is_file() {
         return Err(bad("not a regular file".to_owned()));
     }
+    warn_if_shared(path, &meta);
     let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot be read ({e})")))?;
     let mut token = Zeroizing::new(Vec::new());
     file.take(MAX_TOKEN_FILE_BYTES.saturating_add(1))
@@ -87,6 +96,19 @@ fn read_token_file(path: &Path) -> CliResult<Zeroizing<Vec<u8>>> {
         }
     }
     Ok(token)
+}
+
+/// Warns, as `ssh` does for a private key, when others than the owner may read or write the
+/// token file: whoever reads it can seal and sign audit logs as this worker.
+fn warn_if_shared(path: &Path, meta: &std::fs::Metadata) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        crate::output::warn(&format!(
+            "warning: token file {} is accessible by others (mode {mode:04o}): anyone who reads it can seal and sign as this worker; run `chmod 600` on it",
+            path.display()
+        ));
+    }
 }
 
 /// A random key for a command that keeps nothing (`bench`, `demo`).

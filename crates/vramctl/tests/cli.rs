@@ -39,9 +39,12 @@ fn pattern(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i % 251) as u8).collect()
 }
 
+/// Writes a file readable by its owner alone (as a token file must be).
 fn write(dir: &TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
     let p = dir.path().join(name);
     std::fs::write(&p, bytes).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
     p
 }
 
@@ -1861,4 +1864,105 @@ fn manifest_names_that_leave_its_directory_are_refused_and_never_hashed() {
         assert!(!all.contains(&secret_digest), "{name}: {all}");
         assert!(!all.contains("sealed"), "{name}: {all}");
     }
+}
+
+/// Issue 22, token file: a token others can read is warned about (as `ssh` does for keys), an
+/// empty `VRAMCTL_TOKEN_FILE` means none, and an exported one does not conflict with
+/// `audit verify --public-key`.
+#[test]
+fn token_files_are_warned_about_when_shared_and_the_environment_never_conflicts() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new().unwrap();
+    let model = write(&dir, "m.bin", &pattern(4096));
+    let token = write(&dir, "token", b"worker-token-for-the-token-test");
+    let log = dir.path().join("audit.jsonl");
+    let (out, err) = seal_until_sigterm(&model, &log, &["--token-file", token.to_str().unwrap()]);
+    assert!(!err.contains("accessible by others"), "{err}");
+    let key_line = out.iter().find(|l| l.contains("audit key")).unwrap();
+    let public_key = key_line.split_whitespace().last().unwrap().to_owned();
+
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let shared = vramctl()
+        .args(["audit", "verify"])
+        .arg(&log)
+        .arg("--token-file")
+        .arg(&token)
+        .output()
+        .unwrap();
+    assert_eq!(shared.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&shared.stderr);
+    assert!(
+        err.contains("accessible by others (mode 0644)") && err.contains("chmod 600"),
+        "{err}"
+    );
+
+    // Exported as the sample unit does: `--public-key` still works, no conflict.
+    let pinned = vramctl()
+        .env("VRAMCTL_TOKEN_FILE", &token)
+        .args(["audit", "verify"])
+        .arg(&log)
+        .args(["--public-key", &public_key])
+        .output()
+        .unwrap();
+    assert_eq!(
+        pinned.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&pinned.stderr)
+    );
+    // The exported file is the token when nothing else is given.
+    let from_env = vramctl()
+        .env("VRAMCTL_TOKEN_FILE", &token)
+        .args(["audit", "verify"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&from_env.stdout).contains("(pinned)"));
+    // Empty: no token file, no error about an option nobody passed.
+    let empty = vramctl()
+        .env("VRAMCTL_TOKEN_FILE", "")
+        .args(["audit", "verify"])
+        .arg(&log)
+        .output()
+        .unwrap();
+    assert_eq!(empty.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&empty.stdout).contains("NOT pinned"));
+}
+
+/// Issue 22, leaf sizes: a manifest line in another leaf size than the seal's (as
+/// `vramctl digest --leaf 4KiB` writes it) is checked in that leaf size, on the bytes in VRAM,
+/// not compared with a digest of another leaf size.
+#[test]
+fn a_manifest_line_in_another_leaf_size_is_checked_in_that_leaf_size() {
+    let dir = TempDir::new().unwrap();
+    write(&dir, "a.bin", &pattern(300_000));
+    let line = vramctl()
+        .current_dir(dir.path())
+        .args(["digest", "--leaf", "4KiB", "a.bin"])
+        .output()
+        .unwrap();
+    assert!(line.status.success());
+    let line = String::from_utf8(line.stdout).unwrap();
+    assert!(line.starts_with("sha256-tree-4096:"), "{line}");
+    write(&dir, "SUMS", line.as_bytes());
+    let args = ["--json", "--backend", "mock", "seal", "--manifest", "SUMS"];
+    let (child, mut lines) = spawn_vramctl(dir.path(), &args.map(std::ffi::OsStr::new));
+    let sealed = read_event(&mut lines, "sealed");
+    assert_eq!(sealed["shard"]["vram_bytes"], 300_000);
+    assert_eq!(sealed["shard"]["digest_algorithm"], "sha256-tree-65536");
+    stop_with_sigterm(child, lines);
+
+    let wrong = line.replacen(&line[17..81], &"cd".repeat(32), 1);
+    write(&dir, "WRONG", wrong.as_bytes());
+    let out = vramctl()
+        .current_dir(dir.path())
+        .args(["--backend", "mock", "seal", "--manifest", "WRONG"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_one_line(&out).contains("differs from the manifest sha256-tree-4096:cdcd"),
+        "{}",
+        stderr_one_line(&out)
+    );
 }

@@ -253,20 +253,22 @@ fn plan_error(job: &SealJob, error: PlanError, group: Option<&str>) -> CliError 
     }
 }
 
-/// `FILE: digest X differs from WHERE Y; what happened; remedy` (exit 1).
+/// `FILE: digest ALG:X differs from WHERE ALG:Y; what happened; remedy` (exit 1). Both digests
+/// name their algorithm: a digest of another leaf size is checked in that leaf size, and the
+/// message says which one was compared.
 fn digest_mismatch(file: &SealFile, want: &Expected, actual: &str, in_group: bool) -> CliError {
-    let released = if want.algorithm == DigestAlgorithm::Sha256 {
+    // A group is sealed whole or not at all; single files before this one were sealed.
+    let released = if in_group {
         "nothing was sealed"
-    } else if in_group {
-        "the group was released"
     } else {
         "what was sealed before it was released"
     };
     CliError::new(
         Exit::VerificationFailed,
         format!(
-            "{}: digest {actual} differs from {} {}; {released}; {}",
+            "{}: digest {}:{actual} differs from {} {}; {released}; {}",
             file.path.display(),
+            want.algorithm,
             want.given_in,
             manifest_digest(want),
             mismatch_remedy(file, want)
@@ -274,12 +276,9 @@ fn digest_mismatch(file: &SealFile, want: &Expected, actual: &str, in_group: boo
     )
 }
 
-/// An expectation as it was written: `sha256:HEX` for a flat SHA-256, the hex otherwise.
+/// An expectation with its algorithm: `sha256:HEX` for a flat SHA-256, `ALG:HEX` for a tree.
 fn manifest_digest(want: &Expected) -> String {
-    match want.algorithm {
-        DigestAlgorithm::Sha256 => format!("sha256:{}", want.digest.to_hex()),
-        _ => want.digest.to_hex(),
-    }
+    format!("{}:{}", want.algorithm, want.digest.to_hex())
 }
 
 /// Why a seal's digest did not match: when a bare `--expect HEX` is the file's flat SHA-256,
