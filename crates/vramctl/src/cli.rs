@@ -97,6 +97,10 @@ pub(crate) struct DigestArgs {
     /// it; `-` for standard input): prints `FILE: OK` or `FILE: FAILED`, exit 1 on any failure.
     #[arg(long, short = 'c', value_name = "MANIFEST", conflicts_with_all = ["files", "flat", "leaf"])]
     pub(crate) check: Option<PathBuf>,
+    /// With --check: an improperly formatted line fails the check (exit 1), as in
+    /// `sha256sum --strict`; without it such lines are skipped with a warning.
+    #[arg(long, requires = "check")]
+    pub(crate) strict: bool,
     /// For safetensors and GGUF files: each tensor's digest (`ALG:HEX  FILE#TENSOR`, in name
     /// order) and the model digest over all of them (`vram-model-v1:HEX  FILE`,
     /// `.specs/model-digest.md`): what an engine's tensors sealed in VRAM must hash to.

@@ -52,7 +52,10 @@ impl CliError {
 
     /// A file that cannot be used, with the remedy.
     pub(crate) fn file(path: &Path, problem: &str, remedy: &str) -> Self {
-        Self::bad_input(format!("{}: {problem}; {remedy}", path.display()))
+        Self::bad_input(format!(
+            "{}: {problem}; {remedy}",
+            crate::output::shown(path)
+        ))
     }
 }
 

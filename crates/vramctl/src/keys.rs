@@ -63,7 +63,8 @@ fn token(args: &TokenArgs) -> CliResult<Option<(Zeroizing<Vec<u8>>, String)>> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
     if let Some(path) = args.token_file.as_ref().or(from_env.as_ref()) {
-        return read_token_file(path).map(|t| Some((t, format!("token file {}", path.display()))));
+        return read_token_file(path)
+            .map(|t| Some((t, format!("token file {}", crate::output::shown(path)))));
     }
     Ok(std::env::var_os(TOKEN_ENV).map(|v| {
         use std::os::unix::ffi::OsStringExt;
@@ -106,7 +107,7 @@ fn warn_if_shared(path: &Path, meta: &std::fs::Metadata) {
     if mode & 0o077 != 0 {
         crate::output::warn(&format!(
             "warning: token file {} is accessible by others (mode {mode:04o}): anyone who reads it can seal and sign as this worker; run `chmod 600` on it",
-            path.display()
+            crate::output::shown(path)
         ));
     }
 }
@@ -134,7 +135,10 @@ pub(crate) fn worker_key(args: &TokenArgs) -> CliResult<WorkerKey> {
                     token,
                     worker_id: args.worker_id.clone(),
                 },
-                origin: format!("derived from {origin} for worker {}", args.worker_id),
+                origin: format!(
+                    "derived from {origin} for worker {}",
+                    crate::output::shown(&args.worker_id)
+                ),
             })
         }
         None => Ok(WorkerKey {

@@ -64,3 +64,15 @@ pub(crate) fn warn(line: &str) {
 }
 
 pub(crate) use vramctl::units::human_bytes;
+
+/// A file name or id as a line of text shows it: as it is when it holds no control character,
+/// else quoted with every control character escaped (`"a\nb"`), so a name can neither forge a
+/// line (of the journal, under systemd) nor drive the terminal. JSON output escapes by itself.
+pub(crate) fn shown(name: impl AsRef<std::ffi::OsStr>) -> String {
+    let text = name.as_ref().to_string_lossy();
+    if text.chars().any(char::is_control) {
+        format!("{:?}", text.as_ref())
+    } else {
+        text.into_owned()
+    }
+}

@@ -1064,6 +1064,20 @@ fn digests_stand_alone_and_manifests_check_like_sha256sum() {
     );
     std::fs::write(dir.path().join("junk"), "not a manifest\n").unwrap();
     assert_eq!(run_in(&["digest", "-c", "junk"]).status.code(), Some(1));
+    // Issue 22: a malformed line beside good ones is skipped (exit 0, as sha256sum) unless
+    // --strict (exit 1); --json names the line that went unchecked.
+    let good = String::from_utf8(run_in(&["digest", "--flat", "abc.bin"]).stdout).unwrap();
+    std::fs::write(dir.path().join("mixed"), format!("{good}not a line\n")).unwrap();
+    assert_eq!(run_in(&["digest", "-c", "mixed"]).status.code(), Some(0));
+    assert_eq!(
+        run_in(&["digest", "-c", "mixed", "--strict"]).status.code(),
+        Some(1)
+    );
+    let json = String::from_utf8(run_in(&["--json", "digest", "-c", "mixed"]).stdout).unwrap();
+    assert!(
+        json.contains(r#"{"line":2,"result":"improperly formatted"}"#),
+        "{json}"
+    );
     // Standard input.
     let stdin = vramctl()
         .args(["digest", "--flat", "-"])
@@ -1964,5 +1978,38 @@ fn a_manifest_line_in_another_leaf_size_is_checked_in_that_leaf_size() {
         stderr_one_line(&out).contains("differs from the manifest sha256-tree-4096:cdcd"),
         "{}",
         stderr_one_line(&out)
+    );
+}
+
+/// Issue 22, output injection: a file name or worker id holding a line break or a terminal
+/// escape is printed quoted and escaped, so it cannot forge a line (of the journal, under
+/// systemd) or drive the terminal.
+#[test]
+fn names_with_line_breaks_and_escapes_cannot_forge_output_lines() {
+    let dir = TempDir::new().unwrap();
+    let name = "m\nvramctl: forged OK\u{1b}[31m.bin";
+    write(&dir, name, &pattern(4096));
+    let token = write(&dir, "token", b"worker-token-for-the-escape-test");
+    let log = dir.path().join("audit.jsonl");
+    let (out, err) = seal_until_sigterm(
+        &dir.path().join(name),
+        &log,
+        &[
+            "--token-file",
+            token.to_str().unwrap(),
+            "--worker-id",
+            "w\nforged",
+        ],
+    );
+    let all = format!("{}\n{err}", out.join("\n"));
+    assert!(!all.contains('\u{1b}'), "{all}");
+    assert!(
+        !all.lines()
+            .any(|l| l.starts_with("vramctl: forged") || l.starts_with("forged")),
+        "{all}"
+    );
+    assert!(
+        all.contains(r"m\nvramctl: forged OK\u{1b}[31m.bin"),
+        "{all}"
     );
 }

@@ -27,7 +27,7 @@ pub(crate) fn verify(out: Output, args: &AuditVerifyArgs) -> CliResult<Exit> {
         kept_checkpoint,
         allow_unsigned_tail: args.allow_unsigned_tail,
     };
-    let file = args.file.display().to_string();
+    let file = crate::output::shown(&args.file);
     match verify_audit_log(&args.file, &options) {
         Ok(summary) => {
             let pinning = if summary.key_pinned {

@@ -46,7 +46,7 @@ fn write_sample_model(path: &Path) -> CliResult<()> {
     safetensors::serialize_to_file(views, None, path).map_err(|e| {
         CliError::bad_input(format!(
             "cannot write the sample model to {}: {e}",
-            path.display()
+            crate::output::shown(path)
         ))
     })
 }
@@ -68,7 +68,7 @@ pub(crate) fn run(out: Output, backend: &BackendArgs) -> CliResult<Exit> {
         .map_err(|e| CliError::file(&path, &e.to_string(), "report a bug"))?;
     out.result(format!(
         "1. wrote {} ({}, {} on disk)",
-        path.display(),
+        crate::output::shown(&path),
         vramctl::formats::describe(&format),
         human_bytes(bytes.len() as u64)
     ));

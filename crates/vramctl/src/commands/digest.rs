@@ -79,7 +79,7 @@ fn digest_named(name: &Path, alg: DigestAlgorithm, out: Output) -> CliResult<Sha
 
 pub(crate) fn run(out: Output, args: &DigestArgs) -> CliResult<Exit> {
     if let Some(manifest) = &args.check {
-        return check(out, manifest);
+        return check(out, manifest, args.strict);
     }
     let alg = algorithm(args.flat, args.leaf)?;
     if args.tensors {
@@ -231,7 +231,7 @@ fn next_line(reader: &mut dyn BufRead, manifest: &Path, number: u64) -> CliResul
 
 /// `--check MANIFEST`: verifies every line as `sha256sum -c` does: `NAME: OK`, `NAME: FAILED`
 /// or `NAME: FAILED open or read`, warnings on stderr, exit 1 if anything failed.
-fn check(out: Output, manifest: &Path) -> CliResult<Exit> {
+fn check(out: Output, manifest: &Path, strict: bool) -> CliResult<Exit> {
     let reader: Box<dyn BufRead> = if manifest == Path::new("-") {
         Box::new(BufReader::new(std::io::stdin()))
     } else {
@@ -255,8 +255,10 @@ fn check(out: Output, manifest: &Path) -> CliResult<Exit> {
                 malformed = malformed.saturating_add(1);
                 output::warn(&format!(
                     "vramctl: {}: {number}: improperly formatted checksum line",
-                    manifest.display()
+                    crate::output::shown(manifest)
                 ));
+                // Which lines went unchecked, for a machine reading --json.
+                out.json(&json!({ "line": number, "result": "improperly formatted" }));
             }
             continue;
         };
@@ -290,7 +292,7 @@ fn check(out: Output, manifest: &Path) -> CliResult<Exit> {
             }
         };
         out.result(format!("{shown}: {verdict}"));
-        out.json(&json!({ "file": name, "algorithm": alg.to_string(), "result": verdict }));
+        out.json(&json!({ "line": number, "file": name, "algorithm": alg.to_string(), "result": verdict }));
     }
     let warn = |n: u64, one: &str, many: &str| {
         if n > 0 {
@@ -318,13 +320,15 @@ fn check(out: Output, manifest: &Path) -> CliResult<Exit> {
     if ok.saturating_add(mismatched).saturating_add(unreadable) == 0 {
         output::warn(&format!(
             "vramctl: {}: no properly formatted checksum lines found",
-            manifest.display()
+            crate::output::shown(manifest)
         ));
         return Ok(Exit::VerificationFailed);
     }
-    Ok(if mismatched > 0 || unreadable > 0 {
-        Exit::VerificationFailed
-    } else {
-        Exit::Ok
-    })
+    Ok(
+        if mismatched > 0 || unreadable > 0 || (strict && malformed > 0) {
+            Exit::VerificationFailed
+        } else {
+            Exit::Ok
+        },
+    )
 }

@@ -139,7 +139,7 @@ fn requested(args: &SealArgs) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
 fn outside(manifest: &Path, entry: &str) -> CliError {
     CliError::bad_input(format!(
         "{}: {entry} names a file outside the manifest's directory (an absolute path, `..` or a symbolic link out of it); a manifest names only files beside it or below it",
-        manifest.display()
+        crate::output::shown(manifest)
     ))
 }
 
@@ -150,12 +150,12 @@ fn read_manifest(path: &Path) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
     let entries = manifest::parse_manifest(&text, base).map_err(|e| match e {
         ManifestError::Malformed { line } => CliError::bad_input(format!(
             "{}:{line}: improperly formatted checksum line; expected `HEX  FILE` (sha256sum) or `sha256-tree-65536:HEX  FILE` (vramctl digest)",
-            path.display()
+            crate::output::shown(path)
         )),
         ManifestError::Empty => CliError::bad_input(format!(
             "{}: no checksum lines; write one with `vramctl digest FILE... > {}`",
-            path.display(),
-            path.display()
+            crate::output::shown(path),
+            crate::output::shown(path)
         )),
         ManifestError::OutsideDirectory { line } => outside(path, &format!("line {line}")),
     })?;
@@ -169,7 +169,7 @@ fn read_manifest(path: &Path) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
     for entry in &entries {
         if std::fs::canonicalize(&entry.path).is_ok_and(|real| !real.starts_with(&root)) {
             let name = entry.path.strip_prefix(base).unwrap_or(&entry.path);
-            return Err(outside(path, &format!("{:?}", name.display().to_string())));
+            return Err(outside(path, &format!("{:?}", name.to_string_lossy())));
         }
     }
     Ok(entries

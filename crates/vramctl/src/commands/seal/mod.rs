@@ -46,7 +46,7 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
     if let Some(file) = &session.audit_file {
         out.line(format!(
             "audit log {}: signed with audit key {}{}",
-            file.path().display(),
+            crate::output::shown(file.path()),
             file.public_key(),
             if key.is_token_derived() {
                 ""

@@ -168,7 +168,7 @@ fn report_sealed(
 ) {
     let line = format!(
         "sealed {} as {} on GPU {}: {} ({}), digest {}",
-        file.path.display(),
+        crate::output::shown(&file.path),
         shard.shard_id,
         shard.gpu_device,
         human_bytes(u64::try_from(shard.vram_bytes).unwrap_or(0)),
@@ -232,8 +232,8 @@ fn plan_error(job: &SealJob, error: PlanError, group: Option<&str>) -> CliError 
         } => match (file(first), file(second)) {
             (Some(a), Some(b)) => CliError::bad_input(format!(
                 "{} and {} would both be shard {shard_id}; give each file once",
-                a.path.display(),
-                b.path.display(),
+                crate::output::shown(&a.path),
+                crate::output::shown(&b.path),
             )),
             _ => VramError::from(PlanError::SameShardId {
                 first,
@@ -267,7 +267,7 @@ fn digest_mismatch(file: &SealFile, want: &Expected, actual: &str, in_group: boo
         Exit::VerificationFailed,
         format!(
             "{}: digest {}:{actual} differs from {} {}; {released}; {}",
-            file.path.display(),
+            crate::output::shown(&file.path),
             want.algorithm,
             want.given_in,
             manifest_digest(want),
