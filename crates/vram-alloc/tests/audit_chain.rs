@@ -636,3 +636,50 @@ fn non_utf8_records_keys_out_of_order_and_odd_openings_are_refused() {
     }
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Issue 22, audit log handling: a symbolic link to nothing is refused (its target is never
+/// created), and repair only ever removes one torn record: a file that is not a log (a token
+/// file, a blob with no newline) or a tail longer than a record is left as it is.
+#[test]
+fn dangling_links_and_files_that_are_not_logs_are_refused_and_left_unchanged() {
+    let dir = temp_path("not-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let target = dir.join("elsewhere.jsonl");
+    let link = dir.join("audit.jsonl");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let e = FileAuditSink::open(&link, signing_key(0x11)).unwrap_err();
+    assert!(
+        matches!(&e, AuditError::NotRegularFile { reason, .. } if reason.contains("symbolic link to nothing")),
+        "{e}"
+    );
+    assert!(!target.exists(), "the link's target was created");
+
+    let mut repair = AuditLogOptions::default();
+    repair.repair_torn_tail = true;
+    let token = dir.join("token");
+    let blob = dir.join("blob");
+    std::fs::write(&token, b"worker-token-with-no-newline").unwrap();
+    std::fs::write(&blob, vec![0xabu8; 200 * 1024]).unwrap();
+    for (path, reason) in [(&token, "not an audit log"), (&blob, "not an audit log")] {
+        let before = std::fs::read(path).unwrap();
+        let e = FileAuditSink::open_with(path, signing_key(0x11), repair.clone()).unwrap_err();
+        assert!(
+            matches!(&e, AuditError::NotRepairable { reason: r, .. } if r.contains(reason)),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(path).unwrap(), before, "nothing was changed");
+    }
+    // A real log with more than a record's length of junk after it.
+    let log = dir.join("log.jsonl");
+    drop(FileAuditSink::open(&log, signing_key(0x11)).unwrap());
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.extend(vec![b'x'; 70 * 1024]);
+    std::fs::write(&log, &bytes).unwrap();
+    let e = FileAuditSink::open_with(&log, signing_key(0x11), repair).unwrap_err();
+    assert!(
+        matches!(&e, AuditError::NotRepairable { reason, .. } if reason.contains("longer than any record")),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&log).unwrap(), bytes);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

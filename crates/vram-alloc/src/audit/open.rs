@@ -22,19 +22,34 @@ impl std::fmt::Display for OpenError {
 }
 
 /// Opens `path` if it is a regular file (a symlink to one is followed); a FIFO, device,
-/// directory or socket is refused before any read that could block or never end.
+/// directory or socket is refused before any read that could block or never end. A new log
+/// is created only where nothing is: a symbolic link to nothing is refused, never followed to
+/// create its target.
 pub(crate) fn open_regular(path: &Path, write: bool) -> Result<File, OpenError> {
     use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::metadata(path) {
+    let exists = match std::fs::metadata(path) {
         Ok(meta) if !meta.is_file() => return Err(not_regular(&meta)),
-        Ok(_) => {}
-        Err(e) if write && e.kind() == std::io::ErrorKind::NotFound => {}
+        Ok(_) => true,
+        Err(e) if write && e.kind() == std::io::ErrorKind::NotFound => {
+            if std::fs::symlink_metadata(path).is_ok() {
+                return Err(OpenError::NotRegular(
+                    "a symbolic link to nothing; point it at the log or remove it".to_owned(),
+                ));
+            }
+            false
+        }
         Err(e) => return Err(OpenError::Io(e)),
-    }
+    };
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
     if write {
-        options.append(true).create(true);
+        // `create_new` (O_EXCL) never follows a link swapped in after the check.
+        options.append(true);
+        if exists {
+            options.create(false);
+        } else {
+            options.create_new(true);
+        }
     }
     // Non-blocking open: a FIFO swapped in after the check cannot hang the open.
     let file = options

@@ -57,6 +57,21 @@ pub enum AuditError {
         /// Bytes after the last newline.
         bytes: u64,
     },
+    /// What follows the last complete record is not a torn record: the file is not a log (no
+    /// complete record at all), or more than a record's length. Nothing is changed, even with
+    /// repair: repair only ever removes one torn last record.
+    #[error(
+        "audit log {path}: {bytes} bytes after the last complete record are not a torn record \
+         ({reason}); nothing was changed: give the path of an audit log, or move this file aside"
+    )]
+    NotRepairable {
+        /// The path.
+        path: PathBuf,
+        /// Bytes after the last complete record.
+        bytes: u64,
+        /// Why they are not a torn record.
+        reason: &'static str,
+    },
     /// The log is signed with another key than this writer's: one log, one key.
     #[error(
         "audit log {path} is signed with audit key {log_key}, this writer's key is {writer_key}: \

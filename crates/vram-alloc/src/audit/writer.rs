@@ -191,6 +191,20 @@ impl<F: LogFile> FileAuditSink<F> {
                 },
             }
         })?;
+        let not_torn = if found.is_none() {
+            Some("the file holds no complete record: it is not an audit log")
+        } else if torn >= u64::try_from(MAX_RECORD_BYTES).unwrap_or(u64::MAX) {
+            Some("longer than any record")
+        } else {
+            None
+        };
+        if let Some(reason) = not_torn.filter(|_| torn > 0) {
+            return Err(AuditError::NotRepairable {
+                path,
+                bytes: torn,
+                reason,
+            });
+        }
         if torn > 0 && !options.repair_torn_tail {
             return Err(AuditError::TornTail { path, bytes: torn });
         }
