@@ -121,6 +121,27 @@ impl FileSource {
     }
 }
 
+impl FileSource {
+    /// A read that ended early inside the length taken at the start: the file shrank (was
+    /// truncated or rewritten) while it was read; said so, with both lengths.
+    fn explained(&self, e: io::Error) -> io::Error {
+        if e.kind() != io::ErrorKind::UnexpectedEof {
+            return e;
+        }
+        match self.file.metadata() {
+            Ok(meta) if meta.len() < self.len => io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "the file shrank to {} bytes while it was read (it had {} when reading began); seal it again once it is complete",
+                    meta.len(),
+                    self.len
+                ),
+            ),
+            _ => e,
+        }
+    }
+}
+
 impl ShardSource for FileSource {
     fn len(&self) -> u64 {
         self.len
@@ -138,7 +159,7 @@ impl ShardSource for FileSource {
         if !in_range {
             return Err(io::ErrorKind::UnexpectedEof.into());
         }
-        read_exact_at(&self.file, buf, offset)
+        read_exact_at(&self.file, buf, offset).map_err(|e| self.explained(e))
     }
 }
 
@@ -194,6 +215,28 @@ mod tests {
         assert_eq!(&buf, b"fgh");
         assert!(source.read_at(6, &mut buf).is_err());
         assert_eq!(source.len(), 8);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_file_that_shrinks_while_read_says_so() {
+        let path = std::env::temp_dir().join(format!("shard-source-shrink-{}", std::process::id()));
+        std::fs::write(&path, vec![7u8; 4096]).unwrap();
+        let source = FileSource::open(&path).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(1000)
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let e = source.read_at(512, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert!(
+            e.to_string().contains("shrank to 1000 bytes") && e.to_string().contains("it had 4096"),
+            "{e}"
+        );
+        assert_eq!(source.path(), Some(path.as_path()));
         std::fs::remove_file(path).unwrap();
     }
 }
