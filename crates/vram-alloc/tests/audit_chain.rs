@@ -596,10 +596,12 @@ fn non_utf8_records_keys_out_of_order_and_odd_openings_are_refused() {
     assert_eq!(e.line, Some(n));
     assert!(matches!(e.problem, AuditLogProblem::NotUtf8 { .. }), "{e}");
     std::fs::write(&path, &bytes).unwrap();
-    assert!(matches!(
-        FileAuditSink::open(&path, signing_key(0x11)).unwrap_err(),
-        AuditError::BrokenChain { .. }
-    ));
+    let e = FileAuditSink::open(&path, signing_key(0x11)).unwrap_err();
+    assert!(matches!(e, AuditError::BrokenChain { .. }));
+    assert!(
+        e.to_string().contains("start a new log at another path"),
+        "names the remedy: {e}"
+    );
 
     // Keys out of order (the same fields, `severity` moved to the end).
     let moved = utf8

@@ -86,7 +86,11 @@ pub enum AuditError {
         writer_key: AuditPublicKey,
     },
     /// An existing log does not verify (chain, signatures or key), so it cannot be continued.
-    #[error("audit log {path}: {source}")]
+    /// Repair never removes complete records (they are evidence): the remedy is a new log.
+    #[error(
+        "audit log {path}: {source}; it cannot be continued: keep it as evidence (check it with \
+         `vramctl audit verify`) and start a new log at another path"
+    )]
     BrokenChain {
         /// The log's path.
         path: PathBuf,
