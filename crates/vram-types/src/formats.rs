@@ -190,19 +190,13 @@ fn table_kind(name: Option<&Path>, probe: &[u8], len: u64) -> Option<(TableKind,
         };
     }
     // Unnamed: a safetensors header is an 8-byte length, within the bytes, then a JSON object.
-    let n = probe
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)?;
+    let n = header_length(probe)?;
     let fits = n <= HEADER_PREFIX_MAX && n.checked_add(8).is_some_and(|end| end <= len);
     (fits && probe.get(8) == Some(&b'{')).then_some((TableKind::Safetensors, false))
 }
 
-/// Reads the bytes at an offset into a buffer (the resident bytes, for [`sealed_table`]).
-pub type ReadAt<'r> = dyn FnMut(u64, &mut [u8]) -> Result<(), crate::VramError> + 'r;
-
-/// The tensor table a sealed shard carries: read through `read` (offset, buffer) from bytes of
-/// `len` bytes (the bytes in VRAM, so the table describes what was sealed), sorted by name.
+/// The tensor table a sealed shard carries: read from `bytes` (the bytes in VRAM, so the table
+/// describes what was sealed), sorted by name.
 ///
 /// One rule decides which bytes have a table. Bytes that came from a file (`name`) are
 /// recognised as [`recognise`] does: a `.safetensors` or `.gguf` name, or the GGUF magic, and
@@ -214,39 +208,34 @@ pub type ReadAt<'r> = dyn FnMut(u64, &mut [u8]) -> Result<(), crate::VramError> 
 ///
 /// # Errors
 /// [`VramError::MalformedModel`](crate::VramError::MalformedModel) for a model file whose
-/// header does not hold; the error of `read`.
+/// header does not hold; the error of reading `bytes` ([`crate::ShardSource::fill`]).
 pub fn sealed_table(
     name: Option<&Path>,
-    len: u64,
-    read: &mut ReadAt<'_>,
+    bytes: &dyn crate::ShardSource,
 ) -> Result<Option<Vec<TensorInfo>>, crate::VramError> {
     const FIRST_GGUF_READ: u64 = 1 << 20;
-    let read_prefix = |n: u64, read: &mut ReadAt<'_>| {
+    let len = bytes.len();
+    let read_prefix = |n: u64| {
         let n = usize::try_from(n)
             .map_err(|_| crate::VramError::Unreachable("a header prefix fits in memory"))?;
         let mut head = vec![0u8; n];
-        read(0, &mut head)?;
+        bytes.fill(0, &mut head)?;
         Ok::<_, crate::VramError>(head)
     };
-    let probe = read_prefix(HEADER_PROBE_BYTES.saturating_add(1).min(len), read)?;
+    let probe = read_prefix(HEADER_PROBE_BYTES.saturating_add(1).min(len))?;
     let Some((kind, strict)) = table_kind(name, &probe, len) else {
         return Ok(None);
     };
     let parsed = match kind {
         TableKind::Safetensors => {
-            let n = probe
-                .get(..8)
-                .and_then(|b| b.try_into().ok())
-                .map_or(0, u64::from_le_bytes)
-                .min(HEADER_PREFIX_MAX);
-            let head = read_prefix(n.saturating_add(HEADER_PROBE_BYTES).min(len), read)?;
+            let head = read_prefix(safetensors_extent(&probe, len))?;
             safetensors_table(&head, len).map_err(FormatError::Safetensors)
         }
         TableKind::Gguf => {
             let extent = HEADER_PREFIX_MAX.min(len);
             let mut size = FIRST_GGUF_READ.min(extent);
             loop {
-                let head = read_prefix(size, read)?;
+                let head = read_prefix(size)?;
                 match gguf_table(&head, len) {
                     // A prefix too short for the header fails somewhere: read more, up to all a
                     // header may take, and keep the answer of the longest read.
@@ -278,17 +267,29 @@ pub const HEADER_PROBE_BYTES: u64 = 8;
 /// the file.
 #[must_use]
 pub fn header_extent(path: &Path, probe: &[u8], file_len: u64) -> u64 {
-    let extent = if is_safetensors(path) {
-        let n = probe
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map_or(0, u64::from_le_bytes)
-            .min(HEADER_PREFIX_MAX);
-        n.saturating_add(HEADER_PROBE_BYTES)
+    if is_safetensors(path) {
+        safetensors_extent(probe, file_len)
     } else {
-        HEADER_PREFIX_MAX
-    };
-    extent.min(file_len)
+        HEADER_PREFIX_MAX.min(file_len)
+    }
+}
+
+/// A safetensors header's 8-byte length, from the first bytes of a file.
+fn header_length(probe: &[u8]) -> Option<u64> {
+    probe
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+}
+
+/// The bytes a safetensors header takes (its length and its JSON, bounded), never more than
+/// the file.
+fn safetensors_extent(probe: &[u8], file_len: u64) -> u64 {
+    header_length(probe)
+        .unwrap_or(0)
+        .min(HEADER_PREFIX_MAX)
+        .saturating_add(HEADER_PROBE_BYTES)
+        .min(file_len)
 }
 
 fn extension(path: &Path) -> Option<String> {
@@ -1061,6 +1062,36 @@ mod tests {
         assert_eq!(tensor_table(Path::new("x.bin"), b"abc", 3).unwrap(), None);
     }
 
+    /// Bytes that record the length of every read.
+    struct Recorded<'a> {
+        bytes: &'a [u8],
+        reads: std::sync::Mutex<Vec<usize>>,
+    }
+
+    impl crate::ShardSource for Recorded<'_> {
+        fn len(&self) -> u64 {
+            self.bytes.len() as u64
+        }
+
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+            self.reads.lock().unwrap().push(buf.len());
+            self.bytes.read_at(offset, buf)
+        }
+    }
+
+    /// A source whose every read fails.
+    struct Unreadable;
+
+    impl crate::ShardSource for Unreadable {
+        fn len(&self) -> u64 {
+            100
+        }
+
+        fn read_at(&self, _: u64, _: &mut [u8]) -> std::io::Result<()> {
+            Err(std::io::Error::other("device lost"))
+        }
+    }
+
     /// `sealed_table` over `bytes`, with the length of every read it made.
     fn sealed(
         name: Option<&str>,
@@ -1069,18 +1100,12 @@ mod tests {
         Result<Option<Vec<TensorInfo>>, crate::VramError>,
         Vec<usize>,
     ) {
-        let mut reads = Vec::new();
-        let result = sealed_table(
-            name.map(Path::new),
-            bytes.len() as u64,
-            &mut |offset, dst| {
-                reads.push(dst.len());
-                let start = usize::try_from(offset).unwrap();
-                dst.copy_from_slice(&bytes[start..start + dst.len()]);
-                Ok(())
-            },
-        );
-        (result, reads)
+        let recorded = Recorded {
+            bytes,
+            reads: std::sync::Mutex::new(Vec::new()),
+        };
+        let result = sealed_table(name.map(Path::new), &recorded);
+        (result, recorded.reads.into_inner().unwrap())
     }
 
     #[test]
@@ -1144,7 +1169,13 @@ mod tests {
         }
         assert_eq!(sealed(None, b"").0.unwrap(), None);
         // A read that fails fails the whole.
-        let failing = sealed_table(None, 100, &mut |_, _| Err(crate::VramError::Stopped));
-        assert_eq!(failing, Err(crate::VramError::Stopped));
+        let failing = sealed_table(None, &Unreadable);
+        assert!(
+            matches!(
+                failing,
+                Err(crate::VramError::SourceReadFailed { offset: 0, .. })
+            ),
+            "{failing:?}"
+        );
     }
 }

@@ -1,13 +1,16 @@
-//! The resident bytes as a [`ShardSource`]: read back from VRAM, for the digests that cannot be
-//! computed there (a flat SHA-256 expected by a `sha256sum` manifest or a Hugging Face LFS
-//! oid). Hashing what is resident, not the file, leaves no window between a check and the
-//! upload: the bytes checked are the bytes sealed.
+//! The resident bytes as a [`ShardSource`]: read back from VRAM, for what cannot be computed
+//! there: the digests in another algorithm (a flat SHA-256 expected by a `sha256sum` manifest
+//! or a Hugging Face LFS oid) and a sealed file's tensor table. Reading what is resident, not
+//! the file, leaves no window between a check and the upload: the bytes checked are the bytes
+//! sealed.
 
 use std::io;
+use std::path::Path;
 use std::sync::Mutex;
 
 use vram_seal::ShardDigest;
 use vram_seal::digest::digest_source;
+use vram_types::formats::{TensorInfo, sealed_table};
 use vram_types::{DigestAlgorithm, ShardSource, VramError};
 
 use crate::backend::{Backend, BufferId};
@@ -37,6 +40,22 @@ impl ShardSource for Resident<'_> {
     }
 }
 
+impl<'b> Resident<'b> {
+    fn new(backend: &'b dyn Backend, buffer: BufferId, len: usize) -> Self {
+        Self {
+            backend,
+            buffer,
+            len: u64::try_from(len).unwrap_or(u64::MAX),
+            failed: Mutex::new(None),
+        }
+    }
+
+    /// `read`'s result, a failed copy reported as the copy's own error.
+    fn reading<T>(self, read: impl FnOnce(&Self) -> Result<T, VramError>) -> Result<T, VramError> {
+        read(&self).map_err(|e| lock(&self.failed).take().unwrap_or(e))
+    }
+}
+
 /// The digest in `algorithm` of the buffer's first `len` bytes, read back from VRAM (reading
 /// and hashing overlap, as for a file).
 ///
@@ -48,11 +67,20 @@ pub(super) fn digest_resident(
     len: usize,
     algorithm: DigestAlgorithm,
 ) -> Result<ShardDigest, VramError> {
-    let source = Resident {
-        backend,
-        buffer,
-        len: u64::try_from(len).unwrap_or(u64::MAX),
-        failed: Mutex::new(None),
-    };
-    digest_source(&source, algorithm).map_err(|e| lock(&source.failed).take().unwrap_or(e))
+    Resident::new(backend, buffer, len).reading(|bytes| digest_source(bytes, algorithm))
+}
+
+/// The tensor table of the buffer's first `len` bytes, from a safetensors or GGUF header read
+/// back from VRAM ([`sealed_table`]): it describes what is sealed, whatever the source holds
+/// later.
+///
+/// # Errors
+/// As [`sealed_table`]; a failed copy as [`Backend::read`] gives it.
+pub(super) fn table_resident(
+    backend: &dyn Backend,
+    buffer: BufferId,
+    len: usize,
+    path: Option<&Path>,
+) -> Result<Option<Vec<TensorInfo>>, VramError> {
+    Resident::new(backend, buffer, len).reading(|bytes| sealed_table(path, bytes))
 }

@@ -7,12 +7,11 @@
 //! and releases the id; what had been allocated is then audited as a `SealAborted` record.
 //! Checks that need no device (ids, sizes, capacity) were made by the plan (`plan.rs`).
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use vram_seal::{ShardDigest, compute_signature};
-use vram_types::formats::{TensorInfo, sealed_table};
+use vram_types::formats::TensorInfo;
 use vram_types::validation::{ShardId, validate_gpu_device, validate_model_size};
 use vram_types::{
     GpuShare, SealSignature, SealedFields, SealedShard, ShardAllocation, ShardSource, VramError,
@@ -21,7 +20,7 @@ use vram_types::{
 use super::VramManager;
 use super::cross_check::CrossCheck;
 use super::plan::SealPart;
-use super::read_back::digest_resident;
+use super::read_back::{digest_resident, table_resident};
 use super::residency;
 use super::resident::ResidentAllocation;
 use super::seal_options::SealOptions;
@@ -340,18 +339,6 @@ impl<'s> Placed<'s> {
         })
     }
 
-    /// The tensor table of the resident bytes, read from VRAM: it describes what is sealed,
-    /// whatever the source later holds.
-    fn table(&self, path: Option<&Path>) -> Result<Option<Vec<TensorInfo>>, VramError> {
-        let (buffer, backend) = (self.id()?, self.shared.backend());
-        let len = u64::try_from(self.len).unwrap_or(u64::MAX);
-        sealed_table(path, len, &mut |offset, dst| {
-            let offset = usize::try_from(offset)
-                .map_err(|_| VramError::Unreachable("a header offset inside the shard"))?;
-            backend.read(buffer, offset, dst)
-        })
-    }
-
     fn id(&self) -> Result<BufferId, VramError> {
         self.buffer.ok_or(VramError::Unreachable(
             "buffer taken before the seal completed",
@@ -392,7 +379,7 @@ impl<'s> Placed<'s> {
             self.len,
             correlation_id,
         )?;
-        self.tensors = self.table(source.path())?;
+        self.tensors = table_resident(self.shared.backend(), self.id()?, self.len, source.path())?;
         let host_digest = cross_check
             .map(|check| check.finish(source, algorithm))
             .transpose()?;
