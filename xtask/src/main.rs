@@ -10,6 +10,7 @@
 
 mod ptx;
 mod public_api;
+mod python;
 mod tidy;
 
 use std::env;
@@ -25,10 +26,13 @@ usage: cargo xtask <task>
 
 tasks:
   ci                     rustfmt check, clippy -D warnings, rustdoc -D warnings, every test (unit, integration,
-                         doctests, BDD), test vectors, cargo-deny licenses/bans/sources
+                         doctests, BDD), the Python package (pip install, pytest, mypy), test vectors,
+                         cargo-deny licenses/bans/sources
   fuzz [--seconds N | --runs N]
                          run every fuzz target for N seconds (default 60) or N executions, on stable
                          (cargo-fuzz with --sanitizer none)
+  python                 the Python package alone: pip install into target/python-ci, pytest, mypy,
+                         the example (ci runs it)
   tidy                   file headers, SAFETY comments, forbidden patterns (xtask/src/tidy.rs)
   vectors --check        compare crates/vram-seal/tests/data with .specs/reference/vectors.py
   ptx [--check|--stamp]  regenerate the kernels' PTX with nvcc (GPU machine), or check that the
@@ -51,6 +55,7 @@ fn try_main() -> Result<(), DynError> {
         Some("ci") => ci(),
         Some("fuzz") => fuzz(args.get(1..).unwrap_or_default()),
         Some("vectors") => vectors(),
+        Some("python") => python::check(),
         Some("ptx") => ptx::ptx(args.get(1..).unwrap_or_default()),
         Some("tidy") => {
             let problems = tidy::problems(&project_root());
@@ -215,6 +220,8 @@ fn ci() -> Result<(), DynError> {
         bdd.args(["test", "--all-features", "-p", package, "--test", suite]);
         run(&format!("BDD suite {package}::{suite}"), bdd)?;
     }
+
+    python::check()?;
 
     eprintln!("\n==> test vectors against the Python reference");
     vectors()?;

@@ -63,6 +63,25 @@ impl ForeignRange {
         }
     }
 
+    /// A tensor's device memory handed over by a language binding whose callers cannot write
+    /// `unsafe` (the Python package): the binding keeps the tensor's owner referenced for as
+    /// long as any shard sealed from the range lives, and its documentation asks its callers
+    /// not to free the tensor's storage behind that reference.
+    ///
+    /// Why this is not `unsafe` when [`Self::device`] is: that constructor states the promise
+    /// in Rust's type system for Rust callers; a binding keeps it with a reference it holds.
+    /// Either way the manager checks the range before it reads a byte and never dereferences
+    /// device memory on the host, so a range freed behind the binding's back ends in a CUDA
+    /// error or a digest mismatch, not in undefined behaviour of this process.
+    #[must_use]
+    pub fn held_by_binding(device: u32, address: u64, len: usize) -> Self {
+        Self {
+            device,
+            len,
+            place: Place::Device(address),
+        }
+    }
+
     /// Engine memory of the mock backend, by the mock's id (the mock hands these out; no
     /// address is involved, so nothing unsafe is).
     #[must_use]

@@ -64,13 +64,21 @@ pub use vram_seal::{
 /// tree's leaf functions (`.specs/digest.md`).
 pub mod digest {
     #[doc(inline)]
-    pub use vram_seal::digest::{DigestHasher, digest_serial, digest_source, tree};
+    pub use vram_seal::digest::{
+        DigestHasher, digest_serial, digest_source, parse_tagged, tagged, tree,
+    };
 }
 
 /// The model digest over every tensor of a model (`.specs/model-digest.md`).
 pub mod model {
     #[doc(inline)]
     pub use vram_seal::model::{TAG, TensorEntry, encode_model, model_digest};
+}
+
+/// The worker token file, read the same way by every caller (`vramctl`, the Python package).
+pub mod token {
+    #[doc(inline)]
+    pub use vram_seal::token::{MAX_TOKEN_FILE_BYTES, TokenFile, TokenFileError, read_token_file};
 }
 
 #[doc(inline)]
@@ -87,7 +95,7 @@ pub use vram_alloc::{
 };
 
 #[doc(inline)]
-pub use vram_alloc::backend::{MockBackend, MockBuilder};
+pub use vram_alloc::backend::{HostTensor, MockBackend, MockBuilder};
 
 /// Helpers for consumers' test suites (consumer contract §7.1).
 #[cfg(feature = "test-utils")]

@@ -11,6 +11,7 @@
 //!   worker id, zeroized on drop and never printed.
 //! - [`model`]: the model digest over every tensor's name, dtype, shape, length and digest
 //!   (`.specs/model-digest.md`).
+//! - [`token`]: reading the worker token from its file, the same way for every caller.
 //! - [`audit_key`]: the Ed25519 key derived from the seal key that signs audit-log
 //!   checkpoints, and the checkpoint format (`.specs/audit.md`).
 //!
@@ -60,6 +61,7 @@ pub mod group;
 mod key;
 pub mod model;
 pub mod signature;
+pub mod token;
 
 pub use audit_key::{AuditKeyError, AuditPublicKey, AuditSigningKey, Checkpoint};
 pub use digest::{ShardDigest, digest};

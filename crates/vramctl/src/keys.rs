@@ -6,7 +6,6 @@
 //! `VRAM_WORKER_TOKEN` environment variable; never from a command-line value, which any user
 //! can read in the process list.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use vram_residency::SealKey;
@@ -19,8 +18,6 @@ use crate::error::{CliError, CliResult};
 pub(crate) const TOKEN_ENV: &str = "VRAM_WORKER_TOKEN";
 /// The environment variable naming the token file (as `--token-file`).
 pub(crate) const TOKEN_FILE_ENV: &str = "VRAMCTL_TOKEN_FILE";
-/// Longest token file read.
-const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 
 /// What the seal key is made from, kept (zeroized on drop) so that each manager a command
 /// builds gets the same key.
@@ -73,43 +70,17 @@ fn token(args: &TokenArgs) -> CliResult<Option<(Zeroizing<Vec<u8>>, String)>> {
 }
 
 fn read_token_file(path: &Path) -> CliResult<Zeroizing<Vec<u8>>> {
-    let bad =
-        |problem: String| CliError::file(path, &problem, "give a file holding the worker token");
-    let meta = std::fs::metadata(path).map_err(|e| bad(format!("cannot be read ({e})")))?;
-    if !meta.is_file() {
-        return Err(bad("not a regular file".to_owned()));
-    }
-    warn_if_shared(path, &meta);
-    let file = std::fs::File::open(path).map_err(|e| bad(format!("cannot be read ({e})")))?;
-    let mut token = Zeroizing::new(Vec::new());
-    file.take(MAX_TOKEN_FILE_BYTES.saturating_add(1))
-        .read_to_end(&mut token)
-        .map_err(|e| bad(format!("cannot be read ({e})")))?;
-    if u64::try_from(token.len()).unwrap_or(u64::MAX) > MAX_TOKEN_FILE_BYTES {
-        return Err(bad(format!("longer than {MAX_TOKEN_FILE_BYTES} bytes")));
-    }
-    // One trailing line ending, as `echo` and editors leave, is not part of the token.
-    for ending in [&b"\r\n"[..], b"\n"] {
-        if token.ends_with(ending) {
-            let keep = token.len().saturating_sub(ending.len());
-            token.truncate(keep);
-            break;
-        }
-    }
-    Ok(token)
-}
-
-/// Warns, as `ssh` does for a private key, when others than the owner may read or write the
-/// token file: whoever reads it can seal and sign audit logs as this worker.
-fn warn_if_shared(path: &Path, meta: &std::fs::Metadata) {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    let file = vram_residency::token::read_token_file(path).map_err(|e| {
+        CliError::file(path, &e.to_string(), "give a file holding the worker token")
+    })?;
+    if let Some(mode) = file.shared_mode {
+        // As `ssh` does for a private key: whoever reads it can seal and sign as this worker.
         crate::output::warn(&format!(
             "warning: token file {} is accessible by others (mode {mode:04o}): anyone who reads it can seal and sign as this worker; run `chmod 600` on it",
             crate::output::shown(path)
         ));
     }
+    Ok(file.token)
 }
 
 /// A random key for a command that keeps nothing (`bench`, `demo`).

@@ -4,27 +4,7 @@
 
 use vram_residency::{DigestAlgorithm, ShardDigest};
 
-/// A digest as it stands alone: bare hex for the flat SHA-256 (as `sha256sum`), `ALG:HEX`
-/// for every other algorithm.
-#[must_use]
-pub fn tagged(alg: DigestAlgorithm, digest: &ShardDigest) -> String {
-    match alg {
-        DigestAlgorithm::Sha256 => digest.to_hex(),
-        tree => format!("{tree}:{}", digest.to_hex()),
-    }
-}
-
-/// Parses a digest as it stands alone: `sha256:HEX` or `SHA256:HEX` (flat), `ALG:HEX` for a
-/// tree algorithm, or bare 64 hex characters read as `bare`.
-#[must_use]
-pub fn parse_tagged(text: &str, bare: DigestAlgorithm) -> Option<(DigestAlgorithm, ShardDigest)> {
-    let (alg, hex) = match text.split_once(':') {
-        Some((tag, hex)) if tag.eq_ignore_ascii_case("sha256") => (DigestAlgorithm::Sha256, hex),
-        Some((tag, hex)) => (tag.parse().ok()?, hex),
-        None => (bare, text),
-    };
-    Some((alg, ShardDigest::from_hex(hex).ok()?))
-}
+pub use vram_residency::digest::{parse_tagged, tagged};
 
 /// A file name as coreutils writes it in a checksum line: with `\`, `\n` or `\r` escaped,
 /// and whether the line then needs its leading `\`.

@@ -39,7 +39,77 @@ struct MockBuffer {
     device: u32,
     taken: usize,
     facts: AllocationFacts,
-    data: RwLock<Vec<u8>>,
+    data: Storage,
+}
+
+/// Host memory that an engine outside the mock holds and the mock reads where it lies (the
+/// Python package's NumPy arrays standing in for tensors): the engine keeps writing it, the
+/// mock never does, and every read sees the engine's bytes of that moment.
+pub trait HostTensor: Send + Sync {
+    /// Its length in bytes when it was handed over (a tensor that later shows another length
+    /// reads as changed).
+    fn len(&self) -> usize;
+
+    /// Whether it is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Shows its bytes of this moment to `read`.
+    ///
+    /// # Errors
+    /// [`VramError::SourceReadFailed`] when its owner can no longer show them.
+    fn read(&self, read: &mut dyn FnMut(&[u8])) -> Result<(), VramError>;
+}
+
+/// A mock buffer's bytes: the mock's own, or an engine's host tensor read where it lies.
+enum Storage {
+    Owned(RwLock<Vec<u8>>),
+    Engine(Arc<dyn HostTensor>),
+}
+
+impl std::fmt::Debug for Storage {
+    /// The length only, never the bytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Storage({} bytes)", self.len())
+    }
+}
+
+impl Storage {
+    fn owned(bytes: Vec<u8>) -> Self {
+        Self::Owned(RwLock::new(bytes))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Owned(data) => read(data).len(),
+            Self::Engine(tensor) => tensor.len(),
+        }
+    }
+
+    /// Shows the bytes of this moment to `f`.
+    fn with<T>(&self, f: impl FnOnce(&[u8]) -> T) -> Result<T, VramError> {
+        match self {
+            Self::Owned(data) => Ok(f(&read(data))),
+            Self::Engine(tensor) => {
+                let mut f = Some(f);
+                let mut out = None;
+                tensor.read(&mut |bytes| out = f.take().map(|f| f(bytes)))?;
+                out.ok_or(VramError::Unreachable("a host tensor showed no bytes"))
+            }
+        }
+    }
+
+    /// The mock's own bytes, to write; an engine's host tensor is written by its engine only.
+    fn owned_mut(&self) -> Result<std::sync::RwLockWriteGuard<'_, Vec<u8>>, VramError> {
+        match self {
+            Self::Owned(data) => Ok(write(data)),
+            Self::Engine(_) => Err(VramError::invalid_input(
+                "engine memory",
+                "a host tensor is written by the engine that holds it, not through the mock",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -217,7 +287,7 @@ impl MockBackend {
     /// XORs one byte of a buffer with `mask`.
     pub(crate) fn flip(&self, buffer: BufferId, offset: usize, mask: u8) -> Result<(), VramError> {
         let b = self.buffer(buffer)?;
-        let mut data = write(&b.data);
+        let mut data = b.data.owned_mut()?;
         let byte = data.get_mut(offset).ok_or_else(|| {
             VramError::invalid_input("offset", format!("{offset} is outside the buffer"))
         })?;
@@ -247,9 +317,51 @@ impl MockBackend {
             device,
             taken: 0,
             facts: AllocationFacts::new(MemoryType::Simulated, false, device, true),
-            data: RwLock::new(data),
+            data: Storage::owned(data),
         });
         Ok(ForeignRange::mock(device, id.raw(), bytes.len()))
+    }
+
+    /// Simulated engine memory on `device` that is `tensor` itself: the mock reads the engine's
+    /// host bytes where they lie at every digest, so a change the engine makes is seen, as a
+    /// change in VRAM is on a GPU (the Python package seals NumPy arrays this way).
+    ///
+    /// # Errors
+    /// [`VramError::InvalidDevice`]; [`VramError::InvalidInput`] for an empty tensor.
+    pub fn engine_host_tensor(
+        &self,
+        device: u32,
+        tensor: Arc<dyn HostTensor>,
+    ) -> Result<ForeignRange, VramError> {
+        self.device(device)?;
+        let len = tensor.len();
+        if len == 0 {
+            return Err(VramError::invalid_input("engine memory", "0 bytes"));
+        }
+        let id = self.engine.insert(MockBuffer {
+            device,
+            taken: 0,
+            facts: AllocationFacts::new(MemoryType::Simulated, false, device, true),
+            data: Storage::Engine(tensor),
+        });
+        Ok(ForeignRange::mock(device, id.raw(), len))
+    }
+
+    /// The engine lets go of memory it handed out: the mock forgets the range (a shard still
+    /// sealed over it keeps its bytes until it is released, as a GPU keeps an allocation that
+    /// is still referenced).
+    ///
+    /// # Errors
+    /// [`VramError::InvalidInput`] for memory this mock did not hand out (or already forgot).
+    pub fn forget_engine_memory(&self, range: &ForeignRange) -> Result<(), VramError> {
+        self.engine_buffer(range)?;
+        range
+            .mock_id()
+            .and_then(|id| self.engine.remove(BufferId::from_raw(id)))
+            .map(drop)
+            .ok_or(VramError::Unreachable(
+                "engine memory vanished while it was forgotten",
+            ))
     }
 
     /// Writes `bytes` at `offset` of simulated engine memory, as the engine itself may.
@@ -263,7 +375,7 @@ impl MockBackend {
         bytes: &[u8],
     ) -> Result<(), VramError> {
         let b = self.engine_buffer(range)?;
-        let mut data = write(&b.data);
+        let mut data = b.data.owned_mut()?;
         let dst = offset
             .checked_add(bytes.len())
             .and_then(|end| data.get_mut(offset..end))
@@ -278,16 +390,17 @@ impl MockBackend {
     /// manager that sealed them released them).
     ///
     /// # Errors
-    /// [`VramError::InvalidInput`] for memory this mock did not hand out.
+    /// [`VramError::InvalidInput`] for memory this mock did not hand out;
+    /// [`VramError::SourceReadFailed`] for a host tensor its owner can no longer show.
     pub fn read_engine_memory(&self, range: &ForeignRange) -> Result<Vec<u8>, VramError> {
-        Ok(read(&self.engine_buffer(range)?.data).clone())
+        self.engine_buffer(range)?.data.with(<[u8]>::to_vec)
     }
 
     fn engine_buffer(&self, range: &ForeignRange) -> Result<Arc<MockBuffer>, VramError> {
         range
             .mock_id()
             .and_then(|id| self.engine.get(BufferId::from_raw(id)).ok())
-            .filter(|b| b.device == range.device_ordinal() && read(&b.data).len() == range.len())
+            .filter(|b| b.device == range.device_ordinal() && b.data.len() == range.len())
             .ok_or_else(|| {
                 VramError::invalid_input(
                     "range to seal in place",
@@ -444,7 +557,7 @@ impl Backend for MockBackend {
             device,
             taken,
             facts,
-            data: RwLock::new(data),
+            data: Storage::owned(data),
         }))
     }
 
@@ -461,7 +574,7 @@ impl Backend for MockBackend {
     ) -> Result<(), VramError> {
         let b = self.buffer(buffer)?;
         self.copy_fault(b.device, "host-to-device copy", |f| &mut f.fail_uploads)?;
-        let mut data = write(&b.data);
+        let mut data = b.data.owned_mut()?;
         let too_long = VramError::CudaOperationFailed {
             device: b.device,
             operation: "host-to-device copy",
@@ -505,14 +618,16 @@ impl Backend for MockBackend {
             .iter()
             .map(|(b, len)| {
                 self.copy_fault(b.device, "device-to-host copy", |f| &mut f.fail_reads)?;
-                let data = read(&b.data);
-                let bytes = data.get(..*len).ok_or(VramError::CudaOperationFailed {
-                    device: b.device,
-                    operation: "device-to-host copy",
-                    cuda_error: "CUDA_ERROR_INVALID_VALUE: read past the allocation".into(),
-                    code: Some(CUDA_ERROR_INVALID_VALUE),
-                })?;
-                Ok(vram_seal::digest(bytes, algorithm))
+                b.data.with(|data| {
+                    data.get(..*len)
+                        .map(|bytes| vram_seal::digest(bytes, algorithm))
+                        .ok_or(VramError::CudaOperationFailed {
+                            device: b.device,
+                            operation: "device-to-host copy",
+                            cuda_error: "CUDA_ERROR_INVALID_VALUE: read past the allocation".into(),
+                            code: Some(CUDA_ERROR_INVALID_VALUE),
+                        })
+                })?
             })
             .collect()
     }
@@ -531,18 +646,19 @@ impl Backend for MockBackend {
     fn read(&self, buffer: BufferId, offset: usize, dst: &mut [u8]) -> Result<(), VramError> {
         let b = self.buffer(buffer)?;
         self.copy_fault(b.device, "device-to-host copy", |f| &mut f.fail_reads)?;
-        let data = read(&b.data);
-        let src = offset
-            .checked_add(dst.len())
-            .and_then(|end| data.get(offset..end))
-            .ok_or_else(|| VramError::CudaOperationFailed {
-                device: b.device,
-                operation: "device-to-host copy",
-                cuda_error: "CUDA_ERROR_INVALID_VALUE: range outside the buffer (mock)".into(),
-                code: None,
-            })?;
-        dst.copy_from_slice(src);
-        Ok(())
+        b.data.with(|data| {
+            let src = offset
+                .checked_add(dst.len())
+                .and_then(|end| data.get(offset..end))
+                .ok_or_else(|| VramError::CudaOperationFailed {
+                    device: b.device,
+                    operation: "device-to-host copy",
+                    cuda_error: "CUDA_ERROR_INVALID_VALUE: range outside the buffer (mock)".into(),
+                    code: None,
+                })?;
+            dst.copy_from_slice(src);
+            Ok(())
+        })?
     }
 
     fn lend(&self, buffer: BufferId) -> Result<Box<dyn LentMemory>, VramError> {
@@ -555,7 +671,7 @@ impl Backend for MockBackend {
             return Err(Self::call_fault(b.device, "cuPointerGetAttributes"));
         }
         let mut facts = b.facts;
-        facts.covers_shard = facts.covers_shard && read(&b.data).len() >= len;
+        facts.covers_shard = facts.covers_shard && b.data.len() >= len;
         Ok(facts)
     }
 
@@ -588,12 +704,14 @@ struct LentMock(Arc<MockBuffer>);
 
 impl LentMemory for LentMock {
     fn address(&self) -> u64 {
-        u64::try_from(read(&self.0.data).as_ptr().addr()).unwrap_or(u64::MAX)
+        self.0
+            .data
+            .with(|data| u64::try_from(data.as_ptr().addr()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
     }
 
     fn read_host(&self, read_bytes: &mut dyn FnMut(&[u8])) -> bool {
-        read_bytes(&read(&self.0.data));
-        true
+        self.0.data.with(read_bytes).is_ok()
     }
 
     #[cfg(feature = "test-utils")]

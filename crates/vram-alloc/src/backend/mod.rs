@@ -19,7 +19,7 @@ use vram_types::{
 use crate::sync::lock;
 
 pub(crate) use cuda::CudaBackend;
-pub use mock::{MockBackend, MockBuilder};
+pub use mock::{HostTensor, MockBackend, MockBuilder};
 
 /// Upload chunk size: the CUDA backend's staging slot, a multiple of every tree leaf size.
 pub(crate) const UPLOAD_CHUNK_BYTES: usize = vram_cuda_sys::staging_ring::DEFAULT_SLOT_BYTES;

@@ -12,7 +12,7 @@ pub mod tree;
 
 use vram_types::{DigestAlgorithm, LeafSize, ShardSource, VramError};
 
-pub use shard_digest::ShardDigest;
+pub use shard_digest::{ShardDigest, parse_tagged, tagged};
 pub use tree::TreeHasher;
 
 use flat::FlatHasher;

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use subtle::ConstantTimeEq;
-use vram_types::VramError;
+use vram_types::{DigestAlgorithm, VramError};
 
 /// A 32-byte shard digest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,6 +80,29 @@ impl fmt::Debug for ShardDigest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "ShardDigest({})", self.to_hex())
     }
+}
+
+/// A digest as it stands alone: bare hex for the flat SHA-256 (as `sha256sum` writes it),
+/// `ALG:HEX` for every other algorithm, so that a tree digest is never mistaken for the flat
+/// SHA-256 of other bytes (`.specs/digest.md`).
+#[must_use]
+pub fn tagged(alg: DigestAlgorithm, digest: &ShardDigest) -> String {
+    match alg {
+        DigestAlgorithm::Sha256 => digest.to_hex(),
+        tree => format!("{tree}:{}", digest.to_hex()),
+    }
+}
+
+/// Parses a digest as it stands alone: `sha256:HEX` or `SHA256:HEX` (flat), `ALG:HEX` for a
+/// tree algorithm, or bare 64 hex characters read as `bare`.
+#[must_use]
+pub fn parse_tagged(text: &str, bare: DigestAlgorithm) -> Option<(DigestAlgorithm, ShardDigest)> {
+    let (alg, hex) = match text.split_once(':') {
+        Some((tag, hex)) if tag.eq_ignore_ascii_case("sha256") => (DigestAlgorithm::Sha256, hex),
+        Some((tag, hex)) => (tag.parse().ok()?, hex),
+        None => (bare, text),
+    };
+    Some((alg, ShardDigest::from_hex(hex).ok()?))
 }
 
 #[cfg(test)]

@@ -1,0 +1,377 @@
+//! `Manager`: the Rust `VramManager` for one worker, built from the worker's token, and the
+//! calls a Python inference server makes on it. The GIL is released during GPU and hashing
+//! work.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyMapping;
+use vram_residency::audit::{AuditLogOptions, AuditSink, FileAuditSink, InMemoryAuditSink};
+use vram_residency::model::TAG;
+use vram_residency::token::read_token_file;
+use vram_residency::{
+    AuditFailurePolicy, EngineTensor, MockBackend, SealKey, ShardDigest, VramConfig, VramError,
+    VramManager,
+};
+use zeroize::Zeroizing;
+
+use crate::errors::{bad_input, to_py};
+use crate::execution::{Execution, Mode};
+use crate::sealed::{Held, SealedModel};
+use crate::tensors::{Memory, Taken, take};
+
+/// The environment variable holding the worker token, as `vramctl` reads it.
+const TOKEN_ENV: &str = "VRAM_WORKER_TOKEN";
+
+/// One worker's manager of sealed models.
+#[pyclass(frozen, module = "vram_residency")]
+pub(crate) struct Manager {
+    manager: Arc<VramManager>,
+    mock: Option<Arc<MockBackend>>,
+}
+
+#[pymethods]
+impl Manager {
+    #[new]
+    #[pyo3(signature = (worker_id, *, token_file=None, audit_log=None, audit_failure="fail_closed", backend="cuda", mock_capacity=1 << 30))]
+    fn new(
+        py: Python<'_>,
+        worker_id: &str,
+        token_file: Option<PathBuf>,
+        audit_log: Option<PathBuf>,
+        audit_failure: &str,
+        backend: &str,
+        mock_capacity: usize,
+    ) -> PyResult<Self> {
+        let token = worker_token(py, token_file)?;
+        let key =
+            || -> PyResult<SealKey> { SealKey::derive(&token, worker_id).map_err(|e| to_py(&e)) };
+        let audit_failure_policy = match audit_failure {
+            "fail_closed" => AuditFailurePolicy::FailClosed,
+            "continue" => AuditFailurePolicy::Continue,
+            other => {
+                return Err(bad_input(
+                    "audit_failure",
+                    format!("{other:?}: give \"fail_closed\" or \"continue\""),
+                ));
+            }
+        };
+        let sink: Arc<dyn AuditSink> = match audit_log {
+            Some(path) => {
+                let signing = key()?.audit_signing_key().map_err(|e| to_py(&e))?;
+                Arc::new(
+                    FileAuditSink::open_with(&path, signing, AuditLogOptions::default())
+                        .map_err(|e| bad_input("audit_log", format!("{}: {e}", path.display())))?,
+                )
+            }
+            None => Arc::new(InMemoryAuditSink::new()),
+        };
+        let mock = match backend {
+            "cuda" => None,
+            "mock" => Some(Arc::new(MockBackend::with_capacity(mock_capacity))),
+            other => {
+                return Err(bad_input(
+                    "backend",
+                    format!(
+                        "{other:?}: give \"cuda\" or \"mock\" (the mock keeps bytes in host memory: tests only)"
+                    ),
+                ));
+            }
+        };
+        let mut builder = VramManager::builder()
+            .config(VramConfig {
+                worker_id: worker_id.to_owned(),
+                audit_failure_policy,
+                ..VramConfig::default()
+            })
+            .seal_key(key()?)
+            .audit_sink(sink);
+        if let Some(mock) = &mock {
+            builder = builder.mock(mock.clone());
+        }
+        let manager = py
+            .detach(move || {
+                let manager = builder.build()?;
+                manager.enforce_vram_only_policy()?;
+                Ok::<_, VramError>(manager)
+            })
+            .map_err(|e| to_py(&e))?;
+        Ok(Self {
+            manager: Arc::new(manager),
+            mock,
+        })
+    }
+
+    /// `"cuda"` or `"mock"`.
+    #[getter]
+    fn backend(&self) -> String {
+        self.manager.backend_kind().to_string()
+    }
+
+    /// Whether the manager stopped (after a failed verification, a policy violation or an
+    /// audit failure): it then refuses everything until the worker restarts.
+    #[getter]
+    fn is_stopped(&self) -> bool {
+        self.manager.is_stopped()
+    }
+
+    /// Why it stopped, if it did.
+    #[getter]
+    fn stop_reason(&self) -> Option<String> {
+        self.manager.stop_reason()
+    }
+
+    /// Seals a model's tensors where they lie: a `torch.nn.Module` (its `state_dict()`:
+    /// parameters and persistent buffers, the names `safetensors` saves) or a mapping of names
+    /// to tensors.
+    #[pyo3(signature = (tensors, *, model_id, expect=None))]
+    fn seal(
+        &self,
+        py: Python<'_>,
+        tensors: &Bound<'_, PyAny>,
+        model_id: &str,
+        expect: Option<&str>,
+    ) -> PyResult<SealedModel> {
+        let expected = expect.map(parse_model_digest).transpose()?;
+        let named = named_tensors(tensors)?;
+        let mut taken = Vec::with_capacity(named.len());
+        for (name, obj) in &named {
+            taken.push((name.clone(), take(name, obj)?));
+        }
+        let (engine, held) = self.engine_tensors(py, taken)?;
+        let manager = self.manager.clone();
+        let model_id = model_id.to_owned();
+        let model = py
+            .detach(move || manager.seal_model_in_place(&model_id, engine, expected.as_ref()))
+            .map_err(|e| to_py(&e))?;
+        SealedModel::new(
+            py,
+            Held {
+                model,
+                owners: held.owners,
+                torch_streams: held.torch_streams,
+                mock: held.mock,
+            },
+        )
+    }
+
+    /// Verifies every tensor of the model against its seal, on the GPU, before a request.
+    /// `background=True` uses the configured bounded share of the GPU (a scrubber).
+    #[pyo3(signature = (sealed, *, background=false))]
+    fn verify(&self, py: Python<'_>, sealed: &SealedModel, background: bool) -> PyResult<()> {
+        let held = sealed.held()?;
+        let manager = self.manager.clone();
+        py.detach(move || {
+            if background {
+                manager.verify_model_background(&held.model)
+            } else {
+                manager.verify_model(&held.model)
+            }
+        })
+        .map_err(|e| to_py(&e))
+    }
+
+    /// The window around a forward pass, as a context manager (see `Execution`).
+    #[pyo3(signature = (sealed, *, mode="before_and_after"))]
+    fn execute(&self, sealed: &SealedModel, mode: &str) -> PyResult<Execution> {
+        Ok(Execution::new(
+            self.manager.clone(),
+            sealed.held()?,
+            Mode::parse(mode)?,
+        ))
+    }
+
+    /// A signed residency statement per tensor, bound to `nonce` (each tensor is verified for
+    /// it): dicts in the attestation format, checkable by anyone with the worker's key.
+    fn attest<'py>(
+        &self,
+        py: Python<'py>,
+        sealed: &SealedModel,
+        nonce: &[u8],
+    ) -> PyResult<Vec<Bound<'py, PyAny>>> {
+        let held = sealed.held()?;
+        let manager = self.manager.clone();
+        let nonce = nonce.to_vec();
+        let statements = py
+            .detach(move || {
+                held.model
+                    .tensors()
+                    .iter()
+                    .map(|t| {
+                        let a = manager.attest_vram_residency(t.shard(), &nonce)?;
+                        serde_json::to_string(&a).map_err(|_| {
+                            VramError::Unreachable("an attestation that does not serialize")
+                        })
+                    })
+                    .collect::<Result<Vec<_>, VramError>>()
+            })
+            .map_err(|e| to_py(&e))?;
+        let json = py.import("json")?;
+        statements
+            .into_iter()
+            .map(|s| json.call_method1("loads", (s,)))
+            .collect()
+    }
+
+    /// Releases the model's shards (the tensors stay the engine's). Idempotent.
+    fn release(&self, py: Python<'_>, sealed: &SealedModel) {
+        if let Some(held) = sealed.release() {
+            // Released once no execution holds it; audited by the manager.
+            py.detach(move || drop(held));
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Manager(worker_id={:?}, backend={:?})",
+            self.manager.config().worker_id,
+            self.backend()
+        )
+    }
+}
+
+/// The owners, streams and mock ranges of the tensors being sealed.
+struct Kept {
+    owners: Vec<Py<PyAny>>,
+    torch_streams: Vec<Py<PyAny>>,
+    mock: Option<(Arc<MockBackend>, Vec<vram_residency::ForeignRange>)>,
+}
+
+impl Manager {
+    /// The ranges to seal, on this manager's backend, after the producer's queued work on
+    /// them is finished.
+    fn engine_tensors(
+        &self,
+        py: Python<'_>,
+        taken: Vec<(String, Taken)>,
+    ) -> PyResult<(Vec<EngineTensor>, Kept)> {
+        let mut kept = Kept {
+            owners: Vec::with_capacity(taken.len()),
+            torch_streams: Vec::new(),
+            mock: self.mock.clone().map(|m| (m, Vec::new())),
+        };
+        let mut engine = Vec::with_capacity(taken.len());
+        let mut stream_ids: Vec<u64> = Vec::new();
+        for (name, t) in taken {
+            let range = match (&t.memory, &mut kept.mock) {
+                (Memory::Device { .. }, None) => t
+                    .device_range()
+                    .ok_or(VramError::Unreachable("device memory without a range"))
+                    .map_err(|e| to_py(&e))?,
+                (Memory::Host(tensor), Some((mock, ranges))) => {
+                    let range = mock
+                        .engine_host_tensor(0, tensor.clone())
+                        .map_err(|e| to_py(&e))?;
+                    ranges.push(range);
+                    range
+                }
+                (Memory::Device { .. }, Some(_)) => {
+                    return Err(bad_input(
+                        "tensor",
+                        format!(
+                            "{name:?} is on a GPU, and this manager is the mock backend: use backend=\"cuda\""
+                        ),
+                    ));
+                }
+                (Memory::Host(_), None) => {
+                    return Err(bad_input(
+                        "tensor",
+                        format!(
+                            "{name:?} is in host memory: only device memory is sealed (the VRAM-only policy)"
+                        ),
+                    ));
+                }
+            };
+            if let Some(stream) = &t.torch_stream {
+                let id: u64 = stream.bind(py).getattr("cuda_stream")?.extract()?;
+                if !stream_ids.contains(&id) {
+                    stream_ids.push(id);
+                    kept.torch_streams.push(stream.clone_ref(py));
+                }
+            }
+            engine.push(EngineTensor {
+                name,
+                dtype: t.dtype,
+                shape: t.shape,
+                range,
+            });
+            kept.owners.push(t.owner);
+        }
+        // The producer's work on the tensors was queued on these streams: it must be finished
+        // before their bytes are hashed (one stream at a time, never the whole device).
+        for stream in &kept.torch_streams {
+            stream.bind(py).call_method0("synchronize")?;
+        }
+        Ok((engine, kept))
+    }
+}
+
+/// `(name, tensor)` pairs of a module's `state_dict()` or of a mapping.
+fn named_tensors<'py>(tensors: &Bound<'py, PyAny>) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
+    let mapping = if tensors.hasattr("state_dict")? && tensors.hasattr("named_parameters")? {
+        tensors.call_method0("state_dict")?
+    } else {
+        tensors.clone()
+    };
+    let mapping = mapping.cast::<PyMapping>().map_err(|_| {
+        bad_input(
+            "tensors",
+            "give a torch.nn.Module or a mapping of names to tensors",
+        )
+    })?;
+    let mut out = Vec::new();
+    for item in mapping.items()?.iter() {
+        let (name, tensor): (String, Bound<'py, PyAny>) = item.extract()?;
+        out.push((name, tensor));
+    }
+    Ok(out)
+}
+
+/// An expected model digest: `vram-model-v1:HEX` (as `vramctl digest --tensors` prints it) or
+/// bare hex.
+fn parse_model_digest(text: &str) -> PyResult<ShardDigest> {
+    let hex = text
+        .strip_prefix(TAG)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .unwrap_or(text);
+    ShardDigest::from_hex(hex).map_err(|_| {
+        bad_input(
+            "expect",
+            format!(
+                "{text:?}: give the model digest as {TAG}:HEX (vramctl digest --tensors prints it)"
+            ),
+        )
+    })
+}
+
+/// The worker token: from `token_file`, else from `$VRAM_WORKER_TOKEN`.
+fn worker_token(py: Python<'_>, token_file: Option<PathBuf>) -> PyResult<Zeroizing<Vec<u8>>> {
+    if let Some(path) = token_file {
+        let file = read_token_file(&path)
+            .map_err(|e| bad_input("token_file", format!("{}: {e}", path.display())))?;
+        if let Some(mode) = file.shared_mode {
+            let warnings = py.import("warnings")?;
+            warnings.call_method1(
+                "warn",
+                (format!(
+                    "token file {} is accessible by others (mode {mode:04o}): anyone who reads it can seal and sign as this worker; run `chmod 600` on it",
+                    path.display()
+                ),),
+            )?;
+        }
+        return Ok(file.token);
+    }
+    match std::env::var_os(TOKEN_ENV) {
+        Some(token) => {
+            use std::os::unix::ffi::OsStringExt;
+            Ok(Zeroizing::new(token.into_vec()))
+        }
+        None => Err(bad_input(
+            "token_file",
+            format!(
+                "no worker token: give token_file= or set ${TOKEN_ENV} (the seal and audit keys derive from it)"
+            ),
+        )),
+    }
+}

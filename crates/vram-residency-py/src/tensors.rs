@@ -1,0 +1,319 @@
+//! Taking a tensor from Python without copying it: a `torch.Tensor` (its own accessors, which
+//! also cover `bfloat16`), anything with `__cuda_array_interface__` (CuPy, Numba), and, for
+//! the mock backend, anything with the buffer protocol (NumPy arrays standing in for tensors).
+//! Each is refused with a clear message unless it is contiguous and non-empty.
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyMemoryView};
+use vram_residency::{ForeignRange, HostTensor, VramError};
+
+use crate::errors::bad_input;
+
+/// Where a tensor's bytes lie.
+pub(crate) enum Memory {
+    /// Device memory of a GPU: `address` on device `device` (never shown to anyone).
+    Device { device: u32, address: u64 },
+    /// Host memory, read where it lies by the mock backend.
+    Host(Arc<dyn HostTensor>),
+}
+
+/// A tensor taken from Python: what the model digest covers, where its bytes lie, and its
+/// owner (kept referenced while anything sealed from it lives).
+pub(crate) struct Taken {
+    pub(crate) dtype: String,
+    pub(crate) shape: Vec<u64>,
+    pub(crate) len: usize,
+    pub(crate) memory: Memory,
+    pub(crate) owner: Py<PyAny>,
+    /// For a PyTorch tensor on a GPU: its device's current stream, which the producer's work
+    /// was queued on.
+    pub(crate) torch_stream: Option<Py<PyAny>>,
+}
+
+impl Taken {
+    /// The range to seal in place, on the CUDA backend.
+    pub(crate) fn device_range(&self) -> Option<ForeignRange> {
+        match self.memory {
+            Memory::Device { device, address } => {
+                Some(ForeignRange::held_by_binding(device, address, self.len))
+            }
+            Memory::Host(_) => None,
+        }
+    }
+}
+
+/// Takes `obj` as a tensor named `name`.
+pub(crate) fn take(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
+    if is_torch_tensor(obj)? {
+        return take_torch(name, obj);
+    }
+    if let Ok(interface) = obj.getattr("__cuda_array_interface__") {
+        return take_cuda_array(name, obj, &interface);
+    }
+    take_host_buffer(name, obj)
+}
+
+fn is_torch_tensor(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let module = obj.get_type().module()?;
+    Ok(module.to_str()?.starts_with("torch")
+        && obj.hasattr("data_ptr")?
+        && obj.hasattr("untyped_storage")?)
+}
+
+fn take_torch(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
+    let device = obj.getattr("device")?;
+    let kind: String = device.getattr("type")?.extract()?;
+    if kind != "cuda" {
+        return Err(bad_input(
+            "tensor",
+            format!(
+                "{name:?} is on the {kind} device: only tensors on a CUDA GPU are sealed in place (move it with .cuda(), or give a NumPy array to the mock backend)"
+            ),
+        ));
+    }
+    if !obj.call_method0("is_contiguous")?.extract::<bool>()? {
+        return Err(not_contiguous(name));
+    }
+    let index: Option<u32> = device.getattr("index")?.extract()?;
+    let device = index.unwrap_or(0);
+    let len: usize = obj.getattr("nbytes")?.extract()?;
+    let address: u64 = obj.call_method0("data_ptr")?.extract()?;
+    let dtype: String = obj.getattr("dtype")?.str()?.extract()?;
+    let dtype = torch_dtype(&dtype).ok_or_else(|| {
+        bad_input(
+            "tensor",
+            format!("{name:?} has dtype {dtype}, which model files do not name"),
+        )
+    })?;
+    let shape: Vec<u64> = obj.getattr("shape")?.extract()?;
+    nonempty(name, len)?;
+    let torch = obj.py().import("torch")?;
+    let stream = torch
+        .getattr("cuda")?
+        .call_method1("current_stream", (device,))?;
+    Ok(Taken {
+        dtype: dtype.to_owned(),
+        shape,
+        len,
+        memory: Memory::Device { device, address },
+        owner: obj.clone().unbind(),
+        torch_stream: Some(stream.unbind()),
+    })
+}
+
+fn take_cuda_array(
+    name: &str,
+    obj: &Bound<'_, PyAny>,
+    interface: &Bound<'_, PyAny>,
+) -> PyResult<Taken> {
+    let interface = interface.cast::<PyDict>()?;
+    let item = |key: &str| {
+        interface.get_item(key)?.ok_or_else(|| {
+            bad_input(
+                "tensor",
+                format!("{name:?}: __cuda_array_interface__ has no {key:?}"),
+            )
+        })
+    };
+    let (address, _read_only): (u64, bool) = item("data")?.extract()?;
+    let shape: Vec<u64> = item("shape")?.extract()?;
+    let typestr: String = item("typestr")?.extract()?;
+    let (dtype, itemsize) = typestr_dtype(&typestr).ok_or_else(|| {
+        bad_input(
+            "tensor",
+            format!("{name:?} has typestr {typestr:?}, which model files do not name"),
+        )
+    })?;
+    let strides: Option<Vec<i64>> = match interface.get_item("strides")? {
+        Some(s) if !s.is_none() => Some(s.extract()?),
+        _ => None,
+    };
+    if let Some(strides) = strides
+        && !is_c_contiguous(&shape, &strides, itemsize)
+    {
+        return Err(not_contiguous(name));
+    }
+    let len = shape
+        .iter()
+        .try_fold(itemsize, |n, d| n.checked_mul(*d))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(|| bad_input("tensor", format!("{name:?} is larger than memory")))?;
+    nonempty(name, len)?;
+    let device = match obj.getattr("device") {
+        Ok(d) => d
+            .getattr("id")
+            .or_else(|_| d.getattr("index"))
+            .and_then(|i| i.extract::<u32>())
+            .unwrap_or(0),
+        Err(_) => 0,
+    };
+    Ok(Taken {
+        dtype: dtype.to_owned(),
+        shape,
+        len,
+        memory: Memory::Device { device, address },
+        owner: obj.clone().unbind(),
+        torch_stream: None,
+    })
+}
+
+fn take_host_buffer(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
+    let view = PyMemoryView::from(obj).map_err(|_| {
+        bad_input(
+            "tensor",
+            format!("{name:?} is a {}: give a torch.Tensor, an object with __cuda_array_interface__, or (mock backend) a buffer such as a NumPy array", type_name(obj)),
+        )
+    })?;
+    if !view.getattr("c_contiguous")?.extract::<bool>()? {
+        return Err(not_contiguous(name));
+    }
+    let format: String = view.getattr("format")?.extract()?;
+    let itemsize: u64 = view.getattr("itemsize")?.extract()?;
+    let dtype = buffer_dtype(&format, itemsize).ok_or_else(|| {
+        bad_input(
+            "tensor",
+            format!("{name:?} has buffer format {format:?}, which model files do not name"),
+        )
+    })?;
+    let shape: Vec<u64> = view.getattr("shape")?.extract()?;
+    let len: usize = view.getattr("nbytes")?.extract()?;
+    nonempty(name, len)?;
+    let bytes = view.call_method1("cast", ("B",))?;
+    Ok(Taken {
+        dtype,
+        shape,
+        len,
+        memory: Memory::Host(Arc::new(HostBuffer {
+            view: bytes.unbind(),
+            len,
+        })),
+        owner: obj.clone().unbind(),
+        torch_stream: None,
+    })
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map_or_else(|_| "?".to_owned(), |n| n.to_string())
+}
+
+fn not_contiguous(name: &str) -> PyErr {
+    bad_input(
+        "tensor",
+        format!(
+            "{name:?} is not contiguous: its bytes are not one range to seal (seal tensor.contiguous(), and compute with that tensor)"
+        ),
+    )
+}
+
+fn nonempty(name: &str, len: usize) -> PyResult<()> {
+    if len == 0 {
+        return Err(bad_input(
+            "tensor",
+            format!("{name:?} has no bytes: an empty tensor has nothing to seal"),
+        ));
+    }
+    Ok(())
+}
+
+/// A NumPy array (or any buffer) read where it lies, through a byte view that keeps its
+/// buffer exported (NumPy refuses to resize an array while it is).
+struct HostBuffer {
+    view: Py<PyAny>,
+    len: usize,
+}
+
+impl HostTensor for HostBuffer {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn read(&self, read: &mut dyn FnMut(&[u8])) -> Result<(), VramError> {
+        Python::attach(|py| {
+            let bytes = self.view.bind(py).call_method0("tobytes")?;
+            read(bytes.cast::<PyBytes>()?.as_bytes());
+            Ok::<(), PyErr>(())
+        })
+        .map_err(|e| VramError::SourceReadFailed {
+            offset: 0,
+            reason: format!("the host tensor could not be read: {e}"),
+        })
+    }
+}
+
+/// A PyTorch dtype (`str(tensor.dtype)`) as model files name it (the `safetensors` names).
+fn torch_dtype(dtype: &str) -> Option<&'static str> {
+    Some(match dtype.strip_prefix("torch.")? {
+        "float64" => "F64",
+        "float32" => "F32",
+        "float16" => "F16",
+        "bfloat16" => "BF16",
+        "int64" => "I64",
+        "int32" => "I32",
+        "int16" => "I16",
+        "int8" => "I8",
+        "uint64" => "U64",
+        "uint32" => "U32",
+        "uint16" => "U16",
+        "uint8" => "U8",
+        "bool" => "BOOL",
+        "float8_e4m3fn" => "F8_E4M3",
+        "float8_e5m2" => "F8_E5M2",
+        _ => return None,
+    })
+}
+
+/// An array-interface typestr (`<f4`, `|u1`, `<f2`) as model files name it, and its size.
+fn typestr_dtype(typestr: &str) -> Option<(String, u64)> {
+    let mut chars = typestr.chars();
+    let order = chars.next()?;
+    if order == '>' {
+        return None; // big-endian: model files are little-endian
+    }
+    let kind = chars.next()?;
+    let size: u64 = chars.as_str().parse().ok()?;
+    Some((kind_dtype(kind, size)?, size))
+}
+
+/// A buffer-protocol format (`f`, `<e`, `B`, `q`, `?`) of `itemsize` bytes as model files
+/// name it.
+fn buffer_dtype(format: &str, itemsize: u64) -> Option<String> {
+    let code = format.trim_start_matches(['@', '=', '<']);
+    let kind = match code {
+        "e" | "f" | "d" => 'f',
+        "b" | "h" | "i" | "l" | "q" | "n" => 'i',
+        "B" | "H" | "I" | "L" | "Q" | "N" => 'u',
+        "?" => 'b',
+        _ => return None,
+    };
+    kind_dtype(kind, itemsize)
+}
+
+fn kind_dtype(kind: char, size: u64) -> Option<String> {
+    let bits = size.checked_mul(8)?;
+    Some(match kind {
+        'f' if matches!(bits, 16 | 32 | 64) => format!("F{bits}"),
+        'i' if matches!(bits, 8 | 16 | 32 | 64) => format!("I{bits}"),
+        'u' if matches!(bits, 8 | 16 | 32 | 64) => format!("U{bits}"),
+        'b' if bits == 8 => "BOOL".to_owned(),
+        _ => return None,
+    })
+}
+
+/// Whether `strides` (bytes) lay `shape` out in C order with no gaps.
+fn is_c_contiguous(shape: &[u64], strides: &[i64], itemsize: u64) -> bool {
+    if shape.len() != strides.len() {
+        return false;
+    }
+    let mut expected = itemsize;
+    for (dim, stride) in shape.iter().zip(strides).rev() {
+        if *dim > 1 && u64::try_from(*stride).ok() != Some(expected) {
+            return false;
+        }
+        expected = expected.saturating_mul(*dim);
+    }
+    true
+}

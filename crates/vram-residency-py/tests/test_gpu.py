@@ -1,0 +1,144 @@
+"""On a real GPU with PyTorch (`VRAM_TEST_GPU=1`; skipped, and reported as skipped, elsewhere):
+tensors a `transformers` model holds are sealed where they lie, checked around generation,
+and a weight changed through PyTorch is caught before the next request and, when changed
+during a forward pass, by the check after it. `VRAMCTL` names a `vramctl` binary to compare
+the model digest with `vramctl digest --tensors` of the same weights saved by `safetensors`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import vram_residency as vr
+
+from conftest import gpu_tests_enabled
+
+pytestmark = pytest.mark.skipif(
+    not gpu_tests_enabled(), reason="GPU tests run with VRAM_TEST_GPU=1 on a machine with a GPU"
+)
+
+torch: Any = pytest.importorskip("torch") if gpu_tests_enabled() else None
+
+
+def tiny_model() -> Any:
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).to(device="cuda", dtype=torch.bfloat16)
+    return model.eval()
+
+
+def generate(model: Any) -> Any:
+    prompt = torch.tensor([[1, 5, 9, 13]], device="cuda")
+    with torch.no_grad():
+        return model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
+
+
+def test_the_library_sees_the_bytes_pytorch_holds(token_env: bytes) -> None:
+    manager = vr.Manager("gpu-worker")
+    t = torch.arange(1 << 20, dtype=torch.float32, device="cuda")
+    sealed = manager.seal({"t": t}, model_id="one")
+    assert sealed.tensors["t"].digest == vr.digest(t.cpu().numpy())
+    manager.verify(sealed)
+    t[12345] += 1  # through PyTorch, on its stream
+    with pytest.raises(vr.IntegrityError) as caught:
+        manager.verify(sealed)
+    assert caught.value.kind == "IntegrityViolation"
+
+
+def test_inputs_pytorch_can_give_that_cannot_be_sealed(token_env: bytes) -> None:
+    manager = vr.Manager("gpu-worker")
+    w = torch.ones((64, 32), dtype=torch.bfloat16, device="cuda")
+    for tensors, message in [
+        ({"w": w.t()}, "not contiguous"),
+        ({"w": w.cpu()}, "cpu device"),
+        ({"w": torch.ones(4, dtype=torch.complex64, device="cuda")}, "model files do not name"),
+    ]:
+        with pytest.raises(vr.BadInput) as caught:
+            manager.seal(tensors, model_id="m")
+        assert message in str(caught.value)
+    assert manager.seal({"w": w}, model_id="m").tensors["w"].dtype == "BF16"
+
+
+def test_a_transformers_model_is_checked_around_generation(token_env: bytes) -> None:
+    model = tiny_model()
+    manager = vr.Manager("gpu-worker")
+    sealed = manager.seal(model, model_id="tiny-llama")
+    assert len(sealed) == len(model.state_dict())
+    manager.verify(sealed)
+    with manager.execute(sealed):
+        first = generate(model)
+    manager.verify(sealed)
+    with manager.execute(sealed):
+        second = generate(model)
+    assert torch.equal(first, second)
+
+    # A weight changed between requests: caught before the next one runs.
+    name = "model.layers.1.mlp.down_proj.weight"
+    with torch.no_grad():
+        model.get_parameter(name).view(-1)[100] += 1
+    ran = []
+    with pytest.raises(vr.IntegrityError) as caught:
+        with manager.execute(sealed):
+            ran.append(generate(model))
+    assert caught.value.kind == "IntegrityViolation"
+    assert caught.value.shard_id == f"tiny-llama:{name}"
+    assert ran == []
+
+
+def test_a_weight_changed_during_a_forward_pass_is_caught_after_it(token_env: bytes) -> None:
+    model = tiny_model()
+    manager = vr.Manager("gpu-worker")
+    sealed = manager.seal(model, model_id="tiny-llama")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    with pytest.raises(vr.IntegrityError) as caught:
+        with manager.execute(sealed):
+            generate(model)
+            with torch.no_grad():  # queued on the same stream, after the forward pass
+                model.get_parameter(name).view(-1)[7] *= -1
+    assert caught.value.kind == "ModifiedDuringExecution"
+    assert caught.value.shard_id == f"tiny-llama:{name}"
+    assert manager.is_stopped
+
+
+def test_the_model_digest_matches_vramctl_on_the_saved_weights(
+    token_env: bytes, tmp_path: Path
+) -> None:
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    model = tiny_model()
+    manager = vr.Manager("gpu-worker")
+    sealed = manager.seal(model, model_id="tiny-llama")
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(model.state_dict(), str(path))
+    vramctl = os.environ.get("VRAMCTL")
+    if vramctl is None:
+        pytest.skip("set VRAMCTL to a vramctl binary to compare with `vramctl digest --tensors`")
+    out = subprocess.run(
+        [vramctl, "digest", "--tensors", "--json", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    report = json.loads(out.splitlines()[-1])
+    assert report["model_digest"] == sealed.digest
+    for t in report["tensors"]:
+        assert sealed.tensors[t["name"]].digest == t["digest"]
+    # Sealed against the file's digest: the same model is accepted.
+    manager.release(sealed)
+    assert manager.seal(model, model_id="tiny-llama", expect=report["model_digest"]).digest == (
+        sealed.digest
+    )

@@ -1,0 +1,264 @@
+"""The package on the mock backend, with NumPy arrays standing in for tensors: the mock reads
+each array where it lies at every verification, so a change made through NumPy is a change
+"in VRAM". Every digest and signature is checked against the project's Python reference."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import stat
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+import vram_residency as vr
+
+from conftest import TOKEN, WORKER
+
+ALG = "sha256-tree-65536"
+
+
+def weights() -> dict[str, np.ndarray[Any, Any]]:
+    rng = np.random.default_rng(7)
+    return {
+        "model.embed.weight": rng.standard_normal((64, 32), dtype=np.float32),
+        "model.layers.0.mlp.weight": rng.standard_normal((32, 48)).astype(np.float16),
+        "model.layers.0.bias": np.arange(48, dtype=np.int64),
+        "lm_head.weight": rng.integers(0, 255, size=(70_000,), dtype=np.uint8),
+    }
+
+
+def expected_model_digest(reference: ModuleType, tensors: dict[str, np.ndarray[Any, Any]]) -> str:
+    dtypes = {np.float32: "F32", np.float16: "F16", np.int64: "I64", np.uint8: "U8"}
+    entries = [
+        reference.tensor(name, dtypes[a.dtype.type], list(a.shape), a.tobytes(), ALG)
+        for name, a in tensors.items()
+    ]
+    return "vram-model-v1:" + hashlib.sha256(reference.model_encoding(entries)).hexdigest()
+
+
+def test_seal_gives_each_tensor_and_the_model_the_reference_digests(
+    manager: vr.Manager, reference: ModuleType
+) -> None:
+    w = weights()
+    sealed = manager.seal(w, model_id="tiny")
+    assert sealed.model_id == "tiny"
+    assert len(sealed) == 4
+    assert sealed.nbytes == sum(a.nbytes for a in w.values())
+    assert list(sealed.tensors) == sorted(w, key=str.encode)
+    for name, array in w.items():
+        t = sealed.tensors[name]
+        assert t.digest == f"{ALG}:{reference.digest(array.tobytes(), ALG)}"
+        assert t.digest == vr.digest(array)
+        assert t.shape == list(array.shape)
+        assert t.nbytes == array.nbytes
+    assert sealed.tensors["model.layers.0.mlp.weight"].dtype == "F16"
+    assert sealed.digest == expected_model_digest(reference, w)
+    manager.verify(sealed)
+    manager.verify(sealed, background=True)
+
+
+def test_a_byte_changed_through_numpy_is_caught_and_the_manager_stops(
+    manager: vr.Manager,
+) -> None:
+    w = weights()
+    sealed = manager.seal(w, model_id="tiny")
+    manager.verify(sealed)
+    w["model.layers.0.bias"][3] += 1
+    with pytest.raises(vr.IntegrityError) as caught:
+        manager.verify(sealed)
+    e = caught.value
+    assert e.kind == "IntegrityViolation"
+    assert e.shard_id == "tiny:model.layers.0.bias"
+    assert e.expected != e.actual and len(e.actual) == 64
+    assert manager.is_stopped
+    assert manager.stop_reason is not None and "integrity" in manager.stop_reason
+    with pytest.raises(vr.VramResidencyError) as stopped:
+        manager.verify(sealed)
+    assert stopped.value.kind == "Stopped"
+
+
+def test_the_execution_window_checks_before_and_after_the_block(manager: vr.Manager) -> None:
+    w = weights()
+    sealed = manager.seal(w, model_id="tiny")
+    ran = []
+    with manager.execute(sealed):
+        ran.append("request 1")
+    with manager.execute(sealed, mode="before"):
+        ran.append("request 2")
+    assert ran == ["request 1", "request 2"]
+
+    with pytest.raises(vr.IntegrityError) as caught:
+        with manager.execute(sealed):
+            ran.append("request 3")
+            w["lm_head.weight"][-1] ^= 0x10  # a write into the weights during the forward pass
+    assert caught.value.kind == "ModifiedDuringExecution"
+    assert caught.value.shard_id == "tiny:lm_head.weight"
+    assert ran[-1] == "request 3"
+
+
+def test_a_change_before_the_request_keeps_the_block_from_running(manager: vr.Manager) -> None:
+    w = weights()
+    sealed = manager.seal(w, model_id="tiny")
+    w["model.embed.weight"][0, 0] = 42.0
+    ran = []
+    with pytest.raises(vr.IntegrityError) as caught:
+        with manager.execute(sealed):
+            ran.append("never")
+    assert caught.value.kind == "IntegrityViolation"
+    assert ran == []
+
+
+def test_an_exception_in_the_block_still_ends_the_window(manager: vr.Manager) -> None:
+    sealed = manager.seal(weights(), model_id="tiny")
+    with pytest.raises(KeyError):
+        with manager.execute(sealed):
+            raise KeyError("engine failure")
+    manager.verify(sealed)
+    window = manager.execute(sealed)
+    with window:
+        with pytest.raises(vr.BadInput):
+            window.__enter__()
+
+
+def test_expected_model_digest(manager: vr.Manager, reference: ModuleType) -> None:
+    w = weights()
+    right = expected_model_digest(reference, w)
+    wrong = "vram-model-v1:" + "0" * 64
+    with pytest.raises(vr.IntegrityError) as caught:
+        manager.seal(w, model_id="tiny", expect=wrong)
+    assert caught.value.kind == "UnexpectedDigest"
+    assert caught.value.expected == "0" * 64
+    # Nothing stayed sealed: the same id seals again, against the right digest.
+    sealed = manager.seal(w, model_id="tiny", expect=right)
+    assert sealed.digest == right
+    with pytest.raises(vr.BadInput):
+        manager.seal(w, model_id="other", expect="sha256:nothex")
+
+
+def test_bad_input_is_refused_and_changes_nothing(manager: vr.Manager) -> None:
+    good = np.ones((4, 4), dtype=np.float32)
+    cases: list[tuple[Any, str]] = [
+        ({"w": good.T}, "not contiguous"),
+        ({"w": np.zeros(0, dtype=np.float32)}, "no bytes"),
+        ({"w": np.ones(3, dtype=np.complex64)}, "model files do not name"),
+        ({"w": "not a tensor"}, "a str"),
+        ({"w": good, 3: good}, ""),
+        ([good], "mapping"),
+        ({}, "no tensors"),
+    ]
+    for tensors, message in cases:
+        with pytest.raises((vr.BadInput, TypeError)) as caught:
+            manager.seal(tensors, model_id="m")
+        assert message in str(caught.value)
+    with pytest.raises(vr.BadInput) as bad_id:
+        manager.seal({"w": good}, model_id="bad id\n")
+    assert bad_id.value.kind == "InvalidInput"
+    with pytest.raises(vr.BadInput):
+        manager.execute(manager.seal({"w": good}, model_id="m"), mode="after")  # type: ignore[arg-type]
+    assert not manager.is_stopped
+    manager.seal({"w": good.copy()}, model_id="m2")
+
+
+def test_release_is_idempotent_and_frees_the_id(manager: vr.Manager) -> None:
+    w = weights()
+    sealed = manager.seal(w, model_id="tiny")
+    with pytest.raises(vr.BadInput):
+        manager.seal(w, model_id="tiny")
+    manager.release(sealed)
+    manager.release(sealed)
+    assert sealed.released
+    with pytest.raises(vr.BadInput) as caught:
+        manager.verify(sealed)
+    assert "released" in str(caught.value)
+    again = manager.seal(w, model_id="tiny")
+    manager.verify(again)
+
+
+def test_attestations_verify_under_the_key_derived_from_the_token(
+    manager: vr.Manager, reference: ModuleType
+) -> None:
+    sealed = manager.seal(weights(), model_id="tiny")
+    nonce = os.urandom(16)
+    statements = manager.attest(sealed, nonce)
+    assert [a["shard_id"] for a in statements] == [f"tiny:{n}" for n in sealed.tensors]
+    key = reference.hkdf(TOKEN, reference.HKDF_SALT, reference.HKDF_INFO_PREFIX + WORKER.encode())
+    for a in statements:
+        assert a["simulated"] is True and a["backend"] == "mock"
+        assert a["nonce"] == nonce.hex()
+        body = reference.STATEMENT_DOMAIN + reference.attestation_statement(a)
+        assert a["signature"] == hmac.new(key, body, hashlib.sha256).hexdigest()
+    with pytest.raises(vr.BadInput):
+        manager.attest(sealed, b"n" * 257)
+
+
+def test_token_file_and_audit_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VRAM_WORKER_TOKEN", raising=False)
+    with pytest.raises(vr.BadInput) as none:
+        vr.Manager(WORKER, backend="mock")
+    assert "VRAM_WORKER_TOKEN" in str(none.value)
+
+    token = tmp_path / "token"
+    token.write_bytes(TOKEN + b"\n")
+    token.chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP)
+    log = tmp_path / "audit.log"
+    with pytest.warns(UserWarning, match="chmod 600"):
+        m = vr.Manager(WORKER, backend="mock", token_file=token, audit_log=log)
+    sealed = m.seal(weights(), model_id="tiny")
+    m.verify(sealed)
+    m.release(sealed)
+    del m
+    records = log.read_text().splitlines()
+    assert any('"VramSealed"' in r for r in records)
+    assert any('"SealVerified"' in r for r in records)
+
+    with pytest.raises(vr.BadInput):
+        vr.Manager(WORKER, backend="mock", token_file=tmp_path)
+    with pytest.raises(vr.BadInput):
+        vr.Manager(WORKER, backend="gpu-or-ram")  # type: ignore[arg-type]
+
+
+def test_digest_matches_the_reference(reference: ModuleType) -> None:
+    data = bytes(range(256)) * 1000
+    assert vr.digest(data, algorithm="sha256") == hashlib.sha256(data).hexdigest()
+    for alg in ("sha256-tree-4096", "sha256-tree-65536"):
+        assert vr.digest(data, algorithm=alg) == f"{alg}:{reference.digest(data, alg)}"
+    with pytest.raises(vr.BadInput):
+        vr.digest(data, algorithm="md5")
+    with pytest.raises(vr.BadInput):
+        vr.digest(12345)
+
+
+class CudaArray:
+    """An object that speaks `__cuda_array_interface__` (as CuPy and Numba arrays do)."""
+
+    def __init__(self, shape: tuple[int, ...], typestr: str, strides: tuple[int, ...] | None):
+        self.__cuda_array_interface__ = {
+            "version": 3,
+            "shape": shape,
+            "typestr": typestr,
+            "data": (0x7F0000000000, False),
+            "strides": strides,
+        }
+
+
+def test_cuda_array_interface_is_read_and_checked(manager: vr.Manager) -> None:
+    cases = [
+        (CudaArray((2, 3), "<f4", (4, 8)), "not contiguous"),  # a transposed view
+        (CudaArray((2, 3), "<f4", (16, 4)), "not contiguous"),  # a gap between rows
+        (CudaArray((2, 3), ">f4", None), "model files do not name"),  # big-endian
+        (CudaArray((2, 3), "<c8", None), "model files do not name"),
+        (CudaArray((0, 3), "<f4", None), "no bytes"),
+        # Contiguous (a size-1 dimension's stride is free), then refused by the mock backend.
+        (CudaArray((1, 3), "<f2", (999, 2)), "this manager is the mock backend"),
+        (CudaArray((2, 3), "|u1", None), "this manager is the mock backend"),
+    ]
+    for array, message in cases:
+        with pytest.raises(vr.BadInput) as caught:
+            manager.seal({"w": array}, model_id="m")
+        assert message in str(caught.value), (array.__cuda_array_interface__, caught.value)
+    assert not manager.is_stopped

@@ -1,0 +1,159 @@
+"""Seal the tensors a model holds on the GPU where they lie, verify them before each request,
+and check them again after a forward pass (the Rust library `vram-residency`, in Python)."""
+
+import os
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Literal, final
+
+__version__: str
+
+class VramResidencyError(Exception):
+    """Every error of the library. `kind` names the Rust error variant; the other attributes
+    are its fields (`shard_id`, `expected`, `actual`, `device`, `needed`, `available`,
+    `reason`, ...). No error carries key material or a device address."""
+
+    kind: str
+
+class IntegrityError(VramResidencyError):
+    """The bytes are not the bytes that were sealed, or cannot be shown to be: do not serve.
+    `kind` is one of `IntegrityViolation`, `ModifiedDuringExecution`, `UnexpectedDigest`,
+    `SealVerificationFailed`, `SealExpired`, `NotSealed`, `UploadMismatch`. After an
+    integrity failure the manager stops (`Manager.is_stopped`)."""
+
+    shard_id: str
+    expected: str
+    actual: str
+
+class PolicyViolation(VramResidencyError):
+    """Memory or a device that breaks the VRAM-only policy (managed or host memory, an
+    integrated GPU)."""
+
+    device: int
+    reason: str
+
+class InsufficientVram(VramResidencyError):
+    """Not enough device memory."""
+
+    needed: int
+    available: int
+    device: int
+
+class BadInput(VramResidencyError):
+    """An argument refused before anything was done: nothing changed, nothing was audited."""
+
+    reason: str
+
+@final
+class SealedTensor:
+    """One tensor of a sealed model, with its digest as `vramctl digest --tensors` prints it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dtype(self) -> str:
+        """As model files name it: `BF16`, `F32`, `I64`, ..."""
+    @property
+    def shape(self) -> list[int]: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def digest(self) -> str:
+        """`ALG:HEX` (bare hex for flat `sha256`)."""
+
+@final
+class SealedModel:
+    """A model sealed in place. It keeps its tensors referenced until released: do not free
+    their storage (`untyped_storage().resize_(0)`, an allocator's sleep mode) while it lives;
+    a verification would then fail."""
+
+    @property
+    def model_id(self) -> str: ...
+    @property
+    def digest(self) -> str:
+        """The model digest, `vram-model-v1:HEX`, as `vramctl digest --tensors` prints it for
+        the same weights saved with `safetensors`."""
+    @property
+    def device(self) -> int: ...
+    @property
+    def nbytes(self) -> int: ...
+    @property
+    def tensors(self) -> dict[str, SealedTensor]: ...
+    @property
+    def released(self) -> bool: ...
+    def __len__(self) -> int: ...
+
+@final
+class Execution:
+    """The window around a forward pass: verified on entry; in the `before_and_after` mode
+    verified again on exit, once the block's work on the tensors' current PyTorch stream is
+    finished (that stream is synchronised, never the whole device). Raises `IntegrityError`
+    (`kind` = `ModifiedDuringExecution`) when the weights changed during the block: its result
+    must not be served. One per request."""
+
+    def __enter__(self) -> Execution: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> bool: ...
+
+@final
+class Manager:
+    """One worker's manager of sealed models.
+
+    The seal key and the audit log's signing key derive from the worker token (`token_file`,
+    else `$VRAM_WORKER_TOKEN`) and `worker_id`, as `vramctl` derives them. `backend="mock"`
+    keeps "device" bytes in host memory and takes NumPy arrays: for tests only. A CUDA manager
+    checks the VRAM-only policy when it is built."""
+
+    def __init__(
+        self,
+        worker_id: str,
+        *,
+        token_file: str | os.PathLike[str] | None = None,
+        audit_log: str | os.PathLike[str] | None = None,
+        audit_failure: Literal["fail_closed", "continue"] = "fail_closed",
+        backend: Literal["cuda", "mock"] = "cuda",
+        mock_capacity: int = 1 << 30,
+    ) -> None: ...
+    @property
+    def backend(self) -> str: ...
+    @property
+    def is_stopped(self) -> bool: ...
+    @property
+    def stop_reason(self) -> str | None: ...
+    def seal(
+        self,
+        tensors: Mapping[str, Any] | Any,
+        *,
+        model_id: str,
+        expect: str | None = None,
+    ) -> SealedModel:
+        """Seals a `torch.nn.Module` (its `state_dict()`) or a mapping of names to tensors
+        (`torch.Tensor`, anything with `__cuda_array_interface__`; NumPy arrays on the mock)
+        where they lie, after the work queued on their current stream. With `expect` (the
+        `vram-model-v1:HEX` of `vramctl digest --tensors`), a model whose digest differs is
+        refused and nothing stays sealed."""
+    def verify(self, sealed: SealedModel, *, background: bool = False) -> None:
+        """Verifies every tensor against its seal on the GPU; `background=True` uses a bounded
+        share of the GPU."""
+    def execute(
+        self,
+        sealed: SealedModel,
+        *,
+        mode: Literal["before", "before_and_after"] = "before_and_after",
+    ) -> Execution: ...
+    def attest(self, sealed: SealedModel, nonce: bytes) -> list[dict[str, Any]]:
+        """A signed residency statement per tensor, bound to `nonce`."""
+    def release(self, sealed: SealedModel) -> None:
+        """Releases the model's seals (the tensors stay the engine's). Idempotent."""
+
+def digest(
+    data: bytes | bytearray | memoryview | Any,
+    *,
+    algorithm: str = "sha256-tree-65536",
+) -> str:
+    """The digest of a host buffer (bytes, a NumPy array) as `ALG:HEX`, bare hex for flat
+    `sha256`: the same string as the Rust side and `vramctl digest`."""

@@ -1,0 +1,89 @@
+//! The Python package (`crates/vram-residency-py`), checked as a user gets it: `pip install`ed
+//! into a virtual environment under `target/`, its `pytest` suite run on the mock backend (the
+//! GPU tests report themselves skipped without `VRAM_TEST_GPU=1`), its stubs, tests and
+//! example type-checked with `mypy --strict`, and the example run end to end.
+
+use std::env;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::{DynError, command, project_root, run};
+
+const PACKAGE: &str = "crates/vram-residency-py";
+const VENV: &str = "target/python-ci";
+/// The build and test tools, pinned (from the Python package registry).
+const TOOLS: &[&str] = &[
+    "maturin==1.9.6",
+    "pytest==9.2.0",
+    "numpy==2.4.6",
+    "mypy==2.4.1",
+];
+
+pub(crate) fn check() -> Result<(), DynError> {
+    let root = project_root();
+    let venv = root.join(VENV);
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        let mut create = command("python3");
+        create.args(["-m", "venv"]).arg(&venv);
+        run("python: a virtual environment for the package", create)?;
+    }
+    let mut tools = pip(&python);
+    tools.args(TOOLS);
+    run("python: build and test tools (pip)", tools)?;
+
+    // Built as `pip install` builds it, with the maturin installed above; the dev profile
+    // reuses what the Rust tests compiled.
+    let mut install = pip(&python);
+    install
+        .args(["--no-build-isolation", "--force-reinstall", "--no-deps"])
+        .arg(root.join(PACKAGE))
+        .env("PATH", with_venv_path(&venv)?)
+        .env("MATURIN_PEP517_ARGS", "--profile dev");
+    run("python: pip install crates/vram-residency-py", install)?;
+
+    let package = root.join(PACKAGE);
+    let mut pytest = in_package(&python, &package);
+    pytest
+        .args(["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"])
+        .env_remove("VRAM_TEST_GPU");
+    run("python: pytest (mock backend)", pytest)?;
+
+    let mut mypy = in_package(&python, &package);
+    mypy.args(["-m", "mypy", "--no-incremental", "--cache-dir", "/dev/null"]);
+    run("python: mypy --strict (stubs, tests, example)", mypy)?;
+
+    let mut example = in_package(&python, &package);
+    example
+        .arg("examples/mock_example.py")
+        .env("VRAM_WORKER_TOKEN", "example-worker-token-0123");
+    run("python: the example, end to end on the mock", example)
+}
+
+fn pip(python: &Path) -> Command {
+    let mut c = command(python);
+    c.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    c
+}
+
+fn in_package(python: &Path, package: &Path) -> Command {
+    let mut c = command(python);
+    c.current_dir(package);
+    c
+}
+
+/// `PATH` with the environment's `bin` first, where pip finds `maturin`.
+fn with_venv_path(venv: &Path) -> Result<OsString, DynError> {
+    let mut dirs: Vec<PathBuf> = vec![venv.join("bin")];
+    if let Some(path) = env::var_os("PATH") {
+        dirs.extend(env::split_paths(&path));
+    }
+    Ok(env::join_paths(dirs)?)
+}
