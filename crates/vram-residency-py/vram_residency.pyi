@@ -100,6 +100,30 @@ class Execution:
     ) -> bool: ...
 
 @final
+class Scrubber:
+    """The library's background verifier (`Manager.start_scrubber`): every sealed tensor
+    re-verified, the least recently proven first, on a Rust thread at a bounded GPU share.
+    `vram_oldest_verification_age_seconds` in `Manager.metrics_text()` shows how fresh the
+    oldest proof is."""
+
+    @property
+    def verified(self) -> int: ...
+    @property
+    def running(self) -> bool:
+        """False once stopped or after the failure that ended it."""
+    def verify_all_now(self) -> None: ...
+    def stop(self) -> None:
+        """Stops it after the verification in progress; raises the failure it found (an
+        `IntegrityError` after which the manager is stopped), if any. Idempotent."""
+    def __enter__(self) -> Scrubber: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        traceback: TracebackType | None = None,
+    ) -> bool: ...
+
+@final
 class Manager:
     """One worker's manager of sealed models.
 
@@ -124,6 +148,8 @@ class Manager:
     def is_stopped(self) -> bool: ...
     @property
     def stop_reason(self) -> str | None: ...
+    def metrics_text(self) -> str:
+        """The manager's metrics in the Prometheus text format (OpenMetrics 1.0)."""
     def seal(
         self,
         tensors: Mapping[str, Any] | Any,
@@ -145,6 +171,10 @@ class Manager:
         *,
         mode: Literal["before", "before_and_after"] = "before_and_after",
     ) -> Execution: ...
+    def start_scrubber(self, *, interval: float = 0.0, share: float | None = None) -> Scrubber:
+        """Re-verifies every tensor this manager sealed, each once it was last proven
+        `interval` seconds ago (0: continuously), at `share` of the SMs (default: the
+        background share, 1/16)."""
     def attest(self, sealed: SealedModel, nonce: bytes) -> list[dict[str, Any]]:
         """A signed residency statement per tensor, bound to `nonce`."""
     def release(self, sealed: SealedModel) -> None:

@@ -75,8 +75,8 @@ pub use clock::ManualClock;
 
 pub use manager::{
     EngineTensor, ExecutionMode, GroupPart, GroupPlan, LentTensor, ModelWeights, PlanError,
-    PlanStep, SealOptions, SealPart, SealPlan, SealedGroup, SealedModel, SealedTensor, VramManager,
-    VramManagerBuilder, Weights,
+    PlanStep, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart, SealPlan, SealedGroup,
+    SealedModel, SealedTensor, VramManager, VramManagerBuilder, Weights,
 };
 pub use metrics::{DeviceUsage, ExecutionCounts, VramMetrics};
 /// An engine's memory to seal in place ([`VramManager::seal_in_place`]); its constructor from a

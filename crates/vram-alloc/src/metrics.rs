@@ -53,6 +53,7 @@ pub(crate) struct Metrics {
     audit_failures: Counter,
     resident: Family<DeviceLabels, Gauge>,
     last_verified: Family<ShardLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    oldest_proof: Family<DeviceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     executions: Family<OperationLabels, Counter>,
 }
 
@@ -145,6 +146,13 @@ impl Metrics {
             "Unix time of the shard's last successful verification (absent until one passes)",
             last_verified.clone(),
         );
+        let oldest_proof =
+            Family::<DeviceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "vram_oldest_verification_age_seconds",
+            "Seconds since the least recently proven resident shard on the device was last verified (or sealed); 0 with none resident",
+            oldest_proof.clone(),
+        );
         let audit_failures = Counter::default();
         registry.register(
             "vram_audit_failures",
@@ -173,8 +181,16 @@ impl Metrics {
             audit_failures,
             resident,
             last_verified,
+            oldest_proof,
             executions,
         }
+    }
+
+    /// Sets how long ago the least recently proven shard on `gpu` was verified (or sealed).
+    pub(crate) fn set_oldest_proof(&self, gpu: u32, age: Duration) {
+        self.oldest_proof
+            .get_or_create(&device(gpu))
+            .set(age.as_secs_f64());
     }
 
     pub(crate) fn set_resident(&self, gpu: u32, shards: usize) {

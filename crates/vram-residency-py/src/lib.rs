@@ -7,6 +7,7 @@
 mod errors;
 mod execution;
 mod manager;
+mod scrubber;
 mod sealed;
 mod tensors;
 
@@ -44,6 +45,7 @@ fn python_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sealed::SealedModel>()?;
     m.add_class::<sealed::SealedTensor>()?;
     m.add_class::<execution::Execution>()?;
+    m.add_class::<scrubber::Scrubber>()?;
     m.add_function(wrap_pyfunction!(digest, m)?)?;
     Ok(())
 }

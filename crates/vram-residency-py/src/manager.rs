@@ -11,13 +11,14 @@ use vram_residency::audit::{AuditLogOptions, AuditSink, FileAuditSink, InMemoryA
 use vram_residency::model::TAG;
 use vram_residency::token::read_token_file;
 use vram_residency::{
-    AuditFailurePolicy, EngineTensor, MockBackend, SealKey, ShardDigest, VramConfig, VramError,
-    VramManager,
+    AuditFailurePolicy, EngineTensor, GpuShare, MockBackend, ScrubOptions, SealKey, ShardDigest,
+    VramConfig, VramError, VramManager,
 };
 use zeroize::Zeroizing;
 
 use crate::errors::{bad_input, to_py};
 use crate::execution::{Execution, Mode};
+use crate::scrubber::Scrubber;
 use crate::sealed::{Held, SealedModel};
 use crate::tensors::{Memory, Taken, take};
 
@@ -122,6 +123,12 @@ impl Manager {
         self.manager.stop_reason()
     }
 
+    /// The manager's metrics in the Prometheus text format (OpenMetrics 1.0), for a server's
+    /// own `/metrics` endpoint.
+    fn metrics_text(&self) -> String {
+        self.manager.metrics().prometheus_text().to_owned()
+    }
+
     /// Seals a model's tensors where they lie: a `torch.nn.Module` (its `state_dict()`:
     /// parameters and persistent buffers, the names `safetensors` saves) or a mapping of names
     /// to tensors.
@@ -180,6 +187,31 @@ impl Manager {
             sealed.held()?,
             Mode::parse(mode)?,
         ))
+    }
+
+    /// Starts the library's scrubber: every tensor this manager sealed is re-verified, the
+    /// least recently proven first, on a Rust thread at a bounded share of the GPU (`share`,
+    /// a fraction of the SMs; default the configured background share), each once it was last
+    /// proven `interval` seconds ago (0: continuously). A failure is handled like any failed
+    /// verification: the manager stops, and `Scrubber.stop()` raises it.
+    #[pyo3(signature = (*, interval=0.0, share=None))]
+    fn start_scrubber(
+        &self,
+        py: Python<'_>,
+        interval: f64,
+        share: Option<f32>,
+    ) -> PyResult<Scrubber> {
+        let interval = std::time::Duration::try_from_secs_f64(interval)
+            .map_err(|_| bad_input("interval", format!("{interval}: give seconds, 0 or more")))?;
+        let mut options = ScrubOptions::new().interval(interval);
+        if let Some(fraction) = share {
+            options = options.share(GpuShare::bounded(fraction).map_err(|e| to_py(&e))?);
+        }
+        let manager = self.manager.clone();
+        let scrubber = py
+            .detach(move || manager.start_scrubber(options))
+            .map_err(|e| to_py(&e))?;
+        Ok(Scrubber::new(scrubber))
     }
 
     /// A signed residency statement per tensor, bound to `nonce` (each tensor is verified for

@@ -262,3 +262,34 @@ def test_cuda_array_interface_is_read_and_checked(manager: vr.Manager) -> None:
             manager.seal({"w": array}, model_id="m")
         assert message in str(caught.value), (array.__cuda_array_interface__, caught.value)
     assert not manager.is_stopped
+
+
+def test_the_scrubber_reverifies_everything_and_finds_a_change(manager: vr.Manager) -> None:
+    import time
+
+    w = weights()
+    sealed = manager.seal(w, model_id="tiny")
+    with manager.start_scrubber() as scrubber:
+        deadline = time.monotonic() + 20
+        while scrubber.verified < 2 * len(sealed) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert scrubber.verified >= 2 * len(sealed)
+        assert scrubber.running
+        metrics = manager.metrics_text()
+        assert 'vram_oldest_verification_age_seconds{gpu_device="0"}' in metrics
+    assert not scrubber.running
+    scrubber.stop()  # idempotent
+
+    scrubber = manager.start_scrubber(interval=0.0, share=0.125)
+    w["model.embed.weight"][5, 5] += 1.0
+    deadline = time.monotonic() + 20
+    while scrubber.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(vr.IntegrityError) as caught:
+        scrubber.stop()
+    assert caught.value.shard_id == "tiny:model.embed.weight"
+    assert manager.is_stopped
+    with pytest.raises(vr.BadInput):
+        manager.start_scrubber(share=1.5)
+    with pytest.raises(vr.BadInput):
+        manager.start_scrubber(interval=-1.0)

@@ -89,9 +89,9 @@ pub use vram_policy::{
 #[doc(inline)]
 pub use vram_alloc::{
     DeviceUsage, EngineStream, EngineTensor, ExecutionCounts, ExecutionMode, ForeignRange,
-    GroupPart, GroupPlan, LentTensor, ModelWeights, PlanError, PlanStep, SealOptions, SealPart,
-    SealPlan, SealedGroup, SealedModel, SealedTensor, VramManager, VramManagerBuilder, VramMetrics,
-    Weights, audit, probe_gpus,
+    GroupPart, GroupPlan, LentTensor, ModelWeights, PlanError, PlanStep, ScrubEvent, ScrubOptions,
+    Scrubber, SealOptions, SealPart, SealPlan, SealedGroup, SealedModel, SealedTensor, VramManager,
+    VramManagerBuilder, VramMetrics, Weights, audit, probe_gpus,
 };
 
 #[doc(inline)]

@@ -10,6 +10,7 @@ mod policy;
 mod read_back;
 mod residency;
 mod resident;
+mod scrub;
 mod seal;
 mod seal_options;
 mod shared;
@@ -33,6 +34,7 @@ pub use group::{GroupPart, SealedGroup};
 pub use lending::{LentTensor, ModelWeights, Weights};
 pub use model::{EngineTensor, SealedModel, SealedTensor};
 pub use plan::{GroupPlan, PlanError, PlanStep, SealPart, SealPlan};
+pub use scrub::{ScrubEvent, ScrubOptions, Scrubber};
 pub use seal_options::SealOptions;
 pub(crate) use shared::Shared;
 
@@ -360,6 +362,7 @@ impl VramManager {
     /// returned and the text is empty.
     #[must_use]
     pub fn metrics(&self) -> VramMetrics {
+        self.shared.refresh_proof_ages();
         let usage = self.shared.usage();
         self.shared
             .metrics()

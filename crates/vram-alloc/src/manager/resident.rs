@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use vram_types::formats::TensorInfo;
 use vram_types::{SealedFields, ShardAllocation};
@@ -26,6 +27,8 @@ pub(crate) struct ResidentAllocation {
     sealed_at_monotonic: std::time::Duration,
     /// The tensor table of a sealed safetensors or GGUF file, sorted by name.
     tensors: Option<Vec<TensorInfo>>,
+    /// The monotonic time of the last passed verification, in nanoseconds plus one (0: never).
+    last_verified: AtomicU64,
 }
 
 impl ResidentAllocation {
@@ -45,6 +48,23 @@ impl ResidentAllocation {
             sealed,
             sealed_at_monotonic: shared.clock().monotonic(),
             shared,
+            last_verified: AtomicU64::new(0),
+        }
+    }
+
+    /// Records a passed verification at monotonic time `at`.
+    pub(crate) fn mark_verified(&self, at: std::time::Duration) {
+        let nanos = u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
+        self.last_verified
+            .fetch_max(nanos.saturating_add(1), Ordering::AcqRel);
+    }
+
+    /// The monotonic time of the last passed verification, or of the seal when none passed
+    /// since: how fresh the proof that its bytes are intact is.
+    pub(crate) fn last_proven(&self) -> std::time::Duration {
+        match self.last_verified.load(Ordering::Acquire) {
+            0 => self.sealed_at_monotonic,
+            n => std::time::Duration::from_nanos(n.saturating_sub(1)),
         }
     }
 

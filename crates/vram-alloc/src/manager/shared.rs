@@ -262,6 +262,21 @@ impl Shared {
         }
     }
 
+    /// Sets each device's `vram_oldest_verification_age_seconds` from the live shards.
+    pub(crate) fn refresh_proof_ages(&self) {
+        let now = self.clock().monotonic();
+        let live = self.live();
+        for device in 0..self.backend().device_count() {
+            let oldest = live
+                .iter()
+                .filter(|r| r.sealed().gpu_device == device)
+                .map(|r| now.saturating_sub(r.last_proven()))
+                .max()
+                .unwrap_or_default();
+            self.metrics().set_oldest_proof(device, oldest);
+        }
+    }
+
     /// The allocations of the live shards.
     pub(crate) fn live(&self) -> Vec<Arc<ResidentAllocation>> {
         lock(&self.registry)

@@ -219,6 +219,12 @@ pub(super) fn audited(
                     shared
                         .metrics()
                         .set_last_verified(id, shared.clock().wall());
+                    let now = shared.clock().monotonic();
+                    for shard in &subject.shards {
+                        if let Ok(resident) = owned(shared, shard) {
+                            resident.mark_verified(now);
+                        }
+                    }
                 })
         }
         Err(e) => {

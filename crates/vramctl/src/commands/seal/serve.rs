@@ -1,14 +1,17 @@
-//! Serving: what was sealed stays resident, re-verified every interval (at once on SIGHUP),
+//! Serving: what was sealed stays resident, re-verified by the library's scrubber once each
+//! shard's last proof is an interval old (at once on SIGHUP),
 //! metrics served on the port bound at start, systemd told how it goes, until Ctrl-C or
 //! SIGTERM releases everything. A failed verification does not end the process: the failure
 //! stays visible (metrics keep being served, `result="failure"` can be scraped), the model
 //! stays refused (the manager has stopped, so nothing verifies again), and the exit code
 //! reports it after SIGTERM.
 
+use std::sync::Mutex;
+use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vram_residency::{VramError, VramManager};
+use vram_residency::{ScrubEvent, ScrubOptions, VramError, VramManager};
 
 use super::args::Serving;
 use super::place::Held;
@@ -46,14 +49,7 @@ pub(super) fn serve(
         "READY=1\nSTATUS={} shard(s) sealed; verifying every {every} s",
         held.count(),
     ));
-    let failure = keep_verified(
-        out,
-        manager,
-        &held,
-        serving.verify_every,
-        signals,
-        &notifier,
-    );
+    let failure = keep_verified(out, manager, serving.verify_every, signals, &notifier);
     let count = held.count();
     notifier.notify(&format!("STOPPING=1\nSTATUS=releasing {count} shard(s)"));
     drop(held);
@@ -69,21 +65,65 @@ pub(super) fn serve(
     }
 }
 
-/// Re-verifies every `interval` (and on SIGHUP) until a stop is asked for, pinging the systemd
-/// watchdog between rounds; returns the first failure, after which nothing is verified again.
+/// What the scrubber reported, carried to the main thread (which owns the output).
+enum Report {
+    Verified(String),
+    AllProven(usize),
+    Failed(String, VramError),
+}
+
+/// Keeps every shard re-verified by the library's scrubber (each one once it was last proven
+/// `interval` ago, every one at once on SIGHUP), at the manager's background share of the GPU,
+/// on the scrubber's thread: this loop stays free to answer signals and ping the systemd
+/// watchdog however long a verification takes. Returns the first failure, after which nothing
+/// is verified again.
 fn keep_verified(
     out: Output,
     manager: &VramManager,
-    held: &Held,
     interval: Duration,
     signals: &Signals,
     notifier: &Notifier,
 ) -> Option<VramError> {
+    let (tx, reports) = channel();
+    let tx = Mutex::new(tx);
+    let options = ScrubOptions::new()
+        .interval(interval)
+        .on_event(move |event| {
+            let report = match event {
+                ScrubEvent::Verified { shard_id } => Report::Verified((*shard_id).to_owned()),
+                ScrubEvent::AllProven { shards } => Report::AllProven(*shards),
+                ScrubEvent::Failed { shard_id, error } => {
+                    Report::Failed((*shard_id).to_owned(), (*error).clone())
+                }
+                _ => return,
+            };
+            // The main loop has ended when nobody receives: nothing is left to tell.
+            let _ = tx.lock().map(|tx| tx.send(report));
+        });
+    let scrubber = match manager.start_scrubber(options) {
+        Ok(scrubber) => scrubber,
+        Err(e) => return Some(e),
+    };
     let mut pinged = Instant::now();
-    let mut last = Instant::now();
     let mut failure: Option<VramError> = None;
     while !signals.stop_requested() {
-        std::thread::sleep(TICK);
+        match reports.recv_timeout(TICK) {
+            Ok(Report::Verified(id)) => out.line(format!("verified {}", output::shown(&id))),
+            Ok(Report::AllProven(shards)) => {
+                notifier.notify(&format!("STATUS={shards} shard(s) resident, all verified"));
+            }
+            Ok(Report::Failed(id, e)) => {
+                out.json(&json!({ "event": "verification_failed", "shard_id": id, "error": e.to_string() }));
+                notifier.notify(&format!(
+                    "STATUS=verification failed, the model is refused: {e}"
+                ));
+                output::warn(&format!(
+                    "error: {e}; the model is refused from now on; metrics stay up until Ctrl-C or SIGTERM"
+                ));
+                failure = Some(e);
+            }
+            Err(_) => {}
+        }
         if notifier
             .watchdog_interval()
             .is_some_and(|every| pinged.elapsed() >= every)
@@ -91,51 +131,12 @@ fn keep_verified(
             notifier.notify("WATCHDOG=1");
             pinged = Instant::now();
         }
-        let hangup = signals.take_reverify();
-        if hangup {
+        if signals.take_reverify() && failure.is_none() {
             out.line("SIGHUP: re-verifying every shard now (SIGTERM or Ctrl-C stops)");
-        }
-        if failure.is_some() || (!hangup && last.elapsed() < interval) {
-            continue;
-        }
-        last = Instant::now();
-        let checked = verify_round(out, manager, held);
-        notifier.notify(&match &checked {
-            Ok(()) => format!("STATUS={} shard(s) resident, all verified", held.count()),
-            Err(e) => format!("STATUS=verification failed, the model is refused: {e}"),
-        });
-        if let Err(e) = checked {
-            output::warn(&format!(
-                "error: {e}; the model is refused from now on; metrics stay up until Ctrl-C or SIGTERM"
-            ));
-            failure = Some(e);
+            scrubber.verify_all_now();
         }
     }
+    // Stops after the verification in progress.
+    drop(scrubber);
     failure
-}
-
-/// One verification of everything held: each shard in turn, or the group at once.
-fn verify_round(out: Output, manager: &VramManager, held: &Held) -> Result<(), VramError> {
-    match held {
-        Held::Shards(shards) => shards.iter().try_for_each(|shard| {
-            manager
-                .verify_sealed(shard)
-                .inspect(|()| out.line(format!("verified {}", shard.shard_id)))
-                .inspect_err(|e| {
-                    out.json(&json!({ "event": "verification_failed", "shard_id": shard.shard_id, "error": e.to_string() }));
-                })
-        }),
-        Held::Group(group) => manager
-            .verify_group(group)
-            .inspect(|()| {
-                out.line(format!(
-                    "verified group {} ({} shards)",
-                    group.model_id,
-                    group.shards.len()
-                ));
-            })
-            .inspect_err(|e| {
-                out.json(&json!({ "event": "verification_failed", "group": group.model_id, "error": e.to_string() }));
-            }),
-    }
 }

@@ -1,0 +1,321 @@
+//! The scrubber: a background verifier that keeps re-proving every resident shard (models sealed
+//! in place and group members included, each tensor as its own shard), the least recently
+//! proven first, at a bounded share of the GPU. A failure is handled like any failed
+//! verification (audited, and a security failure stops the manager), and ends the scrubber.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use vram_seal::compute_signature;
+use vram_types::{GpuShare, SealedShard, ShardAllocation, VramError};
+
+use super::VramManager;
+use super::resident::ResidentAllocation;
+use super::shared::Shared;
+use super::verify::{Stage, Subject, verify_ordered};
+use crate::backend::DigestOrder;
+use crate::sync::lock;
+
+/// How long an idle scrubber waits before it looks for newly sealed shards.
+const IDLE_LOOK: Duration = Duration::from_millis(250);
+
+/// What the scrubber reports as it goes (on its own thread: keep the handler short).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ScrubEvent<'a> {
+    /// A shard passed verification.
+    Verified {
+        /// Its id.
+        shard_id: &'a str,
+    },
+    /// Every resident shard is proven within the interval (after at least one verification
+    /// since the last such report).
+    AllProven {
+        /// How many shards are resident.
+        shards: usize,
+    },
+    /// A verification failed; the scrubber ends.
+    Failed {
+        /// The shard's id.
+        shard_id: &'a str,
+        /// What failed.
+        error: &'a VramError,
+    },
+}
+
+type Handler = Arc<dyn Fn(&ScrubEvent<'_>) + Send + Sync>;
+
+/// How the scrubber paces itself.
+#[derive(Clone, Default)]
+pub struct ScrubOptions {
+    share: Option<GpuShare>,
+    interval: Duration,
+    on_event: Option<Handler>,
+}
+
+impl std::fmt::Debug for ScrubOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScrubOptions")
+            .field("share", &self.share)
+            .field("interval", &self.interval)
+            .field("on_event", &self.on_event.is_some())
+            .finish()
+    }
+}
+
+impl ScrubOptions {
+    /// Continuously, at the manager's background share of the GPU.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The GPU share of each verification (default: the configured background share,
+    /// [`VramConfig::background_gpu_share`](vram_types::VramConfig::background_gpu_share)).
+    #[must_use]
+    pub fn share(mut self, share: GpuShare) -> Self {
+        self.share = Some(share);
+        self
+    }
+
+    /// A shard proven less than `interval` ago is not verified again yet (default zero:
+    /// verify round-robin without pause).
+    #[must_use]
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// Calls `handler` with each [`ScrubEvent`], on the scrubber's thread.
+    #[must_use]
+    pub fn on_event(mut self, handler: impl Fn(&ScrubEvent<'_>) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(handler));
+        self
+    }
+}
+
+#[derive(Default)]
+struct Control {
+    stop: bool,
+    /// Shards not verified by the scrubber since its verification count was this are due now
+    /// (`verify_all_now`).
+    requested_at: Option<u64>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    share: GpuShare,
+    interval: Duration,
+    on_event: Option<Handler>,
+    control: Mutex<Control>,
+    wake: Condvar,
+    verified: AtomicU64,
+    failure: Mutex<Option<VramError>>,
+    /// When the scrubber last verified each shard, by its own count: equal proof times (a
+    /// coarse clock) still go round-robin.
+    turns: Mutex<HashMap<String, u64>>,
+}
+
+/// A running scrubber; dropping it (or [`Scrubber::stop`]) stops it after the verification in
+/// progress.
+pub struct Scrubber {
+    inner: Arc<Inner>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Scrubber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scrubber")
+            .field("verified", &self.verified())
+            .field("failed", &self.failure().is_some())
+            .finish()
+    }
+}
+
+impl VramManager {
+    /// Starts a scrubber on a thread of its own: every resident shard of this manager is
+    /// re-verified, the least recently proven first, at a bounded share of the GPU, for as
+    /// long as the scrubber lives. `vram_oldest_verification_age_seconds` shows how fresh the
+    /// oldest proof is.
+    ///
+    /// # Errors
+    /// [`VramError::Stopped`]; [`VramError::HostMemoryExhausted`] when no thread can be started.
+    pub fn start_scrubber(&self, options: ScrubOptions) -> Result<Scrubber, VramError> {
+        self.shared.ensure_running()?;
+        let inner = Arc::new(Inner {
+            share: options
+                .share
+                .unwrap_or(self.shared.config().background_gpu_share),
+            shared: self.shared.clone(),
+            interval: options.interval,
+            on_event: options.on_event,
+            control: Mutex::new(Control::default()),
+            wake: Condvar::new(),
+            verified: AtomicU64::new(0),
+            failure: Mutex::new(None),
+            turns: Mutex::new(HashMap::new()),
+        });
+        let running = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("vram-scrubber".to_owned())
+            .spawn(move || running.run())
+            .map_err(|_| VramError::HostMemoryExhausted { needed: 0 })?;
+        Ok(Scrubber {
+            inner,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Scrubber {
+    /// Shards verified so far.
+    #[must_use]
+    pub fn verified(&self) -> u64 {
+        self.inner.verified.load(Ordering::Acquire)
+    }
+
+    /// The failure that ended it, if one did.
+    #[must_use]
+    pub fn failure(&self) -> Option<VramError> {
+        lock(&self.inner.failure).clone()
+    }
+
+    /// Makes every shard due at once, whatever the interval (SIGHUP in `vramctl seal`).
+    pub fn verify_all_now(&self) {
+        let count = self.inner.verified.load(Ordering::Acquire);
+        lock(&self.inner.control).requested_at = Some(count);
+        self.inner.wake.notify_all();
+    }
+
+    /// Stops it after the verification in progress, and returns its failure, if any.
+    #[must_use]
+    pub fn stop(mut self) -> Option<VramError> {
+        self.halt();
+        self.failure()
+    }
+
+    fn halt(&mut self) {
+        lock(&self.inner.control).stop = true;
+        self.inner.wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            // A panic on the scrubber thread has nothing left to report.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Scrubber {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+impl Inner {
+    fn run(&self) {
+        let mut since_report = 0usize;
+        loop {
+            let (next, wait) = {
+                let control = lock(&self.control);
+                if control.stop {
+                    return;
+                }
+                self.next(control.requested_at)
+            };
+            let Some(resident) = next else {
+                if since_report > 0 {
+                    self.emit(&ScrubEvent::AllProven {
+                        shards: self.shared.live().len(),
+                    });
+                    since_report = 0;
+                }
+                let control = lock(&self.control);
+                if !control.stop {
+                    // Woken early by a stop or `verify_all_now`; the result is not needed.
+                    drop(self.wake.wait_timeout(control, wait));
+                }
+                continue;
+            };
+            match self.verify(&resident) {
+                Ok(()) => {
+                    let turn = self.verified.fetch_add(1, Ordering::AcqRel);
+                    let mut turns = lock(&self.turns);
+                    turns.insert(resident.shard_id().to_owned(), turn.saturating_add(1));
+                    let live = self.shared.live();
+                    if turns.len() > live.len() {
+                        turns.retain(|id, _| live.iter().any(|r| r.shard_id() == id));
+                    }
+                    drop(turns);
+                    since_report = since_report.saturating_add(1);
+                    self.emit(&ScrubEvent::Verified {
+                        shard_id: resident.shard_id(),
+                    });
+                }
+                Err(error) => {
+                    self.emit(&ScrubEvent::Failed {
+                        shard_id: resident.shard_id(),
+                        error: &error,
+                    });
+                    *lock(&self.failure) = Some(error);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The live shard proven longest ago, if it is due; else how long until one is.
+    fn next(&self, requested_at: Option<u64>) -> (Option<Arc<ResidentAllocation>>, Duration) {
+        let now = self.shared.clock().monotonic();
+        let turns = lock(&self.turns);
+        let turn = |r: &ResidentAllocation| turns.get(r.shard_id()).copied().unwrap_or(0);
+        let live = self.shared.live();
+        // Asked for: the first shard not verified since the request, else the oldest proof.
+        let requested = requested_at.and_then(|at| live.iter().find(|r| turn(r) <= at).cloned());
+        let oldest = live
+            .iter()
+            .min_by_key(|r| (r.last_proven(), turn(r)))
+            .cloned();
+        drop(turns);
+        if let Some(asked) = requested {
+            return (Some(asked), Duration::ZERO);
+        }
+        let Some(oldest) = oldest else {
+            return (None, IDLE_LOOK);
+        };
+        let age = now.saturating_sub(oldest.last_proven());
+        if age >= self.interval {
+            (Some(oldest), Duration::ZERO)
+        } else {
+            (None, self.interval.saturating_sub(age).min(IDLE_LOOK))
+        }
+    }
+
+    /// Verifies the shard the manager sealed for `resident`, as `verify_sealed_background`
+    /// verifies a caller's shard: the fields are the manager's own, re-sealed with its key.
+    fn verify(&self, resident: &Arc<ResidentAllocation>) -> Result<(), VramError> {
+        let fields = resident.sealed().clone();
+        let signature = compute_signature(self.shared.key(), &fields)?;
+        let allocation: Arc<dyn ShardAllocation> = resident.clone();
+        let shard = SealedShard::from_parts(
+            fields,
+            self.shared.clock().wall(),
+            signature,
+            Some(allocation),
+        );
+        verify_ordered(
+            &self.shared,
+            &Subject::shard(&shard),
+            self.share,
+            DigestOrder::Now,
+            Stage::Standalone,
+        )
+    }
+
+    fn emit(&self, event: &ScrubEvent<'_>) {
+        if let Some(handler) = &self.on_event {
+            handler(event);
+        }
+    }
+}
