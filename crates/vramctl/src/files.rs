@@ -11,6 +11,37 @@ use crate::error::{CliError, CliResult};
 /// Read granularity of `vramctl digest` (and its progress step).
 pub(crate) const READ_CHUNK: usize = 64 << 20;
 
+/// The one-line error for an I/O failure on `path`, with the remedy its cause calls for: the
+/// process's open-file limit, the disk, the permissions or the path, not a generic "check the
+/// file".
+pub(crate) fn io_error(path: &Path, e: &std::io::Error) -> CliError {
+    // EMFILE / ENFILE and EIO by number: `ErrorKind` has no stable name for them.
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    const EIO: i32 = 5;
+    let (problem, remedy) = match (e.kind(), e.raw_os_error()) {
+        (ErrorKind::NotFound, _) => ("no such file".to_owned(), "check the path"),
+        (ErrorKind::PermissionDenied, _) => (
+            "cannot be read (permission denied)".to_owned(),
+            "check the file's permissions",
+        ),
+        (_, Some(EMFILE)) => (
+            format!("cannot be opened ({e})"),
+            "raise the open-file limit (`ulimit -n`, or LimitNOFILE= in the systemd unit)",
+        ),
+        (_, Some(ENFILE)) => (
+            format!("cannot be opened ({e})"),
+            "the system's open-file table is full: close files elsewhere or raise fs.file-max",
+        ),
+        (_, Some(EIO)) => (
+            format!("cannot be read ({e})"),
+            "the disk reported a read error: check it (dmesg, smartctl) and the file's copy",
+        ),
+        _ => (format!("cannot be read ({e})"), "check the file"),
+    };
+    CliError::file(path, &problem, remedy)
+}
+
 /// Opens `path` as a regular, non-empty, readable file; returns it with its length.
 pub(crate) fn open_model(path: &Path) -> CliResult<(File, u64)> {
     let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
@@ -18,7 +49,7 @@ pub(crate) fn open_model(path: &Path) -> CliResult<(File, u64)> {
         ErrorKind::PermissionDenied => {
             CliError::file(path, "permission denied", "check the file's permissions")
         }
-        _ => CliError::file(path, &e.to_string(), "check the path"),
+        _ => io_error(path, &e),
     })?;
     if meta.is_dir() {
         return Err(CliError::file(
@@ -41,14 +72,7 @@ pub(crate) fn open_model(path: &Path) -> CliResult<(File, u64)> {
             "give a complete model file",
         ));
     }
-    let file = File::open(path).map_err(|e| match e.kind() {
-        ErrorKind::PermissionDenied => CliError::file(
-            path,
-            "cannot be read (permission denied)",
-            "check the file's permissions",
-        ),
-        _ => CliError::file(path, &format!("cannot be read ({e})"), "check the file"),
-    })?;
+    let file = File::open(path).map_err(|e| io_error(path, &e))?;
     Ok((file, meta.len()))
 }
 
@@ -106,8 +130,9 @@ pub(crate) fn shard_id_for(path: &Path) -> String {
 /// Largest manifest read: far beyond any model's shard list, short of a runaway file.
 const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
-/// The text of a manifest file (a regular file of at most 16 MiB).
-pub(crate) fn read_manifest_text(manifest: &Path) -> CliResult<String> {
+/// The bytes of a manifest file (a regular file of at most 16 MiB; names in it need not be
+/// UTF-8, as in `sha256sum`'s manifests).
+pub(crate) fn read_manifest(manifest: &Path) -> CliResult<Vec<u8>> {
     let (file, len) = open_model(manifest)?;
     if len > MAX_MANIFEST_BYTES {
         return Err(CliError::file(
@@ -116,15 +141,9 @@ pub(crate) fn read_manifest_text(manifest: &Path) -> CliResult<String> {
             "give the manifest, not a model file",
         ));
     }
-    let mut text = String::new();
+    let mut text = Vec::new();
     file.take(MAX_MANIFEST_BYTES)
-        .read_to_string(&mut text)
-        .map_err(|e| {
-            CliError::file(
-                manifest,
-                &format!("cannot be read ({e})"),
-                "give a manifest file",
-            )
-        })?;
+        .read_to_end(&mut text)
+        .map_err(|e| io_error(manifest, &e))?;
     Ok(text)
 }

@@ -6,61 +6,74 @@ use vram_residency::{DigestAlgorithm, ShardDigest};
 
 pub use vram_residency::digest::{parse_tagged, tagged};
 
-/// A file name as coreutils writes it in a checksum line: with `\`, `\n` or `\r` escaped,
-/// and whether the line then needs its leading `\`.
+/// A file name as coreutils writes it in a checksum line: its bytes as they are (a name that
+/// is not UTF-8 included), with `\`, `\n` and `\r` escaped, and whether the line then needs
+/// its leading `\`.
 #[must_use]
-pub fn escape_name(name: &str) -> (bool, String) {
-    let escaped = name
-        .replace('\\', "\\\\")
-        .replace('\n', "\\n")
-        .replace('\r', "\\r");
-    (escaped.len() != name.len(), escaped)
+pub fn escape_name(name: &[u8]) -> (bool, Vec<u8>) {
+    let mut out = Vec::with_capacity(name.len());
+    for &b in name {
+        match b {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            other => out.push(other),
+        }
+    }
+    (out.len() != name.len(), out)
 }
 
 /// The inverse of [`escape_name`]; `None` for an escape coreutils never writes.
 #[must_use]
-pub fn unescape_name(name: &str) -> Option<String> {
-    let mut out = String::with_capacity(name.len());
-    let mut chars = name.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
+pub fn unescape_name(name: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(name.len());
+    let mut bytes = name.iter();
+    while let Some(&b) = bytes.next() {
+        if b != b'\\' {
+            out.push(b);
             continue;
         }
-        match chars.next()? {
-            '\\' => out.push('\\'),
-            'n' => out.push('\n'),
-            'r' => out.push('\r'),
+        match bytes.next()? {
+            b'\\' => out.push(b'\\'),
+            b'n' => out.push(b'\n'),
+            b'r' => out.push(b'\r'),
             _ => return None,
         }
     }
     Some(out)
 }
 
-/// `DIGEST  NAME` (or `\DIGEST  NAME` when the name is escaped).
+/// `DIGEST  NAME` (or `\DIGEST  NAME` when the name is escaped), as bytes: a name that is not
+/// UTF-8 is written as it is, as `sha256sum` writes it.
 #[must_use]
-pub fn checksum_line(alg: DigestAlgorithm, digest: &ShardDigest, name: &str) -> String {
+pub fn checksum_line(alg: DigestAlgorithm, digest: &ShardDigest, name: &[u8]) -> Vec<u8> {
     let (escaped, name) = escape_name(name);
-    format!(
-        "{}{}  {name}",
-        if escaped { "\\" } else { "" },
-        tagged(alg, digest)
-    )
+    let mut line = Vec::with_capacity(name.len().saturating_add(80));
+    if escaped {
+        line.push(b'\\');
+    }
+    line.extend_from_slice(tagged(alg, digest).as_bytes());
+    line.extend_from_slice(b"  ");
+    line.extend_from_slice(&name);
+    line
 }
 
-/// One manifest line: `[\]DIGEST  NAME` or `[\]DIGEST *NAME`.
+/// One manifest line: `[\]DIGEST  NAME` or `[\]DIGEST *NAME`; the name is any bytes (as
+/// coreutils reads them), the digest ASCII.
 #[must_use]
-pub fn parse_line(line: &str) -> Option<(DigestAlgorithm, ShardDigest, String)> {
-    let (escaped, line) = match line.strip_prefix('\\') {
+pub fn parse_line(line: &[u8]) -> Option<(DigestAlgorithm, ShardDigest, Vec<u8>)> {
+    let (escaped, line) = match line.strip_prefix(b"\\") {
         Some(rest) => (true, rest),
         None => (false, line),
     };
-    let (digest, name) = line.split_once("  ").or_else(|| line.split_once(" *"))?;
+    let at = line.windows(2).position(|w| w == b"  " || w == b" *")?;
+    let digest = std::str::from_utf8(line.get(..at)?).ok()?;
+    let name = line.get(at.checked_add(2)?..)?;
     let (alg, digest) = parse_tagged(digest, DigestAlgorithm::Sha256)?;
     let name = if escaped {
         unescape_name(name)?
     } else {
-        name.to_owned()
+        name.to_vec()
     };
     (!name.is_empty()).then_some((alg, digest, name))
 }
@@ -97,8 +110,8 @@ pub enum ManifestError {
     },
 }
 
-/// Every line of a manifest's text (`sha256sum` or `vramctl digest` lines; blank lines and a
-/// CR before the line break are ignored), names taken from `base`, the manifest's directory.
+/// Every line of a manifest (`sha256sum` or `vramctl digest` lines; blank lines and a CR
+/// before the line break are ignored; names are bytes, UTF-8 or not, as coreutils reads them), names taken from `base`, the manifest's directory.
 /// A line that is not a checksum line refuses the whole manifest: a manifest sealed in part
 /// would serve a model with shards missing.
 ///
@@ -107,18 +120,19 @@ pub enum ManifestError {
 /// [`ManifestError::OutsideDirectory`] for an absolute name or one through `..` (symbolic links
 /// out of the directory are the caller's to check, on the file system).
 pub fn parse_manifest(
-    text: &str,
+    text: &[u8],
     base: &std::path::Path,
 ) -> Result<Vec<ManifestEntry>, ManifestError> {
+    use std::os::unix::ffi::OsStrExt;
     let mut entries = Vec::new();
-    for (number, line) in (1u64..).zip(text.lines()) {
-        let line = line.trim_end_matches('\r');
-        if line.trim().is_empty() {
+    for (number, line) in (1u64..).zip(text.split(|b| *b == b'\n')) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         let (algorithm, digest, name) =
             parse_line(line).ok_or(ManifestError::Malformed { line: number })?;
-        let name = std::path::Path::new(&name);
+        let name = std::path::Path::new(std::ffi::OsStr::from_bytes(&name));
         let leaves = name.is_absolute()
             || name
                 .components()
@@ -151,7 +165,7 @@ mod tests {
     fn names_stay_inside_the_manifests_directory() {
         let hex = "ab".repeat(32);
         let ok = parse_manifest(
-            &format!("{hex}  a.bin\n{hex}  ./sub/b.bin\n"),
+            format!("{hex}  a.bin\n{hex}  ./sub/b.bin\n").as_bytes(),
             Path::new("m"),
         )
         .unwrap();
@@ -165,10 +179,30 @@ mod tests {
         ] {
             let text = format!("{hex}  a.bin\n{hex}  {name}\n");
             assert_eq!(
-                parse_manifest(&text, Path::new("m")),
+                parse_manifest(text.as_bytes(), Path::new("m")),
                 Err(ManifestError::OutsideDirectory { line: 2 }),
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn names_are_bytes_as_coreutils_writes_them() {
+        use super::{checksum_line, parse_line};
+        use vram_residency::{DigestAlgorithm, ShardDigest};
+        let digest = ShardDigest::from_hex(&"cd".repeat(32)).unwrap();
+        let alg = DigestAlgorithm::Sha256;
+        // Latin-1 bytes (not UTF-8) as they are; a line break and a backslash escaped.
+        let name = b"caf\xe9\n\\x.bin";
+        let line = checksum_line(alg, &digest, name);
+        let mut want = b"\\".to_vec();
+        want.extend_from_slice(format!("{}  caf", "cd".repeat(32)).as_bytes());
+        want.extend_from_slice(b"\xe9\\n\\\\x.bin");
+        assert_eq!(line, want);
+        assert_eq!(parse_line(&line), Some((alg, digest, name.to_vec())));
+        let text = [&checksum_line(alg, &digest, b"a\xff.bin")[..], b"\n"].concat();
+        let entries = parse_manifest(&text, Path::new("m")).unwrap();
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(entries[0].path.as_os_str().as_bytes(), b"m/a\xff.bin");
     }
 }

@@ -28,6 +28,15 @@ impl Output {
         }
     }
 
+    /// A result line of bytes, written as they are: a checksum line whose file name is not
+    /// UTF-8, as `sha256sum` writes it.
+    pub(crate) fn result_bytes(&self, line: &[u8]) {
+        if !self.json {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line).and_then(|()| out.write_all(b"\n"));
+        }
+    }
+
     /// A JSON document (JSON mode only).
     pub(crate) fn json(&self, value: &Value) {
         if self.json {

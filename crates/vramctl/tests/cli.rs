@@ -971,6 +971,76 @@ fn a_full_disk_under_the_audit_log_is_exit_4_not_silence() {
 }
 
 #[test]
+fn names_that_are_not_utf8_round_trip_as_with_sha256sum() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TempDir::new().unwrap();
+    let name = OsStr::from_bytes(b"caf\xe9.bin"); // Latin-1: not UTF-8
+    std::fs::write(dir.path().join(name), b"latin-1 name").unwrap();
+    let run_in = |args: &[&OsStr]| {
+        vramctl()
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // Written as its bytes, as sha256sum writes it (was: lossily, so the line failed -c).
+    let flat = run_in(&[OsStr::new("digest"), OsStr::new("--flat"), name]);
+    assert!(flat.status.success());
+    let hex =
+        vram_residency::compute_digest(b"latin-1 name", vram_residency::DigestAlgorithm::Sha256);
+    let want = [hex.to_hex().as_bytes(), b"  caf\xe9.bin\n"].concat();
+    assert_eq!(flat.stdout, want);
+    if let Some(reference) = Command::new("sha256sum")
+        .current_dir(dir.path())
+        .arg(name)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+    {
+        assert_eq!(flat.stdout, reference.stdout);
+    }
+    // Its own output and a tree manifest check (was: the manifest refused whole).
+    std::fs::write(dir.path().join("flat.sha256"), &flat.stdout).unwrap();
+    let tree = run_in(&[OsStr::new("digest"), name]);
+    std::fs::write(dir.path().join("tree.manifest"), &tree.stdout).unwrap();
+    for manifest in ["flat.sha256", "tree.manifest"] {
+        let ok = run_in(&[OsStr::new("digest"), OsStr::new("-c"), OsStr::new(manifest)]);
+        assert_eq!(
+            ok.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        assert_eq!(ok.stdout, b"caf\xe9.bin: OK\n");
+    }
+    if let Some(reference) = Command::new("sha256sum")
+        .current_dir(dir.path())
+        .args(["-c", "flat.sha256"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+    {
+        assert_eq!(reference.stdout, b"caf\xe9.bin: OK\n");
+    }
+    // And seal reads such a manifest (was: refused whole): the name leads to the file, whose
+    // bytes are sealed and compared (a wrong digest here, so that the command ends).
+    let wrong = [&b"ab".repeat(32)[..], b"  caf\xe9.bin\n"].concat();
+    std::fs::write(dir.path().join("wrong.sha256"), wrong).unwrap();
+    let sealed = vramctl()
+        .current_dir(dir.path())
+        .args(["--backend", "mock", "seal", "--manifest", "wrong.sha256"])
+        .output()
+        .unwrap();
+    assert_eq!(sealed.status.code(), Some(1));
+    assert!(
+        stderr_one_line(&sealed).contains("differs from the manifest"),
+        "{}",
+        stderr_one_line(&sealed)
+    );
+}
+
+#[test]
 fn digests_stand_alone_and_manifests_check_like_sha256sum() {
     let dir = TempDir::new().unwrap();
     let abc = write(&dir, "abc.bin", b"abc");

@@ -9,6 +9,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
@@ -38,8 +39,7 @@ pub(crate) fn digest_file(
     out: Output,
 ) -> CliResult<ShardDigest> {
     let (file, len) = open_model(path)?;
-    let source = FileSource::new(file)
-        .map_err(|e| CliError::file(path, &format!("cannot be read ({e})"), "check the file"))?;
+    let source = FileSource::new(file).map_err(|e| crate::files::io_error(path, &e))?;
     let bar = out.progress(len, "hashing");
     let digest = digest_source(
         &ProgressSource {
@@ -96,7 +96,7 @@ pub(crate) fn run(out: Output, args: &DigestArgs) -> CliResult<Exit> {
     for file in &files {
         let digest = digest_named(file, alg, out)?;
         let name = file.to_string_lossy();
-        out.result(checksum_line(alg, &digest, &name));
+        out.result_bytes(&checksum_line(alg, &digest, file.as_os_str().as_bytes()));
         out.json(&json!({ "file": name, "algorithm": alg.to_string(), "digest": digest.to_hex(), "tagged": tagged(alg, &digest) }));
     }
     Ok(Exit::Ok)
@@ -116,8 +116,7 @@ fn digest_tensors(out: Output, path: &Path, alg: DigestAlgorithm) -> CliResult<(
                 "digest it without --tensors",
             )
         })?;
-    let source = FileSource::new(file)
-        .map_err(|e| CliError::file(path, &format!("cannot be read ({e})"), "check the file"))?;
+    let source = FileSource::new(file).map_err(|e| crate::files::io_error(path, &e))?;
     let mut entries = Vec::with_capacity(table.len());
     for t in table {
         let range = TensorBytes {
@@ -146,18 +145,14 @@ fn digest_tensors(out: Output, path: &Path, alg: DigestAlgorithm) -> CliResult<(
     })?;
     let file_name = path.to_string_lossy();
     for e in &entries {
-        out.result(checksum_line(
-            alg,
-            &e.digest,
-            &format!("{file_name}#{}", e.name),
-        ));
+        let name = [path.as_os_str().as_bytes(), b"#", e.name.as_bytes()].concat();
+        out.result_bytes(&checksum_line(alg, &e.digest, &name));
     }
-    let (escaped, shown) = escape_name(&file_name);
-    out.result(format!(
-        "{}{TAG}:{}  {shown}",
-        if escaped { "\\" } else { "" },
-        model.to_hex()
-    ));
+    let (escaped, shown) = escape_name(path.as_os_str().as_bytes());
+    let mut model_line = if escaped { b"\\".to_vec() } else { Vec::new() };
+    model_line.extend_from_slice(format!("{TAG}:{}  ", model.to_hex()).as_bytes());
+    model_line.extend_from_slice(&shown);
+    out.result_bytes(&model_line);
     out.json(&json!({
         "file": file_name,
         "model_digest": format!("{TAG}:{}", model.to_hex()),
@@ -196,7 +191,7 @@ const MAX_LINE_BYTES: u64 = 64 * 1024;
 /// The next line of a manifest, without its line break; `None` at the end. A line longer than
 /// [`MAX_LINE_BYTES`] (`/dev/zero`, a model file given by mistake) is refused before it is
 /// held in memory.
-fn next_line(reader: &mut dyn BufRead, manifest: &Path, number: u64) -> CliResult<Option<String>> {
+fn next_line(reader: &mut dyn BufRead, manifest: &Path, number: u64) -> CliResult<Option<Vec<u8>>> {
     let mut buf = Vec::new();
     reader
         .take(MAX_LINE_BYTES.saturating_add(1))
@@ -220,13 +215,8 @@ fn next_line(reader: &mut dyn BufRead, manifest: &Path, number: u64) -> CliResul
             "give a manifest (`vramctl digest` or `sha256sum` lines), not a model or a device",
         ));
     }
-    String::from_utf8(buf).map(Some).map_err(|_| {
-        CliError::file(
-            manifest,
-            &format!("line {number} is not UTF-8"),
-            "give a text manifest",
-        )
-    })
+    // Names are bytes, UTF-8 or not, as coreutils reads them.
+    Ok(Some(buf))
 }
 
 /// `--check MANIFEST`: verifies every line as `sha256sum -c` does: `NAME: OK`, `NAME: FAILED`
@@ -250,8 +240,9 @@ fn check(out: Output, manifest: &Path, strict: bool) -> CliResult<Exit> {
         let Some(line) = next_line(&mut reader, manifest, number)? else {
             break;
         };
-        let Some((alg, want, name)) = parse_line(line.trim_end_matches('\r')) else {
-            if !line.trim().is_empty() {
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        let Some((alg, want, name)) = parse_line(line) else {
+            if !line.iter().all(u8::is_ascii_whitespace) {
                 malformed = malformed.saturating_add(1);
                 output::warn(&format!(
                     "vramctl: {}: {number}: improperly formatted checksum line",
@@ -262,15 +253,15 @@ fn check(out: Output, manifest: &Path, strict: bool) -> CliResult<Exit> {
             }
             continue;
         };
-        // As coreutils 9 prints a checked name: escaped (with a leading `\`) only when it holds
-        // a line break, which would otherwise forge a result line.
-        let shown = if name.contains('\n') {
-            format!("\\{}", escape_name(&name).1)
-        } else {
-            name.clone()
-        };
+        // As coreutils 9 prints a checked name: its bytes, escaped (with a leading `\`) only
+        // when it holds a line break, which would otherwise forge a result line.
+        let mut shown = name.clone();
+        if name.contains(&b'\n') {
+            shown = [&b"\\"[..], &escape_name(&name).1].concat();
+        }
+        let path = Path::new(std::ffi::OsStr::from_bytes(&name));
         let verdict = match digest_named(
-            Path::new(&name),
+            path,
             alg,
             Output {
                 json: true,
@@ -291,8 +282,8 @@ fn check(out: Output, manifest: &Path, strict: bool) -> CliResult<Exit> {
                 "FAILED open or read"
             }
         };
-        out.result(format!("{shown}: {verdict}"));
-        out.json(&json!({ "line": number, "file": name, "algorithm": alg.to_string(), "result": verdict }));
+        out.result_bytes(&[&shown[..], b": ", verdict.as_bytes()].concat());
+        out.json(&json!({ "line": number, "file": path.to_string_lossy(), "algorithm": alg.to_string(), "result": verdict }));
     }
     let warn = |n: u64, one: &str, many: &str| {
         if n > 0 {

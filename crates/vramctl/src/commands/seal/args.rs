@@ -145,7 +145,7 @@ fn outside(manifest: &Path, entry: &str) -> CliError {
 
 /// Every line of a manifest, names taken from its directory; one bad line refuses it whole.
 fn read_manifest(path: &Path) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
-    let text = files::read_manifest_text(path)?;
+    let text = files::read_manifest(path)?;
     let base = path.parent().unwrap_or_else(|| Path::new(""));
     let entries = manifest::parse_manifest(&text, base).map_err(|e| match e {
         ManifestError::Malformed { line } => CliError::bad_input(format!(
@@ -193,8 +193,7 @@ fn open(path: PathBuf, expected: Option<Expected>) -> CliResult<SealFile> {
     let format = recognise(&path, &head, len)
         .map_err(|e| CliError::file(&path, &e.to_string(), "use an intact model file"))?;
     // Named, so the library reads the sealed file's tensor table from VRAM by the same rule.
-    let source = FileSource::with_path(file, &path)
-        .map_err(|e| CliError::file(&path, &format!("cannot be read ({e})"), "check the file"))?;
+    let source = FileSource::with_path(file, &path).map_err(|e| files::io_error(&path, &e))?;
     Ok(SealFile {
         path,
         source,
