@@ -971,6 +971,41 @@ fn a_full_disk_under_the_audit_log_is_exit_4_not_silence() {
 }
 
 #[test]
+fn too_many_open_files_names_the_open_file_limit() {
+    let dir = TempDir::new().unwrap();
+    write(&dir, "x.bin", b"x");
+    let manifest = vramctl()
+        .current_dir(dir.path())
+        .args(["digest", "x.bin"])
+        .output()
+        .unwrap();
+    std::fs::write(dir.path().join("m.manifest"), &manifest.stdout).unwrap();
+    // Four descriptors: the standard three and the manifest; the listed file gets EMFILE.
+    let bin = cargo_bin("vramctl");
+    let out = Command::new("sh")
+        .current_dir(dir.path())
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 4 && exec '{}' digest -c m.manifest",
+            bin.display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("error while loading shared libraries") {
+        eprintln!("skipped: this system's loader needs more than four descriptors: {err}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.stdout, b"x.bin: FAILED open or read\n");
+    // Was: "cannot be read (Too many open files ...); check the file".
+    assert!(
+        err.contains("raise the open-file limit (`ulimit -n`, or LimitNOFILE="),
+        "{err}"
+    );
+}
+
+#[test]
 fn names_that_are_not_utf8_round_trip_as_with_sha256sum() {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
