@@ -11,6 +11,7 @@ mod cli;
 mod commands;
 mod error;
 mod files;
+mod host_memory;
 mod keys;
 mod metrics_server;
 mod notify;

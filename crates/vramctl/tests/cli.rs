@@ -971,6 +971,44 @@ fn a_full_disk_under_the_audit_log_is_exit_4_not_silence() {
 }
 
 #[test]
+fn bench_skips_a_size_the_host_memory_cannot_hold_before_allocating() {
+    // 90 GB on the mock takes 270 GB of host memory at its peak (sample, simulated VRAM, the
+    // naive path's copies); with overcommit it used to be allocated and the process killed.
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kib| kib * 1024);
+    if available.is_none_or(|a| a > 270_000_000_000) {
+        eprintln!("skipped: this machine could hold the run ({available:?} bytes available)");
+        return;
+    }
+    let out = vramctl()
+        .args([
+            "--backend",
+            "mock",
+            "--mock-capacity",
+            "200GB",
+            "bench",
+            "--size",
+            "1MiB,90GB",
+        ])
+        .timeout(Duration::from_secs(60))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("skipping 83.82 GiB: needs 251.46 GiB of host memory (3 copies at its peak)"),
+        "{text}"
+    );
+    assert!(text.contains(" 1.00 MiB |"), "{text}");
+}
+
+#[test]
 fn too_many_open_files_names_the_open_file_limit() {
     let dir = TempDir::new().unwrap();
     write(&dir, "x.bin", b"x");

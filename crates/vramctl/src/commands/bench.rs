@@ -125,6 +125,24 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &BenchArgs) -> CliRe
             ));
             continue;
         }
+        // Host memory the size needs at its peak: the sample and the naive path's read-back
+        // buffer, and on the mock the simulated VRAM too. Checked first: with overcommit an
+        // allocation beyond it succeeds and the process is killed later, filling it.
+        let copies: u64 = if m.backend_kind() == BackendKind::Cuda {
+            2
+        } else {
+            3
+        };
+        let host_need = (size as u64).saturating_mul(copies);
+        if let Some(host) = crate::host_memory::available().filter(|h| host_need > *h) {
+            out.line(format!(
+                "skipping {}: needs {} of host memory ({copies} copies at its peak), {} available",
+                human_bytes(size as u64),
+                human_bytes(host_need),
+                human_bytes(host)
+            ));
+            continue;
+        }
         let data = sample(size)?;
         // Ours: best of 3. The naive path: best of 3 up to 256 MiB, once above (it takes
         // seconds per GiB).
