@@ -24,6 +24,9 @@ def tree_digest(data, leaf):
 def digest(data, alg):
     if alg == "sha256":
         return hashlib.sha256(data).hexdigest()
+    if alg == "blake3":
+        import blake3  # the reference implementation's Python binding (PyPI `blake3`)
+        return blake3.blake3(data).hexdigest()
     return tree_digest(data, int(alg.rsplit("-", 1)[1]))
 
 # (name, input description, bytes, algorithm)
@@ -39,6 +42,19 @@ DIGEST_CASES = [
     ("seven-leaves", "pattern 28000", pattern(28000), "sha256-tree-4096"),
     ("mib-plus-one", "pattern 1048577", pattern(1048577), "sha256-tree-65536"),
     ("mib-plus-one-flat", "pattern 1048577", pattern(1048577), "sha256"),
+    # BLAKE3 at every size that exercises its tree of 1 KiB chunks (the input is the official
+    # test vectors' own: byte i is i % 251).
+    ("blake3-empty", "empty", b"", "blake3"),
+    ("blake3-one", "pattern 1", pattern(1), "blake3"),
+    ("blake3-block", "pattern 64", pattern(64), "blake3"),
+    ("blake3-chunk-less-one", "pattern 1023", pattern(1023), "blake3"),
+    ("blake3-chunk", "pattern 1024", pattern(1024), "blake3"),
+    ("blake3-chunk-plus-one", "pattern 1025", pattern(1025), "blake3"),
+    ("blake3-two-chunks", "pattern 2048", pattern(2048), "blake3"),
+    ("blake3-three-chunks-plus-one", "pattern 3073", pattern(3073), "blake3"),
+    ("blake3-seven-chunks", "pattern 7168", pattern(7168), "blake3"),
+    ("blake3-mib", "pattern 1048576", pattern(1048576), "blake3"),
+    ("blake3-mib-plus-one", "pattern 1048577", pattern(1048577), "blake3"),
 ]
 
 def seal_encoding(f):
@@ -63,6 +79,9 @@ SEAL_CASES = [
                    sealed_at=None, shard_index=1, total_shards=4)),
     ("flat", dict(shard_id="m", gpu_device=1, vram_bytes=3, digest_algorithm="sha256",
                   digest=digest(b"abc", "sha256"), sealed_at=(0, 0), shard_index=0, total_shards=1)),
+    ("blake3", dict(shard_id="model.safetensors", gpu_device=0, vram_bytes=1048577,
+                    digest_algorithm="blake3", digest=digest(pattern(1048577), "blake3"),
+                    sealed_at=(1700000000, 0), shard_index=None, total_shards=None)),
 ]
 
 def hkdf(ikm, salt, info, n=32):
@@ -226,6 +245,10 @@ GROUP_CASES = [
         (1, 3, "sha256", digest(b"abc", "sha256")),
         (7, 4097, "sha256-tree-4096", digest(pattern(4097), "sha256-tree-4096")),
     ]),
+    ("blake3-shards", "llama-70b:tp@2", [
+        (0, 1025, "blake3", digest(pattern(1025), "blake3")),
+        (1, 3, "blake3", digest(b"abc", "blake3")),
+    ]),
 ]
 
 def model_encoding(tensors):
@@ -249,6 +272,10 @@ MODEL_CASES = [
         tensor("model.layers.0.mlp.up_proj.weight", "BF16", [4096, 1], pattern(8192), "sha256-tree-4096"),
         tensor("lm_head.weight", "Q4_K", [256, 2], pattern(288), "sha256"),
         tensor("\u00e9mbed", "F16", [], pattern(2), "sha256-tree-65536"),
+    ]),
+    ("blake3-tensors", [
+        tensor("w", "BF16", [512, 2], pattern(2048), "blake3"),
+        tensor("b", "F32", [3], pattern(12), "blake3"),
     ]),
 ]
 

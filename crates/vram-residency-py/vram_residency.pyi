@@ -130,7 +130,8 @@ class Manager:
     The seal key and the audit log's signing key derive from the worker token (`token_file`,
     else `$VRAM_WORKER_TOKEN`) and `worker_id`, as `vramctl` derives them. `backend="mock"`
     keeps "device" bytes in host memory and takes NumPy arrays: for tests only. A CUDA manager
-    checks the VRAM-only policy when it is built."""
+    checks the VRAM-only policy when it is built. `algorithm` is the digest every seal uses:
+    `sha256-tree-65536` (default), `sha256-tree-<leaf bytes>`, `sha256` or `blake3`."""
 
     def __init__(
         self,
@@ -139,6 +140,7 @@ class Manager:
         token_file: str | os.PathLike[str] | None = None,
         audit_log: str | os.PathLike[str] | None = None,
         audit_failure: Literal["fail_closed", "continue"] = "fail_closed",
+        algorithm: str = "sha256-tree-65536",
         backend: Literal["cuda", "mock"] = "cuda",
         mock_capacity: int = 1 << 30,
     ) -> None: ...

@@ -456,8 +456,10 @@ const VECTOR_FILES: &[(&str, &str)] = &[
 
 fn vectors() -> Result<(), DynError> {
     let root = project_root();
+    // The environment has the reference implementations the vectors need (`blake3`).
+    let python = python::environment()?;
     for (kind, file) in VECTOR_FILES {
-        let out = Command::new("python3")
+        let out = Command::new(&python)
             .arg(root.join(".specs/reference/vectors.py"))
             .arg(kind)
             .output()?;

@@ -12,26 +12,42 @@ use crate::{DynError, command, project_root, run};
 
 const PACKAGE: &str = "crates/vram-residency-py";
 const VENV: &str = "target/python-ci";
-/// The build and test tools, pinned (from the Python package registry).
+/// The build and test tools, and the reference implementations the format vectors are
+/// checked against, pinned (from the Python package registry).
 const TOOLS: &[&str] = &[
     "maturin==1.9.6",
     "pytest==9.2.0",
     "numpy==2.4.6",
     "mypy==2.4.1",
+    "blake3==1.0.11",
 ];
 
-pub(crate) fn check() -> Result<(), DynError> {
-    let root = project_root();
-    let venv = root.join(VENV);
+/// The virtual environment's interpreter, with [`TOOLS`] installed (once per run of xtask).
+pub(crate) fn environment() -> Result<PathBuf, DynError> {
+    static READY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    if let Some(python) = READY.get() {
+        return Ok(python.clone());
+    }
+    let venv = project_root().join(VENV);
     let python = venv.join("bin/python");
     if !python.exists() {
         let mut create = command("python3");
         create.args(["-m", "venv"]).arg(&venv);
-        run("python: a virtual environment for the package", create)?;
+        run("python: a virtual environment (target/python-ci)", create)?;
     }
     let mut tools = pip(&python);
     tools.args(TOOLS);
-    run("python: build and test tools (pip)", tools)?;
+    run(
+        "python: build and test tools, reference implementations (pip)",
+        tools,
+    )?;
+    Ok(READY.get_or_init(|| python).clone())
+}
+
+pub(crate) fn check() -> Result<(), DynError> {
+    let root = project_root();
+    let venv = root.join(VENV);
+    let python = environment()?;
 
     // Built as `pip install` builds it, with the maturin installed above; the dev profile
     // reuses what the Rust tests compiled.

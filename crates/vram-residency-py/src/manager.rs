@@ -11,8 +11,8 @@ use vram_residency::audit::{AuditLogOptions, AuditSink, FileAuditSink, InMemoryA
 use vram_residency::model::TAG;
 use vram_residency::token::read_token_file;
 use vram_residency::{
-    AuditFailurePolicy, EngineTensor, GpuShare, MockBackend, ScrubOptions, SealKey, ShardDigest,
-    VramConfig, VramError, VramManager,
+    AuditFailurePolicy, DigestAlgorithm, EngineTensor, GpuShare, MockBackend, ScrubOptions,
+    SealKey, ShardDigest, VramConfig, VramError, VramManager,
 };
 use zeroize::Zeroizing;
 
@@ -35,16 +35,19 @@ pub(crate) struct Manager {
 #[pymethods]
 impl Manager {
     #[new]
-    #[pyo3(signature = (worker_id, *, token_file=None, audit_log=None, audit_failure="fail_closed", backend="cuda", mock_capacity=1 << 30))]
+    #[pyo3(signature = (worker_id, *, token_file=None, audit_log=None, audit_failure="fail_closed", algorithm="sha256-tree-65536", backend="cuda", mock_capacity=1 << 30))]
+    #[expect(clippy::too_many_arguments, reason = "Python keyword arguments")]
     fn new(
         py: Python<'_>,
         worker_id: &str,
         token_file: Option<PathBuf>,
         audit_log: Option<PathBuf>,
         audit_failure: &str,
+        algorithm: &str,
         backend: &str,
         mock_capacity: usize,
     ) -> PyResult<Self> {
+        let digest_algorithm: DigestAlgorithm = algorithm.parse().map_err(|e| to_py(&e))?;
         let token = worker_token(py, token_file)?;
         let key =
             || -> PyResult<SealKey> { SealKey::derive(&token, worker_id).map_err(|e| to_py(&e)) };
@@ -84,6 +87,7 @@ impl Manager {
             .config(VramConfig {
                 worker_id: worker_id.to_owned(),
                 audit_failure_policy,
+                digest_algorithm,
                 ..VramConfig::default()
             })
             .seal_key(key()?)

@@ -222,9 +222,32 @@ def test_token_file_and_audit_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         vr.Manager(WORKER, backend="gpu-or-ram")  # type: ignore[arg-type]
 
 
+def test_blake3_models_match_the_blake3_package(
+    token_env: bytes, reference: ModuleType
+) -> None:
+    import blake3
+
+    manager = vr.Manager(WORKER, backend="mock", algorithm="blake3")
+    w = weights()
+    sealed = manager.seal(w, model_id="tiny")
+    for name, array in w.items():
+        assert sealed.tensors[name].digest == "blake3:" + blake3.blake3(array.tobytes()).hexdigest()
+    entries = [
+        reference.tensor(name, sealed.tensors[name].dtype, list(a.shape), a.tobytes(), "blake3")
+        for name, a in w.items()
+    ]
+    assert sealed.digest == "vram-model-v1:" + hashlib.sha256(reference.model_encoding(entries)).hexdigest()
+    w["lm_head.weight"][0] ^= 1
+    with pytest.raises(vr.IntegrityError):
+        manager.verify(sealed)
+    with pytest.raises(vr.BadInput):
+        vr.Manager(WORKER, backend="mock", algorithm="md5")
+
+
 def test_digest_matches_the_reference(reference: ModuleType) -> None:
     data = bytes(range(256)) * 1000
     assert vr.digest(data, algorithm="sha256") == hashlib.sha256(data).hexdigest()
+    assert vr.digest(data, algorithm="blake3") == "blake3:" + reference.digest(data, "blake3")
     for alg in ("sha256-tree-4096", "sha256-tree-65536"):
         assert vr.digest(data, algorithm=alg) == f"{alg}:{reference.digest(data, alg)}"
     with pytest.raises(vr.BadInput):

@@ -223,9 +223,25 @@ fn own_digest_vectors() {
             want,
             "vector #{i} {name} (streaming)"
         );
+        let mut h = DigestHasher::new(alg);
+        for piece in data.chunks(300_000) {
+            h.update_parallel(piece);
+        }
+        assert_eq!(
+            h.finalize().to_hex(),
+            want,
+            "vector #{i} {name} (parallel pieces)"
+        );
+        assert_eq!(
+            vram_seal::digest::digest_source(&data.as_slice(), alg)
+                .unwrap()
+                .to_hex(),
+            want,
+            "vector #{i} {name} (source)"
+        );
         n += 1;
     }
-    assert_eq!(n, 11);
+    assert_eq!(n, 22);
 }
 
 fn parse_seal_vectors() -> Vec<(String, SealedFields, Vec<u8>, String)> {
@@ -271,7 +287,7 @@ fn parse_seal_vectors() -> Vec<(String, SealedFields, Vec<u8>, String)> {
 fn own_seal_vectors() {
     let key = SealKey::from_bytes(&(0u8..32).collect::<Vec<_>>()).unwrap();
     let vectors = parse_seal_vectors();
-    assert_eq!(vectors.len(), 3);
+    assert_eq!(vectors.len(), 4);
     for (name, fields, encoding, seal) in vectors {
         assert_eq!(
             encode_sealed_fields(&fields).unwrap(),

@@ -51,7 +51,7 @@ fn vectors() -> Vec<(Vec<TensorEntry>, Vec<u8>, String)> {
 #[test]
 fn encodings_and_digests_match_the_reference() {
     let vectors = vectors();
-    assert_eq!(vectors.len(), 2);
+    assert_eq!(vectors.len(), 3);
     for (tensors, encoding, digest) in vectors {
         assert_eq!(encode_model(&tensors).unwrap(), encoding);
         assert_eq!(model_digest(&tensors).unwrap().to_hex(), digest);

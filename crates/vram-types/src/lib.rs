@@ -44,7 +44,7 @@ pub mod validation;
 mod vram_config;
 
 pub use digest_algorithm::{
-    DEFAULT_LEAF_BYTES, DigestAlgorithm, LeafSize, MAX_LEAF_BYTES, MIN_LEAF_BYTES,
+    DEFAULT_LEAF_BYTES, DigestAlgorithm, DigestKind, LeafSize, MAX_LEAF_BYTES, MIN_LEAF_BYTES,
 };
 pub use error::{CUDA_ERROR_OUT_OF_MEMORY, KeyProblem, Result, SealFailure, VramError};
 pub use gpu_share::{DEFAULT_BACKGROUND_SM_FRACTION, GpuShare};

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use vram_residency::DigestAlgorithm;
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -88,14 +89,20 @@ pub(crate) struct DigestArgs {
     /// Files to hash (`-` or none: standard input).
     pub(crate) files: Vec<PathBuf>,
     /// Flat SHA-256 (as `sha256sum` and Hugging Face LFS oids) instead of the tree digest.
-    #[arg(long, conflicts_with = "leaf")]
+    #[arg(long, conflicts_with_all = ["leaf", "algorithm"])]
     pub(crate) flat: bool,
+    /// The algorithm by its id: `sha256-tree-65536` (default), `sha256-tree-<leaf bytes>`,
+    /// `sha256` (as --flat) or `blake3` (lines exactly as `b3sum` writes them). With --check:
+    /// how a bare hex digest is read (default `sha256`, as `sha256sum -c`; `blake3` for a
+    /// `b3sum` manifest).
+    #[arg(long, value_name = "ALG", conflicts_with = "leaf", value_parser = parse_algorithm)]
+    pub(crate) algorithm: Option<DigestAlgorithm>,
     /// Tree leaf size with units (a power of two from 4KiB to 16MiB; default 64KiB).
     #[arg(long, value_parser = parse_bytes)]
     pub(crate) leaf: Option<u64>,
     /// Check every line of a manifest (`DIGEST  FILE`, as this command or `sha256sum` writes
     /// it; `-` for standard input): prints `FILE: OK` or `FILE: FAILED`, exit 1 on any failure.
-    #[arg(long, short = 'c', value_name = "MANIFEST", conflicts_with_all = ["files", "flat", "leaf"])]
+    #[arg(long, short = 'c', value_name = "MANIFEST", conflicts_with_all = ["files", "flat", "leaf", "tensors"])]
     pub(crate) check: Option<PathBuf>,
     /// With --check: an improperly formatted line fails the check (exit 1), as in
     /// `sha256sum --strict`; without it such lines are skipped with a warning.
@@ -106,6 +113,12 @@ pub(crate) struct DigestArgs {
     /// `.specs/model-digest.md`): what an engine's tensors sealed in VRAM must hash to.
     #[arg(long, requires = "files")]
     pub(crate) tensors: bool,
+}
+
+/// A digest algorithm id.
+fn parse_algorithm(text: &str) -> Result<DigestAlgorithm, String> {
+    text.parse()
+        .map_err(|e: vram_residency::VramError| format!("--algorithm: {e}"))
 }
 
 /// A whole number of seconds, at least 1.

@@ -44,7 +44,8 @@ pub fn unescape_name(name: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// `DIGEST  NAME` (or `\DIGEST  NAME` when the name is escaped), as bytes: a name that is not
-/// UTF-8 is written as it is, as `sha256sum` writes it.
+/// UTF-8 is written as it is. Flat SHA-256 and BLAKE3 digests are bare hex, exactly as
+/// `sha256sum` and `b3sum` write their lines; a tree digest carries its algorithm.
 #[must_use]
 pub fn checksum_line(alg: DigestAlgorithm, digest: &ShardDigest, name: &[u8]) -> Vec<u8> {
     let (escaped, name) = escape_name(name);
@@ -52,16 +53,24 @@ pub fn checksum_line(alg: DigestAlgorithm, digest: &ShardDigest, name: &[u8]) ->
     if escaped {
         line.push(b'\\');
     }
-    line.extend_from_slice(tagged(alg, digest).as_bytes());
+    let shown = match alg {
+        DigestAlgorithm::Blake3 => digest.to_hex(),
+        other => tagged(other, digest),
+    };
+    line.extend_from_slice(shown.as_bytes());
     line.extend_from_slice(b"  ");
     line.extend_from_slice(&name);
     line
 }
 
 /// One manifest line: `[\]DIGEST  NAME` or `[\]DIGEST *NAME`; the name is any bytes (as
-/// coreutils reads them), the digest ASCII.
+/// coreutils reads them), the digest ASCII: `ALG:HEX`, or bare hex read as `bare` (flat
+/// SHA-256 for `sha256sum` manifests, BLAKE3 for `b3sum` ones).
 #[must_use]
-pub fn parse_line(line: &[u8]) -> Option<(DigestAlgorithm, ShardDigest, Vec<u8>)> {
+pub fn parse_line(
+    line: &[u8],
+    bare: DigestAlgorithm,
+) -> Option<(DigestAlgorithm, ShardDigest, Vec<u8>)> {
     let (escaped, line) = match line.strip_prefix(b"\\") {
         Some(rest) => (true, rest),
         None => (false, line),
@@ -69,7 +78,7 @@ pub fn parse_line(line: &[u8]) -> Option<(DigestAlgorithm, ShardDigest, Vec<u8>)
     let at = line.windows(2).position(|w| w == b"  " || w == b" *")?;
     let digest = std::str::from_utf8(line.get(..at)?).ok()?;
     let name = line.get(at.checked_add(2)?..)?;
-    let (alg, digest) = parse_tagged(digest, DigestAlgorithm::Sha256)?;
+    let (alg, digest) = parse_tagged(digest, bare)?;
     let name = if escaped {
         unescape_name(name)?
     } else {
@@ -110,7 +119,8 @@ pub enum ManifestError {
     },
 }
 
-/// Every line of a manifest (`sha256sum` or `vramctl digest` lines; blank lines and a CR
+/// Every line of a manifest (`sha256sum` or `vramctl digest` lines, bare hex read as flat
+/// SHA-256, `blake3:HEX` for BLAKE3; blank lines and a CR
 /// before the line break are ignored; names are bytes, UTF-8 or not, as coreutils reads them), names taken from `base`, the manifest's directory.
 /// A line that is not a checksum line refuses the whole manifest: a manifest sealed in part
 /// would serve a model with shards missing.
@@ -130,8 +140,8 @@ pub fn parse_manifest(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let (algorithm, digest, name) =
-            parse_line(line).ok_or(ManifestError::Malformed { line: number })?;
+        let (algorithm, digest, name) = parse_line(line, DigestAlgorithm::Sha256)
+            .ok_or(ManifestError::Malformed { line: number })?;
         let name = std::path::Path::new(std::ffi::OsStr::from_bytes(&name));
         let leaves = name.is_absolute()
             || name
@@ -199,7 +209,7 @@ mod tests {
         want.extend_from_slice(format!("{}  caf", "cd".repeat(32)).as_bytes());
         want.extend_from_slice(b"\xe9\\n\\\\x.bin");
         assert_eq!(line, want);
-        assert_eq!(parse_line(&line), Some((alg, digest, name.to_vec())));
+        assert_eq!(parse_line(&line, alg), Some((alg, digest, name.to_vec())));
         let text = [&checksum_line(alg, &digest, b"a\xff.bin")[..], b"\n"].concat();
         let entries = parse_manifest(&text, Path::new("m")).unwrap();
         use std::os::unix::ffi::OsStrExt;

@@ -1009,6 +1009,62 @@ fn bench_skips_a_size_the_host_memory_cannot_hold_before_allocating() {
 }
 
 #[test]
+fn blake3_lines_are_b3sums_and_seal_checks_blake3_expectations() {
+    let dir = TempDir::new().unwrap();
+    write(&dir, "abc.bin", b"abc");
+    write(&dir, "big.bin", &pattern(1_048_577));
+    // BLAKE3("abc") and BLAKE3(pattern:1048577), from the reference implementation.
+    let abc = "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85";
+    let big = include_str!("../../vram-seal/tests/data/digest_vectors.txt")
+        .lines()
+        .find_map(|l| l.strip_prefix("blake3-mib-plus-one pattern:1048577 blake3 "))
+        .unwrap()
+        .to_owned();
+    let run_in = |args: &[&str]| {
+        vramctl()
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run_in(&["digest", "--algorithm", "blake3", "abc.bin", "big.bin"]);
+    assert!(out.status.success());
+    let want = format!("{abc}  abc.bin\n{big}  big.bin\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+    if let Some(b3sum) = Command::new("b3sum")
+        .current_dir(dir.path())
+        .args(["abc.bin", "big.bin"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+    {
+        assert_eq!(out.stdout, b3sum.stdout, "byte for byte as b3sum");
+    }
+    // A b3sum manifest checks with --algorithm blake3 (bare hex is SHA-256 otherwise).
+    std::fs::write(dir.path().join("m.b3"), &out.stdout).unwrap();
+    let ok = run_in(&["digest", "-c", "m.b3", "--algorithm", "blake3"]);
+    assert_eq!(ok.status.code(), Some(0));
+    assert_eq!(ok.stdout, b"abc.bin: OK\nbig.bin: OK\n");
+    let as_sha = run_in(&["digest", "-c", "m.b3"]);
+    assert_eq!(as_sha.status.code(), Some(1));
+    // --expect blake3:HEX: checked on the bytes sealed; a wrong one releases and names both.
+    let wrong = run_in(&[
+        "--backend",
+        "mock",
+        "seal",
+        "--expect",
+        &format!("blake3:{}", "ab".repeat(32)),
+        "big.bin",
+    ]);
+    assert_eq!(wrong.status.code(), Some(1));
+    let err = stderr_one_line(&wrong);
+    assert!(
+        err.contains(&format!("digest blake3:{big} differs")),
+        "{err}"
+    );
+}
+
+#[test]
 fn too_many_open_files_names_the_open_file_limit() {
     let dir = TempDir::new().unwrap();
     write(&dir, "x.bin", b"x");

@@ -1,4 +1,4 @@
-//! Shard digests: the tree digest (default) and flat SHA-256.
+//! Shard digests: the SHA-256 tree digest (default), flat SHA-256 and BLAKE3.
 //!
 //! Format, invariants and test vectors: `.specs/digest.md`. Three ways to compute the same
 //! value: [`digest`] (one shot, leaves hashed in parallel with rayon), [`DigestHasher`]
@@ -10,7 +10,7 @@ mod flat;
 mod shard_digest;
 pub mod tree;
 
-use vram_types::{DigestAlgorithm, LeafSize, ShardSource, VramError};
+use vram_types::{DigestAlgorithm, DigestKind, LeafSize, ShardSource, VramError};
 
 pub use shard_digest::{ShardDigest, parse_tagged, tagged};
 pub use tree::TreeHasher;
@@ -20,9 +20,14 @@ use flat::FlatHasher;
 /// Digest of `bytes`, leaves hashed in parallel for the tree algorithm.
 #[must_use]
 pub fn digest(bytes: &[u8], algorithm: DigestAlgorithm) -> ShardDigest {
-    match algorithm.leaf_size() {
-        None => flat::sha256(bytes),
-        Some(leaf) => tree::digest_parallel(bytes, leaf),
+    match algorithm.kind() {
+        DigestKind::Sha256 => flat::sha256(bytes),
+        DigestKind::Sha256Tree(leaf) => tree::digest_parallel(bytes, leaf),
+        DigestKind::Blake3 => {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_rayon(bytes);
+            ShardDigest::from_bytes(*hasher.finalize().as_bytes())
+        }
     }
 }
 
@@ -53,9 +58,9 @@ pub fn digest_source(
     source: &dyn ShardSource,
     algorithm: DigestAlgorithm,
 ) -> Result<ShardDigest, VramError> {
-    match algorithm.leaf_size() {
-        Some(leaf) => tree_digest_source(source, leaf),
-        None => flat_digest_source(source),
+    match algorithm.kind() {
+        DigestKind::Sha256Tree(leaf) => tree_digest_source(source, leaf),
+        DigestKind::Sha256 | DigestKind::Blake3 => chained_digest_source(source, algorithm),
     }
 }
 
@@ -98,14 +103,19 @@ fn tree_digest_source(source: &dyn ShardSource, leaf: LeafSize) -> Result<ShardD
     Ok(hasher.finalize())
 }
 
-fn flat_digest_source(source: &dyn ShardSource) -> Result<ShardDigest, VramError> {
+/// Reads chunk after chunk on one thread while the previous one is hashed (BLAKE3 hashes each
+/// chunk on every core itself).
+fn chained_digest_source(
+    source: &dyn ShardSource,
+    algorithm: DigestAlgorithm,
+) -> Result<ShardDigest, VramError> {
     let len = source.len();
     let size = usize::try_from(len).map_or(SOURCE_CHUNK_BYTES, |l| l.min(SOURCE_CHUNK_BYTES));
     let chunk_at = |offset: u64| {
         usize::try_from(len.saturating_sub(offset)).map_or(size, |rest| rest.min(size))
     };
     let (mut current, mut next) = (chunk_buffer(size)?, chunk_buffer(size)?);
-    let mut hasher = DigestHasher::new(DigestAlgorithm::Sha256);
+    let mut hasher = DigestHasher::new(algorithm);
     let mut offset = 0u64;
     let mut n = chunk_at(0);
     source.fill(0, current.get_mut(..n).unwrap_or_default())?;
@@ -116,7 +126,7 @@ fn flat_digest_source(source: &dyn ShardSource) -> Result<ShardDigest, VramError
         let piece = current.get(..n).unwrap_or_default();
         let read = std::thread::scope(|scope| {
             let reader = scope.spawn(|| source.fill(next_offset, next_chunk));
-            hasher.update(piece);
+            hasher.update_parallel(piece);
             reader.join()
         });
         read.map_err(|_| VramError::Unreachable("a source's read_at panicked"))??;
@@ -143,15 +153,17 @@ pub struct DigestHasher(Inner);
 enum Inner {
     Flat(FlatHasher),
     Tree(TreeHasher),
+    Blake3(Box<blake3::Hasher>),
 }
 
 impl DigestHasher {
     /// A hasher for `algorithm`.
     #[must_use]
     pub fn new(algorithm: DigestAlgorithm) -> Self {
-        Self(match algorithm.leaf_size() {
-            None => Inner::Flat(FlatHasher::default()),
-            Some(leaf) => Inner::Tree(TreeHasher::new(leaf)),
+        Self(match algorithm.kind() {
+            DigestKind::Sha256 => Inner::Flat(FlatHasher::default()),
+            DigestKind::Sha256Tree(leaf) => Inner::Tree(TreeHasher::new(leaf)),
+            DigestKind::Blake3 => Inner::Blake3(Box::default()),
         })
     }
 
@@ -160,15 +172,22 @@ impl DigestHasher {
         match &mut self.0 {
             Inner::Flat(h) => h.update(piece),
             Inner::Tree(h) => h.update(piece),
+            Inner::Blake3(h) => {
+                h.update(piece);
+            }
         }
     }
 
-    /// Adds the next piece, hashing whole tree leaves in parallel (flat SHA-256 is serial by
-    /// nature). Same digest as [`Self::update`]; for large pieces, such as read-back chunks.
+    /// Adds the next piece, hashing whole tree leaves (BLAKE3's chunks) in parallel; flat
+    /// SHA-256 is serial by nature. Same digest as [`Self::update`]; for large pieces, such as
+    /// read-back chunks.
     pub fn update_parallel(&mut self, piece: &[u8]) {
         match &mut self.0 {
             Inner::Flat(h) => h.update(piece),
             Inner::Tree(h) => h.update_parallel(piece),
+            Inner::Blake3(h) => {
+                h.update_rayon(piece);
+            }
         }
     }
 
@@ -178,6 +197,7 @@ impl DigestHasher {
         match self.0 {
             Inner::Flat(h) => h.finalize(),
             Inner::Tree(h) => h.finalize(),
+            Inner::Blake3(h) => ShardDigest::from_bytes(*h.finalize().as_bytes()),
         }
     }
 }
@@ -187,6 +207,7 @@ impl std::fmt::Debug for DigestHasher {
         f.write_str(match self.0 {
             Inner::Flat(_) => "DigestHasher(sha256)",
             Inner::Tree(_) => "DigestHasher(sha256-tree)",
+            Inner::Blake3(_) => "DigestHasher(blake3)",
         })
     }
 }

@@ -32,6 +32,14 @@ pub(crate) fn algorithm(flat: bool, leaf: Option<u64>) -> CliResult<DigestAlgori
     }
 }
 
+/// The algorithm of `digest`'s arguments: `--algorithm`, else `--flat` / `--leaf`.
+fn chosen(args: &DigestArgs) -> CliResult<DigestAlgorithm> {
+    match args.algorithm {
+        Some(alg) => Ok(alg),
+        None => algorithm(args.flat, args.leaf),
+    }
+}
+
 /// Digest of a file: positioned reads overlapping with hashing, tree leaves in parallel.
 pub(crate) fn digest_file(
     path: &Path,
@@ -79,9 +87,10 @@ fn digest_named(name: &Path, alg: DigestAlgorithm, out: Output) -> CliResult<Sha
 
 pub(crate) fn run(out: Output, args: &DigestArgs) -> CliResult<Exit> {
     if let Some(manifest) = &args.check {
-        return check(out, manifest, args.strict);
+        let bare = args.algorithm.unwrap_or(DigestAlgorithm::Sha256);
+        return check(out, manifest, args.strict, bare);
     }
-    let alg = algorithm(args.flat, args.leaf)?;
+    let alg = chosen(args)?;
     if args.tensors {
         for file in &args.files {
             digest_tensors(out, file, alg)?;
@@ -221,7 +230,7 @@ fn next_line(reader: &mut dyn BufRead, manifest: &Path, number: u64) -> CliResul
 
 /// `--check MANIFEST`: verifies every line as `sha256sum -c` does: `NAME: OK`, `NAME: FAILED`
 /// or `NAME: FAILED open or read`, warnings on stderr, exit 1 if anything failed.
-fn check(out: Output, manifest: &Path, strict: bool) -> CliResult<Exit> {
+fn check(out: Output, manifest: &Path, strict: bool, bare: DigestAlgorithm) -> CliResult<Exit> {
     let reader: Box<dyn BufRead> = if manifest == Path::new("-") {
         Box::new(BufReader::new(std::io::stdin()))
     } else {
@@ -241,7 +250,7 @@ fn check(out: Output, manifest: &Path, strict: bool) -> CliResult<Exit> {
             break;
         };
         let line = line.strip_suffix(b"\r").unwrap_or(&line);
-        let Some((alg, want, name)) = parse_line(line) else {
+        let Some((alg, want, name)) = parse_line(line, bare) else {
             if !line.iter().all(u8::is_ascii_whitespace) {
                 malformed = malformed.saturating_add(1);
                 output::warn(&format!(
