@@ -197,6 +197,16 @@ pub(crate) struct SealArgs {
     /// anything is sealed.
     #[arg(long, value_name = "FILE", conflicts_with_all = ["files", "expect"])]
     pub(crate) manifest: Option<PathBuf>,
+    /// Check each file against the digest an OpenSSF model-signing bundle (`model_signing
+    /// sign`, file serialization, BLAKE3 or SHA-256) records for it, on the bytes in VRAM. Only
+    /// the signed statement is read: check the bundle's signature with `model_signing verify`
+    /// first. Files are named as signed, relative to --model-dir.
+    #[arg(long, value_name = "BUNDLE", conflicts_with_all = ["manifest", "expect"], requires = "files")]
+    pub(crate) signed_manifest: Option<PathBuf>,
+    /// With --signed-manifest: the signed model's directory (default: each file's own
+    /// directory, so a file is looked up by its name).
+    #[arg(long, value_name = "DIR", requires = "signed_manifest")]
+    pub(crate) model_dir: Option<PathBuf>,
     /// GPU index.
     #[arg(long, default_value_t = 0)]
     pub(crate) device: u32,

@@ -1,8 +1,10 @@
 //! What `vramctl` reads from outside, as a library so that fuzz targets and tests reach it:
-//! model-file headers ([`formats`]) and checksum manifest lines ([`manifest`]). The command
+//! model-file headers ([`formats`]), checksum manifest lines ([`manifest`]) and the file
+//! digests of model-signing bundles ([`signed_manifest`]). The command
 //! line is the binary; this library is not a stable API.
 #![forbid(unsafe_code)]
 
 pub mod formats;
 pub mod manifest;
+pub mod signed_manifest;
 pub mod units;

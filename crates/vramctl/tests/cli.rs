@@ -1064,6 +1064,93 @@ fn blake3_lines_are_b3sums_and_seal_checks_blake3_expectations() {
     );
 }
 
+/// A copy of the fixture `model_signing` made (`tests/data/model-signing/make.py`).
+fn signed_model() -> TempDir {
+    let dir = TempDir::new().unwrap();
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/model-signing");
+    std::fs::create_dir(dir.path().join("model")).unwrap();
+    for name in [
+        "model.blake3.sig",
+        "model.sha256.sig",
+        "model/weights.bin",
+        "model/config.json",
+    ] {
+        std::fs::copy(from.join(name), dir.path().join(name)).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn a_model_signing_bundle_gives_each_file_its_signed_digest_checked_in_vram() {
+    let dir = signed_model();
+    let seal = |bundle: &str, file: &str| {
+        vramctl()
+            .current_dir(dir.path())
+            .args([
+                "--backend",
+                "mock",
+                "seal",
+                "--signed-manifest",
+                bundle,
+                file,
+            ])
+            .timeout(Duration::from_secs(60))
+            .output()
+            .unwrap()
+    };
+    // A file the bundle does not list is refused before anything is sealed.
+    std::fs::write(dir.path().join("model/extra.bin"), b"unsigned").unwrap();
+    let out = seal("model.blake3.sig", "model/extra.bin");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not among the 2 file(s) the signed manifest"),
+        "{err}"
+    );
+    // A byte changed after signing: sealed, found in VRAM, released (BLAKE3 and SHA-256).
+    let mut weights = std::fs::read(dir.path().join("model/weights.bin")).unwrap();
+    weights[4000] ^= 1;
+    std::fs::write(dir.path().join("model/weights.bin"), &weights).unwrap();
+    for (bundle, alg) in [
+        ("model.blake3.sig", "blake3"),
+        ("model.sha256.sig", "sha256"),
+    ] {
+        let out = seal(bundle, "model/weights.bin");
+        assert_eq!(out.status.code(), Some(1), "{bundle}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("signature is not checked here"), "{err}");
+        assert!(
+            err.contains(&format!("differs from the signed manifest {alg}:")),
+            "{err}"
+        );
+    }
+    // Not a bundle.
+    let out = seal("model/config.json", "model/weights.bin");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a model-signing bundle"));
+
+    // The signed bytes: sealed, verified, served until SIGTERM.
+    weights[4000] ^= 1;
+    std::fs::write(dir.path().join("model/weights.bin"), &weights).unwrap();
+    let mut child = Command::new(cargo_bin("vramctl"))
+        .current_dir(dir.path())
+        .args([
+            "--backend",
+            "mock",
+            "seal",
+            "--signed-manifest",
+            "model.blake3.sig",
+        ])
+        .args(["--model-dir", "model", "model/weights.bin"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    read_until(&mut lines, |l| l.contains("1 shard(s) resident"));
+    stop_with_sigterm(child, lines);
+}
+
 #[test]
 fn too_many_open_files_names_the_open_file_limit() {
     let dir = TempDir::new().unwrap();

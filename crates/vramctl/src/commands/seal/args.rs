@@ -114,6 +114,9 @@ fn requested(args: &SealArgs) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
     if let Some(manifest) = &args.manifest {
         return read_manifest(manifest);
     }
+    if let Some(bundle) = &args.signed_manifest {
+        return signed(bundle, args.model_dir.as_deref(), &args.files);
+    }
     if !args.expect.is_empty() && args.expect.len() != args.files.len() {
         return Err(CliError::bad_input(format!(
             "{} --expect value(s) for {} file(s); give one per file, in order",
@@ -132,6 +135,58 @@ fn requested(args: &SealArgs) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
         .enumerate()
         .map(|(i, path)| (path.clone(), expected.get(i).copied()))
         .collect())
+}
+
+/// Each file with the digest a model-signing bundle records for it.
+fn signed(
+    bundle: &Path,
+    model_dir: Option<&Path>,
+    paths: &[PathBuf],
+) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
+    let bytes = files::read_manifest(bundle)?;
+    let signed = vramctl::signed_manifest::read_bundle(&bytes).map_err(|e| {
+        CliError::file(
+            bundle,
+            &e.to_string(),
+            "give the bundle `model_signing sign` wrote",
+        )
+    })?;
+    crate::output::warn(&format!(
+        "signed manifest {}: its signature is not checked here; check it with `model_signing verify` (each file is checked against its signed digest in VRAM)",
+        crate::output::shown(bundle)
+    ));
+    paths
+        .iter()
+        .map(|path| {
+            let dir = model_dir
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default());
+            let name = path
+                .strip_prefix(&dir)
+                .ok()
+                .and_then(|n| n.to_str())
+                .map(|n| n.strip_prefix("./").unwrap_or(n).to_owned());
+            let entry = name.as_deref().and_then(|n| signed.iter().find(|f| f.name == n));
+            let Some(entry) = entry else {
+                return Err(CliError::bad_input(format!(
+                    "{}: not among the {} file(s) the signed manifest {} lists (named relative to {}); seal only files that were signed",
+                    crate::output::shown(path),
+                    signed.len(),
+                    crate::output::shown(bundle),
+                    crate::output::shown(&dir),
+                )));
+            };
+            Ok((
+                path.clone(),
+                Some(Expected {
+                    algorithm: entry.algorithm,
+                    digest: entry.digest,
+                    bare: false,
+                    given_in: "the signed manifest",
+                }),
+            ))
+        })
+        .collect()
 }
 
 /// A manifest line that names a file outside the manifest's directory (no digest of that file
