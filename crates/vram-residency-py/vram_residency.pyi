@@ -86,7 +86,7 @@ class SealedModel:
 @final
 class Execution:
     """The window around a forward pass: verified on entry; in the `before_and_after` mode
-    verified again on exit, once the block's work on the tensors' current PyTorch stream is
+    verified again on exit, once the block's work on the tensors' producer stream (PyTorch's current stream) is
     finished (that stream is synchronised, never the whole device). Raises `IntegrityError`
     (`kind` = `ModifiedDuringExecution`) when the weights changed during the block: its result
     must not be served. One per request."""
@@ -161,7 +161,8 @@ class Manager:
     ) -> SealedModel:
         """Seals a `torch.nn.Module` (its `state_dict()`) or a mapping of names to tensors
         (`torch.Tensor`, anything with `__cuda_array_interface__`; NumPy arrays on the mock)
-        where they lie, after the work queued on their current stream. With `expect` (the
+        where they lie, after the work queued on their producer's stream (PyTorch's current
+        stream, or the stream an array interface names) is finished. With `expect` (the
         `vram-model-v1:HEX` of `vramctl digest --tensors`), a model whose digest differs is
         refused and nothing stays sealed."""
     def verify(self, sealed: SealedModel, *, background: bool = False) -> None:

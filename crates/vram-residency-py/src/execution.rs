@@ -48,7 +48,7 @@ struct Running {
 
 /// `with manager.execute(sealed):` — the model is verified on entry; in the
 /// `before_and_after` mode it is verified again on exit, after the work the block queued on
-/// the tensors' current PyTorch stream is finished (that stream is synchronised, never the
+/// the tensors' producer streams is finished (that stream is synchronised, never the
 /// whole device). A change found on exit raises `IntegrityError` (`kind` =
 /// `ModifiedDuringExecution`): the block's result must not be served.
 #[pyclass(module = "vram_residency")]
@@ -144,7 +144,7 @@ impl Execution {
         if self.mode == Mode::BeforeAndAfter {
             // The block's kernels were queued on the tensors' current streams: the check after
             // must see their end.
-            for stream in &self.held.torch_streams {
+            for stream in &self.held.producer_streams {
                 stream.bind(py).call_method0("synchronize")?;
             }
         }

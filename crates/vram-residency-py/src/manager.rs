@@ -161,7 +161,7 @@ impl Manager {
             Held {
                 model,
                 owners: held.owners,
-                torch_streams: held.torch_streams,
+                producer_streams: held.producer_streams,
                 mock: held.mock,
             },
         )
@@ -270,7 +270,7 @@ impl Manager {
 /// The owners, streams and mock ranges of the tensors being sealed.
 struct Kept {
     owners: Vec<Py<PyAny>>,
-    torch_streams: Vec<Py<PyAny>>,
+    producer_streams: Vec<Py<PyAny>>,
     mock: Option<(Arc<MockBackend>, Vec<vram_residency::ForeignRange>)>,
 }
 
@@ -284,7 +284,7 @@ impl Manager {
     ) -> PyResult<(Vec<EngineTensor>, Kept)> {
         let mut kept = Kept {
             owners: Vec::with_capacity(taken.len()),
-            torch_streams: Vec::new(),
+            producer_streams: Vec::new(),
             mock: self.mock.clone().map(|m| (m, Vec::new())),
         };
         let mut engine = Vec::with_capacity(taken.len());
@@ -319,11 +319,16 @@ impl Manager {
                     ));
                 }
             };
-            if let Some(stream) = &t.torch_stream {
-                let id: u64 = stream.bind(py).getattr("cuda_stream")?.extract()?;
+            if let Some(stream) = &t.producer_stream {
+                let stream_obj = stream.bind(py);
+                // PyTorch names the handle `cuda_stream`, CuPy `ptr`.
+                let id: u64 = stream_obj
+                    .getattr("cuda_stream")
+                    .or_else(|_| stream_obj.getattr("ptr"))?
+                    .extract()?;
                 if !stream_ids.contains(&id) {
                     stream_ids.push(id);
-                    kept.torch_streams.push(stream.clone_ref(py));
+                    kept.producer_streams.push(stream.clone_ref(py));
                 }
             }
             engine.push(EngineTensor {
@@ -336,7 +341,7 @@ impl Manager {
         }
         // The producer's work on the tensors was queued on these streams: it must be finished
         // before their bytes are hashed (one stream at a time, never the whole device).
-        for stream in &kept.torch_streams {
+        for stream in &kept.producer_streams {
             stream.bind(py).call_method0("synchronize")?;
         }
         Ok((engine, kept))

@@ -20,8 +20,9 @@ pub(crate) struct Held {
         reason = "held, never read: it keeps the tensors' memory allocated"
     )]
     pub(crate) owners: Vec<Py<PyAny>>,
-    /// Each PyTorch device's current stream the tensors were produced on.
-    pub(crate) torch_streams: Vec<Py<PyAny>>,
+    /// The streams the tensors were produced on (PyTorch's current stream, or the stream an
+    /// array interface named), each once.
+    pub(crate) producer_streams: Vec<Py<PyAny>>,
     /// On the mock backend: the engine ranges it handed out, forgotten with the model.
     pub(crate) mock: Option<(Arc<MockBackend>, Vec<ForeignRange>)>,
 }

@@ -27,9 +27,10 @@ pub(crate) struct Taken {
     pub(crate) len: usize,
     pub(crate) memory: Memory,
     pub(crate) owner: Py<PyAny>,
-    /// For a PyTorch tensor on a GPU: its device's current stream, which the producer's work
-    /// was queued on.
-    pub(crate) torch_stream: Option<Py<PyAny>>,
+    /// The stream the producer's work on the tensor was queued on, as an object with
+    /// `synchronize()` and `cuda_stream` or `ptr` (PyTorch's current stream of the device; the stream an
+    /// array's `__cuda_array_interface__` names, wrapped by CuPy or PyTorch).
+    pub(crate) producer_stream: Option<Py<PyAny>>,
 }
 
 impl Taken {
@@ -99,7 +100,7 @@ fn take_torch(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
         len,
         memory: Memory::Device { device, address },
         owner: obj.clone().unbind(),
-        torch_stream: Some(stream.unbind()),
+        producer_stream: Some(stream.unbind()),
     })
 }
 
@@ -149,14 +150,50 @@ fn take_cuda_array(
             .unwrap_or(0),
         Err(_) => 0,
     };
+    let stream: Option<u64> = match interface.get_item("stream")? {
+        Some(s) if !s.is_none() => Some(s.extract()?),
+        _ => None,
+    };
     Ok(Taken {
         dtype: dtype.to_owned(),
         shape,
         len,
         memory: Memory::Device { device, address },
         owner: obj.clone().unbind(),
-        torch_stream: None,
+        producer_stream: stream
+            .map(|handle| external_stream(obj.py(), name, handle))
+            .transpose()?,
     })
+}
+
+/// The stream an array's `__cuda_array_interface__` names (version 3: its producer's work on
+/// the array is queued there; 1 and 2 are the legacy and per-thread default streams), as an
+/// object to synchronise: wrapped by CuPy, else PyTorch, the libraries that give such handles
+/// out. The handle is never used by this crate itself.
+fn external_stream(py: Python<'_>, name: &str, handle: u64) -> PyResult<Py<PyAny>> {
+    if let Ok(cupy) = py.import("cupy") {
+        let cuda = cupy.getattr("cuda")?;
+        let stream = match handle {
+            1 => cuda.getattr("Stream")?.getattr("null")?,
+            2 => cuda.getattr("Stream")?.getattr("ptds")?,
+            h => cuda.call_method1("ExternalStream", (h,))?,
+        };
+        return Ok(stream.unbind());
+    }
+    if let Ok(torch) = py.import("torch") {
+        let cuda = torch.getattr("cuda")?;
+        let stream = match handle {
+            1 => cuda.call_method0("default_stream")?,
+            h => cuda.call_method1("ExternalStream", (h,))?,
+        };
+        return Ok(stream.unbind());
+    }
+    Err(bad_input(
+        "tensor",
+        format!(
+            "{name:?}: its __cuda_array_interface__ names stream {handle}, and neither CuPy nor PyTorch is there to wait for it; synchronise it and give the array without a stream"
+        ),
+    ))
 }
 
 fn take_host_buffer(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
@@ -190,7 +227,7 @@ fn take_host_buffer(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
             len,
         })),
         owner: obj.clone().unbind(),
-        torch_stream: None,
+        producer_stream: None,
     })
 }
 

@@ -259,13 +259,20 @@ def test_digest_matches_the_reference(reference: ModuleType) -> None:
 class CudaArray:
     """An object that speaks `__cuda_array_interface__` (as CuPy and Numba arrays do)."""
 
-    def __init__(self, shape: tuple[int, ...], typestr: str, strides: tuple[int, ...] | None):
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        typestr: str,
+        strides: tuple[int, ...] | None,
+        stream: int | None = None,
+    ):
         self.__cuda_array_interface__ = {
             "version": 3,
             "shape": shape,
             "typestr": typestr,
             "data": (0x7F0000000000, False),
             "strides": strides,
+            "stream": stream,
         }
 
 
@@ -280,6 +287,11 @@ def test_cuda_array_interface_is_read_and_checked(manager: vr.Manager) -> None:
         (CudaArray((1, 3), "<f2", (999, 2)), "this manager is the mock backend"),
         (CudaArray((2, 3), "|u1", None), "this manager is the mock backend"),
     ]
+    import importlib.util
+
+    if not any(importlib.util.find_spec(m) for m in ("cupy", "torch")):
+        # The producer's stream must be waited for, and nothing here can wrap its handle.
+        cases.append((CudaArray((2, 3), "<f4", None, stream=7), "neither CuPy nor PyTorch"))
     for array, message in cases:
         with pytest.raises(vr.BadInput) as caught:
             manager.seal({"w": array}, model_id="m")
