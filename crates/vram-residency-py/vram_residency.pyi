@@ -86,8 +86,8 @@ class SealedModel:
 @final
 class Execution:
     """The window around a forward pass: verified on entry; in the `before_and_after` mode
-    verified again on exit, once the block's work on the tensors' producer stream (PyTorch's current stream) is
-    finished (that stream is synchronised, never the whole device). Raises `IntegrityError`
+    verified again on exit, once the block's work on the tensors' producer stream (PyTorch's
+    current stream) is finished (that stream is synchronised, never the whole device). Raises `IntegrityError`
     (`kind` = `ModifiedDuringExecution`) when the weights changed during the block: its result
     must not be served. One per request."""
 

@@ -9,26 +9,14 @@
     reason = "tests"
 )]
 
-use std::sync::{Arc, Mutex};
+mod common;
 
-use vram_alloc::backend::{HostTensor, MockBackend};
+use std::sync::Arc;
+
+use vram_alloc::backend::MockBackend;
 use vram_alloc::{EngineTensor, ExecutionMode, VramManager};
 use vram_seal::SealKey;
 use vram_types::VramError;
-
-/// Host bytes an engine keeps writing.
-struct Engine(Mutex<Vec<u8>>);
-
-impl HostTensor for Engine {
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-
-    fn read(&self, read: &mut dyn FnMut(&[u8])) -> Result<(), VramError> {
-        read(&self.0.lock().unwrap());
-        Ok(())
-    }
-}
 
 fn rig() -> (VramManager, Arc<MockBackend>) {
     let mock = Arc::new(MockBackend::with_capacity(64 << 20));
@@ -43,7 +31,7 @@ fn rig() -> (VramManager, Arc<MockBackend>) {
 #[test]
 fn a_host_tensor_is_read_where_it_lies() {
     let (manager, mock) = rig();
-    let engine = Arc::new(Engine(Mutex::new(vec![3u8; 4096])));
+    let engine = common::HostBytes::new(vec![3u8; 4096]);
     let range = mock.engine_host_tensor(0, engine.clone()).unwrap();
     let model = manager
         .seal_model_in_place(
@@ -80,7 +68,7 @@ fn a_host_tensor_is_read_where_it_lies() {
 fn the_mock_never_writes_a_host_tensor_and_refuses_an_empty_one() {
     let (_manager, mock) = rig();
     let range = mock
-        .engine_host_tensor(0, Arc::new(Engine(Mutex::new(vec![1u8; 64]))))
+        .engine_host_tensor(0, common::HostBytes::new(vec![1u8; 64]))
         .unwrap();
     assert!(matches!(
         mock.write_engine_memory(&range, 0, &[9]),
@@ -88,11 +76,11 @@ fn the_mock_never_writes_a_host_tensor_and_refuses_an_empty_one() {
     ));
     assert_eq!(mock.read_engine_memory(&range).unwrap(), vec![1u8; 64]);
     assert!(matches!(
-        mock.engine_host_tensor(0, Arc::new(Engine(Mutex::new(Vec::new())))),
+        mock.engine_host_tensor(0, common::HostBytes::new(Vec::new())),
         Err(VramError::InvalidInput { .. })
     ));
     assert!(matches!(
-        mock.engine_host_tensor(3, Arc::new(Engine(Mutex::new(vec![1u8; 64])))),
+        mock.engine_host_tensor(3, common::HostBytes::new(vec![1u8; 64])),
         Err(VramError::InvalidDevice { .. })
     ));
 }

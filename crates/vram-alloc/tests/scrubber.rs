@@ -10,12 +10,14 @@
     reason = "tests"
 )]
 
+mod common;
+
 use std::sync::mpsc::{Receiver, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use vram_alloc::audit::{AuditEvent, InMemoryAuditSink};
-use vram_alloc::backend::{HostTensor, MockBackend};
+use vram_alloc::backend::MockBackend;
 use vram_alloc::{EngineTensor, ManualClock, ScrubEvent, ScrubOptions, VramManager};
 use vram_seal::SealKey;
 use vram_types::{SealedShard, VramError};
@@ -192,24 +194,11 @@ fn a_changed_byte_is_found_audited_and_stops_the_manager() {
     ));
 }
 
-/// An engine's tensor that the test changes, read where it lies.
-struct Engine(Mutex<Vec<u8>>);
-
-impl HostTensor for Engine {
-    fn len(&self) -> usize {
-        self.0.lock().unwrap().len()
-    }
-    fn read(&self, read: &mut dyn FnMut(&[u8])) -> Result<(), VramError> {
-        read(&self.0.lock().unwrap());
-        Ok(())
-    }
-}
-
 #[test]
 fn a_model_sealed_in_place_is_scrubbed_tensor_by_tensor() {
     let r = rig();
-    let tensors: Vec<Arc<Engine>> = (0..4u8)
-        .map(|i| Arc::new(Engine(Mutex::new(vec![i; 4096]))))
+    let tensors: Vec<Arc<common::HostBytes>> = (0..4u8)
+        .map(|i| common::HostBytes::new(vec![i; 4096]))
         .collect();
     let model = r
         .manager

@@ -87,6 +87,17 @@ pub fn parse_line(
     (!name.is_empty()).then_some((alg, digest, name))
 }
 
+/// Whether a name a manifest gives leaves the manifest's directory (absolute, or through `..`):
+/// a manifest shipped with a model names the model's files, nothing else. Symbolic links out
+/// of the directory are the caller's to check, on the file system.
+#[must_use]
+pub fn leaves_its_directory(name: &std::path::Path) -> bool {
+    name.is_absolute()
+        || name
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
 /// A file a manifest names, with the digest it must have.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestEntry {
@@ -143,11 +154,7 @@ pub fn parse_manifest(
         let (algorithm, digest, name) = parse_line(line, DigestAlgorithm::Sha256)
             .ok_or(ManifestError::Malformed { line: number })?;
         let name = std::path::Path::new(std::ffi::OsStr::from_bytes(&name));
-        let leaves = name.is_absolute()
-            || name
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir));
-        if leaves {
+        if leaves_its_directory(name) {
             return Err(ManifestError::OutsideDirectory { line: number });
         }
         let path = base.join(name.strip_prefix("./").unwrap_or(name));

@@ -163,12 +163,7 @@ pub fn read_bundle(bundle: &[u8]) -> Result<Vec<SignedFile>, SignedManifestError
         };
         let digest = ShardDigest::from_hex(&r.digest)
             .map_err(|_| bad("its digest is not 64 hex characters"))?;
-        let path = std::path::Path::new(&r.name);
-        if r.name.is_empty()
-            || path.is_absolute()
-            || path
-                .components()
-                .any(|c| matches!(c, std::path::Component::ParentDir))
+        if r.name.is_empty() || crate::manifest::leaves_its_directory(std::path::Path::new(&r.name))
         {
             return Err(bad("the name leaves the model's directory"));
         }

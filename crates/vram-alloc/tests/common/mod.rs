@@ -300,3 +300,24 @@ pub fn sink_on_small_disk(
     )
     .unwrap()
 }
+
+/// Host bytes an engine outside the mock holds and keeps writing (the Python package's NumPy
+/// arrays stand in for tensors so): the mock reads them where they lie.
+pub struct HostBytes(pub std::sync::Mutex<Vec<u8>>);
+
+impl HostBytes {
+    pub fn new(bytes: Vec<u8>) -> Arc<Self> {
+        Arc::new(Self(std::sync::Mutex::new(bytes)))
+    }
+}
+
+impl vram_alloc::backend::HostTensor for HostBytes {
+    fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    fn read(&self, read: &mut dyn FnMut(&[u8])) -> Result<(), vram_types::VramError> {
+        read(&self.0.lock().unwrap());
+        Ok(())
+    }
+}
