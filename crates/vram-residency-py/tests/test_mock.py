@@ -328,3 +328,14 @@ def test_the_scrubber_reverifies_everything_and_finds_a_change(manager: vr.Manag
         manager.start_scrubber(share=1.5)
     with pytest.raises(vr.BadInput):
         manager.start_scrubber(interval=-1.0)
+
+
+def test_the_default_backend_is_cuda_and_never_falls_back(token_env: bytes) -> None:
+    from conftest import gpu_tests_enabled
+
+    if gpu_tests_enabled():
+        pytest.skip("a GPU is present: the CUDA manager would be built")
+    # No GPU (or no driver): refused, never the mock in disguise.
+    with pytest.raises(vr.VramResidencyError) as caught:
+        vr.Manager(WORKER)
+    assert caught.value.kind in ("NoGpu", "DriverTooOld")
