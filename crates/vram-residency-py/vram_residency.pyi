@@ -7,6 +7,20 @@ from types import TracebackType
 from typing import Any, Literal, final
 
 __version__: str
+__all__ = [
+    "BadInput",
+    "Execution",
+    "InsufficientVram",
+    "IntegrityError",
+    "Manager",
+    "PolicyViolation",
+    "Scrubber",
+    "SealedModel",
+    "SealedTensor",
+    "VramResidencyError",
+    "__version__",
+    "digest",
+]
 
 class VramResidencyError(Exception):
     """Every error of the library. `kind` names the Rust error variant; the other attributes
@@ -133,8 +147,8 @@ class Manager:
     checks the VRAM-only policy when it is built. `algorithm` is the digest every seal uses:
     `sha256-tree-65536` (default), `sha256-tree-<leaf bytes>`, `sha256` or `blake3`."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         worker_id: str,
         *,
         token_file: str | os.PathLike[str] | None = None,
@@ -143,7 +157,7 @@ class Manager:
         algorithm: str = "sha256-tree-65536",
         backend: Literal["cuda", "mock"] = "cuda",
         mock_capacity: int = 1 << 30,
-    ) -> None: ...
+    ) -> Manager: ...
     @property
     def backend(self) -> str: ...
     @property

@@ -1,7 +1,8 @@
 //! The Python package (`crates/vram-residency-py`), checked as a user gets it: `pip install`ed
 //! into a virtual environment under `target/`, its `pytest` suite run on the mock backend (the
 //! GPU tests report themselves skipped without `VRAM_TEST_GPU=1`), its stubs, tests and
-//! example type-checked with `mypy --strict`, and the example run end to end.
+//! example type-checked with `mypy --strict` and the stubs checked against the compiled module
+//! with `stubtest`, and the example run end to end.
 
 use std::env;
 use std::ffi::OsString;
@@ -69,6 +70,17 @@ pub(crate) fn check() -> Result<(), DynError> {
     let mut mypy = in_package(&python, &package);
     mypy.args(["-m", "mypy", "--no-incremental", "--cache-dir", "/dev/null"]);
     run("python: mypy --strict (stubs, tests, example)", mypy)?;
+
+    // The stubs against the compiled module itself: every name, signature and property.
+    let mut stubtest = in_package(&python, &package);
+    stubtest.args([
+        "-m",
+        "mypy.stubtest",
+        "vram_residency",
+        "--allowlist",
+        "stubtest-allowlist.txt",
+    ]);
+    run("python: stubtest (the stubs match the module)", stubtest)?;
 
     let mut example = in_package(&python, &package);
     example
