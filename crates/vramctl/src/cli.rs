@@ -291,6 +291,9 @@ pub(crate) struct BenchArgs {
     /// skipped with a note).
     #[arg(long, value_name = "SIZES", default_value = "1MiB,256MiB,4GiB,16GiB", value_delimiter = ',', value_parser = parse_shard_size)]
     pub(crate) size: Vec<usize>,
+    /// Digest algorithms to measure, comma-separated (a column of the table).
+    #[arg(long, value_name = "ALGS", default_value = "sha256-tree-65536,blake3", value_delimiter = ',', value_parser = parse_algorithm)]
+    pub(crate) algorithm: Vec<DigestAlgorithm>,
     /// Seal with the cross-check (the host bytes are also digested on the CPU).
     #[arg(long)]
     pub(crate) cross_check: bool,

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use vram_residency::audit::{AuditLogOptions, AuditSink, FileAuditSink, InMemoryAuditSink};
-use vram_residency::{MockBackend, VramConfig, VramError, VramManager};
+use vram_residency::{DigestAlgorithm, MockBackend, VramConfig, VramError, VramManager};
 
 use crate::cli::{BackendArgs, BackendChoice};
 use crate::error::{CliError, CliResult};
@@ -33,9 +33,10 @@ pub(crate) struct Session {
     pub(crate) audit_file: Option<Arc<FileAuditSink>>,
 }
 
-fn config(worker_id: &str) -> VramConfig {
+fn config(worker_id: &str, digest_algorithm: DigestAlgorithm) -> VramConfig {
     VramConfig {
         worker_id: worker_id.to_owned(),
+        digest_algorithm,
         ..VramConfig::default()
     }
 }
@@ -48,6 +49,25 @@ pub(crate) fn open(
     audit: &AuditTarget<'_>,
     key: &WorkerKey,
     worker_id: &str,
+) -> CliResult<Session> {
+    open_in(
+        args,
+        default,
+        audit,
+        key,
+        worker_id,
+        DigestAlgorithm::default(),
+    )
+}
+
+/// [`open`], sealing in `algorithm`.
+fn open_in(
+    args: &BackendArgs,
+    default: BackendChoice,
+    audit: &AuditTarget<'_>,
+    key: &WorkerKey,
+    worker_id: &str,
+    algorithm: DigestAlgorithm,
 ) -> CliResult<Session> {
     let (sink, memory_audit, audit_file): (Arc<dyn AuditSink>, _, _) = match audit {
         AuditTarget::File { path, repair } => {
@@ -67,7 +87,7 @@ pub(crate) fn open(
     let choice = args.backend.unwrap_or(default);
     let builder = || -> CliResult<vram_residency::VramManagerBuilder> {
         Ok(VramManager::builder()
-            .config(config(worker_id))
+            .config(config(worker_id, algorithm))
             .seal_key(key.seal_key()?)
             .audit_sink(sink.clone()))
     };
@@ -118,13 +138,18 @@ fn cuda_session(
 }
 
 /// A session for a command that keeps nothing (`bench`, `demo`): a random key, records in
-/// memory.
-pub(crate) fn open_ephemeral(args: &BackendArgs, default: BackendChoice) -> CliResult<Session> {
-    open(
+/// memory, seals in `algorithm`.
+pub(crate) fn open_ephemeral(
+    args: &BackendArgs,
+    default: BackendChoice,
+    algorithm: DigestAlgorithm,
+) -> CliResult<Session> {
+    open_in(
         args,
         default,
         &AuditTarget::Memory,
         &crate::keys::random()?,
         "vramctl",
+        algorithm,
     )
 }

@@ -516,8 +516,10 @@ fn bench_prints_both_paths_and_the_ratio() {
         "backend: mock",
         "seal naive",
         "verify ours",
-        "1.00 MiB |",
-        "8.00 MiB |",
+        " 1.00 MiB sha256-tree-65536 |",
+        " 1.00 MiB            blake3 |",
+        " 8.00 MiB sha256-tree-65536 |",
+        " 8.00 MiB            blake3 |",
         "skipping 64.00 GiB: needs",
     ] {
         assert!(text.contains(needle), "{text}");
@@ -530,6 +532,8 @@ fn bench_prints_both_paths_and_the_ratio() {
     assert_eq!(v["cross_check"], true);
     let row = &v["rows"][0];
     assert_eq!(row["size"], 4 << 20);
+    assert_eq!(row["algorithm"], "sha256-tree-65536");
+    assert_eq!(v["rows"][1]["algorithm"], "blake3");
     assert!(
         row["seal_speedup"].as_f64().unwrap() > 0.0
             && row["naive_verify_s"].as_f64().unwrap() > 0.0
@@ -538,6 +542,8 @@ fn bench_prints_both_paths_and_the_ratio() {
         let out = vramctl().args(["bench", "--size", bad]).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "--size {bad}");
     }
+    let out = vramctl().args(["bench", "--algorithm", "md5"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
 
 #[test]
@@ -1005,7 +1011,7 @@ fn bench_skips_a_size_the_host_memory_cannot_hold_before_allocating() {
         text.contains("skipping 83.82 GiB: needs 251.46 GiB of host memory (3 copies at its peak)"),
         "{text}"
     );
-    assert!(text.contains(" 1.00 MiB |"), "{text}");
+    assert!(text.contains(" 1.00 MiB sha256-tree-65536 |"), "{text}");
 }
 
 #[test]

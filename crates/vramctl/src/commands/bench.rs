@@ -1,5 +1,6 @@
-//! `vramctl bench [--size SIZES]`: seal and verify throughput of this backend at several shard
-//! sizes, next to the naive path (one pageable copy + single-thread flat SHA-256) measured in
+//! `vramctl bench [--size SIZES] [--algorithm ALGS]`: seal and verify throughput of this
+//! backend at several shard sizes, for each digest algorithm (the SHA-256 tree and BLAKE3 by
+//! default), next to the naive path (one pageable copy + single-thread flat SHA-256) measured in
 //! the same run, as one table.
 
 use std::time::{Duration, Instant};
@@ -92,6 +93,7 @@ fn naive_path(kind: BackendKind, device: u32, data: &[u8]) -> CliResult<(Duratio
 /// One row: best seal and verify times of ours and of the naive path.
 struct Row {
     size: usize,
+    algorithm: DigestAlgorithm,
     seal: Duration,
     verify: Duration,
     naive_seal: Duration,
@@ -109,9 +111,21 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &BenchArgs) -> CliRe
             human_bytes(max as u64)
         )));
     }
-    let session = session::open_ephemeral(backend, BackendChoice::Auto)?;
-    let m = &session.manager;
-    out.line(&session.backend_note);
+    let sessions = args
+        .algorithm
+        .iter()
+        .map(|alg| {
+            Ok((
+                *alg,
+                session::open_ephemeral(backend, BackendChoice::Auto, *alg)?,
+            ))
+        })
+        .collect::<CliResult<Vec<_>>>()?;
+    let Some((_, first)) = sessions.first() else {
+        return Err(CliError::bad_input("--algorithm: give at least one"));
+    };
+    let m = &first.manager;
+    out.line(&first.backend_note);
     let mut rows = Vec::new();
     for (n, size) in sizes.iter().copied().enumerate() {
         let available = m.available_vram_on(args.device)?;
@@ -144,42 +158,56 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &BenchArgs) -> CliRe
             continue;
         }
         let data = sample(size)?;
-        // Ours: best of 3. The naive path: best of 3 up to 256 MiB, once above (it takes
-        // seconds per GiB).
-        let mut row = Row {
-            size,
-            seal: Duration::MAX,
-            verify: Duration::MAX,
-            naive_seal: Duration::MAX,
-            naive_verify: Duration::MAX,
-        };
-        for round in 0..3 {
-            let t = Instant::now();
-            let options = SealOptions::new()
-                .shard_id(format!("bench-{n}-{round}"))
-                .cross_check(args.cross_check);
-            let shard = m.seal_from_source(&data.as_slice(), args.device, &options)?;
-            row.seal = row.seal.min(t.elapsed());
-            let t = Instant::now();
-            m.verify_sealed(&shard)?;
-            row.verify = row.verify.min(t.elapsed());
-        }
-        let naive_rounds = if size <= 256 << 20 { 3 } else { 1 };
-        for _ in 0..naive_rounds {
+        // The naive path: best of 3 up to 256 MiB, once above (it takes seconds per GiB).
+        let (mut naive_seal, mut naive_verify) = (Duration::MAX, Duration::MAX);
+        for _ in 0..if size <= 256 << 20 { 3 } else { 1 } {
             let (seal, verify) = naive_path(m.backend_kind(), args.device, &data)?;
-            row.naive_seal = row.naive_seal.min(seal);
-            row.naive_verify = row.naive_verify.min(verify);
+            naive_seal = naive_seal.min(seal);
+            naive_verify = naive_verify.min(verify);
         }
-        rows.push(row);
+        // Ours: best of 3, each algorithm on its own manager.
+        for (algorithm, session) in &sessions {
+            let mut row = Row {
+                size,
+                algorithm: *algorithm,
+                seal: Duration::MAX,
+                verify: Duration::MAX,
+                naive_seal,
+                naive_verify,
+            };
+            for round in 0..3 {
+                let t = Instant::now();
+                let options = SealOptions::new()
+                    .shard_id(format!("bench-{n}-{round}"))
+                    .cross_check(args.cross_check);
+                let shard =
+                    session
+                        .manager
+                        .seal_from_source(&data.as_slice(), args.device, &options)?;
+                row.seal = row.seal.min(t.elapsed());
+                let t = Instant::now();
+                session.manager.verify_sealed(&shard)?;
+                row.verify = row.verify.min(t.elapsed());
+            }
+            rows.push(row);
+        }
     }
     out.result(format!(
-        "{:>9} | {:>12} {:>12} {:>8} | {:>12} {:>12} {:>8}",
-        "size", "seal naive", "seal ours", "ratio", "verify naive", "verify ours", "ratio"
+        "{:>9} {:>17} | {:>12} {:>12} {:>8} | {:>12} {:>12} {:>8}",
+        "size",
+        "algorithm",
+        "seal naive",
+        "seal ours",
+        "ratio",
+        "verify naive",
+        "verify ours",
+        "ratio"
     ));
     for r in &rows {
         out.result(format!(
-            "{:>9} | {:>7.2} GB/s {:>7.2} GB/s {:>7.1}x | {:>7.2} GB/s {:>7.2} GB/s {:>7.1}x",
+            "{:>9} {:>17} | {:>7.2} GB/s {:>7.2} GB/s {:>7.1}x | {:>7.2} GB/s {:>7.2} GB/s {:>7.1}x",
             human_bytes(r.size as u64),
+            r.algorithm.to_string(),
             gbps(r.size, r.naive_seal),
             gbps(r.size, r.seal),
             ratio(r.naive_seal, r.seal),
@@ -189,14 +217,14 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &BenchArgs) -> CliRe
         ));
     }
     out.result(format!(
-        "ours: staged ring upload, tree digest of the bytes in VRAM{}, best of 3; naive: one pageable copy + single-thread flat SHA-256",
+        "ours: staged ring upload, digest of the bytes in VRAM in each algorithm{}, best of 3; naive: one pageable copy + single-thread flat SHA-256",
         if args.cross_check { ", host bytes cross-checked on the CPU" } else { "" }
     ));
     out.json(&json!({
         "backend": m.backend_kind().to_string(),
         "cross_check": args.cross_check,
         "rows": rows.iter().map(|r| json!({
-            "size": r.size,
+            "size": r.size, "algorithm": r.algorithm.to_string(),
             "seal_s": r.seal.as_secs_f64(), "verify_s": r.verify.as_secs_f64(),
             "naive_seal_s": r.naive_seal.as_secs_f64(), "naive_verify_s": r.naive_verify.as_secs_f64(),
             "seal_speedup": ratio(r.naive_seal, r.seal), "verify_speedup": ratio(r.naive_verify, r.verify),

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 use serde_json::json;
-use vram_residency::{ExecutionMode, VramError};
+use vram_residency::{DigestAlgorithm, ExecutionMode, VramError};
 
 use crate::cli::{BackendArgs, BackendChoice};
 use crate::error::{CliError, CliResult, Exit};
@@ -52,7 +52,8 @@ fn write_sample_model(path: &Path) -> CliResult<()> {
 }
 
 pub(crate) fn run(out: Output, backend: &BackendArgs) -> CliResult<Exit> {
-    let session = session::open_ephemeral(backend, BackendChoice::Auto)?;
+    let session =
+        session::open_ephemeral(backend, BackendChoice::Auto, DigestAlgorithm::default())?;
     let m = &session.manager;
     // The first line says which backend holds the shards (mock: not VRAM).
     out.result(&session.backend_note);
