@@ -31,6 +31,21 @@ impl Scrubber {
     }
 }
 
+impl Drop for Scrubber {
+    /// Stops the thread with the GIL released: on the mock it reads NumPy arrays and needs the
+    /// GIL, which a garbage-collected scrubber would otherwise hold while joining it.
+    fn drop(&mut self) {
+        let inner = self
+            .inner
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(scrubber) = inner {
+            Python::attach(|py| py.detach(move || drop(scrubber)));
+        }
+    }
+}
+
 #[pymethods]
 impl Scrubber {
     /// Tensors verified so far.

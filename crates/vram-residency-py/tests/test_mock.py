@@ -315,6 +315,14 @@ def test_the_scrubber_reverifies_everything_and_finds_a_change(manager: vr.Manag
     assert not scrubber.running
     scrubber.stop()  # idempotent
 
+    # Dropped while running (no stop): it stops without holding up the interpreter.
+    dropped = manager.start_scrubber()
+    time.sleep(0.05)
+    del dropped
+    import gc
+
+    gc.collect()
+
     scrubber = manager.start_scrubber(interval=0.0, share=0.125)
     w["model.embed.weight"][5, 5] += 1.0
     deadline = time.monotonic() + 20
