@@ -542,7 +542,10 @@ fn bench_prints_both_paths_and_the_ratio() {
         let out = vramctl().args(["bench", "--size", bad]).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "--size {bad}");
     }
-    let out = vramctl().args(["bench", "--algorithm", "md5"]).output().unwrap();
+    let out = vramctl()
+        .args(["bench", "--algorithm", "md5"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
