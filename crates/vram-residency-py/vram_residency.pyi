@@ -202,5 +202,6 @@ def digest(
     *,
     algorithm: str = "sha256-tree-65536",
 ) -> str:
-    """The digest of a host buffer (bytes, a NumPy array) as `ALG:HEX`, bare hex for flat
-    `sha256`: the same string as the Rust side and `vramctl digest`."""
+    """The digest of a buffer's bytes (bytes, a NumPy array, a PyTorch tensor on any device,
+    copied to the host) as `ALG:HEX`, bare hex for flat `sha256`: the same string as the Rust
+    side and `vramctl digest --tensors` give for the same bytes."""

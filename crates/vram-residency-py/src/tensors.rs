@@ -56,7 +56,8 @@ pub(crate) fn take(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
     take_host_buffer(name, obj)
 }
 
-fn is_torch_tensor(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+/// Whether `obj` is a PyTorch tensor (by its type's module and its accessors).
+pub(crate) fn is_torch_tensor(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
     let module = obj.get_type().module()?;
     Ok(module.to_str()?.starts_with("torch")
         && obj.hasattr("data_ptr")?

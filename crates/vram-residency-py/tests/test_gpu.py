@@ -52,7 +52,7 @@ def test_the_library_sees_the_bytes_pytorch_holds(token_env: bytes) -> None:
     manager = vr.Manager("gpu-worker")
     t = torch.arange(1 << 20, dtype=torch.float32, device="cuda")
     sealed = manager.seal({"t": t}, model_id="one")
-    assert sealed.tensors["t"].digest == vr.digest(t.cpu().numpy())
+    assert sealed.tensors["t"].digest == vr.digest(t.cpu().numpy()) == vr.digest(t)
     manager.verify(sealed)
     t[12345] += 1  # through PyTorch, on its stream
     with pytest.raises(vr.IntegrityError) as caught:
@@ -71,7 +71,9 @@ def test_inputs_pytorch_can_give_that_cannot_be_sealed(token_env: bytes) -> None
         with pytest.raises(vr.BadInput) as caught:
             manager.seal(tensors, model_id="m")
         assert message in str(caught.value)
-    assert manager.seal({"w": w}, model_id="m").tensors["w"].dtype == "BF16"
+    sealed = manager.seal({"w": w}, model_id="m")
+    assert sealed.tensors["w"].dtype == "BF16"
+    assert sealed.tensors["w"].digest == vr.digest(w)  # bf16: copied as bytes
 
 
 def test_a_transformers_model_is_checked_around_generation(token_env: bytes) -> None:
