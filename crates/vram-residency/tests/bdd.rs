@@ -255,6 +255,37 @@ fn corrupt(w: &mut VramWorld) {
         .unwrap();
 }
 
+#[when("the scrubber runs until it has verified every shard twice")]
+fn scrub_twice(w: &mut VramWorld) {
+    let scrubber = w
+        .manager()
+        .start_scrubber(vram_residency::ScrubOptions::new())
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while scrubber.verified() < 2 && scrubber.failure().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the scrubber stalled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    w.verify_result = Some(scrubber.stop().map_or(Ok(()), Err));
+}
+
+#[when("the scrubber runs until it stops on a failure")]
+fn scrub_until_failure(w: &mut VramWorld) {
+    let scrubber = w
+        .manager()
+        .start_scrubber(vram_residency::ScrubOptions::new())
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while scrubber.failure().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrubber found nothing"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    w.verify_result = Some(scrubber.stop().map_or(Ok(()), Err));
+}
+
 #[when("I enforce the VRAM-only policy")]
 fn enforce(w: &mut VramWorld) {
     w.verify_result = Some(w.manager().enforce_vram_only_policy());

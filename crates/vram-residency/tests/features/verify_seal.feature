@@ -34,3 +34,15 @@ Feature: Verify a sealed shard before inference
   Scenario: Reject a shard that no manager sealed
     When I verify a shard built without VRAM
     Then the verification fails with NotSealed
+
+  Scenario: A background scrubber keeps re-verifying the resident shards
+    When the scrubber runs until it has verified every shard twice
+    Then the verification succeeds
+    And an audit event SealVerified is recorded
+
+  Scenario: A background scrubber finds a byte changed in VRAM and the worker stops
+    When a byte of the shard is changed in VRAM
+    And the scrubber runs until it stops on a failure
+    Then the verification fails with IntegrityViolation
+    And a critical audit event SealVerificationFailed is recorded
+    And the worker is stopped
