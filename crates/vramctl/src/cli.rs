@@ -115,6 +115,24 @@ pub(crate) struct DigestArgs {
     pub(crate) tensors: bool,
 }
 
+/// `full`, or a fraction of the SMs in (0, 1].
+fn parse_share(text: &str) -> Result<vram_residency::GpuShare, String> {
+    if text == "full" {
+        return Ok(vram_residency::GpuShare::Full);
+    }
+    text.parse::<f32>()
+        .map_err(|_| {
+            format!(
+                "--scrub-share {text:?} is not a share; give `full` or a fraction such as 0.125"
+            )
+        })
+        .and_then(|f| {
+            vram_residency::GpuShare::bounded(f).map_err(|e| {
+                format!("--scrub-share {text}: {e}; give `full` or a fraction in (0, 1]")
+            })
+        })
+}
+
 /// A digest algorithm id.
 fn parse_algorithm(text: &str) -> Result<DigestAlgorithm, String> {
     text.parse()
@@ -225,9 +243,15 @@ pub(crate) struct SealArgs {
     /// mismatch releases that file and every file sealed before it (exit 1).
     #[arg(long)]
     pub(crate) expect: Vec<String>,
-    /// Seconds between re-verifications of every shard (≥ 1).
+    /// Seconds after which a shard's last proof is renewed: the library's scrubber re-verifies
+    /// each shard once it was last verified (or sealed) that long ago (≥ 1).
     #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = parse_seconds)]
     pub(crate) verify_every: u64,
+    /// The share of the GPU the re-verifications take while serving: a fraction of the SMs in
+    /// (0, 1] (verification in short slices beside an engine), or `full` (every SM, one launch
+    /// per shard). Default: the library's background share, 1/16 of the SMs.
+    #[arg(long, value_name = "SHARE", value_parser = parse_share)]
+    pub(crate) scrub_share: Option<vram_residency::GpuShare>,
     /// Serve Prometheus metrics at http://ADDR/metrics (a loopback address, e.g. 127.0.0.1:9400,
     /// or localhost:PORT); the port is bound before anything is sealed.
     #[arg(long, value_name = "ADDR", value_parser = parse_loopback)]

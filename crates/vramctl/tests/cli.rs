@@ -241,6 +241,21 @@ fn bad_inputs_get_one_line_the_right_code_and_seal_nothing() {
             "--verify-every 0",
         ),
         (
+            vec![p(&model), "--scrub-share".into(), "0".into()],
+            2,
+            "--scrub-share 0",
+        ),
+        (
+            vec![p(&model), "--scrub-share".into(), "1.5".into()],
+            2,
+            "--scrub-share 1.5",
+        ),
+        (
+            vec![p(&model), "--scrub-share".into(), "half".into()],
+            2,
+            "give `full` or a fraction",
+        ),
+        (
             vec![p(&model), p(&model), "--expect".into(), "ab".repeat(32)],
             2,
             "one per file",
@@ -1829,6 +1844,8 @@ fn seal_speaks_the_systemd_notify_protocol_and_sighup_reverifies() {
             "seal",
             "--verify-every",
             "3600",
+            "--scrub-share",
+            "0.25",
             "m.bin",
         ])
         .stdout(Stdio::piped())

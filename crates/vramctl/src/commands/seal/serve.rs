@@ -11,7 +11,7 @@ use std::sync::mpsc::channel;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use vram_residency::{ScrubEvent, ScrubOptions, VramError, VramManager};
+use vram_residency::{GpuShare, ScrubEvent, ScrubOptions, VramError, VramManager};
 
 use super::args::Serving;
 use super::place::Held;
@@ -49,7 +49,13 @@ pub(super) fn serve(
         "READY=1\nSTATUS={} shard(s) sealed; verifying every {every} s",
         held.count(),
     ));
-    let failure = keep_verified(out, manager, serving.verify_every, signals, &notifier);
+    let failure = keep_verified(
+        out,
+        manager,
+        (serving.verify_every, serving.share),
+        signals,
+        &notifier,
+    );
     let count = held.count();
     notifier.notify(&format!("STOPPING=1\nSTATUS=releasing {count} shard(s)"));
     drop(held);
@@ -73,33 +79,35 @@ enum Report {
 }
 
 /// Keeps every shard re-verified by the library's scrubber (each one once it was last proven
-/// `interval` ago, every one at once on SIGHUP), at the manager's background share of the GPU,
+/// the interval ago, every one at once on SIGHUP), at the chosen share of the GPU,
 /// on the scrubber's thread: this loop stays free to answer signals and ping the systemd
 /// watchdog however long a verification takes. Returns the first failure, after which nothing
 /// is verified again.
 fn keep_verified(
     out: Output,
     manager: &VramManager,
-    interval: Duration,
+    (interval, share): (Duration, Option<GpuShare>),
     signals: &Signals,
     notifier: &Notifier,
 ) -> Option<VramError> {
     let (tx, reports) = channel();
     let tx = Mutex::new(tx);
-    let options = ScrubOptions::new()
-        .interval(interval)
-        .on_event(move |event| {
-            let report = match event {
-                ScrubEvent::Verified { shard_id } => Report::Verified((*shard_id).to_owned()),
-                ScrubEvent::AllProven { shards } => Report::AllProven(*shards),
-                ScrubEvent::Failed { shard_id, error } => {
-                    Report::Failed((*shard_id).to_owned(), (*error).clone())
-                }
-                _ => return,
-            };
-            // The main loop has ended when nobody receives: nothing is left to tell.
-            let _ = tx.lock().map(|tx| tx.send(report));
-        });
+    let mut options = ScrubOptions::new().interval(interval);
+    if let Some(share) = share {
+        options = options.share(share);
+    }
+    let options = options.on_event(move |event| {
+        let report = match event {
+            ScrubEvent::Verified { shard_id } => Report::Verified((*shard_id).to_owned()),
+            ScrubEvent::AllProven { shards } => Report::AllProven(*shards),
+            ScrubEvent::Failed { shard_id, error } => {
+                Report::Failed((*shard_id).to_owned(), (*error).clone())
+            }
+            _ => return,
+        };
+        // The main loop has ended when nobody receives: nothing is left to tell.
+        let _ = tx.lock().map(|tx| tx.send(report));
+    });
     let scrubber = match manager.start_scrubber(options) {
         Ok(scrubber) => scrubber,
         Err(e) => return Some(e),
