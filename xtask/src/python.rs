@@ -65,7 +65,8 @@ pub(crate) fn check() -> Result<(), DynError> {
     pytest
         .args(["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider"])
         .env_remove("VRAM_TEST_GPU");
-    run("python: pytest (mock backend)", pytest)?;
+    // Bounded: a deadlock between the GIL and a library thread would otherwise hang CI.
+    run_bounded("python: pytest (mock backend)", pytest, PYTEST_LIMIT)?;
 
     let mut mypy = in_package(&python, &package);
     mypy.args(["-m", "mypy", "--no-incremental", "--cache-dir", "/dev/null"]);
@@ -87,6 +88,38 @@ pub(crate) fn check() -> Result<(), DynError> {
         .arg("examples/mock_example.py")
         .env("VRAM_WORKER_TOKEN", "example-worker-token-0123");
     run("python: the example, end to end on the mock", example)
+}
+
+/// Longest the pytest suite may take (it takes seconds).
+const PYTEST_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Runs `cmd` as [`run`] does, killing it after `limit`.
+fn run_bounded(step: &str, mut cmd: Command, limit: std::time::Duration) -> Result<(), DynError> {
+    eprintln!("\n==> {step}");
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("{step}: could not start: {e}"))?;
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return if status.success() {
+                Ok(())
+            } else {
+                Err(format!("{step} failed ({status})").into())
+            };
+        }
+        if started.elapsed() > limit {
+            // Already gone, or killed now: either way the step failed.
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "{step} did not finish in {} s (a deadlock?)",
+                limit.as_secs()
+            )
+            .into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn pip(python: &Path) -> Command {
