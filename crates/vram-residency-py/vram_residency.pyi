@@ -174,7 +174,8 @@ class Manager:
         expect: str | None = None,
     ) -> SealedModel:
         """Seals a `torch.nn.Module` (its `state_dict()`) or a mapping of names to tensors
-        (`torch.Tensor`, anything with `__cuda_array_interface__`; NumPy arrays on the mock)
+        (`torch.Tensor`, anything with `__cuda_array_interface__`, a GPU array that speaks
+        only DLPack such as a JAX array, read through PyTorch or CuPy; NumPy arrays on the mock)
         where they lie, after the work queued on their producer's stream (PyTorch's current
         stream, or the stream an array interface names) is finished. With `expect` (the
         `vram-model-v1:HEX` of `vramctl digest --tensors`), a model whose digest differs is

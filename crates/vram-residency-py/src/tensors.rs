@@ -1,6 +1,7 @@
 //! Taking a tensor from Python without copying it: a `torch.Tensor` (its own accessors, which
-//! also cover `bfloat16`), anything with `__cuda_array_interface__` (CuPy, Numba), and, for
-//! the mock backend, anything with the buffer protocol (NumPy arrays standing in for tensors).
+//! also cover `bfloat16`), anything with `__cuda_array_interface__` (CuPy, Numba), a GPU array
+//! that speaks only DLPack (JAX; viewed through PyTorch or CuPy), and, for the mock backend,
+//! anything with the buffer protocol (NumPy arrays standing in for tensors).
 //! Each is refused with a clear message unless it is contiguous and non-empty.
 
 use std::sync::Arc;
@@ -53,7 +54,52 @@ pub(crate) fn take(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
     if let Ok(interface) = obj.getattr("__cuda_array_interface__") {
         return take_cuda_array(name, obj, &interface);
     }
+    if dlpack_on_gpu(obj)? {
+        return take_dlpack(name, obj);
+    }
     take_host_buffer(name, obj)
+}
+
+/// DLPack device types of GPU memory: CUDA (2) and CUDA managed (13; the policy refuses it).
+const DLPACK_CUDA_DEVICES: [u32; 2] = [2, 13];
+
+/// Whether `obj` speaks DLPack and says its memory is on a CUDA GPU (a JAX array, say).
+fn dlpack_on_gpu(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+    if !obj.hasattr("__dlpack__")? || !obj.hasattr("__dlpack_device__")? {
+        return Ok(false);
+    }
+    let (device_type, _): (u32, i64) = obj.call_method0("__dlpack_device__")?.extract()?;
+    Ok(DLPACK_CUDA_DEVICES.contains(&device_type))
+}
+
+/// A GPU array that speaks only DLPack, viewed without a copy through PyTorch's (or CuPy's)
+/// `from_dlpack`, which reads the capsule and has the producer order its work before PyTorch's
+/// current stream. The capsule is a C struct: reading it here would take `unsafe`.
+fn take_dlpack(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
+    let py = obj.py();
+    if let Ok(torch) = py.import("torch") {
+        let view = torch.call_method1("from_dlpack", (obj,))?;
+        let mut taken = take_torch(name, &view)?;
+        // The view keeps the producer's buffer alive through the capsule's deleter; the
+        // producer's object is kept too.
+        taken.owner = pyo3::types::PyTuple::new(py, [obj.clone(), view])?
+            .into_any()
+            .unbind();
+        return Ok(taken);
+    }
+    if let Ok(cupy) = py.import("cupy") {
+        let view = cupy.call_method1("from_dlpack", (obj,))?;
+        let interface = view.getattr("__cuda_array_interface__")?;
+        let mut taken = take_cuda_array(name, &view, &interface)?;
+        taken.owner = pyo3::types::PyTuple::new(py, [obj.clone(), view])?
+            .into_any()
+            .unbind();
+        return Ok(taken);
+    }
+    Err(bad_input(
+        "tensor",
+        format!("{name:?} speaks only DLPack, and neither PyTorch nor CuPy is there to read it without a copy; install one of them"),
+    ))
 }
 
 /// Whether `obj` is a PyTorch tensor (by its type's module and its accessors).

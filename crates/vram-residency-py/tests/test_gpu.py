@@ -76,6 +76,23 @@ def test_inputs_pytorch_can_give_that_cannot_be_sealed(token_env: bytes) -> None
     assert sealed.tensors["w"].digest == vr.digest(w)  # bf16: copied as bytes
 
 
+def test_a_jax_array_is_sealed_through_dlpack(token_env: bytes) -> None:
+    jax: Any = pytest.importorskip("jax")
+    jnp: Any = pytest.importorskip("jax.numpy")
+
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+    if not gpus:
+        pytest.skip("JAX sees no GPU")
+    x = jax.device_put(jnp.arange(1 << 16, dtype=jnp.float32), gpus[0])
+    manager = vr.Manager("gpu-worker")
+    sealed = manager.seal({"x": x}, model_id="jax")
+    assert sealed.tensors["x"].dtype == "F32"
+    import numpy as np
+
+    assert sealed.tensors["x"].digest == vr.digest(np.asarray(x))
+    manager.verify(sealed)
+
+
 def test_a_transformers_model_is_checked_around_generation(token_env: bytes) -> None:
     model = tiny_model()
     manager = vr.Manager("gpu-worker")

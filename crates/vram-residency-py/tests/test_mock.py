@@ -276,6 +276,29 @@ class CudaArray:
         }
 
 
+class DlpackOnly:
+    """A GPU array that speaks only DLPack (as a JAX array does)."""
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, 0)  # kDLCUDA, device 0
+
+    def __dlpack__(self, stream: int | None = None) -> object:
+        raise AssertionError("never read without PyTorch or CuPy")
+
+
+def test_dlpack_gpu_arrays_need_a_reader_and_numpy_stays_host(manager: vr.Manager) -> None:
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) for m in ("cupy", "torch")):
+        pytest.skip("PyTorch or CuPy is installed: the DLPack array would be read")
+    with pytest.raises(vr.BadInput) as caught:
+        manager.seal({"w": DlpackOnly()}, model_id="m")
+    assert "speaks only DLPack" in str(caught.value)
+    # NumPy also speaks DLPack, on the CPU: it is taken as a host buffer.
+    sealed = manager.seal({"w": np.ones(8, dtype=np.float32)}, model_id="m")
+    assert sealed.tensors["w"].dtype == "F32"
+
+
 def test_cuda_array_interface_is_read_and_checked(manager: vr.Manager) -> None:
     cases = [
         (CudaArray((2, 3), "<f4", (4, 8)), "not contiguous"),  # a transposed view
