@@ -98,7 +98,9 @@ fn take_dlpack(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
     }
     Err(bad_input(
         "tensor",
-        format!("{name:?} speaks only DLPack, and neither PyTorch nor CuPy is there to read it without a copy; install one of them"),
+        format!(
+            "{name:?} speaks only DLPack, and neither PyTorch nor CuPy is there to read it without a copy; install one of them"
+        ),
     ))
 }
 
