@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyMapping;
 use vram_residency::audit::{AuditLogOptions, AuditSink, FileAuditSink, InMemoryAuditSink};
 use vram_residency::model::TAG;
-use vram_residency::token::read_token_file;
+use vram_residency::token::{TOKEN_ENV, read_token_file};
 use vram_residency::{
     AuditFailurePolicy, DigestAlgorithm, EngineTensor, GpuShare, MockBackend, ScrubOptions,
     SealKey, ShardDigest, VramConfig, VramError, VramManager,
@@ -21,9 +21,6 @@ use crate::execution::{Execution, Mode};
 use crate::scrubber::Scrubber;
 use crate::sealed::{Held, SealedModel};
 use crate::tensors::{Memory, Taken, take};
-
-/// The environment variable holding the worker token, as `vramctl` reads it.
-const TOKEN_ENV: &str = "VRAM_WORKER_TOKEN";
 
 /// One worker's manager of sealed models.
 #[pyclass(frozen, module = "vram_residency")]
@@ -61,16 +58,6 @@ impl Manager {
                 ));
             }
         };
-        let sink: Arc<dyn AuditSink> = match audit_log {
-            Some(path) => {
-                let signing = key()?.audit_signing_key().map_err(|e| to_py(&e))?;
-                Arc::new(
-                    FileAuditSink::open_with(&path, signing, AuditLogOptions::default())
-                        .map_err(|e| bad_input("audit_log", format!("{}: {e}", path.display())))?,
-                )
-            }
-            None => Arc::new(InMemoryAuditSink::new()),
-        };
         let mock = match backend {
             "cuda" => None,
             "mock" => Some(Arc::new(MockBackend::with_capacity(mock_capacity))),
@@ -82,6 +69,16 @@ impl Manager {
                     ),
                 ));
             }
+        };
+        let sink: Arc<dyn AuditSink> = match audit_log {
+            Some(path) => {
+                let signing = key()?.audit_signing_key().map_err(|e| to_py(&e))?;
+                Arc::new(
+                    FileAuditSink::open_with(&path, signing, AuditLogOptions::default())
+                        .map_err(|e| bad_input("audit_log", format!("{}: {e}", path.display())))?,
+                )
+            }
+            None => Arc::new(InMemoryAuditSink::new()),
         };
         let mut builder = VramManager::builder()
             .config(VramConfig {

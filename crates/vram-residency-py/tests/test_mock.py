@@ -220,6 +220,13 @@ def test_token_file_and_audit_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         vr.Manager(WORKER, backend="mock", token_file=tmp_path)
     with pytest.raises(vr.BadInput):
         vr.Manager(WORKER, backend="gpu-or-ram")  # type: ignore[arg-type]
+    # Refused arguments leave nothing behind: no audit log is created for them.
+    token.chmod(stat.S_IRUSR | stat.S_IWUSR)
+    other = tmp_path / "other.log"
+    for bad in (dict(backend="gpu-or-ram"), dict(audit_failure="ignore"), dict(algorithm="md5")):
+        with pytest.raises(vr.BadInput):
+            vr.Manager(WORKER, token_file=token, audit_log=other, **bad)  # type: ignore[arg-type]
+        assert not other.exists(), bad
 
 
 def test_blake3_models_match_the_blake3_package(

@@ -78,7 +78,9 @@ pub mod model {
 /// The worker token file, read the same way by every caller (`vramctl`, the Python package).
 pub mod token {
     #[doc(inline)]
-    pub use vram_seal::token::{MAX_TOKEN_FILE_BYTES, TokenFile, TokenFileError, read_token_file};
+    pub use vram_seal::token::{
+        MAX_TOKEN_FILE_BYTES, TOKEN_ENV, TokenFile, TokenFileError, read_token_file,
+    };
 }
 
 #[doc(inline)]

@@ -6,6 +6,9 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
+/// The environment variable that holds the worker token itself, where no token file is named.
+pub const TOKEN_ENV: &str = "VRAM_WORKER_TOKEN";
+
 /// Longest token file read.
 pub const MAX_TOKEN_FILE_BYTES: u64 = 4096;
 

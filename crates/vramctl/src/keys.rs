@@ -15,7 +15,7 @@ use crate::cli::TokenArgs;
 use crate::error::{CliError, CliResult};
 
 /// Environment variable holding the worker token itself.
-pub(crate) const TOKEN_ENV: &str = "VRAM_WORKER_TOKEN";
+pub(crate) use vram_residency::token::TOKEN_ENV;
 /// The environment variable naming the token file (as `--token-file`).
 pub(crate) const TOKEN_FILE_ENV: &str = "VRAMCTL_TOKEN_FILE";
 
