@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyMapping;
 use vram_residency::audit::{AuditLogOptions, AuditSink, FileAuditSink, InMemoryAuditSink};
 use vram_residency::model::TAG;
-use vram_residency::token::{TOKEN_ENV, read_token_file};
+use vram_residency::token::{TOKEN_ENV, read_token_file, token_from_env};
 use vram_residency::{
     AuditFailurePolicy, DigestAlgorithm, EngineTensor, GpuShare, MockBackend, ScrubOptions,
     SealKey, ShardDigest, VramConfig, VramError, VramManager,
@@ -388,28 +388,17 @@ fn worker_token(py: Python<'_>, token_file: Option<PathBuf>) -> PyResult<Zeroizi
     if let Some(path) = token_file {
         let file = read_token_file(&path)
             .map_err(|e| bad_input("token_file", format!("{}: {e}", path.display())))?;
-        if let Some(mode) = file.shared_mode {
-            let warnings = py.import("warnings")?;
-            warnings.call_method1(
-                "warn",
-                (format!(
-                    "token file {} is accessible by others (mode {mode:04o}): anyone who reads it can seal and sign as this worker; run `chmod 600` on it",
-                    path.display()
-                ),),
-            )?;
+        if let Some(warning) = file.shared_warning(&path.display().to_string()) {
+            py.import("warnings")?.call_method1("warn", (warning,))?;
         }
         return Ok(file.token);
     }
-    match std::env::var_os(TOKEN_ENV) {
-        Some(token) => {
-            use std::os::unix::ffi::OsStringExt;
-            Ok(Zeroizing::new(token.into_vec()))
-        }
-        None => Err(bad_input(
+    token_from_env().ok_or_else(|| {
+        bad_input(
             "token_file",
             format!(
                 "no worker token: give token_file= or set ${TOKEN_ENV} (the seal and audit keys derive from it)"
             ),
-        )),
-    }
+        )
+    })
 }

@@ -79,7 +79,7 @@ pub mod model {
 pub mod token {
     #[doc(inline)]
     pub use vram_seal::token::{
-        MAX_TOKEN_FILE_BYTES, TOKEN_ENV, TokenFile, TokenFileError, read_token_file,
+        MAX_TOKEN_FILE_BYTES, TOKEN_ENV, TokenFile, TokenFileError, read_token_file, token_from_env,
     };
 }
 

@@ -32,6 +32,34 @@ impl std::fmt::Debug for TokenFile {
     }
 }
 
+impl TokenFile {
+    /// The warning to show for a file others may read (`shared_mode`), naming the file as the
+    /// caller shows it: the same words wherever the token is read.
+    #[must_use]
+    pub fn shared_warning(&self, shown_name: &str) -> Option<String> {
+        self.shared_mode.map(|mode| {
+            format!(
+                "token file {shown_name} is accessible by others (mode {mode:04o}): anyone who reads it can seal and sign as this worker; run `chmod 600` on it"
+            )
+        })
+    }
+}
+
+/// The worker token from [`TOKEN_ENV`], when it is set (its bytes as they are).
+#[must_use]
+pub fn token_from_env() -> Option<Zeroizing<Vec<u8>>> {
+    std::env::var_os(TOKEN_ENV).map(|v| {
+        #[cfg(unix)]
+        let bytes = {
+            use std::os::unix::ffi::OsStringExt;
+            v.into_vec()
+        };
+        #[cfg(not(unix))]
+        let bytes = v.to_string_lossy().into_owned().into_bytes();
+        Zeroizing::new(bytes)
+    })
+}
+
 /// Why a token file could not be used (the path is the caller's to name).
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {
@@ -139,9 +167,17 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let (dir, path) = file_with(b"shared-token");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(read_token_file(&path).unwrap().shared_mode, Some(0o644));
+        let file = read_token_file(&path).unwrap();
+        assert_eq!(file.shared_mode, Some(0o644));
+        let warning = file.shared_warning("token").unwrap();
+        assert!(
+            warning.contains("(mode 0644)") && warning.contains("chmod 600"),
+            "{warning}"
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert_eq!(read_token_file(&path).unwrap().shared_mode, None);
+        let file = read_token_file(&path).unwrap();
+        assert_eq!(file.shared_mode, None);
+        assert_eq!(file.shared_warning("token"), None);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -63,22 +63,16 @@ fn token(args: &TokenArgs) -> CliResult<Option<(Zeroizing<Vec<u8>>, String)>> {
         return read_token_file(path)
             .map(|t| Some((t, format!("token file {}", crate::output::shown(path)))));
     }
-    Ok(std::env::var_os(TOKEN_ENV).map(|v| {
-        use std::os::unix::ffi::OsStringExt;
-        (Zeroizing::new(v.into_vec()), format!("${TOKEN_ENV}"))
-    }))
+    Ok(vram_residency::token::token_from_env().map(|t| (t, format!("${TOKEN_ENV}"))))
 }
 
 fn read_token_file(path: &Path) -> CliResult<Zeroizing<Vec<u8>>> {
     let file = vram_residency::token::read_token_file(path).map_err(|e| {
         CliError::file(path, &e.to_string(), "give a file holding the worker token")
     })?;
-    if let Some(mode) = file.shared_mode {
-        // As `ssh` does for a private key: whoever reads it can seal and sign as this worker.
-        crate::output::warn(&format!(
-            "warning: token file {} is accessible by others (mode {mode:04o}): anyone who reads it can seal and sign as this worker; run `chmod 600` on it",
-            crate::output::shown(path)
-        ));
+    // As `ssh` does for a private key: whoever reads it can seal and sign as this worker.
+    if let Some(warning) = file.shared_warning(&crate::output::shown(path)) {
+        crate::output::warn(&format!("warning: {warning}"));
     }
     Ok(file.token)
 }
