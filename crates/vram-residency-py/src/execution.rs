@@ -144,7 +144,7 @@ impl Execution {
         if self.mode == Mode::BeforeAndAfter {
             // The block's kernels were queued on the tensors' current streams: the check after
             // must see their end.
-            for stream in &self.held.producer_streams {
+            for stream in &self.held.lent.producer_streams {
                 stream.bind(py).call_method0("synchronize")?;
             }
         }

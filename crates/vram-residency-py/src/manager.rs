@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 use crate::errors::{bad_input, to_py};
 use crate::execution::{Execution, Mode};
 use crate::scrubber::Scrubber;
-use crate::sealed::{Held, SealedModel};
+use crate::sealed::{Held, Lent, SealedModel};
 use crate::tensors::{Memory, Taken, take};
 
 /// One worker's manager of sealed models.
@@ -147,21 +147,13 @@ impl Manager {
         for (name, obj) in &named {
             taken.push((name.clone(), take(name, obj)?));
         }
-        let (engine, held) = self.engine_tensors(py, taken)?;
+        let (engine, lent) = self.engine_tensors(py, taken)?;
         let manager = self.manager.clone();
         let model_id = model_id.to_owned();
         let model = py
             .detach(move || manager.seal_model_in_place(&model_id, engine, expected.as_ref()))
             .map_err(|e| to_py(&e))?;
-        SealedModel::new(
-            py,
-            Held {
-                model,
-                owners: held.owners,
-                producer_streams: held.producer_streams,
-                mock: held.mock,
-            },
-        )
+        SealedModel::new(py, Held { model, lent })
     }
 
     /// Verifies every tensor of the model against its seal, on the GPU, before a request.
@@ -264,13 +256,6 @@ impl Manager {
     }
 }
 
-/// The owners, streams and mock ranges of the tensors being sealed.
-struct Kept {
-    owners: Vec<Py<PyAny>>,
-    producer_streams: Vec<Py<PyAny>>,
-    mock: Option<(Arc<MockBackend>, Vec<vram_residency::ForeignRange>)>,
-}
-
 impl Manager {
     /// The ranges to seal, on this manager's backend, after the producer's queued work on
     /// them is finished.
@@ -278,8 +263,8 @@ impl Manager {
         &self,
         py: Python<'_>,
         taken: Vec<(String, Taken)>,
-    ) -> PyResult<(Vec<EngineTensor>, Kept)> {
-        let mut kept = Kept {
+    ) -> PyResult<(Vec<EngineTensor>, Lent)> {
+        let mut lent = Lent {
             owners: Vec::with_capacity(taken.len()),
             producer_streams: Vec::new(),
             mock: self.mock.clone().map(|m| (m, Vec::new())),
@@ -287,7 +272,7 @@ impl Manager {
         let mut engine = Vec::with_capacity(taken.len());
         let mut stream_ids: Vec<u64> = Vec::new();
         for (name, t) in taken {
-            let range = match (&t.memory, &mut kept.mock) {
+            let range = match (&t.memory, &mut lent.mock) {
                 (Memory::Device { .. }, None) => t
                     .device_range()
                     .ok_or(VramError::Unreachable("device memory without a range"))
@@ -325,7 +310,7 @@ impl Manager {
                     .extract()?;
                 if !stream_ids.contains(&id) {
                     stream_ids.push(id);
-                    kept.producer_streams.push(stream.clone_ref(py));
+                    lent.producer_streams.push(stream.clone_ref(py));
                 }
             }
             engine.push(EngineTensor {
@@ -334,14 +319,14 @@ impl Manager {
                 shape: t.shape,
                 range,
             });
-            kept.owners.push(t.owner);
+            lent.owners.push(t.owner);
         }
         // The producer's work on the tensors was queued on these streams: it must be finished
         // before their bytes are hashed (one stream at a time, never the whole device).
-        for stream in &kept.producer_streams {
+        for stream in &lent.producer_streams {
             stream.bind(py).call_method0("synchronize")?;
         }
-        Ok((engine, kept))
+        Ok((engine, lent))
     }
 }
 

@@ -11,23 +11,20 @@ use vram_residency::{ForeignRange, MockBackend, SealedModel as RustModel};
 
 use crate::errors::bad_input;
 
-/// What a sealed model owns. Fields drop in order: the Rust model (which releases every
-/// shard) before the owners that keep the tensors' memory allocated.
-pub(crate) struct Held {
-    pub(crate) model: RustModel,
-    #[expect(
-        dead_code,
-        reason = "held, never read: it keeps the tensors' memory allocated"
-    )]
+/// What the engine lent for a seal: the tensors' owners (kept referenced so their memory stays
+/// allocated), the streams they were produced on, and, on the mock, the engine ranges handed
+/// out for them. Dropping it forgets those ranges, whether the seal succeeded (with the model)
+/// or not (at once: a refused seal leaves nothing in the mock behind).
+pub(crate) struct Lent {
     pub(crate) owners: Vec<Py<PyAny>>,
     /// The streams the tensors were produced on (PyTorch's current stream, or the stream an
     /// array interface named), each once.
     pub(crate) producer_streams: Vec<Py<PyAny>>,
-    /// On the mock backend: the engine ranges it handed out, forgotten with the model.
+    /// On the mock backend: the engine ranges it handed out.
     pub(crate) mock: Option<(Arc<MockBackend>, Vec<ForeignRange>)>,
 }
 
-impl Drop for Held {
+impl Drop for Lent {
     fn drop(&mut self) {
         if let Some((mock, ranges)) = &self.mock {
             for range in ranges {
@@ -36,6 +33,13 @@ impl Drop for Held {
             }
         }
     }
+}
+
+/// What a sealed model owns. Fields drop in order: the Rust model (which releases every
+/// shard) before what the engine lent for it.
+pub(crate) struct Held {
+    pub(crate) model: RustModel,
+    pub(crate) lent: Lent,
 }
 
 /// One tensor of a sealed model.

@@ -164,6 +164,23 @@ def test_bad_input_is_refused_and_changes_nothing(manager: vr.Manager) -> None:
     manager.seal({"w": good.copy()}, model_id="m2")
 
 
+def test_a_refused_seal_keeps_no_reference_to_the_tensors(manager: vr.Manager) -> None:
+    import sys
+
+    a, b = np.ones(1024, dtype=np.float32), np.zeros(64, dtype=np.int64)
+    before = sys.getrefcount(a), sys.getrefcount(b)
+    for _ in range(3):
+        # Refused by the manager after the tensors were handed over (a bad model id).
+        with pytest.raises(vr.BadInput):
+            manager.seal({"a": a, "b": b}, model_id="bad id\n")
+    assert (sys.getrefcount(a), sys.getrefcount(b)) == before
+    sealed = manager.seal({"a": a, "b": b}, model_id="m")
+    assert sys.getrefcount(a) > before[0]  # a sealed model keeps its tensors
+    manager.release(sealed)
+    del sealed
+    assert (sys.getrefcount(a), sys.getrefcount(b)) == before
+
+
 def test_release_is_idempotent_and_frees_the_id(manager: vr.Manager) -> None:
     w = weights()
     sealed = manager.seal(w, model_id="tiny")
