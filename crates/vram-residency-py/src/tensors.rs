@@ -77,24 +77,22 @@ fn dlpack_on_gpu(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
 /// current stream. The capsule is a C struct: reading it here would take `unsafe`.
 fn take_dlpack(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
     let py = obj.py();
-    if let Ok(torch) = py.import("torch") {
-        let view = torch.call_method1("from_dlpack", (obj,))?;
-        let mut taken = take_torch(name, &view)?;
-        // The view keeps the producer's buffer alive through the capsule's deleter; the
-        // producer's object is kept too.
+    // The view keeps the producer's buffer alive through the capsule's deleter; the
+    // producer's object is kept with it.
+    let owned_with = |mut taken: Taken, view: Bound<'_, PyAny>| -> PyResult<Taken> {
         taken.owner = pyo3::types::PyTuple::new(py, [obj.clone(), view])?
             .into_any()
             .unbind();
-        return Ok(taken);
+        Ok(taken)
+    };
+    if let Ok(torch) = py.import("torch") {
+        let view = torch.call_method1("from_dlpack", (obj,))?;
+        return owned_with(take_torch(name, &view)?, view);
     }
     if let Ok(cupy) = py.import("cupy") {
         let view = cupy.call_method1("from_dlpack", (obj,))?;
         let interface = view.getattr("__cuda_array_interface__")?;
-        let mut taken = take_cuda_array(name, &view, &interface)?;
-        taken.owner = pyo3::types::PyTuple::new(py, [obj.clone(), view])?
-            .into_any()
-            .unbind();
-        return Ok(taken);
+        return owned_with(take_cuda_array(name, &view, &interface)?, view);
     }
     Err(bad_input(
         "tensor",
@@ -102,6 +100,38 @@ fn take_dlpack(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
             "{name:?} speaks only DLPack, and neither PyTorch nor CuPy is there to read it without a copy; install one of them"
         ),
     ))
+}
+
+/// A copy of the bytes of `data` on the host: a PyTorch tensor on any device (its bytes as
+/// they are, bf16 included), or any contiguous buffer (`bytes`, a NumPy array). For a check of
+/// what a tensor holds; a sealed model's digests are computed where its tensors lie.
+pub(crate) fn bytes_on_host(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    let data = if is_torch_tensor(data)? {
+        if !data.call_method0("is_contiguous")?.extract::<bool>()? {
+            return Err(not_contiguous("data"));
+        }
+        let torch = data.py().import("torch")?;
+        data.call_method0("detach")?
+            .call_method1("reshape", (-1,))?
+            .call_method1("view", (torch.getattr("uint8")?,))?
+            .call_method0("cpu")?
+            .call_method0("numpy")?
+    } else {
+        data.clone()
+    };
+    let view = PyMemoryView::from(&data).map_err(|_| {
+        bad_input(
+            "data",
+            format!(
+                "a {}: give bytes, a NumPy array or a PyTorch tensor",
+                type_name(&data)
+            ),
+        )
+    })?;
+    if !view.getattr("c_contiguous")?.extract::<bool>()? {
+        return Err(not_contiguous("data"));
+    }
+    view.call_method0("tobytes")?.extract()
 }
 
 /// Whether `obj` is a PyTorch tensor (by its type's module and its accessors).
