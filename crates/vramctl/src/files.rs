@@ -44,13 +44,7 @@ pub(crate) fn io_error(path: &Path, e: &std::io::Error) -> CliError {
 
 /// Opens `path` as a regular, non-empty, readable file; returns it with its length.
 pub(crate) fn open_model(path: &Path) -> CliResult<(File, u64)> {
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
-        ErrorKind::NotFound => CliError::file(path, "no such file", "check the path"),
-        ErrorKind::PermissionDenied => {
-            CliError::file(path, "permission denied", "check the file's permissions")
-        }
-        _ => io_error(path, &e),
-    })?;
+    let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
     if meta.is_dir() {
         return Err(CliError::file(
             path,
