@@ -5,7 +5,7 @@ use std::sync::{Mutex, PoisonError};
 
 use vram_seal::ShardDigest;
 use vram_seal::digest::tree::{digest_from_leaf_digests, leaf_count, leaf_digest};
-use vram_types::{DigestAlgorithm, LeafSize, ShardSource, VramError};
+use vram_types::{DigestAlgorithm, DigestKind, LeafSize, ShardSource, VramError};
 
 /// The digest of the host bytes, computed from the chunks the upload shows it.
 pub(super) enum CrossCheck {
@@ -15,14 +15,15 @@ pub(super) enum CrossCheck {
         len: u64,
         leaves: Mutex<Vec<Option<[u8; 32]>>>,
     },
-    /// Flat SHA-256 is serial: the source is hashed again, in order, after the upload.
-    Flat,
+    /// Flat SHA-256 and BLAKE3 are not built from the upload's leaves: the source is hashed
+    /// again, whole, after the upload.
+    Whole,
 }
 
 impl CrossCheck {
     pub(super) fn new(algorithm: DigestAlgorithm, len: u64) -> Result<Self, VramError> {
-        Ok(match algorithm.leaf_size() {
-            Some(leaf) => {
+        Ok(match algorithm.kind() {
+            DigestKind::Sha256Tree(leaf) => {
                 let n = usize::try_from(leaf_count(len, leaf))
                     .map_err(|_| VramError::HostMemoryExhausted { needed: usize::MAX })?;
                 let mut leaves = Vec::new();
@@ -36,7 +37,7 @@ impl CrossCheck {
                     leaves: Mutex::new(leaves),
                 }
             }
-            None => Self::Flat,
+            DigestKind::Sha256 | DigestKind::Blake3 => Self::Whole,
         })
     }
 
@@ -77,7 +78,7 @@ impl CrossCheck {
                 ))?;
                 digest_from_leaf_digests(&leaves, leaf, len)
             }
-            Self::Flat => vram_seal::digest::digest_source(source, algorithm),
+            Self::Whole => vram_seal::digest::digest_source(source, algorithm),
         }
     }
 }
