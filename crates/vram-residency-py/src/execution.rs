@@ -73,7 +73,18 @@ impl Execution {
 #[pymethods]
 impl Execution {
     fn __enter__<'p>(slf: PyRef<'p, Self>, py: Python<'p>) -> PyResult<PyRef<'p, Self>> {
-        let mut running = slf.running.lock().unwrap_or_else(PoisonError::into_inner);
+        // Never waited for: a window entered from another thread holds the lock while its
+        // check runs, which may need the GIL this thread holds.
+        let mut running = match slf.running.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return Err(bad_input(
+                    "execution",
+                    "already being entered: use a new one per request",
+                ));
+            }
+        };
         if running.is_some() {
             return Err(bad_input(
                 "execution",
