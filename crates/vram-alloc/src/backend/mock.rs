@@ -703,11 +703,13 @@ impl Backend for MockBackend {
 struct LentMock(Arc<MockBuffer>);
 
 impl LentMemory for LentMock {
+    /// The mock's own bytes' address; 0 for an engine's host tensor, which the mock only reads
+    /// through its owner (no copy is made just to show an address).
     fn address(&self) -> u64 {
-        self.0
-            .data
-            .with(|data| u64::try_from(data.as_ptr().addr()).unwrap_or(u64::MAX))
-            .unwrap_or(0)
+        match &self.0.data {
+            Storage::Owned(data) => u64::try_from(read(data).as_ptr().addr()).unwrap_or(u64::MAX),
+            Storage::Engine(_) => 0,
+        }
     }
 
     fn read_host(&self, read_bytes: &mut dyn FnMut(&[u8])) -> bool {
