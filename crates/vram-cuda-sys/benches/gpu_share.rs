@@ -31,7 +31,7 @@ use vram_cuda_sys::memory::DeviceBuffer;
 use vram_cuda_sys::module::{KernelArg, Module};
 use vram_cuda_sys::staging_ring::StagingRing;
 use vram_cuda_sys::stream::{Stream, StreamPriority};
-use vram_cuda_sys::tree_digest::TreeDigestEngine;
+use vram_cuda_sys::tree_digest::{GpuDigest, TreeDigestEngine};
 use vram_seal::digest::DigestHasher;
 use vram_types::{DigestAlgorithm, FileSource, GpuShare, LeafSize};
 
@@ -95,7 +95,9 @@ fn crossover(device: &Arc<Device>, engine: &TreeDigestEngine, ring: &StagingRing
         let l = LeafSize::new(leaf as u64).unwrap();
         let buffer = filled(device, ring, n);
         let gpu = best_of(10, || {
-            engine.tree_root(&buffer, n, l, GpuShare::Full).unwrap()
+            engine
+                .tree_root(&buffer, n, GpuDigest::Sha256Tree(l), GpuShare::Full)
+                .unwrap()
         });
         let cpu = best_of(10, || cpu_digest(&buffer, n, l));
         println!(
@@ -163,7 +165,11 @@ fn kernel_table(engine: &TreeDigestEngine, big: &DeviceBuffer, big_len: usize) {
             if share != GpuShare::Full && n != big_len {
                 continue;
             }
-            let t = best_of(3, || engine.tree_root(big, n, l, share).unwrap());
+            let t = best_of(3, || {
+                engine
+                    .tree_root(big, n, GpuDigest::Sha256Tree(l), share)
+                    .unwrap()
+            });
             println!(
                 "| {} MiB | {} KiB | {share:?} | {:.0} |",
                 n / MIB,
@@ -292,7 +298,9 @@ fn interference(device: &Arc<Device>, gemm: &Gemm, big: &DeviceBuffer, big_len: 
                 let started = Instant::now();
                 s.spawn(|| {
                     while !stop.load(Ordering::Acquire) {
-                        engine.tree_root(big, big_len, leaf, share).unwrap();
+                        engine
+                            .tree_root(big, big_len, GpuDigest::Sha256Tree(leaf), share)
+                            .unwrap();
                         hashed.fetch_add(big_len as u64, Ordering::Relaxed);
                     }
                 });

@@ -19,7 +19,7 @@ use std::time::Instant;
 use vram_cuda_sys::Device;
 use vram_cuda_sys::memory::DeviceBuffer;
 use vram_cuda_sys::staging_ring::StagingRing;
-use vram_cuda_sys::tree_digest::TreeDigestEngine;
+use vram_cuda_sys::tree_digest::{GpuDigest, TreeDigestEngine};
 use vram_seal::digest::tree::{leaf_digests, root_from_leaf_digests};
 use vram_types::{GpuShare, LeafSize, MAX_LEAF_BYTES, MIN_LEAF_BYTES};
 
@@ -74,7 +74,9 @@ fn kernels_match_the_cpu_digest_at_every_leaf_size_and_shape() {
             let buffer = upload(&device, &ring, &data);
             let want = cpu_root(&data, l);
             for share in [GpuShare::Full, GpuShare::bounded(0.05).unwrap()] {
-                let got = engine.tree_root(&buffer, n, l, share).unwrap();
+                let got = engine
+                    .tree_root(&buffer, n, GpuDigest::Sha256Tree(l), share)
+                    .unwrap();
                 assert_eq!(got, want, "leaf {leaf}, {n} bytes, {share:?}");
             }
             shapes += 1;
@@ -124,12 +126,14 @@ fn many_ranges_at_once_match_each_ranges_own_root() {
             .collect();
         let want: Vec<[u8; 32]> = datas.iter().map(|d| cpu_root(d, l)).collect();
         for share in [GpuShare::Full, GpuShare::bounded(0.05).unwrap()] {
-            let got = engine.tree_roots_of(&ranges, l, share, None).unwrap();
+            let got = engine
+                .tree_roots_of(&ranges, GpuDigest::Sha256Tree(l), share, None)
+                .unwrap();
             assert_eq!(got, want, "leaf {leaf}, {share:?}");
         }
         let stream = Stream::new(&device, StreamPriority::Highest).unwrap();
         let queued = engine
-            .queue_roots_before(&ranges, l, EngineStream::of(&stream))
+            .queue_roots_before(&ranges, GpuDigest::Sha256Tree(l), EngineStream::of(&stream))
             .unwrap();
         assert_eq!(queued.wait().unwrap(), want, "leaf {leaf}, queued ahead");
         // A range that starts off a 16-byte boundary is refused before any launch.
@@ -139,7 +143,7 @@ fn many_ranges_at_once_match_each_ranges_own_root() {
     }
     assert!(
         engine
-            .tree_roots_of(&[], LeafSize::new(4096).unwrap(), GpuShare::Full, None)
+            .tree_roots_of(&[], GpuDigest::Blake3, GpuShare::Full, None)
             .is_err()
     );
 }
@@ -156,7 +160,7 @@ fn one_gib_matches_and_every_single_bit_flip_is_detected() {
     let want = cpu_root(&data, leaf);
     assert_eq!(
         engine
-            .tree_root(&buffer, GIB, leaf, GpuShare::Full)
+            .tree_root(&buffer, GIB, GpuDigest::Sha256Tree(leaf), GpuShare::Full)
             .unwrap(),
         want
     );
@@ -164,7 +168,7 @@ fn one_gib_matches_and_every_single_bit_flip_is_detected() {
         let original = data[offset];
         buffer.write(offset, &[original ^ (1 << bit)]).unwrap();
         let got = engine
-            .tree_root(&buffer, GIB, leaf, GpuShare::Full)
+            .tree_root(&buffer, GIB, GpuDigest::Sha256Tree(leaf), GpuShare::Full)
             .unwrap();
         assert_ne!(
             got, want,
@@ -174,7 +178,7 @@ fn one_gib_matches_and_every_single_bit_flip_is_detected() {
     }
     assert_eq!(
         engine
-            .tree_root(&buffer, GIB, leaf, GpuShare::Full)
+            .tree_root(&buffer, GIB, GpuDigest::Sha256Tree(leaf), GpuShare::Full)
             .unwrap(),
         want
     );
@@ -197,7 +201,9 @@ fn sixteen_gib_matches_the_cpu_digest() {
         let l = LeafSize::new(leaf as u64).unwrap();
         let want = cpu_root(&data, l);
         let t = Instant::now();
-        let got = engine.tree_root(&buffer, n, l, GpuShare::Full).unwrap();
+        let got = engine
+            .tree_root(&buffer, n, GpuDigest::Sha256Tree(l), GpuShare::Full)
+            .unwrap();
         let took = t.elapsed();
         assert_eq!(got, want, "16 GiB at {leaf}-byte leaves");
         println!(

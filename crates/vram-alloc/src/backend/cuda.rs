@@ -1,19 +1,21 @@
 //! The CUDA backend: shards in real device memory (`cuMemAlloc`), uploaded through a bounded
-//! ring of pinned staging slots filled by several threads, and digested where they lie: tree
-//! digests of shards of [`GPU_DIGEST_MIN_LEAVES`] leaves or more by the SHA-256 kernels in VRAM,
-//! the rest (flat SHA-256, which is serial, and small shards, where a kernel's latency exceeds a
-//! read-back) on the CPU from bytes read back out of VRAM (`docs/adr/0004-digest-of-resident-bytes.md`).
+//! ring of pinned staging slots filled by several threads, and digested where they lie: BLAKE3
+//! at every size and SHA-256 tree digests of shards of [`GPU_DIGEST_MIN_LEAVES`] leaves or more
+//! by the kernels in VRAM, the rest (flat SHA-256, which is serial, and small SHA-256 tree
+//! shards, where a kernel's latency exceeds a read-back) on the CPU from bytes read back out of
+//! VRAM (`docs/adr/0004-digest-of-resident-bytes.md`).
 
 use std::sync::{Arc, OnceLock};
 
 use vram_cuda_sys::memory::DeviceBuffer;
 use vram_cuda_sys::resident::{ForeignRange, Resident};
 use vram_cuda_sys::staging_ring::StagingRing;
-use vram_cuda_sys::tree_digest::TreeDigestEngine;
+use vram_cuda_sys::tree_digest::{GpuDigest, TreeDigestEngine};
 use vram_cuda_sys::{CudaError, Device, Driver};
 use vram_seal::ShardDigest;
 use vram_seal::digest::DigestHasher;
 use vram_seal::digest::tree::{finalize_root, leaf_count};
+use vram_types::DigestKind;
 use vram_types::{
     AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, GpuShare, ShardSource, VramError,
 };
@@ -24,10 +26,12 @@ use super::{
     one_device,
 };
 
-/// Fewest leaves for which the GPU kernels digest a shard. One thread hashes one leaf, at about
-/// 30 MB/s when the GPU is not full (a dependency chain of 64 rounds per 64-byte block), so a
-/// kernel takes at least a leaf's worth of that (about 2 ms at 64 KiB leaves) however small the
-/// shard; below this many leaves a read-back hashed on the CPU cores is quicker (`docs/perf.md`).
+/// Fewest leaves for which the SHA-256 kernels digest a shard. One thread hashes one leaf, at
+/// about 30 MB/s when the GPU is not full (a dependency chain of 64 rounds per 64-byte block),
+/// so a kernel takes at least a leaf's worth of that (about 2 ms at 64 KiB leaves) however small
+/// the shard; below this many leaves a read-back hashed on the CPU cores is quicker
+/// (`docs/perf.md`). BLAKE3 has no such floor (a thread hashes one 1 KiB chunk), so its kernels
+/// digest every size.
 pub(crate) const GPU_DIGEST_MIN_LEAVES: u64 = 64;
 
 /// What a CUDA call was for, so that its error becomes the right [`VramError`].
@@ -241,28 +245,36 @@ impl CudaBackend {
         Ok(memory)
     }
 
-    /// The digest kernels and leaf size when the GPU digests these buffers (one device): a
-    /// tree algorithm, at least [`GPU_DIGEST_MIN_LEAVES`] leaves in all (many small tensors
-    /// hashed together fill the GPU like one large shard), kernels loaded.
+    /// The digest kernels and what they compute when the GPU digests these buffers (one
+    /// device): BLAKE3 always, a SHA-256 tree of at least [`GPU_DIGEST_MIN_LEAVES`] leaves in
+    /// all (many small tensors hashed together fill the GPU like one large shard), kernels
+    /// loaded.
     fn kernels_for(
         &self,
         memory: &[(Resident, usize)],
         algorithm: DigestAlgorithm,
-    ) -> Result<Option<(&TreeDigestEngine, vram_types::LeafSize)>, VramError> {
-        let (Some(leaf), Some((first, _))) = (algorithm.leaf_size(), memory.first()) else {
+    ) -> Result<Option<(&TreeDigestEngine, GpuDigest)>, VramError> {
+        let Some((first, _)) = memory.first() else {
             return Ok(None);
         };
-        let leaves = memory
-            .iter()
-            .map(|(_, len)| leaf_count(total_of(*len), leaf))
-            .fold(0u64, u64::saturating_add);
-        Ok(if leaves >= GPU_DIGEST_MIN_LEAVES {
-            self.lane(first.device().ordinal())?
-                .kernels()
-                .map(|k| (k, leaf))
-        } else {
-            None
-        })
+        let digest = match algorithm.kind() {
+            DigestKind::Sha256 => return Ok(None),
+            DigestKind::Blake3 => GpuDigest::Blake3,
+            DigestKind::Sha256Tree(leaf) => {
+                let leaves = memory
+                    .iter()
+                    .map(|(_, len)| leaf_count(total_of(*len), leaf))
+                    .fold(0u64, u64::saturating_add);
+                if leaves < GPU_DIGEST_MIN_LEAVES {
+                    return Ok(None);
+                }
+                GpuDigest::Sha256Tree(leaf)
+            }
+        };
+        Ok(self
+            .lane(first.device().ordinal())?
+            .kernels()
+            .map(|k| (k, digest)))
     }
 
     /// Inverts the byte at `offset` of the buffer with a raw copy, behind the manager's back
@@ -340,7 +352,7 @@ impl Backend for CudaBackend {
     ) -> Result<Vec<ShardDigest>, VramError> {
         let memory = self.resident(buffers)?;
         match self.kernels_for(&memory, algorithm)? {
-            Some((engine, leaf)) => {
+            Some((engine, digest)) => {
                 let after = match order {
                     DigestOrder::Now => None,
                     DigestOrder::After(s) => Some(s),
@@ -348,12 +360,12 @@ impl Backend for CudaBackend {
                 let roots = match memory.as_slice() {
                     // One shard: the single-range kernel, with no table to upload.
                     [(b, len)] => engine
-                        .tree_root_of(b, *len, leaf, share, after)
+                        .tree_root_of(b, *len, digest, share, after)
                         .map(|root| vec![root]),
-                    _ => engine.tree_roots_of(&memory, leaf, share, after),
+                    _ => engine.tree_roots_of(&memory, digest, share, after),
                 }
                 .map_err(other)?;
-                Ok(finalized(leaf, &memory, &roots))
+                Ok(finalized(digest, &memory, &roots))
             }
             None => {
                 if let (DigestOrder::After(engine), Some((b, _))) = (order, memory.first()) {
@@ -375,15 +387,15 @@ impl Backend for CudaBackend {
     ) -> Result<Box<dyn PendingDigest + 'b>, VramError> {
         let memory = self.resident(buffers)?;
         match self.kernels_for(&memory, algorithm)? {
-            Some((kernels, leaf)) => {
+            Some((kernels, digest)) => {
                 let pending = match memory.as_slice() {
-                    [(b, len)] => kernels.queue_root_before(b, *len, leaf, engine),
-                    _ => kernels.queue_roots_before(&memory, leaf, engine),
+                    [(b, len)] => kernels.queue_root_before(b, *len, digest, engine),
+                    _ => kernels.queue_roots_before(&memory, digest, engine),
                 }
                 .map_err(other)?;
                 Ok(Box::new(QueuedRoots {
                     pending,
-                    leaf,
+                    digest,
                     lens: memory.iter().map(|(_, len)| *len).collect(),
                 }))
             }
@@ -436,7 +448,7 @@ impl Backend for CudaBackend {
 /// Tree digests queued ahead of an engine's work, finished into the shards' digests.
 struct QueuedRoots {
     pending: vram_cuda_sys::tree_digest::PendingRoots,
-    leaf: vram_types::LeafSize,
+    digest: GpuDigest,
     lens: Vec<usize>,
 }
 
@@ -447,7 +459,7 @@ impl PendingDigest for QueuedRoots {
             .lens
             .iter()
             .zip(&roots)
-            .map(|(len, root)| finalize_root(self.leaf, total_of(*len), root))
+            .map(|(len, root)| shard_digest(self.digest, total_of(*len), root))
             .collect())
     }
 }
@@ -456,17 +468,26 @@ fn total_of(len: usize) -> u64 {
     u64::try_from(len).unwrap_or(u64::MAX)
 }
 
-/// Each range's digest from its tree root.
+/// Each range's digest from its root.
 fn finalized(
-    leaf: vram_types::LeafSize,
+    digest: GpuDigest,
     memory: &[(Resident, usize)],
     roots: &[[u8; 32]],
 ) -> Vec<ShardDigest> {
     memory
         .iter()
         .zip(roots)
-        .map(|((_, len), root)| finalize_root(leaf, total_of(*len), root))
+        .map(|((_, len), root)| shard_digest(digest, total_of(*len), root))
         .collect()
+}
+
+/// A shard's digest from the kernels' root: the SHA-256 tree frames it with the leaf size and
+/// length; BLAKE3's root is the digest.
+fn shard_digest(digest: GpuDigest, total_len: u64, root: &[u8; 32]) -> ShardDigest {
+    match digest {
+        GpuDigest::Sha256Tree(leaf) => finalize_root(leaf, total_len, root),
+        GpuDigest::Blake3 => ShardDigest::from_bytes(*root),
+    }
 }
 
 /// A device allocation lent to an engine; keeps it alive.

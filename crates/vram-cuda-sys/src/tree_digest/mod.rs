@@ -1,7 +1,9 @@
-//! The `sha256-tree-L` digest of bytes already in VRAM: a leaf kernel hashes every leaf where it
-//! lies, a fold kernel pairs nodes level by level on the GPU, and only the 32-byte root comes
-//! back to the host. The kernels (`kernels/sha256_tree.cu`, PTX committed beside it) are
-//! checked bit for bit against `vram-seal`'s CPU implementation by the GPU tests.
+//! Tree digests of bytes already in VRAM: the `sha256-tree-L` root and the standard BLAKE3 hash.
+//! A leaf kernel hashes every leaf (every 1 KiB chunk for BLAKE3) where it lies, a fold kernel
+//! reduces nodes level by level on the GPU (two to one for SHA-256, up to 256 to one in shared
+//! memory for BLAKE3), and only the 32-byte root comes back to the host. The kernels
+//! (`kernels/sha256_tree.cu`, `kernels/blake3_tree.cu`, PTX committed beside them) are checked bit
+//! for bit against `vram-seal`'s CPU implementations by the GPU tests.
 //!
 //! Everything runs on streams of the lowest priority and waits on them only, never on the whole
 //! context, so an inference engine's kernels on its own streams are scheduled first.
@@ -12,6 +14,9 @@ use cudarc::driver::result;
 use cudarc::driver::sys::{CUdeviceptr, CUfunction};
 use vram_types::{GpuShare, LeafSize};
 
+mod layout;
+use layout::RangeLayout;
+
 use crate::device::Device;
 use crate::error::{CudaError, CudaStatus};
 use crate::memory::{DeviceBuffer, PinnedBuffer};
@@ -20,7 +25,72 @@ use crate::resident::Resident;
 use crate::stream::{EngineStream, Event, Stream, StreamPriority};
 
 /// PTX of `kernels/sha256_tree.cu` (`cargo xtask ptx` regenerates it).
-pub const SHA256_TREE_PTX: &str = include_str!("../kernels/sha256_tree.ptx");
+pub const SHA256_TREE_PTX: &str = include_str!("../../kernels/sha256_tree.ptx");
+/// PTX of `kernels/blake3_tree.cu` (`cargo xtask ptx` regenerates it).
+pub const BLAKE3_TREE_PTX: &str = include_str!("../../kernels/blake3_tree.ptx");
+
+/// What the kernels compute: a tree digest whose leaves hash independently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GpuDigest {
+    /// The root of the `sha256-tree-L` tree (`vram_seal::digest::tree::finalize_root` frames it
+    /// into the digest).
+    Sha256Tree(LeafSize),
+    /// The standard BLAKE3 hash (unkeyed, 32 bytes): the root is the digest.
+    Blake3,
+}
+
+/// BLAKE3's chunk: the unit one thread hashes.
+const BLAKE3_CHUNK_BYTES: u64 = 1024;
+/// Nodes one BLAKE3 fold launch reduces to one (`FOLD_FAN_IN` in the kernel).
+const BLAKE3_FOLD_FAN_IN: u64 = 256;
+
+impl GpuDigest {
+    /// Bytes of one leaf (one thread's unit of work).
+    fn unit_bytes(self) -> u64 {
+        match self {
+            Self::Sha256Tree(leaf) => u64::from(leaf.get()),
+            Self::Blake3 => BLAKE3_CHUNK_BYTES,
+        }
+    }
+
+    /// Nodes one fold launch reduces to one.
+    fn fan_in(self) -> u64 {
+        match self {
+            Self::Sha256Tree(_) => 2,
+            Self::Blake3 => BLAKE3_FOLD_FAN_IN,
+        }
+    }
+
+    /// Leaves of a range of `len` bytes (at least one: an empty range hashes as one empty leaf).
+    #[must_use]
+    pub fn leaves(self, len: u64) -> u64 {
+        len.div_ceil(self.unit_bytes()).max(1)
+    }
+}
+
+/// The four kernels of one algorithm, in the module that holds them.
+struct Kernels {
+    module: Module,
+    leaves: CUfunction,
+    fold: CUfunction,
+    range_leaves: CUfunction,
+    range_fold: CUfunction,
+}
+
+impl Kernels {
+    /// Loads `ptx` and finds its leaf, fold, range-leaf and range-fold kernels, in that order.
+    fn load(device: &Arc<Device>, ptx: &str, names: [&str; 4]) -> Result<Self, CudaError> {
+        let module = Module::load_ptx(device, ptx)?;
+        let [leaves, fold, range_leaves, range_fold] = names;
+        Ok(Self {
+            leaves: module.function(leaves)?,
+            fold: module.function(fold)?,
+            range_leaves: module.function(range_leaves)?,
+            range_fold: module.function(range_fold)?,
+            module,
+        })
+    }
+}
 
 /// Default bytes of each leaf a bounded-share launch hashes. Short launches hand the SMs back
 /// often: next to a GEMM loop on an H100, 4 KiB slices cost it 0.2-0.4 % at 1/32 to 1/8 of the
@@ -39,11 +109,8 @@ pub const KERNEL_ALIGNMENT: u64 = 16;
 /// bounded background digests (so a long background pass never delays a request's check).
 pub struct TreeDigestEngine {
     device: Arc<Device>,
-    module: Module,
-    leaves: CUfunction,
-    fold: CUfunction,
-    range_leaves: CUfunction,
-    range_fold: CUfunction,
+    sha256: Kernels,
+    blake3: Kernels,
     multiprocessors: u32,
     bounded_slice_bytes: u64,
     full_lane: Mutex<Stream>,
@@ -135,28 +202,38 @@ fn lock(m: &Mutex<Stream>) -> std::sync::MutexGuard<'_, Stream> {
 }
 
 impl TreeDigestEngine {
-    /// Loads the kernels on `device` and makes its two lowest-priority streams.
+    /// Loads both algorithms' kernels on `device` and makes its two lowest-priority streams.
     ///
     /// # Errors
     /// [`CudaError::Driver`] when the driver refuses the PTX (for example a driver
     /// older than the PTX version) or a stream cannot be made.
     pub fn new(device: &Arc<Device>) -> Result<Self, CudaError> {
-        let module = Module::load_ptx(device, SHA256_TREE_PTX)?;
-        let leaves = module.function("sha256_leaves")?;
-        let fold = module.function("sha256_fold_level")?;
-        let range_leaves = module.function("sha256_range_leaves")?;
-        let range_fold = module.function("sha256_range_fold_level")?;
         Ok(Self {
             device: Arc::clone(device),
-            leaves,
-            fold,
-            range_leaves,
-            range_fold,
+            sha256: Kernels::load(
+                device,
+                SHA256_TREE_PTX,
+                [
+                    "sha256_leaves",
+                    "sha256_fold_level",
+                    "sha256_range_leaves",
+                    "sha256_range_fold_level",
+                ],
+            )?,
+            blake3: Kernels::load(
+                device,
+                BLAKE3_TREE_PTX,
+                [
+                    "blake3_chunks",
+                    "blake3_fold",
+                    "blake3_range_chunks",
+                    "blake3_range_fold",
+                ],
+            )?,
             multiprocessors: device.multiprocessor_count()?,
             bounded_slice_bytes: BOUNDED_SLICE_BYTES,
             full_lane: Mutex::new(Stream::new(device, StreamPriority::Lowest)?),
             bounded_lane: Mutex::new(Stream::new(device, StreamPriority::Lowest)?),
-            module,
         })
     }
 
@@ -169,8 +246,9 @@ impl TreeDigestEngine {
         self
     }
 
-    /// The tree root over the first `len` bytes of `buffer` with `leaf`-byte leaves: the value
-    /// `vram_seal::digest::tree::root_from_leaf_digests` gives for the same bytes.
+    /// The root of `digest` over the first `len` bytes of `buffer`: for the SHA-256 tree the
+    /// value `vram_seal::digest::tree::root_from_leaf_digests` gives for the same bytes, for
+    /// BLAKE3 the standard BLAKE3 hash.
     ///
     /// # Errors
     /// [`CudaError::OutOfRange`] when `len` exceeds the buffer; [`CudaError::WrongDevice`] for a
@@ -181,10 +259,10 @@ impl TreeDigestEngine {
         &self,
         buffer: &DeviceBuffer,
         len: usize,
-        leaf: LeafSize,
+        digest: GpuDigest,
         share: GpuShare,
     ) -> Result<[u8; 32], CudaError> {
-        self.tree_root_ordered(buffer, len, leaf, share, None)
+        self.tree_root_ordered(buffer, len, digest, share, None)
     }
 
     /// [`Self::tree_root`] of resident memory (an own buffer or an engine's range sealed in
@@ -198,11 +276,11 @@ impl TreeDigestEngine {
         &self,
         memory: &Resident,
         len: usize,
-        leaf: LeafSize,
+        digest: GpuDigest,
         share: GpuShare,
         after: Option<EngineStream<'_>>,
     ) -> Result<[u8; 32], CudaError> {
-        self.tree_root_ordered(memory, len, leaf, share, after)
+        self.tree_root_ordered(memory, len, digest, share, after)
     }
 
     /// The tree roots of many ranges at once (a model's tensors, each `(memory, len)`): one
@@ -216,22 +294,22 @@ impl TreeDigestEngine {
     pub fn tree_roots_of(
         &self,
         ranges: &[(Resident, usize)],
-        leaf: LeafSize,
+        digest: GpuDigest,
         share: GpuShare,
         after: Option<EngineStream<'_>>,
     ) -> Result<Vec<[u8; 32]>, CudaError> {
-        self.roots_ordered(Target::Many(ranges), leaf, share, after)
+        self.roots_ordered(Target::Many(ranges), digest, share, after)
     }
 
     fn tree_root_ordered(
         &self,
         buffer: &dyn Span,
         len: usize,
-        leaf: LeafSize,
+        digest: GpuDigest,
         share: GpuShare,
         after: Option<EngineStream<'_>>,
     ) -> Result<[u8; 32], CudaError> {
-        self.roots_ordered(Target::One(buffer, len), leaf, share, after)?
+        self.roots_ordered(Target::One(buffer, len), digest, share, after)?
             .first()
             .copied()
             .ok_or(CudaError::Unreachable("one range has one root"))
@@ -240,7 +318,7 @@ impl TreeDigestEngine {
     fn roots_ordered(
         &self,
         target: Target<'_>,
-        leaf: LeafSize,
+        digest: GpuDigest,
         share: GpuShare,
         after: Option<EngineStream<'_>>,
     ) -> Result<Vec<[u8; 32]>, CudaError> {
@@ -255,14 +333,14 @@ impl TreeDigestEngine {
             stream.wait_for(&engine_done)?;
         }
         let mut roots = vec![0u8; target.count().saturating_mul(32)];
-        let queued = self.queue_roots(&stream, target, leaf, share, &mut roots);
+        let queued = self.queue_roots(&stream, target, digest, share, &mut roots);
         // Waited for on every path: no queued kernel may outlive this call and read `buffer`
         // after the caller frees it, even when a later launch failed.
         let waited = stream.synchronize();
         queued?;
         waited?;
         self.device.trim_memory_pool()?;
-        Ok(root_bytes(&roots))
+        Ok(root_bytes(digest, &roots))
     }
 
     /// Queues the digest of `buffer`'s first `len` bytes ahead of an engine's work, for the
@@ -277,10 +355,15 @@ impl TreeDigestEngine {
         &self,
         buffer: &Resident,
         len: usize,
-        leaf: LeafSize,
+        digest: GpuDigest,
         engine: EngineStream<'_>,
     ) -> Result<PendingRoots, CudaError> {
-        self.queue_before(Target::One(buffer, len), vec![buffer.clone()], leaf, engine)
+        self.queue_before(
+            Target::One(buffer, len),
+            vec![buffer.clone()],
+            digest,
+            engine,
+        )
     }
 
     /// [`Self::queue_root_before`] for many ranges at once, as [`Self::tree_roots_of`] hashes
@@ -291,24 +374,24 @@ impl TreeDigestEngine {
     pub fn queue_roots_before(
         &self,
         ranges: &[(Resident, usize)],
-        leaf: LeafSize,
+        digest: GpuDigest,
         engine: EngineStream<'_>,
     ) -> Result<PendingRoots, CudaError> {
         let kept = ranges.iter().map(|(memory, _)| memory.clone()).collect();
-        self.queue_before(Target::Many(ranges), kept, leaf, engine)
+        self.queue_before(Target::Many(ranges), kept, digest, engine)
     }
 
     fn queue_before(
         &self,
         target: Target<'_>,
         memory: Vec<Resident>,
-        leaf: LeafSize,
+        digest: GpuDigest,
         engine: EngineStream<'_>,
     ) -> Result<PendingRoots, CudaError> {
         // Pinned, so that the copy of the roots does not make the host wait for the digest.
         let mut out = PinnedBuffer::alloc(&self.device, target.count().saturating_mul(32))?;
         let stream = Stream::new(&self.device, StreamPriority::Lowest)?;
-        self.queue_roots(&stream, target, leaf, GpuShare::Full, out.as_mut_slice())?;
+        self.queue_roots(&stream, target, digest, GpuShare::Full, out.as_mut_slice())?;
         let mut done = Event::new(&self.device)?;
         done.record(&stream)?;
         done.hold(engine)?;
@@ -318,6 +401,7 @@ impl TreeDigestEngine {
             stream,
             _done: done,
             out,
+            digest,
             device: Arc::clone(&self.device),
             memory,
         })
@@ -330,29 +414,30 @@ impl TreeDigestEngine {
         &self,
         stream: &Stream,
         target: Target<'_>,
-        leaf: LeafSize,
+        digest: GpuDigest,
         share: GpuShare,
         roots: &mut [u8],
     ) -> Result<(), CudaError> {
-        let leaf_bytes = u64::from(leaf.get());
         match target {
             Target::One(buffer, len) => {
                 let (data, total) = self.checked(buffer, len)?;
-                let leaves = total.div_ceil(leaf_bytes).max(1);
-                // Region A holds a state per leaf; region B, half as many, is the fold's other
-                // side.
-                let half = leaves.div_ceil(2);
+                let leaves = digest.leaves(total);
+                // Region A holds a state per leaf; region B, the first fold's output, is the
+                // fold's other side.
+                let first_fold = leaves.div_ceil(digest.fan_in());
                 let scratch = Scratch::alloc(
                     stream,
-                    leaves.saturating_add(half).saturating_mul(DIGEST_BYTES),
+                    leaves
+                        .saturating_add(first_fold)
+                        .saturating_mul(DIGEST_BYTES),
                 )?;
                 let (a, b) = (
                     scratch.at(0),
                     scratch.at(leaves.saturating_mul(DIGEST_BYTES)),
                 );
                 let source = LeafSource::One { data, total };
-                self.queue_leaves(stream, share, source, leaf_bytes, leaves, a)?;
-                let root_at = self.fold(stream, leaves, a, b)?;
+                self.queue_leaves(stream, digest, share, source, leaves, a)?;
+                let root_at = self.fold(stream, digest, leaves, a, b)?;
                 self.copy_roots(stream, root_at, roots)
             }
             Target::Many(ranges) => {
@@ -366,7 +451,7 @@ impl TreeDigestEngine {
                     .iter()
                     .map(|(memory, len)| self.checked(memory, *len))
                     .collect::<Result<Vec<_>, _>>()?;
-                let layout = RangeLayout::new(&spans, leaf_bytes);
+                let layout = RangeLayout::new(&spans, digest);
                 let table_bytes = layout.table_bytes();
                 let leaves = layout.total(0);
                 let scratch = Scratch::alloc(
@@ -382,18 +467,17 @@ impl TreeDigestEngine {
                 // SAFETY: the table's bytes fit the scratch's first `table_bytes` (its size);
                 // the host slice is read before the call returns (pageable memory is staged by
                 // the driver) and lives until the caller has synchronised the stream anyway.
-                unsafe { result::memcpy_htod_async(table, layout.table.as_slice(), stream.raw()) }
-                    .map_err(|e| {
-                        CudaStatus::from(e).during(self.device.ordinal(), "cuMemcpyHtoDAsync")
-                    })?;
+                unsafe { result::memcpy_htod_async(table, layout.table(), stream.raw()) }.map_err(
+                    |e| CudaStatus::from(e).during(self.device.ordinal(), "cuMemcpyHtoDAsync"),
+                )?;
                 let source = LeafSource::Ranges {
                     ptrs: table,
-                    lens: table.saturating_add(layout.ranges.saturating_mul(8)),
+                    lens: table.saturating_add(layout.ranges().saturating_mul(8)),
                     offs: table.saturating_add(layout.offsets_byte(0)),
-                    ranges: layout.ranges,
+                    ranges: layout.ranges(),
                 };
-                self.queue_leaves(stream, share, source, leaf_bytes, leaves, a)?;
-                let roots_at = self.fold_ranges(stream, &layout, table, a, b)?;
+                self.queue_leaves(stream, digest, share, source, leaves, a)?;
+                let roots_at = self.fold_ranges(stream, digest, &layout, table, a, b)?;
                 self.copy_roots(stream, roots_at, roots)
             }
         }
@@ -426,31 +510,38 @@ impl TreeDigestEngine {
         Ok((data, u64::try_from(len).unwrap_or(u64::MAX)))
     }
 
+    fn kernels(&self, digest: GpuDigest) -> &Kernels {
+        match digest {
+            GpuDigest::Sha256Tree(_) => &self.sha256,
+            GpuDigest::Blake3 => &self.blake3,
+        }
+    }
+
     /// Queues the leaf launches (the whole GPU or a bounded share of it).
     fn queue_leaves(
         &self,
         stream: &Stream,
+        digest: GpuDigest,
         share: GpuShare,
         source: LeafSource,
-        leaf_bytes: u64,
         leaves: u64,
         state: u64,
     ) -> Result<(), CudaError> {
         match share {
             GpuShare::Full => {
                 let block = block_size(leaves, self.multiprocessors);
-                self.launch_leaves(
-                    stream,
-                    block,
-                    source,
-                    leaf_bytes,
-                    (0, leaves),
-                    (0, leaf_bytes),
-                    state,
-                )
+                let work = match digest {
+                    GpuDigest::Sha256Tree(leaf) => LeafWork::Slice {
+                        leaf: u64::from(leaf.get()),
+                        begin: 0,
+                        len: u64::from(leaf.get()),
+                    },
+                    GpuDigest::Blake3 => LeafWork::Chunks { per_thread: 1 },
+                };
+                self.launch_leaves(stream, digest, block, source, (0, leaves), work, state)
             }
             GpuShare::Bounded { sm_fraction } => {
-                self.hash_leaves_bounded(stream, source, leaf_bytes, leaves, sm_fraction, state)
+                self.hash_leaves_bounded(stream, digest, source, leaves, sm_fraction, state)
             }
         }
     }
@@ -464,84 +555,129 @@ impl TreeDigestEngine {
             .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuMemcpyDtoHAsync"))
     }
 
-    /// Queues the leaf kernel over leaves `first..first + count`, bytes `begin..begin + slice`
-    /// of each.
+    /// Queues the leaf kernel of `digest` over leaves `first..first + count`, as much of each
+    /// as `work` says.
     #[allow(clippy::too_many_arguments, reason = "the kernel's parameter list")]
     fn launch_leaves(
         &self,
         stream: &Stream,
+        digest: GpuDigest,
         block: u32,
         source: LeafSource,
-        leaf: u64,
         (first, count): (u64, u64),
-        (begin, slice): (u64, u64),
+        work: LeafWork,
         state: u64,
     ) -> Result<(), CudaError> {
-        let grid = grid_for(count, block)?;
+        let kernels = self.kernels(digest);
+        let threads = match work {
+            LeafWork::Slice { .. } => count,
+            LeafWork::Chunks { per_thread } => count.div_ceil(per_thread.max(1)),
+        };
+        let grid = grid_for(threads, block)?;
         // The bytes are checked to lie inside memory the caller keeps alive until the stream is
         // synchronised (`checked`); the table and `state` (8 words per leaf) are scratch, freed
         // in stream order after.
-        match source {
-            LeafSource::One { data, total } => {
-                let args = [data, total, leaf, first, count, begin, slice, state];
-                // SAFETY: `sha256_leaves` takes (u8*, u64 x6, u32*) in this order; the memory it
-                // touches stays allocated until the queued work is done (see above).
-                unsafe {
-                    self.module
-                        .launch_raw(self.leaves, (grid, 1), block, &args, stream.raw())
-                }
-            }
-            LeafSource::Ranges {
-                ptrs,
-                lens,
-                offs,
-                ranges,
-            } => {
-                let args = [
-                    ptrs, lens, offs, ranges, leaf, first, count, begin, slice, state,
-                ];
-                // SAFETY: `sha256_range_leaves` takes (u64* x3, u64 x6, u32*) in this order;
-                // the table holds `ranges` addresses and lengths and `ranges + 1` offsets, each
-                // address with its length checked; all of it stays allocated until the queued
-                // work is done (see above).
-                unsafe {
-                    self.module
-                        .launch_raw(self.range_leaves, (grid, 1), block, &args, stream.raw())
-                }
-            }
+        let (function, args) = match (source, work) {
+            (LeafSource::One { data, total }, LeafWork::Slice { leaf, begin, len }) => (
+                kernels.leaves,
+                vec![data, total, leaf, first, count, begin, len, state],
+            ),
+            (
+                LeafSource::Ranges {
+                    ptrs,
+                    lens,
+                    offs,
+                    ranges,
+                },
+                LeafWork::Slice { leaf, begin, len },
+            ) => (
+                kernels.range_leaves,
+                vec![
+                    ptrs, lens, offs, ranges, leaf, first, count, begin, len, state,
+                ],
+            ),
+            (LeafSource::One { data, total }, LeafWork::Chunks { per_thread }) => (
+                kernels.leaves,
+                vec![data, total, first, count, per_thread, state],
+            ),
+            (
+                LeafSource::Ranges {
+                    ptrs,
+                    lens,
+                    offs,
+                    ranges,
+                },
+                LeafWork::Chunks { per_thread },
+            ) => (
+                kernels.range_leaves,
+                vec![ptrs, lens, offs, ranges, first, count, per_thread, state],
+            ),
+        };
+        // SAFETY: the parameter lists match the kernels': `sha256_leaves` (u8*, u64 x6, u32*),
+        // `sha256_range_leaves` (u64* x3, u64 x6, u32*), `blake3_chunks` (u8*, u64 x4, u32*),
+        // `blake3_range_chunks` (u64* x3, u64 x4, u32*), each function of `kernels.module`. A
+        // range table holds `ranges` addresses and lengths and `ranges + 1` offsets, each
+        // address with its length checked; all the memory stays allocated until the queued work
+        // is done (see above).
+        unsafe {
+            kernels
+                .module
+                .launch_raw(function, (grid, 1), block, &args, stream.raw())
         }
     }
 
     /// At most `sm_fraction` of the SMs busy at a time: groups of leaves as many as that many
-    /// blocks hold, each group in slices of `bounded_slice_bytes` per leaf.
+    /// blocks hold, each launch hashing `bounded_slice_bytes` per thread (a slice of every
+    /// SHA-256 leaf, whole BLAKE3 chunks).
     fn hash_leaves_bounded(
         &self,
         stream: &Stream,
+        digest: GpuDigest,
         source: LeafSource,
-        leaf: u64,
         leaves: u64,
         sm_fraction: f32,
         state: u64,
     ) -> Result<(), CudaError> {
         let blocks = bounded_blocks(self.multiprocessors, sm_fraction);
-        let per_launch = u64::from(blocks).saturating_mul(u64::from(MAX_BLOCK));
+        let threads = u64::from(blocks).saturating_mul(u64::from(MAX_BLOCK));
+        let (per_launch, per_thread) = match digest {
+            GpuDigest::Sha256Tree(_) => (threads, 1),
+            GpuDigest::Blake3 => {
+                let per_thread = (self.bounded_slice_bytes / BLAKE3_CHUNK_BYTES).max(1);
+                (threads.saturating_mul(per_thread), per_thread)
+            }
+        };
         let mut first = 0u64;
         while first < leaves {
             let count = per_launch.min(leaves.saturating_sub(first));
             // One block per SM at most: small groups use small blocks, like whole-GPU launches.
-            let block = block_size(count, blocks).min(MAX_BLOCK);
-            let mut begin = 0u64;
-            while begin < leaf {
-                self.launch_leaves(
-                    stream,
-                    block,
-                    source,
-                    leaf,
-                    (first, count),
-                    (begin, self.bounded_slice_bytes),
-                    state,
-                )?;
-                begin = begin.saturating_add(self.bounded_slice_bytes);
+            let block = block_size(count.div_ceil(per_thread), blocks).min(MAX_BLOCK);
+            match digest {
+                GpuDigest::Sha256Tree(leaf) => {
+                    let leaf = u64::from(leaf.get());
+                    let mut begin = 0u64;
+                    while begin < leaf {
+                        let work = LeafWork::Slice {
+                            leaf,
+                            begin,
+                            len: self.bounded_slice_bytes,
+                        };
+                        self.launch_leaves(
+                            stream,
+                            digest,
+                            block,
+                            source,
+                            (first, count),
+                            work,
+                            state,
+                        )?;
+                        begin = begin.saturating_add(self.bounded_slice_bytes);
+                    }
+                }
+                GpuDigest::Blake3 => {
+                    let work = LeafWork::Chunks { per_thread };
+                    self.launch_leaves(stream, digest, block, source, (first, count), work, state)?;
+                }
             }
             first = first.saturating_add(count);
         }
@@ -550,19 +686,28 @@ impl TreeDigestEngine {
 
     /// Folds `leaves` node states at `a` level by level (ping-pong with `b`); returns where the
     /// root ends up.
-    fn fold(&self, stream: &Stream, leaves: u64, a: u64, b: u64) -> Result<u64, CudaError> {
+    fn fold(
+        &self,
+        stream: &Stream,
+        digest: GpuDigest,
+        leaves: u64,
+        a: u64,
+        b: u64,
+    ) -> Result<u64, CudaError> {
+        let kernels = self.kernels(digest);
         let (mut from, mut to, mut n) = (a, b, leaves);
         while n > 1 {
-            let out = n.div_ceil(2);
-            let grid = grid_for(out, MAX_BLOCK)?;
-            // SAFETY: `sha256_fold_level` takes (u32*, u32*, u64); `from` holds `n` node states
-            // and `to` room for `ceil(n/2)` (region B is sized for the first level, region A for
-            // every later one), both inside the live scratch allocation.
+            let out = n.div_ceil(digest.fan_in());
+            let (grid, block) = fold_geometry(digest, out)?;
+            // SAFETY: `sha256_fold_level` and `blake3_fold` take (u32*, u32*, u64); `from` holds
+            // `n` node states and `to` room for `ceil(n / fan_in)` (region B is sized for the
+            // first fold, region A for every later one), both inside the live scratch
+            // allocation.
             unsafe {
-                self.module.launch_raw(
-                    self.fold,
+                kernels.module.launch_raw(
+                    kernels.fold,
                     (grid, 1),
-                    MAX_BLOCK,
+                    block,
                     &[from, to, n],
                     stream.raw(),
                 )
@@ -572,33 +717,36 @@ impl TreeDigestEngine {
         Ok(from)
     }
 
-    /// Folds every range's tree level by level, all ranges in one launch per level (ping-pong
-    /// between `a`, the leaves, and `b`); returns where the roots end up, one per range in range
-    /// order (at the last level every range has one node, at offsets 0..ranges).
+    /// Folds every range's tree, all ranges in one launch per fold (ping-pong between `a`, the
+    /// leaves, and `b`); returns where the roots end up, one per range in range order (at the
+    /// last level every range has one node, at offsets 0..ranges).
     fn fold_ranges(
         &self,
         stream: &Stream,
+        digest: GpuDigest,
         layout: &RangeLayout,
         table: u64,
         a: u64,
         b: u64,
     ) -> Result<u64, CudaError> {
+        let kernels = self.kernels(digest);
         let (mut from, mut to) = (a, b);
         for level in 1..layout.levels() {
             let n_out = layout.total(level);
-            let grid = grid_for(n_out, MAX_BLOCK)?;
+            let (grid, block) = fold_geometry(digest, n_out)?;
             let in_offs = table.saturating_add(layout.offsets_byte(level.saturating_sub(1)));
             let out_offs = table.saturating_add(layout.offsets_byte(level));
-            // SAFETY: `sha256_range_fold_level` takes (u32*, u32*, u64*, u64*, u64, u64); `from`
-            // holds the level above's nodes and `to` room for this level's (region B is sized
-            // for level 1, the largest after the leaves; region A for the leaves), and both
-            // offset tables lie in the uploaded table, all inside the live scratch allocation.
+            // SAFETY: `sha256_range_fold_level` and `blake3_range_fold` take (u32*, u32*, u64*,
+            // u64*, u64, u64); `from` holds the level above's nodes and `to` room for this
+            // level's (region B is sized for level 1, the largest after the leaves; region A for
+            // the leaves), and both offset tables lie in the uploaded table, all inside the live
+            // scratch allocation.
             unsafe {
-                self.module.launch_raw(
-                    self.range_fold,
+                kernels.module.launch_raw(
+                    kernels.range_fold,
                     (grid, 1),
-                    MAX_BLOCK,
-                    &[from, to, in_offs, out_offs, layout.ranges, n_out],
+                    block,
+                    &[from, to, in_offs, out_offs, layout.ranges(), n_out],
                     stream.raw(),
                 )
             }?;
@@ -606,6 +754,25 @@ impl TreeDigestEngine {
         }
         Ok(from)
     }
+}
+
+/// Grid and block of a fold launch making `out` nodes: a thread per node for SHA-256, a block
+/// of `MAX_BLOCK` threads per node (its group of up to 256 in shared memory) for BLAKE3.
+fn fold_geometry(digest: GpuDigest, out: u64) -> Result<(u32, u32), CudaError> {
+    match digest {
+        GpuDigest::Sha256Tree(_) => Ok((grid_for(out, MAX_BLOCK)?, MAX_BLOCK)),
+        GpuDigest::Blake3 => Ok((grid_for(out, 1)?, MAX_BLOCK)),
+    }
+}
+
+/// How much of each leaf one leaf launch hashes.
+#[derive(Clone, Copy)]
+enum LeafWork {
+    /// SHA-256: bytes `begin..begin + len` of every `leaf`-byte leaf, the chaining state kept
+    /// between slices.
+    Slice { leaf: u64, begin: u64, len: u64 },
+    /// BLAKE3: whole chunks, `per_thread` of them per thread.
+    Chunks { per_thread: u64 },
 }
 
 /// Where a leaf launch finds its bytes: one range, or a table of many in scratch memory.
@@ -638,85 +805,6 @@ impl Target<'_> {
             Self::One(..) => 1,
             Self::Many(ranges) => ranges.len(),
         }
-    }
-}
-
-/// Many ranges' trees laid out together: the table the range kernels read (every range's
-/// address and length, then for each tree level the prefix offsets of every range's nodes) and
-/// the node count of each level. Level 0 is the leaves; at the last level every range has one
-/// node, its root.
-struct RangeLayout {
-    /// `[addresses | lengths | offsets of level 0 | offsets of level 1 | ...]`, `ranges + 1`
-    /// offsets per level.
-    table: Vec<u64>,
-    ranges: u64,
-    levels: usize,
-}
-
-impl RangeLayout {
-    fn new(spans: &[(u64, u64)], leaf_bytes: u64) -> Self {
-        let ranges = u64::try_from(spans.len()).unwrap_or(u64::MAX);
-        let mut table: Vec<u64> = spans.iter().map(|(address, _)| *address).collect();
-        table.extend(spans.iter().map(|(_, len)| *len));
-        let mut counts: Vec<u64> = spans
-            .iter()
-            .map(|(_, len)| len.div_ceil(leaf_bytes.max(1)).max(1))
-            .collect();
-        let mut levels = 0usize;
-        loop {
-            table.push(0);
-            let mut sum = 0u64;
-            for count in &counts {
-                sum = sum.saturating_add(*count);
-                table.push(sum);
-            }
-            levels = levels.saturating_add(1);
-            if counts.iter().all(|c| *c <= 1) {
-                break;
-            }
-            for count in &mut counts {
-                *count = count.div_ceil(2);
-            }
-        }
-        Self {
-            table,
-            ranges,
-            levels,
-        }
-    }
-
-    /// Levels, the leaves included.
-    fn levels(&self) -> usize {
-        self.levels
-    }
-
-    fn table_bytes(&self) -> u64 {
-        u64::try_from(self.table.len())
-            .unwrap_or(u64::MAX)
-            .saturating_mul(8)
-    }
-
-    /// Byte offset in the table of `level`'s offsets.
-    fn offsets_byte(&self, level: usize) -> u64 {
-        let per_level = self.ranges.saturating_add(1);
-        let level = u64::try_from(level).unwrap_or(u64::MAX);
-        self.ranges
-            .saturating_mul(2)
-            .saturating_add(level.saturating_mul(per_level))
-            .saturating_mul(8)
-    }
-
-    /// Nodes at `level`, every range together (0 past the last level).
-    fn total(&self, level: usize) -> u64 {
-        if level >= self.levels {
-            return 0;
-        }
-        let end = self.offsets_byte(level.saturating_add(1)) / 8;
-        usize::try_from(end.saturating_sub(1))
-            .ok()
-            .and_then(|i| self.table.get(i))
-            .copied()
-            .unwrap_or(0)
     }
 }
 
@@ -756,15 +844,18 @@ impl Span for Resident {
 }
 
 /// The roots as the digests' bytes: the kernels leave eight 32-bit words per root in device
-/// (little-endian) order; SHA-256 writes each big-endian.
-fn root_bytes(words: &[u8]) -> Vec<[u8; 32]> {
+/// (little-endian) order; SHA-256 writes each big-endian, BLAKE3 little-endian (as they lie).
+fn root_bytes(digest: GpuDigest, words: &[u8]) -> Vec<[u8; 32]> {
     words
         .chunks_exact(32)
         .map(|node| {
             let mut root = [0u8; 32];
             for (out, word) in root.chunks_exact_mut(4).zip(node.chunks_exact(4)) {
-                let word: [u8; 4] = word.try_into().unwrap_or_default();
-                out.copy_from_slice(&u32::from_le_bytes(word).to_be_bytes());
+                let word = u32::from_le_bytes(word.try_into().unwrap_or_default());
+                out.copy_from_slice(&match digest {
+                    GpuDigest::Sha256Tree(_) => word.to_be_bytes(),
+                    GpuDigest::Blake3 => word.to_le_bytes(),
+                });
             }
             root
         })
@@ -780,6 +871,7 @@ pub struct PendingRoots {
     stream: Stream,
     _done: Event,
     out: PinnedBuffer,
+    digest: GpuDigest,
     device: Arc<Device>,
     memory: Vec<Resident>,
 }
@@ -802,7 +894,7 @@ impl PendingRoots {
     pub fn wait(self) -> Result<Vec<[u8; 32]>, CudaError> {
         self.stream.synchronize()?;
         self.device.trim_memory_pool()?;
-        Ok(root_bytes(self.out.as_slice()))
+        Ok(root_bytes(self.digest, self.out.as_slice()))
     }
 }
 
