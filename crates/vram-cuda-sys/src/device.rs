@@ -11,6 +11,11 @@ use cudarc::driver::sys::{self, CUcontext, CUdevice, CUdevice_attribute};
 use vram_types::DeviceFacts;
 
 use crate::driver::Driver;
+
+/// Unused bytes the default stream-ordered pool keeps mapped between digests: one 2 MiB
+/// granule, enough for the scratch of a BLAKE3 digest of up to 64 MiB or a 64 KiB-leaf tree
+/// digest of up to 4 GiB.
+pub const POOL_KEEP_BYTES: usize = 2 << 20;
 use crate::error::{CudaError, CudaStatus};
 
 /// A CUDA device with its retained primary context.
@@ -130,7 +135,9 @@ impl Device {
     }
 
     /// Returns the unused memory of the device's default stream-ordered pool (`cuMemAllocAsync`)
-    /// to the device, so free memory reflects only live allocations.
+    /// to the device but one granule ([`POOL_KEEP_BYTES`]), so free memory reflects live
+    /// allocations within a granule, and the digests' small scratch allocations reuse memory
+    /// already mapped instead of mapping (and the pool releasing) a fresh granule every time.
     ///
     /// # Errors
     /// [`CudaError::Driver`].
@@ -143,8 +150,22 @@ impl Device {
             .map_err(|e| CudaStatus::from(e).during(self.ordinal, "cuDeviceGetDefaultMemPool"))?;
         // SAFETY: the call above succeeded, so `pool` is initialised.
         let pool = unsafe { pool.assume_init() };
-        // SAFETY: `pool` is the device's default pool, valid for the process's lifetime.
-        unsafe { sys::cuMemPoolTrimTo(pool, 0) }
+        // The pool's release threshold (default 0) makes every synchronisation hand all unused
+        // memory back; one granule kept is what lets the next scratch allocation skip mapping.
+        let mut keep = POOL_KEEP_BYTES as u64;
+        // SAFETY: `pool` is the device's default pool, valid for the process's lifetime; the
+        // attribute is a u64 that the call reads from `keep` before returning.
+        unsafe {
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&raw mut keep).cast(),
+            )
+        }
+        .result()
+        .map_err(|e| CudaStatus::from(e).during(self.ordinal, "cuMemPoolSetAttribute"))?;
+        // SAFETY: as above.
+        unsafe { sys::cuMemPoolTrimTo(pool, POOL_KEEP_BYTES) }
             .result()
             .map_err(|e| CudaStatus::from(e).during(self.ordinal, "cuMemPoolTrimTo"))
     }
