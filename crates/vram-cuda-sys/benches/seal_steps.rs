@@ -61,10 +61,14 @@ fn main() {
         println!("| {name} | {} |", cells.join(" | "));
     };
     row("cuMemAlloc + cuMemFree", &mut |i| {
-        DeviceBuffer::alloc(&device, sizes[i]).unwrap().free().unwrap();
+        DeviceBuffer::alloc(&device, sizes[i])
+            .unwrap()
+            .free()
+            .unwrap();
     });
     row("staging-ring upload", &mut |i| {
-        ring.upload(&buffers[i], &datas[i].as_slice(), None).unwrap();
+        ring.upload(&buffers[i], &datas[i].as_slice(), None)
+            .unwrap();
     });
     row("pageable copy back (cuMemcpyDtoH)", &mut |i| {
         let mut out = vec![0u8; sizes[i]];
@@ -94,5 +98,7 @@ fn main() {
             )
             .unwrap();
     });
-    row("memory pool trim", &mut |_| device.trim_memory_pool().unwrap());
+    row("memory pool trim", &mut |_| {
+        device.trim_memory_pool().unwrap()
+    });
 }
