@@ -33,14 +33,20 @@
 
 __device__ __forceinline__ uint32_t rotr(uint32_t x, uint32_t n) { return __funnelshift_r(x, x, n); }
 
+// The two-input additions of G, a macro so that a profiling build can try another instruction
+// for them (they are a sixth of the compression's integer work).
+#ifndef B3_ADD
+#define B3_ADD(x, y) ((x) + (y))
+#endif
+
 #define G(a, b, c, d, x, y)              \
     v[a] = v[a] + v[b] + (x);            \
     v[d] = rotr(v[d] ^ v[a], 16);        \
-    v[c] = v[c] + v[d];                  \
+    v[c] = B3_ADD(v[c], v[d]);           \
     v[b] = rotr(v[b] ^ v[c], 12);        \
     v[a] = v[a] + v[b] + (y);            \
     v[d] = rotr(v[d] ^ v[a], 8);         \
-    v[c] = v[c] + v[d];                  \
+    v[c] = B3_ADD(v[c], v[d]);           \
     v[b] = rotr(v[b] ^ v[c], 7);
 
 // One BLAKE3 compression of the 16 little-endian message words `m` into the chaining value
