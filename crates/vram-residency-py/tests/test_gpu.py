@@ -48,11 +48,13 @@ def generate(model: Any) -> Any:
         return model.generate(prompt, max_new_tokens=4, do_sample=False, pad_token_id=0)
 
 
-def test_the_library_sees_the_bytes_pytorch_holds(token_env: bytes) -> None:
-    manager = vr.Manager("gpu-worker")
+@pytest.mark.parametrize("algorithm", ["sha256-tree-65536", "blake3"])
+def test_the_library_sees_the_bytes_pytorch_holds(token_env: bytes, algorithm: str) -> None:
+    manager = vr.Manager("gpu-worker", algorithm=algorithm)
     t = torch.arange(1 << 20, dtype=torch.float32, device="cuda")
     sealed = manager.seal({"t": t}, model_id="one")
-    assert sealed.tensors["t"].digest == vr.digest(t.cpu().numpy()) == vr.digest(t)
+    want = vr.digest(t.cpu().numpy(), algorithm=algorithm)
+    assert sealed.tensors["t"].digest == want == vr.digest(t, algorithm=algorithm)
     manager.verify(sealed)
     t[12345] += 1  # through PyTorch, on its stream
     with pytest.raises(vr.IntegrityError) as caught:
