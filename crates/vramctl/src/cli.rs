@@ -225,6 +225,12 @@ pub(crate) struct SealArgs {
     /// directory, so a file is looked up by its name).
     #[arg(long, value_name = "DIR", requires = "signed_manifest")]
     pub(crate) model_dir: Option<PathBuf>,
+    /// The digest each shard is sealed and re-verified with: `sha256-tree-65536` (default),
+    /// `sha256-tree-<leaf bytes>`, `sha256` or `blake3` (computed in VRAM on a GPU, about twice
+    /// as fast as the tree). With --signed-manifest the default is the algorithm the manifest
+    /// signed every file with, so each re-verification recomputes the signed digest itself.
+    #[arg(long, value_name = "ALG", value_parser = parse_algorithm)]
+    pub(crate) algorithm: Option<DigestAlgorithm>,
     /// GPU index.
     #[arg(long, default_value_t = 0)]
     pub(crate) device: u32,

@@ -41,27 +41,9 @@ fn config(worker_id: &str, digest_algorithm: DigestAlgorithm) -> VramConfig {
     }
 }
 
-/// Opens a session; `default` applies when `--backend` was not given. The seal key is `key`'s;
-/// an audit file is signed with the audit key derived from it.
+/// Opens a session sealing in `algorithm`; `default` applies when `--backend` was not given.
+/// The seal key is `key`'s; an audit file is signed with the audit key derived from it.
 pub(crate) fn open(
-    args: &BackendArgs,
-    default: BackendChoice,
-    audit: &AuditTarget<'_>,
-    key: &WorkerKey,
-    worker_id: &str,
-) -> CliResult<Session> {
-    open_in(
-        args,
-        default,
-        audit,
-        key,
-        worker_id,
-        DigestAlgorithm::default(),
-    )
-}
-
-/// [`open`], sealing in `algorithm`.
-fn open_in(
     args: &BackendArgs,
     default: BackendChoice,
     audit: &AuditTarget<'_>,
@@ -144,7 +126,7 @@ pub(crate) fn open_ephemeral(
     default: BackendChoice,
     algorithm: DigestAlgorithm,
 ) -> CliResult<Session> {
-    open_in(
+    open(
         args,
         default,
         &AuditTarget::Memory,

@@ -1171,8 +1171,42 @@ fn a_model_signing_bundle_gives_each_file_its_signed_digest_checked_in_vram() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    read_until(&mut lines, |l| l.contains("1 shard(s) resident"));
+    let seen = read_until(&mut lines, |l| l.contains("1 shard(s) resident"));
+    // Sealed in the manifest's algorithm: the seal's digest is the signed BLAKE3 itself, so every
+    // re-verification recomputes the signed digest.
+    let signed = vram_residency::compute_digest(&weights, vram_residency::DigestAlgorithm::Blake3);
+    assert!(seen.iter().any(|l| l == "digest: blake3"), "{seen:?}");
+    assert!(
+        seen.iter()
+            .any(|l| l.starts_with("sealed ") && l.contains(&signed.to_hex())),
+        "{seen:?}"
+    );
     stop_with_sigterm(child, lines);
+
+    // An explicit --algorithm wins: the signed digest is then checked on the bytes read back.
+    let out = vramctl()
+        .current_dir(dir.path())
+        .args([
+            "--backend",
+            "mock",
+            "--json",
+            "seal",
+            "--algorithm",
+            "sha256-tree-65536",
+        ])
+        .args([
+            "--signed-manifest",
+            "model.blake3.sig",
+            "--model-dir",
+            "model",
+        ])
+        .args(["model/weights.bin", "--verify-every", "1"])
+        .timeout(Duration::from_secs(5))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("sha256-tree-65536"), "{text}");
+    assert!(!text.contains(&signed.to_hex()), "{text}");
 }
 
 #[test]

@@ -56,6 +56,8 @@ pub(super) struct Serving {
 /// Everything `seal` will do, checked.
 pub(super) struct SealJob {
     pub(super) files: Vec<SealFile>,
+    /// What the shards are sealed and re-verified with.
+    pub(super) algorithm: DigestAlgorithm,
     pub(super) placement: Placement,
     pub(super) serving: Serving,
 }
@@ -82,8 +84,16 @@ impl SealJob {
             },
         };
         let metrics = args.metrics.map(MetricsListener::bind).transpose()?;
+        let algorithm = args.algorithm.unwrap_or_else(|| {
+            if args.signed_manifest.is_some() {
+                signed_algorithm(&files).unwrap_or_default()
+            } else {
+                DigestAlgorithm::default()
+            }
+        });
         Ok(Self {
             files,
+            algorithm,
             placement,
             serving: Serving {
                 verify_every: Duration::from_secs(args.verify_every),
@@ -92,6 +102,13 @@ impl SealJob {
             },
         })
     }
+}
+
+/// The one algorithm a signed manifest used for every file sealed (`None` when they differ).
+fn signed_algorithm(files: &[SealFile]) -> Option<DigestAlgorithm> {
+    let mut algorithms = files.iter().filter_map(|f| f.expected.map(|e| e.algorithm));
+    let first = algorithms.next()?;
+    algorithms.all(|a| a == first).then_some(first)
 }
 
 /// `ALG:HEX` as `vramctl digest` prints it, `sha256:HEX` (or `SHA256:HEX`) for a flat SHA-256

@@ -40,8 +40,10 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
         &audit,
         &key,
         &args.token.worker_id,
+        job.algorithm,
     )?;
     out.line(&session.backend_note);
+    out.line(format!("digest: {}", job.algorithm));
     out.line(format!("seal key: {}", key.origin));
     if let Some(file) = &session.audit_file {
         out.line(format!(
