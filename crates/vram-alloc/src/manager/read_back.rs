@@ -1,17 +1,14 @@
-//! The resident bytes as a [`ShardSource`]: read back from VRAM, for what cannot be computed
-//! there: the digests in another algorithm (a flat SHA-256 expected by a `sha256sum` manifest
-//! or a Hugging Face LFS oid) and a sealed file's tensor table. Reading what is resident, not
-//! the file, leaves no window between a check and the upload: the bytes checked are the bytes
-//! sealed.
+//! The resident bytes as a [`ShardSource`]: read back from VRAM, for what is not computed
+//! there: a sealed file's tensor table. Reading what is resident, not the file, leaves no window
+//! between a check and the upload: the bytes checked are the bytes sealed. (A digest in another
+//! algorithm than the manager's is the backend's to compute, from the resident bytes as well.)
 
 use std::io;
 use std::path::Path;
 use std::sync::Mutex;
 
-use vram_seal::ShardDigest;
-use vram_seal::digest::digest_source;
 use vram_types::formats::{TensorInfo, sealed_table};
-use vram_types::{DigestAlgorithm, ShardSource, VramError};
+use vram_types::{ShardSource, VramError};
 
 use crate::backend::{Backend, BufferId};
 use crate::sync::lock;
@@ -54,20 +51,6 @@ impl<'b> Resident<'b> {
     fn reading<T>(self, read: impl FnOnce(&Self) -> Result<T, VramError>) -> Result<T, VramError> {
         read(&self).map_err(|e| lock(&self.failed).take().unwrap_or(e))
     }
-}
-
-/// The digest in `algorithm` of the buffer's first `len` bytes, read back from VRAM (reading
-/// and hashing overlap, as for a file).
-///
-/// # Errors
-/// The copy's error (as [`Backend::read`] gives it); [`VramError::HostMemoryExhausted`].
-pub(super) fn digest_resident(
-    backend: &dyn Backend,
-    buffer: BufferId,
-    len: usize,
-    algorithm: DigestAlgorithm,
-) -> Result<ShardDigest, VramError> {
-    Resident::new(backend, buffer, len).reading(|bytes| digest_source(bytes, algorithm))
 }
 
 /// The tensor table of the buffer's first `len` bytes, from a safetensors or GGUF header read

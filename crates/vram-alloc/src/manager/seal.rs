@@ -20,7 +20,7 @@ use vram_types::{
 use super::VramManager;
 use super::cross_check::CrossCheck;
 use super::plan::SealPart;
-use super::read_back::{digest_resident, table_resident};
+use super::read_back::table_resident;
 use super::residency;
 use super::resident::ResidentAllocation;
 use super::seal_options::SealOptions;
@@ -454,8 +454,9 @@ pub(super) struct Digested<'s> {
 
 impl<'s> Digested<'s> {
     /// The expected digest, if any, against the resident bytes: in the manager's algorithm,
-    /// the digest just computed in VRAM; in another (a flat SHA-256), one computed from the
-    /// resident bytes read back, so what was checked is what is sealed.
+    /// the digest just computed in VRAM; in another, one the backend computes from the resident
+    /// bytes too (in VRAM for BLAKE3 and a large tree, from the bytes read back for a flat
+    /// SHA-256), so what was checked is what is sealed.
     fn check(self, options: &SealOptions) -> Result<Self, VramError> {
         let Some(expected) = options.expected else {
             return Ok(self);
@@ -463,7 +464,13 @@ impl<'s> Digested<'s> {
         let shared = self.placed.shared;
         let actual = match expected.algorithm {
             Some(other) if !expected.is_resident(shared.config().digest_algorithm) => {
-                digest_resident(shared.backend(), self.placed.id()?, self.placed.len, other)?
+                shared.backend().digest_one(
+                    self.placed.id()?,
+                    self.placed.len,
+                    other,
+                    GpuShare::Full,
+                    DigestOrder::Now,
+                )?
             }
             _ => self.digest,
         };
