@@ -1055,14 +1055,15 @@ fn blake3_lines_are_b3sums_and_seal_checks_blake3_expectations() {
     assert!(out.status.success());
     let want = format!("{abc}  abc.bin\n{big}  big.bin\n");
     assert_eq!(String::from_utf8_lossy(&out.stdout), want);
-    if let Some(b3sum) = Command::new("b3sum")
+    match Command::new("b3sum")
         .current_dir(dir.path())
         .args(["abc.bin", "big.bin"])
         .output()
         .ok()
         .filter(|o| o.status.success())
     {
-        assert_eq!(out.stdout, b3sum.stdout, "byte for byte as b3sum");
+        Some(b3sum) => assert_eq!(out.stdout, b3sum.stdout, "byte for byte as b3sum"),
+        None => eprintln!("b3sum is not installed: the comparison with it is skipped"),
     }
     // A b3sum manifest checks with --algorithm blake3 (bare hex is SHA-256 otherwise).
     std::fs::write(dir.path().join("m.b3"), &out.stdout).unwrap();
