@@ -43,10 +43,6 @@ pub enum GpuDigest {
 const BLAKE3_CHUNK_BYTES: u64 = 1024;
 /// Nodes one BLAKE3 fold launch reduces to one (`FOLD_FAN_IN` in the kernel).
 const BLAKE3_FOLD_FAN_IN: u64 = 256;
-/// How many more bytes a bounded BLAKE3 launch hashes per thread than a SHA-256 slice.
-const BLAKE3_BOUNDED_FACTOR: u64 = 2;
-/// Most chunks one block of `blake3_chunk_groups` folds to one node (its launch bound).
-const BLAKE3_GROUP_CHUNKS: u64 = 128;
 
 impl GpuDigest {
     /// Bytes of one leaf (one thread's unit of work).
@@ -115,8 +111,6 @@ pub struct TreeDigestEngine {
     device: Arc<Device>,
     sha256: Kernels,
     blake3: Kernels,
-    /// `blake3_chunk_groups`, of `blake3`'s module: the whole-GPU chunk kernel of one range.
-    blake3_groups: CUfunction,
     multiprocessors: u32,
     bounded_slice_bytes: u64,
     full_lane: Mutex<Stream>,
@@ -214,16 +208,6 @@ impl TreeDigestEngine {
     /// [`CudaError::Driver`] when the driver refuses the PTX (for example a driver
     /// older than the PTX version) or a stream cannot be made.
     pub fn new(device: &Arc<Device>) -> Result<Self, CudaError> {
-        let blake3 = Kernels::load(
-            device,
-            BLAKE3_TREE_PTX,
-            [
-                "blake3_chunks",
-                "blake3_fold",
-                "blake3_range_chunks",
-                "blake3_range_fold",
-            ],
-        )?;
         Ok(Self {
             device: Arc::clone(device),
             sha256: Kernels::load(
@@ -236,8 +220,16 @@ impl TreeDigestEngine {
                     "sha256_range_fold_level",
                 ],
             )?,
-            blake3_groups: blake3.module.function("blake3_chunk_groups")?,
-            blake3,
+            blake3: Kernels::load(
+                device,
+                BLAKE3_TREE_PTX,
+                [
+                    "blake3_chunks",
+                    "blake3_fold",
+                    "blake3_range_chunks",
+                    "blake3_range_fold",
+                ],
+            )?,
             multiprocessors: device.multiprocessor_count()?,
             bounded_slice_bytes: BOUNDED_SLICE_BYTES,
             full_lane: Mutex::new(Stream::new(device, StreamPriority::Lowest)?),
@@ -430,9 +422,6 @@ impl TreeDigestEngine {
             Target::One(buffer, len) => {
                 let (data, total) = self.checked(buffer, len)?;
                 let leaves = digest.leaves(total);
-                if let (GpuDigest::Blake3, GpuShare::Full) = (digest, share) {
-                    return self.queue_blake3_groups(stream, data, total, roots);
-                }
                 // Region A holds a state per leaf; region B, the first fold's output, is the
                 // fold's other side.
                 let first_fold = leaves.div_ceil(digest.fan_in());
@@ -492,48 +481,6 @@ impl TreeDigestEngine {
                 self.copy_roots(stream, roots_at, roots)
             }
         }
-    }
-
-    /// BLAKE3 of one range on the whole GPU: the chunk-group kernel folds each block's chunks
-    /// in shared memory (one node per [`BLAKE3_GROUP_CHUNKS`] chunks comes out), then the fold
-    /// launches; the scratch is a 128th of the per-chunk states, with no round trip through it.
-    fn queue_blake3_groups(
-        &self,
-        stream: &Stream,
-        data: u64,
-        total: u64,
-        roots: &mut [u8],
-    ) -> Result<(), CudaError> {
-        let chunks = GpuDigest::Blake3.leaves(total);
-        // A power of two, so that each block's chunks are an aligned subtree.
-        let block = chunks.next_power_of_two().clamp(1, BLAKE3_GROUP_CHUNKS);
-        let groups = chunks.div_ceil(block);
-        let scratch = Scratch::alloc(
-            stream,
-            groups
-                .saturating_add(groups.div_ceil(BLAKE3_FOLD_FAN_IN))
-                .saturating_mul(DIGEST_BYTES),
-        )?;
-        let (a, b) = (
-            scratch.at(0),
-            scratch.at(groups.saturating_mul(DIGEST_BYTES)),
-        );
-        let grid = grid_for(groups, 1)?;
-        let block = u32::try_from(block).unwrap_or(MAX_BLOCK);
-        // SAFETY: `blake3_chunk_groups` takes (u8*, u64, u64, u32*), a function of the BLAKE3
-        // module; the range was checked (`checked`) and stays allocated until the caller has
-        // synchronised the stream; `a` holds one node per block, inside the live scratch.
-        unsafe {
-            self.blake3.module.launch_raw(
-                self.blake3_groups,
-                (grid, 1),
-                block,
-                &[data, total, chunks, a],
-                stream.raw(),
-            )
-        }?;
-        let root_at = self.fold(stream, GpuDigest::Blake3, groups, a, b)?;
-        self.copy_roots(stream, root_at, roots)
     }
 
     /// The address and length of a range the kernels may read: on this device, inside its
@@ -696,15 +643,7 @@ impl TreeDigestEngine {
         let (per_launch, per_thread) = match digest {
             GpuDigest::Sha256Tree(_) => (threads, 1),
             GpuDigest::Blake3 => {
-                // A BLAKE3 chunk costs 2.4-2.7x less GPU time than a KiB of SHA-256 (1.81 TB/s
-                // against 0.67-0.75 TB/s on an H100, `docs/perf.md`): twice the slice in chunks
-                // keeps a launch no longer than a SHA-256 slice, so it costs an engine no more
-                // and verifies twice the bytes.
-                let per_thread = (self
-                    .bounded_slice_bytes
-                    .saturating_mul(BLAKE3_BOUNDED_FACTOR)
-                    / BLAKE3_CHUNK_BYTES)
-                    .max(1);
+                let per_thread = (self.bounded_slice_bytes / BLAKE3_CHUNK_BYTES).max(1);
                 (threads.saturating_mul(per_thread), per_thread)
             }
         };
