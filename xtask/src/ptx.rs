@@ -2,7 +2,8 @@
 //!
 //! Nothing needs `nvcc` to build or test: the PTX is committed, and the driver compiles it for
 //! the device at run time. `ptx` regenerates it where `nvcc` exists (`ptx --stamp` stamps PTX that
-//! `nvcc -ptx -O3 -arch=compute_75` made on another machine); `ptx --check` (run by `ci`) proves
+//! `nvcc -ptx -O3 -arch=compute_75`, or NVRTC with `-arch=compute_75`, made on another machine:
+//! `blake3_tree.ptx` is NVRTC 12.8's, the PTX the GPU tests ran); `ptx --check` (run by `ci`) proves
 //! each committed PTX file was made from the `.cu` beside it, by the SHA-256 of the source that
 //! its first line records.
 //!

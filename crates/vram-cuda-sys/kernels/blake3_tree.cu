@@ -98,7 +98,7 @@ __device__ __forceinline__ void words_of(const uint4 q[4], uint32_t m[16]) {
 __device__ __forceinline__ void hash_chunk(const uint8_t* __restrict__ data, uint64_t total_len,
                                            uint64_t chunk, uint32_t* __restrict__ out) {
     uint64_t start = chunk * CHUNK_BYTES;
-    uint64_t len = total_len > start ? min(CHUNK_BYTES, total_len - start) : 0;
+    uint64_t len = total_len > start ? min((uint64_t)CHUNK_BYTES, total_len - start) : 0;
     uint32_t root = total_len <= CHUNK_BYTES ? ROOT : 0u;
     // Whole 64-byte blocks before the last block (the last is hashed apart: it carries
     // CHUNK_END and may be short).
