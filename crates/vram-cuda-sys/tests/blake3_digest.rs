@@ -14,10 +14,11 @@
     reason = "tests"
 )]
 
-use std::sync::Arc;
+mod common;
+use common::{GIB, KIB, MIB, bytes, device, upload};
+
 use std::time::Instant;
 
-use vram_cuda_sys::Device;
 use vram_cuda_sys::memory::DeviceBuffer;
 use vram_cuda_sys::resident::{ForeignRange, Resident};
 use vram_cuda_sys::staging_ring::StagingRing;
@@ -25,42 +26,9 @@ use vram_cuda_sys::stream::{EngineStream, Stream, StreamPriority};
 use vram_cuda_sys::tree_digest::{GpuDigest, TreeDigestEngine};
 use vram_types::{DigestAlgorithm, GpuShare};
 
-const KIB: usize = 1 << 10;
-const MIB: usize = 1 << 20;
-const GIB: usize = 1 << 30;
-
-fn device() -> Arc<Device> {
-    assert!(
-        std::env::var("VRAM_TEST_GPU").is_ok_and(|v| v == "1"),
-        "needs a GPU: set VRAM_TEST_GPU=1"
-    );
-    Device::open(0).unwrap()
-}
-
-/// Seeded pseudo-random bytes (xorshift64*).
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
 /// The `blake3` crate's hash (multi-threaded), as every CPU path of the workspace computes it.
 fn reference(data: &[u8]) -> [u8; 32] {
     *vram_seal::digest::digest(data, DigestAlgorithm::Blake3).as_bytes()
-}
-
-/// A buffer holding `data` (at least 16 bytes, so that an empty shard has memory to point at).
-fn upload(device: &Arc<Device>, ring: &StagingRing, data: &[u8]) -> DeviceBuffer {
-    let buffer = DeviceBuffer::alloc(device, data.len().max(16)).unwrap();
-    ring.upload(&buffer, &data, None).unwrap();
-    buffer
 }
 
 /// Sizes that exercise the tree: empty, inside one block, one chunk exactly and around it, two

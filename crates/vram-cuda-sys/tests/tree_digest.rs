@@ -12,50 +12,20 @@
     reason = "tests"
 )]
 
-use std::sync::Arc;
+mod common;
+use common::{GIB, MIB, bytes, device, upload};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use vram_cuda_sys::Device;
 use vram_cuda_sys::memory::DeviceBuffer;
 use vram_cuda_sys::staging_ring::StagingRing;
 use vram_cuda_sys::tree_digest::{GpuDigest, TreeDigestEngine};
 use vram_seal::digest::tree::{leaf_digests, root_from_leaf_digests};
 use vram_types::{GpuShare, LeafSize, MAX_LEAF_BYTES, MIN_LEAF_BYTES};
 
-const MIB: usize = 1 << 20;
-const GIB: usize = 1 << 30;
-
-fn device() -> Arc<Device> {
-    assert!(
-        std::env::var("VRAM_TEST_GPU").is_ok_and(|v| v == "1"),
-        "needs a GPU: set VRAM_TEST_GPU=1"
-    );
-    Device::open(0).unwrap()
-}
-
-/// Seeded pseudo-random bytes (xorshift64*), never zeros.
-fn bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
 fn cpu_root(data: &[u8], leaf: LeafSize) -> [u8; 32] {
     root_from_leaf_digests(&leaf_digests(data, leaf)).unwrap()
-}
-
-fn upload(device: &Arc<Device>, ring: &StagingRing, data: &[u8]) -> DeviceBuffer {
-    let buffer = DeviceBuffer::alloc(device, data.len()).unwrap();
-    ring.upload(&buffer, &data, None).unwrap();
-    buffer
 }
 
 #[test]
