@@ -118,7 +118,7 @@ pub struct TreeDigestEngine {
 }
 
 // SAFETY: the CUfunction handles are driver handles valid on every thread for the module's
-// lifetime (the module is owned by the engine); launches go through the driver, which is
+// lifetime (the modules are owned by the engine); launches go through the driver, which is
 // thread-safe, and each lane's stream is used under its mutex.
 unsafe impl Send for TreeDigestEngine {}
 // SAFETY: as above.
@@ -253,8 +253,8 @@ impl TreeDigestEngine {
     /// # Errors
     /// [`CudaError::OutOfRange`] when `len` exceeds the buffer; [`CudaError::WrongDevice`] for a
     /// buffer of another device; [`CudaError::Driver`] when a launch or copy fails;
-    /// [`CudaError::OutOfMemory`] when the leaf states (32 bytes a leaf, and half as much again
-    /// for the fold) do not fit.
+    /// [`CudaError::OutOfMemory`] when the leaf states (32 bytes a leaf or BLAKE3 chunk, and a
+    /// fold's output beside them: half as much again for SHA-256, a 256th for BLAKE3) do not fit.
     pub fn tree_root(
         &self,
         buffer: &DeviceBuffer,
