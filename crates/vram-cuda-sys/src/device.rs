@@ -11,12 +11,12 @@ use cudarc::driver::sys::{self, CUcontext, CUdevice, CUdevice_attribute};
 use vram_types::DeviceFacts;
 
 use crate::driver::Driver;
+use crate::error::{CudaError, CudaStatus};
 
 /// Unused bytes the default stream-ordered pool keeps mapped between digests: one 2 MiB
 /// granule, enough for the scratch of a BLAKE3 digest of up to 64 MiB or a 64 KiB-leaf tree
 /// digest of up to 4 GiB.
 pub const POOL_KEEP_BYTES: usize = 2 << 20;
-use crate::error::{CudaError, CudaStatus};
 
 /// A CUDA device with its retained primary context.
 pub struct Device {

@@ -2,8 +2,8 @@
 //! ring of pinned staging slots filled by several threads, and digested where they lie: BLAKE3
 //! at every size and SHA-256 tree digests of shards of [`GPU_DIGEST_MIN_LEAVES`] leaves or more
 //! by the kernels in VRAM, the rest (flat SHA-256, which is serial, and small SHA-256 tree
-//! shards, where a kernel's latency exceeds a read-back) on the CPU from bytes read back out of
-//! VRAM (`docs/adr/0004-digest-of-resident-bytes.md`).
+//! shards, where a kernel's latency exceeds a read-back) on the CPU as the bytes are read back
+//! out of VRAM ([`ReadBack`]; `docs/adr/0004-digest-of-resident-bytes.md`).
 
 use std::sync::{Arc, OnceLock};
 
@@ -13,17 +13,15 @@ use vram_cuda_sys::staging_ring::StagingRing;
 use vram_cuda_sys::tree_digest::{GpuDigest, TreeDigestEngine};
 use vram_cuda_sys::{CudaError, Device, Driver};
 use vram_seal::ShardDigest;
-use vram_seal::digest::DigestHasher;
 use vram_seal::digest::tree::{finalize_root, leaf_count};
-use vram_types::DigestKind;
 use vram_types::{
-    AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, GpuShare, ShardSource, VramError,
+    AllocationFacts, BackendKind, DeviceFacts, DigestAlgorithm, DigestKind, GpuShare, ShardSource,
+    VramError,
 };
 
 use super::{
     Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, DigestOrder,
-    EngineStream, LentMemory, MemoryInfo, PendingDigest, Ready, UPLOAD_CHUNK_BYTES, device_at,
-    one_device,
+    EngineStream, LentMemory, MemoryInfo, PendingDigest, ReadBack, Ready, device_at, one_device,
 };
 
 /// Fewest leaves for which the SHA-256 kernels digest a shard. One thread hashes one leaf, at
@@ -206,31 +204,6 @@ impl CudaBackend {
         Ok(&self.lane(device)?.device)
     }
 
-    /// Reads the bytes back in chunks into pageable memory (no pinned allocation per call) and
-    /// hashes each on the CPU, tree leaves in parallel.
-    fn digest_on_cpu(
-        b: &Resident,
-        len: usize,
-        algorithm: DigestAlgorithm,
-    ) -> Result<ShardDigest, VramError> {
-        let mut hasher = DigestHasher::new(algorithm);
-        let mut chunk = Vec::new();
-        let size = len.min(UPLOAD_CHUNK_BYTES);
-        chunk
-            .try_reserve_exact(size)
-            .map_err(|_| VramError::HostMemoryExhausted { needed: size })?;
-        chunk.resize(size, 0);
-        let mut offset = 0;
-        while offset < len {
-            let n = len.saturating_sub(offset).min(size);
-            let piece = chunk.get_mut(..n).unwrap_or_default();
-            b.read(offset, piece).map_err(other)?;
-            hasher.update_parallel(piece);
-            offset = offset.saturating_add(n);
-        }
-        Ok(hasher.finalize())
-    }
-
     fn buffer(&self, id: BufferId) -> Result<Arc<Resident>, VramError> {
         self.buffers.get(id)
     }
@@ -371,9 +344,9 @@ impl Backend for CudaBackend {
                 if let (DigestOrder::After(engine), Some((b, _))) = (order, memory.first()) {
                     engine.wait_on_host(b.device()).map_err(other)?;
                 }
-                memory
+                buffers
                     .iter()
-                    .map(|(b, len)| Self::digest_on_cpu(b, *len, algorithm))
+                    .map(|(id, len)| ReadBack::new(self, *id, *len).digest(algorithm))
                     .collect()
             }
         }
@@ -401,9 +374,9 @@ impl Backend for CudaBackend {
             }
             // Read back and hashed now: the engine has queued nothing yet.
             None => Ok(Box::new(Ready(
-                memory
+                buffers
                     .iter()
-                    .map(|(b, len)| Self::digest_on_cpu(b, *len, algorithm))
+                    .map(|(id, len)| ReadBack::new(self, *id, *len).digest(algorithm))
                     .collect::<Result<_, _>>()?,
             ))),
         }

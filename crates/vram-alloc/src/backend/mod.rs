@@ -5,6 +5,7 @@
 
 mod cuda;
 mod mock;
+mod read_back;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -20,6 +21,7 @@ use crate::sync::lock;
 
 pub(crate) use cuda::CudaBackend;
 pub use mock::{HostTensor, MockBackend, MockBuilder};
+pub(crate) use read_back::ReadBack;
 
 /// Upload chunk size: the CUDA backend's staging slot, a multiple of every tree leaf size.
 pub(crate) const UPLOAD_CHUNK_BYTES: usize = vram_cuda_sys::staging_ring::DEFAULT_SLOT_BYTES;
