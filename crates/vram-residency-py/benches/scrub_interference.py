@@ -82,5 +82,6 @@ def main() -> None:
                 )
         manager.release(sealed)
 
+
 if __name__ == "__main__":
     main()
