@@ -1,5 +1,5 @@
 //! Where a small seal's time goes: each step the CUDA backend takes to seal and verify a shard,
-//! timed alone (median of 50) at 1 MiB and 256 MiB, beside the naive path (one pageable copy and
+//! timed alone (median of 50) at 1 B (the fixed costs), 1 MiB and 256 MiB, beside the naive path (one pageable copy and
 //! a single-thread SHA-256). `docs/perf.md` records the table.
 //!
 //! `cargo bench -p vram-cuda-sys --bench seal_steps` on a GPU machine; without one it says so.
@@ -12,11 +12,13 @@
     reason = "benchmark"
 )]
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use vram_cuda_sys::Device;
 use vram_cuda_sys::memory::DeviceBuffer;
+use vram_cuda_sys::resident::Resident;
 use vram_cuda_sys::staging_ring::StagingRing;
 use vram_cuda_sys::tree_digest::{GpuDigest, TreeDigestEngine};
 use vram_types::{DigestAlgorithm, GpuShare, LeafSize};
@@ -43,16 +45,20 @@ fn main() {
     };
     let engine = TreeDigestEngine::new(&device).unwrap();
     let ring = StagingRing::with_defaults(&device);
-    println!("| step | 1 MiB | 256 MiB |\n|---|---|---|");
-    let sizes = [MIB, 256 * MIB];
+    println!("| step | 1 B | 1 MiB | 256 MiB |\n|---|---|---|---|");
+    let sizes = [1, MIB, 256 * MIB];
     let datas: Vec<Vec<u8>> = sizes.iter().map(|n| vec![0x5a; *n]).collect();
-    let buffers: Vec<DeviceBuffer> = datas
+    let buffers: Vec<Arc<DeviceBuffer>> = datas
         .iter()
         .map(|d| {
             let b = DeviceBuffer::alloc(&device, d.len()).unwrap();
             ring.upload(&b, &d.as_slice(), None).unwrap();
-            b
+            Arc::new(b)
         })
+        .collect();
+    let residents: Vec<Resident> = buffers
+        .iter()
+        .map(|b| Resident::Owned(Arc::clone(b)))
         .collect();
     let row = |name: &str, f: &mut dyn FnMut(usize)| {
         let cells: Vec<String> = (0..sizes.len())
@@ -73,6 +79,10 @@ fn main() {
     row("pageable copy back (cuMemcpyDtoH)", &mut |i| {
         let mut out = vec![0u8; sizes[i]];
         buffers[i].read(0, &mut out).unwrap();
+    });
+    row("staging-ring read back (pinned slot)", &mut |i| {
+        let mut out = vec![0u8; sizes[i]];
+        ring.download(&residents[i], 0, &mut out).unwrap();
     });
     row("single-thread SHA-256 on the host", &mut |i| {
         std::hint::black_box(Sha256::digest(&datas[i]));

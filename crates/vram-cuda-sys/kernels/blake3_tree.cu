@@ -1,7 +1,8 @@
 // blake3_tree.cu: the standard BLAKE3 hash (unkeyed, 32-byte output) of bytes already resident
 // in VRAM. A chunk kernel compresses every 1 KiB chunk into its chaining value (one thread per
-// chunk), and a fold kernel reduces up to 256 chaining values into their parent in shared memory
-// per launch, so a 16 GiB shard takes one chunk launch and four fold launches. Compiled to PTX by
+// chunk; on the whole GPU each block folds its 128 chunks to their parent at once), and a fold
+// kernel reduces up to 256 nodes into their parent in shared memory per launch, so a 16 GiB
+// shard takes one chunk launch and two fold launches. Compiled to PTX by
 // `cargo xtask ptx`; the PTX is committed next to this file and loaded by the driver at run time.
 //
 // BLAKE3's tree is left-complete, which is the same tree as pairing adjacent nodes level by level
@@ -186,21 +187,14 @@ extern "C" __global__ void __launch_bounds__(128) blake3_range_chunks(
     }
 }
 
-// Node `group` of the level FOLD_LEVELS above the `n_in` nodes of one tree at `level`: the
-// group's (up to) 256 nodes are folded pairwise in shared memory, an odd last node moving up
-// unchanged, the compression that makes the tree's single root carrying ROOT. Called by every
-// thread of a FOLD_THREADS block.
-__device__ __forceinline__ void fold_group(const uint32_t* __restrict__ level, uint64_t n_in,
-                                           uint64_t group, uint32_t* __restrict__ out) {
-    __shared__ uint32_t nodes[FOLD_FAN_IN * 8];
-    uint64_t first = group * FOLD_FAN_IN;
-    uint32_t m = (uint32_t)min((uint64_t)FOLD_FAN_IN, n_in - first);
-    for (uint32_t i = threadIdx.x; i < m * 8; i += blockDim.x) nodes[i] = level[first * 8 + i];
-    __syncthreads();
-    uint64_t n = n_in;  // this tree's nodes at the current sub-level
+// Folds the `m` nodes in shared memory `nodes` (8 words each; m <= 2 * blockDim.x) to one, at
+// nodes[0..8]: pairwise, level by level, an odd last node moving up unchanged; `n` is the tree's
+// node count at the first of these levels, so the compression that makes the tree's single root
+// (the level of two nodes) carries ROOT. Called by every thread of the block.
+__device__ __forceinline__ void reduce_shared(uint32_t* nodes, uint32_t m, uint64_t n) {
     while (m > 1) {
-        // m <= 256 nodes make at most 128 pairs: one per thread, so every barrier is reached by
-        // the whole block.
+        // m <= 2 * blockDim.x nodes make at most blockDim.x pairs: one per thread, so every
+        // barrier is reached by the whole block.
         uint32_t pairs = m / 2;
         bool mine = threadIdx.x < pairs;
         uint32_t cv[8] = {IV0, IV1, IV2, IV3, IV4, IV5, IV6, IV7};
@@ -216,12 +210,43 @@ __device__ __forceinline__ void fold_group(const uint32_t* __restrict__ level, u
             for (int k = 0; k < 8; k++) nodes[8 * threadIdx.x + k] = cv[k];
         }
         // An odd last node moves up unchanged, to right after the parents (it lies past them).
-        if ((m & 1) && threadIdx.x < 8) nodes[8 * pairs + threadIdx.x] = nodes[8 * (m - 1) + threadIdx.x];
+        if (m & 1) {
+            for (uint32_t k = threadIdx.x; k < 8; k += blockDim.x) nodes[8 * pairs + k] = nodes[8 * (m - 1) + k];
+        }
         __syncthreads();
         m = (m + 1) / 2;
         n = (n + 1) / 2;
     }
-    if (threadIdx.x < 8) out[threadIdx.x] = nodes[threadIdx.x];
+}
+
+// Node `group` of the level FOLD_LEVELS above the `n_in` nodes of one tree at `level`: the
+// group's (up to) 256 nodes folded in shared memory (`reduce_shared`). Called by every thread
+// of a FOLD_THREADS block.
+__device__ __forceinline__ void fold_group(const uint32_t* __restrict__ level, uint64_t n_in,
+                                           uint64_t group, uint32_t* __restrict__ out) {
+    __shared__ uint32_t nodes[FOLD_FAN_IN * 8];
+    uint64_t first = group * FOLD_FAN_IN;
+    uint32_t m = (uint32_t)min((uint64_t)FOLD_FAN_IN, n_in - first);
+    for (uint32_t i = threadIdx.x; i < m * 8; i += blockDim.x) nodes[i] = level[first * 8 + i];
+    __syncthreads();
+    reduce_shared(nodes, m, n_in);
+    for (uint32_t k = threadIdx.x; k < 8; k += blockDim.x) out[k] = nodes[k];
+}
+
+// The whole-GPU form of `blake3_chunks`: one thread per chunk of one range, and each block (a
+// power of two of threads) folds its chunks' chaining values to their parent in shared memory,
+// so only one node per block (`nodes[blockIdx.x]`, the level log2(blockDim.x) up) is written and
+// no per-chunk scratch exists. A range of at most blockDim.x chunks comes out as its root.
+extern "C" __global__ void __launch_bounds__(128) blake3_chunk_groups(
+    const uint8_t* __restrict__ data, uint64_t total_len, uint64_t chunk_count,
+    uint32_t* __restrict__ nodes) {
+    __shared__ uint32_t cvs[128 * 8];
+    uint64_t first = (uint64_t)blockIdx.x * blockDim.x;
+    uint32_t m = (uint32_t)min((uint64_t)blockDim.x, chunk_count - first);
+    if (threadIdx.x < m) hash_chunk(data, total_len, first + threadIdx.x, cvs + 8 * threadIdx.x);
+    __syncthreads();
+    reduce_shared(cvs, m, chunk_count);
+    for (uint32_t k = threadIdx.x; k < 8; k += blockDim.x) nodes[8 * (uint64_t)blockIdx.x + k] = cvs[k];
 }
 
 // One fold launch of one tree: out[g] = node g of the level FOLD_LEVELS above `in`'s n_in

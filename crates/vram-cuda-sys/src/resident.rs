@@ -295,7 +295,7 @@ impl Resident {
     }
 
     /// The address of `offset..offset + n`, checked to lie inside.
-    fn range_address(
+    pub(crate) fn range_address(
         &self,
         offset: usize,
         n: usize,

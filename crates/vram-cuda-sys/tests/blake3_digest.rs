@@ -33,8 +33,10 @@ fn reference(data: &[u8]) -> [u8; 32] {
 
 /// Sizes that exercise the tree: empty, inside one block, one chunk exactly and around it, two
 /// chunks, a ragged third, an odd chunk count, one fold group exactly (256 chunks) and one past
-/// it, 1 MiB and 1 MiB + 1, and three fold launches (65,537 chunks).
-const SHAPES: [usize; 17] = [
+/// it, 1 MiB and 1 MiB + 1, and three fold launches (65,537 chunks). For the whole-GPU kernel,
+/// whose blocks fold 128 chunks each: one block exactly (128 KiB), one chunk past it, and one
+/// node past a full fold group (256 × 128 + 1 chunks).
+const SHAPES: [usize; 20] = [
     0,
     1,
     64,
@@ -52,6 +54,9 @@ const SHAPES: [usize; 17] = [
     MIB + 1,
     64 * MIB + KIB,
     5 * MIB + 3,
+    128 * KIB,
+    128 * KIB + 1,
+    32 * MIB + KIB,
 ];
 
 #[test]

@@ -1,6 +1,6 @@
 //! The driver wrappers. Without a GPU: loading the driver is a typed error, not a panic. With
 //! one (`VRAM_TEST_GPU=1`, `--include-ignored`): the pointer check tells VRAM from every kind of
-//! host memory, staged copies round-trip, and a PTX kernel runs.
+//! host memory, staged copies round-trip (both ways), and a PTX kernel runs.
 #![allow(
     unsafe_code,
     reason = "calls the unsafe kernel launch of the crate under test"
@@ -21,6 +21,7 @@ use vram_cuda_sys::memory::{
 };
 use vram_cuda_sys::module::{KernelArg, Module};
 use vram_cuda_sys::pointer::host_slice_facts;
+use vram_cuda_sys::resident::Resident;
 use vram_cuda_sys::staging_ring::StagingRing;
 use vram_cuda_sys::{Device, Driver};
 use vram_policy::rules::allocation_problem;
@@ -119,6 +120,52 @@ fn staged_upload_and_read_back_round_trip_across_chunks() {
         );
         buf.free().unwrap();
     }
+}
+
+#[test]
+#[ignore = "needs a GPU: run with VRAM_TEST_GPU=1 and --include-ignored"]
+fn downloads_through_the_ring_match_across_slots_and_never_pin() {
+    let device = Device::open(0).unwrap();
+    // Slots of 4 KiB, so a read of 10 KiB + 3 at an odd offset spans three of them.
+    let ring = StagingRing::new(&device, 4096, 4, 2);
+    let len = 64 * 1024 + 11;
+    let data: Vec<u8> = (0..len).map(|i| (i * 131 + 7) as u8).collect();
+    let buf = std::sync::Arc::new(DeviceBuffer::alloc(&device, len).unwrap());
+    let resident = Resident::Owned(std::sync::Arc::clone(&buf));
+    let (offset, n) = (77, 10 * 1024 + 3);
+    let mut back = vec![0u8; n];
+    // Nothing uploaded yet: no idle slot, so a plain copy, and nothing is pinned for it.
+    buf.write(0, &data).unwrap();
+    ring.download(&resident, offset, &mut back).unwrap();
+    assert!(
+        back == data[offset..offset + n],
+        "pageable download differs"
+    );
+    assert_eq!(ring.pinned_slots(), 0, "a download pinned memory");
+    // After an upload (16 chunks over two copy threads) the slots are idle and reused.
+    ring.upload(&buf, &data.as_slice(), None).unwrap();
+    let pinned = ring.pinned_slots();
+    assert!(pinned >= 2, "{pinned} slots pinned after an upload");
+    back.fill(0);
+    ring.download(&resident, offset, &mut back).unwrap();
+    assert!(back == data[offset..offset + n], "pinned download differs");
+    let mut all = vec![0u8; len];
+    ring.download(&resident, 0, &mut all).unwrap();
+    assert!(all == data, "whole-buffer download differs");
+    assert_eq!(
+        ring.pinned_slots(),
+        pinned,
+        "a download kept or dropped slots"
+    );
+    let mut past = [0u8; 2];
+    assert!(
+        matches!(
+            ring.download(&resident, len - 1, &mut past),
+            Err(CudaError::OutOfRange { .. })
+        ),
+        "a read past the end is refused"
+    );
+    assert_eq!(ring.pinned_slots(), pinned, "a refused read lost a slot");
 }
 
 #[test]

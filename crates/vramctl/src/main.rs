@@ -90,8 +90,16 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
+    // At the trace level each timed step (a seal's, a verification's) is shown as it ends,
+    // with its time.
+    let spans = if verbose >= 3 {
+        tracing_subscriber::fmt::format::FmtSpan::CLOSE
+    } else {
+        tracing_subscriber::fmt::format::FmtSpan::NONE
+    };
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_span_events(spans)
         .try_init();
 }

@@ -383,7 +383,11 @@ impl Backend for CudaBackend {
     }
 
     fn read(&self, buffer: BufferId, offset: usize, dst: &mut [u8]) -> Result<(), VramError> {
-        self.buffer(buffer)?.read(offset, dst).map_err(other)
+        let b = self.buffer(buffer)?;
+        self.lane(b.device().ordinal())?
+            .ring
+            .download(&b, offset, dst)
+            .map_err(other)
     }
 
     fn lend(&self, buffer: BufferId) -> Result<Box<dyn LentMemory>, VramError> {

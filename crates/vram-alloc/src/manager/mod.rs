@@ -408,3 +408,9 @@ impl VramManager {
         self.shared.stop_reason().is_some()
     }
 }
+
+/// Runs one step of a seal or a verification inside a trace-level span named after it, so a
+/// subscriber that times spans (`vramctl -vvv`) shows where the time goes.
+fn step<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
+    tracing::trace_span!("step", name).in_scope(f)
+}

@@ -17,7 +17,6 @@ use vram_types::{
     GpuShare, SealSignature, SealedFields, SealedShard, ShardAllocation, ShardSource, VramError,
 };
 
-use super::VramManager;
 use super::cross_check::CrossCheck;
 use super::plan::SealPart;
 use super::read_back::table_resident;
@@ -25,6 +24,7 @@ use super::residency;
 use super::resident::ResidentAllocation;
 use super::seal_options::SealOptions;
 use super::shared::{Claim, Shared};
+use super::{VramManager, step};
 use crate::audit::AuditEvent;
 use crate::backend::{BufferId, ChunkObserver, DigestOrder, ForeignRange};
 use crate::capacity::Reservation;
@@ -100,7 +100,7 @@ impl VramManager {
             gpu_device,
             options: options.clone(),
         };
-        let mut shards = self.plan_seal(vec![part])?.execute()?;
+        let mut shards = step("plan", || self.plan_seal(vec![part]))?.execute()?;
         shards
             .pop()
             .ok_or(VramError::Unreachable("a plan of one part seals one shard"))
@@ -133,9 +133,11 @@ pub(super) struct Sealed {
 pub(super) fn seal_part(shared: &Arc<Shared>, req: PartRequest<'_>) -> Result<Sealed, VramError> {
     let device = req.device;
     let correlation_id = shared.next_correlation_id();
-    let result = place_and_seal(shared, req, &correlation_id);
+    let result = step("seal", || place_and_seal(shared, req, &correlation_id));
     shared.metrics().count_seal(device, result.is_ok());
-    shared.refresh_capacity_metrics(device);
+    step("capacity metrics", || {
+        shared.refresh_capacity_metrics(device)
+    });
     result
 }
 
@@ -153,12 +155,21 @@ fn place_and_seal(
         reservation,
         group,
     } = req;
-    let placed = Placed::allocate(shared, device, len, &reservation, correlation_id)?;
-    let signed = placed
-        .upload(source, options, correlation_id)
-        .and_then(|uploaded| uploaded.digest(shared.config().digest_algorithm))
-        .and_then(|digested| digested.check(options))
-        .and_then(|digested| digested.sign(options, claim));
+    // Each step in a trace-level span, so `vramctl -vvv` shows where a seal's time goes.
+    let placed = step("allocate", || {
+        Placed::allocate(shared, device, len, &reservation, correlation_id)
+    })?;
+    let signed = step("upload", || placed.upload(source, options, correlation_id))
+        .and_then(|uploaded| {
+            step("digest", || {
+                uploaded.digest(shared.config().digest_algorithm)
+            })
+        })
+        .and_then(|digested| {
+            step("check and sign", || {
+                digested.check(options)?.sign(options, claim)
+            })
+        });
     let signed = match signed {
         Ok(signed) => signed,
         Err(e) => {
@@ -185,7 +196,9 @@ fn place_and_seal(
             return Err(e);
         }
     };
-    signed.register(Some(reservation), correlation_id, group)
+    step("register", || {
+        signed.register(Some(reservation), correlation_id, group)
+    })
 }
 
 impl VramManager {

@@ -10,10 +10,10 @@ use vram_types::{DigestAlgorithm, GpuShare, SealFailure, SealedFields, SealedSha
 
 use vram_types::{AllocationFacts, ShardAllocation};
 
-use super::VramManager;
 use super::residency::{self, owned};
 use super::resident::ResidentAllocation;
 use super::shared::Shared;
+use super::{VramManager, step};
 use crate::audit::AuditEvent;
 use crate::backend::{BufferId, DigestOrder};
 
@@ -168,12 +168,18 @@ pub(super) fn verify_ordered(
     order: DigestOrder<'_>,
     stage: Stage,
 ) -> Result<(), VramError> {
-    audited(shared, subject, |correlation_id| {
-        let buffers = subject.checked_buffers(shared, correlation_id)?;
-        let actual = shared
-            .backend()
-            .digest(&buffers, subject.algorithm()?, share, order)?;
-        subject.compare(&actual, stage)
+    step("verify", || {
+        audited(shared, subject, |correlation_id| {
+            let buffers = step("check fields", || {
+                subject.checked_buffers(shared, correlation_id)
+            })?;
+            let actual = step("digest", || {
+                shared
+                    .backend()
+                    .digest(&buffers, subject.algorithm()?, share, order)
+            })?;
+            subject.compare(&actual, stage)
+        })
     })
 }
 
@@ -207,25 +213,26 @@ pub(super) fn audited(
             // Passed: the id is the one this manager validated and sealed.
             tracing::info!(shard_id = %id, result = "pass", "seal verified");
             // Fail-closed: a pass that cannot be recorded is not a pass.
-            shared
-                .record(
+            step("record", || {
+                shared.record(
                     &correlation_id,
                     AuditEvent::SealVerified {
                         shard_id: id.to_owned(),
                         gpu_device: device,
                     },
                 )
-                .inspect(|()| {
-                    shared
-                        .metrics()
-                        .set_last_verified(id, shared.clock().wall());
-                    let now = shared.clock().monotonic();
-                    for shard in &subject.shards {
-                        if let Ok(resident) = owned(shared, shard) {
-                            resident.mark_verified(now);
-                        }
+            })
+            .inspect(|()| {
+                shared
+                    .metrics()
+                    .set_last_verified(id, shared.clock().wall());
+                let now = shared.clock().monotonic();
+                for shard in &subject.shards {
+                    if let Ok(resident) = owned(shared, shard) {
+                        resident.mark_verified(now);
                     }
-                })
+                }
+            })
         }
         Err(e) => {
             // The caller's id, possibly edited (line breaks, terminal escapes): escaped.

@@ -3,9 +3,10 @@
 // to compare with the `blake3` crate.
 //
 // Usage: blake3_on_cpu SIZE... : the digest of each size's pattern bytes (byte i of a range r
-// is (i * 7 + r * 13 + (i >> 9)) mod 256), first each range alone (chunk kernel, then 256-to-1
-// folds; every second size with 4 chunks per thread, as bounded launches), then all the sizes as
-// the ranges of one model (range kernels, one launch per fold).
+// is (i * 7 + r * 13 + (i >> 9)) mod 256), first each range alone (the chunk-group kernel in
+// blocks of 128 or 4 as whole-GPU launches, or every second size the chunk kernel with 4 chunks
+// per thread as bounded launches; then 256-to-1 folds), then all the sizes as the ranges of one
+// model (range kernels, one launch per fold).
 #include <cstdio>
 #include <cstdlib>
 
@@ -34,10 +35,20 @@ int main(int argc, char** argv) {
     for (size_t r = 0; r < lens.size(); r++) {
         uint64_t n = chunks_of(lens[r]);
         std::vector<uint32_t> a(n * 8), b(n * 8);
-        unsigned per = r % 2 ? 4 : 1, block = 32;
-        uint64_t threads = (n + per - 1) / per;
-        launch((unsigned)((threads + block - 1) / block), block,
-               [&] { blake3_chunks(datas[r].data(), lens[r], 0, n, per, a.data()); });
+        if (r % 2) {
+            // Bounded: every chunk's chaining value, four chunks a thread.
+            unsigned per = 4, block = 32;
+            uint64_t threads = (n + per - 1) / per;
+            launch((unsigned)((threads + block - 1) / block), block,
+                   [&] { blake3_chunks(datas[r].data(), lens[r], 0, n, per, a.data()); });
+        } else {
+            // Whole GPU: one node per block of 128 (or, for some sizes, 4) chunks.
+            unsigned block = r % 4 ? 4 : 128;
+            uint64_t groups = (n + block - 1) / block;
+            launch((unsigned)groups, block,
+                   [&] { blake3_chunk_groups(datas[r].data(), lens[r], n, a.data()); });
+            n = groups;
+        }
         uint32_t *from = a.data(), *to = b.data();
         while (n > 1) {
             uint64_t out = (n + FOLD_FAN_IN - 1) / FOLD_FAN_IN;

@@ -43,6 +43,10 @@ pub enum GpuDigest {
 const BLAKE3_CHUNK_BYTES: u64 = 1024;
 /// Nodes one BLAKE3 fold launch reduces to one (`FOLD_FAN_IN` in the kernel).
 const BLAKE3_FOLD_FAN_IN: u64 = 256;
+/// How many more bytes a bounded BLAKE3 launch hashes per thread than a SHA-256 slice.
+const BLAKE3_BOUNDED_FACTOR: u64 = 2;
+/// Most chunks one block of `blake3_chunk_groups` folds to one node (its launch bound).
+const BLAKE3_GROUP_CHUNKS: u64 = 128;
 
 impl GpuDigest {
     /// Bytes of one leaf (one thread's unit of work).
@@ -111,10 +115,12 @@ pub struct TreeDigestEngine {
     device: Arc<Device>,
     sha256: Kernels,
     blake3: Kernels,
+    /// `blake3_chunk_groups`, of `blake3`'s module: the whole-GPU chunk kernel of one range.
+    blake3_groups: CUfunction,
     multiprocessors: u32,
     bounded_slice_bytes: u64,
-    full_lane: Mutex<Stream>,
-    bounded_lane: Mutex<Stream>,
+    full_lane: Mutex<Arc<Stream>>,
+    bounded_lane: Mutex<Arc<Stream>>,
 }
 
 // SAFETY: the CUfunction handles are driver handles valid on every thread for the module's
@@ -134,14 +140,16 @@ impl std::fmt::Debug for TreeDigestEngine {
 }
 
 /// A stream-ordered device allocation for the leaf states (`cuMemAllocAsync`): neither its
-/// allocation nor its release synchronises the device.
-struct Scratch<'s> {
-    stream: &'s Stream,
+/// allocation nor its release synchronises the device. Kept until the host has waited for the
+/// digest: memory freed before a synchronisation goes back to the driver at it (the pool's
+/// release threshold), and the next digest maps it again, ~65 us on an H200 (`docs/perf.md`).
+struct Scratch {
+    stream: Arc<Stream>,
     ptr: CUdeviceptr,
 }
 
-impl<'s> Scratch<'s> {
-    fn alloc(stream: &'s Stream, bytes: u64) -> Result<Self, CudaError> {
+impl Scratch {
+    fn alloc(stream: &Arc<Stream>, bytes: u64) -> Result<Self, CudaError> {
         let ordinal = stream.device().ordinal();
         let bytes = usize::try_from(bytes).map_err(|_| CudaError::InvalidArgument {
             what: "digest scratch",
@@ -155,7 +163,10 @@ impl<'s> Scratch<'s> {
                 stream.device().memory_info().map_or(0, |(free, _)| free)
             })
         })?;
-        Ok(Self { stream, ptr })
+        Ok(Self {
+            stream: Arc::clone(stream),
+            ptr,
+        })
     }
 
     fn at(&self, byte_offset: u64) -> u64 {
@@ -163,7 +174,7 @@ impl<'s> Scratch<'s> {
     }
 }
 
-impl Drop for Scratch<'_> {
+impl Drop for Scratch {
     fn drop(&mut self) {
         if self.stream.device().bind().is_ok() {
             // SAFETY: `ptr` came from `cuMemAllocAsync` on this stream and is freed once, after
@@ -197,7 +208,7 @@ fn grid_for(threads: u64, block: u32) -> Result<u32, CudaError> {
     })
 }
 
-fn lock(m: &Mutex<Stream>) -> std::sync::MutexGuard<'_, Stream> {
+fn lock(m: &Mutex<Arc<Stream>>) -> std::sync::MutexGuard<'_, Arc<Stream>> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -208,6 +219,16 @@ impl TreeDigestEngine {
     /// [`CudaError::Driver`] when the driver refuses the PTX (for example a driver
     /// older than the PTX version) or a stream cannot be made.
     pub fn new(device: &Arc<Device>) -> Result<Self, CudaError> {
+        let blake3 = Kernels::load(
+            device,
+            BLAKE3_TREE_PTX,
+            [
+                "blake3_chunks",
+                "blake3_fold",
+                "blake3_range_chunks",
+                "blake3_range_fold",
+            ],
+        )?;
         Ok(Self {
             device: Arc::clone(device),
             sha256: Kernels::load(
@@ -220,20 +241,12 @@ impl TreeDigestEngine {
                     "sha256_range_fold_level",
                 ],
             )?,
-            blake3: Kernels::load(
-                device,
-                BLAKE3_TREE_PTX,
-                [
-                    "blake3_chunks",
-                    "blake3_fold",
-                    "blake3_range_chunks",
-                    "blake3_range_fold",
-                ],
-            )?,
+            blake3_groups: blake3.module.function("blake3_chunk_groups")?,
+            blake3,
             multiprocessors: device.multiprocessor_count()?,
             bounded_slice_bytes: BOUNDED_SLICE_BYTES,
-            full_lane: Mutex::new(Stream::new(device, StreamPriority::Lowest)?),
-            bounded_lane: Mutex::new(Stream::new(device, StreamPriority::Lowest)?),
+            full_lane: Mutex::new(Arc::new(Stream::new(device, StreamPriority::Lowest)?)),
+            bounded_lane: Mutex::new(Arc::new(Stream::new(device, StreamPriority::Lowest)?)),
         })
     }
 
@@ -337,7 +350,8 @@ impl TreeDigestEngine {
         // Waited for on every path: no queued kernel may outlive this call and read `buffer`
         // after the caller frees it, even when a later launch failed.
         let waited = stream.synchronize();
-        queued?;
+        // The scratch goes after the wait (see `Scratch`).
+        drop(queued?);
         waited?;
         self.device.trim_memory_pool()?;
         Ok(root_bytes(digest, &roots))
@@ -390,14 +404,16 @@ impl TreeDigestEngine {
     ) -> Result<PendingRoots, CudaError> {
         // Pinned, so that the copy of the roots does not make the host wait for the digest.
         let mut out = PinnedBuffer::alloc(&self.device, target.count().saturating_mul(32))?;
-        let stream = Stream::new(&self.device, StreamPriority::Lowest)?;
-        self.queue_roots(&stream, target, digest, GpuShare::Full, out.as_mut_slice())?;
+        let stream = Arc::new(Stream::new(&self.device, StreamPriority::Lowest)?);
+        let scratch =
+            self.queue_roots(&stream, target, digest, GpuShare::Full, out.as_mut_slice())?;
         let mut done = Event::new(&self.device)?;
         done.record(&stream)?;
         done.hold(engine)?;
         // Kept in the pending roots: dropping an event waits for it on the host, which would
         // put back the round trip this form exists to remove.
         Ok(PendingRoots {
+            scratch,
             stream,
             _done: done,
             out,
@@ -408,20 +424,23 @@ impl TreeDigestEngine {
     }
 
     /// Checks every range, then queues the leaves, the fold and the copy of every root into
-    /// `roots` (32 bytes each, device word order) on `stream`; the scratch is freed in stream
-    /// order. The caller waits for the stream before reading `roots` or freeing the memory.
+    /// `roots` (32 bytes each, device word order) on `stream`. The caller waits for the stream
+    /// before reading `roots` or freeing the memory, then drops the scratch returned.
     fn queue_roots(
         &self,
-        stream: &Stream,
+        stream: &Arc<Stream>,
         target: Target<'_>,
         digest: GpuDigest,
         share: GpuShare,
         roots: &mut [u8],
-    ) -> Result<(), CudaError> {
+    ) -> Result<Scratch, CudaError> {
         match target {
             Target::One(buffer, len) => {
                 let (data, total) = self.checked(buffer, len)?;
                 let leaves = digest.leaves(total);
+                if let (GpuDigest::Blake3, GpuShare::Full) = (digest, share) {
+                    return self.queue_blake3_groups(stream, data, total, roots);
+                }
                 // Region A holds a state per leaf; region B, the first fold's output, is the
                 // fold's other side.
                 let first_fold = leaves.div_ceil(digest.fan_in());
@@ -438,7 +457,8 @@ impl TreeDigestEngine {
                 let source = LeafSource::One { data, total };
                 self.queue_leaves(stream, digest, share, source, leaves, a)?;
                 let root_at = self.fold(stream, digest, leaves, a, b)?;
-                self.copy_roots(stream, root_at, roots)
+                self.copy_roots(stream, root_at, roots)?;
+                Ok(scratch)
             }
             Target::Many(ranges) => {
                 if ranges.is_empty() {
@@ -478,9 +498,53 @@ impl TreeDigestEngine {
                 };
                 self.queue_leaves(stream, digest, share, source, leaves, a)?;
                 let roots_at = self.fold_ranges(stream, digest, &layout, table, a, b)?;
-                self.copy_roots(stream, roots_at, roots)
+                self.copy_roots(stream, roots_at, roots)?;
+                Ok(scratch)
             }
         }
+    }
+
+    /// BLAKE3 of one range on the whole GPU: the chunk-group kernel folds each block's chunks
+    /// in shared memory (one node per [`BLAKE3_GROUP_CHUNKS`] chunks comes out), then the fold
+    /// launches; the scratch is a 128th of the per-chunk states, with no round trip through it.
+    fn queue_blake3_groups(
+        &self,
+        stream: &Arc<Stream>,
+        data: u64,
+        total: u64,
+        roots: &mut [u8],
+    ) -> Result<Scratch, CudaError> {
+        let chunks = GpuDigest::Blake3.leaves(total);
+        // A power of two, so that each block's chunks are an aligned subtree.
+        let block = chunks.next_power_of_two().clamp(1, BLAKE3_GROUP_CHUNKS);
+        let groups = chunks.div_ceil(block);
+        let scratch = Scratch::alloc(
+            stream,
+            groups
+                .saturating_add(groups.div_ceil(BLAKE3_FOLD_FAN_IN))
+                .saturating_mul(DIGEST_BYTES),
+        )?;
+        let (a, b) = (
+            scratch.at(0),
+            scratch.at(groups.saturating_mul(DIGEST_BYTES)),
+        );
+        let grid = grid_for(groups, 1)?;
+        let block = u32::try_from(block).unwrap_or(MAX_BLOCK);
+        // SAFETY: `blake3_chunk_groups` takes (u8*, u64, u64, u32*), a function of the BLAKE3
+        // module; the range was checked (`checked`) and stays allocated until the caller has
+        // synchronised the stream; `a` holds one node per block, inside the live scratch.
+        unsafe {
+            self.blake3.module.launch_raw(
+                self.blake3_groups,
+                (grid, 1),
+                block,
+                &[data, total, chunks, a],
+                stream.raw(),
+            )
+        }?;
+        let root_at = self.fold(stream, GpuDigest::Blake3, groups, a, b)?;
+        self.copy_roots(stream, root_at, roots)?;
+        Ok(scratch)
     }
 
     /// The address and length of a range the kernels may read: on this device, inside its
@@ -643,7 +707,15 @@ impl TreeDigestEngine {
         let (per_launch, per_thread) = match digest {
             GpuDigest::Sha256Tree(_) => (threads, 1),
             GpuDigest::Blake3 => {
-                let per_thread = (self.bounded_slice_bytes / BLAKE3_CHUNK_BYTES).max(1);
+                // A BLAKE3 chunk costs 2.4-2.7x less GPU time than a KiB of SHA-256 (1.81 TB/s
+                // against 0.67-0.75 TB/s on an H100, `docs/perf.md`): twice the slice in chunks
+                // keeps a launch no longer than a SHA-256 slice, so it costs an engine no more
+                // and verifies twice the bytes.
+                let per_thread = (self
+                    .bounded_slice_bytes
+                    .saturating_mul(BLAKE3_BOUNDED_FACTOR)
+                    / BLAKE3_CHUNK_BYTES)
+                    .max(1);
                 (threads.saturating_mul(per_thread), per_thread)
             }
         };
@@ -866,9 +938,10 @@ fn root_bytes(digest: GpuDigest, words: &[u8]) -> Vec<[u8; 32]> {
 /// [`TreeDigestEngine::queue_roots_before`]); they keep the memory they read alive. Dropped
 /// without [`Self::wait`], they still wait for their stream before the memory can go.
 pub struct PendingRoots {
-    // Dropped first: the stream waits for its work before the event, the roots' slot and the
-    // memory go.
-    stream: Stream,
+    // Dropped first: the scratch's release is queued after the digest, then the stream (its
+    // last holder) waits for its work before the event, the roots' slot and the memory go.
+    scratch: Scratch,
+    stream: Arc<Stream>,
     _done: Event,
     out: PinnedBuffer,
     digest: GpuDigest,
@@ -892,7 +965,10 @@ impl PendingRoots {
     /// # Errors
     /// [`CudaError::Driver`], including an error of a digest kernel.
     pub fn wait(self) -> Result<Vec<[u8; 32]>, CudaError> {
-        self.stream.synchronize()?;
+        let waited = self.stream.synchronize();
+        // The scratch goes after the wait (see `Scratch`).
+        drop(self.scratch);
+        waited?;
         self.device.trim_memory_pool()?;
         Ok(root_bytes(self.digest, self.out.as_slice()))
     }
