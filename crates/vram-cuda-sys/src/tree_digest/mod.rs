@@ -1,7 +1,8 @@
 //! Tree digests of bytes already in VRAM: the `sha256-tree-L` root and the standard BLAKE3 hash.
 //! A leaf kernel hashes every leaf (every 1 KiB chunk for BLAKE3) where it lies, a fold kernel
 //! reduces nodes level by level on the GPU (two to one for SHA-256, up to 256 to one in shared
-//! memory for BLAKE3), and only the 32-byte root comes back to the host. The kernels
+//! memory for BLAKE3, whose whole-GPU chunk kernel already folds each block's 128 chunks), and
+//! only the 32-byte root comes back to the host. The kernels
 //! (`kernels/sha256_tree.cu`, `kernels/blake3_tree.cu`, PTX committed beside them) are checked bit
 //! for bit against `vram-seal`'s CPU implementations by the GPU tests.
 //!
@@ -267,7 +268,8 @@ impl TreeDigestEngine {
     /// [`CudaError::OutOfRange`] when `len` exceeds the buffer; [`CudaError::WrongDevice`] for a
     /// buffer of another device; [`CudaError::Driver`] when a launch or copy fails;
     /// [`CudaError::OutOfMemory`] when the leaf states (32 bytes a leaf or BLAKE3 chunk, and a
-    /// fold's output beside them: half as much again for SHA-256, a 256th for BLAKE3) do not fit.
+    /// fold's output beside them: half as much again for SHA-256, a 256th for BLAKE3; on the
+    /// whole GPU BLAKE3 keeps 32 bytes per 128 chunks) do not fit.
     pub fn tree_root(
         &self,
         buffer: &DeviceBuffer,
