@@ -24,6 +24,7 @@ std::barrier<>* block_barrier;
 #define __restrict__
 // One block at a time: a function-local static is the block's shared memory.
 #define __shared__ static
+#define __constant__
 
 struct uint4 { uint32_t x, y, z, w; };
 inline uint32_t __funnelshift_r(uint32_t lo, uint32_t hi, uint32_t n) {
