@@ -36,6 +36,19 @@ struct Slot {
     copied: Event,
 }
 
+impl Slot {
+    /// The slot's first `n` bytes (a chunk is at most one slot).
+    fn bytes(&self, n: usize) -> Result<&[u8], CudaError> {
+        self.pinned.as_slice().get(..n).ok_or(TOO_LONG)
+    }
+
+    fn bytes_mut(&mut self, n: usize) -> Result<&mut [u8], CudaError> {
+        self.pinned.as_mut_slice().get_mut(..n).ok_or(TOO_LONG)
+    }
+}
+
+const TOO_LONG: CudaError = CudaError::Unreachable("a chunk is at most one slot");
+
 /// What one copy thread works with: a stream and two slots it alternates between.
 struct CopyLane {
     stream: Stream,
@@ -283,11 +296,7 @@ fn fill_and_send(
     ordinal: u32,
 ) -> Result<(), CudaError> {
     slot.copied.wait()?;
-    let host = slot
-        .pinned
-        .as_mut_slice()
-        .get_mut(..n)
-        .ok_or(CudaError::Unreachable("a chunk is at most one slot"))?;
+    let host = slot.bytes_mut(n)?;
     source
         .read_at(offset, host)
         .map_err(|e| CudaError::SourceRead {
@@ -300,11 +309,7 @@ fn fill_and_send(
     let at =
         usize::try_from(offset).map_err(|_| CudaError::Unreachable("offset fits the buffer"))?;
     let target = dst.range_address(at, n, "host-to-device copy")?;
-    let host = slot
-        .pinned
-        .as_slice()
-        .get(..n)
-        .ok_or(CudaError::Unreachable("a chunk is at most one slot"))?;
+    let host = slot.bytes(n)?;
     stream.device().bind()?;
     // The slot is written again only after the event recorded next has completed (`wait` above),
     // and the stream is synchronised before the slot returns to the pool.
@@ -332,11 +337,7 @@ fn download_through(
     for chunk in dst.chunks_mut(slot_bytes.max(1)) {
         let n = chunk.len();
         let from = src.range_address(at, n, "device-to-host copy")?;
-        let pinned = slot
-            .pinned
-            .as_mut_slice()
-            .get_mut(..n)
-            .ok_or(CudaError::Unreachable("a chunk is at most one slot"))?;
+        let pinned = slot.bytes_mut(n)?;
         src.device().bind()?;
         // SAFETY: `from..from + n` lies inside `src` (`range_address`), which outlives the copy
         // (borrowed for this call); `pinned` is the slot's pinned memory, read only after the
@@ -344,11 +345,7 @@ fn download_through(
         unsafe { result::memcpy_dtoh_async(pinned, from, lane.stream.raw()) }
             .map_err(|e| CudaStatus::from(e).during(ordinal, "device-to-host copy"))?;
         lane.stream.synchronize()?;
-        let arrived = slot
-            .pinned
-            .as_slice()
-            .get(..n)
-            .ok_or(CudaError::Unreachable("a chunk is at most one slot"))?;
+        let arrived = slot.bytes(n)?;
         chunk.copy_from_slice(arrived);
         at = at.checked_add(n).ok_or(CudaError::OutOfRange {
             device: ordinal,
