@@ -115,6 +115,20 @@ pub enum HeaderProblem {
         /// Elements in a block.
         block: u64,
     },
+    /// A tensor that does not start where the tensors before it end (each padded to the
+    /// alignment): tensors lie back to back in table order, as ggml's reader requires, so no
+    /// two share bytes and none sits in a gap.
+    #[error(
+        "tensor \"{tensor}\" starts at data offset {offset}; the tensors before it end at {expected}"
+    )]
+    TensorOffset {
+        /// The tensor's name.
+        tensor: String,
+        /// Its offset in the data section.
+        offset: u64,
+        /// Where the tensors before it end, padded to the alignment.
+        expected: u64,
+    },
     /// A tensor offset off the alignment.
     #[error("tensor \"{tensor}\" at offset {offset}, not a multiple of the alignment {alignment}")]
     Misaligned {
@@ -736,12 +750,20 @@ fn gguf_table(
     }
     let mut names = std::collections::HashSet::new();
     let mut types = std::collections::BTreeMap::new();
-    let (mut parameter_bytes, mut data_needed) = (0u64, 0u64);
+    // `next`: where the next tensor must start (the last one's end, padded to the alignment).
+    let (mut parameter_bytes, mut data_needed, mut next) = (0u64, 0u64, 0u64);
     let mut table = Vec::new();
     for _ in 0..tensors {
         let t = gguf_tensor(&mut c, alignment)?;
         if !names.insert(t.name) {
             return Err(HeaderProblem::DuplicateTensor(shown(t.name)));
+        }
+        if t.offset != next {
+            return Err(HeaderProblem::TensorOffset {
+                tensor: shown(t.name),
+                offset: t.offset,
+                expected: next,
+            });
         }
         let count = types.entry(t.type_name).or_insert(0u64);
         *count = count.saturating_add(1);
@@ -750,7 +772,11 @@ fn gguf_table(
             .offset
             .checked_add(t.bytes)
             .ok_or_else(|| HeaderProblem::SizeOverflow(shown(t.name)))?;
-        data_needed = data_needed.max(end);
+        data_needed = end;
+        next = end
+            .div_ceil(alignment)
+            .checked_mul(alignment)
+            .ok_or_else(|| HeaderProblem::SizeOverflow(shown(t.name)))?;
         table.push(TensorInfo {
             name: String::from_utf8(t.name.to_vec())
                 .map_err(|_| HeaderProblem::NonUtf8Name(shown(t.name)))?,
@@ -913,7 +939,7 @@ mod tests {
             ("truncated.gguf", "partial download"),
             ("header-only.gguf", "partial download"),
             ("bad-type.gguf", "unknown ggml type 99"),
-            ("bad-offset.gguf", "partial download"),
+            ("bad-offset.gguf", "starts at data offset 1000000000000"),
         ] {
             let e = fixture(name).unwrap_err().to_string();
             assert!(e.contains(needle), "{name}: {e}");
@@ -957,6 +983,29 @@ mod tests {
         f[pos..pos + 4].copy_from_slice(&12u32.to_le_bytes());
         let e = recognise(Path::new("m.gguf"), &f, f.len() as u64).unwrap_err();
         assert!(e.to_string().contains("not a multiple of 256"), "{e}");
+    }
+
+    #[test]
+    fn gguf_tensors_lie_back_to_back_so_none_share_bytes_or_leave_gaps() {
+        // Two 16-byte tensors padded to 32: the second starts at 32. At 0 both would be counted
+        // in 16 bytes of data (found by the `model_header` fuzz target); at 64 a gap is left.
+        let whole = gguf_file(2, 64);
+        assert!(recognise(Path::new("m.gguf"), &whole, whole.len() as u64).is_ok());
+        for second in [0u64, 16, 64] {
+            let mut f = gguf_file(2, 64);
+            let name = f.windows(2).position(|w| w == b"t1").unwrap();
+            let pos = name + 2 + 4 + 8 + 4;
+            f[pos..pos + 8].copy_from_slice(&second.to_le_bytes());
+            let e = recognise(Path::new("m.gguf"), &f, f.len() as u64).unwrap_err();
+            assert!(
+                matches!(
+                    &e,
+                    FormatError::Gguf(HeaderProblem::TensorOffset { tensor, offset, expected: 32 })
+                        if tensor == "t1" && *offset == second
+                ) || matches!(&e, FormatError::Gguf(HeaderProblem::Misaligned { .. })),
+                "offset {second}: {e:?}"
+            );
+        }
     }
 
     /// Offset of the first tensor's type field in a `gguf_file`.

@@ -1647,7 +1647,7 @@ fn broken_and_misplaced_model_files_are_refused_before_any_vram_is_used() {
         ("truncated.gguf", "partial download"),
         ("header-only.gguf", "partial download"),
         ("bad-type.gguf", "unknown ggml type 99"),
-        ("bad-offset.gguf", "partial download"),
+        ("bad-offset.gguf", "starts at data offset 1000000000000"),
         ("lfs-pointer.gguf", "git lfs pull"),
         ("/dev/null", "not a regular file"),
     ] {
