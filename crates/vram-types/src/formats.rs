@@ -709,7 +709,8 @@ fn gguf_tensor<'a>(c: &mut Cursor<'a>, alignment: u64) -> Result<GgufTensor<'a>,
 
 /// The GGUF header, and every tensor checked against the data section as the official readers
 /// do: known ggml type, at most 4 dimensions, no overflowing element count, whole blocks per
-/// row, aligned offset, bytes inside the file, no duplicate name. A file with no tensors
+/// row, aligned offset, tensors back to back in table order, bytes inside the file, no
+/// duplicate name. A file with no tensors
 /// (a vocabulary-only GGUF) needs no data section.
 fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, HeaderProblem> {
     gguf_table(bytes, file_len).map(|(format, _)| format)
