@@ -41,7 +41,8 @@ pub(crate) struct Cli {
     /// Print only results and errors.
     #[arg(long, short, global = true)]
     pub(crate) quiet: bool,
-    /// Log to stderr (-v info, -vv debug, -vvv trace).
+    /// Log to stderr (-v info, -vv debug, -vvv trace, with the time of each seal and
+    /// verification step).
     #[arg(long, short, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
     #[command(flatten)]

@@ -516,6 +516,38 @@ fn demo_shows_detection_audit_and_metrics_on_the_mock() {
 }
 
 #[test]
+fn trace_logging_times_each_step_of_a_seal_and_a_verification() {
+    let out = vramctl()
+        .args(["-vvv", "--backend", "mock", "bench", "--size", "4KiB"])
+        .args(["--algorithm", "blake3"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    for step in [
+        "plan",
+        "allocate",
+        "upload",
+        "digest",
+        "check and sign",
+        "register",
+        "check fields",
+        "record",
+    ] {
+        let timed = log.lines().any(|l| {
+            l.contains(&format!("step{{name=\"{step}\"}}: ")) && l.contains("close time.busy=")
+        });
+        assert!(timed, "no timed step \"{step}\" in:\n{log}");
+    }
+    // Below trace no step is timed.
+    let out = vramctl()
+        .args(["-vv", "--backend", "mock", "bench", "--size", "4KiB"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("time.busy"));
+}
+
+#[test]
 fn bench_prints_both_paths_and_the_ratio() {
     let out = vramctl()
         .args(["bench", "--size", "1MiB,8MiB,64GiB"])
