@@ -523,7 +523,18 @@ fn trace_logging_times_each_step_of_a_seal_and_a_verification() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let log = String::from_utf8_lossy(&out.stderr);
+    // Plain text (stderr is not a terminal here); escape sequences dropped all the same.
+    let log: String = String::from_utf8_lossy(&out.stderr)
+        .split('\u{1b}')
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part
+            } else {
+                part.split_once('m').map_or(part, |(_, rest)| rest)
+            }
+        })
+        .collect();
     for step in [
         "plan",
         "allocate",
