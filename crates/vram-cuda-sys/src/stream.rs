@@ -193,7 +193,19 @@ impl Stream {
     }
 }
 
-/// An event without timing, for "has the work before this point finished".
+/// How a host thread waits for an event, and whether it times the work before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventKind {
+    /// No timing; a host wait spins (the lowest latency, one core busy meanwhile).
+    Spin,
+    /// No timing; a host wait sleeps in the driver until the work is done (background work:
+    /// a spinning waiter takes a core from a host-bound engine beside it).
+    Blocking,
+    /// Timed ([`Event::elapsed_since`]); never waited for on the host.
+    Timing,
+}
+
+/// An event: "has the work before this point finished", and, when timed, when it did.
 pub(crate) struct Event {
     device: Arc<Device>,
     raw: CUevent,
@@ -210,9 +222,27 @@ unsafe impl Send for Event {}
 
 impl Event {
     pub(crate) fn new(device: &Arc<Device>) -> Result<Self, CudaError> {
+        Self::of_kind(device, EventKind::Spin)
+    }
+
+    pub(crate) fn of_kind(device: &Arc<Device>, kind: EventKind) -> Result<Self, CudaError> {
+        use sys::CUevent_flags as F;
         device.bind()?;
-        let raw = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+        let flags = match kind {
+            EventKind::Spin => F::CU_EVENT_DISABLE_TIMING as u32,
+            EventKind::Blocking => {
+                F::CU_EVENT_BLOCKING_SYNC as u32 | F::CU_EVENT_DISABLE_TIMING as u32
+            }
+            EventKind::Timing => F::CU_EVENT_DEFAULT as u32,
+        };
+        let mut raw = std::mem::MaybeUninit::uninit();
+        // SAFETY: the device's context is current; `raw` is written by the call; `flags` is a
+        // combination of the driver's event flags.
+        unsafe { sys::cuEventCreate(raw.as_mut_ptr(), flags) }
+            .result()
             .map_err(|e| CudaStatus::from(e).during(device.ordinal(), "cuEventCreate"))?;
+        // SAFETY: the call above succeeded, so `raw` is initialised.
+        let raw = unsafe { raw.assume_init() };
         Ok(Self {
             device: Arc::clone(device),
             raw,
@@ -259,6 +289,30 @@ impl Event {
             )
         }
         .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuStreamWaitEvent"))
+    }
+
+    /// Whether the work recorded before this event has finished, without waiting (true when
+    /// never recorded).
+    pub(crate) fn is_done(&self) -> Result<bool, CudaError> {
+        if !self.recorded {
+            return Ok(true);
+        }
+        // SAFETY: `raw` was created in `new` and recorded on a live stream.
+        match unsafe { result::event::query(self.raw) } {
+            Ok(()) => Ok(true),
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            Err(e) => Err(CudaStatus::from(e).during(self.device.ordinal(), "cuEventQuery")),
+        }
+    }
+
+    /// The GPU time between `start` and this event, both timed ([`EventKind::Timing`]) and
+    /// done.
+    pub(crate) fn elapsed_since(&self, start: &Event) -> Result<std::time::Duration, CudaError> {
+        // SAFETY: both events were created by the driver and are live; the driver checks that
+        // both were recorded, completed and timed.
+        let ms = unsafe { result::event::elapsed(start.raw, self.raw) }
+            .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuEventElapsedTime"))?;
+        Ok(std::time::Duration::from_secs_f32(ms.max(0.0) / 1000.0))
     }
 
     /// Waits until the work recorded before this event has finished (at once if never recorded).

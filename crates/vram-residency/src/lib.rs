@@ -92,8 +92,9 @@ pub use vram_policy::{
 pub use vram_alloc::{
     DeviceUsage, EngineStream, EngineTensor, ExecutionCounts, ExecutionMode, ForeignRange,
     GroupPart, GroupPlan, LentTensor, ModelWeights, PlanError, PlanStep, ScrubEvent, ScrubOptions,
-    Scrubber, SealOptions, SealPart, SealPlan, SealedGroup, SealedModel, SealedTensor, VramManager,
-    VramManagerBuilder, VramMetrics, Weights, audit, probe_gpus,
+    Scrubber, SealOptions, SealPart, SealPlan, SealedGroup, SealedModel, SealedTensor, StepReport,
+    StepScrubOptions, StepScrubber, VramManager, VramManagerBuilder, VramMetrics, Weights, audit,
+    probe_gpus,
 };
 
 #[doc(inline)]

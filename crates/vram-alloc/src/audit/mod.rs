@@ -87,6 +87,23 @@ pub enum AuditEvent {
         /// CUDA device index.
         gpu_device: u32,
     },
+    /// A scrubber's passed verifications on one device since its last summary, in one
+    /// record (`.specs/audit.md`): each failure is a `SealVerificationFailed` record of its own.
+    VerificationSummary {
+        /// CUDA device index.
+        gpu_device: u32,
+        /// Which scrubber: `background` (its own thread, a bounded GPU share) or `step`
+        /// (between an engine's steps).
+        scrubber: String,
+        /// Shard verifications that passed.
+        shards_verified: u64,
+        /// Bytes those verifications hashed.
+        bytes_verified: u64,
+        /// Milliseconds from the first of them to this record.
+        period_ms: u64,
+        /// Milliseconds since the oldest proof of any shard resident on the device.
+        oldest_proof_age_ms: u64,
+    },
     /// A shard failed verification (critical).
     SealVerificationFailed {
         /// Shard id.
@@ -182,6 +199,7 @@ impl AuditEvent {
         match self {
             Self::VramSealed { .. } => "VramSealed",
             Self::SealVerified { .. } => "SealVerified",
+            Self::VerificationSummary { .. } => "VerificationSummary",
             Self::SealVerificationFailed { .. } => "SealVerificationFailed",
             Self::VramDeallocated { .. } => "VramDeallocated",
             Self::VramAllocationFailed { .. } => "VramAllocationFailed",

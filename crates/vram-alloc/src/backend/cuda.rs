@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock};
 use vram_cuda_sys::memory::DeviceBuffer;
 use vram_cuda_sys::resident::{ForeignRange, Resident};
 use vram_cuda_sys::staging_ring::StagingRing;
-use vram_cuda_sys::tree_digest::{GpuDigest, TreeDigestEngine};
+use vram_cuda_sys::tree_digest::{GpuDigest, StepLane, TreeDigestEngine};
 use vram_cuda_sys::{CudaError, Device, Driver};
 use vram_seal::ShardDigest;
 use vram_seal::digest::tree::{finalize_root, leaf_count};
@@ -19,6 +19,7 @@ use vram_types::{
     VramError,
 };
 
+use super::steps::{CudaSteps, StepDigests, gpu_digest};
 use super::{
     Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, DigestOrder,
     EngineStream, LentMemory, MemoryInfo, PendingDigest, ReadBack, Ready, device_at, one_device,
@@ -117,7 +118,7 @@ fn vram_error(e: CudaError, call: Call) -> VramError {
 }
 
 /// [`vram_error`] of a call that is neither an allocation nor a release.
-fn other(e: CudaError) -> VramError {
+pub(crate) fn other(e: CudaError) -> VramError {
     vram_error(e, Call::Other)
 }
 
@@ -125,16 +126,16 @@ fn other(e: CudaError) -> VramError {
 struct DeviceLane {
     device: Arc<Device>,
     ring: StagingRing,
-    kernels: OnceLock<Option<TreeDigestEngine>>,
+    kernels: OnceLock<Option<Arc<TreeDigestEngine>>>,
 }
 
 impl DeviceLane {
     /// The digest kernels, or `None` when the driver refused them (logged once; the CPU path
     /// is used instead).
-    fn kernels(&self) -> Option<&TreeDigestEngine> {
+    fn kernels(&self) -> Option<&Arc<TreeDigestEngine>> {
         self.kernels
             .get_or_init(|| match TreeDigestEngine::new(&self.device) {
-                Ok(engine) => Some(engine),
+                Ok(engine) => Some(Arc::new(engine)),
                 Err(e) => {
                     tracing::warn!(gpu_device = self.device.ordinal(), error = %e,
                         "GPU digest kernels unavailable; digests are computed on the CPU");
@@ -148,7 +149,7 @@ impl DeviceLane {
 /// Every CUDA device of the machine.
 pub(crate) struct CudaBackend {
     lanes: Vec<DeviceLane>,
-    buffers: BufferTable<Resident>,
+    buffers: Arc<BufferTable<Resident>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -192,7 +193,7 @@ impl CudaBackend {
             .collect::<Result<Vec<_>, VramError>>()?;
         Ok(Self {
             lanes,
-            buffers: BufferTable::default(),
+            buffers: Arc::default(),
         })
     }
 
@@ -247,7 +248,7 @@ impl CudaBackend {
         Ok(self
             .lane(first.device().ordinal())?
             .kernels()
-            .map(|k| (k, digest)))
+            .map(|k| (&**k, digest)))
     }
 
     /// Inverts the byte at `offset` of the buffer with a raw copy, behind the manager's back
@@ -382,6 +383,27 @@ impl Backend for CudaBackend {
         }
     }
 
+    fn step_digests(
+        &self,
+        device: u32,
+        algorithm: DigestAlgorithm,
+    ) -> Result<Box<dyn StepDigests>, VramError> {
+        let digest = gpu_digest(algorithm).ok_or_else(|| {
+            VramError::invalid_input(
+                "digest algorithm",
+                format!("{algorithm} has no GPU kernel to spread over steps: use a tree digest or BLAKE3"),
+            )
+        })?;
+        let kernels = self.lane(device)?.kernels().ok_or_else(|| {
+            VramError::invalid_input(
+                "step scrubber",
+                "the GPU digest kernels could not be loaded on this device",
+            )
+        })?;
+        let lane = StepLane::new(Arc::clone(kernels), digest).map_err(other)?;
+        Ok(Box::new(CudaSteps::new(lane, Arc::clone(&self.buffers))))
+    }
+
     fn read(&self, buffer: BufferId, offset: usize, dst: &mut [u8]) -> Result<(), VramError> {
         let b = self.buffer(buffer)?;
         self.lane(b.device().ordinal())?
@@ -460,7 +482,7 @@ fn finalized(
 
 /// A shard's digest from the kernels' root: the SHA-256 tree frames it with the leaf size and
 /// length; BLAKE3's root is the digest.
-fn shard_digest(digest: GpuDigest, total_len: u64, root: &[u8; 32]) -> ShardDigest {
+pub(crate) fn shard_digest(digest: GpuDigest, total_len: u64, root: &[u8; 32]) -> ShardDigest {
     match digest {
         GpuDigest::Sha256Tree(leaf) => finalize_root(leaf, total_len, root),
         GpuDigest::Blake3 => ShardDigest::from_bytes(*root),

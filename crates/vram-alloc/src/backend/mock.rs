@@ -16,6 +16,7 @@ use vram_types::{
     VramError,
 };
 
+use super::steps::{MockSteps, StepDigests};
 use super::{
     Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, DigestOrder,
     EngineStream, ForeignRange, LentMemory, MemoryInfo, PendingDigest, Ready, UPLOAD_CHUNK_BYTES,
@@ -600,6 +601,15 @@ impl Backend for MockBackend {
             }
         }
         Ok(())
+    }
+
+    fn step_digests(
+        &self,
+        device: u32,
+        algorithm: DigestAlgorithm,
+    ) -> Result<Box<dyn StepDigests>, VramError> {
+        device_at(&self.devices, device)?;
+        Ok(Box::new(MockSteps::new(algorithm)))
     }
 
     fn digest(

@@ -6,6 +6,7 @@
 mod cuda;
 mod mock;
 mod read_back;
+mod steps;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -22,6 +23,7 @@ use crate::sync::lock;
 pub(crate) use cuda::CudaBackend;
 pub use mock::{HostTensor, MockBackend, MockBuilder};
 pub(crate) use read_back::ReadBack;
+pub(crate) use steps::{StepDigests, gpu_digest as gpu_digest_of};
 
 /// Upload chunk size: the CUDA backend's staging slot, a multiple of every tree leaf size.
 pub(crate) const UPLOAD_CHUNK_BYTES: usize = vram_cuda_sys::staging_ring::DEFAULT_SLOT_BYTES;
@@ -159,6 +161,17 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
         source: &dyn ShardSource,
         observe: Option<ChunkObserver<'_>>,
     ) -> Result<(), VramError>;
+
+    /// Digests of `algorithm` on `device` spread over an engine's steps (the step scrubber).
+    ///
+    /// # Errors
+    /// [`VramError::InvalidDevice`]; [`VramError::InvalidInput`] for an algorithm no kernel
+    /// computes (flat SHA-256) or kernels that could not be loaded; CUDA errors.
+    fn step_digests(
+        &self,
+        device: u32,
+        algorithm: DigestAlgorithm,
+    ) -> Result<Box<dyn StepDigests>, VramError>;
 
     /// Copies the resident bytes at `offset` into `dst` (a sealed file's header, read to find
     /// its tensor table: the table then describes the bytes in VRAM).

@@ -14,6 +14,8 @@ mod scrub;
 mod seal;
 mod seal_options;
 mod shared;
+mod step_scrub;
+mod summary;
 #[cfg(feature = "test-utils")]
 mod test_hooks;
 mod verify;
@@ -37,6 +39,7 @@ pub use plan::{GroupPlan, PlanError, PlanStep, SealPart, SealPlan};
 pub use scrub::{ScrubEvent, ScrubOptions, Scrubber};
 pub use seal_options::SealOptions;
 pub(crate) use shared::Shared;
+pub use step_scrub::{StepReport, StepScrubOptions, StepScrubber};
 
 /// Seals model shards into VRAM and verifies them. `Send + Sync`: share it with `Arc` and seal,
 /// verify, query and drop shards from many threads at once.

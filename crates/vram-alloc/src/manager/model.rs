@@ -131,6 +131,7 @@ impl SealedModel {
             id: &self.model_id,
             device: self.gpu_device,
             shards: self.tensors.iter().map(|t| &t.shard).collect(),
+            summarized: false,
         }
     }
 }

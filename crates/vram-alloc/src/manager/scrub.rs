@@ -1,7 +1,8 @@
 //! The scrubber: a background verifier that keeps re-proving every resident shard (models sealed
 //! in place and group members included, each tensor as its own shard), the least recently
-//! proven first, at a bounded share of the GPU. A failure is handled like any failed
-//! verification (audited, and a security failure stops the manager), and ends the scrubber.
+//! proven first, at a bounded share of the GPU. Its passes are audited in a summary record per
+//! interval (`summary.rs`); a failure is handled like any failed verification (its own critical
+//! record, and a security failure stops the manager), and ends the scrubber.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,6 +16,7 @@ use vram_types::{GpuShare, SealedShard, ShardAllocation, VramError};
 use super::VramManager;
 use super::resident::ResidentAllocation;
 use super::shared::Shared;
+use super::summary::{DEFAULT_SUMMARY_INTERVAL, PassSummary};
 use super::verify::{Stage, Subject, verify_ordered};
 use crate::backend::DigestOrder;
 use crate::sync::lock;
@@ -49,11 +51,23 @@ pub enum ScrubEvent<'a> {
 type Handler = Arc<dyn Fn(&ScrubEvent<'_>) + Send + Sync>;
 
 /// How the scrubber paces itself.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ScrubOptions {
     share: Option<GpuShare>,
     interval: Duration,
+    summary_interval: Duration,
     on_event: Option<Handler>,
+}
+
+impl Default for ScrubOptions {
+    fn default() -> Self {
+        Self {
+            share: None,
+            interval: Duration::ZERO,
+            summary_interval: DEFAULT_SUMMARY_INTERVAL,
+            on_event: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for ScrubOptions {
@@ -61,6 +75,7 @@ impl std::fmt::Debug for ScrubOptions {
         f.debug_struct("ScrubOptions")
             .field("share", &self.share)
             .field("interval", &self.interval)
+            .field("summary_interval", &self.summary_interval)
             .field("on_event", &self.on_event.is_some())
             .finish()
     }
@@ -86,6 +101,15 @@ impl ScrubOptions {
     #[must_use]
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
+        self
+    }
+
+    /// How often its passed verifications are written to the audit trail, as one
+    /// `VerificationSummary` record per device (default one minute; written at a stop too).
+    /// Each failure is recorded at once, on its own.
+    #[must_use]
+    pub fn summary_interval(mut self, interval: Duration) -> Self {
+        self.summary_interval = interval;
         self
     }
 
@@ -117,6 +141,8 @@ struct Inner {
     /// When the scrubber last verified each shard, by its own count: equal proof times (a
     /// coarse clock) still go round-robin.
     turns: Mutex<HashMap<String, u64>>,
+    /// Passes not yet written in a summary record.
+    summary: Mutex<PassSummary>,
 }
 
 /// A running scrubber; dropping it (or [`Scrubber::stop`]) stops it after the verification in
@@ -157,6 +183,7 @@ impl VramManager {
             verified: AtomicU64::new(0),
             failure: Mutex::new(None),
             turns: Mutex::new(HashMap::new()),
+            summary: Mutex::new(PassSummary::new("background", options.summary_interval)),
         });
         let running = inner.clone();
         let thread = std::thread::Builder::new()
@@ -215,6 +242,12 @@ impl Drop for Scrubber {
 
 impl Inner {
     fn run(&self) {
+        self.scrub();
+        // The passes since the last summary are recorded when the scrubber ends.
+        lock(&self.summary).flush(&self.shared);
+    }
+
+    fn scrub(&self) {
         let mut since_report = 0usize;
         loop {
             let (next, wait) = {
@@ -240,6 +273,12 @@ impl Inner {
             };
             match self.verify(&resident) {
                 Ok(()) => {
+                    let mut summary = lock(&self.summary);
+                    let bytes = u64::try_from(resident.sealed().vram_bytes).unwrap_or(u64::MAX);
+                    let now = self.shared.clock().monotonic();
+                    summary.add(resident.sealed().gpu_device, 1, bytes, now);
+                    summary.flush_if_due(&self.shared);
+                    drop(summary);
                     let turn = self.verified.fetch_add(1, Ordering::AcqRel);
                     let mut turns = lock(&self.turns);
                     turns.insert(resident.shard_id().to_owned(), turn.saturating_add(1));
@@ -306,7 +345,7 @@ impl Inner {
         );
         verify_ordered(
             &self.shared,
-            &Subject::shard(&shard),
+            &Subject::shard(&shard).summarized(),
             self.share,
             DigestOrder::Now,
             Stage::Standalone,

@@ -277,6 +277,13 @@ impl Shared {
         }
     }
 
+    /// Whether `resident` is still sealed: someone besides the caller's handle holds its shard
+    /// (a shard released while a digest read it is not compared: the engine may already have
+    /// written new bytes there).
+    pub(crate) fn is_live(&self, resident: &Arc<ResidentAllocation>) -> bool {
+        Arc::strong_count(resident) > 1
+    }
+
     /// The allocations of the live shards.
     pub(crate) fn live(&self) -> Vec<Arc<ResidentAllocation>> {
         lock(&self.registry)

@@ -98,6 +98,8 @@ pub(super) struct Subject<'a> {
     pub(super) device: u32,
     /// The shards, checked in this order (the first that fails names the error).
     pub(super) shards: Vec<&'a SealedShard>,
+    /// A pass is recorded in a scrubber's summary, not on its own (a failure always is).
+    pub(super) summarized: bool,
 }
 
 impl<'a> Subject<'a> {
@@ -106,7 +108,14 @@ impl<'a> Subject<'a> {
             id: &shard.shard_id,
             device: shard.gpu_device,
             shards: vec![shard],
+            summarized: false,
         }
+    }
+
+    /// The same subject, its pass left to a scrubber's summary record.
+    pub(super) fn summarized(mut self) -> Self {
+        self.summarized = true;
+        self
     }
 
     /// Everything but the digests, for every shard ([`check_fields`]); the buffers to hash.
@@ -212,8 +221,12 @@ pub(super) fn audited(
         Ok(()) => {
             // Passed: the id is the one this manager validated and sealed.
             tracing::info!(shard_id = %id, result = "pass", "seal verified");
-            // Fail-closed: a pass that cannot be recorded is not a pass.
+            // Fail-closed: a pass that cannot be recorded is not a pass. A scrubber's passes
+            // are recorded in its summaries instead (`summary.rs`).
             step("record", || {
+                if subject.summarized {
+                    return Ok(());
+                }
                 shared.record(
                     &correlation_id,
                     AuditEvent::SealVerified {
@@ -308,15 +321,29 @@ pub(super) fn compare(
     actual: &ShardDigest,
     stage: Stage,
 ) -> Result<(), VramError> {
-    let expected = ShardDigest::from_hex(&shard.digest)?;
+    compare_at(&shard.shard_id, &shard.digest, actual, stage)
+}
+
+/// [`compare`] of a shard known by its id and sealed digest (hex), on its own.
+pub(super) fn compare_digest(
+    shard_id: &str,
+    sealed: &str,
+    actual: &ShardDigest,
+) -> Result<(), VramError> {
+    compare_at(shard_id, sealed, actual, Stage::Standalone)
+}
+
+fn compare_at(
+    shard_id: &str,
+    sealed: &str,
+    actual: &ShardDigest,
+    stage: Stage,
+) -> Result<(), VramError> {
+    let expected = ShardDigest::from_hex(sealed)?;
     if actual.ct_eq(&expected) {
         return Ok(());
     }
-    let (shard_id, expected, actual) = (
-        shard.shard_id.clone(),
-        shard.digest.clone(),
-        actual.to_hex(),
-    );
+    let (shard_id, expected, actual) = (shard_id.to_owned(), sealed.to_owned(), actual.to_hex());
     Err(match stage {
         Stage::Standalone => VramError::IntegrityViolation {
             shard_id,

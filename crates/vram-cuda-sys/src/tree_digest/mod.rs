@@ -16,14 +16,16 @@ use cudarc::driver::sys::{CUdeviceptr, CUfunction};
 use vram_types::{GpuShare, LeafSize};
 
 mod layout;
+mod step;
 use layout::RangeLayout;
+pub use step::{STEP_JOB_LEAVES, STEP_JOB_RANGES, STEP_SLICE_BYTES, StepLane};
 
 use crate::device::Device;
 use crate::error::{CudaError, CudaStatus};
 use crate::memory::{DeviceBuffer, PinnedBuffer};
 use crate::module::Module;
 use crate::resident::Resident;
-use crate::stream::{EngineStream, Event, Stream, StreamPriority};
+use crate::stream::{EngineStream, Event, EventKind, Stream, StreamPriority};
 
 /// PTX of `kernels/sha256_tree.cu` (`cargo xtask ptx` regenerates it).
 pub const SHA256_TREE_PTX: &str = include_str!("../../kernels/sha256_tree.ptx");
@@ -350,8 +352,17 @@ impl TreeDigestEngine {
         let mut roots = vec![0u8; target.count().saturating_mul(32)];
         let queued = self.queue_roots(&stream, target, digest, share, &mut roots);
         // Waited for on every path: no queued kernel may outlive this call and read `buffer`
-        // after the caller frees it, even when a later launch failed.
-        let waited = stream.synchronize();
+        // after the caller frees it, even when a later launch failed. A bounded (background)
+        // digest's thread sleeps meanwhile instead of spinning on a core an engine needs.
+        let waited = match share {
+            GpuShare::Full => stream.synchronize(),
+            GpuShare::Bounded { .. } => Event::of_kind(&self.device, EventKind::Blocking)
+                .and_then(|mut done| {
+                    done.record(&stream)?;
+                    done.wait()
+                })
+                .or_else(|_| stream.synchronize()),
+        };
         // The scratch goes after the wait (see `Scratch`).
         drop(queued?);
         waited?;
