@@ -74,10 +74,10 @@ mod sync;
 pub use clock::ManualClock;
 
 pub use manager::{
-    EngineTensor, ExecutionMode, GroupPart, GroupPlan, LentTensor, ModelWeights, PlanError,
-    PlanStep, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart, SealPlan, SealedGroup,
-    SealedModel, SealedTensor, StepReport, StepScrubOptions, StepScrubber, VramManager,
-    VramManagerBuilder, Weights,
+    EngineTensor, ExecutionMode, GroupPart, GroupPlan, LentTensor, ModelExecution, ModelWeights,
+    PlanError, PlanStep, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart, SealPlan,
+    SealedGroup, SealedModel, SealedTensor, StepReport, StepScrubOptions, StepScrubber,
+    VramManager, VramManagerBuilder, Weights,
 };
 pub use metrics::{DeviceUsage, ExecutionCounts, VramMetrics};
 /// An engine's memory to seal in place ([`VramManager::seal_in_place`]); its constructor from a

@@ -62,6 +62,20 @@ pub struct StagingRing {
     max_slots: usize,
     copy_threads: usize,
     idle: Mutex<Vec<CopyLane>>,
+    /// The reads' own small pinned buffer and stream, made at the first read that finds no
+    /// idle lane.
+    bounce: Mutex<Option<Bounce>>,
+}
+
+/// Pinned bytes a read without an idle lane passes through, a chunk at a time.
+const BOUNCE_BYTES: usize = 1 << 20;
+
+/// A read's pinned buffer and non-blocking stream: a copy to pageable memory would be staged
+/// by the driver and wait for (and hold back) the legacy default stream, where PyTorch
+/// computes (`docs/perf.md`).
+struct Bounce {
+    stream: Stream,
+    pinned: PinnedBuffer,
 }
 
 impl std::fmt::Debug for StagingRing {
@@ -95,6 +109,7 @@ impl StagingRing {
             max_slots: max_slots.max(2),
             copy_threads: copy_threads.max(1),
             idle: Mutex::new(Vec::new()),
+            bounce: Mutex::new(None),
         }
     }
 
@@ -224,8 +239,9 @@ impl StagingRing {
 
     /// Copies `dst.len()` bytes of `src` from `offset` into `dst`, through an idle pinned slot
     /// when the pool has one (1 MiB: 387 us as a pageable copy, 114 us through a slot, on an
-    /// H100 host), otherwise with a plain pageable copy: a read never pins memory. Returns when
-    /// every byte has arrived.
+    /// H100 host), otherwise through the ring's one small pinned read buffer (never a pageable
+    /// copy, which would wait for an engine's work on the legacy default stream); a read never
+    /// pins a slot. Returns when every byte has arrived.
     ///
     /// # Errors
     /// [`CudaError::WrongDevice`] for memory of another device than the ring's;
@@ -241,7 +257,7 @@ impl StagingRing {
             });
         }
         let Some(mut lane) = self.take_idle() else {
-            return src.read(offset, dst);
+            return self.download_bounced(src, offset, dst);
         };
         let result = download_through(&mut lane, src, offset, dst, self.slot_bytes);
         // The copies finish before the lane goes back to the pool or the call returns.
@@ -250,6 +266,43 @@ impl StagingRing {
             self.give_back(lane);
         }
         result.and(drained)
+    }
+
+    /// [`Self::download`] through the read buffer, a chunk at a time.
+    fn download_bounced(
+        &self,
+        src: &Resident,
+        offset: usize,
+        dst: &mut [u8],
+    ) -> Result<(), CudaError> {
+        let mut bounce = self.bounce.lock().unwrap_or_else(PoisonError::into_inner);
+        let b = match bounce.as_mut() {
+            Some(b) => b,
+            None => bounce.insert(Bounce {
+                stream: Stream::new(&self.device, StreamPriority::Highest)?,
+                pinned: PinnedBuffer::alloc(&self.device, BOUNCE_BYTES)?,
+            }),
+        };
+        let ordinal = src.device().ordinal();
+        let mut at = offset;
+        for chunk in dst.chunks_mut(BOUNCE_BYTES) {
+            let n = chunk.len();
+            let from = src.range_address(at, n, "device-to-host copy")?;
+            let pinned = b.pinned.as_mut_slice().get_mut(..n).ok_or(TOO_LONG)?;
+            src.device().bind()?;
+            // SAFETY: `from..from + n` lies inside `src` (`range_address`), which outlives the
+            // copy (borrowed for this call); `pinned` is the read buffer, held under its lock
+            // and read only after the stream is synchronised below.
+            unsafe { result::memcpy_dtoh_async(pinned, from, b.stream.raw()) }
+                .map_err(|e| CudaStatus::from(e).during(ordinal, "device-to-host copy"))?;
+            b.stream.synchronize()?;
+            chunk.copy_from_slice(b.pinned.as_slice().get(..n).ok_or(TOO_LONG)?);
+            at = at.checked_add(n).ok_or(CudaError::OutOfRange {
+                device: ordinal,
+                operation: "device-to-host copy",
+            })?;
+        }
+        Ok(())
     }
 
     /// One copy thread: claims chunks in order and alternates between its two slots.

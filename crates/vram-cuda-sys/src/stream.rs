@@ -133,6 +133,27 @@ impl EngineStream<'static> {
     }
 }
 
+impl EngineStream<'static> {
+    /// A framework's stream handed over by a language binding whose callers cannot write
+    /// `unsafe` (the Python package): the binding takes the handle only from a stream object of
+    /// the framework that made it (a `torch.cuda.Stream`, a CuPy stream; never a bare number
+    /// from its caller), of device `device`, and keeps that object referenced for as long as
+    /// any call given this value runs. PyTorch never destroys the streams it hands out, so the
+    /// handle stays live.
+    ///
+    /// Why this is not `unsafe` when [`Self::from_raw`] is: that constructor states the promise
+    /// in Rust's type system for Rust callers; a binding keeps it with the object it holds and
+    /// by refusing handles it cannot vouch for (`docs/adr/0012-engine-ordered-checks.md`).
+    #[must_use]
+    pub fn held_by_binding(device: u32, raw: u64) -> Self {
+        Self {
+            device,
+            raw: std::ptr::with_exposed_provenance_mut(usize::try_from(raw).unwrap_or(0)),
+            _borrow: std::marker::PhantomData,
+        }
+    }
+}
+
 impl<'a> EngineStream<'a> {
     /// One of this crate's streams, as an engine's (tests and benchmarks: a stand-in engine).
     #[must_use]
@@ -196,11 +217,9 @@ impl Stream {
 /// How a host thread waits for an event, and whether it times the work before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum EventKind {
-    /// No timing; a host wait spins (the lowest latency, one core busy meanwhile).
+    /// No timing; a host wait spins. (A blocking-sync wait made a pure-Python loop beside it
+    /// 1.8x slower on an H100 host, `docs/perf.md`: the crate's waits spin.)
     Spin,
-    /// No timing; a host wait sleeps in the driver until the work is done (background work:
-    /// a spinning waiter takes a core from a host-bound engine beside it).
-    Blocking,
     /// Timed ([`Event::elapsed_since`]); never waited for on the host.
     Timing,
 }
@@ -230,9 +249,6 @@ impl Event {
         device.bind()?;
         let flags = match kind {
             EventKind::Spin => F::CU_EVENT_DISABLE_TIMING as u32,
-            EventKind::Blocking => {
-                F::CU_EVENT_BLOCKING_SYNC as u32 | F::CU_EVENT_DISABLE_TIMING as u32
-            }
             EventKind::Timing => F::CU_EVENT_DEFAULT as u32,
         };
         let mut raw = std::mem::MaybeUninit::uninit();
@@ -327,11 +343,11 @@ impl Event {
 }
 
 impl Drop for Event {
+    /// Destroys the event without waiting for it: the driver releases an event still pending
+    /// once the work before it completes. (Waiting here made every event recorded on an
+    /// engine's stream a host synchronisation with that engine.)
     fn drop(&mut self) {
         if self.device.bind().is_ok() {
-            if let Err(e) = self.wait() {
-                tracing::warn!(gpu_device = self.device.ordinal(), error = %e, "waiting for an event failed");
-            }
             // SAFETY: `raw` was created in `new` and is destroyed once, here.
             let destroyed = unsafe { result::event::destroy(self.raw) };
             crate::error::report_release("an event", self.device.ordinal(), destroyed);

@@ -1,25 +1,28 @@
-//! The execution window around a forward pass, as a context manager: `__enter__` verifies the
-//! model, `__exit__` (in the checked mode) verifies it again after the engine's work. Both
-//! checks are the Rust `execute_model`'s: it runs on a thread of its own whose closure is the
-//! `with` block, so the window's rules live in one place.
+//! The execution window around a forward pass, as a context manager over the Rust side's
+//! guard-shaped execution (`ModelExecution`): `__enter__` runs the checks before, `__exit__`
+//! the checks after and reads the verdict. No thread of its own: the window's rules are the
+//! Rust side's, driven from the two calls.
 
-use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
 
 use pyo3::prelude::*;
-use vram_residency::{ExecutionMode, VramError, VramManager};
+use vram_residency::{EngineStream, ExecutionMode, ModelExecution, VramManager};
 
 use crate::errors::{bad_input, to_py};
 use crate::sealed::Held;
+use crate::streams::{HeldStream, engine_stream};
 
-/// What the window checks.
+/// What the window checks, and when the host waits for the verdict.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// Verified before the block runs.
+    /// Verified before the block runs (after the work queued so far on the stream).
     Before,
-    /// Verified before, and again once the block's GPU work is finished.
+    /// Verified before, and again after the block's work on the stream; the verdict is read
+    /// at `__exit__`.
     BeforeAndAfter,
+    /// Both checks queued on the GPU around the block's work (the block starts without a host
+    /// round trip); both verdicts read at `__exit__`.
+    Pipelined,
 }
 
 impl Mode {
@@ -27,45 +30,60 @@ impl Mode {
         match mode {
             "before" => Ok(Self::Before),
             "before_and_after" => Ok(Self::BeforeAndAfter),
+            "pipelined" => Ok(Self::Pipelined),
             other => Err(bad_input(
                 "mode",
-                format!("{other:?}: give \"before\" or \"before_and_after\""),
+                format!("{other:?}: give \"before\", \"before_and_after\" or \"pipelined\""),
             )),
+        }
+    }
+
+    /// The Rust mode on `stream` (none: the mock, whose engine is the host).
+    fn on(self, stream: Option<EngineStream<'static>>) -> ExecutionMode<'static> {
+        match (self, stream) {
+            (Self::Before, Some(s)) => ExecutionMode::BeforeOn(s),
+            (Self::Before, None) => ExecutionMode::Before,
+            (Self::BeforeAndAfter, Some(s)) => ExecutionMode::BeforeAndAfterOn(s),
+            (Self::BeforeAndAfter, None) => ExecutionMode::BeforeAndAfter,
+            (Self::Pipelined, Some(s)) => ExecutionMode::Pipelined(s),
+            // The mock computes every digest now: pipelining is the checked mode there.
+            (Self::Pipelined, None) => ExecutionMode::BeforeAndAfter,
         }
     }
 }
 
-enum Event {
-    Entered,
-    Done(Result<(), VramError>),
+/// An entered window: the Rust execution and the stream it is ordered on (kept live).
+struct Entered {
+    execution: ModelExecution<'static>,
+    _stream: Option<HeldStream>,
 }
 
-struct Running {
-    exit: Sender<()>,
-    events: Receiver<Event>,
-    thread: JoinHandle<()>,
-}
-
-/// `with manager.execute(sealed):` — the model is verified on entry; in the
-/// `before_and_after` mode it is verified again on exit, after the work the block queued on
-/// the tensors' producer streams is finished (that stream is synchronised, never the
-/// whole device). A change found on exit raises `IntegrityError` (`kind` =
-/// `ModifiedDuringExecution`): the block's result must not be served.
-#[pyclass(module = "vram_residency")]
+/// `with manager.execute(sealed):` — see `Manager.execute`.
+#[pyclass(frozen, module = "vram_residency")]
 pub(crate) struct Execution {
     manager: Arc<VramManager>,
     held: Arc<Held>,
     mode: Mode,
-    running: Mutex<Option<Running>>,
+    stream: Option<Py<PyAny>>,
+    entered: Mutex<Option<Entered>>,
+    /// Whether it was entered once (a window is used for one request).
+    used: Mutex<bool>,
 }
 
 impl Execution {
-    pub(crate) fn new(manager: Arc<VramManager>, held: Arc<Held>, mode: Mode) -> Self {
+    pub(crate) fn new(
+        manager: Arc<VramManager>,
+        held: Arc<Held>,
+        mode: Mode,
+        stream: Option<Py<PyAny>>,
+    ) -> Self {
         Self {
             manager,
             held,
             mode,
-            running: Mutex::new(None),
+            stream,
+            entered: Mutex::new(None),
+            used: Mutex::new(false),
         }
     }
 }
@@ -73,69 +91,32 @@ impl Execution {
 #[pymethods]
 impl Execution {
     fn __enter__<'p>(slf: PyRef<'p, Self>, py: Python<'p>) -> PyResult<PyRef<'p, Self>> {
-        // Never waited for: a window entered from another thread holds the lock while its
-        // check runs, which may need the GIL this thread holds.
-        let mut running = match slf.running.try_lock() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
+        {
+            let mut used = slf.used.lock().unwrap_or_else(PoisonError::into_inner);
+            if *used {
                 return Err(bad_input(
                     "execution",
-                    "already being entered: use a new one per request",
+                    "already entered: use a new one per request",
                 ));
             }
-        };
-        if running.is_some() {
-            return Err(bad_input(
-                "execution",
-                "already entered: use a new one per request",
-            ));
+            *used = true;
         }
-        let (events_tx, events) = channel();
-        let (exit, exit_rx) = channel::<()>();
-        let manager = slf.manager.clone();
-        let held = slf.held.clone();
-        let mode = match slf.mode {
-            Mode::Before => ExecutionMode::Before,
-            Mode::BeforeAndAfter => ExecutionMode::BeforeAndAfter,
+        let device = slf.held.model.gpu_device();
+        let stream = if slf.held.lent.mock.is_some() {
+            None
+        } else {
+            engine_stream(py, device, slf.stream.as_ref().map(|s| s.bind(py)))?
         };
-        let thread = std::thread::Builder::new()
-            .name("vram-execute".to_owned())
-            .spawn(move || {
-                let entered = events_tx.clone();
-                let result = manager.execute_model(&held.model, mode, |_weights| {
-                    let _ = entered.send(Event::Entered);
-                    // The block runs now; its end (or the window dropped) ends the scope.
-                    let _ = exit_rx.recv();
-                });
-                let _ = events_tx.send(Event::Done(result));
-            })
-            .map_err(|e| {
-                crate::errors::VramResidencyError::new_err(format!(
-                    "no thread could be started for the execution: {e}"
-                ))
-            })?;
-        let (first, events) = py.detach(move || (events.recv(), events));
-        match first {
-            Ok(Event::Entered) => {
-                *running = Some(Running {
-                    exit,
-                    events,
-                    thread,
-                });
-                drop(running);
-                Ok(slf)
-            }
-            Ok(Event::Done(result)) => {
-                let _ = thread.join();
-                Err(to_py(&result.err().unwrap_or(VramError::Unreachable(
-                    "an execution ended before it started",
-                ))))
-            }
-            Err(_) => Err(to_py(&VramError::Unreachable(
-                "the execution thread ended without a word",
-            ))),
-        }
+        let mode = slf.mode.on(stream.as_ref().map(HeldStream::engine));
+        let (manager, held) = (slf.manager.clone(), slf.held.clone());
+        let execution = py
+            .detach(move || manager.begin_model_execution(&held.model, mode))
+            .map_err(|e| to_py(&e))?;
+        *slf.entered.lock().unwrap_or_else(PoisonError::into_inner) = Some(Entered {
+            execution,
+            _stream: stream,
+        });
+        Ok(slf)
     }
 
     #[pyo3(signature = (_exc_type=None, _exc=None, _traceback=None))]
@@ -146,36 +127,30 @@ impl Execution {
         _exc: Option<Bound<'_, PyAny>>,
         _traceback: Option<Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        let running = self
-            .running
+        let entered = self
+            .entered
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .ok_or_else(|| bad_input("execution", "not entered"))?;
-        if self.mode == Mode::BeforeAndAfter {
-            // The block's kernels were queued on the tensors' current streams: the check after
-            // must see their end.
-            for stream in &self.held.lent.producer_streams {
-                stream.bind(py).call_method0("synchronize")?;
-            }
-        }
-        let Running {
-            exit,
-            events,
-            thread,
-        } = running;
-        let _ = exit.send(());
-        let done = py.detach(move || {
-            let done = events.recv();
-            let _ = thread.join();
-            done
-        });
-        match done {
-            Ok(Event::Done(Ok(()))) => Ok(false),
-            Ok(Event::Done(Err(e))) => Err(to_py(&e)),
-            _ => Err(to_py(&VramError::Unreachable(
-                "the execution thread ended without a result",
-            ))),
+        let Entered {
+            execution,
+            _stream: stream,
+        } = entered;
+        // The stream's owner stays referenced until the checks after have been queued and read.
+        let verdict = py.detach(move || execution.finish());
+        drop(stream);
+        verdict.map_err(|e| to_py(&e))?;
+        Ok(false)
+    }
+
+    /// `"before"`, `"before_and_after"` or `"pipelined"`.
+    #[getter]
+    fn mode(&self) -> &'static str {
+        match self.mode {
+            Mode::Before => "before",
+            Mode::BeforeAndAfter => "before_and_after",
+            Mode::Pipelined => "pipelined",
         }
     }
 }

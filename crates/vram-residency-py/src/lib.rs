@@ -9,6 +9,7 @@ mod execution;
 mod manager;
 mod scrubber;
 mod sealed;
+mod streams;
 mod tensors;
 
 use pyo3::prelude::*;
@@ -29,7 +30,7 @@ fn digest(py: Python<'_>, data: &Bound<'_, PyAny>, algorithm: &str) -> PyResult<
 }
 
 #[pymodule]
-#[pyo3(name = "vram_residency")]
+#[pyo3(name = "_native")]
 fn python_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;

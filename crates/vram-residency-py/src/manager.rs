@@ -12,7 +12,7 @@ use vram_residency::model::TAG;
 use vram_residency::token::{TOKEN_ENV, read_token_file, token_from_env};
 use vram_residency::{
     AuditFailurePolicy, DigestAlgorithm, EngineTensor, GpuShare, MockBackend, ScrubOptions,
-    SealKey, ShardDigest, VramConfig, VramError, VramManager,
+    SealKey, ShardDigest, StepScrubOptions, VramConfig, VramError, VramManager,
 };
 use zeroize::Zeroizing;
 
@@ -172,39 +172,93 @@ impl Manager {
         .map_err(|e| to_py(&e))
     }
 
-    /// The window around a forward pass, as a context manager (see `Execution`).
-    #[pyo3(signature = (sealed, *, mode="before_and_after"))]
-    fn execute(&self, sealed: &SealedModel, mode: &str) -> PyResult<Execution> {
+    /// The window around a forward pass, as a context manager (see `Execution`), ordered on
+    /// `stream` (a `torch.cuda.Stream` or CuPy stream; default PyTorch's current stream of the
+    /// model's device at `__enter__`).
+    #[pyo3(signature = (sealed, *, mode="before_and_after", stream=None))]
+    fn execute(
+        &self,
+        py: Python<'_>,
+        sealed: &SealedModel,
+        mode: &str,
+        stream: Option<Py<PyAny>>,
+    ) -> PyResult<Execution> {
+        if let Some(s) = &stream {
+            crate::streams::refuse_raw_handle(s.bind(py))?;
+        }
         Ok(Execution::new(
             self.manager.clone(),
             sealed.held()?,
             Mode::parse(mode)?,
+            stream,
         ))
     }
 
-    /// Starts the library's scrubber: every tensor this manager sealed is re-verified, the
-    /// least recently proven first, on a Rust thread at a bounded share of the GPU (`share`,
-    /// a fraction of the SMs; default the configured background share), each once it was last
-    /// proven `interval` seconds ago (0: continuously). A failure is handled like any failed
-    /// verification: the manager stops, and `Scrubber.stop()` raises it.
-    #[pyo3(signature = (*, interval=0.0, share=None))]
+    /// Starts one of the library's scrubbers over every tensor this manager sealed (a failure
+    /// is handled like any failed verification: the manager stops, and `Scrubber.stop()` or
+    /// the next `Scrubber.step()` raises it; passes are written to the audit log as one summary
+    /// record per `summary_interval` seconds):
+    /// - `mode="background"`: re-verifies, the least recently proven first, on a Rust thread at
+    ///   a bounded share of the GPU (`share`, a fraction of the SMs; default the configured
+    ///   background share), each tensor once it was last proven `interval` seconds ago (0:
+    ///   continuously).
+    /// - `mode="step"`: nothing runs on its own; each `Scrubber.step()` (an engine step, the
+    ///   `vram_residency.torch` hooks call it) queues after the step's work a slice of a
+    ///   whole-GPU digest taking about `budget` of the step's time, round-robin over the
+    ///   tensors of `device`.
+    #[pyo3(signature = (*, mode="background", interval=0.0, share=None, budget=0.01, device=0, summary_interval=60.0))]
+    #[expect(clippy::too_many_arguments, reason = "Python keyword arguments")]
     fn start_scrubber(
         &self,
         py: Python<'_>,
+        mode: &str,
         interval: f64,
         share: Option<f32>,
+        budget: f32,
+        device: u32,
+        summary_interval: f64,
     ) -> PyResult<Scrubber> {
-        let interval = std::time::Duration::try_from_secs_f64(interval)
-            .map_err(|_| bad_input("interval", format!("{interval}: give seconds, 0 or more")))?;
-        let mut options = ScrubOptions::new().interval(interval);
-        if let Some(fraction) = share {
-            options = options.share(GpuShare::bounded(fraction).map_err(|e| to_py(&e))?);
-        }
+        let seconds = |name: &'static str, value: f64| {
+            std::time::Duration::try_from_secs_f64(value)
+                .map_err(|_| bad_input(name, format!("{value}: give seconds, 0 or more")))
+        };
+        let summary_interval = seconds("summary_interval", summary_interval)?;
         let manager = self.manager.clone();
-        let scrubber = py
-            .detach(move || manager.start_scrubber(options))
-            .map_err(|e| to_py(&e))?;
-        Ok(Scrubber::new(scrubber))
+        match mode {
+            "background" => {
+                let mut options = ScrubOptions::new()
+                    .interval(seconds("interval", interval)?)
+                    .summary_interval(summary_interval);
+                if let Some(fraction) = share {
+                    options = options.share(GpuShare::bounded(fraction).map_err(|e| to_py(&e))?);
+                }
+                let scrubber = py
+                    .detach(move || manager.start_scrubber(options))
+                    .map_err(|e| to_py(&e))?;
+                Scrubber::background(py, scrubber)
+            }
+            "step" => {
+                let algorithm = self.manager.config().digest_algorithm;
+                if algorithm == DigestAlgorithm::Sha256 {
+                    return Err(bad_input(
+                        "mode",
+                        "the step scrubber hashes on the GPU, and flat sha256 has no GPU kernel: seal with a tree digest or blake3",
+                    ));
+                }
+                let options = StepScrubOptions::new()
+                    .budget(budget)
+                    .map_err(|e| to_py(&e))?
+                    .summary_interval(summary_interval);
+                let scrubber = manager
+                    .step_scrubber(device, options)
+                    .map_err(|e| to_py(&e))?;
+                Scrubber::stepped(py, scrubber, device, self.mock.is_some())
+            }
+            other => Err(bad_input(
+                "mode",
+                format!("{other:?}: give \"background\" or \"step\""),
+            )),
+        }
     }
 
     /// A signed residency statement per tensor, bound to `nonce` (each tensor is verified for

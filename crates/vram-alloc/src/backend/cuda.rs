@@ -227,6 +227,7 @@ impl CudaBackend {
         &self,
         memory: &[(Resident, usize)],
         algorithm: DigestAlgorithm,
+        share: GpuShare,
     ) -> Result<Option<(&TreeDigestEngine, GpuDigest)>, VramError> {
         let Some((first, _)) = memory.first() else {
             return Ok(None);
@@ -239,7 +240,9 @@ impl CudaBackend {
                     .iter()
                     .map(|(_, len)| leaf_count(total_of(*len), leaf))
                     .fold(0u64, u64::saturating_add);
-                if leaves < GPU_DIGEST_MIN_LEAVES {
+                // A background (bounded) digest is never read back: its latency does not
+                // matter, and the copies of a read-back run beside the engine.
+                if leaves < GPU_DIGEST_MIN_LEAVES && share == GpuShare::Full {
                     return Ok(None);
                 }
                 GpuDigest::Sha256Tree(leaf)
@@ -325,7 +328,7 @@ impl Backend for CudaBackend {
         order: DigestOrder<'_>,
     ) -> Result<Vec<ShardDigest>, VramError> {
         let memory = self.resident(buffers)?;
-        match self.kernels_for(&memory, algorithm)? {
+        match self.kernels_for(&memory, algorithm, share)? {
             Some((engine, digest)) => {
                 let after = match order {
                     DigestOrder::Now => None,
@@ -353,14 +356,14 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn digest_before<'b>(
-        &'b self,
+    fn digest_before(
+        &self,
         buffers: &[(BufferId, usize)],
         algorithm: DigestAlgorithm,
         engine: EngineStream<'_>,
-    ) -> Result<Box<dyn PendingDigest + 'b>, VramError> {
+    ) -> Result<Box<dyn PendingDigest>, VramError> {
         let memory = self.resident(buffers)?;
-        match self.kernels_for(&memory, algorithm)? {
+        match self.kernels_for(&memory, algorithm, GpuShare::Full)? {
             Some((kernels, digest)) => {
                 let pending = match memory.as_slice() {
                     [(b, len)] => kernels.queue_root_before(b, *len, digest, engine),

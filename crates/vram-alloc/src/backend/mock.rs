@@ -643,12 +643,12 @@ impl Backend for MockBackend {
     }
 
     /// The mock has no streams: the engine is the host, and the digests are computed now.
-    fn digest_before<'b>(
-        &'b self,
+    fn digest_before(
+        &self,
         buffers: &[(BufferId, usize)],
         algorithm: DigestAlgorithm,
         _engine: EngineStream<'_>,
-    ) -> Result<Box<dyn PendingDigest + 'b>, VramError> {
+    ) -> Result<Box<dyn PendingDigest>, VramError> {
         let digests = self.digest(buffers, algorithm, GpuShare::Full, DigestOrder::Now)?;
         Ok(Box::new(Ready(digests)))
     }

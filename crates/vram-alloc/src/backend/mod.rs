@@ -59,7 +59,7 @@ pub(crate) trait LentMemory: Send + Sync {
 }
 
 /// Digests queued ahead of an engine's work ([`Backend::digest_before`]).
-pub(crate) trait PendingDigest {
+pub(crate) trait PendingDigest: Send {
     /// Waits for the digests, one per buffer in the order given.
     ///
     /// # Errors
@@ -220,12 +220,12 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// As [`Backend::digest`].
-    fn digest_before<'b>(
-        &'b self,
+    fn digest_before(
+        &self,
         buffers: &[(BufferId, usize)],
         algorithm: DigestAlgorithm,
         engine: EngineStream<'_>,
-    ) -> Result<Box<dyn PendingDigest + 'b>, VramError>;
+    ) -> Result<Box<dyn PendingDigest>, VramError>;
 
     /// The buffer, lent to an engine for a verified execution: its address (device memory on
     /// the CUDA backend, host memory on the mock), valid while the lent value lives (it keeps

@@ -1,7 +1,10 @@
 //! Verified execution: an inference engine computes on a sealed shard's bytes where they lie,
 //! inside a scope that verified them first and, in the checked modes, verifies them again after
 //! the engine's work, withholding the engine's result when they changed
-//! (`docs/adr/0009-verified-execution.md`).
+//! (`docs/adr/0009-verified-execution.md`). The scope is guard-shaped at its core
+//! ([`ModelExecution`]: begin → lent weights → finish, `docs/adr/0012-engine-ordered-checks.md`),
+//! so an engine that cannot hand over a closure (a Python `with` block, a forward hook) drives
+//! the same checks; the closure forms are built on it.
 //!
 //! The engine gets the bytes' address only through the lending view (`lending.rs`), which
 //! borrows the shard for the scope.
@@ -15,7 +18,7 @@ use super::lending::{ModelWeights, Weights, lend};
 use super::model::SealedModel;
 use super::shared::Shared;
 use super::verify::{Stage, Subject, audit_failure, audited, verify_ordered};
-use crate::backend::{DigestOrder, EngineStream};
+use crate::backend::{DigestOrder, EngineStream, PendingDigest};
 use crate::metrics::ExecutionResult;
 
 /// What an execution checks around the engine's work, and how the checks are ordered with it.
@@ -25,18 +28,25 @@ pub enum ExecutionMode<'e> {
     /// Verified, then lent: the engine starts only on bytes that hash to the sealed digest.
     /// Proves the bytes were intact when the engine was handed them.
     Before,
+    /// [`ExecutionMode::Before`] with the check ordered after the work queued so far on the
+    /// engine's stream (its digest waits on the GPU for an event recorded there): the bytes
+    /// checked are the ones the engine's next kernels read, even with a write to them still
+    /// queued.
+    BeforeOn(EngineStream<'e>),
     /// Verified, lent, and verified again once the closure has returned: for an engine whose
     /// work is finished when its closure returns (a host engine, a synchronised stream, the
     /// mock). Proves the bytes were also intact after the engine's work; otherwise the result
     /// is withheld.
     BeforeAndAfter,
     /// Verified, lent, and verified again after the work the closure queued on the engine's
-    /// stream: the library's digest waits on the GPU for an event recorded there (never a
-    /// device-wide sync). Proves as [`ExecutionMode::BeforeAndAfter`] for a GPU engine that
-    /// returns before its kernels finish.
+    /// stream: each digest waits on the GPU for an event recorded there (the first for the work
+    /// queued before the execution began, the second for the engine's), never a device-wide
+    /// sync. Proves as [`ExecutionMode::BeforeAndAfter`] for a GPU engine that returns before
+    /// its kernels finish.
     BeforeAndAfterOn(EngineStream<'e>),
-    /// The verification's digest is queued on the GPU ahead of the engine's work: the engine's
-    /// stream waits for it there, so its kernels start right after it with no host round trip.
+    /// The verification's digest is queued on the GPU ahead of the engine's work (after the
+    /// work queued on the engine's stream before the execution began): the engine's stream
+    /// waits for it there, so its kernels start right after it with no host round trip.
     /// The digest after the engine's work is queued as in [`ExecutionMode::BeforeAndAfterOn`];
     /// the result is released only when both match. Proves the same as the checked mode, with
     /// the difference that the engine may already have computed on bytes the first digest then
@@ -77,14 +87,20 @@ impl VramManager {
         mode: ExecutionMode<'_>,
         engine: impl FnOnce(&Weights<'_>) -> R,
     ) -> Result<R, VramError> {
-        let shared = &self.shared;
-        run(
-            shared,
-            &Subject::shard(shard),
+        let execution = Core::begin(
+            &self.shared,
+            shard.shard_id.clone(),
+            shard.gpu_device,
+            vec![shard.clone()],
             mode,
-            || lend(shared, shard),
-            engine,
-        )
+        )?;
+        let weights = execution
+            .lent_shard(shard)
+            .map_err(|e| execution.refuse(e))?;
+        let value = engine(&weights);
+        drop(weights);
+        execution.finish()?;
+        Ok(value)
     }
 
     /// [`Self::execute`] for a model sealed in place ([`Self::seal_model_in_place`]): every
@@ -100,130 +116,238 @@ impl VramManager {
         mode: ExecutionMode<'_>,
         engine: impl FnOnce(&ModelWeights<'_>) -> R,
     ) -> Result<R, VramError> {
-        let shared = &self.shared;
-        run(
-            shared,
-            &model.subject(),
+        let execution = self.begin_model_execution(model, mode)?;
+        let weights = execution.weights().map_err(|e| execution.core.refuse(e))?;
+        let value = engine(&weights);
+        drop(weights);
+        execution.finish()?;
+        Ok(value)
+    }
+
+    /// The guard-shaped form of [`Self::execute_model`], for an engine that cannot hand over
+    /// a closure (a `with` block, a pair of forward hooks): the model is checked as `mode`
+    /// says before this returns (or, pipelined, queued ahead of the engine's work), the engine
+    /// computes on [`ModelExecution::weights`] (or on the tensors it holds), and
+    /// [`ModelExecution::finish`] runs the check after the engine's work and gives the verdict.
+    /// Its result must not be served before `finish` returns `Ok`.
+    ///
+    /// ```
+    /// # use vram_alloc::{EngineTensor, ExecutionMode, ForeignRange, MockBackend, VramManager};
+    /// # use std::sync::Arc;
+    /// # let mock = Arc::new(MockBackend::with_capacity(64 << 20));
+    /// # let manager = VramManager::builder().mock(mock.clone()).build()?;
+    /// # let range = mock.engine_memory(0, &[1u8; 64])?;
+    /// # let tensor = EngineTensor { name: "w".into(), dtype: "U8".into(), shape: vec![64], range };
+    /// let model = manager.seal_model_in_place("m", vec![tensor], None)?;
+    /// let execution = manager.begin_model_execution(&model, ExecutionMode::BeforeAndAfter)?;
+    /// // ... the engine's forward pass on the tensors it holds ...
+    /// execution.finish()?; // Err(ModifiedDuringExecution) if a tensor changed meanwhile
+    /// # Ok::<(), vram_types::VramError>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`Self::execute_model`] before the engine's work (nothing is lent).
+    pub fn begin_model_execution<'e>(
+        &self,
+        model: &SealedModel,
+        mode: ExecutionMode<'e>,
+    ) -> Result<ModelExecution<'e>, VramError> {
+        let core = Core::begin(
+            &self.shared,
+            model.model_id().to_owned(),
+            model.gpu_device(),
+            model.tensors().iter().map(|t| t.shard().clone()).collect(),
             mode,
-            || {
-                let tensors = model
-                    .tensors()
-                    .iter()
-                    .map(|t| Ok((t.name(), lend(shared, t.shard())?)))
-                    .collect::<Result<_, VramError>>()?;
-                Ok(ModelWeights::new(tensors))
-            },
-            engine,
-        )
+        )?;
+        Ok(ModelExecution {
+            core,
+            names: model
+                .tensors()
+                .iter()
+                .map(|t| t.name().to_owned())
+                .collect(),
+        })
     }
 }
 
-/// One execution in `mode`, counted by how it ended.
-fn run<V, R>(
-    shared: &Arc<Shared>,
-    subject: &Subject<'_>,
-    mode: ExecutionMode<'_>,
-    lend: impl FnOnce() -> Result<V, VramError>,
-    engine: impl FnOnce(&V) -> R,
-) -> Result<R, VramError> {
-    let result = match mode {
-        ExecutionMode::Before => checked(shared, subject, None, lend, engine),
-        ExecutionMode::BeforeAndAfter => {
-            checked(shared, subject, Some(DigestOrder::Now), lend, engine)
+/// A verified execution of a sealed model in progress ([`VramManager::begin_model_execution`]).
+/// It holds the model's shards, so none is released before the execution ends. Dropped without
+/// [`Self::finish`], the checks after the engine's work do not run and the execution is not
+/// counted: an engine whose result is served must finish it.
+pub struct ModelExecution<'e> {
+    core: Core<'e>,
+    /// The tensors' names, in the shards' order.
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for ModelExecution<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelExecution")
+            .field("model_id", &self.core.id)
+            .field("device", &self.core.device)
+            .field("tensors", &self.names.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ModelExecution<'_> {
+    /// Every tensor's memory by name, lent for the execution.
+    ///
+    /// # Errors
+    /// [`VramError::NotSealed`] when a tensor is not the manager's (cannot happen once the
+    /// checks before passed).
+    pub fn weights(&self) -> Result<ModelWeights<'_>, VramError> {
+        let tensors = self
+            .names
+            .iter()
+            .zip(&self.core.shards)
+            .map(|(name, shard)| Ok((name.as_str(), lend(&self.core.shared, shard)?)))
+            .collect::<Result<_, VramError>>()?;
+        Ok(ModelWeights::new(tensors))
+    }
+
+    /// Runs the checks after the engine's work as the mode says (and, pipelined, reads the
+    /// check queued ahead of it), and counts the execution by how it ended.
+    ///
+    /// # Errors
+    /// [`VramError::ModifiedDuringExecution`] naming the first tensor whose bytes changed
+    /// during the execution; in [`ExecutionMode::Pipelined`], the first check's error when it
+    /// found the bytes changed before the engine's work; another error of
+    /// [`VramManager::verify_sealed`].
+    pub fn finish(self) -> Result<(), VramError> {
+        self.core.finish()
+    }
+}
+
+/// One execution's checks, split at the engine's work.
+struct Core<'e> {
+    shared: Arc<Shared>,
+    id: String,
+    device: u32,
+    /// Held for the execution: no shard is released while an engine computes on it.
+    shards: Vec<SealedShard>,
+    mode: ExecutionMode<'e>,
+    /// Pipelined: the first digest, queued ahead of the engine's work.
+    pending: Option<Box<dyn PendingDigest>>,
+}
+
+impl<'e> Core<'e> {
+    /// The checks before the engine's work, as `mode` says; a refusal is counted.
+    fn begin(
+        shared: &Arc<Shared>,
+        id: String,
+        device: u32,
+        shards: Vec<SealedShard>,
+        mode: ExecutionMode<'e>,
+    ) -> Result<Self, VramError> {
+        let mut core = Self {
+            shared: Arc::clone(shared),
+            id,
+            device,
+            shards,
+            mode,
+            pending: None,
+        };
+        let before = match mode {
+            ExecutionMode::Before | ExecutionMode::BeforeAndAfter => Some(DigestOrder::Now),
+            ExecutionMode::BeforeOn(stream) | ExecutionMode::BeforeAndAfterOn(stream) => {
+                Some(DigestOrder::After(stream))
+            }
+            ExecutionMode::Pipelined(stream) => {
+                core.pending = Some(core.queue_ahead(stream).map_err(|e| core.refuse(e))?);
+                None
+            }
+        };
+        if let Some(order) = before {
+            let checked = verify_ordered(
+                shared,
+                &core.subject(),
+                GpuShare::Full,
+                order,
+                Stage::Standalone,
+            );
+            checked.map_err(|e| core.refuse(e))?;
         }
-        ExecutionMode::BeforeAndAfterOn(stream) => checked(
-            shared,
-            subject,
-            Some(DigestOrder::After(stream)),
-            lend,
-            engine,
-        ),
-        ExecutionMode::Pipelined(stream) => pipelined(shared, subject, stream, lend, engine),
-    };
-    let (outcome, value) = match result {
-        Ok(value) => (ExecutionResult::Passed, Ok(value)),
-        Err((stage, e)) => (stage, Err(e)),
-    };
-    // Counted under the device only when that device exists (as verifications).
-    if subject.device < shared.backend().device_count() {
-        shared.metrics().count_execution(subject.device, outcome);
+        Ok(core)
     }
-    value
-}
 
-/// Why an execution did not release its result, and the error.
-type Refused = (ExecutionResult, VramError);
-
-/// Verified now, lent, and (with `after`) verified again at that point.
-fn checked<V, R>(
-    shared: &Arc<Shared>,
-    subject: &Subject<'_>,
-    after: Option<DigestOrder<'_>>,
-    lend: impl FnOnce() -> Result<V, VramError>,
-    engine: impl FnOnce(&V) -> R,
-) -> Result<R, Refused> {
-    let before = |e| (ExecutionResult::RefusedBefore, e);
-    verify_ordered(
-        shared,
-        subject,
-        GpuShare::Full,
-        DigestOrder::Now,
-        Stage::Standalone,
-    )
-    .map_err(before)?;
-    let weights = lend().map_err(before)?;
-    let value = engine(&weights);
-    if let Some(order) = after {
-        check_after(shared, subject, order)?;
+    fn subject(&self) -> Subject<'_> {
+        Subject {
+            id: &self.id,
+            device: self.device,
+            shards: self.shards.iter().collect(),
+            summarized: false,
+        }
     }
-    Ok(value)
-}
 
-/// The first digest queued ahead of the engine's work, the second after it; both confirmed.
-fn pipelined<V, R>(
-    shared: &Arc<Shared>,
-    subject: &Subject<'_>,
-    stream: EngineStream<'_>,
-    lend: impl FnOnce() -> Result<V, VramError>,
-    engine: impl FnOnce(&V) -> R,
-) -> Result<R, Refused> {
-    let refuse = |e| (ExecutionResult::RefusedBefore, e);
-    let queued = shared.ensure_running().and_then(|()| {
-        let correlation_id = shared.next_correlation_id();
-        let buffers = subject.checked_buffers(shared, &correlation_id)?;
-        shared
-            .backend()
-            .digest_before(&buffers, subject.algorithm()?, stream)
-    });
-    let pending = match queued {
-        Ok(pending) => pending,
-        // Refused before anything was queued: audited as the failed verification it is.
-        Err(e) => return Err(refuse(audit_failure(shared, subject, e))),
-    };
-    let weights = lend().map_err(refuse)?;
-    let value = engine(&weights);
-    let after = check_after(shared, subject, DigestOrder::After(stream));
-    audited(shared, subject, |_| {
-        subject.compare(&pending.wait()?, Stage::Standalone)
-    })
-    .map_err(refuse)?;
-    after?;
-    Ok(value)
-}
+    /// The single shard's lending view (a shard execution).
+    fn lent_shard<'s>(&self, shard: &'s SealedShard) -> Result<Weights<'s>, VramError> {
+        lend(&self.shared, shard)
+    }
 
-/// The verification after the engine's work; bytes found changed are
-/// [`VramError::ModifiedDuringExecution`].
-fn check_after(
-    shared: &Arc<Shared>,
-    subject: &Subject<'_>,
-    order: DigestOrder<'_>,
-) -> Result<(), Refused> {
-    verify_ordered(
-        shared,
-        subject,
-        GpuShare::Full,
-        order,
-        Stage::AfterExecution,
-    )
-    .map_err(|e| (ExecutionResult::CaughtAfter, e))
+    /// The pipelined first digest, queued ahead of the engine's work; refused before anything
+    /// was queued, it is audited as the failed verification it is.
+    fn queue_ahead(&self, stream: EngineStream<'_>) -> Result<Box<dyn PendingDigest>, VramError> {
+        let subject = self.subject();
+        let queued = self.shared.ensure_running().and_then(|()| {
+            let correlation_id = self.shared.next_correlation_id();
+            let buffers = subject.checked_buffers(&self.shared, &correlation_id)?;
+            self.shared
+                .backend()
+                .digest_before(&buffers, subject.algorithm()?, stream)
+        });
+        queued.map_err(|e| audit_failure(&self.shared, &subject, e))
+    }
+
+    /// Counts the execution as refused before the engine's work and returns `e`.
+    fn refuse(&self, e: VramError) -> VramError {
+        self.count(ExecutionResult::RefusedBefore);
+        e
+    }
+
+    fn count(&self, outcome: ExecutionResult) {
+        // Counted under the device only when that device exists (as verifications).
+        if self.device < self.shared.backend().device_count() {
+            self.shared.metrics().count_execution(self.device, outcome);
+        }
+    }
+
+    /// The checks after the engine's work; the execution counted by how it ended.
+    fn finish(mut self) -> Result<(), VramError> {
+        let after = match self.mode {
+            ExecutionMode::Before | ExecutionMode::BeforeOn(_) => None,
+            ExecutionMode::BeforeAndAfter => Some(DigestOrder::Now),
+            ExecutionMode::BeforeAndAfterOn(stream) | ExecutionMode::Pipelined(stream) => {
+                Some(DigestOrder::After(stream))
+            }
+        };
+        let checked_after = after.map_or(Ok(()), |order| {
+            verify_ordered(
+                &self.shared,
+                &self.subject(),
+                GpuShare::Full,
+                order,
+                Stage::AfterExecution,
+            )
+        });
+        if let Some(pending) = self.pending.take() {
+            let subject = self.subject();
+            let first = audited(&self.shared, &subject, |_| {
+                subject.compare(&pending.wait()?, Stage::Standalone)
+            });
+            if let Err(e) = first {
+                return Err(self.refuse(e));
+            }
+        }
+        match checked_after {
+            Ok(()) => {
+                self.count(ExecutionResult::Passed);
+                Ok(())
+            }
+            Err(e) => {
+                self.count(ExecutionResult::CaughtAfter);
+                Err(e)
+            }
+        }
+    }
 }

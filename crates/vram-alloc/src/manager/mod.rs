@@ -31,7 +31,7 @@ use crate::backend::{Backend, CudaBackend, MockBackend, round_up};
 use crate::capacity::DeviceCapacity;
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::VramMetrics;
-pub use execute::ExecutionMode;
+pub use execute::{ExecutionMode, ModelExecution};
 pub use group::{GroupPart, SealedGroup};
 pub use lending::{LentTensor, ModelWeights, Weights};
 pub use model::{EngineTensor, SealedModel, SealedTensor};

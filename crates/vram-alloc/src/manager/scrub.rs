@@ -224,7 +224,9 @@ impl Scrubber {
         self.failure()
     }
 
-    fn halt(&mut self) {
+    /// Stops it after the verification in progress, keeping it: [`Self::verified`] and
+    /// [`Self::failure`] are final afterwards. Idempotent.
+    pub fn halt(&mut self) {
         lock(&self.inner.control).stop = true;
         self.inner.wake.notify_all();
         if let Some(thread) = self.thread.take() {

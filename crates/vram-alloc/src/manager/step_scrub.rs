@@ -91,6 +91,9 @@ pub struct StepReport {
     pub shards_verified: u64,
 }
 
+/// The shards of the next job, all of one algorithm.
+type NextJob = (DigestAlgorithm, Vec<Arc<ResidentAllocation>>);
+
 /// A job in flight: the shards it hashes, kept alive until it is collected.
 struct InFlight {
     shards: Vec<Arc<ResidentAllocation>>,
@@ -116,6 +119,7 @@ pub struct StepScrubber {
     uncovered: u64,
     summary: PassSummary,
     failure: Option<VramError>,
+    stopped: bool,
 }
 
 impl std::fmt::Debug for StepScrubber {
@@ -155,6 +159,7 @@ impl VramManager {
             uncovered: 0,
             summary: PassSummary::new("step", options.summary_interval),
             failure: None,
+            stopped: false,
         })
     }
 }
@@ -173,6 +178,12 @@ impl StepScrubber {
     pub fn step(&mut self, engine: Option<EngineStream<'_>>) -> Result<StepReport, VramError> {
         if let Some(e) = &self.failure {
             return Err(e.clone());
+        }
+        if self.stopped {
+            return Err(VramError::invalid_input(
+                "step scrubber",
+                "stopped: start another",
+            ));
         }
         self.shared.ensure_running()?;
         let now = Instant::now();
@@ -229,15 +240,18 @@ impl StepScrubber {
         self.failure.as_ref()
     }
 
-    /// Waits for the work it queued, checks it, writes the last summary and stops.
+    /// Waits for the work it queued, checks it, and writes the last summary: [`Self::verified`]
+    /// is final afterwards, and later steps queue nothing. Idempotent.
     ///
     /// # Errors
-    /// As [`Self::step`], for the work still in flight.
-    pub fn stop(mut self) -> Result<(), VramError> {
+    /// As [`Self::step`], for the work still in flight; the failure it found before, if any.
+    pub fn stop(&mut self) -> Result<(), VramError> {
         let result = match &self.failure {
             Some(e) => Err(e.clone()),
+            None if self.stopped => Ok(()),
             None => self.collect(true),
         };
+        self.stopped = true;
         self.summary.flush(&self.shared);
         self.in_flight.clear();
         result
@@ -409,8 +423,8 @@ impl StepScrubber {
     /// shard's allocation is checked (still plain device memory) before it is hashed.
     fn next_job(
         &mut self,
-    ) -> Result<Option<(DigestAlgorithm, Vec<Arc<ResidentAllocation>>)>, VramError> {
-        let busy: Vec<&str> = self
+    ) -> Result<Option<NextJob>, VramError> {
+        let busy: std::collections::HashSet<&str> = self
             .in_flight
             .values()
             .flat_map(|(_, job)| job.shards.iter().map(|r| r.shard_id()))

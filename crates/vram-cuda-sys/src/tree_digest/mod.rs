@@ -18,14 +18,14 @@ use vram_types::{GpuShare, LeafSize};
 mod layout;
 mod step;
 use layout::RangeLayout;
-pub use step::{STEP_JOB_LEAVES, STEP_JOB_RANGES, STEP_SLICE_BYTES, StepLane};
+pub use step::{Finished, STEP_JOB_LEAVES, STEP_JOB_RANGES, STEP_SLICE_BYTES, StepLane};
 
 use crate::device::Device;
 use crate::error::{CudaError, CudaStatus};
 use crate::memory::{DeviceBuffer, PinnedBuffer};
 use crate::module::Module;
 use crate::resident::Resident;
-use crate::stream::{EngineStream, Event, EventKind, Stream, StreamPriority};
+use crate::stream::{EngineStream, Event, Stream, StreamPriority};
 
 /// PTX of `kernels/sha256_tree.cu` (`cargo xtask ptx` regenerates it).
 pub const SHA256_TREE_PTX: &str = include_str!("../../kernels/sha256_tree.ptx");
@@ -122,8 +122,53 @@ pub struct TreeDigestEngine {
     blake3_groups: CUfunction,
     multiprocessors: u32,
     bounded_slice_bytes: u64,
-    full_lane: Mutex<Arc<Stream>>,
-    bounded_lane: Mutex<Arc<Stream>>,
+    full_lane: Mutex<Lane>,
+    bounded_lane: Mutex<Lane>,
+    /// Streams and pinned memory for digests queued ahead of an engine's work, reused.
+    ahead: Arc<Mutex<Vec<Lane>>>,
+}
+
+/// A stream and the pinned memory its digests' tables and roots pass through. Never pageable
+/// host memory: a copy between device memory and pageable memory is staged by the driver and
+/// waits for (and holds back) work on the legacy default stream, PyTorch's (`docs/perf.md`:
+/// an engine's tiny kernels 28x slower beside one 32-byte copy per digest).
+struct Lane {
+    stream: Arc<Stream>,
+    host: Option<PinnedBuffer>,
+}
+
+/// Smallest pinned memory a lane keeps: the tables and roots of a model of about 1,000 tensors.
+const LANE_HOST_BYTES: usize = 128 * 1024;
+
+impl Lane {
+    fn new(device: &Arc<Device>) -> Result<Self, CudaError> {
+        Ok(Self {
+            stream: Arc::new(Stream::new(device, StreamPriority::Lowest)?),
+            host: None,
+        })
+    }
+
+    /// At least `bytes` of the lane's pinned memory (grown, rarely, when too small; the old
+    /// memory's last copy finished before the lane was taken).
+    fn host(&mut self, bytes: usize) -> Result<&mut [u8], CudaError> {
+        if self
+            .host
+            .as_ref()
+            .is_none_or(|h| h.as_slice().len() < bytes)
+        {
+            let len = bytes
+                .max(LANE_HOST_BYTES)
+                .checked_next_power_of_two()
+                .unwrap_or(bytes);
+            self.host = Some(PinnedBuffer::alloc(self.stream.device(), len)?);
+        }
+        self.host
+            .as_mut()
+            .map(PinnedBuffer::as_mut_slice)
+            .ok_or(CudaError::Unreachable(
+                "a lane's pinned memory was just made",
+            ))
+    }
 }
 
 // SAFETY: the CUfunction handles are driver handles valid on every thread for the module's
@@ -211,7 +256,7 @@ fn grid_for(threads: u64, block: u32) -> Result<u32, CudaError> {
     })
 }
 
-fn lock(m: &Mutex<Arc<Stream>>) -> std::sync::MutexGuard<'_, Arc<Stream>> {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -248,8 +293,9 @@ impl TreeDigestEngine {
             blake3,
             multiprocessors: device.multiprocessor_count()?,
             bounded_slice_bytes: BOUNDED_SLICE_BYTES,
-            full_lane: Mutex::new(Arc::new(Stream::new(device, StreamPriority::Lowest)?)),
-            bounded_lane: Mutex::new(Arc::new(Stream::new(device, StreamPriority::Lowest)?)),
+            full_lane: Mutex::new(Lane::new(device)?),
+            bounded_lane: Mutex::new(Lane::new(device)?),
+            ahead: Arc::default(),
         })
     }
 
@@ -343,37 +389,61 @@ impl TreeDigestEngine {
             GpuShare::Full => &self.full_lane,
             GpuShare::Bounded { .. } => &self.bounded_lane,
         };
-        let stream = lock(lane);
+        let mut lane = lock(lane);
+        let stream = Arc::clone(&lane.stream);
         if let Some(engine) = after {
             let mut engine_done = Event::new(&self.device)?;
             engine_done.record_on(engine)?;
             stream.wait_for(&engine_done)?;
         }
-        let mut roots = vec![0u8; target.count().saturating_mul(32)];
-        let queued = self.queue_roots(&stream, target, digest, share, &mut roots);
+        let host = lane.host(self.host_bytes(target, digest)?)?;
+        let queued = self.queue_roots(&stream, target, digest, share, host);
         // Waited for on every path: no queued kernel may outlive this call and read `buffer`
-        // after the caller frees it, even when a later launch failed. A bounded (background)
-        // digest's thread sleeps meanwhile instead of spinning on a core an engine needs.
-        let waited = match share {
-            GpuShare::Full => stream.synchronize(),
-            GpuShare::Bounded { .. } => Event::of_kind(&self.device, EventKind::Blocking)
-                .and_then(|mut done| {
-                    done.record(&stream)?;
-                    done.wait()
-                })
-                .or_else(|_| stream.synchronize()),
-        };
+        // after the caller frees it, even when a later launch failed. The wait spins: a
+        // blocking-sync wait made a host-bound Python engine beside it 1.8x slower
+        // (`docs/perf.md`).
+        let waited = stream.synchronize();
         // The scratch goes after the wait (see `Scratch`).
-        drop(queued?);
+        let (scratch, roots_at) = queued?;
+        drop(scratch);
         waited?;
         self.device.trim_memory_pool()?;
-        Ok(root_bytes(digest, &roots))
+        let roots = lane
+            .host
+            .as_ref()
+            .map(PinnedBuffer::as_slice)
+            .and_then(|h| {
+                h.get(roots_at..roots_at.saturating_add(target.count().saturating_mul(32)))
+            })
+            .ok_or(CudaError::Unreachable(
+                "the roots lie in the lane's pinned memory",
+            ))?;
+        Ok(root_bytes(digest, roots))
+    }
+
+    /// Pinned bytes a digest of `target` passes through: its range table (many ranges) and its
+    /// roots.
+    fn host_bytes(&self, target: Target<'_>, digest: GpuDigest) -> Result<usize, CudaError> {
+        let table = match target {
+            Target::One(..) => 0,
+            Target::Many(ranges) => {
+                let spans = ranges
+                    .iter()
+                    .map(|(memory, len)| self.checked(memory, *len))
+                    .collect::<Result<Vec<_>, _>>()?;
+                roots_offset(RangeLayout::new(&spans, digest).table_bytes())
+            }
+        };
+        Ok(usize::try_from(table)
+            .unwrap_or(usize::MAX)
+            .saturating_add(target.count().saturating_mul(32)))
     }
 
     /// Queues the digest of `buffer`'s first `len` bytes ahead of an engine's work, for the
-    /// pipelined execution: on a stream of its own, and the engine's stream waits on the GPU
-    /// until the digest is done, so the engine's kernels queued next start right after it with
-    /// no host round trip. [`PendingRoots::wait`] gives the root.
+    /// pipelined execution: on a stream of its own (from a pool), after the work queued so far
+    /// on the engine's stream, and the engine's stream waits on the GPU until the digest is
+    /// done, so the engine's kernels queued next start right after it with no host round trip.
+    /// [`PendingRoots::wait`] gives the root.
     ///
     /// # Errors
     /// As [`Self::tree_root`]; [`CudaError::HostMemory`] when the root's pinned slot cannot be
@@ -415,21 +485,30 @@ impl TreeDigestEngine {
         digest: GpuDigest,
         engine: EngineStream<'_>,
     ) -> Result<PendingRoots, CudaError> {
-        // Pinned, so that the copy of the roots does not make the host wait for the digest.
-        let mut out = PinnedBuffer::alloc(&self.device, target.count().saturating_mul(32))?;
-        let stream = Arc::new(Stream::new(&self.device, StreamPriority::Lowest)?);
-        let scratch =
-            self.queue_roots(&stream, target, digest, GpuShare::Full, out.as_mut_slice())?;
+        // A lane of the pool (a stream and its pinned memory), made when none is free.
+        let taken = lock(&self.ahead).pop();
+        let mut lane = match taken {
+            Some(lane) => lane,
+            None => Lane::new(&self.device)?,
+        };
+        let stream = Arc::clone(&lane.stream);
+        // After the work the engine queued before: the bytes hashed are the ones its next
+        // kernels read.
+        let mut prior = Event::new(&self.device)?;
+        prior.record_on(engine)?;
+        stream.wait_for(&prior)?;
+        let count = target.count();
+        let host = lane.host(self.host_bytes(target, digest)?)?;
+        let (scratch, roots_at) =
+            self.queue_roots(&stream, target, digest, GpuShare::Full, host)?;
         let mut done = Event::new(&self.device)?;
         done.record(&stream)?;
         done.hold(engine)?;
-        // Kept in the pending roots: dropping an event waits for it on the host, which would
-        // put back the round trip this form exists to remove.
         Ok(PendingRoots {
-            scratch,
-            stream,
-            _done: done,
-            out,
+            scratch: Some(scratch),
+            lane: Some(lane),
+            pool: Arc::clone(&self.ahead),
+            roots: roots_at..roots_at.saturating_add(count.saturating_mul(32)),
             digest,
             device: Arc::clone(&self.device),
             memory,
@@ -437,22 +516,26 @@ impl TreeDigestEngine {
     }
 
     /// Checks every range, then queues the leaves, the fold and the copy of every root into
-    /// `roots` (32 bytes each, device word order) on `stream`. The caller waits for the stream
-    /// before reading `roots` or freeing the memory, then drops the scratch returned.
+    /// the pinned `host` memory (its range table first, for many ranges; then 32 bytes a root,
+    /// device word order) on `stream`. Returns the scratch, which the caller drops after it
+    /// has waited for the stream, and where in `host` the roots are.
     fn queue_roots(
         &self,
         stream: &Arc<Stream>,
         target: Target<'_>,
         digest: GpuDigest,
         share: GpuShare,
-        roots: &mut [u8],
-    ) -> Result<Scratch, CudaError> {
+        host: &mut [u8],
+    ) -> Result<(Scratch, usize), CudaError> {
+        let out_of_host =
+            || CudaError::Unreachable("a lane's pinned memory holds its table and roots");
         match target {
             Target::One(buffer, len) => {
+                let roots = host.get_mut(..32).ok_or_else(out_of_host)?;
                 let (data, total) = self.checked(buffer, len)?;
                 let leaves = digest.leaves(total);
                 if let (GpuDigest::Blake3, GpuShare::Full) = (digest, share) {
-                    return self.queue_blake3_groups(stream, data, total, roots);
+                    return Ok((self.queue_blake3_groups(stream, data, total, roots)?, 0));
                 }
                 // Region A holds a state per leaf; region B, the first fold's output, is the
                 // fold's other side.
@@ -471,7 +554,7 @@ impl TreeDigestEngine {
                 self.queue_leaves(stream, digest, share, source, leaves, a)?;
                 let root_at = self.fold(stream, digest, leaves, a, b)?;
                 self.copy_roots(stream, root_at, roots)?;
-                Ok(scratch)
+                Ok((scratch, 0))
             }
             Target::Many(ranges) => {
                 if ranges.is_empty() {
@@ -496,11 +579,22 @@ impl TreeDigestEngine {
                 let table = scratch.at(0);
                 let a = scratch.at(table_bytes);
                 let b = scratch.at(table_bytes.saturating_add(leaves.saturating_mul(DIGEST_BYTES)));
+                let table_len = usize::try_from(table_bytes).unwrap_or(usize::MAX);
+                let roots_at = usize::try_from(roots_offset(table_bytes)).unwrap_or(usize::MAX);
+                let roots_len = ranges.len().saturating_mul(32);
+                let (pinned_table, rest) = host
+                    .split_at_mut_checked(roots_at)
+                    .ok_or_else(out_of_host)?;
+                let pinned_table = pinned_table.get_mut(..table_len).ok_or_else(out_of_host)?;
+                let roots = rest.get_mut(..roots_len).ok_or_else(out_of_host)?;
+                for (out, word) in pinned_table.chunks_exact_mut(8).zip(layout.table()) {
+                    out.copy_from_slice(&word.to_ne_bytes());
+                }
                 self.device.bind()?;
                 // SAFETY: the table's bytes fit the scratch's first `table_bytes` (its size);
-                // the host slice is read before the call returns (pageable memory is staged by
-                // the driver) and lives until the caller has synchronised the stream anyway.
-                unsafe { result::memcpy_htod_async(table, layout.table(), stream.raw()) }.map_err(
+                // the pinned slice is the lane's, untouched until the caller has synchronised
+                // the stream.
+                unsafe { result::memcpy_htod_async(table, &*pinned_table, stream.raw()) }.map_err(
                     |e| CudaStatus::from(e).during(self.device.ordinal(), "cuMemcpyHtoDAsync"),
                 )?;
                 let source = LeafSource::Ranges {
@@ -510,9 +604,9 @@ impl TreeDigestEngine {
                     ranges: layout.ranges(),
                 };
                 self.queue_leaves(stream, digest, share, source, leaves, a)?;
-                let roots_at = self.fold_ranges(stream, digest, &layout, table, a, b)?;
-                self.copy_roots(stream, roots_at, roots)?;
-                Ok(scratch)
+                let roots_from = self.fold_ranges(stream, digest, &layout, table, a, b)?;
+                self.copy_roots(stream, roots_from, roots)?;
+                Ok((scratch, roots_at))
             }
         }
     }
@@ -623,11 +717,12 @@ impl TreeDigestEngine {
         }
     }
 
-    /// Queues the copy of `roots.len() / 32` root states at `from` into `roots`.
+    /// Queues the copy of `roots.len() / 32` root states at `from` into `roots`, pinned memory
+    /// (see [`Lane`]).
     fn copy_roots(&self, stream: &Stream, from: u64, roots: &mut [u8]) -> Result<(), CudaError> {
         // SAFETY: `from` points at `roots.len() / 32` node states inside the live scratch
-        // allocation, written by work queued before on this stream; `roots` is host memory the
-        // caller keeps alive until it has synchronised the stream.
+        // allocation, written by work queued before on this stream; `roots` is pinned host
+        // memory the caller keeps alive, and untouched, until it has synchronised the stream.
         unsafe { result::memcpy_dtoh_async(roots, from, stream.raw()) }
             .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuMemcpyDtoHAsync"))
     }
@@ -951,12 +1046,13 @@ fn root_bytes(digest: GpuDigest, words: &[u8]) -> Vec<[u8; 32]> {
 /// [`TreeDigestEngine::queue_roots_before`]); they keep the memory they read alive. Dropped
 /// without [`Self::wait`], they still wait for their stream before the memory can go.
 pub struct PendingRoots {
-    // Dropped first: the scratch's release is queued after the digest, then the stream (its
-    // last holder) waits for its work before the event, the roots' slot and the memory go.
-    scratch: Scratch,
-    stream: Arc<Stream>,
-    _done: Event,
-    out: PinnedBuffer,
+    /// Freed in stream order after the digest, before the lane goes back to the pool.
+    scratch: Option<Scratch>,
+    /// The stream and pinned memory the digest runs on; back to `pool` once waited for.
+    lane: Option<Lane>,
+    pool: Arc<Mutex<Vec<Lane>>>,
+    /// Where the roots lie in the lane's pinned memory.
+    roots: std::ops::Range<usize>,
     digest: GpuDigest,
     device: Arc<Device>,
     memory: Vec<Resident>,
@@ -977,14 +1073,48 @@ impl PendingRoots {
     ///
     /// # Errors
     /// [`CudaError::Driver`], including an error of a digest kernel.
-    pub fn wait(self) -> Result<Vec<[u8; 32]>, CudaError> {
-        let waited = self.stream.synchronize();
+    pub fn wait(mut self) -> Result<Vec<[u8; 32]>, CudaError> {
+        let lane = self
+            .lane
+            .take()
+            .ok_or(CudaError::Unreachable("a pending digest has its lane"))?;
+        let waited = lane.stream.synchronize();
         // The scratch goes after the wait (see `Scratch`).
-        drop(self.scratch);
+        drop(self.scratch.take());
         waited?;
         self.device.trim_memory_pool()?;
-        Ok(root_bytes(self.digest, self.out.as_slice()))
+        let roots = lane
+            .host
+            .as_ref()
+            .map(PinnedBuffer::as_slice)
+            .and_then(|h| h.get(self.roots.clone()))
+            .map(|words| root_bytes(self.digest, words))
+            .ok_or(CudaError::Unreachable(
+                "the roots lie in the lane's pinned memory",
+            ));
+        lock(&self.pool).push(lane);
+        roots
     }
+}
+
+impl Drop for PendingRoots {
+    /// Not waited for: the lane's stream is waited for before the memory read can go, and the
+    /// lane goes back to the pool.
+    fn drop(&mut self) {
+        if let Some(lane) = self.lane.take() {
+            let drained = lane.stream.synchronize();
+            drop(self.scratch.take());
+            if drained.is_ok() {
+                lock(&self.pool).push(lane);
+            }
+        }
+    }
+}
+
+/// Where the roots start in pinned memory that holds a range table first: after the table,
+/// 16-byte aligned.
+fn roots_offset(table_bytes: u64) -> u64 {
+    table_bytes.div_ceil(16).saturating_mul(16)
 }
 
 /// Blocks a bounded launch may use: `sm_fraction` of the SMs, at least one.

@@ -17,7 +17,10 @@ use std::time::Duration;
 use cudarc::driver::result;
 
 use super::layout::RangeLayout;
-use super::{DIGEST_BYTES, GpuDigest, LeafSource, LeafWork, Scratch, TreeDigestEngine, block_size};
+use super::{
+    DIGEST_BYTES, GpuDigest, LeafSource, LeafWork, Scratch, TreeDigestEngine, block_size,
+    roots_offset,
+};
 use crate::error::{CudaError, CudaStatus};
 use crate::memory::{DeviceBuffer, PinnedBuffer};
 use crate::resident::Resident;
@@ -63,6 +66,9 @@ struct Slot {
     pinned: PinnedBuffer,
     busy: bool,
 }
+
+/// Finished jobs: each tag with its roots, one per range in the order given.
+pub type Finished = Vec<(u64, Vec<[u8; 32]>)>;
 
 /// One step's slice of work and its GPU time.
 struct Timed {
@@ -270,7 +276,7 @@ impl StepLane {
             GpuDigest::Sha256Tree(_) => STEP_SLICE_BYTES,
             GpuDigest::Blake3 => super::BLAKE3_CHUNK_BYTES,
         };
-        let mut units_left = (budget / unit_bytes).max(1);
+        let mut units_left = budget.checked_div(unit_bytes).unwrap_or(0).max(1);
         let mut queued_bytes = 0u64;
         let (engine, stream, digest) = (&self.engine, &self.stream, self.digest);
         for job in self.jobs.iter_mut().filter(|j| j.done.is_none()) {
@@ -337,7 +343,7 @@ impl StepLane {
     ///
     /// # Errors
     /// [`CudaError::Driver`], including an error of a digest kernel.
-    pub fn collect(&mut self) -> Result<Vec<(u64, Vec<[u8; 32]>)>, CudaError> {
+    pub fn collect(&mut self) -> Result<Finished, CudaError> {
         let mut out = Vec::new();
         while let Some(job) = self.jobs.front() {
             let finished = match &job.done {
@@ -360,7 +366,7 @@ impl StepLane {
     ///
     /// # Errors
     /// As [`Self::collect`].
-    pub fn drain(&mut self) -> Result<Vec<(u64, Vec<[u8; 32]>)>, CudaError> {
+    pub fn drain(&mut self) -> Result<Finished, CudaError> {
         self.stream.synchronize()?;
         let finished = self.collect();
         while let Some(job) = self.jobs.pop_front() {
@@ -446,8 +452,8 @@ fn queue_units(
             // Slice-major: every leaf's slice `s` before any leaf's slice `s + 1`, so each
             // thread continues the chaining state its leaf's previous slice left.
             let leaves = leaves.max(1);
-            let slice = job.queued / leaves;
-            let first = job.queued % leaves;
+            let slice = job.queued.checked_div(leaves).unwrap_or(0);
+            let first = job.queued.checked_rem(leaves).unwrap_or(0);
             let count = max.min(leaves.saturating_sub(first));
             let work = LeafWork::Slice {
                 leaf: u64::from(leaf.get()),
@@ -488,9 +494,4 @@ fn table_bytes_max() -> u64 {
         .saturating_mul(2)
         .saturating_add(ranges.saturating_add(1).saturating_mul(41))
         .saturating_mul(8)
-}
-
-/// Where a job's roots start in its slot's pinned memory: after the table, 16-byte aligned.
-fn roots_offset(table_bytes: u64) -> u64 {
-    table_bytes.div_ceil(16).saturating_mul(16)
 }

@@ -1,5 +1,6 @@
-"""Seal the tensors a model holds on the GPU where they lie, verify them before each request,
-and check them again after a forward pass (the Rust library `vram-residency`, in Python)."""
+"""The compiled part of `vram_residency` (its names are re-exported there): seal the tensors a
+model holds on the GPU where they lie, verify them before each request, and check them again
+after a forward pass (the Rust library `vram-residency`, in Python)."""
 
 import os
 from collections.abc import Mapping
@@ -99,12 +100,27 @@ class SealedModel:
 
 @final
 class Execution:
-    """The window around a forward pass: verified on entry; in the `before_and_after` mode
-    verified again on exit, once the block's work on the tensors' producer stream (PyTorch's
-    current stream) is finished (that stream is synchronised, never the whole device). Raises `IntegrityError`
-    (`kind` = `ModifiedDuringExecution`) when the weights changed during the block: its result
-    must not be served. One per request."""
+    """The window around a forward pass (`Manager.execute`), ordered on the GPU with the work
+    on its stream (PyTorch's current stream of the model's device at `__enter__`, or the stream
+    given); the host waits only for the verdicts. What each mode proves:
 
+    - `"before"`: every weight hashed, after the work queued so far on the stream, to its sealed
+      digest before the block runs; a change found keeps the block from running
+      (`IntegrityError`, `kind` = `IntegrityViolation`).
+    - `"before_and_after"` (default): as `"before"`, and the weights hashed again after the
+      block's work on the stream (an event recorded there, never a device-wide or host
+      synchronisation of engine streams); `__exit__` waits for that verdict and raises
+      `IntegrityError` (`kind` = `ModifiedDuringExecution`) when a weight changed during the
+      block: its result must not be served.
+    - `"pipelined"`: the first check is queued on the GPU and the stream waits for it there,
+      so the block starts without a host round trip; `__exit__` reads both verdicts. The block
+      may have computed on weights the first check then finds changed: its result is withheld
+      the same way (an `IntegrityError` from `__exit__`).
+
+    One per request. On the mock backend (no streams) the checks run on the host, in order."""
+
+    @property
+    def mode(self) -> str: ...
     def __enter__(self) -> Execution: ...
     def __exit__(
         self,
@@ -115,20 +131,37 @@ class Execution:
 
 @final
 class Scrubber:
-    """The library's background verifier (`Manager.start_scrubber`): every sealed tensor
-    re-verified, the least recently proven first, on a Rust thread at a bounded GPU share.
-    `vram_oldest_verification_age_seconds` in `Manager.metrics_text()` shows how fresh the
-    oldest proof is."""
+    """One of the library's verifiers (`Manager.start_scrubber`). `mode="background"`: every
+    sealed tensor re-verified, the least recently proven first, on a Rust thread at a bounded
+    GPU share. `mode="step"`: `step()`, called once per engine step (the `vram_residency.torch`
+    hooks call it), queues a slice of a whole-GPU digest after the step's work, sized to a
+    share of the step's time. `vram_oldest_verification_age_seconds` in
+    `Manager.metrics_text()` shows how fresh the oldest proof is. Running scrubbers are stopped
+    at interpreter exit."""
 
     @property
-    def verified(self) -> int: ...
+    def mode(self) -> str:
+        """`"background"` or `"step"`."""
+    @property
+    def verified(self) -> int:
+        """Tensor verifications passed so far (kept after `stop()`)."""
+    @property
+    def bytes_verified(self) -> int:
+        """Bytes the step scrubber's passed verifications hashed (0 for a background one)."""
     @property
     def running(self) -> bool:
         """False once stopped or after the failure that ended it."""
-    def verify_all_now(self) -> None: ...
+    def verify_all_now(self) -> None:
+        """Makes every tensor due at once (background scrubber)."""
+    def step(self, stream: Any = None) -> None:
+        """One engine step (step scrubber): checks the slices finished since the last step
+        without waiting, then queues the next after the work queued so far on `stream`
+        (default PyTorch's current stream). Raises `IntegrityError` for a failed
+        verification (the manager stops), `BadInput` on a background or stopped scrubber."""
     def stop(self) -> None:
-        """Stops it after the verification in progress; raises the failure it found (an
-        `IntegrityError` after which the manager is stopped), if any. Idempotent."""
+        """Stops it (a step scrubber waits for its slices in flight and checks them); raises
+        the failure it found (an `IntegrityError` after which the manager is stopped), if any.
+        Idempotent."""
     def __enter__(self) -> Scrubber: ...
     def __exit__(
         self,
@@ -187,12 +220,28 @@ class Manager:
         self,
         sealed: SealedModel,
         *,
-        mode: Literal["before", "before_and_after"] = "before_and_after",
-    ) -> Execution: ...
-    def start_scrubber(self, *, interval: float = 0.0, share: float | None = None) -> Scrubber:
-        """Re-verifies every tensor this manager sealed, each once it was last proven
-        `interval` seconds ago (0: continuously), at `share` of the SMs (default: the
-        background share, 1/16)."""
+        mode: Literal["before", "before_and_after", "pipelined"] = "before_and_after",
+        stream: Any = None,
+    ) -> Execution:
+        """The window around a forward pass (see `Execution`), ordered on `stream` (a
+        `torch.cuda.Stream` or CuPy stream object, never a raw handle; default PyTorch's
+        current stream of the model's device at `__enter__`)."""
+    def start_scrubber(
+        self,
+        *,
+        mode: Literal["background", "step"] = "background",
+        interval: float = 0.0,
+        share: float | None = None,
+        budget: float = 0.01,
+        device: int = 0,
+        summary_interval: float = 60.0,
+    ) -> Scrubber:
+        """`mode="background"`: re-verifies every tensor this manager sealed on a Rust thread,
+        each once it was last proven `interval` seconds ago (0: continuously), at `share` of
+        the SMs (default: the background share, 1/16). `mode="step"`: a scrubber driven by
+        `Scrubber.step()` whose GPU work per step takes about `budget` of the step's time, over
+        the tensors on `device`. Passes are written to the audit log as one summary record per
+        `summary_interval` seconds; each failure is a record of its own."""
     def attest(self, sealed: SealedModel, nonce: bytes) -> list[dict[str, Any]]:
         """A signed residency statement per tensor, bound to `nonce`."""
     def release(self, sealed: SealedModel) -> None:
