@@ -61,7 +61,7 @@ def python_loop() -> float:
 
 
 def median_of(f: Callable[[], float], n: int = 3) -> float:
-    return statistics.median(f() for _ in range(n))
+    return float(statistics.median(f() for _ in range(n)))
 
 
 def llama(layers: int) -> Any:
@@ -91,7 +91,7 @@ def tokens_per_second(model: Any, tokens: int = 24) -> float:
             prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0
         )
         torch.cuda.synchronize()
-    return (out.shape[1] - prompt.shape[1]) / (time.perf_counter() - start)
+    return float((out.shape[1] - prompt.shape[1]) / (time.perf_counter() - start))
 
 
 def row(label: str, measure: Callable[[], dict[str, float]], base: dict[str, float]) -> None:
@@ -113,7 +113,8 @@ def main() -> None:
     assert lib.probe_init(ptx_path.encode()) == 0
     side = torch.cuda.Stream()
     model = llama(layers)
-    tokens_per_second(model, 4)
+    for _ in range(3):  # warm-up: allocator, cuBLAS heuristics (the first requests are slow)
+        tokens_per_second(model)
 
     def engine() -> dict[str, float]:
         return {

@@ -163,3 +163,120 @@ def test_the_model_digest_matches_vramctl_on_the_saved_weights(
     assert manager.seal(model, model_id="tiny-llama", expect=report["model_digest"]).digest == (
         sealed.digest
     )
+
+
+def test_hooks_check_every_generate_step_and_flag_a_changed_weight(token_env: bytes) -> None:
+    from vram_residency.torch import guard
+
+    model = tiny_model()
+    manager = vr.Manager("gpu-worker", algorithm="blake3")
+    sealed = manager.seal(model, model_id="tiny-llama")
+    scrubber = manager.start_scrubber(mode="step")
+    hooks = guard(model, manager, sealed, scrubber=scrubber)
+    first = generate(model)
+    assert hooks.forwards == hooks.checked >= 4  # one forward per generated token
+    assert torch.equal(first, generate(model))
+
+    # Changed between two steps (between requests here): the next step refuses to run.
+    name = "model.layers.1.mlp.up_proj.weight"
+    with torch.no_grad():
+        model.get_parameter(name).view(-1)[3] += 1
+    with pytest.raises(vr.IntegrityError) as caught:
+        generate(model)
+    assert caught.value.kind == "IntegrityViolation"
+    assert caught.value.shard_id == f"tiny-llama:{name}"
+    hooks.remove()
+
+
+def test_a_weight_changed_during_a_step_is_caught_after_it(token_env: bytes) -> None:
+    from vram_residency.torch import guard
+
+    model = tiny_model()
+    manager = vr.Manager("gpu-worker")
+    sealed = manager.seal(model, model_id="tiny-llama")
+    hooks = guard(model, manager, sealed, mode="pipelined")
+    name = "model.layers.0.self_attn.q_proj.weight"
+    weight = model.get_parameter(name)
+    steps: list[int] = []
+
+    def change_during_the_third_step(_module: Any, _args: Any) -> None:
+        steps.append(1)
+        if len(steps) == 3:
+            with torch.no_grad():  # queued on the forward's stream, inside the step
+                weight.view(-1)[11] *= -1
+
+    inner = model.model.layers[1].register_forward_pre_hook(change_during_the_third_step)
+    with pytest.raises(vr.IntegrityError) as caught:
+        generate(model)  # its output never returns: the third step raised
+    assert caught.value.kind == "ModifiedDuringExecution"
+    assert caught.value.shard_id == f"tiny-llama:{name}"
+    assert manager.is_stopped
+    inner.remove()
+    hooks.remove()
+
+
+def test_windows_are_ordered_on_the_stream_the_block_runs_on(token_env: bytes) -> None:
+    manager = vr.Manager("gpu-worker", algorithm="blake3")
+    w = torch.randn(1 << 20, device="cuda")
+    sealed = manager.seal({"w": w}, model_id="m")
+    side = torch.cuda.Stream()
+    for mode in ("before", "before_and_after", "pipelined"):
+        with torch.cuda.stream(side):
+            with manager.execute(sealed, mode=mode) as window:
+                torch.cuda._sleep(20_000_000)  # the block's work is still queued at __exit__
+                assert window.mode == mode
+    # A write queued on the side stream before the window is seen by the check before.
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(20_000_000)
+        w[5] += 1
+        with pytest.raises(vr.IntegrityError) as caught:
+            with manager.execute(sealed, mode="before"):
+                pass
+    assert caught.value.kind == "IntegrityViolation"
+    with pytest.raises(vr.BadInput, match="raw handle"):
+        manager.execute(sealed, stream=side.cuda_stream)
+
+
+def test_a_forward_captured_into_a_cuda_graph_is_refused(token_env: bytes) -> None:
+    from vram_residency.torch import guard
+
+    layer = torch.nn.Linear(256, 256, device="cuda")
+    manager = vr.Manager("gpu-worker", algorithm="blake3")
+    sealed = manager.seal(layer, model_id="linear")
+    hooks = guard(layer, manager, sealed)
+    x = torch.randn(8, 256, device="cuda")
+    layer(x)  # an ordinary forward is checked
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        with pytest.raises(vr.BadInput, match="CUDA graph"):
+            with torch.cuda.graph(graph):
+                layer(x)
+    hooks.remove()
+
+
+def test_the_step_scrubber_finds_a_flip_while_generation_runs(token_env: bytes) -> None:
+    from vram_residency.torch import guard
+
+    model = tiny_model()
+    for algorithm in ("blake3", "sha256-tree-65536"):
+        manager = vr.Manager("gpu-worker", algorithm=algorithm)
+        sealed = manager.seal(model, model_id="tiny-llama")
+        scrubber = manager.start_scrubber(mode="step", budget=1.0)
+        hooks = guard(model, manager, sealed, mode=None, scrubber=scrubber)
+        for _ in range(3):
+            generate(model)
+        assert scrubber.verified >= len(sealed), algorithm
+        name = "model.norm.weight"
+        with torch.no_grad():
+            model.get_parameter(name).view(torch.int16).view(-1)[0] ^= 1
+        with pytest.raises(vr.IntegrityError) as caught:
+            for _ in range(10):
+                generate(model)
+        assert caught.value.shard_id == f"tiny-llama:{name}", algorithm
+        hooks.remove()
+        with torch.no_grad():
+            model.get_parameter(name).view(torch.int16).view(-1)[0] ^= 1
+        with pytest.raises(vr.IntegrityError):
+            scrubber.stop()

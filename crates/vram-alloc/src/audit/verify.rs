@@ -318,6 +318,11 @@ impl Reader {
                     expected: RECORD_KEYS.join(", "),
                 }));
             }
+            Some(SUMMARY) => check_summary(line).map_err(|why| {
+                fail(AuditLogProblem::Malformed(format!(
+                    "a {SUMMARY} record must state {why}"
+                )))
+            })?,
             _ => {}
         }
         self.prev = line_hash(line);
@@ -548,4 +553,61 @@ pub fn verify_audit_log(
         problem: AuditLogProblem::Io(e.to_string()),
     })?;
     verify_audit_log_from(file, options)
+}
+
+/// The event of a scrubber's summary of passed verifications.
+const SUMMARY: &str = "VerificationSummary";
+
+/// A summary's fields, as `.specs/audit.md` gives them: what it claims must be readable.
+#[derive(serde::Deserialize)]
+#[allow(dead_code, reason = "read to check the types; the values are the record's")]
+struct SummaryFields {
+    severity: String,
+    gpu_device: u32,
+    scrubber: String,
+    shards_verified: u64,
+    bytes_verified: u64,
+    period_ms: u64,
+    oldest_proof_age_ms: u64,
+}
+
+/// Whether a summary record states every field with its type, at severity `info`, from a known
+/// scrubber; otherwise what it lacks.
+fn check_summary(line: &[u8]) -> Result<(), String> {
+    let fields: SummaryFields = serde_json::from_slice(line).map_err(|e| {
+        format!("gpu_device, scrubber, shards_verified, bytes_verified, period_ms and oldest_proof_age_ms ({e})")
+    })?;
+    if fields.severity != "info" {
+        return Err(format!("severity info, not {:?}", fields.severity));
+    }
+    if !matches!(fields.scrubber.as_str(), "background" | "step") {
+        return Err(format!(
+            "scrubber \"background\" or \"step\", not {:?}",
+            fields.scrubber
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod summary_tests {
+    use super::check_summary;
+
+    const GOOD: &str = r#"{"seq":3,"prev":"00","timestamp_ms":1,"time":null,"worker_id":"w","correlation_id":"c","severity":"info","event":"VerificationSummary","gpu_device":0,"scrubber":"step","shards_verified":291,"bytes_verified":13474201600,"period_ms":60000,"oldest_proof_age_ms":1400}"#;
+
+    #[test]
+    fn a_summary_states_every_field_with_its_type() {
+        assert_eq!(check_summary(GOOD.as_bytes()), Ok(()));
+        for (from, to) in [
+            (r#""shards_verified":291,"#, ""),
+            (r#""bytes_verified":13474201600"#, r#""bytes_verified":-1"#),
+            (r#""scrubber":"step""#, r#""scrubber":"other""#),
+            (r#""severity":"info""#, r#""severity":"critical""#),
+            (r#""period_ms":60000"#, r#""period_ms":"60000""#),
+        ] {
+            let bad = GOOD.replace(from, to);
+            assert_ne!(bad, GOOD);
+            assert!(check_summary(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
 }

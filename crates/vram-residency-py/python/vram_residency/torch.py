@@ -67,7 +67,7 @@ class Guard:
         manager: Manager,
         sealed: SealedModel,
         *,
-        mode: Mode,
+        mode: Mode | None,
         every: int,
         scrubber: Scrubber | None,
         stream: Any,
@@ -78,7 +78,7 @@ class Guard:
             raise BadInput("scrubber: give a mode=\"step\" scrubber (a background one runs on its own)")
         self._manager = manager
         self._sealed = sealed
-        self._mode: Mode = mode
+        self._mode: Mode | None = mode
         self._every = every
         self._scrubber = scrubber
         self._stream = stream
@@ -99,7 +99,7 @@ class Guard:
         if self._open is not None:  # a forward that raised before its hook after ran
             self._close()
         self.forwards += 1
-        if (self.forwards - 1) % self._every == 0:
+        if self._mode is not None and (self.forwards - 1) % self._every == 0:
             window = self._manager.execute(self._sealed, mode=self._mode, stream=self._stream)
             window.__enter__()
             self._open = window
@@ -136,14 +136,15 @@ def guard(
     manager: Manager,
     sealed: SealedModel,
     *,
-    mode: Mode = "before_and_after",
+    mode: Mode | None = "before_and_after",
     every: int = 1,
     scrubber: Scrubber | None = None,
     stream: Any = None,
 ) -> Guard:
     """Runs every top-level forward of `module` inside `manager.execute(sealed, mode=mode)`
-    (every `every`-th forward; the others run unchecked, the step scrubber still steps), and,
-    with a `mode="step"` `scrubber`, calls `scrubber.step()` after each forward. Windows and
+    (every `every`-th forward; the others run unchecked, the step scrubber still steps; with
+    `mode=None`, none), and, with a `mode="step"` `scrubber`, calls `scrubber.step()` after
+    each forward. Windows and
     steps are ordered on `stream` (default PyTorch's current stream when the forward starts).
     A weight found changed raises `IntegrityError` from the forward (its output is not
     returned; the manager stops). Returns the `Guard`, whose `remove()` takes the hooks off."""
