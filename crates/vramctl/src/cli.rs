@@ -254,6 +254,11 @@ pub(crate) struct SealArgs {
     /// each shard once it was last verified (or sealed) that long ago (≥ 1).
     #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = parse_seconds)]
     pub(crate) verify_every: u64,
+    /// Seconds between the audit records that summarise the scrubber's passed
+    /// re-verifications (one `VerificationSummary` per device, and one at exit; ≥ 1). Each
+    /// failure is recorded at once, on its own.
+    #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub(crate) audit_summary_every: u64,
     /// The share of the GPU the re-verifications take while serving: a fraction of the SMs in
     /// (0, 1] (verification in short slices beside an engine), or `full` (every SM, one launch
     /// per shard). Default: the library's background share, 1/16 of the SMs.

@@ -560,7 +560,10 @@ const SUMMARY: &str = "VerificationSummary";
 
 /// A summary's fields, as `.specs/audit.md` gives them: what it claims must be readable.
 #[derive(serde::Deserialize)]
-#[allow(dead_code, reason = "read to check the types; the values are the record's")]
+#[allow(
+    dead_code,
+    reason = "read to check the types; the values are the record's"
+)]
 struct SummaryFields {
     severity: String,
     gpu_device: u32,

@@ -246,7 +246,9 @@ impl Inner {
     fn run(&self) {
         self.scrub();
         // The passes since the last summary are recorded when the scrubber ends.
-        lock(&self.summary).flush(&self.shared);
+        if let Err(e) = lock(&self.summary).flush(&self.shared) {
+            lock(&self.failure).get_or_insert(e);
+        }
     }
 
     fn scrub(&self) {
@@ -279,8 +281,17 @@ impl Inner {
                     let bytes = u64::try_from(resident.sealed().vram_bytes).unwrap_or(u64::MAX);
                     let now = self.shared.clock().monotonic();
                     summary.add(resident.sealed().gpu_device, 1, bytes, now);
-                    summary.flush_if_due(&self.shared);
+                    let flushed = summary.flush_if_due(&self.shared);
                     drop(summary);
+                    if let Err(error) = flushed {
+                        // The passes could not be recorded: not passes (fail-closed).
+                        self.emit(&ScrubEvent::Failed {
+                            shard_id: resident.shard_id(),
+                            error: &error,
+                        });
+                        *lock(&self.failure) = Some(error);
+                        return;
+                    }
                     let turn = self.verified.fetch_add(1, Ordering::AcqRel);
                     let mut turns = lock(&self.turns);
                     turns.insert(resident.shard_id().to_owned(), turn.saturating_add(1));

@@ -197,8 +197,12 @@ impl StepScrubber {
         self.learn_rate()?;
         let verified_before = self.verified;
         let collected = self.collect(false);
-        self.summary.flush_if_due(&self.shared);
+        let flushed = self.summary.flush_if_due(&self.shared);
         collected?;
+        if let Err(e) = flushed {
+            self.failure = Some(e.clone());
+            return Err(e);
+        }
         let Some(step_time) = self.step_time else {
             return Ok(StepReport::default());
         };
@@ -252,9 +256,9 @@ impl StepScrubber {
             None => self.collect(true),
         };
         self.stopped = true;
-        self.summary.flush(&self.shared);
+        let flushed = self.summary.flush(&self.shared);
         self.in_flight.clear();
-        result
+        result.and(flushed)
     }
 
     /// Updates the hashing rate from the steps measured since the last call.
@@ -421,9 +425,7 @@ impl StepScrubber {
     /// The next job: the least recently proven live shard of the device not in flight, and
     /// after it, in the same order, the others of its algorithm that fit one job with it. Each
     /// shard's allocation is checked (still plain device memory) before it is hashed.
-    fn next_job(
-        &mut self,
-    ) -> Result<Option<NextJob>, VramError> {
+    fn next_job(&mut self) -> Result<Option<NextJob>, VramError> {
         let busy: std::collections::HashSet<&str> = self
             .in_flight
             .values()
@@ -469,6 +471,7 @@ impl StepScrubber {
 impl Drop for StepScrubber {
     /// Writes the passes not yet summarised; work in flight is waited for by its lane.
     fn drop(&mut self) {
-        self.summary.flush(&self.shared);
+        // Nobody is left to tell: a summary that cannot be stored has stopped the manager.
+        let _ = self.summary.flush(&self.shared);
     }
 }

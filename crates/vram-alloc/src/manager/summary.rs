@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use vram_types::VramError;
+
 use super::shared::Shared;
 use crate::audit::AuditEvent;
 
@@ -48,22 +50,29 @@ impl PassSummary {
     }
 
     /// Writes the summaries when the interval has passed since the first pass counted.
-    pub(super) fn flush_if_due(&mut self, shared: &Arc<Shared>) {
+    ///
+    /// # Errors
+    /// As [`Self::flush`].
+    pub(super) fn flush_if_due(&mut self, shared: &Arc<Shared>) -> Result<(), VramError> {
         let now = shared.clock().monotonic();
         if self
             .since
             .is_some_and(|since| now.saturating_sub(since) >= self.interval)
         {
-            self.flush(shared);
+            return self.flush(shared);
         }
+        Ok(())
     }
 
-    /// Writes one summary per device with passes counted, and starts counting afresh. A
-    /// summary that cannot be stored stops the manager under fail-closed, as any record that
-    /// cannot be refused does.
-    pub(super) fn flush(&mut self, shared: &Arc<Shared>) {
+    /// Writes one summary per device with passes counted, and starts counting afresh.
+    ///
+    /// # Errors
+    /// [`VramError::AuditFailed`] when a summary cannot be stored under fail-closed: the passes
+    /// it would have recorded are not passes, and the manager stops (as when a per-request
+    /// pass cannot be recorded).
+    pub(super) fn flush(&mut self, shared: &Arc<Shared>) -> Result<(), VramError> {
         let Some(since) = self.since.take() else {
-            return;
+            return Ok(());
         };
         let now = shared.clock().monotonic();
         let period_ms = millis(now.saturating_sub(since));
@@ -75,7 +84,7 @@ impl PassSummary {
                 .map(|r| now.saturating_sub(r.last_proven()))
                 .max()
                 .unwrap_or_default();
-            shared.record_or_stop(
+            let recorded = shared.record(
                 &shared.next_correlation_id(),
                 AuditEvent::VerificationSummary {
                     gpu_device: device,
@@ -86,7 +95,12 @@ impl PassSummary {
                     oldest_proof_age_ms: millis(oldest),
                 },
             );
+            if let Err(e) = recorded {
+                shared.stop(&e.to_string());
+                return Err(e);
+            }
         }
+        Ok(())
     }
 }
 

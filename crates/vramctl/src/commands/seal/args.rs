@@ -47,6 +47,8 @@ pub(super) enum Placement {
 /// How the sealed files are kept.
 pub(super) struct Serving {
     pub(super) verify_every: Duration,
+    /// Between two audit summaries of the scrubber's passes.
+    pub(super) summary_every: Duration,
     /// The scrubber's GPU share (`None`: the manager's background share).
     pub(super) share: Option<vram_residency::GpuShare>,
     /// Bound already: serving starts once the files are sealed.
@@ -97,6 +99,7 @@ impl SealJob {
             placement,
             serving: Serving {
                 verify_every: Duration::from_secs(args.verify_every),
+                summary_every: Duration::from_secs(args.audit_summary_every),
                 share: args.scrub_share,
                 metrics,
             },

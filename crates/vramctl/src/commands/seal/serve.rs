@@ -52,7 +52,7 @@ pub(super) fn serve(
     let failure = keep_verified(
         out,
         manager,
-        (serving.verify_every, serving.share),
+        (serving.verify_every, serving.summary_every, serving.share),
         signals,
         &notifier,
     );
@@ -86,13 +86,15 @@ enum Report {
 fn keep_verified(
     out: Output,
     manager: &VramManager,
-    (interval, share): (Duration, Option<GpuShare>),
+    (interval, summary_every, share): (Duration, Duration, Option<GpuShare>),
     signals: &Signals,
     notifier: &Notifier,
 ) -> Option<VramError> {
     let (tx, reports) = channel();
     let tx = Mutex::new(tx);
-    let mut options = ScrubOptions::new().interval(interval);
+    let mut options = ScrubOptions::new()
+        .interval(interval)
+        .summary_interval(summary_every);
     if let Some(share) = share {
         options = options.share(share);
     }
