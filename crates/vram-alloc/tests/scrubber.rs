@@ -280,3 +280,102 @@ fn the_oldest_proof_age_is_a_metric() {
     drop(shards);
     assert_eq!(metric(&r.manager), 0.0);
 }
+
+/// The step scrubber (`VramManager::step_scrubber`): on the mock, each step checks one job of
+/// shards, the least recently proven first, so a few steps cover every shard.
+#[test]
+fn the_step_scrubber_covers_every_shard_finds_a_change_and_summarises_its_passes() {
+    let r = rig();
+    let shards = seal(&r, 4);
+    let mut scrubber = r
+        .manager
+        .step_scrubber(0, vram_alloc::StepScrubOptions::new())
+        .unwrap();
+    for _ in 0..8 {
+        scrubber.step(None).unwrap();
+    }
+    assert!(scrubber.verified() >= 4, "{}", scrubber.verified());
+    let each: u64 = shards.iter().map(|s| s.vram_bytes as u64).sum::<u64>() / 4;
+    assert!(scrubber.bytes_verified() >= 4 * (each - 2));
+    // No record per pass while it runs (the summary interval has not passed on this clock).
+    assert!(
+        r.audit
+            .events()
+            .iter()
+            .all(|e| !matches!(e, AuditEvent::SealVerified { .. }))
+    );
+    r.manager.corrupt_byte_for_tests(&shards[2], 123).unwrap();
+    let caught = (0..8).find_map(|_| scrubber.step(None).err()).unwrap();
+    assert!(
+        matches!(&caught, VramError::IntegrityViolation { shard_id, .. } if shard_id == "s2"),
+        "{caught:?}"
+    );
+    assert!(r.manager.is_stopped());
+    assert!(matches!(
+        scrubber.step(None),
+        Err(VramError::IntegrityViolation { .. })
+    ));
+    let verified = scrubber.verified();
+    assert!(scrubber.stop().is_err());
+    assert_eq!(scrubber.verified(), verified);
+    let events = r.audit.events();
+    let failed = events
+        .iter()
+        .filter(|e| matches!(e, AuditEvent::SealVerificationFailed { shard_id, .. } if shard_id == "s2"))
+        .count();
+    assert_eq!(failed, 1);
+    let summarised: u64 = events
+        .iter()
+        .filter_map(|e| match e {
+            AuditEvent::VerificationSummary {
+                scrubber,
+                shards_verified,
+                ..
+            } if scrubber == "step" => Some(*shards_verified),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(summarised, verified);
+}
+
+#[test]
+fn step_scrubber_summaries_follow_the_interval_and_options_are_checked() {
+    let r = rig();
+    let _shards = seal(&r, 2);
+    assert!(vram_alloc::StepScrubOptions::new().budget(0.0).is_err());
+    assert!(vram_alloc::StepScrubOptions::new().budget(1.5).is_err());
+    assert!(
+        r.manager
+            .step_scrubber(7, vram_alloc::StepScrubOptions::new())
+            .is_err()
+    );
+    let mut scrubber = r
+        .manager
+        .step_scrubber(
+            0,
+            vram_alloc::StepScrubOptions::new().summary_interval(Duration::from_secs(10)),
+        )
+        .unwrap();
+    let summaries = |r: &Rig| {
+        r.audit
+            .events()
+            .iter()
+            .filter(|e| matches!(e, AuditEvent::VerificationSummary { .. }))
+            .count()
+    };
+    // The first step starts the clock, the second queues a job, the third counts its passes.
+    for _ in 0..3 {
+        scrubber.step(None).unwrap();
+    }
+    assert!(scrubber.verified() > 0);
+    assert_eq!(summaries(&r), 0);
+    r.clock.advance(Duration::from_secs(11));
+    scrubber.step(None).unwrap();
+    assert_eq!(summaries(&r), 1);
+    scrubber.stop().unwrap();
+    assert!(scrubber.stop().is_ok(), "stop is idempotent");
+    assert!(
+        scrubber.step(None).is_err(),
+        "a stopped scrubber queues nothing"
+    );
+}
