@@ -27,7 +27,7 @@ import torch
 import vram_residency as vr
 from vram_residency.torch import guard
 
-TOKENS = 64
+TOKENS = 32
 ALGORITHMS = ("blake3", "sha256-tree-65536")
 
 

@@ -132,7 +132,8 @@ impl VramManager {
     /// Its result must not be served before `finish` returns `Ok`.
     ///
     /// ```
-    /// # use vram_alloc::{EngineTensor, ExecutionMode, ForeignRange, MockBackend, VramManager};
+    /// # use vram_alloc::{EngineTensor, ExecutionMode, VramManager};
+    /// # use vram_alloc::backend::MockBackend;
     /// # use std::sync::Arc;
     /// # let mock = Arc::new(MockBackend::with_capacity(64 << 20));
     /// # let manager = VramManager::builder().mock(mock.clone()).build()?;
