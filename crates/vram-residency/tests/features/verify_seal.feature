@@ -38,7 +38,7 @@ Feature: Verify a sealed shard before inference
   Scenario: A background scrubber keeps re-verifying the resident shards
     When the scrubber runs until it has verified every shard twice
     Then the verification succeeds
-    And an audit event SealVerified is recorded
+    And an audit event VerificationSummary is recorded
 
   Scenario: A background scrubber finds a byte changed in VRAM and the worker stops
     When a byte of the shard is changed in VRAM
