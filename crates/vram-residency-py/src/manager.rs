@@ -200,13 +200,14 @@ impl Manager {
     /// record per `summary_interval` seconds):
     /// - `mode="background"`: re-verifies, the least recently proven first, on a Rust thread at
     ///   a bounded share of the GPU (`share`, a fraction of the SMs; default the configured
-    ///   background share), each tensor once it was last proven `interval` seconds ago (0:
-    ///   continuously).
+    ///   background share), each tensor once it was last proven `interval` seconds ago (10 by
+    ///   default; 0: continuously, which beside a host-bound engine costs it about 12 %:
+    ///   `docs/perf.md`).
     /// - `mode="step"`: nothing runs on its own; each `Scrubber.step()` (an engine step, the
     ///   `vram_residency.torch` hooks call it) queues after the step's work a slice of a
     ///   whole-GPU digest taking about `budget` of the step's time, round-robin over the
     ///   tensors of `device`.
-    #[pyo3(signature = (*, mode="background", interval=0.0, share=None, budget=0.01, device=0, summary_interval=60.0))]
+    #[pyo3(signature = (*, mode="background", interval=10.0, share=None, budget=0.01, device=0, summary_interval=60.0))]
     #[expect(clippy::too_many_arguments, reason = "Python keyword arguments")]
     fn start_scrubber(
         &self,

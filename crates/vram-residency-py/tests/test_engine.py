@@ -237,7 +237,7 @@ def test_scrubber_passes_are_summarised_in_the_audit_log(
     w = weights()
     sealed = manager.seal(w, model_id="m")
     lines_after_seal = len(log.read_text().splitlines())
-    scrubber = manager.start_scrubber(mode=mode)  # type: ignore[arg-type]
+    scrubber = manager.start_scrubber(mode=mode, interval=0.0)  # type: ignore[arg-type]
     if mode == "step":
         for _ in range(200):
             scrubber.step()
@@ -277,3 +277,19 @@ def test_a_running_scrubber_does_not_keep_the_interpreter_from_exiting(
     )
     assert done.returncode == 0, done.stderr
     assert "started" in done.stdout
+
+
+def test_the_default_background_scrubber_is_paced(manager: vr.Manager) -> None:
+    """By default each tensor is re-proven once its proof is 10 s old (continuous scrubbing
+    beside a host-bound engine costs it about 12 %); `verify_all_now` makes every one due."""
+    sealed = manager.seal(weights(), model_id="m")
+    with manager.start_scrubber() as scrubber:
+        time.sleep(0.3)
+        assert scrubber.verified == 0  # every proof is younger than 10 s
+        scrubber.verify_all_now()
+        deadline = time.monotonic() + 10
+        while scrubber.verified < len(sealed) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert scrubber.verified == len(sealed)
+        time.sleep(0.3)
+        assert scrubber.verified == len(sealed)  # and then rests again

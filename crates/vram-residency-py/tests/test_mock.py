@@ -351,7 +351,7 @@ def test_the_scrubber_reverifies_everything_and_finds_a_change(manager: vr.Manag
 
     w = weights()
     sealed = manager.seal(w, model_id="tiny")
-    with manager.start_scrubber() as scrubber:
+    with manager.start_scrubber(interval=0.0) as scrubber:
         deadline = time.monotonic() + 20
         while scrubber.verified < 2 * len(sealed) and time.monotonic() < deadline:
             time.sleep(0.01)

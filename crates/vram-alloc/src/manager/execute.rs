@@ -315,6 +315,18 @@ impl<'e> Core<'e> {
 
     /// The checks after the engine's work; the execution counted by how it ended.
     fn finish(mut self) -> Result<(), VramError> {
+        // Pipelined: the check queued ahead of the engine's work is read first (a failure there
+        // is a refusal before; read after the second check, a stop that check caused would
+        // hide which check failed).
+        if let Some(pending) = self.pending.take() {
+            let subject = self.subject();
+            let first = audited(&self.shared, &subject, |_| {
+                subject.compare(&pending.wait()?, Stage::Standalone)
+            });
+            if let Err(e) = first {
+                return Err(self.refuse(e));
+            }
+        }
         let after = match self.mode {
             ExecutionMode::Before | ExecutionMode::BeforeOn(_) => None,
             ExecutionMode::BeforeAndAfter => Some(DigestOrder::Now),
@@ -331,15 +343,6 @@ impl<'e> Core<'e> {
                 Stage::AfterExecution,
             )
         });
-        if let Some(pending) = self.pending.take() {
-            let subject = self.subject();
-            let first = audited(&self.shared, &subject, |_| {
-                subject.compare(&pending.wait()?, Stage::Standalone)
-            });
-            if let Err(e) = first {
-                return Err(self.refuse(e));
-            }
-        }
         match checked_after {
             Ok(()) => {
                 self.count(ExecutionResult::Passed);

@@ -18,7 +18,9 @@ use vram_types::{GpuShare, LeafSize};
 mod layout;
 mod step;
 use layout::RangeLayout;
-pub use step::{Finished, STEP_JOB_LEAVES, STEP_JOB_RANGES, STEP_SLICE_BYTES, StepLane};
+pub use step::{
+    Finished, STEP_JOB_LEAVES, STEP_JOB_RANGES, STEP_JOB_SHA256_LEAVES, STEP_SLICE_BYTES, StepLane,
+};
 
 use crate::device::Device;
 use crate::error::{CudaError, CudaStatus};

@@ -29,9 +29,13 @@ use crate::stream::{EngineStream, Event, EventKind, Stream, StreamPriority};
 /// Bytes of each SHA-256 leaf one step launch hashes: one thread hashes its leaf's slice as a
 /// serial chain (about 30 MB/s), so 1 KiB keeps a launch of few leaves to tens of microseconds.
 pub const STEP_SLICE_BYTES: u64 = 1024;
-/// Most leaves (SHA-256) or chunks (BLAKE3) a job fits in a slot's scratch; a longer range is a
-/// job of its own with scratch of its own.
+/// Most BLAKE3 chunks a job fits in a slot's scratch (256 MiB); a longer range is a job of its
+/// own with scratch of its own.
 pub const STEP_JOB_LEAVES: u64 = 1 << 18;
+/// Most SHA-256 leaves in a job (2 GiB of 64 KiB leaves): enough threads to fill the GPU with
+/// one slice of each, few enough that a job (every slice of every leaf) finishes within a few
+/// dozen steps, so proofs keep arriving.
+pub const STEP_JOB_SHA256_LEAVES: u64 = 1 << 15;
 /// Most ranges in one job (the pinned table's size).
 pub const STEP_JOB_RANGES: usize = 512;
 /// Jobs in flight at once: one being queued while the one before it finishes.
@@ -148,16 +152,19 @@ impl StepLane {
     }
 
     /// Whether a job of these range lengths fits one job's limits ([`STEP_JOB_RANGES`], and
-    /// [`STEP_JOB_LEAVES`] unless it is a single range).
+    /// [`STEP_JOB_LEAVES`] BLAKE3 chunks or [`STEP_JOB_SHA256_LEAVES`] SHA-256 leaves unless it
+    /// is a single range).
     #[must_use]
     pub fn fits(&self, lens: &[usize]) -> bool {
         let leaves = lens
             .iter()
             .map(|l| self.digest.leaves(u64::try_from(*l).unwrap_or(u64::MAX)))
             .fold(0u64, u64::saturating_add);
-        !lens.is_empty()
-            && lens.len() <= STEP_JOB_RANGES
-            && (lens.len() == 1 || leaves <= STEP_JOB_LEAVES)
+        let most = match self.digest {
+            GpuDigest::Sha256Tree(_) => STEP_JOB_SHA256_LEAVES,
+            GpuDigest::Blake3 => STEP_JOB_LEAVES,
+        };
+        !lens.is_empty() && lens.len() <= STEP_JOB_RANGES && (lens.len() == 1 || leaves <= most)
     }
 
     /// Begins a step: what is queued from now on runs on the GPU after the work queued so far
