@@ -336,3 +336,33 @@ fn a_gemm_on_the_engine_stream_computes_on_the_sealed_weights_and_is_checked_aro
     let e = r.manager.metrics().executions;
     assert_eq!((e.passed, e.refused_before, e.caught_after), (2, 2, 2));
 }
+
+/// The pipelined mode through the guard form (as the Python windows drive it): a change during
+/// the engine's work is `ModifiedDuringExecution`, not the stop it causes. (The mock computes
+/// the digest queued ahead at once and ignores the stream, so any handle stands in.)
+#[test]
+fn a_pipelined_guard_names_a_change_during_the_execution() {
+    let r = rig_on(On::Mock, 16 * MIB, VramConfig::default());
+    let shard = r
+        .manager
+        .seal_model_with_id("w", &model(MIB, 5), 0)
+        .unwrap();
+    let stream = vram_alloc::EngineStream::held_by_binding(0, 0);
+    let model = r
+        .manager
+        .execute(&shard, ExecutionMode::Pipelined(stream), |_| 1)
+        .unwrap();
+    assert_eq!(model, 1);
+    let err = r
+        .manager
+        .execute(&shard, ExecutionMode::Pipelined(stream), |_| {
+            r.manager.flip_bits_for_tests(&shard, 7, 0x01).unwrap();
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, VramError::ModifiedDuringExecution { shard_id, .. } if shard_id == "w"),
+        "{err:?}"
+    );
+    assert_eq!(execution_counts(&r.manager), (1, 0, 1));
+    assert!(r.manager.is_stopped());
+}
