@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import torch
 
+from engine_serving import llama  # the same model, built the same way
+
 PATTERNS = {
     "bounded launches + stream wait": 1,
     "+ pool scratch and trim": 1 | 2,
@@ -62,24 +64,6 @@ def python_loop() -> float:
 
 def median_of(f: Callable[[], float], n: int = 3) -> float:
     return float(statistics.median(f() for _ in range(n)))
-
-
-def llama(layers: int) -> Any:
-    import transformers
-
-    config = transformers.LlamaConfig(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=layers,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        vocab_size=32000,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = transformers.LlamaForCausalLM(config).to(torch.bfloat16)
-    return model.eval()
 
 
 def tokens_per_second(model: Any, tokens: int = 24) -> float:

@@ -267,13 +267,8 @@ impl Shared {
         let now = self.clock().monotonic();
         let live = self.live();
         for device in 0..self.backend().device_count() {
-            let oldest = live
-                .iter()
-                .filter(|r| r.sealed().gpu_device == device)
-                .map(|r| now.saturating_sub(r.last_proven()))
-                .max()
-                .unwrap_or_default();
-            self.metrics().set_oldest_proof(device, oldest);
+            self.metrics()
+                .set_oldest_proof(device, oldest_proof(&live, device, now));
         }
     }
 
@@ -292,6 +287,20 @@ impl Shared {
             .filter_map(|(_, weak)| weak.upgrade())
             .collect()
     }
+}
+
+/// How long before monotonic time `now` the least recently proven of the `live` shards of
+/// `device` was last proven (zero with none).
+pub(crate) fn oldest_proof(
+    live: &[Arc<ResidentAllocation>],
+    device: u32,
+    now: std::time::Duration,
+) -> std::time::Duration {
+    live.iter()
+        .filter(|r| r.sealed().gpu_device == device)
+        .map(|r| now.saturating_sub(r.last_proven()))
+        .max()
+        .unwrap_or_default()
 }
 
 /// A shard id reserved for a seal in progress; released unless committed.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use vram_types::VramError;
 
-use super::shared::Shared;
+use super::shared::{Shared, oldest_proof};
 use crate::audit::AuditEvent;
 
 /// Default time between two summaries of one scrubber.
@@ -78,12 +78,7 @@ impl PassSummary {
         let period_ms = millis(now.saturating_sub(since));
         let live = shared.live();
         for (device, counts) in std::mem::take(&mut self.counts) {
-            let oldest = live
-                .iter()
-                .filter(|r| r.sealed().gpu_device == device)
-                .map(|r| now.saturating_sub(r.last_proven()))
-                .max()
-                .unwrap_or_default();
+            let oldest = oldest_proof(&live, device, now);
             let recorded = shared.record(
                 &shared.next_correlation_id(),
                 AuditEvent::VerificationSummary {
