@@ -153,14 +153,21 @@ impl Manager {
         let model = py
             .detach(move || manager.seal_model_in_place(&model_id, engine, expected.as_ref()))
             .map_err(|e| to_py(&e))?;
-        SealedModel::new(py, Held { model, lent })
+        SealedModel::new(
+            py,
+            Held {
+                model,
+                lent,
+                manager: self.manager.clone(),
+            },
+        )
     }
 
     /// Verifies every tensor of the model against its seal, on the GPU, before a request.
     /// `background=True` uses the configured bounded share of the GPU (a scrubber).
     #[pyo3(signature = (sealed, *, background=false))]
     fn verify(&self, py: Python<'_>, sealed: &SealedModel, background: bool) -> PyResult<()> {
-        let held = sealed.held()?;
+        let held = sealed.held_by(&self.manager)?;
         let manager = self.manager.clone();
         py.detach(move || {
             if background {
@@ -188,7 +195,7 @@ impl Manager {
         }
         Ok(Execution::new(
             self.manager.clone(),
-            sealed.held()?,
+            sealed.held_by(&self.manager)?,
             Mode::parse(mode)?,
             stream,
         ))
@@ -270,7 +277,7 @@ impl Manager {
         sealed: &SealedModel,
         nonce: &[u8],
     ) -> PyResult<Vec<Bound<'py, PyAny>>> {
-        let held = sealed.held()?;
+        let held = sealed.held_by(&self.manager)?;
         let manager = self.manager.clone();
         let nonce = nonce.to_vec();
         let statements = py
@@ -295,11 +302,12 @@ impl Manager {
     }
 
     /// Releases the model's shards (the tensors stay the engine's). Idempotent.
-    fn release(&self, py: Python<'_>, sealed: &SealedModel) {
-        if let Some(held) = sealed.release() {
+    fn release(&self, py: Python<'_>, sealed: &SealedModel) -> PyResult<()> {
+        if let Some(held) = sealed.release_by(&self.manager)? {
             // Released once no execution holds it; audited by the manager.
             py.detach(move || drop(held));
         }
+        Ok(())
     }
 
     fn __repr__(&self) -> String {

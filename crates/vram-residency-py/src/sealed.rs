@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use pyo3::prelude::*;
 use vram_residency::digest::tagged;
 use vram_residency::model::TAG;
-use vram_residency::{ForeignRange, MockBackend, SealedModel as RustModel};
+use vram_residency::{ForeignRange, MockBackend, SealedModel as RustModel, VramManager};
 
 use crate::errors::bad_input;
 
@@ -40,6 +40,8 @@ impl Drop for Lent {
 pub(crate) struct Held {
     pub(crate) model: RustModel,
     pub(crate) lent: Lent,
+    /// The manager that sealed it (its calls alone take it).
+    pub(crate) manager: Arc<VramManager>,
 }
 
 /// One tensor of a sealed model.
@@ -111,6 +113,31 @@ impl SealedModel {
             tensors,
             held: Mutex::new(Some(Arc::new(held))),
         })
+    }
+
+    /// The model for a call of `manager`: an error once released, or for another manager
+    /// (a programming error, not an integrity failure: nothing about the bytes is known).
+    pub(crate) fn held_by(&self, manager: &Arc<VramManager>) -> PyResult<Arc<Held>> {
+        let held = self.held()?;
+        if !Arc::ptr_eq(&held.manager, manager) {
+            return Err(bad_input(
+                "sealed model",
+                format!(
+                    "{:?} was sealed by another manager: use that one",
+                    self.model_id
+                ),
+            ));
+        }
+        Ok(held)
+    }
+
+    /// Lets go of the model for `manager` (see [`Self::release`]); another manager's is refused.
+    pub(crate) fn release_by(&self, manager: &Arc<VramManager>) -> PyResult<Option<Arc<Held>>> {
+        if self.released() {
+            return Ok(None);
+        }
+        self.held_by(manager)?;
+        Ok(self.release())
     }
 
     /// The model, shared with an execution that runs on it; an error once released.

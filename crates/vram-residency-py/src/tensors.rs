@@ -131,6 +131,17 @@ pub(crate) fn bytes_on_host(data: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     if !view.getattr("c_contiguous")?.extract::<bool>()? {
         return Err(not_contiguous("data"));
     }
+    // What `seal` refuses, `digest` refuses too: an object array's bytes are pointers, and a
+    // big-endian array's bytes are not what a model file (little-endian) holds.
+    let format: String = view.getattr("format")?.extract()?;
+    if format.contains('O') || format.starts_with(['>', '!']) {
+        return Err(bad_input(
+            "data",
+            format!(
+                "buffer format {format:?}: give numbers in little-endian order (object arrays hold pointers, not values)"
+            ),
+        ));
+    }
     view.call_method0("tobytes")?.extract()
 }
 

@@ -293,3 +293,29 @@ def test_the_default_background_scrubber_is_paced(manager: vr.Manager) -> None:
         assert scrubber.verified == len(sealed)
         time.sleep(0.3)
         assert scrubber.verified == len(sealed)  # and then rests again
+
+
+def test_another_managers_model_is_bad_input_not_an_integrity_failure(token_env: bytes) -> None:
+    a = vr.Manager(WORKER, backend="mock")
+    b = vr.Manager("another-worker", backend="mock")
+    sealed = a.seal(weights(), model_id="m")
+    for call in (
+        lambda: b.verify(sealed),
+        lambda: b.execute(sealed),
+        lambda: b.attest(sealed, b"nonce"),
+        lambda: b.release(sealed),
+    ):
+        with pytest.raises(vr.BadInput, match="another manager"):
+            call()
+    assert not sealed.released and not a.is_stopped and not b.is_stopped
+    a.verify(sealed)
+    a.release(sealed)
+    b.release(sealed)  # released: nothing left to refuse
+
+
+def test_digest_refuses_what_seal_refuses() -> None:
+    with pytest.raises(vr.BadInput, match="object arrays"):
+        vr.digest(np.array([object(), object()], dtype=object))
+    with pytest.raises(vr.BadInput, match="little-endian"):
+        vr.digest(np.arange(4, dtype=">f4"))
+    assert vr.digest(np.arange(4, dtype="<f4")) == vr.digest(np.arange(4, dtype=np.float32))

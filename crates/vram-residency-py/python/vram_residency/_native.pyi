@@ -246,7 +246,9 @@ class Manager:
     def attest(self, sealed: SealedModel, nonce: bytes) -> list[dict[str, Any]]:
         """A signed residency statement per tensor, bound to `nonce`."""
     def release(self, sealed: SealedModel) -> None:
-        """Releases the model's seals (the tensors stay the engine's). Idempotent."""
+        """Releases the model's seals (the tensors stay the engine's). Idempotent. Another
+        manager's model is refused with `BadInput` (as `verify`, `execute` and `attest` refuse
+        it)."""
 
 def digest(
     data: bytes | bytearray | memoryview | Any,
