@@ -32,7 +32,7 @@ pub(crate) struct Manager {
 #[pymethods]
 impl Manager {
     #[new]
-    #[pyo3(signature = (worker_id, *, token_file=None, audit_log=None, audit_failure="fail_closed", algorithm="sha256-tree-65536", backend="cuda", mock_capacity=1 << 30))]
+    #[pyo3(signature = (worker_id, *, token_file=None, audit_log=None, audit_failure="fail_closed", algorithm="sha256-tree-65536", backend="cuda", mock_capacity=Capacity(1 << 30)))]
     #[expect(clippy::too_many_arguments, reason = "Python keyword arguments")]
     fn new(
         py: Python<'_>,
@@ -42,8 +42,9 @@ impl Manager {
         audit_failure: &str,
         algorithm: &str,
         backend: &str,
-        mock_capacity: usize,
+        mock_capacity: Capacity,
     ) -> PyResult<Self> {
+        let mock_capacity = mock_capacity.0;
         let digest_algorithm: DigestAlgorithm = algorithm.parse().map_err(|e| to_py(&e))?;
         let token = worker_token(py, token_file)?;
         let key =
@@ -449,4 +450,21 @@ fn worker_token(py: Python<'_>, token_file: Option<PathBuf>) -> PyResult<Zeroizi
             ),
         )
     })
+}
+
+/// A capacity in bytes from Python; anything else (negative, too large, not a number) is
+/// `BadInput`, not a builtin `OverflowError` or `TypeError`.
+pub(crate) struct Capacity(usize);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for Capacity {
+    type Error = PyErr;
+
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        obj.extract::<usize>().map(Self).map_err(|_| {
+            bad_input(
+                "mock_capacity",
+                format!("{}: give a number of bytes, 0 or more", obj.as_any()),
+            )
+        })
+    }
 }

@@ -52,7 +52,18 @@ pub(crate) fn take(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
         return take_torch(name, obj);
     }
     if let Ok(interface) = obj.getattr("__cuda_array_interface__") {
-        return take_cuda_array(name, obj, &interface);
+        // A lying interface (a negative size, a shape that is not numbers) is the caller's bad
+        // input, not a crash or a builtin error from deep inside.
+        return take_cuda_array(name, obj, &interface).map_err(|e| {
+            if e.is_instance_of::<crate::errors::BadInput>(obj.py()) {
+                e
+            } else {
+                bad_input(
+                    "tensor",
+                    format!("{name:?}: its __cuda_array_interface__ does not hold: {e}"),
+                )
+            }
+        });
     }
     if dlpack_on_gpu(obj)? {
         return take_dlpack(name, obj);

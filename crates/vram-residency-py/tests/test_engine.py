@@ -319,3 +319,23 @@ def test_digest_refuses_what_seal_refuses() -> None:
     with pytest.raises(vr.BadInput, match="little-endian"):
         vr.digest(np.arange(4, dtype=">f4"))
     assert vr.digest(np.arange(4, dtype="<f4")) == vr.digest(np.arange(4, dtype=np.float32))
+
+
+def test_lying_interfaces_and_bad_capacities_are_bad_input(token_env: bytes) -> None:
+    for capacity in (-1, "lots", 2**80):
+        with pytest.raises(vr.BadInput, match="mock_capacity"):
+            vr.Manager(WORKER, backend="mock", mock_capacity=capacity)  # type: ignore[arg-type]
+    manager = vr.Manager(WORKER, backend="mock")
+
+    class Lying:
+        def __init__(self, interface: dict[str, Any]) -> None:
+            self.__cuda_array_interface__ = interface
+
+    for interface in (
+        {"data": (-1, False), "shape": (4,), "typestr": "<f4", "version": 3},
+        {"data": (1 << 20, False), "shape": ("x",), "typestr": "<f4", "version": 3},
+        {"data": (1 << 20, False), "shape": (-4,), "typestr": "<f4", "version": 3},
+        {"data": "nowhere", "shape": (4,), "typestr": "<f4", "version": 3},
+    ):
+        with pytest.raises(vr.BadInput):
+            manager.seal({"t": Lying(interface)}, model_id="m")
