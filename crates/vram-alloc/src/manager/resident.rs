@@ -135,7 +135,8 @@ impl Drop for ResidentAllocation {
         let freed_bytes = self.reserved_bytes();
         // The device memory is gone whether or not the driver complained; give the capacity back.
         drop(self.reservation.take());
-        self.shared.forget(&self.sealed.shard_id, self.buffer);
+        self.shared
+            .forget(&self.sealed.shard_id, self.buffer, self.sealed.gpu_device);
         match &error {
             None => {
                 tracing::info!(shard_id = %self.sealed.shard_id, gpu_device = self.sealed.gpu_device, freed_bytes, "VRAM released")

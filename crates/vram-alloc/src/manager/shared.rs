@@ -23,6 +23,9 @@ use crate::sync::lock;
 struct Registry {
     live: HashMap<String, (BufferId, Weak<ResidentAllocation>)>,
     pending: HashSet<String>,
+    /// Live shards per device, kept as shards are committed and forgotten: a release (of a
+    /// model of 100,000 tensors, each one) must not count every live shard again.
+    resident: HashMap<u32, usize>,
 }
 
 #[derive(Debug)]
@@ -146,11 +149,11 @@ impl Shared {
     pub(crate) fn refresh_capacity_metrics(&self, device: u32) {
         if let Ok(c) = self.capacity(device) {
             self.metrics.set_capacity(device, c.total(), c.used());
-            let resident = self
-                .live()
-                .iter()
-                .filter(|a| a.sealed().gpu_device == device)
-                .count();
+            let resident = lock(&self.registry)
+                .resident
+                .get(&device)
+                .copied()
+                .unwrap_or(0);
             self.metrics.set_resident(device, resident);
         }
     }
@@ -255,10 +258,13 @@ impl Shared {
     }
 
     /// Removes a released shard from the registry (only if it is still the same allocation).
-    pub(crate) fn forget(&self, shard_id: &str, buffer: BufferId) {
+    pub(crate) fn forget(&self, shard_id: &str, buffer: BufferId, device: u32) {
         let mut reg = lock(&self.registry);
         if reg.live.get(shard_id).is_some_and(|(b, _)| *b == buffer) {
             reg.live.remove(shard_id);
+            if let Some(n) = reg.resident.get_mut(&device) {
+                *n = n.saturating_sub(1);
+            }
         }
     }
 
@@ -315,6 +321,11 @@ impl Claim {
         let mut reg = lock(&self.shared.registry);
         reg.live
             .insert(self.shard_id.clone(), (buffer, Arc::downgrade(allocation)));
+        let n = reg
+            .resident
+            .entry(allocation.sealed().gpu_device)
+            .or_insert(0);
+        *n = n.saturating_add(1);
         drop(reg);
         // `Drop` now removes the pending mark.
     }
