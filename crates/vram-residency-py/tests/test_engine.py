@@ -353,3 +353,24 @@ def test_releasing_a_model_is_linear_in_its_tensors(token_env: bytes) -> None:
     manager.release(sealed)
     assert time.perf_counter() - start < 1.0
     assert 'vram_shards_resident{gpu_device="0"} 0' in manager.metrics_text()
+
+
+def test_a_scrubber_round_is_not_quadratic_in_the_tensors(token_env: bytes) -> None:
+    """Picking each next tensor by a walk over every live one made a round of 50,000 tensors
+    take 612 s; a round now orders the tensors once. Tensors a second with 20,000 tensors stay
+    near the rate with 100 (a quadratic walk gives a few percent of it)."""
+
+    def rate(n: int) -> float:
+        manager = vr.Manager(WORKER, backend="mock")
+        arrays = {f"t{i}": np.full(64, i % 256, dtype=np.uint8) for i in range(n)}
+        sealed = manager.seal(arrays, model_id="m")
+        with manager.start_scrubber(interval=0.0) as scrubber:
+            time.sleep(0.3)
+            before, start = scrubber.verified, time.perf_counter()
+            time.sleep(1.0)
+            done = (scrubber.verified - before) / (time.perf_counter() - start)
+        manager.release(sealed)
+        return done
+
+    small, large = rate(100), rate(20_000)
+    assert large >= 0.25 * small, (small, large)

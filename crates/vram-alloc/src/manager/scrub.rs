@@ -143,6 +143,20 @@ struct Inner {
     turns: Mutex<HashMap<String, u64>>,
     /// Passes not yet written in a summary record.
     summary: Mutex<PassSummary>,
+    /// The shards of this round, the least recently proven first (built once a round: picking
+    /// the oldest by a walk over every live shard per verification made a round of 50,000
+    /// tensors take 612 s); weak, so that a released shard is not kept allocated.
+    round: Mutex<Round>,
+}
+
+/// One round's order.
+#[derive(Default)]
+struct Round {
+    queue: std::collections::VecDeque<std::sync::Weak<ResidentAllocation>>,
+    /// The last request (`verify_all_now`) a round was built for.
+    served: Option<u64>,
+    /// This round serves that request: every shard of it is due.
+    forced: bool,
 }
 
 /// A running scrubber; dropping it (or [`Scrubber::stop`]) stops it after the verification in
@@ -184,6 +198,7 @@ impl VramManager {
             failure: Mutex::new(None),
             turns: Mutex::new(HashMap::new()),
             summary: Mutex::new(PassSummary::new("background", options.summary_interval)),
+            round: Mutex::new(Round::default()),
         });
         let running = inner.clone();
         let thread = std::thread::Builder::new()
@@ -293,13 +308,8 @@ impl Inner {
                         return;
                     }
                     let turn = self.verified.fetch_add(1, Ordering::AcqRel);
-                    let mut turns = lock(&self.turns);
-                    turns.insert(resident.shard_id().to_owned(), turn.saturating_add(1));
-                    let live = self.shared.live();
-                    if turns.len() > live.len() {
-                        turns.retain(|id, _| live.iter().any(|r| r.shard_id() == id));
-                    }
-                    drop(turns);
+                    lock(&self.turns)
+                        .insert(resident.shard_id().to_owned(), turn.saturating_add(1));
                     since_report = since_report.saturating_add(1);
                     self.emit(&ScrubEvent::Verified {
                         shard_id: resident.shard_id(),
@@ -317,30 +327,66 @@ impl Inner {
         }
     }
 
-    /// The live shard proven longest ago, if it is due; else how long until one is.
+    /// The live shard proven longest ago, if it is due; else how long until one is. After
+    /// `verify_all_now` (`requested_at`), every shard not verified since is due first.
     fn next(&self, requested_at: Option<u64>) -> (Option<Arc<ResidentAllocation>>, Duration) {
-        let now = self.shared.clock().monotonic();
-        let turns = lock(&self.turns);
-        let turn = |r: &ResidentAllocation| turns.get(r.shard_id()).copied().unwrap_or(0);
-        let live = self.shared.live();
-        // Asked for: the first shard not verified since the request, else the oldest proof.
-        let requested = requested_at.and_then(|at| live.iter().find(|r| turn(r) <= at).cloned());
-        let oldest = live
-            .iter()
-            .min_by_key(|r| (r.last_proven(), turn(r)))
-            .cloned();
-        drop(turns);
-        if let Some(asked) = requested {
-            return (Some(asked), Duration::ZERO);
+        let mut round = lock(&self.round);
+        let requested = requested_at.filter(|at| round.served != Some(*at));
+        if requested.is_some() || round.queue.is_empty() {
+            self.new_round(&mut round, requested);
         }
-        let Some(oldest) = oldest else {
-            return (None, IDLE_LOOK);
-        };
-        let age = now.saturating_sub(oldest.last_proven());
-        if age >= self.interval {
-            (Some(oldest), Duration::ZERO)
-        } else {
-            (None, self.interval.saturating_sub(age).min(IDLE_LOOK))
+        let now = self.shared.clock().monotonic();
+        while let Some(weak) = round.queue.pop_front() {
+            let Some(resident) = weak.upgrade() else {
+                continue; // released since the round began
+            };
+            if round.forced {
+                return (Some(resident), Duration::ZERO);
+            }
+            let age = now.saturating_sub(resident.last_proven());
+            if age >= self.interval {
+                return (Some(resident), Duration::ZERO);
+            }
+            // The oldest left is not due: neither is any after it. Look again when it is.
+            round.queue.clear();
+            return (None, self.interval.saturating_sub(age).min(IDLE_LOOK));
+        }
+        round.forced = false;
+        (
+            None,
+            if self.shared.live().is_empty() {
+                IDLE_LOOK
+            } else {
+                Duration::ZERO
+            },
+        )
+    }
+
+    /// Orders the live shards for a round: with a request, those not verified since it (all
+    /// due); otherwise all, the least recently proven first (equal proof times by the
+    /// scrubber's own turns, so a coarse clock still goes round-robin). Drops the turns of
+    /// shards no longer live.
+    fn new_round(&self, round: &mut Round, requested: Option<u64>) {
+        let live = self.shared.live();
+        let mut turns = lock(&self.turns);
+        if turns.len() > live.len() {
+            let ids: std::collections::HashSet<&str> = live.iter().map(|r| r.shard_id()).collect();
+            turns.retain(|id, _| ids.contains(id.as_str()));
+        }
+        let turn = |r: &ResidentAllocation| turns.get(r.shard_id()).copied().unwrap_or(0);
+        let mut order: Vec<(Duration, u64, &Arc<ResidentAllocation>)> = live
+            .iter()
+            .filter(|r| requested.is_none_or(|at| turn(r) <= at))
+            .map(|r| (r.last_proven(), turn(r), r))
+            .collect();
+        order.sort_by_key(|(proven, turn, _)| (*proven, *turn));
+        round.queue = order
+            .into_iter()
+            .map(|(_, _, r)| Arc::downgrade(r))
+            .collect();
+        round.forced = requested.is_some();
+        if requested.is_some() {
+            round.served = requested;
         }
     }
 
