@@ -4,10 +4,10 @@
 //! device's primary context current on the calling thread ([`Device::bind`]), so the types can
 //! be used from any thread.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use cudarc::driver::result;
-use cudarc::driver::sys::{self, CUcontext, CUdevice, CUdevice_attribute, CUstream};
+use cudarc::driver::sys::{self, CUcontext, CUdevice, CUdevice_attribute};
 use vram_types::DeviceFacts;
 
 use crate::driver::Driver;
@@ -23,18 +23,7 @@ pub struct Device {
     ordinal: u32,
     handle: CUdevice,
     ctx: CUcontext,
-    /// The non-blocking stream of the crate's copies that return when done ([`Device::copy`]).
-    copies: OnceLock<CopyStream>,
 }
-
-/// A driver stream handle owned by its device (a `Stream` would keep the device alive).
-struct CopyStream(CUstream);
-
-// SAFETY: a CUstream is a driver handle usable from any thread; the driver serialises work
-// submitted to it.
-unsafe impl Send for CopyStream {}
-// SAFETY: as above.
-unsafe impl Sync for CopyStream {}
 
 crate::debug_without_pointers!(Device {
     ordinal: |d: &Device| d.ordinal
@@ -74,7 +63,6 @@ impl Device {
             ordinal,
             handle,
             ctx,
-            copies: OnceLock::new(),
         };
         device.bind()?;
         Ok(Arc::new(device))
@@ -182,40 +170,6 @@ impl Device {
             .map_err(|e| CudaStatus::from(e).during(self.ordinal, "cuMemPoolTrimTo"))
     }
 
-    /// Runs `queue` (copies queued on the stream it is given), then waits for them: a copy
-    /// that returns when done, on a non-blocking stream of the device's own. Never the
-    /// synchronous `cuMemcpy*` forms: those run on the legacy default stream, so they wait for
-    /// an engine's work queued there (PyTorch's default stream) and hold its next kernels back.
-    ///
-    /// # Errors
-    /// [`CudaError::Driver`] from the stream's creation, `queue` (as `operation`) or the wait.
-    pub(crate) fn copy(
-        &self,
-        operation: &'static str,
-        queue: impl FnOnce(CUstream) -> Result<(), result::DriverError>,
-    ) -> Result<(), CudaError> {
-        self.bind()?;
-        let stream = match self.copies.get() {
-            Some(s) => s.0,
-            None => {
-                let made = result::stream::create(result::stream::StreamKind::NonBlocking)
-                    .map_err(|e| CudaStatus::from(e).during(self.ordinal, "cuStreamCreate"))?;
-                let kept = self.copies.get_or_init(|| CopyStream(made));
-                if kept.0 != made {
-                    // Another thread made one first: this one was never used.
-                    // SAFETY: `made` was created just above and is destroyed once, here.
-                    let destroyed = unsafe { result::stream::destroy(made) };
-                    crate::error::report_release("a copy stream", self.ordinal, destroyed);
-                }
-                kept.0
-            }
-        };
-        queue(stream).map_err(|e| CudaStatus::from(e).during(self.ordinal, operation))?;
-        // SAFETY: `stream` is this device's copy stream, live until the device is dropped.
-        unsafe { result::stream::synchronize(stream) }
-            .map_err(|e| CudaStatus::from(e).during(self.ordinal, operation))
-    }
-
     /// Waits until all work on the device's context is done.
     ///
     /// # Errors
@@ -229,14 +183,6 @@ impl Device {
 
 impl Drop for Device {
     fn drop(&mut self) {
-        if let Some(stream) = self.copies.take()
-            && self.bind().is_ok()
-        {
-            // SAFETY: the copy stream was created by `copy`, whose callers waited for their
-            // work on it; it is destroyed once, here, before the context is released.
-            let destroyed = unsafe { result::stream::destroy(stream.0) };
-            crate::error::report_release("a copy stream", self.ordinal, destroyed);
-        }
         // SAFETY: the context was retained once in `open`; this is the matching release.
         let released = unsafe { result::primary_ctx::release(self.handle) };
         crate::error::report_release("the primary context", self.ordinal, released);

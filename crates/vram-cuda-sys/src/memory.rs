@@ -94,33 +94,36 @@ impl DeviceBuffer {
         }
     }
 
-    /// Copies host bytes (any host memory, pageable included) to `offset`; returns when done.
+    /// Copies host bytes (any host memory, pageable included) to `offset`, synchronously.
+    /// A copy from pageable memory is ordered with the legacy default stream (where PyTorch
+    /// computes): never on a path beside an engine (tests, the naive baseline of `bench`).
     ///
     /// # Errors
     /// [`CudaError::OutOfRange`] when the range is outside the buffer; [`CudaError::Driver`] when
     /// the copy fails.
     pub fn write(&self, offset: usize, src: &[u8]) -> Result<(), CudaError> {
         let dst = self.range_address(offset, src.len(), "host-to-device copy")?;
-        self.device.copy("host-to-device copy", |stream| {
-            // SAFETY: `dst..dst+src.len()` lies inside this live allocation (checked by
-            // `range_address`); `src` is a valid host slice until `copy` has waited for the copy.
-            unsafe { result::memcpy_htod_async(dst, src, stream) }
-        })
+        self.device.bind()?;
+        // SAFETY: `dst..dst+src.len()` lies inside this live allocation (checked by `range_address`), and
+        // `src` is a valid host slice for the whole synchronous copy.
+        unsafe { result::memcpy_htod_sync(dst, src) }
+            .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "host-to-device copy"))
     }
 
-    /// Copies bytes at `offset` to host memory; returns when done.
+    /// Copies bytes at `offset` to host memory, synchronously (ordered with the legacy default
+    /// stream, as [`Self::write`] is: never beside an engine; `StagingRing::download` reads
+    /// through pinned memory instead).
     ///
     /// # Errors
     /// [`CudaError::OutOfRange`] when the range is outside the buffer; [`CudaError::Driver`] when
     /// the copy fails.
     pub fn read(&self, offset: usize, dst: &mut [u8]) -> Result<(), CudaError> {
         let src = self.range_address(offset, dst.len(), "device-to-host copy")?;
-        self.device.copy("device-to-host copy", |stream| {
-            // SAFETY: `src..src+dst.len()` lies inside this live allocation (checked by
-            // `range_address`); `dst` is an exclusively borrowed host slice until `copy` has
-            // waited for the copy.
-            unsafe { result::memcpy_dtoh_async(dst, src, stream) }
-        })
+        self.device.bind()?;
+        // SAFETY: `src..src+dst.len()` lies inside this live allocation (checked by `range_address`), and
+        // `dst` is a valid, exclusively borrowed host slice for the whole synchronous copy.
+        unsafe { result::memcpy_dtoh_sync(dst, src) }
+            .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "device-to-host copy"))
     }
 
     /// The allocation's device address, for the manager's scoped lending view (an engine's

@@ -9,7 +9,7 @@ use cudarc::driver::sys::CUdeviceptr;
 use vram_types::AllocationFacts;
 
 use crate::device::Device;
-use crate::error::CudaError;
+use crate::error::{CudaError, CudaStatus};
 use crate::memory::DeviceBuffer;
 use crate::pointer;
 use crate::tree_digest::KERNEL_ALIGNMENT;
@@ -313,8 +313,8 @@ impl Resident {
             .ok_or_else(out_of_range)
     }
 
-    /// Copies bytes at `offset` to host memory; returns when done (on a stream of its own,
-    /// never ordered with an engine's work).
+    /// Copies bytes at `offset` to host memory, synchronously (ordered with the legacy default
+    /// stream: never beside an engine; `StagingRing::download` reads through pinned memory).
     ///
     /// # Errors
     /// [`CudaError::OutOfRange`] when the range is outside; [`CudaError::Driver`].
@@ -323,16 +323,16 @@ impl Resident {
             return b.read(offset, dst);
         }
         let src = self.range_address(offset, dst.len(), "device-to-host copy")?;
-        self.device().copy("device-to-host copy", |stream| {
-            // SAFETY: `src..src + dst.len()` lies inside the engine's range (`range_address`),
-            // which its owner keeps allocated (the contract of `ForeignRange::device`); `dst` is
-            // an exclusively borrowed host slice until `copy` has waited for the copy.
-            unsafe { result::memcpy_dtoh_async(dst, src, stream) }
-        })
+        self.device().bind()?;
+        // SAFETY: `src..src + dst.len()` lies inside the engine's range (`range_address`), which
+        // its owner keeps allocated (the contract of `ForeignRange::device`); `dst` is an
+        // exclusively borrowed host slice for the whole synchronous copy.
+        unsafe { result::memcpy_dtoh_sync(dst, src) }
+            .map_err(|e| CudaStatus::from(e).during(self.device().ordinal(), "device-to-host copy"))
     }
 
     #[cfg(feature = "test-utils")]
-    /// Copies host bytes to `offset`; returns when done (test builds: writing into an engine's
+    /// Copies host bytes to `offset`, synchronously (test builds: writing into an engine's
     /// range is the tests' corruption, never the library's).
     ///
     /// # Errors
@@ -342,12 +342,11 @@ impl Resident {
             return b.write(offset, src);
         }
         let dst = self.range_address(offset, src.len(), "host-to-device copy")?;
-        self.device().copy("host-to-device copy", |stream| {
-            // SAFETY: `dst..dst + src.len()` lies inside the engine's range (`range_address`),
-            // allocated by the contract of `ForeignRange::device`; `src` is valid until `copy`
-            // has waited for the copy.
-            unsafe { result::memcpy_htod_async(dst, src, stream) }
-        })
+        self.device().bind()?;
+        // SAFETY: `dst..dst + src.len()` lies inside the engine's range (`range_address`),
+        // allocated by the contract of `ForeignRange::device`; `src` is valid for the copy.
+        unsafe { result::memcpy_htod_sync(dst, src) }
+            .map_err(|e| CudaStatus::from(e).during(self.device().ordinal(), "host-to-device copy"))
     }
 
     /// What the driver reports about the first `len` bytes (the engine's range: where its
