@@ -13,7 +13,7 @@
 //! | [`resident`] | memory a digest reads in place: own allocations, and an engine's ranges sealed in place |
 //! | [`module`] | loading PTX and launching a kernel |
 //! | [`stream`] | streams with a priority, events |
-//! | [`tree_digest`] | tree digests of bytes in VRAM, the `sha256-tree-L` root and standard BLAKE3: leaf and fold kernels (`kernels/`) |
+//! | [`tree_digest`] | tree digests of bytes in VRAM, the `sha256-tree-L` root and standard BLAKE3: leaf and fold kernels (`kernels/`); step lanes, which spread digests over an engine's steps |
 //! | [`staging_ring`] | uploads through a bounded pool of pinned slots filled by several threads |
 //! | `testing` | stand-in engines for tests (feature `test-utils`): a GEMM and a byte writer |
 //!
