@@ -115,7 +115,7 @@ pub struct StepScrubber {
     rate: f64,
     verified: u64,
     bytes_verified: u64,
-    /// Shards skipped because no kernel hashes their algorithm (flat SHA-256).
+    /// Times a shard was passed over because no kernel hashes its algorithm (flat SHA-256).
     uncovered: u64,
     summary: PassSummary,
     failure: Option<VramError>,
@@ -231,8 +231,8 @@ impl StepScrubber {
         self.bytes_verified
     }
 
-    /// Shards it skipped because no GPU kernel hashes their algorithm (flat SHA-256): the
-    /// background scrubber or per-request checks cover those.
+    /// How many times it passed over a shard no GPU kernel hashes (flat SHA-256; 0 when it
+    /// never met one): the background scrubber or per-request checks cover those.
     #[must_use]
     pub fn uncovered(&self) -> u64 {
         self.uncovered
