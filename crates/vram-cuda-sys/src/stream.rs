@@ -125,11 +125,8 @@ impl EngineStream<'static> {
     /// 2. It stays live until every call given this value has returned.
     #[must_use]
     pub unsafe fn from_raw(device: u32, raw: u64) -> Self {
-        Self {
-            device,
-            raw: std::ptr::with_exposed_provenance_mut(usize::try_from(raw).unwrap_or(0)),
-            _borrow: std::marker::PhantomData,
-        }
+        // The same value; the contract differs (see `held_by_binding`).
+        Self::held_by_binding(device, raw)
     }
 }
 

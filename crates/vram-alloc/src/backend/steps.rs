@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vram_cuda_sys::resident::Resident;
-use vram_cuda_sys::tree_digest::{GpuDigest, STEP_JOB_LEAVES, STEP_JOB_RANGES, StepLane};
+use vram_cuda_sys::tree_digest::{GpuDigest, StepLane, job_fits};
 use vram_seal::ShardDigest;
 use vram_types::{DigestAlgorithm, GpuShare, VramError};
 
@@ -204,13 +204,8 @@ impl StepDigests for MockSteps {
     }
 
     fn fits(&self, lens: &[usize]) -> bool {
-        let chunks = lens
-            .iter()
-            .map(|l| total_of(*l).div_ceil(1024).max(1))
-            .fold(0u64, u64::saturating_add);
-        !lens.is_empty()
-            && lens.len() <= STEP_JOB_RANGES
-            && (lens.len() == 1 || chunks <= STEP_JOB_LEAVES)
+        // The GPU's rule, so that the mock groups shards into jobs as a GPU does.
+        gpu_digest(self.algorithm).is_some_and(|digest| job_fits(digest, lens))
     }
 
     fn start(

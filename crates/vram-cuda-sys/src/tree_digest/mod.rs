@@ -20,6 +20,7 @@ mod step;
 use layout::RangeLayout;
 pub use step::{
     Finished, STEP_JOB_LEAVES, STEP_JOB_RANGES, STEP_JOB_SHA256_LEAVES, STEP_SLICE_BYTES, StepLane,
+    job_fits,
 };
 
 use crate::device::Device;
@@ -169,6 +170,22 @@ impl Lane {
             .map(PinnedBuffer::as_mut_slice)
             .ok_or(CudaError::Unreachable(
                 "a lane's pinned memory was just made",
+            ))
+    }
+
+    /// The roots a finished digest left in the lane's pinned memory, as digest bytes.
+    fn roots(
+        &self,
+        digest: GpuDigest,
+        at: std::ops::Range<usize>,
+    ) -> Result<Vec<[u8; 32]>, CudaError> {
+        self.host
+            .as_ref()
+            .map(PinnedBuffer::as_slice)
+            .and_then(|h| h.get(at))
+            .map(|words| root_bytes(digest, words))
+            .ok_or(CudaError::Unreachable(
+                "the roots lie in the lane's pinned memory",
             ))
     }
 }
@@ -398,47 +415,18 @@ impl TreeDigestEngine {
             engine_done.record_on(engine)?;
             stream.wait_for(&engine_done)?;
         }
-        let host = lane.host(self.host_bytes(target, digest)?)?;
-        let queued = self.queue_roots(&stream, target, digest, share, host);
+        let queued = self.queue_roots(&stream, target, digest, share, &mut lane);
         // Waited for on every path: no queued kernel may outlive this call and read `buffer`
         // after the caller frees it, even when a later launch failed. The wait spins: a
         // blocking-sync wait made a host-bound Python engine beside it 1.8x slower
         // (`docs/perf.md`).
         let waited = stream.synchronize();
         // The scratch goes after the wait (see `Scratch`).
-        let (scratch, roots_at) = queued?;
+        let (scratch, roots) = queued?;
         drop(scratch);
         waited?;
         self.device.trim_memory_pool()?;
-        let roots = lane
-            .host
-            .as_ref()
-            .map(PinnedBuffer::as_slice)
-            .and_then(|h| {
-                h.get(roots_at..roots_at.saturating_add(target.count().saturating_mul(32)))
-            })
-            .ok_or(CudaError::Unreachable(
-                "the roots lie in the lane's pinned memory",
-            ))?;
-        Ok(root_bytes(digest, roots))
-    }
-
-    /// Pinned bytes a digest of `target` passes through: its range table (many ranges) and its
-    /// roots.
-    fn host_bytes(&self, target: Target<'_>, digest: GpuDigest) -> Result<usize, CudaError> {
-        let table = match target {
-            Target::One(..) => 0,
-            Target::Many(ranges) => {
-                let spans = ranges
-                    .iter()
-                    .map(|(memory, len)| self.checked(memory, *len))
-                    .collect::<Result<Vec<_>, _>>()?;
-                roots_offset(RangeLayout::new(&spans, digest).table_bytes())
-            }
-        };
-        Ok(usize::try_from(table)
-            .unwrap_or(usize::MAX)
-            .saturating_add(target.count().saturating_mul(32)))
+        lane.roots(digest, roots)
     }
 
     /// Queues the digest of `buffer`'s first `len` bytes ahead of an engine's work, for the
@@ -499,10 +487,8 @@ impl TreeDigestEngine {
         let mut prior = Event::new(&self.device)?;
         prior.record_on(engine)?;
         stream.wait_for(&prior)?;
-        let count = target.count();
-        let host = lane.host(self.host_bytes(target, digest)?)?;
-        let (scratch, roots_at) =
-            self.queue_roots(&stream, target, digest, GpuShare::Full, host)?;
+        let (scratch, roots) =
+            self.queue_roots(&stream, target, digest, GpuShare::Full, &mut lane)?;
         let mut done = Event::new(&self.device)?;
         done.record(&stream)?;
         done.hold(engine)?;
@@ -510,7 +496,7 @@ impl TreeDigestEngine {
             scratch: Some(scratch),
             lane: Some(lane),
             pool: Arc::clone(&self.ahead),
-            roots: roots_at..roots_at.saturating_add(count.saturating_mul(32)),
+            roots,
             digest,
             device: Arc::clone(&self.device),
             memory,
@@ -518,26 +504,26 @@ impl TreeDigestEngine {
     }
 
     /// Checks every range, then queues the leaves, the fold and the copy of every root into
-    /// the pinned `host` memory (its range table first, for many ranges; then 32 bytes a root,
-    /// device word order) on `stream`. Returns the scratch, which the caller drops after it
-    /// has waited for the stream, and where in `host` the roots are.
+    /// the `lane`'s pinned memory (its range table first, for many ranges; then 32 bytes a
+    /// root, device word order) on `stream`. Returns the scratch, which the caller drops after
+    /// it has waited for the stream, and where in the lane's memory the roots are.
     fn queue_roots(
         &self,
         stream: &Arc<Stream>,
         target: Target<'_>,
         digest: GpuDigest,
         share: GpuShare,
-        host: &mut [u8],
-    ) -> Result<(Scratch, usize), CudaError> {
+        lane: &mut Lane,
+    ) -> Result<(Scratch, std::ops::Range<usize>), CudaError> {
         let out_of_host =
             || CudaError::Unreachable("a lane's pinned memory holds its table and roots");
         match target {
             Target::One(buffer, len) => {
-                let roots = host.get_mut(..32).ok_or_else(out_of_host)?;
+                let roots = lane.host(32)?.get_mut(..32).ok_or_else(out_of_host)?;
                 let (data, total) = self.checked(buffer, len)?;
                 let leaves = digest.leaves(total);
                 if let (GpuDigest::Blake3, GpuShare::Full) = (digest, share) {
-                    return Ok((self.queue_blake3_groups(stream, data, total, roots)?, 0));
+                    return Ok((self.queue_blake3_groups(stream, data, total, roots)?, 0..32));
                 }
                 // Region A holds a state per leaf; region B, the first fold's output, is the
                 // fold's other side.
@@ -556,7 +542,7 @@ impl TreeDigestEngine {
                 self.queue_leaves(stream, digest, share, source, leaves, a)?;
                 let root_at = self.fold(stream, digest, leaves, a, b)?;
                 self.copy_roots(stream, root_at, roots)?;
-                Ok((scratch, 0))
+                Ok((scratch, 0..32))
             }
             Target::Many(ranges) => {
                 if ranges.is_empty() {
@@ -581,24 +567,16 @@ impl TreeDigestEngine {
                 let table = scratch.at(0);
                 let a = scratch.at(table_bytes);
                 let b = scratch.at(table_bytes.saturating_add(leaves.saturating_mul(DIGEST_BYTES)));
-                let table_len = usize::try_from(table_bytes).unwrap_or(usize::MAX);
                 let roots_at = usize::try_from(roots_offset(table_bytes)).unwrap_or(usize::MAX);
-                let roots_len = ranges.len().saturating_mul(32);
+                let roots_end = roots_at.saturating_add(ranges.len().saturating_mul(32));
+                let host = lane.host(roots_end)?;
                 let (pinned_table, rest) = host
                     .split_at_mut_checked(roots_at)
                     .ok_or_else(out_of_host)?;
-                let pinned_table = pinned_table.get_mut(..table_len).ok_or_else(out_of_host)?;
-                let roots = rest.get_mut(..roots_len).ok_or_else(out_of_host)?;
-                for (out, word) in pinned_table.chunks_exact_mut(8).zip(layout.table()) {
-                    out.copy_from_slice(&word.to_ne_bytes());
-                }
-                self.device.bind()?;
-                // SAFETY: the table's bytes fit the scratch's first `table_bytes` (its size);
-                // the pinned slice is the lane's, untouched until the caller has synchronised
-                // the stream.
-                unsafe { result::memcpy_htod_async(table, &*pinned_table, stream.raw()) }.map_err(
-                    |e| CudaStatus::from(e).during(self.device.ordinal(), "cuMemcpyHtoDAsync"),
-                )?;
+                self.upload_table(stream, table, &layout, pinned_table)?;
+                let roots = rest
+                    .get_mut(..roots_end.saturating_sub(roots_at))
+                    .ok_or_else(out_of_host)?;
                 let source = LeafSource::Ranges {
                     ptrs: table,
                     lens: table.saturating_add(layout.ranges().saturating_mul(8)),
@@ -608,7 +586,7 @@ impl TreeDigestEngine {
                 self.queue_leaves(stream, digest, share, source, leaves, a)?;
                 let roots_from = self.fold_ranges(stream, digest, &layout, table, a, b)?;
                 self.copy_roots(stream, roots_from, roots)?;
-                Ok((scratch, roots_at))
+                Ok((scratch, roots_at..roots_end))
             }
         }
     }
@@ -727,6 +705,30 @@ impl TreeDigestEngine {
         // memory the caller keeps alive, and untouched, until it has synchronised the stream.
         unsafe { result::memcpy_dtoh_async(roots, from, stream.raw()) }
             .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuMemcpyDtoHAsync"))
+    }
+
+    /// Queues the copy of `layout`'s range table to `to` (device memory of its size) through
+    /// `pinned`, pinned memory at least as long, which the caller leaves untouched until the
+    /// copy has run (see [`Lane`]).
+    fn upload_table(
+        &self,
+        stream: &Stream,
+        to: u64,
+        layout: &RangeLayout,
+        pinned: &mut [u8],
+    ) -> Result<(), CudaError> {
+        let len = usize::try_from(layout.table_bytes()).unwrap_or(usize::MAX);
+        let pinned = pinned.get_mut(..len).ok_or(CudaError::Unreachable(
+            "pinned memory holds the range table",
+        ))?;
+        for (out, word) in pinned.chunks_exact_mut(8).zip(layout.table()) {
+            out.copy_from_slice(&word.to_ne_bytes());
+        }
+        self.device.bind()?;
+        // SAFETY: `to` holds the table's bytes (the caller's scratch, sized for it); `pinned`
+        // is pinned memory the caller keeps alive and untouched until the copy has run.
+        unsafe { result::memcpy_htod_async(to, &*pinned, stream.raw()) }
+            .map_err(|e| CudaStatus::from(e).during(self.device.ordinal(), "cuMemcpyHtoDAsync"))
     }
 
     /// Queues the leaf kernel of `digest` over leaves `first..first + count`, as much of each
@@ -980,16 +982,6 @@ enum Target<'a> {
     Many(&'a [(Resident, usize)]),
 }
 
-impl Target<'_> {
-    /// How many roots it gives.
-    fn count(&self) -> usize {
-        match self {
-            Self::One(..) => 1,
-            Self::Many(ranges) => ranges.len(),
-        }
-    }
-}
-
 /// Memory the kernels read: a device, a length and the address of its first byte.
 trait Span {
     fn ordinal(&self) -> u32;
@@ -1085,15 +1077,7 @@ impl PendingRoots {
         drop(self.scratch.take());
         waited?;
         self.device.trim_memory_pool()?;
-        let roots = lane
-            .host
-            .as_ref()
-            .map(PinnedBuffer::as_slice)
-            .and_then(|h| h.get(self.roots.clone()))
-            .map(|words| root_bytes(self.digest, words))
-            .ok_or(CudaError::Unreachable(
-                "the roots lie in the lane's pinned memory",
-            ));
+        let roots = lane.roots(self.digest, self.roots.clone());
         lock(&self.pool).push(lane);
         roots
     }

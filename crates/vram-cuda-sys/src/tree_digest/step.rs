@@ -14,14 +14,12 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use cudarc::driver::result;
-
 use super::layout::RangeLayout;
 use super::{
     DIGEST_BYTES, GpuDigest, LeafSource, LeafWork, Scratch, TreeDigestEngine, block_size,
     roots_offset,
 };
-use crate::error::{CudaError, CudaStatus};
+use crate::error::CudaError;
 use crate::memory::{DeviceBuffer, PinnedBuffer};
 use crate::resident::Resident;
 use crate::stream::{EngineStream, Event, EventKind, Stream, StreamPriority};
@@ -151,20 +149,10 @@ impl StepLane {
         self.slots.iter().any(|s| !s.busy)
     }
 
-    /// Whether a job of these range lengths fits one job's limits ([`STEP_JOB_RANGES`], and
-    /// [`STEP_JOB_LEAVES`] BLAKE3 chunks or [`STEP_JOB_SHA256_LEAVES`] SHA-256 leaves unless it
-    /// is a single range).
+    /// Whether a job of these range lengths fits one job's limits ([`job_fits`]).
     #[must_use]
     pub fn fits(&self, lens: &[usize]) -> bool {
-        let leaves = lens
-            .iter()
-            .map(|l| self.digest.leaves(u64::try_from(*l).unwrap_or(u64::MAX)))
-            .fold(0u64, u64::saturating_add);
-        let most = match self.digest {
-            GpuDigest::Sha256Tree(_) => STEP_JOB_SHA256_LEAVES,
-            GpuDigest::Blake3 => STEP_JOB_LEAVES,
-        };
-        !lens.is_empty() && lens.len() <= STEP_JOB_RANGES && (lens.len() == 1 || leaves <= most)
+        job_fits(self.digest, lens)
     }
 
     /// Begins a step: what is queued from now on runs on the GPU after the work queued so far
@@ -230,23 +218,8 @@ impl StepLane {
         };
         // The table through the slot's pinned memory, which stays untouched until the job is
         // collected: the copy never makes the host wait.
-        let table_len = usize::try_from(table_bytes).unwrap_or(usize::MAX);
-        let pinned = slot
-            .pinned
-            .as_mut_slice()
-            .get_mut(..table_len)
-            .ok_or_else(|| invalid("the range table does not fit a slot"))?;
-        for (out, word) in pinned.chunks_exact_mut(8).zip(layout.table()) {
-            out.copy_from_slice(&word.to_ne_bytes());
-        }
-        let device = &self.engine.device;
-        device.bind()?;
-        // SAFETY: `base..base + table_bytes` lies inside the scratch (sized by
-        // `scratch_bytes` for this table); `pinned` is the slot's pinned memory, not written
-        // again until this job's done event has completed (`collect`), which orders it after
-        // the copy.
-        unsafe { result::memcpy_htod_async(base, &*pinned, self.stream.raw()) }
-            .map_err(|e| CudaStatus::from(e).during(device.ordinal(), "cuMemcpyHtoDAsync"))?;
+        self.engine
+            .upload_table(&self.stream, base, &layout, slot.pinned.as_mut_slice())?;
         slot.busy = true;
         let units = match self.digest {
             GpuDigest::Sha256Tree(leaf) => {
@@ -410,6 +383,22 @@ impl Drop for StepLane {
             tracing::warn!(gpu_device = self.engine.device.ordinal(), error = %e, "waiting for a step lane failed");
         }
     }
+}
+
+/// Whether ranges of these lengths fit one step job of `digest`: at most [`STEP_JOB_RANGES`]
+/// ranges, and [`STEP_JOB_LEAVES`] BLAKE3 chunks or [`STEP_JOB_SHA256_LEAVES`] SHA-256 leaves
+/// unless it is a single range (a job of its own, with scratch of its own).
+#[must_use]
+pub fn job_fits(digest: GpuDigest, lens: &[usize]) -> bool {
+    let leaves = lens
+        .iter()
+        .map(|l| digest.leaves(u64::try_from(*l).unwrap_or(u64::MAX)))
+        .fold(0u64, u64::saturating_add);
+    let most = match digest {
+        GpuDigest::Sha256Tree(_) => STEP_JOB_SHA256_LEAVES,
+        GpuDigest::Blake3 => STEP_JOB_LEAVES,
+    };
+    !lens.is_empty() && lens.len() <= STEP_JOB_RANGES && (lens.len() == 1 || leaves <= most)
 }
 
 /// Queues `job`'s folds, the copy of its roots into the slot's pinned memory and its done
