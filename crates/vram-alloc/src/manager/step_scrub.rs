@@ -18,8 +18,7 @@ use super::residency;
 use super::resident::ResidentAllocation;
 use super::shared::Shared;
 use super::summary::{DEFAULT_SUMMARY_INTERVAL, PassSummary};
-use super::verify::compare_digest;
-use crate::audit::AuditEvent;
+use super::verify::{compare_digest, record_failure};
 use crate::backend::{EngineStream, StepDigests};
 
 /// Default share of each step's time the scrubber's GPU work may take.
@@ -325,22 +324,17 @@ impl StepScrubber {
     /// Records a failed verification of `resident` as any verification's failure is recorded:
     /// critical, counted, and (a security failure) the manager stops.
     fn fail(&mut self, resident: &ResidentAllocation, e: VramError) -> VramError {
-        let shard_id = resident.shard_id();
-        tracing::error!(shard_id = ?shard_id, result = "fail", error = %e, "step scrubber: seal verification failed");
-        self.shared.record_or_stop(
-            &self.shared.next_correlation_id(),
-            AuditEvent::SealVerificationFailed {
-                shard_id: shard_id.to_owned(),
-                gpu_device: self.device,
-                reason: e.to_string(),
-            },
+        let correlation_id = self.shared.next_correlation_id();
+        record_failure(
+            &self.shared,
+            &correlation_id,
+            resident.shard_id(),
+            self.device,
+            &e,
         );
         self.shared
             .metrics()
             .count_verify(self.device, false, Duration::ZERO);
-        if e.is_security_critical() && self.shared.config().stop_on_verification_failure {
-            self.shared.stop(&e.to_string());
-        }
         self.failure = Some(e.clone());
         e
     }

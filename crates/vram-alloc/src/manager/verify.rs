@@ -248,19 +248,7 @@ pub(super) fn audited(
             })
         }
         Err(e) => {
-            // The caller's id, possibly edited (line breaks, terminal escapes): escaped.
-            tracing::error!(shard_id = ?id, result = "fail", error = %e, "seal verification failed");
-            shared.record_or_stop(
-                &correlation_id,
-                AuditEvent::SealVerificationFailed {
-                    shard_id: id.to_owned(),
-                    gpu_device: device,
-                    reason: e.to_string(),
-                },
-            );
-            if e.is_security_critical() && shared.config().stop_on_verification_failure {
-                shared.stop(&e.to_string());
-            }
+            record_failure(shared, &correlation_id, id, device, &e);
             Err(e)
         }
     };
@@ -272,6 +260,31 @@ pub(super) fn audited(
             .count_verify(device, result.is_ok(), started.elapsed());
     }
     result
+}
+
+/// A failed verification of `id` on `device`, however it was found (a caller's check, a
+/// scrubber's): logged, recorded as critical (a record that cannot be stored stops the
+/// manager), and, for a security failure, the manager stops. The one place that rule lives.
+pub(super) fn record_failure(
+    shared: &Shared,
+    correlation_id: &str,
+    id: &str,
+    device: u32,
+    e: &VramError,
+) {
+    // The caller's id, possibly edited (line breaks, terminal escapes): escaped.
+    tracing::error!(shard_id = ?id, result = "fail", error = %e, "seal verification failed");
+    shared.record_or_stop(
+        correlation_id,
+        AuditEvent::SealVerificationFailed {
+            shard_id: id.to_owned(),
+            gpu_device: device,
+            reason: e.to_string(),
+        },
+    );
+    if e.is_security_critical() && shared.config().stop_on_verification_failure {
+        shared.stop(&e.to_string());
+    }
 }
 
 /// Everything but the digest: the allocation is this manager's, no sealed field was edited, the
