@@ -7,6 +7,7 @@ mod lending;
 mod model;
 mod plan;
 mod policy;
+mod proof_order;
 mod read_back;
 mod residency;
 mod resident;

@@ -14,6 +14,7 @@ use vram_seal::compute_signature;
 use vram_types::{GpuShare, SealedShard, ShardAllocation, VramError};
 
 use super::VramManager;
+use super::proof_order::ProofOrder;
 use super::resident::ResidentAllocation;
 use super::shared::Shared;
 use super::summary::{DEFAULT_SUMMARY_INTERVAL, PassSummary};
@@ -143,16 +144,14 @@ struct Inner {
     turns: Mutex<HashMap<String, u64>>,
     /// Passes not yet written in a summary record.
     summary: Mutex<PassSummary>,
-    /// The shards of this round, the least recently proven first (built once a round: picking
-    /// the oldest by a walk over every live shard per verification made a round of 50,000
-    /// tensors take 612 s); weak, so that a released shard is not kept allocated.
+    /// The shards of this round, in the order it takes them.
     round: Mutex<Round>,
 }
 
-/// One round's order.
+/// One round.
 #[derive(Default)]
 struct Round {
-    queue: std::collections::VecDeque<std::sync::Weak<ResidentAllocation>>,
+    order: ProofOrder,
     /// The last request (`verify_all_now`) a round was built for.
     served: Option<u64>,
     /// This round serves that request: every shard of it is due.
@@ -332,14 +331,11 @@ impl Inner {
     fn next(&self, requested_at: Option<u64>) -> (Option<Arc<ResidentAllocation>>, Duration) {
         let mut round = lock(&self.round);
         let requested = requested_at.filter(|at| round.served != Some(*at));
-        if requested.is_some() || round.queue.is_empty() {
+        if requested.is_some() || round.order.is_empty() {
             self.new_round(&mut round, requested);
         }
         let now = self.shared.clock().monotonic();
-        while let Some(weak) = round.queue.pop_front() {
-            let Some(resident) = weak.upgrade() else {
-                continue; // released since the round began
-            };
+        if let Some(resident) = round.order.pop() {
             if round.forced {
                 return (Some(resident), Duration::ZERO);
             }
@@ -348,7 +344,7 @@ impl Inner {
                 return (Some(resident), Duration::ZERO);
             }
             // The oldest left is not due: neither is any after it. Look again when it is.
-            round.queue.clear();
+            round.order.clear();
             return (None, self.interval.saturating_sub(age).min(IDLE_LOOK));
         }
         round.forced = false;
@@ -363,9 +359,8 @@ impl Inner {
     }
 
     /// Orders the live shards for a round: with a request, those not verified since it (all
-    /// due); otherwise all, the least recently proven first (equal proof times by the
-    /// scrubber's own turns, so a coarse clock still goes round-robin). Drops the turns of
-    /// shards no longer live.
+    /// due); otherwise all (equal proof times by the scrubber's own turns, so a coarse clock
+    /// still goes round-robin). Drops the turns of shards no longer live.
     fn new_round(&self, round: &mut Round, requested: Option<u64>) {
         let live = self.shared.live();
         let mut turns = lock(&self.turns);
@@ -374,16 +369,12 @@ impl Inner {
             turns.retain(|id, _| ids.contains(id.as_str()));
         }
         let turn = |r: &ResidentAllocation| turns.get(r.shard_id()).copied().unwrap_or(0);
-        let mut order: Vec<(Duration, u64, &Arc<ResidentAllocation>)> = live
+        let shards: Vec<Arc<ResidentAllocation>> = live
             .iter()
             .filter(|r| requested.is_none_or(|at| turn(r) <= at))
-            .map(|r| (r.last_proven(), turn(r), r))
+            .cloned()
             .collect();
-        order.sort_by_key(|(proven, turn, _)| (*proven, *turn));
-        round.queue = order
-            .into_iter()
-            .map(|(_, _, r)| Arc::downgrade(r))
-            .collect();
+        round.order.fill(&shards, turn);
         round.forced = requested.is_some();
         if requested.is_some() {
             round.served = requested;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use vram_types::{DigestAlgorithm, VramError};
 
 use super::VramManager;
+use super::proof_order::ProofOrder;
 use super::residency;
 use super::resident::ResidentAllocation;
 use super::shared::Shared;
@@ -106,6 +107,8 @@ pub struct StepScrubber {
     options: StepScrubOptions,
     lanes: HashMap<DigestAlgorithm, Box<dyn StepDigests>>,
     in_flight: HashMap<u64, (DigestAlgorithm, InFlight)>,
+    /// This round's order of the device's shards.
+    order: ProofOrder,
     next_tag: u64,
     last_step: Option<Instant>,
     /// Running step time, seconds.
@@ -149,6 +152,7 @@ impl VramManager {
             options,
             lanes: HashMap::new(),
             in_flight: HashMap::new(),
+            order: ProofOrder::default(),
             next_tag: 0,
             last_step: None,
             step_time: None,
@@ -416,36 +420,40 @@ impl StepScrubber {
             .ok_or(VramError::Unreachable("a lane was just inserted"))
     }
 
-    /// The next job: the least recently proven live shard of the device not in flight, and
-    /// after it, in the same order, the others of its algorithm that fit one job with it. Each
-    /// shard's allocation is checked (still plain device memory) before it is hashed.
+    /// The next job: the next shard of the round (the least recently proven first) not in
+    /// flight, and after it those of its algorithm that fit one job with it. Each shard's
+    /// allocation is checked (still plain device memory) before it is hashed.
     fn next_job(&mut self) -> Result<Option<NextJob>, VramError> {
-        let busy: std::collections::HashSet<&str> = self
+        if self.order.is_empty() {
+            let live: Vec<_> = self
+                .shared
+                .live()
+                .into_iter()
+                .filter(|r| r.sealed().gpu_device == self.device)
+                .collect();
+            self.order.fill(&live, |_| 0);
+        }
+        let busy: std::collections::HashSet<String> = self
             .in_flight
             .values()
-            .flat_map(|(_, job)| job.shards.iter().map(|r| r.shard_id()))
+            .flat_map(|(_, job)| job.shards.iter().map(|r| r.shard_id().to_owned()))
             .collect();
-        let mut candidates: Vec<Arc<ResidentAllocation>> = self
-            .shared
-            .live()
-            .into_iter()
-            .filter(|r| r.sealed().gpu_device == self.device && !busy.contains(&r.shard_id()))
-            .collect();
-        candidates.sort_by_key(|r| r.last_proven());
         let mut chosen: Vec<Arc<ResidentAllocation>> = Vec::new();
+        let mut lens: Vec<usize> = Vec::new();
         let mut algorithm = None;
-        for r in candidates {
+        while let Some(r) = self.order.pop() {
+            if busy.contains(r.shard_id()) {
+                continue; // being hashed now
+            }
             let a = r.sealed().digest_algorithm;
             if crate::backend::gpu_digest_of(a).is_none() {
                 self.uncovered = self.uncovered.saturating_add(1);
                 continue;
             }
-            if algorithm.is_some_and(|x| x != a) {
-                continue;
-            }
-            let mut lens: Vec<usize> = chosen.iter().map(|c| c.sealed().vram_bytes).collect();
             lens.push(r.sealed().vram_bytes);
-            if !self.lane(a)?.fits(&lens) {
+            if algorithm.is_some_and(|x| x != a) || !self.lane(a)?.fits(&lens) {
+                // The first shard of the next job.
+                self.order.put_back(&r);
                 break;
             }
             residency::check(
