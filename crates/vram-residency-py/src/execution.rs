@@ -52,10 +52,15 @@ impl Mode {
     }
 }
 
-/// An entered window: the Rust execution and the stream it is ordered on (kept live).
-struct Entered {
-    execution: ModelExecution<'static>,
-    _stream: Option<HeldStream>,
+/// Where a window stands: one request, entered once, exited once.
+enum State {
+    Fresh,
+    /// The Rust execution and the stream it is ordered on (its owner kept referenced).
+    Entered {
+        execution: ModelExecution<'static>,
+        stream: Option<HeldStream>,
+    },
+    Used,
 }
 
 /// `with manager.execute(sealed):` — see `Manager.execute`.
@@ -65,9 +70,7 @@ pub(crate) struct Execution {
     held: Arc<Held>,
     mode: Mode,
     stream: Option<Py<PyAny>>,
-    entered: Mutex<Option<Entered>>,
-    /// Whether it was entered once (a window is used for one request).
-    used: Mutex<bool>,
+    state: Mutex<State>,
 }
 
 impl Execution {
@@ -82,8 +85,7 @@ impl Execution {
             held,
             mode,
             stream,
-            entered: Mutex::new(None),
-            used: Mutex::new(false),
+            state: Mutex::new(State::Fresh),
         }
     }
 }
@@ -92,14 +94,15 @@ impl Execution {
 impl Execution {
     fn __enter__<'p>(slf: PyRef<'p, Self>, py: Python<'p>) -> PyResult<PyRef<'p, Self>> {
         {
-            let mut used = slf.used.lock().unwrap_or_else(PoisonError::into_inner);
-            if *used {
+            let mut state = slf.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if !matches!(*state, State::Fresh) {
                 return Err(bad_input(
                     "execution",
                     "already entered: use a new one per request",
                 ));
             }
-            *used = true;
+            // Taken now: a second `__enter__` meanwhile (another thread) is refused.
+            *state = State::Used;
         }
         let device = slf.held.model.gpu_device();
         let stream = if slf.held.lent.mock.is_some() {
@@ -112,10 +115,8 @@ impl Execution {
         let execution = py
             .detach(move || manager.begin_model_execution(&held.model, mode))
             .map_err(|e| to_py(&e))?;
-        *slf.entered.lock().unwrap_or_else(PoisonError::into_inner) = Some(Entered {
-            execution,
-            _stream: stream,
-        });
+        *slf.state.lock().unwrap_or_else(PoisonError::into_inner) =
+            State::Entered { execution, stream };
         Ok(slf)
     }
 
@@ -127,16 +128,15 @@ impl Execution {
         _exc: Option<Bound<'_, PyAny>>,
         _traceback: Option<Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
-        let entered = self
-            .entered
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-            .ok_or_else(|| bad_input("execution", "not entered"))?;
-        let Entered {
-            execution,
-            _stream: stream,
-        } = entered;
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if !matches!(*state, State::Entered { .. }) {
+            return Err(bad_input("execution", "not entered"));
+        }
+        let State::Entered { execution, stream } = std::mem::replace(&mut *state, State::Used)
+        else {
+            return Err(bad_input("execution", "not entered"));
+        };
+        drop(state);
         // The stream's owner stays referenced until the checks after have been queued and read.
         let verdict = py.detach(move || execution.finish());
         drop(stream);
