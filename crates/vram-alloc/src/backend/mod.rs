@@ -24,6 +24,7 @@ pub(crate) use cuda::CudaBackend;
 pub use mock::{HostTensor, MockBackend, MockBuilder};
 pub(crate) use read_back::ReadBack;
 pub(crate) use steps::{StepDigests, gpu_digest as gpu_digest_of};
+pub(crate) use vram_cuda_sys::tree_digest::job_fits;
 
 /// Upload chunk size: the CUDA backend's staging slot, a multiple of every tree leaf size.
 pub(crate) const UPLOAD_CHUNK_BYTES: usize = vram_cuda_sys::staging_ring::DEFAULT_SLOT_BYTES;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vram_cuda_sys::resident::Resident;
-use vram_cuda_sys::tree_digest::{GpuDigest, StepLane, job_fits};
+use vram_cuda_sys::tree_digest::{GpuDigest, StepLane};
 use vram_seal::ShardDigest;
 use vram_types::{DigestAlgorithm, GpuShare, VramError};
 
@@ -25,9 +25,6 @@ pub(crate) trait StepDigests: Send {
 
     /// Whether a job can start now.
     fn can_start(&self) -> bool;
-
-    /// Whether shards of these lengths fit one job.
-    fn fits(&self, lens: &[usize]) -> bool;
 
     /// Starts a job over `buffers`, tagged `tag`.
     ///
@@ -123,10 +120,6 @@ impl StepDigests for CudaSteps {
         self.lane.can_start()
     }
 
-    fn fits(&self, lens: &[usize]) -> bool {
-        self.lane.fits(lens)
-    }
-
     fn start(
         &mut self,
         _backend: &dyn Backend,
@@ -201,11 +194,6 @@ impl StepDigests for MockSteps {
 
     fn can_start(&self) -> bool {
         self.done.len() < 2
-    }
-
-    fn fits(&self, lens: &[usize]) -> bool {
-        // The GPU's rule, so that the mock groups shards into jobs as a GPU does.
-        gpu_digest(self.algorithm).is_some_and(|digest| job_fits(digest, lens))
     }
 
     fn start(

@@ -20,7 +20,7 @@ use super::resident::ResidentAllocation;
 use super::shared::Shared;
 use super::summary::{DEFAULT_SUMMARY_INTERVAL, PassSummary};
 use super::verify::{compare_digest, record_failure};
-use crate::backend::{EngineStream, StepDigests};
+use crate::backend::{EngineStream, StepDigests, gpu_digest_of, job_fits};
 
 /// Default share of each step's time the scrubber's GPU work may take.
 const DEFAULT_STEP_BUDGET: f32 = 0.01;
@@ -446,12 +446,12 @@ impl StepScrubber {
                 continue; // being hashed now
             }
             let a = r.sealed().digest_algorithm;
-            if crate::backend::gpu_digest_of(a).is_none() {
+            let Some(digest) = gpu_digest_of(a) else {
                 self.uncovered = self.uncovered.saturating_add(1);
                 continue;
-            }
+            };
             lens.push(r.sealed().vram_bytes);
-            if algorithm.is_some_and(|x| x != a) || !self.lane(a)?.fits(&lens) {
+            if algorithm.is_some_and(|x| x != a) || !job_fits(digest, &lens) {
                 // The first shard of the next job.
                 self.order.put_back(&r);
                 break;
