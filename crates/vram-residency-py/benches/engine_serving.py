@@ -2,8 +2,10 @@
 config (hidden 4096, LAYERS layers, bf16, random weights) generating batch-1 greedy tokens on
 PyTorch's default stream, alone and with each of the package's checks on, in one process:
 
+- the hooks alone (`guard(..., mode=None)` with no scrubber): what the hook calls cost;
 - the step scrubber (`vram_residency.torch.guard(..., mode=None, scrubber=...)`): tokens/s
-  against plain, and the GB/s it re-verifies, per digest algorithm;
+  against plain, the GB/s it re-verifies, and the host time of each `step()` call, per
+  digest algorithm;
 - the background scrubber with its defaults beside the same generation;
 - each window mode around whole requests (`with manager.execute(sealed, mode=...)`): its added
   time per request against the GPU time of its digests (`manager.verify`).
@@ -62,6 +64,39 @@ def request(model: Any) -> float:
     return time.perf_counter() - start
 
 
+class _Timed:
+    """A step scrubber whose `step()` calls are timed on the host (what the hook costs the
+    engine's host thread, which bounds a host-bound engine)."""
+
+    mode = "step"
+
+    def __init__(self, scrubber: vr.Scrubber) -> None:
+        self.scrubber = scrubber
+        self.seconds: list[float] = []
+
+    def step(self, stream: Any = None) -> None:
+        start = time.perf_counter()
+        try:
+            self.scrubber.step(stream)
+        finally:
+            self.seconds.append(time.perf_counter() - start)
+
+
+def _stepping(
+    model: Any, manager: vr.Manager, sealed: vr.SealedModel, timed: _Timed
+) -> Callable[[], tuple[float, float]]:
+    def step() -> tuple[float, float]:
+        hooks = guard(model, manager, sealed, mode=None, scrubber=timed)  # type: ignore[arg-type]
+        before = timed.scrubber.bytes_verified
+        try:
+            t = request(model)
+        finally:
+            hooks.remove()
+        return t, (timed.scrubber.bytes_verified - before) / t / 1e9
+
+    return step
+
+
 def main() -> None:
     layers = int(sys.argv[1]) if len(sys.argv) > 1 else 32
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
@@ -84,23 +119,29 @@ def main() -> None:
         return request(model), 0.0
 
     conditions["plain"] = plain
+
+    def hooks_only() -> tuple[float, float]:
+        a = ALGORITHMS[0]
+        hooks = guard(model, managers[a], sealed[a], mode=None)
+        try:
+            return request(model), 0.0
+        finally:
+            hooks.remove()
+
+    conditions["hooks alone (mode=None, no scrubber)"] = hooks_only
+    step_host: dict[str, list[float]] = {}
     for a in ALGORITHMS:
         manager, s = managers[a], sealed[a]
 
-        # One step scrubber a manager for the whole run: its round-robin and its measured rate
-        # carry from one request to the next, as in a server.
-        stepper = manager.start_scrubber(mode="step")
-
-        def step(
-            manager: vr.Manager = manager, s: vr.SealedModel = s, stepper: vr.Scrubber = stepper
-        ) -> tuple[float, float]:
-            hooks = guard(model, manager, s, mode=None, scrubber=stepper)
-            before = stepper.bytes_verified
-            try:
-                t = request(model)
-            finally:
-                hooks.remove()
-            return t, (stepper.bytes_verified - before) / t / 1e9
+        # One step scrubber a manager (and budget) for the whole run: its round-robin and its
+        # measured rate carry from one request to the next, as in a server. Other budgets show
+        # whether the cost follows the GPU work (it scales) or the calls (it does not).
+        budgets = (0.01, 0.002, 0.05) if a == "blake3" else (0.01,)
+        for budget in budgets:
+            label = a if budget == 0.01 else f"{a}, budget {budget}"
+            timed = _Timed(manager.start_scrubber(mode="step", budget=budget))
+            step_host[label] = timed.seconds
+            conditions[f"step scrubber, {label}"] = _stepping(model, manager, s, timed)
 
         def background(manager: vr.Manager = manager) -> tuple[float, float]:
             scrubber = manager.start_scrubber()
@@ -110,7 +151,6 @@ def main() -> None:
                 scrubber.stop()
             return t, scrubber.verified / t
 
-        conditions[f"step scrubber, {a}"] = step
         conditions[f"background scrubber (defaults), {a}"] = background
         for mode in ("before", "before_and_after", "pipelined"):
 
@@ -148,7 +188,13 @@ def main() -> None:
         x = statistics.median(extra[name])
         line = f"{name:44s} {TOKENS / t:9.2f} {100 * base / t:8.1f} %"
         if name.startswith("step"):
-            line += f"  {x:6.1f} GB/s re-verified (the model every {nbytes / 1e9 / max(x, 1e-9):.2f} s)"
+            host = step_host[name.split(", ", 1)[1]]
+            line += (
+                f"  {x:6.1f} GB/s re-verified (the model every {nbytes / 1e9 / max(x, 1e-9):.2f} s);"
+                f" step() host time median {1e6 * statistics.median(host):.0f} us,"
+                f" mean {1e6 * statistics.fmean(host):.0f} us, max {1e6 * max(host):.0f} us"
+                f" ({len(host)} steps)"
+            )
         elif name.startswith("background"):
             line += f"  {x:8.1f} tensors/s re-verified"
         elif name.startswith("window"):
