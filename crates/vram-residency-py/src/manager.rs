@@ -146,7 +146,18 @@ impl Manager {
         let named = named_tensors(tensors)?;
         let mut taken = Vec::with_capacity(named.len());
         for (name, obj) in &named {
-            taken.push((name.clone(), take(name, obj)?));
+            let t = take(name, obj)?;
+            // Empty tensors hold no weights: the model digest leaves them out
+            // (`.specs/model-digest.md`), and there is nothing of them to seal.
+            if t.len > 0 {
+                taken.push((name.clone(), t));
+            }
+        }
+        if taken.is_empty() && !named.is_empty() {
+            return Err(bad_input(
+                "tensors",
+                "no tensor with bytes: every tensor given is empty, and empty tensors are not sealed",
+            ));
         }
         let (engine, lent) = self.engine_tensors(py, taken)?;
         let manager = self.manager.clone();

@@ -2,7 +2,8 @@
 //! also cover `bfloat16`), anything with `__cuda_array_interface__` (CuPy, Numba), a GPU array
 //! that speaks only DLPack (JAX; viewed through PyTorch or CuPy), and, for the mock backend,
 //! anything with the buffer protocol (NumPy arrays standing in for tensors).
-//! Each is refused with a clear message unless it is contiguous and non-empty.
+//! Each is refused with a clear message unless it is contiguous; an empty one is taken (its
+//! `len` is 0) and left out by the caller, as the model digest leaves it out.
 
 use std::sync::Arc;
 
@@ -190,7 +191,6 @@ fn take_torch(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
         )
     })?;
     let shape: Vec<u64> = obj.getattr("shape")?.extract()?;
-    nonempty(name, len)?;
     let torch = obj.py().import("torch")?;
     let stream = torch
         .getattr("cuda")?
@@ -242,7 +242,6 @@ fn take_cuda_array(
         .try_fold(itemsize, |n, d| n.checked_mul(*d))
         .and_then(|n| usize::try_from(n).ok())
         .ok_or_else(|| bad_input("tensor", format!("{name:?} is larger than memory")))?;
-    nonempty(name, len)?;
     let device = match obj.getattr("device") {
         Ok(d) => d
             .getattr("id")
@@ -317,7 +316,6 @@ fn take_host_buffer(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
     })?;
     let shape: Vec<u64> = view.getattr("shape")?.extract()?;
     let len: usize = view.getattr("nbytes")?.extract()?;
-    nonempty(name, len)?;
     let bytes = view.call_method1("cast", ("B",))?;
     Ok(Taken {
         dtype,
@@ -345,16 +343,6 @@ fn not_contiguous(name: &str) -> PyErr {
             "{name:?} is not contiguous: its bytes are not one range to seal (seal tensor.contiguous(), and compute with that tensor)"
         ),
     )
-}
-
-fn nonempty(name: &str, len: usize) -> PyResult<()> {
-    if len == 0 {
-        return Err(bad_input(
-            "tensor",
-            format!("{name:?} has no bytes: an empty tensor has nothing to seal"),
-        ));
-    }
-    Ok(())
 }
 
 /// A NumPy array (or any buffer) read where it lies, through a byte view that keeps its

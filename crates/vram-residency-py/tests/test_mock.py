@@ -144,7 +144,7 @@ def test_bad_input_is_refused_and_changes_nothing(manager: vr.Manager) -> None:
     good = np.ones((4, 4), dtype=np.float32)
     cases: list[tuple[Any, str]] = [
         ({"w": good.T}, "not contiguous"),
-        ({"w": np.zeros(0, dtype=np.float32)}, "no bytes"),
+        ({"w": np.zeros(0, dtype=np.float32)}, "no tensor with bytes"),
         ({"w": np.ones(3, dtype=np.complex64)}, "model files do not name"),
         ({"w": "not a tensor"}, "a str"),
         ({"w": good, 3: good}, ""),
@@ -162,6 +162,18 @@ def test_bad_input_is_refused_and_changes_nothing(manager: vr.Manager) -> None:
         manager.execute(manager.seal({"w": good}, model_id="m"), mode="after")  # type: ignore[arg-type]
     assert not manager.is_stopped
     manager.seal({"w": good.copy()}, model_id="m2")
+
+
+def test_empty_tensors_are_left_out_as_the_model_digest_leaves_them_out(
+    manager: vr.Manager,
+) -> None:
+    w = np.arange(6, dtype=np.float32).reshape(2, 3)
+    alone = manager.seal({"w": w}, model_id="alone")
+    with_empty = manager.seal(
+        {"w": w.copy(), "bias": np.zeros((0, 4), dtype=np.float32)}, model_id="with-empty"
+    )
+    assert with_empty.digest == alone.digest
+    assert list(with_empty.tensors) == ["w"]
 
 
 def test_a_refused_seal_keeps_no_reference_to_the_tensors(manager: vr.Manager) -> None:
@@ -329,7 +341,7 @@ def test_cuda_array_interface_is_read_and_checked(manager: vr.Manager) -> None:
         (CudaArray((2, 3), "<f4", (16, 4)), "not contiguous"),  # a gap between rows
         (CudaArray((2, 3), ">f4", None), "model files do not name"),  # big-endian
         (CudaArray((2, 3), "<c8", None), "model files do not name"),
-        (CudaArray((0, 3), "<f4", None), "no bytes"),
+        (CudaArray((0, 3), "<f4", None), "no tensor with bytes"),
         # Contiguous (a size-1 dimension's stride is free), then refused by the mock backend.
         (CudaArray((1, 3), "<f2", (999, 2)), "this manager is the mock backend"),
         (CudaArray((2, 3), "|u1", None), "this manager is the mock backend"),

@@ -33,16 +33,22 @@ pub struct TensorEntry {
     pub digest: ShardDigest,
 }
 
-/// The canonical encoding of `tensors` (in any order: they are sorted by name).
+/// The canonical encoding of `tensors` (in any order: they are sorted by name). Tensors of
+/// zero bytes are left out: they hold no weights, nothing of them can be sealed in VRAM or
+/// change there, so a model file and the tensors an engine sealed agree on one digest whether
+/// or not the engine kept its empty tensors (`.specs/model-digest.md`).
 ///
 /// # Errors
-/// [`VramError::InvalidInput`] for no tensors, a name given twice, or a name, dtype or shape
-/// too large to encode.
+/// [`VramError::InvalidInput`] for no tensor with bytes, a name given twice, or a name, dtype
+/// or shape too large to encode.
 pub fn encode_model(tensors: &[TensorEntry]) -> Result<Vec<u8>, VramError> {
-    if tensors.is_empty() {
-        return Err(VramError::invalid_input("model", "no tensors"));
+    let mut sorted: Vec<&TensorEntry> = tensors.iter().filter(|t| t.bytes > 0).collect();
+    if sorted.is_empty() {
+        return Err(VramError::invalid_input(
+            "model",
+            "no tensors with bytes (empty tensors are not part of a model digest)",
+        ));
     }
-    let mut sorted: Vec<&TensorEntry> = tensors.iter().collect();
     sorted.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
     if let Some(pair) = sorted
         .windows(2)

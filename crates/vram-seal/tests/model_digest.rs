@@ -51,7 +51,7 @@ fn vectors() -> Vec<(Vec<TensorEntry>, Vec<u8>, String)> {
 #[test]
 fn encodings_and_digests_match_the_reference() {
     let vectors = vectors();
-    assert_eq!(vectors.len(), 3);
+    assert_eq!(vectors.len(), 4);
     for (tensors, encoding, digest) in vectors {
         assert_eq!(encode_model(&tensors).unwrap(), encoding);
         assert_eq!(model_digest(&tensors).unwrap().to_hex(), digest);
@@ -60,6 +60,19 @@ fn encodings_and_digests_match_the_reference() {
         reversed.reverse();
         assert_eq!(model_digest(&reversed).unwrap().to_hex(), digest);
     }
+}
+
+#[test]
+fn a_tensor_of_zero_bytes_is_left_out() {
+    let vectors = vectors();
+    let (one, _, one_digest) = &vectors[0];
+    let (with_empty, _, digest) = &vectors[3];
+    assert!(with_empty.iter().any(|t| t.bytes == 0));
+    assert_eq!(digest, one_digest);
+    assert_eq!(model_digest(one).unwrap(), model_digest(with_empty).unwrap());
+    // A model of empty tensors only has no digest, as a model of none.
+    let empty: Vec<TensorEntry> = with_empty.iter().filter(|t| t.bytes == 0).cloned().collect();
+    assert!(matches!(model_digest(&empty), Err(VramError::InvalidInput { .. })));
 }
 
 #[test]

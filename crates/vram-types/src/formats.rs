@@ -182,6 +182,89 @@ pub fn tensor_table(
     }
 }
 
+/// Domain separation of a metadata encoding (`.specs/model-digest.md`, "Metadata digest").
+pub const METADATA_MAGIC: &[u8; 8] = b"VRAMMETA";
+/// How a metadata digest names itself when it stands alone: `vram-meta-v1:HEX`.
+pub const METADATA_TAG: &str = "vram-meta-v1";
+
+/// The canonical encoding of a model file's metadata, what the model digest does not cover
+/// (`.specs/model-digest.md`): a safetensors file's `__metadata__` entries sorted by key, or a
+/// GGUF file's key-value section as the file stores it. `None` for a file with no tensor table
+/// (not safetensors or GGUF). The caller hashes it (SHA-256).
+///
+/// # Errors
+/// As [`recognise`].
+pub fn metadata_encoding(
+    path: &Path,
+    head: &[u8],
+    file_len: u64,
+) -> Result<Option<Vec<u8>>, FormatError> {
+    let mut out = METADATA_MAGIC.to_vec();
+    out.push(1);
+    let put = |out: &mut Vec<u8>, bytes: &[u8]| {
+        let n = u32::try_from(bytes.len()).map_err(|_| HeaderProblem::LengthTooLarge(u64::MAX))?;
+        out.extend_from_slice(&n.to_be_bytes());
+        out.extend_from_slice(bytes);
+        Ok::<_, HeaderProblem>(())
+    };
+    match recognise(path, head, file_len)? {
+        ModelFormat::Safetensors { .. } => {
+            let entries = safetensors_metadata(head).map_err(FormatError::Safetensors)?;
+            put(&mut out, b"safetensors").map_err(FormatError::Safetensors)?;
+            out.extend_from_slice(&u64::try_from(entries.len()).unwrap_or(u64::MAX).to_be_bytes());
+            for (key, value) in entries {
+                put(&mut out, key.as_bytes()).map_err(FormatError::Safetensors)?;
+                put(&mut out, value.as_bytes()).map_err(FormatError::Safetensors)?;
+            }
+        }
+        ModelFormat::Gguf { .. } => {
+            let (count, section) = gguf_metadata(head).map_err(FormatError::Gguf)?;
+            put(&mut out, b"gguf").map_err(FormatError::Gguf)?;
+            out.extend_from_slice(&count.to_be_bytes());
+            out.extend_from_slice(section);
+        }
+        ModelFormat::Raw => return Ok(None),
+    }
+    Ok(Some(out))
+}
+
+/// A safetensors header's `__metadata__` entries (a header [`recognise`] accepted), sorted by
+/// key bytes.
+fn safetensors_metadata(head: &[u8]) -> Result<Vec<(String, String)>, HeaderProblem> {
+    let n = head
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map(u64::from_le_bytes)
+        .ok_or(HeaderProblem::NoHeaderLength)?;
+    let json = usize::try_from(n)
+        .ok()
+        .and_then(|n| head.get(8..n.checked_add(8)?))
+        .ok_or(HeaderProblem::HeaderBeyondFile)?;
+    let metadata: Metadata =
+        serde_json::from_slice(json).map_err(|e| HeaderProblem::Json(e.to_string()))?;
+    let mut entries: Vec<(String, String)> = metadata
+        .metadata()
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    Ok(entries)
+}
+
+/// A GGUF header's key-value count and section bytes (a header [`recognise`] accepted).
+fn gguf_metadata(head: &[u8]) -> Result<(u64, &[u8]), HeaderProblem> {
+    let mut c = Cursor { bytes: head, pos: 0 };
+    c.take(4)?; // magic
+    c.u32()?; // version
+    c.u64()?; // tensor count
+    let kv_count = c.u64()?;
+    let start = c.pos;
+    gguf_key_values(&mut c, kv_count)?;
+    let section = head.get(start..c.pos).ok_or(HeaderProblem::Truncated(start))?;
+    Ok((kv_count, section))
+}
+
 /// What [`sealed_table`] found the bytes to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TableKind {
@@ -716,6 +799,27 @@ fn gguf(bytes: &[u8], file_len: u64) -> Result<ModelFormat, HeaderProblem> {
     gguf_table(bytes, file_len).map(|(format, _)| format)
 }
 
+/// Reads the GGUF metadata section at `c` (`kv_count` pairs): no key twice; returns the data
+/// alignment it sets (32 by default).
+fn gguf_key_values(c: &mut Cursor<'_>, kv_count: u64) -> Result<u64, HeaderProblem> {
+    let mut alignment = 32u64;
+    let mut keys = std::collections::HashSet::new();
+    for _ in 0..kv_count {
+        let key = c.string()?;
+        if !keys.insert(key) {
+            return Err(HeaderProblem::DuplicateKey(shown(key)));
+        }
+        let kind = c.u32()?;
+        let value = c.skip_value(kind, 0)?;
+        if key == b"general.alignment" {
+            alignment = value
+                .filter(|a| a.is_power_of_two())
+                .ok_or(HeaderProblem::BadAlignment)?;
+        }
+    }
+    Ok(alignment)
+}
+
 /// The GGUF header and its tensor table (byte ranges from the start of the file).
 fn gguf_table(
     bytes: &[u8],
@@ -734,21 +838,7 @@ fn gguf_table(
     if tensors > c.remaining() || kv_count > c.remaining() {
         return Err(HeaderProblem::CountsBeyondFile);
     }
-    let mut alignment = 32u64;
-    let mut keys = std::collections::HashSet::new();
-    for _ in 0..kv_count {
-        let key = c.string()?;
-        if !keys.insert(key) {
-            return Err(HeaderProblem::DuplicateKey(shown(key)));
-        }
-        let kind = c.u32()?;
-        let value = c.skip_value(kind, 0)?;
-        if key == b"general.alignment" {
-            alignment = value
-                .filter(|a| a.is_power_of_two())
-                .ok_or(HeaderProblem::BadAlignment)?;
-        }
-    }
+    let alignment = gguf_key_values(&mut c, kv_count)?;
     let mut names = std::collections::HashSet::new();
     let mut types = std::collections::BTreeMap::new();
     // `next`: where the next tensor must start (the last one's end, padded to the alignment).

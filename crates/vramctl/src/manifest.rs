@@ -23,6 +23,60 @@ pub fn escape_name(name: &[u8]) -> (bool, Vec<u8>) {
     (out.len() != name.len(), out)
 }
 
+/// A tensor's line of `digest --tensors`: `[\]ALG:HEX  FILE#TENSOR`, the digest always tagged
+/// with its algorithm (a per-tensor digest is never a file's, so it must not read as a
+/// `sha256sum` or `b3sum` line). The file name is escaped as [`escape_name`] escapes it; the
+/// tensor name, which comes from the model file and is nobody's file name, has every control
+/// character and direction mark escaped as well ([`escape_tensor_name`]), so that a crafted
+/// name cannot move the cursor, repaint the operator's terminal or show another name.
+#[must_use]
+pub fn tensor_line(alg: DigestAlgorithm, digest: &ShardDigest, file: &[u8], tensor: &str) -> Vec<u8> {
+    let (file_escaped, file) = escape_name(file);
+    let (tensor_escaped, tensor) = escape_tensor_name(tensor);
+    let mut line = Vec::with_capacity(file.len().saturating_add(tensor.len()).saturating_add(96));
+    if file_escaped || tensor_escaped {
+        line.push(b'\\');
+    }
+    line.extend_from_slice(format!("{alg}:{}  ", digest.to_hex()).as_bytes());
+    line.extend_from_slice(&file);
+    line.push(b'#');
+    line.extend_from_slice(tensor.as_bytes());
+    line
+}
+
+/// A tensor name as `digest --tensors` shows it: `\` doubled, every control character (C0,
+/// DEL and C1) as `\xHH`, the marks that reorder text on screen (bidirectional overrides and
+/// isolates) as `\u{HHHH}`, and whether anything was escaped.
+#[must_use]
+pub fn escape_tensor_name(name: &str) -> (bool, String) {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(name.len());
+    let mut escaped = false;
+    for c in name.chars() {
+        if c == '\\' {
+            out.push_str("\\\\");
+            escaped = true;
+        } else if c.is_control() || is_direction_mark(c) {
+            escaped = true;
+            let code = u32::from(c);
+            let _ = if code <= 0xff {
+                write!(out, "\\x{code:02x}")
+            } else {
+                write!(out, "\\u{{{code:04x}}}")
+            };
+        } else {
+            out.push(c);
+        }
+    }
+    (escaped, out)
+}
+
+/// Marks that make a terminal show text in another order than its bytes (the "Trojan Source"
+/// characters).
+fn is_direction_mark(c: char) -> bool {
+    matches!(c, '\u{200e}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// The inverse of [`escape_name`]; `None` for an escape coreutils never writes.
 #[must_use]
 pub fn unescape_name(name: &[u8]) -> Option<Vec<u8>> {

@@ -2420,3 +2420,155 @@ fn names_with_line_breaks_and_escapes_cannot_forge_output_lines() {
         "{all}"
     );
 }
+
+/// A safetensors file of `tensors` (name, shape, bytes; F32) with `metadata`.
+fn safetensors_with(
+    dir: &TempDir,
+    name: &str,
+    tensors: &[(&str, Vec<usize>, Vec<u8>)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> PathBuf {
+    use safetensors::tensor::{Dtype, TensorView};
+    let views: Vec<(&str, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, shape, data)| (*n, TensorView::new(Dtype::F32, shape.clone(), data).unwrap()))
+        .collect();
+    let bytes = safetensors::serialize(views, metadata).unwrap();
+    write(dir, name, &bytes)
+}
+
+/// Issue 33: per-tensor lines always carry their algorithm (they are never a file's line),
+/// a tensor name cannot drive the terminal, and empty tensors are left out of the listing as
+/// the model digest leaves them out.
+#[test]
+fn digest_tensors_lines_are_tagged_escaped_and_leave_empty_tensors_out() {
+    use vram_residency::model::{TAG, TensorEntry, model_digest};
+    use vram_residency::{DigestAlgorithm, compute_digest};
+    let dir = TempDir::new().unwrap();
+    let w = pattern(24);
+    let evil = "e\u{1b}[2J\u{7}vil\u{202e}";
+    let path = safetensors_with(
+        &dir,
+        "m.safetensors",
+        &[
+            ("w", vec![2, 3], w.clone()),
+            (evil, vec![1], pattern(4)),
+            ("empty", vec![0, 4], vec![]),
+        ],
+        None,
+    );
+    let alone = safetensors_with(
+        &dir,
+        "alone.safetensors",
+        &[("w", vec![2, 3], w.clone()), (evil, vec![1], pattern(4))],
+        None,
+    );
+    for (flags, alg) in [
+        (vec!["--algorithm", "blake3"], DigestAlgorithm::Blake3),
+        (vec!["--flat"], DigestAlgorithm::Sha256),
+        (vec![], DigestAlgorithm::default()),
+    ] {
+        let run = |file: &Path| {
+            let out = vramctl()
+                .args(["digest", "--tensors"])
+                .args(&flags)
+                .arg(file)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            out.stdout
+        };
+        let stdout = run(&path);
+        assert!(
+            !stdout.iter().any(|b| b.is_ascii_control() && *b != b'\n'),
+            "a control byte reached the terminal: {stdout:?}"
+        );
+        let text = String::from_utf8(stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "two tensors and the model line: {text}");
+        let file = path.to_str().unwrap();
+        assert_eq!(
+            lines[1],
+            format!("{alg}:{}  {file}#w", compute_digest(&w, alg).to_hex())
+        );
+        assert_eq!(
+            lines[0],
+            format!(
+                "\\{alg}:{}  {file}#e\\x1b[2J\\x07vil\\u{{202e}}",
+                compute_digest(&pattern(4), alg).to_hex()
+            )
+        );
+        assert!(!text.contains("empty"));
+        // The model digest of the file with its empty tensor is that of the file without it.
+        let entry = |name: &str, data: &[u8]| TensorEntry {
+            name: name.into(),
+            dtype: "F32".into(),
+            shape: if name == "w" { vec![2, 3] } else { vec![1] },
+            bytes: data.len() as u64,
+            algorithm: alg,
+            digest: compute_digest(data, alg),
+        };
+        let model = model_digest(&[entry("w", &w), entry(evil, &pattern(4))]).unwrap();
+        assert_eq!(lines[2], format!("{TAG}:{}  {file}", model.to_hex()));
+        let other = String::from_utf8(run(&alone)).unwrap();
+        assert!(other.ends_with(&format!("{TAG}:{}  {}\n", model.to_hex(), alone.to_str().unwrap())));
+    }
+}
+
+/// Issue 33: the model digest covers tensors only; the metadata digest beside it covers what
+/// the file says about them (`.specs/model-digest.md`).
+#[test]
+fn the_metadata_digest_covers_what_the_model_digest_does_not() {
+    use vram_residency::{DigestAlgorithm, compute_digest};
+    let dir = TempDir::new().unwrap();
+    let digests = |file: &Path| {
+        let out = vramctl()
+            .args(["--json", "digest", "--tensors"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            v["model_digest"].as_str().unwrap().to_owned(),
+            v["metadata_digest"].as_str().unwrap().to_owned(),
+        )
+    };
+    // safetensors: the `__metadata__` entries by key (the vector, built from the spec's table).
+    let meta = |pairs: &[(&str, &str)]| {
+        Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+    };
+    let tensors = [("w", vec![2usize, 3], pattern(24))];
+    let a = safetensors_with(&dir, "a.safetensors", &tensors, meta(&[("b", "2"), ("a", "1")]));
+    let b = safetensors_with(&dir, "b.safetensors", &tensors, meta(&[("a", "1"), ("b", "3")]));
+    let none = safetensors_with(&dir, "c.safetensors", &tensors, None);
+    let s = |x: &str| [&(x.len() as u32).to_be_bytes()[..], x.as_bytes()].concat();
+    let mut want = b"VRAMMETA\x01".to_vec();
+    want.extend(s("safetensors"));
+    want.extend(2u64.to_be_bytes());
+    for x in ["a", "1", "b", "2"] {
+        want.extend(s(x));
+    }
+    let (model_a, meta_a) = digests(&a);
+    assert_eq!(
+        meta_a,
+        format!("vram-meta-v1:{}", compute_digest(&want, DigestAlgorithm::Sha256).to_hex())
+    );
+    let (model_b, meta_b) = digests(&b);
+    let (model_none, meta_none) = digests(&none);
+    assert_eq!((&model_a, &model_b), (&model_none, &model_none));
+    assert_ne!(meta_a, meta_b);
+    assert_ne!(meta_a, meta_none);
+    // GGUF: one byte of the key-value section (the model's name) changed.
+    let gguf = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/tiny.gguf"),
+    )
+    .unwrap();
+    let at = gguf.windows(4).position(|w| w == b"tiny").unwrap();
+    let mut renamed = gguf.clone();
+    renamed[at + 3] = b'z';
+    let (model_1, meta_1) = digests(&write(&dir, "1.gguf", &gguf));
+    let (model_2, meta_2) = digests(&write(&dir, "2.gguf", &renamed));
+    assert_eq!(model_1, model_2);
+    assert_ne!(meta_1, meta_2);
+}

@@ -8,7 +8,7 @@
 //! that overlap with hashing (`digest_source`); `-` is standard input.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -20,7 +20,7 @@ use crate::cli::DigestArgs;
 use crate::error::{CliError, CliResult, Exit};
 use crate::files::{ProgressSource, READ_CHUNK, open_model};
 use crate::output::{self, Output};
-use vramctl::manifest::{checksum_line, escape_name, parse_line, tagged};
+use vramctl::manifest::{checksum_line, escape_name, parse_line, tagged, tensor_line};
 
 pub(crate) fn algorithm(flat: bool, leaf: Option<u64>) -> CliResult<DigestAlgorithm> {
     match (flat, leaf) {
@@ -111,13 +111,19 @@ pub(crate) fn run(out: Output, args: &DigestArgs) -> CliResult<Exit> {
     Ok(Exit::Ok)
 }
 
-/// `--tensors`: each tensor's digest, read from its byte range of the file, and the model digest.
+/// `--tensors`: each tensor's digest, read from its byte range of the file, and the model
+/// digest; with `--json`, the metadata digest too (`.specs/model-digest.md`). Tensors of zero
+/// bytes are not listed: the model digest leaves them out.
 fn digest_tensors(out: Output, path: &Path, alg: DigestAlgorithm) -> CliResult<()> {
     use vram_residency::model::{TAG, TensorEntry, model_digest};
+    use vramctl::formats::{METADATA_TAG, metadata_encoding, tensor_table};
     let (file, len) = open_model(path)?;
     let head = crate::files::read_head(path, &file, len)?;
-    let table = vramctl::formats::tensor_table(path, &head, len)
-        .map_err(|e| CliError::file(path, &e.to_string(), "use an intact model file"))?
+    let malformed = |e: vramctl::formats::FormatError| {
+        CliError::file(path, &e.to_string(), "use an intact model file")
+    };
+    let table = tensor_table(path, &head, len)
+        .map_err(malformed)?
         .ok_or_else(|| {
             CliError::file(
                 path,
@@ -125,9 +131,11 @@ fn digest_tensors(out: Output, path: &Path, alg: DigestAlgorithm) -> CliResult<(
                 "digest it without --tensors",
             )
         })?;
+    let metadata = metadata_encoding(path, &head, len).map_err(malformed)?;
+    drop(head);
     let source = FileSource::new(file).map_err(|e| crate::files::io_error(path, &e))?;
     let mut entries = Vec::with_capacity(table.len());
-    for t in table {
+    for t in table.into_iter().filter(|t| t.bytes > 0) {
         let range = TensorBytes {
             file: &source,
             offset: t.offset,
@@ -149,27 +157,54 @@ fn digest_tensors(out: Output, path: &Path, alg: DigestAlgorithm) -> CliResult<(
         CliError::file(
             path,
             &e.to_string(),
-            "use a model file with at least one tensor",
+            "use a model file with at least one tensor of at least one byte",
         )
     })?;
-    let file_name = path.to_string_lossy();
-    for e in &entries {
-        let name = [path.as_os_str().as_bytes(), b"#", e.name.as_bytes()].concat();
-        out.result_bytes(&checksum_line(alg, &e.digest, &name));
+    let file_bytes = path.as_os_str().as_bytes();
+    if out.json {
+        let metadata = metadata.map(|m| {
+            let d = vram_residency::compute_digest(&m, DigestAlgorithm::Sha256);
+            format!("{METADATA_TAG}:{}", d.to_hex())
+        });
+        // Written a tensor at a time: a document of a million tensors is never held whole.
+        let head = json!({
+            "file": path.to_string_lossy(),
+            "model_digest": format!("{TAG}:{}", model.to_hex()),
+            "metadata_digest": metadata,
+        })
+        .to_string();
+        let mut w = std::io::BufWriter::new(std::io::stdout().lock());
+        let mut write = || -> std::io::Result<()> {
+            w.write_all(head.strip_suffix('}').unwrap_or(&head).as_bytes())?;
+            w.write_all(b",\"tensors\":[")?;
+            for (i, e) in entries.iter().enumerate() {
+                if i > 0 {
+                    w.write_all(b",")?;
+                }
+                let digest = format!("{alg}:{}", e.digest.to_hex());
+                serde_json::to_writer(
+                    &mut w,
+                    &json!({
+                        "name": e.name, "dtype": e.dtype, "shape": e.shape, "bytes": e.bytes,
+                        "digest": digest,
+                    }),
+                )?;
+            }
+            w.write_all(b"]}\n")?;
+            w.flush()
+        };
+        // A closed stdout (`| head`) is not worth failing for, as everywhere in `vramctl`.
+        let _ = write();
+        return Ok(());
     }
-    let (escaped, shown) = escape_name(path.as_os_str().as_bytes());
+    for e in &entries {
+        out.result_bytes(&tensor_line(alg, &e.digest, file_bytes, &e.name));
+    }
+    let (escaped, shown) = escape_name(file_bytes);
     let mut model_line = if escaped { b"\\".to_vec() } else { Vec::new() };
     model_line.extend_from_slice(format!("{TAG}:{}  ", model.to_hex()).as_bytes());
     model_line.extend_from_slice(&shown);
     out.result_bytes(&model_line);
-    out.json(&json!({
-        "file": file_name,
-        "model_digest": format!("{TAG}:{}", model.to_hex()),
-        "tensors": entries.iter().map(|e| json!({
-            "name": e.name, "dtype": e.dtype, "shape": e.shape, "bytes": e.bytes,
-            "digest": tagged(alg, &e.digest),
-        })).collect::<Vec<_>>(),
-    }));
     Ok(())
 }
 
