@@ -44,6 +44,19 @@ pub(crate) fn io_error(path: &Path, e: &std::io::Error) -> CliError {
 
 /// Opens `path` as a regular, non-empty, readable file; returns it with its length.
 pub(crate) fn open_model(path: &Path) -> CliResult<(File, u64)> {
+    let (file, len) = open_regular(path)?;
+    if len == 0 {
+        return Err(CliError::file(
+            path,
+            "is empty (0 bytes)",
+            "give a complete model file",
+        ));
+    }
+    Ok((file, len))
+}
+
+/// A regular file and its length (0 included: `digest` hashes an empty file, as `sha256sum`).
+pub(crate) fn open_regular(path: &Path) -> CliResult<(File, u64)> {
     let meta = std::fs::metadata(path).map_err(|e| io_error(path, &e))?;
     if meta.is_dir() {
         return Err(CliError::file(
@@ -57,13 +70,6 @@ pub(crate) fn open_model(path: &Path) -> CliResult<(File, u64)> {
             path,
             "is not a regular file (a FIFO, socket or device)",
             "give a model file",
-        ));
-    }
-    if meta.len() == 0 {
-        return Err(CliError::file(
-            path,
-            "is empty (0 bytes)",
-            "give a complete model file",
         ));
     }
     let file = File::open(path).map_err(|e| io_error(path, &e))?;

@@ -2572,3 +2572,34 @@ fn the_metadata_digest_covers_what_the_model_digest_does_not() {
     assert_eq!(model_1, model_2);
     assert_ne!(meta_1, meta_2);
 }
+
+/// Issue 33: `digest` behaves as `sha256sum` and `b3sum`: an empty file has the digest of no
+/// bytes, and a file that cannot be read is reported while the others are still digested,
+/// the exit status saying something failed.
+#[test]
+fn digest_hashes_empty_files_and_goes_on_past_unreadable_ones() {
+    use vram_residency::{DigestAlgorithm, compute_digest};
+    let dir = TempDir::new().unwrap();
+    write(&dir, "a", b"hi\n");
+    write(&dir, "empty", b"");
+    for (flags, alg) in [
+        (vec!["--algorithm", "blake3"], DigestAlgorithm::Blake3),
+        (vec!["--flat"], DigestAlgorithm::Sha256),
+    ] {
+        let out = vramctl()
+            .current_dir(dir.path())
+            .arg("digest")
+            .args(&flags)
+            .args(["a", "empty", "missing", "a"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let hex = |b: &[u8]| compute_digest(b, alg).to_hex();
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("{0}  a\n{1}  empty\n{0}  a\n", hex(b"hi\n"), hex(b""))
+        );
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("missing") && err.contains("1 of 4 files"), "{err}");
+    }
+}

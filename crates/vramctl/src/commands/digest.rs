@@ -40,13 +40,17 @@ fn chosen(args: &DigestArgs) -> CliResult<DigestAlgorithm> {
     }
 }
 
-/// Digest of a file: positioned reads overlapping with hashing, tree leaves in parallel.
+/// Digest of a file: positioned reads overlapping with hashing, tree leaves in parallel. An
+/// empty file has the digest of no bytes, as `sha256sum` and `b3sum` print it.
 pub(crate) fn digest_file(
     path: &Path,
     alg: DigestAlgorithm,
     out: Output,
 ) -> CliResult<ShardDigest> {
-    let (file, len) = open_model(path)?;
+    let (file, len) = crate::files::open_regular(path)?;
+    if len == 0 {
+        return Ok(DigestHasher::new(alg).finalize());
+    }
     let source = FileSource::new(file).map_err(|e| crate::files::io_error(path, &e))?;
     let bar = out.progress(len, "hashing");
     let digest = digest_source(
@@ -91,24 +95,40 @@ pub(crate) fn run(out: Output, args: &DigestArgs) -> CliResult<Exit> {
         return check(out, manifest, args.strict, bare);
     }
     let alg = chosen(args)?;
-    if args.tensors {
-        for file in &args.files {
-            digest_tensors(out, file, alg)?;
-        }
-        return Ok(Exit::Ok);
-    }
-    let files: Vec<PathBuf> = if args.files.is_empty() {
+    let files: Vec<PathBuf> = if args.files.is_empty() && !args.tensors {
         vec![PathBuf::from("-")]
     } else {
         args.files.clone()
     };
+    // As `sha256sum`: a file that cannot be read is reported, the others are still digested,
+    // and the exit status says something failed.
+    let (mut failed, mut exit) = (0usize, Exit::Ok);
     for file in &files {
-        let digest = digest_named(file, alg, out)?;
-        let name = file.to_string_lossy();
-        out.result_bytes(&checksum_line(alg, &digest, file.as_os_str().as_bytes()));
-        out.json(&json!({ "file": name, "algorithm": alg.to_string(), "digest": digest.to_hex(), "tagged": tagged(alg, &digest) }));
+        let done = if args.tensors {
+            digest_tensors(out, file, alg)
+        } else {
+            digest_named(file, alg, out).map(|digest| {
+                out.result_bytes(&checksum_line(alg, &digest, file.as_os_str().as_bytes()));
+                out.json(&json!({ "file": file.to_string_lossy(), "algorithm": alg.to_string(), "digest": digest.to_hex(), "tagged": tagged(alg, &digest) }));
+            })
+        };
+        if let Err(e) = done {
+            output::warn(&format!("vramctl: {e}"));
+            out.json(&json!({ "file": file.to_string_lossy(), "error": e.to_string() }));
+            failed = failed.saturating_add(1);
+            if exit == Exit::Ok {
+                exit = e.exit;
+            }
+        }
     }
-    Ok(Exit::Ok)
+    if failed == 0 {
+        return Ok(Exit::Ok);
+    }
+    Err(CliError::new(
+        exit,
+        format!("{failed} of {} files could not be digested (above)", files.len()),
+    )
+    .reported_in_json())
 }
 
 /// `--tensors`: each tensor's digest, read from its byte range of the file, and the model
