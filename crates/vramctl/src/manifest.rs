@@ -141,6 +141,21 @@ pub fn parse_line(
     (!name.is_empty()).then_some((alg, digest, name))
 }
 
+/// Whether a checksum line's digest is bare hex (no `ALG:` before it).
+#[must_use]
+pub fn is_bare_line(line: &[u8]) -> bool {
+    let line = line.strip_prefix(b"\\").unwrap_or(line);
+    let end = line
+        .windows(2)
+        .position(|w| w == b"  " || w == b" *")
+        .unwrap_or(line.len());
+    !line.get(..end).unwrap_or_default().contains(&b':')
+}
+
+/// The algorithms a bare-hex digest may have been written with: `sha256sum`'s (flat SHA-256)
+/// and `b3sum`'s (BLAKE3).
+pub const BARE_ALGORITHMS: [DigestAlgorithm; 2] = [DigestAlgorithm::Sha256, DigestAlgorithm::Blake3];
+
 /// Whether a name a manifest gives leaves the manifest's directory (absolute, or through `..`):
 /// a manifest shipped with a model names the model's files, nothing else. Symbolic links out
 /// of the directory are the caller's to check, on the file system.
@@ -161,6 +176,8 @@ pub struct ManifestEntry {
     pub algorithm: DigestAlgorithm,
     /// The digest.
     pub digest: ShardDigest,
+    /// Written as bare hex (its algorithm is the reader's guess: `sha256sum`'s or `b3sum`'s).
+    pub bare: bool,
 }
 
 /// Why a manifest was refused as a whole.
@@ -197,6 +214,7 @@ pub enum ManifestError {
 pub fn parse_manifest(
     text: &[u8],
     base: &std::path::Path,
+    bare: DigestAlgorithm,
 ) -> Result<Vec<ManifestEntry>, ManifestError> {
     use std::os::unix::ffi::OsStrExt;
     let mut entries = Vec::new();
@@ -205,8 +223,8 @@ pub fn parse_manifest(
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let (algorithm, digest, name) = parse_line(line, DigestAlgorithm::Sha256)
-            .ok_or(ManifestError::Malformed { line: number })?;
+        let (algorithm, digest, name) =
+            parse_line(line, bare).ok_or(ManifestError::Malformed { line: number })?;
         let name = std::path::Path::new(std::ffi::OsStr::from_bytes(&name));
         if leaves_its_directory(name) {
             return Err(ManifestError::OutsideDirectory { line: number });
@@ -216,6 +234,7 @@ pub fn parse_manifest(
             path,
             algorithm,
             digest,
+            bare: is_bare_line(line),
         });
     }
     if entries.is_empty() {
@@ -238,6 +257,7 @@ mod tests {
         let ok = parse_manifest(
             format!("{hex}  a.bin\n{hex}  ./sub/b.bin\n").as_bytes(),
             Path::new("m"),
+            vram_residency::DigestAlgorithm::Sha256,
         )
         .unwrap();
         assert_eq!(ok[0].path, Path::new("m/a.bin"));
@@ -250,7 +270,7 @@ mod tests {
         ] {
             let text = format!("{hex}  a.bin\n{hex}  {name}\n");
             assert_eq!(
-                parse_manifest(text.as_bytes(), Path::new("m")),
+                parse_manifest(text.as_bytes(), Path::new("m"), vram_residency::DigestAlgorithm::Sha256),
                 Err(ManifestError::OutsideDirectory { line: 2 }),
                 "{name}"
             );
@@ -272,7 +292,7 @@ mod tests {
         assert_eq!(line, want);
         assert_eq!(parse_line(&line, alg), Some((alg, digest, name.to_vec())));
         let text = [&checksum_line(alg, &digest, b"a\xff.bin")[..], b"\n"].concat();
-        let entries = parse_manifest(&text, Path::new("m")).unwrap();
+        let entries = parse_manifest(&text, Path::new("m"), alg).unwrap();
         use std::os::unix::ffi::OsStrExt;
         assert_eq!(entries[0].path.as_os_str().as_bytes(), b"m/a\xff.bin");
     }

@@ -2603,3 +2603,46 @@ fn digest_hashes_empty_files_and_goes_on_past_unreadable_ones() {
         assert!(err.contains("missing") && err.contains("1 of 4 files"), "{err}");
     }
 }
+
+/// Issue 33: a `b3sum` manifest (bare hex BLAKE3) is read as BLAKE3 with `--algorithm blake3`,
+/// and without it a failure says what the lines are instead of calling the files corrupted.
+#[test]
+fn b3sum_manifests_are_read_as_blake3_when_asked_and_named_when_not() {
+    use vram_residency::{DigestAlgorithm, compute_digest};
+    let dir = TempDir::new().unwrap();
+    let bytes = pattern(70_000);
+    write(&dir, "m.bin", &bytes);
+    let b3 = compute_digest(&bytes, DigestAlgorithm::Blake3).to_hex();
+    std::fs::write(dir.path().join("B3SUMS"), format!("{b3}  m.bin\n")).unwrap();
+    let run = |args: &[&str]| {
+        vramctl()
+            .current_dir(dir.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // digest -c: FAILED as SHA-256, with the hint; OK as BLAKE3.
+    let failed = run(&["digest", "-c", "B3SUMS"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert_eq!(failed.stdout, b"m.bin: FAILED\n");
+    let err = String::from_utf8(failed.stderr).unwrap();
+    assert!(err.contains("BLAKE3 (a b3sum manifest)") && err.contains("--algorithm blake3"), "{err}");
+    let ok = run(&["digest", "--algorithm", "blake3", "-c", "B3SUMS"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(ok.stdout, b"m.bin: OK\n");
+    // A wrong line gets no hint.
+    std::fs::write(dir.path().join("WRONG"), format!("{}  m.bin\n", "ab".repeat(32))).unwrap();
+    let wrong = run(&["digest", "-c", "WRONG"]);
+    assert!(!String::from_utf8(wrong.stderr).unwrap().contains("b3sum"));
+    // seal --manifest: the same hint, and with --algorithm blake3 the file is sealed.
+    let refused = run(&["--backend", "mock", "seal", "--manifest", "B3SUMS"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let line = stderr_one_line(&refused);
+    assert!(line.contains("b3sum manifest") && line.contains("--algorithm blake3"), "{line}");
+    let args = ["--backend", "mock", "--json", "seal", "--algorithm", "blake3", "--manifest", "B3SUMS"]
+        .map(std::ffi::OsStr::new);
+    let (child, mut lines) = spawn_vramctl(dir.path(), &args);
+    let sealed = read_event(&mut lines, "sealed");
+    stop_with_sigterm(child, lines);
+    assert_eq!(sealed["shard"]["digest_algorithm"], "blake3");
+}

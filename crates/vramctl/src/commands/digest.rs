@@ -249,6 +249,19 @@ impl vram_residency::ShardSource for TensorBytes<'_> {
     }
 }
 
+/// The other algorithm bare hex is written with (`sha256sum`'s, `b3sum`'s) when `want` is
+/// `path`'s digest under it: hashed again only for a line that failed.
+fn bare_as_other(path: &Path, assumed: DigestAlgorithm, want: &ShardDigest) -> Option<DigestAlgorithm> {
+    let quiet = Output {
+        json: true,
+        quiet: true,
+    };
+    vramctl::manifest::BARE_ALGORITHMS
+        .into_iter()
+        .filter(|a| *a != assumed)
+        .find(|a| digest_named(path, *a, quiet).is_ok_and(|d| d.ct_eq(want)))
+}
+
 /// Longest manifest line read: a digest and a path (at most 4096 bytes) with room to spare.
 const MAX_LINE_BYTES: u64 = 64 * 1024;
 
@@ -299,6 +312,9 @@ fn check(out: Output, manifest: &Path, strict: bool, bare: DigestAlgorithm) -> C
         Box::new(BufReader::new(file))
     };
     let (mut ok, mut mismatched, mut unreadable, mut malformed) = (0u64, 0u64, 0u64, 0u64);
+    // Bare-hex lines that failed but are the file's digest under the other bare algorithm
+    // (a `b3sum` manifest checked as `sha256sum`'s, or the reverse).
+    let mut other_algorithm: Option<(DigestAlgorithm, u64)> = None;
     let mut reader = reader;
     for number in 1u64.. {
         let Some(line) = next_line(&mut reader, manifest, number)? else {
@@ -338,6 +354,12 @@ fn check(out: Output, manifest: &Path, strict: bool, bare: DigestAlgorithm) -> C
             }
             Ok(_) => {
                 mismatched = mismatched.saturating_add(1);
+                if vramctl::manifest::is_bare_line(line)
+                    && let Some(other) = bare_as_other(path, alg, &want)
+                {
+                    let (_, n) = other_algorithm.get_or_insert((other, 0));
+                    *n = n.saturating_add(1);
+                }
                 "FAILED"
             }
             Err(e) => {
@@ -372,6 +394,15 @@ fn check(out: Output, manifest: &Path, strict: bool, bare: DigestAlgorithm) -> C
         "computed checksum did NOT match",
         "computed checksums did NOT match",
     );
+    if let Some((other, n)) = other_algorithm {
+        let (what, flag) = match other {
+            DigestAlgorithm::Blake3 => ("BLAKE3 (a b3sum manifest)", "with --algorithm blake3"),
+            _ => ("flat SHA-256 (a sha256sum manifest)", "without --algorithm"),
+        };
+        output::warn(&format!(
+            "vramctl: {n} of the failed lines hold the file's {what}: check the manifest {flag}"
+        ));
+    }
     if ok.saturating_add(mismatched).saturating_add(unreadable) == 0 {
         output::warn(&format!(
             "vramctl: {}: no properly formatted checksum lines found",

@@ -21,8 +21,9 @@ use crate::metrics_server::MetricsListener;
 pub(super) struct Expected {
     pub(super) algorithm: DigestAlgorithm,
     pub(super) digest: ShardDigest,
-    /// Given as bare hex on the command line: when it is the file's flat SHA-256 instead of its
-    /// tree digest, the error says so.
+    /// Given as bare hex (on the command line, or a manifest line): when it is the file's
+    /// digest under another algorithm (a flat SHA-256 for a tree, BLAKE3 for a `b3sum` line
+    /// read as `sha256sum`'s), the error says so.
     pub(super) bare: bool,
     /// Where it was given, for errors: `--expect` or `the manifest`.
     pub(super) given_in: &'static str,
@@ -135,7 +136,12 @@ fn parse_expected(value: &str) -> CliResult<Expected> {
 /// every line of `--manifest`.
 fn requested(args: &SealArgs) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
     if let Some(manifest) = &args.manifest {
-        return read_manifest(manifest);
+        // Bare hex is `b3sum`'s BLAKE3 when the operator says so, else `sha256sum`'s SHA-256.
+        let bare = match args.algorithm {
+            Some(DigestAlgorithm::Blake3) => DigestAlgorithm::Blake3,
+            _ => DigestAlgorithm::Sha256,
+        };
+        return read_manifest(manifest, bare);
     }
     if let Some(bundle) = &args.signed_manifest {
         return signed(bundle, args.model_dir.as_deref(), &args.files);
@@ -222,10 +228,13 @@ fn outside(manifest: &Path, entry: &str) -> CliError {
 }
 
 /// Every line of a manifest, names taken from its directory; one bad line refuses it whole.
-fn read_manifest(path: &Path) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
+fn read_manifest(
+    path: &Path,
+    bare: DigestAlgorithm,
+) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
     let text = files::read_manifest(path)?;
     let base = path.parent().unwrap_or_else(|| Path::new(""));
-    let entries = manifest::parse_manifest(&text, base).map_err(|e| match e {
+    let entries = manifest::parse_manifest(&text, base, bare).map_err(|e| match e {
         ManifestError::Malformed { line } => CliError::bad_input(format!(
             "{}:{line}: improperly formatted checksum line; expected `HEX  FILE` (sha256sum) or `sha256-tree-65536:HEX  FILE` (vramctl digest)",
             crate::output::shown(path)
@@ -256,7 +265,7 @@ fn read_manifest(path: &Path) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
             let expected = Expected {
                 algorithm: e.algorithm,
                 digest: e.digest,
-                bare: false,
+                bare: e.bare,
                 given_in: "the manifest",
             };
             (e.path, Some(expected))

@@ -281,18 +281,49 @@ fn manifest_digest(want: &Expected) -> String {
     format!("{}:{}", want.algorithm, want.digest.to_hex())
 }
 
-/// Why a seal's digest did not match: when a bare `--expect HEX` is the file's flat SHA-256,
-/// say so (the operator pasted `sha256sum` output) instead of calling the file wrong.
+/// Why a seal's digest did not match: when a bare hex digest is the file's digest under
+/// another algorithm (the operator pasted `sha256sum` output for a tree, or gave a `b3sum`
+/// manifest), say which and how to write it, instead of calling the file wrong.
 fn mismatch_remedy(file: &SealFile, want: &Expected) -> String {
-    let flat = want
-        .bare
-        .then(|| digest_source(&file.source, DigestAlgorithm::Sha256).ok())
-        .flatten();
-    match flat {
-        Some(flat) if flat.ct_eq(&want.digest) => format!(
-            "this is the file's flat SHA-256, not its tree digest: write --expect sha256:{}",
+    let other = if want.bare {
+        other_algorithm(&file.source, want.algorithm, &want.digest)
+    } else {
+        None
+    };
+    match other {
+        Some(alg) if want.given_in == "--expect" => format!(
+            "this is the file's {} digest: write --expect {alg}:{}",
+            alg_name(alg),
             want.digest.to_hex()
         ),
-        _ => "refusing to seal it (wrong or corrupted file)".to_owned(),
+        Some(DigestAlgorithm::Blake3) => "the manifest's bare hex is the file's BLAKE3 (a b3sum manifest): seal it with --algorithm blake3".to_owned(),
+        Some(alg) => format!(
+            "the manifest's bare hex is the file's {} (a sha256sum manifest): seal it without --algorithm blake3",
+            alg_name(alg)
+        ),
+        None => "refusing to seal it (wrong or corrupted file)".to_owned(),
+    }
+}
+
+/// The algorithm of bare hex when it is not `assumed` but one of the others bare hex is
+/// written with (`sha256sum`'s flat SHA-256, `b3sum`'s BLAKE3): hashed again only on a
+/// mismatch, so a good seal costs nothing more.
+fn other_algorithm(
+    source: &dyn vram_residency::ShardSource,
+    assumed: DigestAlgorithm,
+    digest: &vram_residency::ShardDigest,
+) -> Option<DigestAlgorithm> {
+    vramctl::manifest::BARE_ALGORITHMS
+        .into_iter()
+        .filter(|a| *a != assumed)
+        .find(|a| digest_source(source, *a).is_ok_and(|d| d.ct_eq(digest)))
+}
+
+/// How an error names an algorithm.
+fn alg_name(alg: DigestAlgorithm) -> &'static str {
+    match alg {
+        DigestAlgorithm::Sha256 => "flat SHA-256",
+        DigestAlgorithm::Blake3 => "BLAKE3",
+        _ => "tree",
     }
 }
