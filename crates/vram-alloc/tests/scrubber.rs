@@ -281,19 +281,36 @@ fn the_oldest_proof_age_is_a_metric() {
     assert_eq!(metric(&r.manager), 0.0);
 }
 
-/// The step scrubber (`VramManager::step_scrubber`): on the mock, each step checks one job of
-/// shards, the least recently proven first, so a few steps cover every shard.
+/// Steps until `done` holds (at most 10,000 calls: a full budget pays for a working call every
+/// few calls).
+fn step_until(
+    scrubber: &mut vram_alloc::StepScrubber,
+    mut done: impl FnMut(&vram_alloc::StepScrubber) -> bool,
+) -> Result<(), VramError> {
+    for _ in 0..10_000 {
+        if done(scrubber) {
+            return Ok(());
+        }
+        scrubber.step(None)?;
+    }
+    panic!("not done after 10,000 steps");
+}
+
+/// A step scrubber whose budget is the whole step: it works every few calls.
+fn full_budget(r: &Rig) -> vram_alloc::StepScrubber {
+    r.manager
+        .step_scrubber(0, vram_alloc::StepScrubOptions::new().budget(1.0).unwrap())
+        .unwrap()
+}
+
+/// The step scrubber (`VramManager::step_scrubber`): on the mock, each working step checks one
+/// job of shards, the least recently proven first, so a few steps cover every shard.
 #[test]
 fn the_step_scrubber_covers_every_shard_finds_a_change_and_summarises_its_passes() {
     let r = rig();
     let shards = seal(&r, 4);
-    let mut scrubber = r
-        .manager
-        .step_scrubber(0, vram_alloc::StepScrubOptions::new())
-        .unwrap();
-    for _ in 0..8 {
-        scrubber.step(None).unwrap();
-    }
+    let mut scrubber = full_budget(&r);
+    step_until(&mut scrubber, |s| s.verified() >= 4).unwrap();
     assert!(scrubber.verified() >= 4, "{}", scrubber.verified());
     let each: u64 = shards.iter().map(|s| s.vram_bytes as u64).sum::<u64>() / 4;
     assert!(scrubber.bytes_verified() >= 4 * (each - 2));
@@ -305,7 +322,7 @@ fn the_step_scrubber_covers_every_shard_finds_a_change_and_summarises_its_passes
             .all(|e| !matches!(e, AuditEvent::SealVerified { .. }))
     );
     r.manager.corrupt_byte_for_tests(&shards[2], 123).unwrap();
-    let caught = (0..8).find_map(|_| scrubber.step(None).err()).unwrap();
+    let caught = step_until(&mut scrubber, |_| false).unwrap_err();
     assert!(
         matches!(&caught, VramError::IntegrityViolation { shard_id, .. } if shard_id == "s2"),
         "{caught:?}"
@@ -338,6 +355,29 @@ fn the_step_scrubber_covers_every_shard_finds_a_change_and_summarises_its_passes
     assert_eq!(summarised, verified);
 }
 
+/// The budget pays for the calls' host time as well as their GPU work: calls in a tight loop
+/// (microseconds apart, as a host-bound engine's hook would be were its steps that short)
+/// earn too little for one working call, and a pause long enough earns one.
+#[test]
+fn step_scrubber_calls_are_paid_for_by_the_budget() {
+    let r = rig();
+    let _shards = seal(&r, 4);
+    let mut scrubber = r
+        .manager
+        .step_scrubber(0, vram_alloc::StepScrubOptions::new())
+        .unwrap();
+    let mut queued = 0;
+    for _ in 0..1_000 {
+        assert!(!scrubber.due() || queued == 0);
+        queued += scrubber.step(None).unwrap().bytes_queued;
+    }
+    assert_eq!(queued, 0, "a thousand calls in a tight loop earned a working call");
+    // 1 % of 100 ms pays for a call (assumed 0.1 ms until measured) twice over.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(scrubber.due());
+    assert!(scrubber.step(None).unwrap().bytes_queued > 0);
+}
+
 #[test]
 fn step_scrubber_summaries_follow_the_interval_and_options_are_checked() {
     let r = rig();
@@ -353,7 +393,10 @@ fn step_scrubber_summaries_follow_the_interval_and_options_are_checked() {
         .manager
         .step_scrubber(
             0,
-            vram_alloc::StepScrubOptions::new().summary_interval(Duration::from_secs(10)),
+            vram_alloc::StepScrubOptions::new()
+                .budget(1.0)
+                .unwrap()
+                .summary_interval(Duration::from_secs(10)),
         )
         .unwrap();
     let summaries = |r: &Rig| {
@@ -363,11 +406,7 @@ fn step_scrubber_summaries_follow_the_interval_and_options_are_checked() {
             .filter(|e| matches!(e, AuditEvent::VerificationSummary { .. }))
             .count()
     };
-    // The first step starts the clock, the second queues a job, the third counts its passes.
-    for _ in 0..3 {
-        scrubber.step(None).unwrap();
-    }
-    assert!(scrubber.verified() > 0);
+    step_until(&mut scrubber, |s| s.verified() > 0).unwrap();
     assert_eq!(summaries(&r), 0);
     r.clock.advance(Duration::from_secs(11));
     scrubber.step(None).unwrap();

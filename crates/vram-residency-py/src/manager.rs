@@ -224,8 +224,9 @@ impl Manager {
     ///   `docs/perf.md`).
     /// - `mode="step"`: nothing runs on its own; each `Scrubber.step()` (an engine step, the
     ///   `vram_residency.torch` hooks call it) queues after the step's work a slice of a
-    ///   whole-GPU digest taking about `budget` of the step's time, round-robin over the
-    ///   tensors of `device`.
+    ///   whole-GPU digest, round-robin over the tensors of `device`; the calls' host time and
+    ///   their GPU work together take about `budget` of the engine's time (a call works once
+    ///   the steps since the last working call have paid for it).
     #[pyo3(signature = (*, mode="background", interval=10.0, share=None, budget=0.01, device=0, summary_interval=60.0))]
     #[expect(clippy::too_many_arguments, reason = "Python keyword arguments")]
     fn start_scrubber(

@@ -218,6 +218,19 @@ impl Scrubber {
                 "a background scrubber runs on its own: step() drives a mode=\"step\" scrubber",
             ));
         };
+        // Most calls of a host-bound engine's steps are not due (the budget pays for a working
+        // call every few steps): those return before the stream is looked up.
+        let due = match &self.inner.kind {
+            Kind::Step { scrubber, .. } => scrubber
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+                .is_none_or(|s| s.due()),
+            Kind::Background(_) => true,
+        };
+        if !due {
+            return Ok(());
+        }
         let held = if *mock {
             None
         } else {

@@ -316,7 +316,12 @@ fn take_host_buffer(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
     })?;
     let shape: Vec<u64> = view.getattr("shape")?.extract()?;
     let len: usize = view.getattr("nbytes")?.extract()?;
-    let bytes = view.call_method1("cast", ("B",))?;
+    let bytes = if len == 0 {
+        // An empty array's view cannot be cast; it is left out by the caller anyway.
+        PyMemoryView::from(PyBytes::new(obj.py(), b"").as_any())?.into_any()
+    } else {
+        view.call_method1("cast", ("B",))?
+    };
     Ok(Taken {
         dtype,
         shape,

@@ -176,6 +176,9 @@ pub(crate) fn gpu_digest(algorithm: DigestAlgorithm) -> Option<GpuDigest> {
 pub(crate) struct MockSteps {
     algorithm: DigestAlgorithm,
     done: VecDeque<(u64, Vec<ShardDigest>)>,
+    /// Bytes hashed at `start` and not yet reported by `advance` (the host hashes a job whole;
+    /// the steps report its bytes as a GPU's would, within their budgets).
+    unreported: u64,
 }
 
 impl MockSteps {
@@ -183,6 +186,7 @@ impl MockSteps {
         Self {
             algorithm,
             done: VecDeque::new(),
+            unreported: 0,
         }
     }
 }
@@ -204,11 +208,17 @@ impl StepDigests for MockSteps {
     ) -> Result<(), VramError> {
         let digests = backend.digest(buffers, self.algorithm, GpuShare::Full, DigestOrder::Now)?;
         self.done.push_back((tag, digests));
+        let bytes: usize = buffers.iter().map(|(_, len)| *len).sum();
+        self.unreported = self
+            .unreported
+            .saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
         Ok(())
     }
 
-    fn advance(&mut self, _budget: u64) -> Result<u64, VramError> {
-        Ok(0)
+    fn advance(&mut self, budget: u64) -> Result<u64, VramError> {
+        let n = self.unreported.min(budget.max(1));
+        self.unreported = self.unreported.saturating_sub(n);
+        Ok(n)
     }
 
     fn end(&mut self) -> Result<(), VramError> {

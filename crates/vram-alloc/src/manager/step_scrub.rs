@@ -1,8 +1,17 @@
 //! The step scrubber: re-verifies every resident shard of one device in the gaps of an engine's
 //! own steps instead of beside them. At each step ([`StepScrubber::step`], called once the
 //! engine has queued a step's work: a forward hook, a server's loop) it queues on the GPU,
-//! after that work, a slice of a whole-GPU digest sized to a share of the measured step time,
-//! continuing a round-robin over the device's shards, the least recently proven first. Results
+//! after that work, a slice of a whole-GPU digest, continuing a round-robin over the device's
+//! shards, the least recently proven first.
+//!
+//! The budget is a share of the engine's time, and it pays for both costs of a step: the host
+//! time of the call itself (driver calls on the engine's own thread, which is what a host-bound
+//! engine such as `transformers` generation feels: 0.2-0.3 ms a call on an H100) and the GPU
+//! time of its slice. Every call earns `budget × the time since the last call`; a call runs
+//! once the credit pays for its host time twice over, and spends what is left on GPU work. So
+//! with steps shorter than the call's cost divided by the budget, only every few steps does
+//! work, in a slice as large as those steps earned together: the bytes per second stay, the
+//! host cost is amortised. Results
 //! are read without waiting (a later step collects them); a mismatch is a failed verification
 //! as any other (a critical record of its own, and the manager stops), passes are summarised
 //! in the audit trail (`summary.rs`). `docs/adr/0012-engine-ordered-checks.md`.
@@ -27,10 +36,12 @@ const DEFAULT_STEP_BUDGET: f32 = 0.01;
 /// Bytes per GPU-second assumed before the first step's GPU time is measured: low, so the
 /// first steps take less than their budget rather than more.
 const FIRST_RATE: f64 = 50e9;
+/// Host seconds a working step is assumed to cost before one is measured.
+const FIRST_HOST_COST: f64 = 100e-6;
 /// Weight of the newest measurement in the running step time and hashing rate.
 const EWMA: f64 = 0.2;
-/// Longest a gap between two calls counts as a step's time (a pause between requests is not
-/// a step: it would size the next slice for an idle engine).
+/// Longest a gap between two calls earns credit for (a pause between requests is not a step:
+/// it would size the next slice for an idle engine).
 const LONGEST_STEP: Duration = Duration::from_millis(500);
 
 /// How the step scrubber sizes its slices and writes its summaries.
@@ -56,8 +67,8 @@ impl StepScrubOptions {
         Self::default()
     }
 
-    /// The share of a step's time (between two calls of [`StepScrubber::step`]) its digest
-    /// slice may take on the GPU, in `(0, 1]` (default 0.01).
+    /// The share of the engine's time (measured between calls of [`StepScrubber::step`]) the
+    /// calls' host time and their GPU work may take together, in `(0, 1]` (default 0.01).
     ///
     /// # Errors
     /// [`VramError::InvalidInput`] outside `(0, 1]`.
@@ -111,8 +122,12 @@ pub struct StepScrubber {
     order: ProofOrder,
     next_tag: u64,
     last_step: Option<Instant>,
-    /// Running step time, seconds.
-    step_time: Option<f64>,
+    /// Seconds of cost earned and not yet spent (see the module docs).
+    credit: f64,
+    /// Running host time of a working step, seconds.
+    host_cost: f64,
+    /// When the current call began, when [`StepScrubber::due`] began it.
+    call_started: Option<Instant>,
     /// Running hashing rate, bytes per GPU-second.
     rate: f64,
     verified: u64,
@@ -155,7 +170,9 @@ impl VramManager {
             order: ProofOrder::default(),
             next_tag: 0,
             last_step: None,
-            step_time: None,
+            credit: 0.0,
+            host_cost: FIRST_HOST_COST,
+            call_started: None,
             rate: FIRST_RATE,
             verified: 0,
             bytes_verified: 0,
@@ -168,10 +185,28 @@ impl VramManager {
 }
 
 impl StepScrubber {
-    /// One engine step: collects the verifications finished since the last step (without
-    /// waiting), then queues, after the work queued so far on `engine` (none: at once), about
-    /// the budget's share of the measured step time of digest work on the next shards. The
-    /// first call only starts the clock.
+    /// Whether this call of the engine's step would do work: it starts the call (its time
+    /// counts from here) and earns the time since the last call. No driver call; a binding that
+    /// must look up the engine's stream first calls this and skips the lookup when it is not
+    /// due. A call that is not due costs next to nothing (see the module docs).
+    pub fn due(&mut self) -> bool {
+        let now = Instant::now();
+        if let Some(last) = self.last_step.replace(now) {
+            let gap = now.saturating_duration_since(last).min(LONGEST_STEP);
+            let budget = f64::from(self.options.budget);
+            // A long pause earns at most one longest step; a budget too small to pay for one
+            // call in that time still earns enough for one now and then.
+            let cap = (budget * LONGEST_STEP.as_secs_f64()).max(4.0 * self.host_cost);
+            self.credit = (self.credit + budget * gap.as_secs_f64()).min(cap);
+        }
+        self.call_started = Some(now);
+        self.failure.is_some() || self.stopped || self.credit >= 2.0 * self.host_cost
+    }
+
+    /// One engine step: when due ([`Self::due`]), collects the verifications finished since the
+    /// last working step (without waiting), then queues, after the work queued so far on
+    /// `engine` (none: at once), as many bytes of digest work as the credit left after the
+    /// call's own host time pays for. The first call only starts the clock.
     ///
     /// # Errors
     /// A failed verification, as [`VramManager::verify_sealed`] reports it
@@ -179,6 +214,11 @@ impl StepScrubber {
     /// recorded, the manager stops, and every later step returns [`VramError::Stopped`].
     /// CUDA errors.
     pub fn step(&mut self, engine: Option<EngineStream<'_>>) -> Result<StepReport, VramError> {
+        let due = match self.call_started {
+            Some(_) => self.failure.is_some() || self.stopped || self.credit >= 2.0 * self.host_cost,
+            None => self.due(),
+        };
+        let started = self.call_started.take().unwrap_or_else(Instant::now);
         if let Some(e) = &self.failure {
             return Err(e.clone());
         }
@@ -189,33 +229,30 @@ impl StepScrubber {
             ));
         }
         self.shared.ensure_running()?;
-        let now = Instant::now();
-        if let Some(last) = self.last_step.replace(now) {
-            let gap = now.saturating_duration_since(last);
-            if gap <= LONGEST_STEP {
-                let t = gap.as_secs_f64();
-                self.step_time = Some(self.step_time.map_or(t, |s| s + EWMA * (t - s)));
-            }
-        }
-        self.learn_rate()?;
-        let verified_before = self.verified;
-        let collected = self.collect(false);
-        let flushed = self.summary.flush_if_due(&self.shared);
-        collected?;
-        if let Err(e) = flushed {
+        // The summary is written on time whether or not this call works (a clock read).
+        if let Err(e) = self.summary.flush_if_due(&self.shared) {
             self.failure = Some(e.clone());
             return Err(e);
         }
-        let Some(step_time) = self.step_time else {
+        if !due {
             return Ok(StepReport::default());
-        };
+        }
+        self.learn_rate()?;
+        let verified_before = self.verified;
+        self.collect(false)?;
+        let gpu_seconds = (self.credit - self.host_cost).max(0.0);
         #[allow(
             clippy::cast_possible_truncation,
             clippy::cast_sign_loss,
             reason = "a positive byte budget far below 2^64"
         )]
-        let budget = (self.rate * step_time * f64::from(self.options.budget)).max(1.0) as u64;
+        let budget = (self.rate * gpu_seconds).max(1.0) as u64;
         let queued = self.queue(engine, budget)?;
+        let host = started.elapsed().as_secs_f64();
+        self.host_cost += EWMA * (host - self.host_cost);
+        #[allow(clippy::cast_precision_loss, reason = "a time estimate")]
+        let gpu = queued as f64 / self.rate;
+        self.credit = (self.credit - host - gpu).max(0.0);
         Ok(StepReport {
             bytes_queued: queued,
             shards_verified: self.verified.saturating_sub(verified_before),

@@ -90,6 +90,26 @@ pub struct StepLane {
     /// The step being queued: its start event and bytes so far.
     open: Option<(Event, u64)>,
     timed: VecDeque<Timed>,
+    /// Events kept for the next steps: creating and destroying three a step cost the engine's
+    /// thread more than the rest of the step's driver calls.
+    events: EventPool,
+}
+
+/// The lane's reusable events: one that marks the engine's queue (a stream's wait takes the
+/// event's state when it is queued, so the event can be recorded again at once), and timing
+/// events whose steps have been measured.
+struct EventPool {
+    engine_done: Option<Event>,
+    timing: Vec<Event>,
+}
+
+impl EventPool {
+    fn timing(&mut self, device: &Arc<crate::device::Device>) -> Result<Event, CudaError> {
+        match self.timing.pop() {
+            Some(e) => Ok(e),
+            None => Event::of_kind(device, EventKind::Timing),
+        }
+    }
 }
 
 impl std::fmt::Debug for StepLane {
@@ -134,6 +154,10 @@ impl StepLane {
             jobs: VecDeque::new(),
             open: None,
             timed: VecDeque::new(),
+            events: EventPool {
+                engine_done: None,
+                timing: Vec::new(),
+            },
         })
     }
 
@@ -163,11 +187,17 @@ impl StepLane {
     pub fn begin(&mut self, engine: Option<EngineStream<'_>>) -> Result<(), CudaError> {
         let device = &self.engine.device;
         if let Some(engine) = engine {
-            let mut engine_done = Event::new(device)?;
+            let engine_done = match &mut self.events.engine_done {
+                Some(e) => e,
+                none => none.insert(Event::new(device)?),
+            };
             engine_done.record_on(engine)?;
-            self.stream.wait_for(&engine_done)?;
+            self.stream.wait_for(engine_done)?;
         }
-        let mut start = Event::of_kind(device, EventKind::Timing)?;
+        if let Some((start, _)) = self.open.take() {
+            self.events.timing.push(start); // a step begun and never ended
+        }
+        let mut start = self.events.timing(device)?;
         start.record(&self.stream)?;
         self.open = Some((start, 0));
         Ok(())
@@ -291,10 +321,12 @@ impl StepLane {
     /// # Errors
     /// [`CudaError::Driver`].
     pub fn end(&mut self) -> Result<(), CudaError> {
-        if let Some((start, bytes)) = self.open.take()
-            && bytes > 0
-        {
-            let mut end = Event::of_kind(&self.engine.device, EventKind::Timing)?;
+        if let Some((start, bytes)) = self.open.take() {
+            if bytes == 0 {
+                self.events.timing.push(start);
+                return Ok(());
+            }
+            let mut end = self.events.timing(&self.engine.device)?;
             end.record(&self.stream)?;
             self.timed.push_back(Timed { bytes, start, end });
         }
@@ -313,7 +345,9 @@ impl StepLane {
                 break;
             }
             out.push((t.bytes, t.end.elapsed_since(&t.start)?));
-            self.timed.pop_front();
+            if let Some(t) = self.timed.pop_front() {
+                self.events.timing.extend([t.start, t.end]);
+            }
         }
         Ok(out)
     }

@@ -240,8 +240,10 @@ class Manager:
         each once it was last proven `interval` seconds ago (10 by default; 0: continuously,
         which costs a host-bound engine beside it about 12 %), at `share` of the SMs (default:
         the background share, 1/16). `mode="step"`: a scrubber driven by
-        `Scrubber.step()` whose GPU work per step takes about `budget` of the step's time, over
-        the tensors on `device`. Passes are written to the audit log as one summary record per
+        `Scrubber.step()` whose calls (their host time) and GPU work together take about `budget`
+        of the engine's time: a call works only once the steps since the last working call
+        have paid for it, so most calls of a host-bound engine return at once; over the
+        tensors on `device`. Passes are written to the audit log as one summary record per
         `summary_interval` seconds; each failure is a record of its own."""
     def attest(self, sealed: SealedModel, nonce: bytes) -> list[dict[str, Any]]:
         """A signed residency statement per tensor, bound to `nonce`."""
