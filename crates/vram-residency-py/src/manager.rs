@@ -74,10 +74,18 @@ impl Manager {
         let sink: Arc<dyn AuditSink> = match audit_log {
             Some(path) => {
                 let signing = key()?.audit_signing_key().map_err(|e| to_py(&e))?;
-                Arc::new(
-                    FileAuditSink::open_with(&path, signing, AuditLogOptions::default())
-                        .map_err(|e| bad_input("audit_log", format!("{}: {e}", path.display())))?,
-                )
+                let file = FileAuditSink::open_with(&path, signing, AuditLogOptions::default())
+                    .map_err(|e| bad_input("audit_log", format!("{}: {e}", path.display())))?;
+                let adopted = file.adopted_unsigned_records();
+                if adopted > 0 {
+                    let message = format!(
+                        "{}: {adopted} record(s) at its end were never signed by a checkpoint (a writer that died before its next one, or lines appended by someone else); they are adopted, and `vramctl audit verify` refuses them unless given --allow-unsigned-tail",
+                        path.display()
+                    );
+                    let warnings = py.import("warnings")?;
+                    warnings.call_method1("warn", (message, py.get_type::<pyo3::exceptions::PyUserWarning>(), 2))?;
+                }
+                Arc::new(file)
             }
             None => Arc::new(InMemoryAuditSink::new()),
         };

@@ -402,3 +402,33 @@ def test_a_scrubber_round_is_not_quadratic_in_the_tensors(token_env: bytes) -> N
 
     small, large = rate(100), rate(20_000)
     assert large >= 0.25 * small, (small, large)
+
+
+def test_a_log_reopened_with_an_unsigned_tail_warns(tmp_path: Path, token_env: bytes) -> None:
+    import gc
+    import hashlib
+    import warnings
+
+    log = tmp_path / "audit.log"
+    manager = vr.Manager(WORKER, backend="mock", audit_log=log)
+    manager.seal(weights(), model_id="m")
+    del manager
+    gc.collect()  # the manager's sink unlocks the log
+    # A record linked on without the key, as anyone with write access could add it.
+    last = log.read_text().splitlines()[-1]
+    seq = len(log.read_text().splitlines())
+    prev = hashlib.sha256(last.encode()).hexdigest()
+    forged = json.dumps(
+        {"seq": seq, "prev": prev, "timestamp_ms": 1, "time": "1970-01-01T00:00:00.001Z",
+         "worker_id": WORKER, "correlation_id": "x", "severity": "info",
+         "event": "SealVerified", "shard_id": "m:w", "gpu_device": 0},
+        separators=(",", ":"),
+    )
+    with log.open("a") as f:
+        f.write(forged + "\n")
+    with pytest.warns(UserWarning, match="1 record.s. at its end were never signed"):
+        vr.Manager(WORKER, backend="mock", audit_log=log)
+    gc.collect()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # signed on by the last open: nothing to warn of
+        vr.Manager(WORKER, backend="mock", audit_log=log)

@@ -59,6 +59,13 @@ pub(crate) fn open(
                 FileAuditSink::open_with(path, key.seal_key()?.audit_signing_key()?, options)
                     .map_err(|e| CliError::bad_input(format!("cannot use audit log: {e}")))?,
             );
+            let adopted = file.adopted_unsigned_records();
+            if adopted > 0 {
+                crate::output::warn(&format!(
+                    "warning: {}: {adopted} record(s) at its end were never signed by a checkpoint (a writer that died before its next one, or lines appended by someone else); they are adopted, and `vramctl audit verify` refuses them unless given --allow-unsigned-tail",
+                    crate::output::shown(path)
+                ));
+            }
             (file.clone() as Arc<dyn AuditSink>, None, Some(file))
         }
         AuditTarget::Memory => {

@@ -840,6 +840,16 @@ fn audit_logs_are_signed_with_the_token_key_and_verified_by_vramctl() {
     let wrong = verify(&["--token-file", other.to_str().unwrap()]);
     assert_eq!(wrong.status.code(), Some(1));
     assert!(stderr_one_line(&wrong).contains("line 1"));
+    assert!(stderr_one_line(&wrong).contains("check that this is the token that wrote the log"));
+    // The right token under another worker id (issue 33): the hint names the log's worker id.
+    let token_arg = token.to_str().unwrap();
+    let other_id = verify(&["--token-file", token_arg, "--worker-id", "worker-7"]);
+    assert_eq!(other_id.status.code(), Some(1));
+    assert!(
+        stderr_one_line(&other_id).contains("pass --worker-id vramctl"),
+        "{}",
+        stderr_one_line(&other_id)
+    );
 
     let original = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = original.lines().collect();
@@ -2212,9 +2222,12 @@ fn a_forged_tail_adopted_at_restart_is_reported_unsigned_by_audit_verify() {
         forged.push('\n');
     }
     std::fs::write(&log, format!("{text}{forged}")).unwrap();
-    // Two restarts: each signs the log on.
-    seal_until_sigterm(&model, &log, &token_arg);
-    seal_until_sigterm(&model, &log, &token_arg);
+    // Two restarts: each signs the log on. The first warns of what it adopts (issue 33); the
+    // second finds nothing unsigned after the checkpoints the first wrote.
+    let (_, first) = seal_until_sigterm(&model, &log, &token_arg);
+    assert!(first.contains("2 record(s) at its end were never signed"), "{first}");
+    let (_, second) = seal_until_sigterm(&model, &log, &token_arg);
+    assert!(!second.contains("never signed"), "{second}");
     let verify = |extra: &[&str]| {
         vramctl()
             .args(["--json", "audit", "verify"])

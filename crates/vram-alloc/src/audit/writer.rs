@@ -110,6 +110,8 @@ pub struct FileAuditSink<F: LogFile = File> {
     public_key: AuditPublicKey,
     options: AuditLogOptions,
     writer: Mutex<Writer<F>>,
+    /// Records found after the last checkpoint when the log was opened, adopted unsigned.
+    adopted_unsigned: u64,
     /// The locked file: the lock lasts as long as the sink.
     _lock: File,
 }
@@ -217,6 +219,11 @@ impl<F: LogFile> FileAuditSink<F> {
             out.truncate(len).map_err(|e| io_error(&path, e))?;
             tracing::warn!(path = %path.display(), bytes = torn, "removed a torn record from the end of the audit log");
         }
+        if unsigned > 0 {
+            // No checkpoint signs them: a writer that died before its next checkpoint, or
+            // lines appended by someone else. The opening record names how many.
+            tracing::warn!(path = %path.display(), records = unsigned, "adopted records no checkpoint signs at the end of the audit log");
+        }
         // Opened for appending: every write goes to the end, after the repair too.
         let sink = Self {
             path,
@@ -236,6 +243,7 @@ impl<F: LogFile> FileAuditSink<F> {
                 last_checkpoint: None,
                 poisoned: false,
             }),
+            adopted_unsigned: unsigned,
             _lock: file,
         };
         {
@@ -259,6 +267,16 @@ impl<F: LogFile> FileAuditSink<F> {
     #[must_use]
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// How many records the log held after its last checkpoint when it was opened: no
+    /// checkpoint signs them (a writer that died before its next checkpoint, or lines someone
+    /// else appended), yet they were adopted (the opening record names the count, and
+    /// `verify_audit_log` refuses them unless told to allow an unsigned tail). Callers warn
+    /// the operator when it is not 0.
+    #[must_use]
+    pub fn adopted_unsigned_records(&self) -> u64 {
+        self.adopted_unsigned
     }
 
     /// The public key that verifies this log's checkpoints.

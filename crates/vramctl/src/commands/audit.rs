@@ -70,10 +70,16 @@ pub(crate) fn verify(out: Output, args: &AuditVerifyArgs) -> CliResult<Exit> {
                     "give the path of an audit log file",
                 ));
             }
-            out.json(&json!({ "file": file, "holds": false, "line": e.line, "error": e.problem.to_string() }));
+            let hint = match &e.problem {
+                AuditLogProblem::KeyMismatch { .. } if args.public_key.is_none() => {
+                    key_mismatch_hint(&args.file, &args.token.worker_id)
+                }
+                _ => String::new(),
+            };
+            out.json(&json!({ "file": file, "holds": false, "line": e.line, "error": e.problem.to_string(), "hint": hint }));
             Err(CliError::new(
                 Exit::VerificationFailed,
-                format!("{file}: does not hold: {e}"),
+                format!("{file}: does not hold: {e}{}", if hint.is_empty() { String::new() } else { format!("; {hint}") }),
             ))
         }
     }
@@ -92,4 +98,33 @@ fn pinned_key(args: &AuditVerifyArgs) -> CliResult<Option<AuditPublicKey>> {
         return Ok(None);
     }
     Ok(Some(key.seal_key()?.audit_signing_key()?.public_key()))
+}
+
+/// Why a token-derived key may not be the log's: the key is derived from the token *and* the
+/// worker id, and a log written under another worker id (a Python `Manager("worker-7")`, a
+/// `vramctl seal --worker-id`) names it in every record.
+fn key_mismatch_hint(log: &std::path::Path, worker_id: &str) -> String {
+    use std::io::BufRead;
+    let written_by = std::fs::File::open(log).ok().and_then(|f| {
+        std::io::BufReader::new(f)
+            .lines()
+            .take(4)
+            .map_while(Result::ok)
+            .find_map(|line| {
+                serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()?
+                    .get("worker_id")?
+                    .as_str()
+                    .map(str::to_owned)
+            })
+    });
+    match written_by {
+        Some(w) if w != worker_id => format!(
+            "the key is derived from the token and the worker id, and the log was written by worker {}: pass --worker-id {} (this check used {})",
+            crate::output::shown(&w),
+            crate::output::shown(&w),
+            crate::output::shown(worker_id)
+        ),
+        _ => "the key is derived from the token and the worker id: check that this is the token that wrote the log".to_owned(),
+    }
 }
