@@ -74,7 +74,7 @@ mod sync;
 pub use clock::ManualClock;
 
 pub use manager::{
-    EngineTensor, ExecutionMode, GroupPart, GroupPlan, LentTensor, ModelExecution, ModelWeights,
+    EngineTensor, ExecutionMode, ExpectedFrom, GroupPart, GroupPlan, LentTensor, ModelExecution, ModelWeights,
     PlanError, PlanStep, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart, SealPlan,
     SealedGroup, SealedModel, SealedTensor, StepReport, StepScrubOptions, StepScrubber,
     VramManager, VramManagerBuilder, Weights,

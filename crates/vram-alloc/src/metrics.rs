@@ -55,6 +55,13 @@ pub(crate) struct Metrics {
     last_verified: Family<ShardLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     oldest_proof: Family<DeviceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     executions: Family<OperationLabels, Counter>,
+    expected: Family<ExpectedLabels, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExpectedLabels {
+    gpu_device: String,
+    expected_from: String,
 }
 
 /// How a verified execution ended.
@@ -165,6 +172,12 @@ impl Metrics {
             "Executions on lent sealed weights, by result (passed, refused_before, caught_after)",
             executions.clone(),
         );
+        let expected = Family::<ExpectedLabels, Counter>::default();
+        registry.register(
+            "vram_seals_with_expected_digest",
+            "Seals checked against an expected digest, by where it came from (caller, manifest, signed-manifest, unverified-signed-manifest: a signed manifest whose signature was not checked)",
+            expected.clone(),
+        );
         registry.register(
             "vram_verify_duration_seconds",
             "Time to verify a sealed shard, digest of the resident bytes included",
@@ -183,7 +196,18 @@ impl Metrics {
             last_verified,
             oldest_proof,
             executions,
+            expected,
         }
+    }
+
+    /// Counts a seal checked against an expected digest from `from`.
+    pub(crate) fn count_expected(&self, gpu: u32, from: &str) {
+        self.expected
+            .get_or_create(&ExpectedLabels {
+                gpu_device: gpu.to_string(),
+                expected_from: from.to_owned(),
+            })
+            .inc();
     }
 
     /// Sets how long ago the least recently proven shard on `gpu` was verified (or sealed).

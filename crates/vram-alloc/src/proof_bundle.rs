@@ -191,6 +191,7 @@ mod tests {
                 backend: "mock".into(),
                 group_id: None,
                 in_place: false,
+                expected_from: None,
             })
         };
         let released = record(AuditEvent::VramDeallocated {

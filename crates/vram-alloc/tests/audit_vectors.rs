@@ -91,6 +91,7 @@ fn records() -> Vec<AuditRecord> {
                 backend: "mock".into(),
                 group_id: None,
                 in_place: false,
+                expected_from: None,
             },
         ),
         record(

@@ -261,7 +261,7 @@ fn take_cuda_array(
         memory: Memory::Device { device, address },
         owner: obj.clone().unbind(),
         producer_stream: stream
-            .map(|handle| external_stream(obj.py(), name, handle))
+            .map(|handle| external_stream(obj.py(), name, handle, device))
             .transpose()?,
     })
 }
@@ -269,9 +269,52 @@ fn take_cuda_array(
 /// The stream an array's `__cuda_array_interface__` names (version 3: its producer's work on
 /// the array is queued there; 1 and 2 are the legacy and per-thread default streams), as an
 /// object to synchronise: wrapped by CuPy, else PyTorch, the libraries that give such handles
-/// out. The handle is never used by this crate itself.
-fn external_stream(py: Python<'_>, name: &str, handle: u64) -> PyResult<Py<PyAny>> {
-    if let Ok(cupy) = py.import("cupy") {
+/// out. The handle is never used by this crate itself, and only a handle the package can vouch
+/// for is wrapped: a number that is no live stream would crash the process when synchronised.
+/// Vouched for: the two default streams, and the current stream of CuPy or PyTorch on the
+/// array's device (what a producer that follows the interface's rule names: its current
+/// stream when the interface was read).
+fn external_stream(py: Python<'_>, name: &str, handle: u64, device: u32) -> PyResult<Py<PyAny>> {
+    let cupy = py.import("cupy").ok();
+    let torch = py.import("torch").ok().filter(|t| {
+        t.getattr("cuda")
+            .and_then(|c| c.call_method0("is_available"))
+            .and_then(|a| a.extract::<bool>())
+            .unwrap_or(false)
+    });
+    if cupy.is_none() && torch.is_none() {
+        return Err(bad_input(
+            "tensor",
+            format!(
+                "{name:?}: its __cuda_array_interface__ names stream {handle}, and neither CuPy nor PyTorch is there to wait for it; synchronise it and give the array without a stream"
+            ),
+        ));
+    }
+    let current = |m: &Bound<'_, PyAny>, torch: bool| -> Option<u64> {
+        let cuda = m.getattr("cuda").ok()?;
+        let stream = if torch {
+            cuda.call_method1("current_stream", (device,)).ok()?
+        } else {
+            cuda.call_method0("get_current_stream").ok()?
+        };
+        stream
+            .getattr(if torch { "cuda_stream" } else { "ptr" })
+            .ok()?
+            .extract()
+            .ok()
+    };
+    let known = matches!(handle, 1 | 2)
+        || cupy.as_ref().and_then(|c| current(c, false)) == Some(handle)
+        || torch.as_ref().and_then(|t| current(t, true)) == Some(handle);
+    if !known {
+        return Err(bad_input(
+            "tensor",
+            format!(
+                "{name:?}: its __cuda_array_interface__ names stream {handle}, which is neither a default stream nor the current stream of CuPy or PyTorch on GPU {device}, so nothing vouches that it is a live stream: make it the current stream while sealing, or synchronise it and give the array without a stream"
+            ),
+        ));
+    }
+    if let Some(cupy) = cupy {
         let cuda = cupy.getattr("cuda")?;
         let stream = match handle {
             1 => cuda.getattr("Stream")?.getattr("null")?,
@@ -280,20 +323,15 @@ fn external_stream(py: Python<'_>, name: &str, handle: u64) -> PyResult<Py<PyAny
         };
         return Ok(stream.unbind());
     }
-    if let Ok(torch) = py.import("torch") {
-        let cuda = torch.getattr("cuda")?;
-        let stream = match handle {
-            1 => cuda.call_method0("default_stream")?,
-            h => cuda.call_method1("ExternalStream", (h,))?,
-        };
-        return Ok(stream.unbind());
-    }
-    Err(bad_input(
-        "tensor",
-        format!(
-            "{name:?}: its __cuda_array_interface__ names stream {handle}, and neither CuPy nor PyTorch is there to wait for it; synchronise it and give the array without a stream"
-        ),
-    ))
+    let cuda = torch
+        .ok_or(VramError::Unreachable("CuPy or PyTorch is there"))
+        .map_err(|e| crate::errors::to_py(&e))?
+        .getattr("cuda")?;
+    let stream = match handle {
+        1 => cuda.call_method0("default_stream")?,
+        h => cuda.call_method1("ExternalStream", (h,))?,
+    };
+    Ok(stream.unbind())
 }
 
 fn take_host_buffer(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
@@ -316,18 +354,13 @@ fn take_host_buffer(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
     })?;
     let shape: Vec<u64> = view.getattr("shape")?.extract()?;
     let len: usize = view.getattr("nbytes")?.extract()?;
-    let bytes = if len == 0 {
-        // An empty array's view cannot be cast; it is left out by the caller anyway.
-        PyMemoryView::from(PyBytes::new(obj.py(), b"").as_any())?.into_any()
-    } else {
-        view.call_method1("cast", ("B",))?
-    };
     Ok(Taken {
         dtype,
         shape,
         len,
         memory: Memory::Host(Arc::new(HostBuffer {
-            view: bytes.unbind(),
+            owner: obj.clone().unbind(),
+            anchor: Anchor::of(obj)?,
             len,
         })),
         owner: obj.clone().unbind(),
@@ -350,11 +383,61 @@ fn not_contiguous(name: &str) -> PyErr {
     )
 }
 
-/// A NumPy array (or any buffer) read where it lies, through a byte view that keeps its
-/// buffer exported (NumPy refuses to resize an array while it is).
+/// A NumPy array (or any buffer) read where it lies. A byte view taken once would dangle:
+/// NumPy's `resize(refcheck=False)` reallocates an array whatever views of it are exported,
+/// and leaves every view of it pointing at freed memory. So the array whose memory the tensor
+/// lies in (the tensor itself, or the array at the root of its `base` chain) is remembered
+/// with its address and length, and each read, with the GIL held (nothing can resize it
+/// meanwhile), first checks that they are unchanged, then takes a fresh view of the tensor.
+/// A resized array is reported, never read.
 struct HostBuffer {
-    view: Py<PyAny>,
+    owner: Py<PyAny>,
+    anchor: Option<Anchor>,
     len: usize,
+}
+
+/// The NumPy array that owns a tensor's memory, where its memory was when the tensor was taken.
+struct Anchor {
+    root: Py<PyAny>,
+    address: u64,
+    nbytes: u64,
+}
+
+impl Anchor {
+    /// For a NumPy array: the last array of its `base` chain (an array's base that is no
+    /// array, `bytes` or an `mmap`, holds its buffer exported, so it cannot move).
+    fn of(obj: &Bound<'_, PyAny>) -> PyResult<Option<Self>> {
+        if !obj.hasattr("__array_interface__")? {
+            return Ok(None);
+        }
+        let mut root = obj.clone();
+        loop {
+            let base = root.getattr("base")?;
+            if base.is_none() || !base.hasattr("__array_interface__")? {
+                break;
+            }
+            root = base;
+        }
+        let (address, nbytes) = Self::place(&root)?;
+        Ok(Some(Self {
+            root: root.unbind(),
+            address,
+            nbytes,
+        }))
+    }
+
+    fn place(root: &Bound<'_, PyAny>) -> PyResult<(u64, u64)> {
+        let (address, _): (u64, bool) = root
+            .getattr("__array_interface__")?
+            .get_item("data")?
+            .extract()?;
+        Ok((address, root.getattr("nbytes")?.extract()?))
+    }
+
+    /// Whether the owner still has its memory where it was.
+    fn unmoved(&self, py: Python<'_>) -> PyResult<bool> {
+        Ok(Self::place(self.root.bind(py))? == (self.address, self.nbytes))
+    }
 }
 
 impl HostTensor for HostBuffer {
@@ -364,13 +447,33 @@ impl HostTensor for HostBuffer {
 
     fn read(&self, read: &mut dyn FnMut(&[u8])) -> Result<(), VramError> {
         Python::attach(|py| {
-            let bytes = self.view.bind(py).call_method0("tobytes")?;
-            read(bytes.cast::<PyBytes>()?.as_bytes());
-            Ok::<(), PyErr>(())
+            if let Some(anchor) = &self.anchor
+                && !anchor.unmoved(py)?
+            {
+                return Ok(false);
+            }
+            let view = PyMemoryView::from(self.owner.bind(py))?;
+            let bytes = view.call_method1("cast", ("B",))?.call_method0("tobytes")?;
+            let bytes = bytes.cast::<PyBytes>()?.as_bytes();
+            if bytes.len() != self.len {
+                return Ok(false);
+            }
+            read(bytes);
+            Ok::<_, PyErr>(true)
         })
         .map_err(|e| VramError::SourceReadFailed {
             offset: 0,
             reason: format!("the host tensor could not be read: {e}"),
+        })
+        .and_then(|read| {
+            if read {
+                Ok(())
+            } else {
+                Err(VramError::SourceReadFailed {
+                    offset: 0,
+                    reason: "the host tensor's array was resized after it was sealed: its sealed bytes are gone".to_owned(),
+                })
+            }
         })
     }
 }

@@ -78,6 +78,30 @@ def test_inputs_pytorch_can_give_that_cannot_be_sealed(token_env: bytes) -> None
     assert sealed.tensors["w"].digest == vr.digest(w)  # bf16: copied as bytes
 
 
+def test_a_stream_handle_nothing_vouches_for_is_refused_not_synchronised(
+    token_env: bytes,
+) -> None:
+    # A garbage handle in __cuda_array_interface__ crashed the process when synchronised.
+    w = torch.ones((64, 32), dtype=torch.float32, device="cuda")
+
+    class Interface:
+        def __init__(self, stream: int) -> None:
+            self.__cuda_array_interface__ = dict(w.__cuda_array_interface__, stream=stream)
+
+    manager = vr.Manager("gpu-worker")
+    for garbage in (0xDEADBEEF, 0):
+        with pytest.raises(vr.BadInput, match="nothing vouches"):
+            manager.seal({"w": Interface(garbage)}, model_id="m")
+    # PyTorch's current stream (what a producer names) and the legacy default stream are taken.
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        sealed = manager.seal({"w": Interface(side.cuda_stream)}, model_id="m")
+    manager.verify(sealed)
+    manager.release(sealed)
+    sealed = manager.seal({"w": Interface(1)}, model_id="m")
+    manager.verify(sealed)
+
+
 def test_a_jax_array_is_sealed_through_dlpack(token_env: bytes) -> None:
     jax: Any = pytest.importorskip("jax")
     jnp: Any = pytest.importorskip("jax.numpy")

@@ -406,3 +406,28 @@ def test_the_default_backend_is_cuda_and_never_falls_back(token_env: bytes) -> N
     with pytest.raises(vr.VramResidencyError) as caught:
         vr.Manager(WORKER)
     assert caught.value.kind in ("NoGpu", "DriverTooOld")
+
+
+def test_a_resized_array_or_the_base_of_a_view_is_reported_never_read(token_env: bytes) -> None:
+    # NumPy reallocates an array on resize(refcheck=False) whatever is exported, and leaves its
+    # views pointing at freed memory; the mock read it (a SIGSEGV, or garbage).
+    def mock() -> vr.Manager:
+        return vr.Manager(WORKER, backend="mock")
+
+    a = np.ones(1000, dtype=np.float32)
+    manager = mock()
+    sealed = manager.seal({"w": a}, model_id="m")
+    a.resize(10**7, refcheck=False)
+    with pytest.raises(vr.VramResidencyError, match="resized after it was sealed"):
+        manager.verify(sealed)
+
+    base = np.ones((100, 100), dtype=np.float32)
+    manager = mock()
+    view = manager.seal({"v": base[10:20]}, model_id="v")
+    # A view of a temporary (its base is kept alive, and unchanged) is read as ever.
+    kept = manager.seal({"k": np.arange(12, dtype=np.float32).reshape(3, 4)}, model_id="k")
+    manager.verify(kept)
+    manager.verify(view)
+    base.resize(10**7, refcheck=False)
+    with pytest.raises(vr.VramResidencyError, match="resized after it was sealed"):
+        manager.verify(view)

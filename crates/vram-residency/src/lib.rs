@@ -90,7 +90,8 @@ pub use vram_policy::{
 
 #[doc(inline)]
 pub use vram_alloc::{
-    DeviceUsage, EngineStream, EngineTensor, ExecutionCounts, ExecutionMode, ForeignRange,
+    DeviceUsage, EngineStream, EngineTensor, ExecutionCounts, ExecutionMode, ExpectedFrom,
+    ForeignRange,
     GroupPart, GroupPlan, LentTensor, ModelExecution, ModelWeights, PlanError, PlanStep,
     ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart, SealPlan, SealedGroup, SealedModel,
     SealedTensor, StepReport, StepScrubOptions, StepScrubber, VramManager, VramManagerBuilder,

@@ -75,7 +75,7 @@ pub(crate) enum Command {
     /// Print files' digests (tree by default, or flat SHA-256) for a manifest, or check one.
     Digest(DigestArgs),
     /// Seal files into VRAM and keep them resident and re-verified until Ctrl-C or SIGTERM.
-    Seal(SealArgs),
+    Seal(Box<SealArgs>),
     /// Audit-log tools.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -217,15 +217,30 @@ pub(crate) struct SealArgs {
     #[arg(long, value_name = "FILE", conflicts_with_all = ["files", "expect"])]
     pub(crate) manifest: Option<PathBuf>,
     /// Check each file against the digest an OpenSSF model-signing bundle (`model_signing
-    /// sign`, file serialization, BLAKE3 or SHA-256) records for it, on the bytes in VRAM. Only
-    /// the signed statement is read: check the bundle's signature with `model_signing verify`
-    /// first. Files are named as signed, relative to --model-dir.
+    /// sign`, file serialization, BLAKE3 or SHA-256) records for it, on the bytes in VRAM. The
+    /// bundle's signature is checked first, against --signature-key (a key-signed bundle) or
+    /// --signature-roots (a certificate-signed one); a bundle that is not checked is refused
+    /// unless --trust-unverified-signature. Files are named as signed, relative to --model-dir.
     #[arg(long, value_name = "BUNDLE", conflicts_with_all = ["manifest", "expect"], requires = "files")]
     pub(crate) signed_manifest: Option<PathBuf>,
     /// With --signed-manifest: the signed model's directory (default: each file's own
     /// directory, so a file is looked up by its name).
     #[arg(long, value_name = "DIR", requires = "signed_manifest")]
     pub(crate) model_dir: Option<PathBuf>,
+    /// With --signed-manifest: the PEM public key (P-256 or P-384) that signed the bundle
+    /// (`model_signing sign key`).
+    #[arg(long, value_name = "PEM", requires = "signed_manifest", conflicts_with = "signature_roots")]
+    pub(crate) signature_key: Option<PathBuf>,
+    /// With --signed-manifest: the PEM root certificate(s) the bundle's signing certificate
+    /// must chain to (`model_signing sign certificate`).
+    #[arg(long, value_name = "PEM", requires = "signed_manifest")]
+    pub(crate) signature_roots: Option<PathBuf>,
+    /// With --signed-manifest and neither of the above: seal against the statement without
+    /// checking its signature (a Sigstore keyless bundle checked by `model_signing verify`
+    /// first, say). Said in --json, in each seal's audit record (`expected_from`:
+    /// `unverified-signed-manifest`) and in the metrics.
+    #[arg(long, requires = "signed_manifest", conflicts_with_all = ["signature_key", "signature_roots"])]
+    pub(crate) trust_unverified_signature: bool,
     /// The digest each shard is sealed and re-verified with: `sha256-tree-65536` (default),
     /// `sha256-tree-<leaf bytes>`, `sha256` or `blake3` (computed in VRAM on a GPU, about twice
     /// as fast as the tree). With --signed-manifest the default is the algorithm the manifest

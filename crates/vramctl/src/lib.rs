@@ -6,5 +6,6 @@
 
 pub mod formats;
 pub mod manifest;
+pub mod bundle_signature;
 pub mod signed_manifest;
 pub mod units;

@@ -3,9 +3,9 @@
 //! in-toto statement, whose predicate lists every file of the model with its digest
 //! (`resources`: name, algorithm, digest; BLAKE3 or SHA-256 of the whole file).
 //!
-//! Only the statement is read here: the bundle's signature is checked by the `model-signing`
-//! tool (`model_signing verify`), which the operator runs first. `vramctl seal` then checks in
-//! VRAM that the bytes it seals are the bytes that were signed.
+//! Only the statement is read here; its signature is checked first, from the same bytes, by
+//! [`crate::bundle_signature`]. `vramctl seal` then checks in VRAM that the bytes it seals are
+//! the bytes that were signed.
 
 use base64::Engine as _;
 use serde::Deserialize;

@@ -1159,6 +1159,10 @@ fn signed_model() -> TempDir {
     for name in [
         "model.blake3.sig",
         "model.sha256.sig",
+        "model.cert.sig",
+        "pub.pem",
+        "ca.pem",
+        "other-ca.pem",
         "model/weights.bin",
         "model/config.json",
     ] {
@@ -1167,117 +1171,152 @@ fn signed_model() -> TempDir {
     dir
 }
 
+/// Runs `vramctl --backend mock --json seal ARGS` in `dir` until it reports one shard sealed
+/// (then SIGTERM), or to its end when it refuses; returns (exit code when refused, stdout,
+/// stderr).
+fn seal_signed(dir: &Path, args: &[&str]) -> (Option<i32>, Vec<String>, String) {
+    let mut child = Command::new(cargo_bin("vramctl"))
+        .current_dir(dir)
+        .env_remove("VRAM_WORKER_TOKEN")
+        .env_remove("VRAMCTL_TOKEN_FILE")
+        .args(["--backend", "mock", "--json", "seal"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut resident = false;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        resident = line.contains("\"event\":\"sealed\"");
+        seen.push(line);
+        if resident {
+            break;
+        }
+    }
+    let code = if resident {
+        seen.extend(stop_with_sigterm(child, lines));
+        None
+    } else {
+        child.wait().unwrap().code()
+    };
+    let mut err = String::new();
+    stderr.read_to_string(&mut err).unwrap();
+    (code, seen, err)
+}
+
+/// Issue 33: a model-signing bundle's signature is checked (key- and certificate-signed, as
+/// `model_signing sign` writes them) before any digest it lists is trusted; a forged or
+/// unsigned statement is refused; one trusted unchecked says so in --json and the audit log.
 #[test]
 fn a_model_signing_bundle_gives_each_file_its_signed_digest_checked_in_vram() {
     let dir = signed_model();
-    let seal = |bundle: &str, file: &str| {
-        vramctl()
-            .current_dir(dir.path())
-            .args([
-                "--backend",
-                "mock",
-                "seal",
-                "--signed-manifest",
-                bundle,
-                file,
-            ])
-            .timeout(Duration::from_secs(60))
-            .output()
-            .unwrap()
+    let d = dir.path();
+    let key = ["--signature-key", "pub.pem"];
+    let seal = |bundle: &str, trust: &[&str], file: &str| {
+        let mut args = vec!["--signed-manifest", bundle];
+        args.extend_from_slice(trust);
+        args.push(file);
+        seal_signed(d, &args)
     };
+    // No trust given: refused before anything is read.
+    let (code, _, err) = seal("model.blake3.sig", &[], "model/weights.bin");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("its signature must be checked"), "{err}");
     // A file the bundle does not list is refused before anything is sealed.
-    std::fs::write(dir.path().join("model/extra.bin"), b"unsigned").unwrap();
-    let out = seal("model.blake3.sig", "model/extra.bin");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("not among the 2 file(s) the signed manifest"),
-        "{err}"
-    );
-    // A byte changed after signing: sealed, found in VRAM, released (BLAKE3 and SHA-256).
-    let mut weights = std::fs::read(dir.path().join("model/weights.bin")).unwrap();
+    std::fs::write(d.join("model/extra.bin"), b"unsigned").unwrap();
+    let (code, _, err) = seal("model.blake3.sig", &key, "model/extra.bin");
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not among the 2 file(s) the signed manifest"), "{err}");
+    // A byte changed after signing: the signature holds, the bytes in VRAM do not.
+    let mut weights = std::fs::read(d.join("model/weights.bin")).unwrap();
     weights[4000] ^= 1;
-    std::fs::write(dir.path().join("model/weights.bin"), &weights).unwrap();
-    for (bundle, alg) in [
-        ("model.blake3.sig", "blake3"),
-        ("model.sha256.sig", "sha256"),
-    ] {
-        let out = seal(bundle, "model/weights.bin");
-        assert_eq!(out.status.code(), Some(1), "{bundle}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("signature is not checked here"), "{err}");
-        assert!(
-            err.contains(&format!("differs from the signed manifest {alg}:")),
-            "{err}"
-        );
+    std::fs::write(d.join("model/weights.bin"), &weights).unwrap();
+    for (bundle, alg) in [("model.blake3.sig", "blake3"), ("model.sha256.sig", "sha256")] {
+        let (code, _, err) = seal(bundle, &key, "model/weights.bin");
+        assert_eq!(code, Some(1), "{bundle}: {err}");
+        assert!(err.contains(&format!("differs from the signed manifest {alg}:")), "{err}");
     }
-    // Not a bundle.
-    let out = seal("model/config.json", "model/weights.bin");
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not a model-signing bundle"));
-
-    // The signed bytes: sealed, verified, served until SIGTERM.
     weights[4000] ^= 1;
-    std::fs::write(dir.path().join("model/weights.bin"), &weights).unwrap();
-    let mut child = Command::new(cargo_bin("vramctl"))
-        .current_dir(dir.path())
-        .args([
-            "--backend",
-            "mock",
-            "seal",
-            "--signed-manifest",
-            "model.blake3.sig",
-        ])
-        .args(["--model-dir", "model", "model/weights.bin"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let seen = read_until(&mut lines, |l| l.contains("1 shard(s) resident"));
-    // Sealed in the manifest's algorithm: the seal's digest is the signed BLAKE3 itself, so every
-    // re-verification recomputes the signed digest.
-    let signed = vram_residency::compute_digest(&weights, vram_residency::DigestAlgorithm::Blake3);
-    assert!(seen.iter().any(|l| l == "digest: blake3"), "{seen:?}");
-    assert!(
-        seen.iter()
-            .any(|l| l.starts_with("sealed ") && l.contains(&signed.to_hex())),
-        "{seen:?}"
+    std::fs::write(d.join("model/weights.bin"), &weights).unwrap();
+    // Not a bundle.
+    let (code, _, err) = seal("model/config.json", &key, "model/weights.bin");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not a model-signing bundle"), "{err}");
+
+    // A forged statement (the weights' digest replaced by that of other bytes, the signature
+    // kept) and a bundle with no signature: refused, nothing sealed.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut bundle: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("model.blake3.sig")).unwrap()).unwrap();
+    let statement = b64.decode(bundle["dsseEnvelope"]["payload"].as_str().unwrap()).unwrap();
+    let signed_hex =
+        vram_residency::compute_digest(&weights, vram_residency::DigestAlgorithm::Blake3).to_hex();
+    let other_hex =
+        vram_residency::compute_digest(b"other", vram_residency::DigestAlgorithm::Blake3).to_hex();
+    let forged = String::from_utf8(statement).unwrap().replace(&signed_hex, &other_hex);
+    bundle["dsseEnvelope"]["payload"] = b64.encode(forged).into();
+    std::fs::write(d.join("forged.sig"), bundle.to_string()).unwrap();
+    bundle["dsseEnvelope"]["signatures"] = serde_json::json!([]);
+    std::fs::write(d.join("unsigned.sig"), bundle.to_string()).unwrap();
+    for (name, says) in [("forged.sig", "no signature verifies"), ("unsigned.sig", "no signature")] {
+        let (code, out, err) = seal(name, &key, "model/weights.bin");
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(err.contains("signature not accepted") && err.contains(says), "{err}");
+        assert!(!out.iter().any(|l| l.contains("\"event\":\"sealed\"")), "{out:?}");
+    }
+    // A certificate-signed bundle: verified against its CA, refused against another one.
+    let (code, _, err) = seal("model.cert.sig", &["--signature-roots", "other-ca.pem"], "model/weights.bin");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("certificate chain"), "{err}");
+    let (code, out, _) = seal("model.cert.sig", &["--signature-roots", "ca.pem"], "model/weights.bin");
+    assert_eq!(code, None, "{out:?}");
+    let signature = out.iter().find(|l| l.contains("\"event\":\"signature\"")).unwrap();
+    let signature: serde_json::Value = serde_json::from_str(signature).unwrap();
+    assert_eq!(signature["verified"], true);
+    assert!(signature["signer"].as_str().unwrap().contains("CN=model signer"));
+
+    // The signed bytes, sealed in the manifest's algorithm: the seal's digest is the signed
+    // BLAKE3 itself, so every re-verification recomputes the signed digest. The model directory
+    // is matched canonically (`./model`, an absolute path).
+    let absolute = d.join("model");
+    for model_dir in ["./model", absolute.to_str().unwrap()] {
+        let (code, out, _) = seal_signed(
+            d,
+            &["--signed-manifest", "model.blake3.sig", "--signature-key", "pub.pem", "--model-dir", model_dir, "model/weights.bin"],
+        );
+        assert_eq!(code, None, "{model_dir}: {out:?}");
+        let sealed = out.iter().find(|l| l.contains("\"event\":\"sealed\"")).unwrap();
+        assert!(sealed.contains(&signed_hex), "{sealed}");
+        assert!(sealed.contains("\"blake3\""), "{sealed}");
+    }
+
+    // Trusted unchecked, on the operator's word: said in --json and in the audit record.
+    let log = d.join("audit.jsonl");
+    let (code, out, err) = seal_signed(
+        d,
+        &["--signed-manifest", "model.blake3.sig", "--trust-unverified-signature", "--audit-log", log.to_str().unwrap(), "model/weights.bin"],
     );
-    stop_with_sigterm(child, lines);
+    assert_eq!(code, None, "{err}");
+    assert!(err.contains("signature is NOT checked"), "{err}");
+    let signature = out.iter().find(|l| l.contains("\"event\":\"signature\"")).unwrap();
+    assert!(signature.contains("\"verified\":false"), "{signature}");
+    let audit = std::fs::read_to_string(&log).unwrap();
+    let sealed = audit.lines().find(|l| l.contains("\"event\":\"VramSealed\"")).unwrap();
+    assert!(sealed.contains("\"expected_from\":\"unverified-signed-manifest\""), "{sealed}");
 
     // An explicit --algorithm wins: the signed digest is then checked once, at the seal.
-    let mut child = Command::new(cargo_bin("vramctl"))
-        .current_dir(dir.path())
-        .args([
-            "--backend",
-            "mock",
-            "seal",
-            "--algorithm",
-            "sha256-tree-65536",
-        ])
-        .args([
-            "--signed-manifest",
-            "model.blake3.sig",
-            "--model-dir",
-            "model",
-        ])
-        .arg("model/weights.bin")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let seen = read_until(&mut lines, |l| l.contains("1 shard(s) resident"));
-    assert!(
-        seen.iter().any(|l| l == "digest: sha256-tree-65536"),
-        "{seen:?}"
+    let (code, out, _) = seal_signed(
+        d,
+        &["--algorithm", "sha256-tree-65536", "--signed-manifest", "model.blake3.sig", "--signature-key", "pub.pem", "--model-dir", "model", "model/weights.bin"],
     );
-    assert!(
-        !seen.iter().any(|l| l.contains(&signed.to_hex())),
-        "{seen:?}"
-    );
-    stop_with_sigterm(child, lines);
+    assert_eq!(code, None);
+    let sealed = out.iter().find(|l| l.contains("\"event\":\"sealed\"")).unwrap();
+    assert!(sealed.contains("sha256-tree-65536") && !sealed.contains(&signed_hex), "{sealed}");
 }
 
 #[test]

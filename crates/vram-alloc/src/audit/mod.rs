@@ -79,6 +79,10 @@ pub enum AuditEvent {
         /// (`reserved_bytes` is 0). Absent when false.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         in_place: bool,
+        /// Where the expected digest the bytes were checked against came from (`caller`,
+        /// `manifest`, `signed-manifest`, `unverified-signed-manifest`); absent when none was.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expected_from: Option<String>,
     },
     /// A shard passed verification.
     SealVerified {

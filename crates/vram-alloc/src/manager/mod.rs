@@ -38,7 +38,7 @@ pub use lending::{LentTensor, ModelWeights, Weights};
 pub use model::{EngineTensor, SealedModel, SealedTensor};
 pub use plan::{GroupPlan, PlanError, PlanStep, SealPart, SealPlan};
 pub use scrub::{ScrubEvent, ScrubOptions, Scrubber};
-pub use seal_options::SealOptions;
+pub use seal_options::{ExpectedFrom, SealOptions};
 pub(crate) use shared::Shared;
 pub use step_scrub::{StepReport, StepScrubOptions, StepScrubber};
 

@@ -541,6 +541,7 @@ impl<'s> Digested<'s> {
             now,
             signature,
             claim,
+            expected_from: options.expected.map(|_| options.expected_from),
         })
     }
 }
@@ -552,6 +553,7 @@ pub(super) struct Signed<'s> {
     now: SystemTime,
     signature: SealSignature,
     claim: Claim,
+    expected_from: Option<super::seal_options::ExpectedFrom>,
 }
 
 impl Signed<'_> {
@@ -593,7 +595,11 @@ impl Signed<'_> {
             backend: shared.backend().kind().to_string(),
             group_id: group.map(str::to_owned),
             in_place,
+            expected_from: self.expected_from.map(|f| f.as_str().to_owned()),
         };
+        if let Some(from) = self.expected_from {
+            shared.metrics().count_expected(device, from.as_str());
+        }
         tracing::info!(
             shard_id = %shard.shard_id, vram_bytes = len, gpu_device = device, digest = %shard.digest,
             "model sealed in VRAM"

@@ -13,6 +13,7 @@ use vram_types::DigestAlgorithm;
 pub struct SealOptions {
     pub(crate) shard_id: Option<String>,
     pub(crate) expected: Option<ExpectedDigest>,
+    pub(crate) expected_from: ExpectedFrom,
     pub(crate) cross_check: bool,
     pub(crate) tensor_parallel: Option<(usize, usize)>,
 }
@@ -59,6 +60,16 @@ impl SealOptions {
         self
     }
 
+    /// Where the expected digest came from (default [`ExpectedFrom::Caller`]): recorded with
+    /// the seal (the audit record's `expected_from`, the `vram_seals_with_expected_digest`
+    /// metric), so that a seal against a statement nobody checked is never mistaken for one
+    /// against a verified signature.
+    #[must_use]
+    pub fn expected_from(mut self, from: ExpectedFrom) -> Self {
+        self.expected_from = from;
+        self
+    }
+
     /// Also digests the host bytes on the CPU and refuses to seal if they differ from the
     /// resident bytes ([`VramError::UploadMismatch`](vram_types::VramError::UploadMismatch)).
     #[must_use]
@@ -72,6 +83,34 @@ impl SealOptions {
     pub fn tensor_parallel(mut self, shard_index: usize, total_shards: usize) -> Self {
         self.tensor_parallel = Some((shard_index, total_shards));
         self
+    }
+}
+
+/// Where an expected digest came from ([`SealOptions::expected_from`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ExpectedFrom {
+    /// The caller (an API argument, a command-line value).
+    #[default]
+    Caller,
+    /// A checksum manifest (`sha256sum`, `b3sum`, `vramctl digest` lines).
+    Manifest,
+    /// A signed manifest whose signature was verified.
+    SignedManifest,
+    /// A signed manifest whose signature was not verified: the operator chose to trust it.
+    UnverifiedSignedManifest,
+}
+
+impl ExpectedFrom {
+    /// Its name in audit records and metrics.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Caller => "caller",
+            Self::Manifest => "manifest",
+            Self::SignedManifest => "signed-manifest",
+            Self::UnverifiedSignedManifest => "unverified-signed-manifest",
+        }
     }
 }
 

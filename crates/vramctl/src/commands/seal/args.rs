@@ -7,12 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vram_residency::{DigestAlgorithm, FileSource, ShardDigest};
+use vram_residency::{DigestAlgorithm, ExpectedFrom, FileSource, ShardDigest};
 use vramctl::formats::{ModelFormat, recognise};
 use vramctl::manifest::{self, ManifestError};
 
 use crate::cli::SealArgs;
-use crate::error::{CliError, CliResult};
+use crate::error::{CliError, CliResult, Exit};
 use crate::files;
 use crate::metrics_server::MetricsListener;
 
@@ -27,6 +27,8 @@ pub(super) struct Expected {
     pub(super) bare: bool,
     /// Where it was given, for errors: `--expect` or `the manifest`.
     pub(super) given_in: &'static str,
+    /// Where it came from, as the seal's audit record and metrics say.
+    pub(super) from: ExpectedFrom,
 }
 
 /// A file to seal, opened, its header checked.
@@ -63,13 +65,23 @@ pub(super) struct SealJob {
     pub(super) algorithm: DigestAlgorithm,
     pub(super) placement: Placement,
     pub(super) serving: Serving,
+    /// The signed manifest's signature, with --signed-manifest.
+    pub(super) signature: Option<Signature>,
+}
+
+/// A signed manifest and who signed it.
+pub(super) struct Signature {
+    pub(super) bundle: PathBuf,
+    /// Who signed it, as checked; `None` when the operator chose to trust it unchecked.
+    pub(super) signer: Option<String>,
 }
 
 impl SealJob {
     /// Validates the arguments: every file and its header (only headers are read), every
     /// expected digest, and the metrics port (bound now).
     pub(super) fn from_args(args: &SealArgs) -> CliResult<Self> {
-        let files = requested(args)?
+        let (requested, signature) = requested(args)?;
+        let files = requested
             .into_iter()
             .map(|(path, expected)| open(path, expected))
             .collect::<CliResult<Vec<_>>>()?;
@@ -104,6 +116,7 @@ impl SealJob {
                 share: args.scrub_share,
                 metrics,
             },
+            signature,
         })
     }
 }
@@ -129,12 +142,26 @@ fn parse_expected(value: &str) -> CliResult<Expected> {
         digest,
         bare: !value.contains(':'),
         given_in: "--expect",
+        from: ExpectedFrom::Caller,
     })
 }
 
 /// The files to seal, in order, and what each must hash to: `FILE...` with `--expect`, or
 /// every line of `--manifest`.
-fn requested(args: &SealArgs) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
+fn requested(args: &SealArgs) -> CliResult<(Requested, Option<Signature>)> {
+    if let Some(bundle) = &args.signed_manifest {
+        let (files, signer) = signed(bundle, args)?;
+        let bundle = bundle.clone();
+        return Ok((files, Some(Signature { bundle, signer })));
+    }
+    Ok((unsigned_requests(args)?, None))
+}
+
+/// The files to seal, each with what it must hash to, if anything.
+type Requested = Vec<(PathBuf, Option<Expected>)>;
+
+/// `FILE...` with `--expect`, or every line of `--manifest`.
+fn unsigned_requests(args: &SealArgs) -> CliResult<Requested> {
     if let Some(manifest) = &args.manifest {
         // Bare hex is `b3sum`'s BLAKE3 when the operator says so, else `sha256sum`'s SHA-256.
         let bare = match args.algorithm {
@@ -142,9 +169,6 @@ fn requested(args: &SealArgs) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
             _ => DigestAlgorithm::Sha256,
         };
         return read_manifest(manifest, bare);
-    }
-    if let Some(bundle) = &args.signed_manifest {
-        return signed(bundle, args.model_dir.as_deref(), &args.files);
     }
     if !args.expect.is_empty() && args.expect.len() != args.files.len() {
         return Err(CliError::bad_input(format!(
@@ -166,13 +190,52 @@ fn requested(args: &SealArgs) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
         .collect())
 }
 
-/// Each file with the digest a model-signing bundle records for it.
-fn signed(
-    bundle: &Path,
-    model_dir: Option<&Path>,
-    paths: &[PathBuf],
-) -> CliResult<Vec<(PathBuf, Option<Expected>)>> {
+/// Each file with the digest a model-signing bundle records for it, once the bundle's
+/// signature is checked (or the operator chose to trust it unchecked), and who signed it.
+fn signed(bundle: &Path, args: &SealArgs) -> CliResult<(Requested, Option<String>)> {
+    use vramctl::bundle_signature::{Trust, verify_bundle};
     let bytes = files::read_manifest(bundle)?;
+    let trust = match (&args.signature_key, &args.signature_roots) {
+        (Some(key), _) => Some(Trust::key_from_pem(&read_pem(key)?)),
+        (None, Some(roots)) => Some(Trust::roots_from_pem(&read_pem(roots)?)),
+        (None, None) => None,
+    }
+    .transpose()
+    .map_err(|e| CliError::bad_input(format!("signature trust: {e}")))?;
+    let signer = match &trust {
+        Some(trust) => Some(
+            verify_bundle(&bytes, trust)
+                .map_err(|e| {
+                    // An unreadable bundle is bad input; a signature that does not hold, a
+                    // failed verification.
+                    let exit = match e {
+                        vramctl::bundle_signature::SignatureError::Malformed(_) => Exit::BadInput,
+                        _ => Exit::VerificationFailed,
+                    };
+                    CliError::new(
+                        exit,
+                        format!(
+                            "signed manifest {}: signature not accepted: {e}; nothing was sealed",
+                            crate::output::shown(bundle)
+                        ),
+                    )
+                })?
+                .signer,
+        ),
+        None if args.trust_unverified_signature => {
+            crate::output::warn(&format!(
+                "warning: signed manifest {}: its signature is NOT checked (--trust-unverified-signature): each file is checked against the statement's digest in VRAM, but nothing proves who made the statement; the seals' audit records and metrics say so",
+                crate::output::shown(bundle)
+            ));
+            None
+        }
+        None => {
+            return Err(CliError::bad_input(format!(
+                "signed manifest {}: its signature must be checked: give --signature-key PEM (a bundle `model_signing sign key` wrote) or --signature-roots PEM (`model_signing sign certificate`), or --trust-unverified-signature to seal against a statement checked elsewhere (said in --json, the audit records and the metrics)",
+                crate::output::shown(bundle)
+            )));
+        }
+    };
     let signed = vramctl::signed_manifest::read_bundle(&bytes).map_err(|e| {
         CliError::file(
             bundle,
@@ -180,21 +243,40 @@ fn signed(
             "give the bundle `model_signing sign` wrote",
         )
     })?;
-    crate::output::warn(&format!(
-        "signed manifest {}: its signature is not checked here; check it with `model_signing verify` (each file is checked against its signed digest in VRAM)",
-        crate::output::shown(bundle)
-    ));
+    let from = if signer.is_some() {
+        ExpectedFrom::SignedManifest
+    } else {
+        ExpectedFrom::UnverifiedSignedManifest
+    };
+    let model_dir = args.model_dir.as_deref();
+    let requested = signed_files(bundle, &signed, model_dir, &args.files, from)?;
+    Ok((requested, signer))
+}
+
+/// A PEM file given for the signature's trust.
+fn read_pem(path: &Path) -> CliResult<String> {
+    let bytes = files::read_manifest(path)?;
+    String::from_utf8(bytes)
+        .map_err(|_| CliError::file(path, "is not a PEM file (not text)", "give a PEM file"))
+}
+
+/// Each of `paths` with its entry in the signed statement `signed`, named relative to
+/// `model_dir` (canonical paths compared: `./model`, `model/` and an absolute path name one
+/// directory).
+fn signed_files(
+    bundle: &Path,
+    signed: &[vramctl::signed_manifest::SignedFile],
+    model_dir: Option<&Path>,
+    paths: &[PathBuf],
+    from: ExpectedFrom,
+) -> CliResult<Requested> {
     paths
         .iter()
         .map(|path| {
             let dir = model_dir
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default());
-            let name = path
-                .strip_prefix(&dir)
-                .ok()
-                .and_then(|n| n.to_str())
-                .map(|n| n.strip_prefix("./").unwrap_or(n).to_owned());
+            let name = signed_name(path, &dir);
             let entry = name.as_deref().and_then(|n| signed.iter().find(|f| f.name == n));
             let Some(entry) = entry else {
                 return Err(CliError::bad_input(format!(
@@ -212,10 +294,29 @@ fn signed(
                     digest: entry.digest,
                     bare: false,
                     given_in: "the signed manifest",
+                    from,
                 }),
             ))
         })
         .collect()
+}
+
+/// `path`'s name as a signed statement names it: relative to `dir`, `/`-separated. The two
+/// directories are compared canonically (`./model`, `model/` and `/abs/model` are one), the
+/// file's own name as given (a symbolic link into a cache, as a Hugging Face snapshot holds,
+/// keeps its name). `None` when the file is not under `dir`.
+fn signed_name(path: &Path, dir: &Path) -> Option<String> {
+    let canonical = |d: &Path| {
+        std::fs::canonicalize(if d.as_os_str().is_empty() { Path::new(".") } else { d }).ok()
+    };
+    let parent = canonical(path.parent().unwrap_or_else(|| Path::new("")))?;
+    let relative = parent.strip_prefix(canonical(dir)?).ok()?;
+    let mut name = relative
+        .components()
+        .map(|c| c.as_os_str().to_str())
+        .collect::<Option<Vec<_>>>()?;
+    name.push(path.file_name()?.to_str()?);
+    Some(name.join("/"))
 }
 
 /// A manifest line that names a file outside the manifest's directory (no digest of that file
@@ -267,6 +368,7 @@ fn read_manifest(
                 digest: e.digest,
                 bare: e.bare,
                 given_in: "the manifest",
+                from: ExpectedFrom::Manifest,
             };
             (e.path, Some(expected))
         })

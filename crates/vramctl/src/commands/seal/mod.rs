@@ -44,6 +44,14 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
     )?;
     out.line(&session.backend_note);
     out.line(format!("digest: {}", job.algorithm));
+    if let Some(args::Signature { bundle, signer }) = &job.signature {
+        let bundle = crate::output::shown(bundle);
+        match signer {
+            Some(signer) => out.line(format!("signed manifest {bundle}: signature verified ({signer})")),
+            None => out.line(format!("signed manifest {bundle}: signature NOT verified (trusted by the operator)")),
+        }
+        out.json(&json!({ "event": "signature", "signed_manifest": bundle, "verified": signer.is_some(), "signer": signer }));
+    }
     out.line(format!("seal key: {}", key.origin));
     if let Some(file) = &session.audit_file {
         out.line(format!(

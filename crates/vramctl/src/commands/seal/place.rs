@@ -153,7 +153,9 @@ pub(super) fn released_by_signal(out: Output, released: usize) {
 /// uploaded, never on a second read of the file.
 fn expect(options: SealOptions, file: &SealFile) -> SealOptions {
     match file.expected {
-        Some(e) => options.expect_digest_in(e.algorithm, e.digest),
+        Some(e) => options
+            .expect_digest_in(e.algorithm, e.digest)
+            .expected_from(e.from),
         None => options,
     }
 }
