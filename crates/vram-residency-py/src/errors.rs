@@ -5,7 +5,7 @@
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::{PyErr, create_exception};
-use vram_residency::VramError;
+use vram_residency::{ErrorClass, VramError};
 
 create_exception!(
     vram_residency,
@@ -29,7 +29,7 @@ create_exception!(
     vram_residency,
     InsufficientVram,
     VramResidencyError,
-    "Not enough device memory: `needed` and `available` bytes on `device`."
+    "Not enough memory: device memory (`needed` and `available` bytes on `device`), or host memory (`needed`)."
 );
 create_exception!(
     vram_residency,
@@ -45,8 +45,8 @@ enum Value {
     OptInt(Option<u32>),
 }
 
-/// The exception class, variant name and fields of `e`.
-fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) {
+/// The variant name and fields of `e`.
+fn describe(e: &VramError) -> (&'static str, Vec<(&'static str, Value)>) {
     use Value::{Int, OptInt, Text};
     let size = |n: usize| Int(u64::try_from(n).unwrap_or(u64::MAX));
     match e {
@@ -55,7 +55,6 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             available,
             device,
         } => (
-            Class::Insufficient,
             "InsufficientVram",
             vec![
                 ("needed", size(*needed)),
@@ -64,12 +63,10 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             ],
         ),
         VramError::HostMemoryExhausted { needed } => (
-            Class::Base,
             "HostMemoryExhausted",
             vec![("needed", size(*needed))],
         ),
         VramError::SealVerificationFailed { shard_id, reason } => (
-            Class::Integrity,
             "SealVerificationFailed",
             vec![
                 ("shard_id", Text(shard_id.clone())),
@@ -77,7 +74,6 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             ],
         ),
         VramError::NotSealed { shard_id } => (
-            Class::Integrity,
             "NotSealed",
             vec![("shard_id", Text(shard_id.clone()))],
         ),
@@ -86,7 +82,6 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             expected,
             actual,
         } => (
-            Class::Integrity,
             "IntegrityViolation",
             vec![
                 ("shard_id", Text(shard_id.clone())),
@@ -99,7 +94,6 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             expected,
             actual,
         } => (
-            Class::Integrity,
             "ModifiedDuringExecution",
             vec![
                 ("shard_id", Text(shard_id.clone())),
@@ -108,7 +102,6 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             ],
         ),
         VramError::UnexpectedDigest { expected, actual } => (
-            Class::Integrity,
             "UnexpectedDigest",
             vec![
                 ("expected", Text(expected.clone())),
@@ -120,7 +113,6 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             host,
             resident,
         } => (
-            Class::Integrity,
             "UploadMismatch",
             vec![
                 ("device", Int((*device).into())),
@@ -129,7 +121,6 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             ],
         ),
         VramError::SourceReadFailed { offset, reason } => (
-            Class::Base,
             "SourceReadFailed",
             vec![("offset", Int(*offset)), ("reason", Text(reason.clone()))],
         ),
@@ -139,7 +130,6 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             cuda_error,
             code,
         } => (
-            Class::Base,
             "CudaAllocationFailed",
             vec![
                 ("device", Int((*device).into())),
@@ -153,7 +143,6 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             cuda_error,
             code,
         } => (
-            Class::Base,
             "CudaDeallocationFailed",
             vec![
                 ("device", Int((*device).into())),
@@ -167,7 +156,6 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             cuda_error,
             code,
         } => (
-            Class::Base,
             "CudaOperationFailed",
             vec![
                 ("device", Int((*device).into())),
@@ -177,10 +165,9 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             ],
         ),
         VramError::NoGpu { reason } => {
-            (Class::Base, "NoGpu", vec![("reason", Text(reason.clone()))])
+            ("NoGpu", vec![("reason", Text(reason.clone()))])
         }
         VramError::DriverTooOld { found, required } => (
-            Class::Base,
             "DriverTooOld",
             vec![
                 ("found", Text(found.clone())),
@@ -191,7 +178,6 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             device,
             device_count,
         } => (
-            Class::Bad,
             "InvalidDevice",
             vec![
                 ("device", Int((*device).into())),
@@ -199,7 +185,6 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             ],
         ),
         VramError::InvalidInput { field, reason } => (
-            Class::Bad,
             "InvalidInput",
             vec![
                 ("field", Text((*field).to_owned())),
@@ -207,12 +192,10 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             ],
         ),
         VramError::MalformedModel(problem) => (
-            Class::Bad,
             "MalformedModel",
             vec![("reason", Text(problem.to_string()))],
         ),
         VramError::AlreadySealed { shard_id } => (
-            Class::Bad,
             "AlreadySealed",
             vec![("shard_id", Text(shard_id.clone()))],
         ),
@@ -221,7 +204,6 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             age_secs,
             max_age_secs,
         } => (
-            Class::Integrity,
             "SealExpired",
             vec![
                 ("shard_id", Text(shard_id.clone())),
@@ -230,16 +212,14 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             ],
         ),
         VramError::PolicyViolation { device, reason } => (
-            Class::Policy,
             "PolicyViolation",
             vec![
                 ("device", Int((*device).into())),
                 ("reason", Text(reason.clone())),
             ],
         ),
-        VramError::Stopped => (Class::Base, "Stopped", Vec::new()),
+        VramError::Stopped => ("Stopped", Vec::new()),
         VramError::AuditFailed { event, reason } => (
-            Class::Base,
             "AuditFailed",
             vec![
                 ("event", Text((*event).to_owned())),
@@ -247,21 +227,19 @@ fn describe(e: &VramError) -> (Class, &'static str, Vec<(&'static str, Value)>) 
             ],
         ),
         VramError::InvalidKey(problem) => (
-            Class::Bad,
             "InvalidKey",
             vec![("reason", Text(problem.to_string()))],
         ),
         VramError::Unreachable(what) => (
-            Class::Base,
             "Unreachable",
             vec![("reason", Text((*what).to_owned()))],
         ),
         // A variant added later still reaches Python, as the base class with its message.
-        _ => (Class::Base, "Other", Vec::new()),
+        _ => ("Other", Vec::new()),
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Class {
     Base,
     Integrity,
@@ -270,11 +248,23 @@ enum Class {
     Bad,
 }
 
+/// The exception class of an error class ([`VramError::class`], which `vramctl`'s exit codes
+/// follow too).
+fn class_of(class: ErrorClass) -> Class {
+    match class {
+        ErrorClass::Integrity => Class::Integrity,
+        ErrorClass::Policy => Class::Policy,
+        ErrorClass::Capacity => Class::Insufficient,
+        ErrorClass::Input => Class::Bad,
+        _ => Class::Base,
+    }
+}
+
 /// The Python exception for `e`, its fields set as attributes.
 pub(crate) fn to_py(e: &VramError) -> PyErr {
-    let (class, kind, fields) = describe(e);
+    let (kind, fields) = describe(e);
     let message = e.to_string();
-    let err = match class {
+    let err = match class_of(e.class()) {
         Class::Base => VramResidencyError::new_err(message),
         Class::Integrity => IntegrityError::new_err(message),
         Class::Policy => PolicyViolation::new_err(message),
@@ -315,3 +305,4 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BadInput", py.get_type::<BadInput>())?;
     Ok(())
 }
+

@@ -49,8 +49,8 @@
 
 #[doc(inline)]
 pub use vram_types::{
-    AllocationFacts, AuditFailurePolicy, BackendKind, DeviceFacts, DigestAlgorithm, FileSource,
-    GpuShare, KeyProblem, LeafSize, MemoryType, ModelShardHandle, Result, SealFailure,
+    AllocationFacts, AuditFailurePolicy, BackendKind, DeviceFacts, DigestAlgorithm, ErrorClass,
+    FileSource, GpuShare, KeyProblem, LeafSize, MemoryType, ModelShardHandle, Result, SealFailure,
     SealSignature, SealedFields, SealedShard, ShardAllocation, ShardId, ShardSource, VramConfig,
     VramError, formats, validation,
 };

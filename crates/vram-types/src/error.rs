@@ -19,6 +19,26 @@ pub const CUDA_ERROR_OUT_OF_MEMORY: u32 = 2;
 /// Result type of every fallible function in the workspace.
 pub type Result<T, E = VramError> = std::result::Result<T, E>;
 
+/// What a caller must do about an error ([`VramError::class`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// The bytes are not, or cannot be shown to be, the bytes that were sealed: do not serve
+    /// them (`vramctl` exit 1, Python `IntegrityError`).
+    Integrity,
+    /// Memory or a device that breaks the VRAM-only policy (exit 3, `PolicyViolation`).
+    Policy,
+    /// Not enough device or host memory: free some, or go elsewhere (exit 2,
+    /// `InsufficientVram`).
+    Capacity,
+    /// The caller's input, refused: nothing changed (exit 2, `BadInput`).
+    Input,
+    /// The machine: no GPU, the driver, a CUDA failure, the audit log's storage, a manager
+    /// stopped by an earlier failure, an internal error (exit 3, or 4 for the audit log;
+    /// `VramResidencyError`).
+    Environment,
+}
+
 /// Errors from sealing, verifying and managing shards in VRAM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -289,6 +309,74 @@ impl VramError {
         )
     }
 
+    /// What kind of failure this is: the one classification both front ends map (`vramctl`'s
+    /// exit codes, the Python exception classes), so that they never disagree on what a caller
+    /// must do. Every variant has exactly one class.
+    #[must_use]
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::SealVerificationFailed { .. }
+            | Self::NotSealed { .. }
+            | Self::IntegrityViolation { .. }
+            | Self::ModifiedDuringExecution { .. }
+            | Self::UnexpectedDigest { .. }
+            | Self::UploadMismatch { .. }
+            | Self::SealExpired { .. } => ErrorClass::Integrity,
+            Self::PolicyViolation { .. } => ErrorClass::Policy,
+            Self::InsufficientVram { .. } | Self::HostMemoryExhausted { .. } => {
+                ErrorClass::Capacity
+            }
+            Self::InvalidDevice { .. }
+            | Self::InvalidInput { .. }
+            | Self::MalformedModel(_)
+            | Self::AlreadySealed { .. }
+            | Self::InvalidKey(_)
+            | Self::SourceReadFailed { .. } => ErrorClass::Input,
+            Self::CudaAllocationFailed { .. }
+            | Self::CudaDeallocationFailed { .. }
+            | Self::CudaOperationFailed { .. }
+            | Self::NoGpu { .. }
+            | Self::DriverTooOld { .. }
+            | Self::Stopped
+            | Self::AuditFailed { .. }
+            | Self::Unreachable(_) => ErrorClass::Environment,
+        }
+    }
+
+    /// One value of every variant, for tests that check a mapping covers them all (the front
+    /// ends' exit codes and exception classes).
+    #[cfg(any(test, feature = "test-utils"))]
+    #[must_use]
+    pub fn one_of_each() -> Vec<Self> {
+        let text = String::new;
+        vec![
+            Self::InsufficientVram { needed: 2, available: 1, device: 0 },
+            Self::HostMemoryExhausted { needed: 1 },
+            Self::SealVerificationFailed { shard_id: text(), reason: SealFailure::SignatureMismatch },
+            Self::NotSealed { shard_id: text() },
+            Self::IntegrityViolation { shard_id: text(), expected: text(), actual: text() },
+            Self::ModifiedDuringExecution { shard_id: text(), expected: text(), actual: text() },
+            Self::UnexpectedDigest { expected: text(), actual: text() },
+            Self::UploadMismatch { device: 0, host: text(), resident: text() },
+            Self::SourceReadFailed { offset: 0, reason: text() },
+            Self::CudaAllocationFailed { device: 0, bytes: 1, cuda_error: text(), code: None },
+            Self::CudaDeallocationFailed { device: 0, cuda_error: text(), code: None },
+            Self::CudaOperationFailed { device: 0, operation: "op", cuda_error: text(), code: None },
+            Self::NoGpu { reason: text() },
+            Self::DriverTooOld { found: text(), required: text() },
+            Self::InvalidDevice { device: 1, device_count: 1 },
+            Self::invalid_input("field", ""),
+            Self::MalformedModel(crate::formats::FormatError::LfsPointer),
+            Self::AlreadySealed { shard_id: text() },
+            Self::SealExpired { shard_id: text(), age_secs: 2, max_age_secs: 1 },
+            Self::PolicyViolation { device: 0, reason: text() },
+            Self::Stopped,
+            Self::AuditFailed { event: "e", reason: text() },
+            Self::InvalidKey(KeyProblem::Empty),
+            Self::Unreachable("x"),
+        ]
+    }
+
     /// Builds an [`VramError::InvalidInput`].
     #[must_use]
     pub fn invalid_input(field: &'static str, reason: impl Into<String>) -> Self {
@@ -440,5 +528,32 @@ mod tests {
             e.to_string(),
             "invalid seal key: key is 3 bytes, at least 32 bytes are required"
         );
+    }
+}
+
+#[cfg(test)]
+mod class_tests {
+    use super::{ErrorClass, VramError};
+
+    /// Every class has a variant, and a security event is never classed as the caller's input
+    /// or the machine's (a front end would then let the model serve on).
+    #[test]
+    fn classes_are_used_and_security_events_are_integrity_or_policy() {
+        let all = VramError::one_of_each();
+        for class in [
+            ErrorClass::Integrity,
+            ErrorClass::Policy,
+            ErrorClass::Capacity,
+            ErrorClass::Input,
+            ErrorClass::Environment,
+        ] {
+            assert!(all.iter().any(|e| e.class() == class), "{class:?} unused");
+        }
+        for e in all.iter().filter(|e| e.is_security_critical()) {
+            assert!(
+                matches!(e.class(), ErrorClass::Integrity | ErrorClass::Policy),
+                "{e:?}"
+            );
+        }
     }
 }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::path::Path;
 
-use vram_residency::VramError;
+use vram_residency::{ErrorClass, VramError};
 
 /// Exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,52 +66,46 @@ impl fmt::Display for CliError {
 }
 
 impl From<VramError> for CliError {
+    /// The exit code is the error's class ([`VramError::class`], the one classification the
+    /// Python exception classes follow too); the remedy is this tool's.
     fn from(e: VramError) -> Self {
-        let (exit, remedy) = match &e {
-            VramError::UnexpectedDigest { .. } => (
-                Exit::VerificationFailed,
-                "refusing to seal it: use the intact file the digest was made from",
-            ),
-            VramError::SourceReadFailed { .. } => (Exit::BadInput, "check the file and the disk"),
-            VramError::IntegrityViolation { .. }
-            | VramError::ModifiedDuringExecution { .. }
-            | VramError::UploadMismatch { .. }
-            | VramError::SealVerificationFailed { .. }
-            | VramError::NotSealed { .. }
-            | VramError::SealExpired { .. } => (
-                Exit::VerificationFailed,
-                "do not serve this model; re-load it from a trusted copy",
-            ),
-            VramError::InsufficientVram { .. } => (
-                Exit::BadInput,
-                "free VRAM, use a GPU with more memory, or pick another one with --device",
-            ),
-            VramError::HostMemoryExhausted { .. } => (Exit::BadInput, "free host memory"),
-            VramError::InvalidInput { .. } | VramError::AlreadySealed { .. } => {
-                (Exit::BadInput, "check the arguments (see --help)")
+        let exit = exit_for(&e);
+        let remedy = match (&e, e.class()) {
+            (VramError::UnexpectedDigest { .. }, _) => {
+                "refusing to seal it: use the intact file the digest was made from"
             }
-            VramError::InvalidDevice { .. } => {
-                (Exit::BadInput, "run `vramctl doctor` to list GPUs")
+            (_, ErrorClass::Integrity) => "do not serve this model; re-load it from a trusted copy",
+            (VramError::InsufficientVram { .. }, _) => {
+                "free VRAM, use a GPU with more memory, or pick another one with --device"
             }
-            VramError::NoGpu { .. } => (
-                Exit::NoGpuOrPolicy,
-                "run `vramctl doctor`; on a machine without a GPU use --backend mock",
-            ),
-            VramError::DriverTooOld { .. } => (Exit::NoGpuOrPolicy, "update the NVIDIA driver"),
-            VramError::AuditFailed { .. } => (
-                Exit::AuditFailed,
-                "free space on the audit log's disk or fix its permissions, then restart",
-            ),
-            VramError::PolicyViolation { .. } | VramError::Stopped => (
-                Exit::NoGpuOrPolicy,
-                "this GPU or setup cannot keep weights VRAM-only; see `vramctl doctor`",
-            ),
-            _ => (
-                Exit::NoGpuOrPolicy,
-                "see `vramctl doctor` and the logs (-v)",
-            ),
+            (_, ErrorClass::Capacity) => "free host memory",
+            (VramError::SourceReadFailed { .. }, _) => "check the file and the disk",
+            (VramError::InvalidDevice { .. }, _) => "run `vramctl doctor` to list GPUs",
+            (VramError::MalformedModel(_), _) => "use an intact model file",
+            (_, ErrorClass::Input) => "check the arguments (see --help)",
+            (VramError::NoGpu { .. }, _) => {
+                "run `vramctl doctor`; on a machine without a GPU use --backend mock"
+            }
+            (VramError::DriverTooOld { .. }, _) => "update the NVIDIA driver",
+            (VramError::AuditFailed { .. }, _) => {
+                "free space on the audit log's disk or fix its permissions, then restart"
+            }
+            (VramError::PolicyViolation { .. } | VramError::Stopped, _) => {
+                "this GPU or setup cannot keep weights VRAM-only; see `vramctl doctor`"
+            }
+            _ => "see `vramctl doctor` and the logs (-v)",
         };
         Self::new(exit, format!("{e}; {remedy}"))
+    }
+}
+
+/// The exit code of a library error: its class; a lost audit record has its own (4).
+fn exit_for(e: &VramError) -> Exit {
+    match (e, e.class()) {
+        (VramError::AuditFailed { .. }, _) => Exit::AuditFailed,
+        (_, ErrorClass::Integrity) => Exit::VerificationFailed,
+        (_, ErrorClass::Input | ErrorClass::Capacity) => Exit::BadInput,
+        _ => Exit::NoGpuOrPolicy,
     }
 }
 
@@ -133,3 +127,30 @@ impl From<vram_cuda_sys::CudaError> for CliError {
 }
 
 pub(crate) type CliResult<T> = Result<T, CliError>;
+
+#[cfg(all(test, feature = "demo"))]
+mod tests {
+    use vram_residency::{ErrorClass, VramError};
+
+    use super::{Exit, exit_for};
+
+    /// Every variant's exit code is its class's (`ErrorClass`'s documented contract, which the
+    /// Python exception classes follow too); a lost audit record has its own.
+    #[test]
+    fn every_variant_exits_with_its_class_code() {
+        for e in VramError::one_of_each() {
+            let want = match e.class() {
+                _ if matches!(e, VramError::AuditFailed { .. }) => Exit::AuditFailed,
+                ErrorClass::Integrity => Exit::VerificationFailed,
+                ErrorClass::Capacity | ErrorClass::Input => Exit::BadInput,
+                ErrorClass::Policy | ErrorClass::Environment => Exit::NoGpuOrPolicy,
+                _ => panic!("{e:?}: a class with no exit code"),
+            };
+            assert_eq!(exit_for(&e) as u8, want as u8, "{e:?}");
+        }
+        // The cases the README names.
+        let code = |e: VramError| exit_for(&e) as u8;
+        assert_eq!(code(VramError::MalformedModel(vram_residency::formats::FormatError::LfsPointer)), 2);
+        assert_eq!(code(VramError::Stopped), 3);
+    }
+}

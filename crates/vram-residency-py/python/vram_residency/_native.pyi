@@ -48,7 +48,8 @@ class PolicyViolation(VramResidencyError):
     reason: str
 
 class InsufficientVram(VramResidencyError):
-    """Not enough device memory."""
+    """Not enough memory: device memory (`needed`, `available` and `device` set), or host
+    memory (`needed` set)."""
 
     needed: int
     available: int
