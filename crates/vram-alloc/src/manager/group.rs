@@ -131,9 +131,7 @@ impl VramManager {
                     },
                 );
             }
-            if shared.config().stop_on_verification_failure {
-                shared.stop(&e.to_string());
-            }
+            shared.stop_on(&e);
             return Err(e);
         }
         let mut by_device: BTreeMap<u32, Vec<(usize, &SealedShard)>> = BTreeMap::new();

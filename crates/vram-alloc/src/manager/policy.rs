@@ -105,7 +105,7 @@ impl VramManager {
             device: first.gpu_device,
             reason: reasons.join("; "),
         };
-        shared.stop(&error.to_string());
+        shared.stop_on(&error);
         Err(error)
     }
 

@@ -73,6 +73,6 @@ pub(super) fn check(
     };
     record_violation(shared, correlation_id, device, reason.clone());
     let error = VramError::PolicyViolation { device, reason };
-    shared.stop(&error.to_string());
+    shared.stop_on(&error);
     Err(error)
 }

@@ -190,9 +190,7 @@ fn place_and_seal(
             );
             // A copy path that delivered other bytes may have delivered them to shards sealed
             // before without a cross-check: stop, as after a failed verification.
-            if security_failure && shared.config().stop_on_verification_failure {
-                shared.stop(&e.to_string());
-            }
+            shared.stop_on(&e);
             return Err(e);
         }
     };

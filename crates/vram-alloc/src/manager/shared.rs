@@ -178,12 +178,11 @@ impl Shared {
     /// stops the manager, so that nothing further happens that the trail does not show.
     pub(crate) fn record_or_stop(&self, correlation_id: &str, event: AuditEvent) {
         let name = event.name();
-        if let Err(e) = self.store(correlation_id, event)
-            && self.config.audit_failure_policy == AuditFailurePolicy::FailClosed
-        {
-            self.stop(&format!(
-                "{name} could not be recorded in the audit trail: {e}"
-            ));
+        if let Err(e) = self.store(correlation_id, event) {
+            self.stop_on(&VramError::AuditFailed {
+                event: name,
+                reason: e.to_string(),
+            });
         }
     }
 
@@ -216,7 +215,31 @@ impl Shared {
         stored
     }
 
-    pub(crate) fn stop(&self, reason: &str) {
+    /// The one rule of when a failure stops the manager (no further seals, verifications or
+    /// executions until it is rebuilt), for every path that meets one:
+    /// - a policy violation (memory or a device that breaks the VRAM-only rule): always;
+    /// - any other security failure (a seal that does not verify, bytes that changed, an
+    ///   upload that delivered other bytes): when `stop_on_verification_failure` is set (the
+    ///   default);
+    /// - an audit record that could not be stored for something that cannot be undone (a
+    ///   release, a failure report, a summary of passes): under
+    ///   [`AuditFailurePolicy::FailClosed`] (an operation that can be undone is undone instead,
+    ///   and its caller never passes its error here);
+    /// - nothing else.
+    pub(crate) fn stop_on(&self, e: &VramError) {
+        let stops = match e {
+            VramError::PolicyViolation { .. } => true,
+            VramError::AuditFailed { .. } => {
+                self.config.audit_failure_policy == AuditFailurePolicy::FailClosed
+            }
+            e => e.is_security_critical() && self.config.stop_on_verification_failure,
+        };
+        if stops {
+            self.halt(&e.to_string());
+        }
+    }
+
+    fn halt(&self, reason: &str) {
         let mut stopped = lock(&self.stopped);
         if stopped.is_none() {
             tracing::error!(

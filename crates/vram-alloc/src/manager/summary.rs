@@ -91,7 +91,7 @@ impl PassSummary {
                 },
             );
             if let Err(e) = recorded {
-                shared.stop(&e.to_string());
+                shared.stop_on(&e);
                 return Err(e);
             }
         }

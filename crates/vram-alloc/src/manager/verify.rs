@@ -282,9 +282,7 @@ pub(super) fn record_failure(
             reason: e.to_string(),
         },
     );
-    if e.is_security_critical() && shared.config().stop_on_verification_failure {
-        shared.stop(&e.to_string());
-    }
+    shared.stop_on(e);
 }
 
 /// Everything but the digest: the allocation is this manager's, no sealed field was edited, the
