@@ -74,9 +74,9 @@ mod sync;
 pub use clock::ManualClock;
 
 pub use manager::{
-    EngineTensor, ExecutionMode, ExpectedFrom, GroupPart, GroupPlan, LentTensor, ModelExecution, ModelWeights,
-    PlanError, PlanStep, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart, SealPlan,
-    SealedGroup, SealedModel, SealedTensor, StepReport, StepScrubOptions, StepScrubber,
+    EngineTensor, ExecutionMode, ExpectedFrom, GroupPart, GroupPlan, LentTensor, ModelExecution,
+    ModelWeights, PlanError, PlanStep, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart,
+    SealPlan, SealedGroup, SealedModel, SealedTensor, StepReport, StepScrubOptions, StepScrubber,
     VramManager, VramManagerBuilder, Weights,
 };
 pub use metrics::{DeviceUsage, ExecutionCounts, VramMetrics};

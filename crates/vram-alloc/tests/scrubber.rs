@@ -371,7 +371,10 @@ fn step_scrubber_calls_are_paid_for_by_the_budget() {
         assert!(!scrubber.due() || queued == 0);
         queued += scrubber.step(None).unwrap().bytes_queued;
     }
-    assert_eq!(queued, 0, "a thousand calls in a tight loop earned a working call");
+    assert_eq!(
+        queued, 0,
+        "a thousand calls in a tight loop earned a working call"
+    );
     // 1 % of 100 ms pays for a call (assumed 0.1 ms until measured) twice over.
     std::thread::sleep(Duration::from_millis(100));
     assert!(scrubber.due());

@@ -62,10 +62,9 @@ fn describe(e: &VramError) -> (&'static str, Vec<(&'static str, Value)>) {
                 ("device", Int((*device).into())),
             ],
         ),
-        VramError::HostMemoryExhausted { needed } => (
-            "HostMemoryExhausted",
-            vec![("needed", size(*needed))],
-        ),
+        VramError::HostMemoryExhausted { needed } => {
+            ("HostMemoryExhausted", vec![("needed", size(*needed))])
+        }
         VramError::SealVerificationFailed { shard_id, reason } => (
             "SealVerificationFailed",
             vec![
@@ -73,10 +72,9 @@ fn describe(e: &VramError) -> (&'static str, Vec<(&'static str, Value)>) {
                 ("reason", Text(reason.to_string())),
             ],
         ),
-        VramError::NotSealed { shard_id } => (
-            "NotSealed",
-            vec![("shard_id", Text(shard_id.clone()))],
-        ),
+        VramError::NotSealed { shard_id } => {
+            ("NotSealed", vec![("shard_id", Text(shard_id.clone()))])
+        }
         VramError::IntegrityViolation {
             shard_id,
             expected,
@@ -164,9 +162,7 @@ fn describe(e: &VramError) -> (&'static str, Vec<(&'static str, Value)>) {
                 ("code", OptInt(*code)),
             ],
         ),
-        VramError::NoGpu { reason } => {
-            ("NoGpu", vec![("reason", Text(reason.clone()))])
-        }
+        VramError::NoGpu { reason } => ("NoGpu", vec![("reason", Text(reason.clone()))]),
         VramError::DriverTooOld { found, required } => (
             "DriverTooOld",
             vec![
@@ -195,10 +191,9 @@ fn describe(e: &VramError) -> (&'static str, Vec<(&'static str, Value)>) {
             "MalformedModel",
             vec![("reason", Text(problem.to_string()))],
         ),
-        VramError::AlreadySealed { shard_id } => (
-            "AlreadySealed",
-            vec![("shard_id", Text(shard_id.clone()))],
-        ),
+        VramError::AlreadySealed { shard_id } => {
+            ("AlreadySealed", vec![("shard_id", Text(shard_id.clone()))])
+        }
         VramError::SealExpired {
             shard_id,
             age_secs,
@@ -226,14 +221,10 @@ fn describe(e: &VramError) -> (&'static str, Vec<(&'static str, Value)>) {
                 ("reason", Text(reason.clone())),
             ],
         ),
-        VramError::InvalidKey(problem) => (
-            "InvalidKey",
-            vec![("reason", Text(problem.to_string()))],
-        ),
-        VramError::Unreachable(what) => (
-            "Unreachable",
-            vec![("reason", Text((*what).to_owned()))],
-        ),
+        VramError::InvalidKey(problem) => {
+            ("InvalidKey", vec![("reason", Text(problem.to_string()))])
+        }
+        VramError::Unreachable(what) => ("Unreachable", vec![("reason", Text((*what).to_owned()))]),
         // A variant added later still reaches Python, as the base class with its message.
         _ => ("Other", Vec::new()),
     }
@@ -305,4 +296,3 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("BadInput", py.get_type::<BadInput>())?;
     Ok(())
 }
-

@@ -83,7 +83,10 @@ impl Manager {
                         path.display()
                     );
                     let warnings = py.import("warnings")?;
-                    warnings.call_method1("warn", (message, py.get_type::<pyo3::exceptions::PyUserWarning>(), 2))?;
+                    warnings.call_method1(
+                        "warn",
+                        (message, py.get_type::<pyo3::exceptions::PyUserWarning>(), 2),
+                    )?;
                 }
                 Arc::new(file)
             }

@@ -69,10 +69,20 @@ fn a_tensor_of_zero_bytes_is_left_out() {
     let (with_empty, _, digest) = &vectors[3];
     assert!(with_empty.iter().any(|t| t.bytes == 0));
     assert_eq!(digest, one_digest);
-    assert_eq!(model_digest(one).unwrap(), model_digest(with_empty).unwrap());
+    assert_eq!(
+        model_digest(one).unwrap(),
+        model_digest(with_empty).unwrap()
+    );
     // A model of empty tensors only has no digest, as a model of none.
-    let empty: Vec<TensorEntry> = with_empty.iter().filter(|t| t.bytes == 0).cloned().collect();
-    assert!(matches!(model_digest(&empty), Err(VramError::InvalidInput { .. })));
+    let empty: Vec<TensorEntry> = with_empty
+        .iter()
+        .filter(|t| t.bytes == 0)
+        .cloned()
+        .collect();
+    assert!(matches!(
+        model_digest(&empty),
+        Err(VramError::InvalidInput { .. })
+    ));
 }
 
 #[test]

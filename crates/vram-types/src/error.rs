@@ -350,28 +350,83 @@ impl VramError {
     pub fn one_of_each() -> Vec<Self> {
         let text = String::new;
         vec![
-            Self::InsufficientVram { needed: 2, available: 1, device: 0 },
+            Self::InsufficientVram {
+                needed: 2,
+                available: 1,
+                device: 0,
+            },
             Self::HostMemoryExhausted { needed: 1 },
-            Self::SealVerificationFailed { shard_id: text(), reason: SealFailure::SignatureMismatch },
+            Self::SealVerificationFailed {
+                shard_id: text(),
+                reason: SealFailure::SignatureMismatch,
+            },
             Self::NotSealed { shard_id: text() },
-            Self::IntegrityViolation { shard_id: text(), expected: text(), actual: text() },
-            Self::ModifiedDuringExecution { shard_id: text(), expected: text(), actual: text() },
-            Self::UnexpectedDigest { expected: text(), actual: text() },
-            Self::UploadMismatch { device: 0, host: text(), resident: text() },
-            Self::SourceReadFailed { offset: 0, reason: text() },
-            Self::CudaAllocationFailed { device: 0, bytes: 1, cuda_error: text(), code: None },
-            Self::CudaDeallocationFailed { device: 0, cuda_error: text(), code: None },
-            Self::CudaOperationFailed { device: 0, operation: "op", cuda_error: text(), code: None },
+            Self::IntegrityViolation {
+                shard_id: text(),
+                expected: text(),
+                actual: text(),
+            },
+            Self::ModifiedDuringExecution {
+                shard_id: text(),
+                expected: text(),
+                actual: text(),
+            },
+            Self::UnexpectedDigest {
+                expected: text(),
+                actual: text(),
+            },
+            Self::UploadMismatch {
+                device: 0,
+                host: text(),
+                resident: text(),
+            },
+            Self::SourceReadFailed {
+                offset: 0,
+                reason: text(),
+            },
+            Self::CudaAllocationFailed {
+                device: 0,
+                bytes: 1,
+                cuda_error: text(),
+                code: None,
+            },
+            Self::CudaDeallocationFailed {
+                device: 0,
+                cuda_error: text(),
+                code: None,
+            },
+            Self::CudaOperationFailed {
+                device: 0,
+                operation: "op",
+                cuda_error: text(),
+                code: None,
+            },
             Self::NoGpu { reason: text() },
-            Self::DriverTooOld { found: text(), required: text() },
-            Self::InvalidDevice { device: 1, device_count: 1 },
+            Self::DriverTooOld {
+                found: text(),
+                required: text(),
+            },
+            Self::InvalidDevice {
+                device: 1,
+                device_count: 1,
+            },
             Self::invalid_input("field", ""),
             Self::MalformedModel(crate::formats::FormatError::LfsPointer),
             Self::AlreadySealed { shard_id: text() },
-            Self::SealExpired { shard_id: text(), age_secs: 2, max_age_secs: 1 },
-            Self::PolicyViolation { device: 0, reason: text() },
+            Self::SealExpired {
+                shard_id: text(),
+                age_secs: 2,
+                max_age_secs: 1,
+            },
+            Self::PolicyViolation {
+                device: 0,
+                reason: text(),
+            },
             Self::Stopped,
-            Self::AuditFailed { event: "e", reason: text() },
+            Self::AuditFailed {
+                event: "e",
+                reason: text(),
+            },
             Self::InvalidKey(KeyProblem::Empty),
             Self::Unreachable("x"),
         ]

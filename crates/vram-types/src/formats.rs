@@ -211,7 +211,11 @@ pub fn metadata_encoding(
         ModelFormat::Safetensors { .. } => {
             let entries = safetensors_metadata(head).map_err(FormatError::Safetensors)?;
             put(&mut out, b"safetensors").map_err(FormatError::Safetensors)?;
-            out.extend_from_slice(&u64::try_from(entries.len()).unwrap_or(u64::MAX).to_be_bytes());
+            out.extend_from_slice(
+                &u64::try_from(entries.len())
+                    .unwrap_or(u64::MAX)
+                    .to_be_bytes(),
+            );
             for (key, value) in entries {
                 put(&mut out, key.as_bytes()).map_err(FormatError::Safetensors)?;
                 put(&mut out, value.as_bytes()).map_err(FormatError::Safetensors)?;
@@ -254,14 +258,19 @@ fn safetensors_metadata(head: &[u8]) -> Result<Vec<(String, String)>, HeaderProb
 
 /// A GGUF header's key-value count and section bytes (a header [`recognise`] accepted).
 fn gguf_metadata(head: &[u8]) -> Result<(u64, &[u8]), HeaderProblem> {
-    let mut c = Cursor { bytes: head, pos: 0 };
+    let mut c = Cursor {
+        bytes: head,
+        pos: 0,
+    };
     c.take(4)?; // magic
     c.u32()?; // version
     c.u64()?; // tensor count
     let kv_count = c.u64()?;
     let start = c.pos;
     gguf_key_values(&mut c, kv_count)?;
-    let section = head.get(start..c.pos).ok_or(HeaderProblem::Truncated(start))?;
+    let section = head
+        .get(start..c.pos)
+        .ok_or(HeaderProblem::Truncated(start))?;
     Ok((kv_count, section))
 }
 

@@ -46,9 +46,7 @@ mod vram_config;
 pub use digest_algorithm::{
     DEFAULT_LEAF_BYTES, DigestAlgorithm, DigestKind, LeafSize, MAX_LEAF_BYTES, MIN_LEAF_BYTES,
 };
-pub use error::{
-    CUDA_ERROR_OUT_OF_MEMORY, ErrorClass, KeyProblem, Result, SealFailure, VramError,
-};
+pub use error::{CUDA_ERROR_OUT_OF_MEMORY, ErrorClass, KeyProblem, Result, SealFailure, VramError};
 pub use gpu_share::{DEFAULT_BACKGROUND_SM_FRACTION, GpuShare};
 pub use residency_facts::{AllocationFacts, BackendKind, DeviceFacts, MemoryType};
 pub use rfc3339::{rfc3339_from_unix_millis, rfc3339_millis};

@@ -63,7 +63,9 @@ impl Trust {
         let roots = Certificate::load_pem_chain(pem.as_bytes())
             .map_err(|e| SignatureError::Trust(format!("root certificates: {e}")))?;
         if roots.is_empty() {
-            return Err(SignatureError::Trust("no certificate in the roots file".to_owned()));
+            return Err(SignatureError::Trust(
+                "no certificate in the roots file".to_owned(),
+            ));
         }
         Ok(Self::Roots(roots))
     }
@@ -138,7 +140,9 @@ pub enum SignatureError {
     #[error("signed with a key, not a certificate: give the signer's public key")]
     NeedsKey,
     /// No signature verifies.
-    #[error("no signature verifies under {0}: the statement was changed after signing, or another key signed it")]
+    #[error(
+        "no signature verifies under {0}: the statement was changed after signing, or another key signed it"
+    )]
     BadSignature(&'static str),
     /// The certificate chain does not hold.
     #[error("certificate chain: {0}")]
@@ -248,9 +252,10 @@ pub fn verify_bundle(bytes: &[u8], trust: &Trust) -> Result<Verified, SignatureE
     };
     let payload = base64(&envelope.payload, "the payload")?;
     let message = pae(&envelope.payload_type, &payload);
-    let signed = envelope.signatures.iter().any(|s| {
-        base64(&s.sig, "a signature").is_ok_and(|sig| key.signs(&message, &sig))
-    });
+    let signed = envelope
+        .signatures
+        .iter()
+        .any(|s| base64(&s.sig, "a signature").is_ok_and(|sig| key.signs(&message, &sig)));
     if !signed {
         return Err(SignatureError::BadSignature(match trust {
             Trust::Key(_) => "the public key given",
@@ -287,10 +292,7 @@ fn chained_key(
     let mut current = leaf;
     for _ in 0..MAX_CHAIN {
         valid_at(current, at)?;
-        if let Some(root) = roots
-            .iter()
-            .find(|r| *r == current || issued(current, r))
-        {
+        if let Some(root) = roots.iter().find(|r| *r == current || issued(current, r)) {
             valid_at(root, at)?;
             let signer = format!(
                 "certificate {} (issued under root {})",
@@ -341,8 +343,7 @@ fn issued(cert: &Certificate, issuer: &Certificate) -> bool {
 
 fn valid_at(cert: &Certificate, at: std::time::Duration) -> Result<(), SignatureError> {
     let validity = &cert.tbs_certificate.validity;
-    if validity.not_before.to_unix_duration() <= at && at <= validity.not_after.to_unix_duration()
-    {
+    if validity.not_before.to_unix_duration() <= at && at <= validity.not_after.to_unix_duration() {
         return Ok(());
     }
     Err(SignatureError::Chain(format!(
@@ -435,11 +436,20 @@ mod tests {
         let unsigned = edited("model.blake3.sig", |v| {
             v["dsseEnvelope"]["signatures"] = serde_json::json!([]);
         });
-        assert_eq!(verify_bundle(&unsigned, &trust_key()), Err(SignatureError::Unsigned));
+        assert_eq!(
+            verify_bundle(&unsigned, &trust_key()),
+            Err(SignatureError::Unsigned)
+        );
         let no_field = edited("model.blake3.sig", |v| {
-            v["dsseEnvelope"].as_object_mut().unwrap().remove("signatures");
+            v["dsseEnvelope"]
+                .as_object_mut()
+                .unwrap()
+                .remove("signatures");
         });
-        assert_eq!(verify_bundle(&no_field, &trust_key()), Err(SignatureError::Unsigned));
+        assert_eq!(
+            verify_bundle(&no_field, &trust_key()),
+            Err(SignatureError::Unsigned)
+        );
         // Another CA, the wrong kind of trust, a keyless bundle.
         assert!(matches!(
             verify_bundle(&fixture("model.cert.sig"), &trust_roots("other-ca.pem")),
@@ -456,7 +466,10 @@ mod tests {
         let keyless = edited("model.cert.sig", |v| {
             v["verificationMaterial"]["tlogEntries"] = serde_json::json!([{"logIndex": "1"}]);
         });
-        assert_eq!(verify_bundle(&keyless, &trust_roots("ca.pem")), Err(SignatureError::Keyless));
+        assert_eq!(
+            verify_bundle(&keyless, &trust_roots("ca.pem")),
+            Err(SignatureError::Keyless)
+        );
         // A certificate-signed bundle whose statement was edited.
         let forged_cert = edited("model.cert.sig", |v| {
             let payload = v["dsseEnvelope"]["payload"].as_str().unwrap().to_owned();

@@ -229,7 +229,12 @@ pub(crate) struct SealArgs {
     pub(crate) model_dir: Option<PathBuf>,
     /// With --signed-manifest: the PEM public key (P-256 or P-384) that signed the bundle
     /// (`model_signing sign key`).
-    #[arg(long, value_name = "PEM", requires = "signed_manifest", conflicts_with = "signature_roots")]
+    #[arg(
+        long,
+        value_name = "PEM",
+        requires = "signed_manifest",
+        conflicts_with = "signature_roots"
+    )]
     pub(crate) signature_key: Option<PathBuf>,
     /// With --signed-manifest: the PEM root certificate(s) the bundle's signing certificate
     /// must chain to (`model_signing sign certificate`).

@@ -150,7 +150,12 @@ mod tests {
         }
         // The cases the README names.
         let code = |e: VramError| exit_for(&e) as u8;
-        assert_eq!(code(VramError::MalformedModel(vram_residency::formats::FormatError::LfsPointer)), 2);
+        assert_eq!(
+            code(VramError::MalformedModel(
+                vram_residency::formats::FormatError::LfsPointer
+            )),
+            2
+        );
         assert_eq!(code(VramError::Stopped), 3);
     }
 }

@@ -4,8 +4,8 @@
 //! line is the binary; this library is not a stable API.
 #![forbid(unsafe_code)]
 
+pub mod bundle_signature;
 pub mod formats;
 pub mod manifest;
-pub mod bundle_signature;
 pub mod signed_manifest;
 pub mod units;

@@ -30,7 +30,12 @@ pub fn escape_name(name: &[u8]) -> (bool, Vec<u8>) {
 /// character and direction mark escaped as well ([`escape_tensor_name`]), so that a crafted
 /// name cannot move the cursor, repaint the operator's terminal or show another name.
 #[must_use]
-pub fn tensor_line(alg: DigestAlgorithm, digest: &ShardDigest, file: &[u8], tensor: &str) -> Vec<u8> {
+pub fn tensor_line(
+    alg: DigestAlgorithm,
+    digest: &ShardDigest,
+    file: &[u8],
+    tensor: &str,
+) -> Vec<u8> {
     let (file_escaped, file) = escape_name(file);
     let (tensor_escaped, tensor) = escape_tensor_name(tensor);
     let mut line = Vec::with_capacity(file.len().saturating_add(tensor.len()).saturating_add(96));
@@ -154,7 +159,8 @@ pub fn is_bare_line(line: &[u8]) -> bool {
 
 /// The algorithms a bare-hex digest may have been written with: `sha256sum`'s (flat SHA-256)
 /// and `b3sum`'s (BLAKE3).
-pub const BARE_ALGORITHMS: [DigestAlgorithm; 2] = [DigestAlgorithm::Sha256, DigestAlgorithm::Blake3];
+pub const BARE_ALGORITHMS: [DigestAlgorithm; 2] =
+    [DigestAlgorithm::Sha256, DigestAlgorithm::Blake3];
 
 /// Whether a name a manifest gives leaves the manifest's directory (absolute, or through `..`):
 /// a manifest shipped with a model names the model's files, nothing else. Symbolic links out
@@ -270,7 +276,11 @@ mod tests {
         ] {
             let text = format!("{hex}  a.bin\n{hex}  {name}\n");
             assert_eq!(
-                parse_manifest(text.as_bytes(), Path::new("m"), vram_residency::DigestAlgorithm::Sha256),
+                parse_manifest(
+                    text.as_bytes(),
+                    Path::new("m"),
+                    vram_residency::DigestAlgorithm::Sha256
+                ),
                 Err(ManifestError::OutsideDirectory { line: 2 }),
                 "{name}"
             );

@@ -1230,15 +1230,24 @@ fn a_model_signing_bundle_gives_each_file_its_signed_digest_checked_in_vram() {
     std::fs::write(d.join("model/extra.bin"), b"unsigned").unwrap();
     let (code, _, err) = seal("model.blake3.sig", &key, "model/extra.bin");
     assert_eq!(code, Some(2));
-    assert!(err.contains("not among the 2 file(s) the signed manifest"), "{err}");
+    assert!(
+        err.contains("not among the 2 file(s) the signed manifest"),
+        "{err}"
+    );
     // A byte changed after signing: the signature holds, the bytes in VRAM do not.
     let mut weights = std::fs::read(d.join("model/weights.bin")).unwrap();
     weights[4000] ^= 1;
     std::fs::write(d.join("model/weights.bin"), &weights).unwrap();
-    for (bundle, alg) in [("model.blake3.sig", "blake3"), ("model.sha256.sig", "sha256")] {
+    for (bundle, alg) in [
+        ("model.blake3.sig", "blake3"),
+        ("model.sha256.sig", "sha256"),
+    ] {
         let (code, _, err) = seal(bundle, &key, "model/weights.bin");
         assert_eq!(code, Some(1), "{bundle}: {err}");
-        assert!(err.contains(&format!("differs from the signed manifest {alg}:")), "{err}");
+        assert!(
+            err.contains(&format!("differs from the signed manifest {alg}:")),
+            "{err}"
+        );
     }
     weights[4000] ^= 1;
     std::fs::write(d.join("model/weights.bin"), &weights).unwrap();
@@ -1253,32 +1262,61 @@ fn a_model_signing_bundle_gives_each_file_its_signed_digest_checked_in_vram() {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut bundle: serde_json::Value =
         serde_json::from_slice(&std::fs::read(d.join("model.blake3.sig")).unwrap()).unwrap();
-    let statement = b64.decode(bundle["dsseEnvelope"]["payload"].as_str().unwrap()).unwrap();
+    let statement = b64
+        .decode(bundle["dsseEnvelope"]["payload"].as_str().unwrap())
+        .unwrap();
     let signed_hex =
         vram_residency::compute_digest(&weights, vram_residency::DigestAlgorithm::Blake3).to_hex();
     let other_hex =
         vram_residency::compute_digest(b"other", vram_residency::DigestAlgorithm::Blake3).to_hex();
-    let forged = String::from_utf8(statement).unwrap().replace(&signed_hex, &other_hex);
+    let forged = String::from_utf8(statement)
+        .unwrap()
+        .replace(&signed_hex, &other_hex);
     bundle["dsseEnvelope"]["payload"] = b64.encode(forged).into();
     std::fs::write(d.join("forged.sig"), bundle.to_string()).unwrap();
     bundle["dsseEnvelope"]["signatures"] = serde_json::json!([]);
     std::fs::write(d.join("unsigned.sig"), bundle.to_string()).unwrap();
-    for (name, says) in [("forged.sig", "no signature verifies"), ("unsigned.sig", "no signature")] {
+    for (name, says) in [
+        ("forged.sig", "no signature verifies"),
+        ("unsigned.sig", "no signature"),
+    ] {
         let (code, out, err) = seal(name, &key, "model/weights.bin");
         assert_eq!(code, Some(1), "{name}: {err}");
-        assert!(err.contains("signature not accepted") && err.contains(says), "{err}");
-        assert!(!out.iter().any(|l| l.contains("\"event\":\"sealed\"")), "{out:?}");
+        assert!(
+            err.contains("signature not accepted") && err.contains(says),
+            "{err}"
+        );
+        assert!(
+            !out.iter().any(|l| l.contains("\"event\":\"sealed\"")),
+            "{out:?}"
+        );
     }
     // A certificate-signed bundle: verified against its CA, refused against another one.
-    let (code, _, err) = seal("model.cert.sig", &["--signature-roots", "other-ca.pem"], "model/weights.bin");
+    let (code, _, err) = seal(
+        "model.cert.sig",
+        &["--signature-roots", "other-ca.pem"],
+        "model/weights.bin",
+    );
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("certificate chain"), "{err}");
-    let (code, out, _) = seal("model.cert.sig", &["--signature-roots", "ca.pem"], "model/weights.bin");
+    let (code, out, _) = seal(
+        "model.cert.sig",
+        &["--signature-roots", "ca.pem"],
+        "model/weights.bin",
+    );
     assert_eq!(code, None, "{out:?}");
-    let signature = out.iter().find(|l| l.contains("\"event\":\"signature\"")).unwrap();
+    let signature = out
+        .iter()
+        .find(|l| l.contains("\"event\":\"signature\""))
+        .unwrap();
     let signature: serde_json::Value = serde_json::from_str(signature).unwrap();
     assert_eq!(signature["verified"], true);
-    assert!(signature["signer"].as_str().unwrap().contains("CN=model signer"));
+    assert!(
+        signature["signer"]
+            .as_str()
+            .unwrap()
+            .contains("CN=model signer")
+    );
 
     // The signed bytes, sealed in the manifest's algorithm: the seal's digest is the signed
     // BLAKE3 itself, so every re-verification recomputes the signed digest. The model directory
@@ -1287,10 +1325,21 @@ fn a_model_signing_bundle_gives_each_file_its_signed_digest_checked_in_vram() {
     for model_dir in ["./model", absolute.to_str().unwrap()] {
         let (code, out, _) = seal_signed(
             d,
-            &["--signed-manifest", "model.blake3.sig", "--signature-key", "pub.pem", "--model-dir", model_dir, "model/weights.bin"],
+            &[
+                "--signed-manifest",
+                "model.blake3.sig",
+                "--signature-key",
+                "pub.pem",
+                "--model-dir",
+                model_dir,
+                "model/weights.bin",
+            ],
         );
         assert_eq!(code, None, "{model_dir}: {out:?}");
-        let sealed = out.iter().find(|l| l.contains("\"event\":\"sealed\"")).unwrap();
+        let sealed = out
+            .iter()
+            .find(|l| l.contains("\"event\":\"sealed\""))
+            .unwrap();
         assert!(sealed.contains(&signed_hex), "{sealed}");
         assert!(sealed.contains("\"blake3\""), "{sealed}");
     }
@@ -1299,24 +1348,56 @@ fn a_model_signing_bundle_gives_each_file_its_signed_digest_checked_in_vram() {
     let log = d.join("audit.jsonl");
     let (code, out, err) = seal_signed(
         d,
-        &["--signed-manifest", "model.blake3.sig", "--trust-unverified-signature", "--audit-log", log.to_str().unwrap(), "model/weights.bin"],
+        &[
+            "--signed-manifest",
+            "model.blake3.sig",
+            "--trust-unverified-signature",
+            "--audit-log",
+            log.to_str().unwrap(),
+            "model/weights.bin",
+        ],
     );
     assert_eq!(code, None, "{err}");
     assert!(err.contains("signature is NOT checked"), "{err}");
-    let signature = out.iter().find(|l| l.contains("\"event\":\"signature\"")).unwrap();
+    let signature = out
+        .iter()
+        .find(|l| l.contains("\"event\":\"signature\""))
+        .unwrap();
     assert!(signature.contains("\"verified\":false"), "{signature}");
     let audit = std::fs::read_to_string(&log).unwrap();
-    let sealed = audit.lines().find(|l| l.contains("\"event\":\"VramSealed\"")).unwrap();
-    assert!(sealed.contains("\"expected_from\":\"unverified-signed-manifest\""), "{sealed}");
+    let sealed = audit
+        .lines()
+        .find(|l| l.contains("\"event\":\"VramSealed\""))
+        .unwrap();
+    assert!(
+        sealed.contains("\"expected_from\":\"unverified-signed-manifest\""),
+        "{sealed}"
+    );
 
     // An explicit --algorithm wins: the signed digest is then checked once, at the seal.
     let (code, out, _) = seal_signed(
         d,
-        &["--algorithm", "sha256-tree-65536", "--signed-manifest", "model.blake3.sig", "--signature-key", "pub.pem", "--model-dir", "model", "model/weights.bin"],
+        &[
+            "--algorithm",
+            "sha256-tree-65536",
+            "--signed-manifest",
+            "model.blake3.sig",
+            "--signature-key",
+            "pub.pem",
+            "--model-dir",
+            "model",
+            "model/weights.bin",
+        ],
     );
     assert_eq!(code, None);
-    let sealed = out.iter().find(|l| l.contains("\"event\":\"sealed\"")).unwrap();
-    assert!(sealed.contains("sha256-tree-65536") && !sealed.contains(&signed_hex), "{sealed}");
+    let sealed = out
+        .iter()
+        .find(|l| l.contains("\"event\":\"sealed\""))
+        .unwrap();
+    assert!(
+        sealed.contains("sha256-tree-65536") && !sealed.contains(&signed_hex),
+        "{sealed}"
+    );
 }
 
 #[test]
@@ -2264,7 +2345,10 @@ fn a_forged_tail_adopted_at_restart_is_reported_unsigned_by_audit_verify() {
     // Two restarts: each signs the log on. The first warns of what it adopts (issue 33); the
     // second finds nothing unsigned after the checkpoints the first wrote.
     let (_, first) = seal_until_sigterm(&model, &log, &token_arg);
-    assert!(first.contains("2 record(s) at its end were never signed"), "{first}");
+    assert!(
+        first.contains("2 record(s) at its end were never signed"),
+        "{first}"
+    );
     let (_, second) = seal_until_sigterm(&model, &log, &token_arg);
     assert!(!second.contains("never signed"), "{second}");
     let verify = |extra: &[&str]| {
@@ -2483,7 +2567,12 @@ fn safetensors_with(
     use safetensors::tensor::{Dtype, TensorView};
     let views: Vec<(&str, TensorView<'_>)> = tensors
         .iter()
-        .map(|(n, shape, data)| (*n, TensorView::new(Dtype::F32, shape.clone(), data).unwrap()))
+        .map(|(n, shape, data)| {
+            (
+                *n,
+                TensorView::new(Dtype::F32, shape.clone(), data).unwrap(),
+            )
+        })
         .collect();
     let bytes = safetensors::serialize(views, metadata).unwrap();
     write(dir, name, &bytes)
@@ -2527,7 +2616,11 @@ fn digest_tensors_lines_are_tagged_escaped_and_leave_empty_tensors_out() {
                 .arg(file)
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             out.stdout
         };
         let stdout = run(&path);
@@ -2563,7 +2656,11 @@ fn digest_tensors_lines_are_tagged_escaped_and_leave_empty_tensors_out() {
         let model = model_digest(&[entry("w", &w), entry(evil, &pattern(4))]).unwrap();
         assert_eq!(lines[2], format!("{TAG}:{}  {file}", model.to_hex()));
         let other = String::from_utf8(run(&alone)).unwrap();
-        assert!(other.ends_with(&format!("{TAG}:{}  {}\n", model.to_hex(), alone.to_str().unwrap())));
+        assert!(other.ends_with(&format!(
+            "{TAG}:{}  {}\n",
+            model.to_hex(),
+            alone.to_str().unwrap()
+        )));
     }
 }
 
@@ -2579,7 +2676,11 @@ fn the_metadata_digest_covers_what_the_model_digest_does_not() {
             .arg(file)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         (
             v["model_digest"].as_str().unwrap().to_owned(),
@@ -2588,11 +2689,26 @@ fn the_metadata_digest_covers_what_the_model_digest_does_not() {
     };
     // safetensors: the `__metadata__` entries by key (the vector, built from the spec's table).
     let meta = |pairs: &[(&str, &str)]| {
-        Some(pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect())
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
     };
     let tensors = [("w", vec![2usize, 3], pattern(24))];
-    let a = safetensors_with(&dir, "a.safetensors", &tensors, meta(&[("b", "2"), ("a", "1")]));
-    let b = safetensors_with(&dir, "b.safetensors", &tensors, meta(&[("a", "1"), ("b", "3")]));
+    let a = safetensors_with(
+        &dir,
+        "a.safetensors",
+        &tensors,
+        meta(&[("b", "2"), ("a", "1")]),
+    );
+    let b = safetensors_with(
+        &dir,
+        "b.safetensors",
+        &tensors,
+        meta(&[("a", "1"), ("b", "3")]),
+    );
     let none = safetensors_with(&dir, "c.safetensors", &tensors, None);
     let s = |x: &str| [&(x.len() as u32).to_be_bytes()[..], x.as_bytes()].concat();
     let mut want = b"VRAMMETA\x01".to_vec();
@@ -2604,7 +2720,10 @@ fn the_metadata_digest_covers_what_the_model_digest_does_not() {
     let (model_a, meta_a) = digests(&a);
     assert_eq!(
         meta_a,
-        format!("vram-meta-v1:{}", compute_digest(&want, DigestAlgorithm::Sha256).to_hex())
+        format!(
+            "vram-meta-v1:{}",
+            compute_digest(&want, DigestAlgorithm::Sha256).to_hex()
+        )
     );
     let (model_b, meta_b) = digests(&b);
     let (model_none, meta_none) = digests(&none);
@@ -2612,10 +2731,9 @@ fn the_metadata_digest_covers_what_the_model_digest_does_not() {
     assert_ne!(meta_a, meta_b);
     assert_ne!(meta_a, meta_none);
     // GGUF: one byte of the key-value section (the model's name) changed.
-    let gguf = std::fs::read(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/tiny.gguf"),
-    )
-    .unwrap();
+    let gguf =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/models/tiny.gguf"))
+            .unwrap();
     let at = gguf.windows(4).position(|w| w == b"tiny").unwrap();
     let mut renamed = gguf.clone();
     renamed[at + 3] = b'z';
@@ -2652,7 +2770,10 @@ fn digest_hashes_empty_files_and_goes_on_past_unreadable_ones() {
             format!("{0}  a\n{1}  empty\n{0}  a\n", hex(b"hi\n"), hex(b""))
         );
         let err = String::from_utf8(out.stderr).unwrap();
-        assert!(err.contains("missing") && err.contains("1 of 4 files"), "{err}");
+        assert!(
+            err.contains("missing") && err.contains("1 of 4 files"),
+            "{err}"
+        );
     }
 }
 
@@ -2678,21 +2799,45 @@ fn b3sum_manifests_are_read_as_blake3_when_asked_and_named_when_not() {
     assert_eq!(failed.status.code(), Some(1));
     assert_eq!(failed.stdout, b"m.bin: FAILED\n");
     let err = String::from_utf8(failed.stderr).unwrap();
-    assert!(err.contains("BLAKE3 (a b3sum manifest)") && err.contains("--algorithm blake3"), "{err}");
+    assert!(
+        err.contains("BLAKE3 (a b3sum manifest)") && err.contains("--algorithm blake3"),
+        "{err}"
+    );
     let ok = run(&["digest", "--algorithm", "blake3", "-c", "B3SUMS"]);
-    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     assert_eq!(ok.stdout, b"m.bin: OK\n");
     // A wrong line gets no hint.
-    std::fs::write(dir.path().join("WRONG"), format!("{}  m.bin\n", "ab".repeat(32))).unwrap();
+    std::fs::write(
+        dir.path().join("WRONG"),
+        format!("{}  m.bin\n", "ab".repeat(32)),
+    )
+    .unwrap();
     let wrong = run(&["digest", "-c", "WRONG"]);
     assert!(!String::from_utf8(wrong.stderr).unwrap().contains("b3sum"));
     // seal --manifest: the same hint, and with --algorithm blake3 the file is sealed.
     let refused = run(&["--backend", "mock", "seal", "--manifest", "B3SUMS"]);
     assert_eq!(refused.status.code(), Some(1));
     let line = stderr_one_line(&refused);
-    assert!(line.contains("b3sum manifest") && line.contains("--algorithm blake3"), "{line}");
-    let args = ["--backend", "mock", "--json", "seal", "--algorithm", "blake3", "--manifest", "B3SUMS"]
-        .map(std::ffi::OsStr::new);
+    assert!(
+        line.contains("b3sum manifest") && line.contains("--algorithm blake3"),
+        "{line}"
+    );
+    let args = [
+        "--backend",
+        "mock",
+        "--json",
+        "seal",
+        "--algorithm",
+        "blake3",
+        "--manifest",
+        "B3SUMS",
+    ]
+    .map(std::ffi::OsStr::new);
     let (child, mut lines) = spawn_vramctl(dir.path(), &args);
     let sealed = read_event(&mut lines, "sealed");
     stop_with_sigterm(child, lines);

@@ -215,7 +215,9 @@ impl StepScrubber {
     /// CUDA errors.
     pub fn step(&mut self, engine: Option<EngineStream<'_>>) -> Result<StepReport, VramError> {
         let due = match self.call_started {
-            Some(_) => self.failure.is_some() || self.stopped || self.credit >= 2.0 * self.host_cost,
+            Some(_) => {
+                self.failure.is_some() || self.stopped || self.credit >= 2.0 * self.host_cost
+            }
             None => self.due(),
         };
         let started = self.call_started.take().unwrap_or_else(Instant::now);

@@ -79,7 +79,14 @@ pub(crate) fn verify(out: Output, args: &AuditVerifyArgs) -> CliResult<Exit> {
             out.json(&json!({ "file": file, "holds": false, "line": e.line, "error": e.problem.to_string(), "hint": hint }));
             Err(CliError::new(
                 Exit::VerificationFailed,
-                format!("{file}: does not hold: {e}{}", if hint.is_empty() { String::new() } else { format!("; {hint}") }),
+                format!(
+                    "{file}: does not hold: {e}{}",
+                    if hint.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {hint}")
+                    }
+                ),
             ))
         }
     }

@@ -126,7 +126,10 @@ pub(crate) fn run(out: Output, args: &DigestArgs) -> CliResult<Exit> {
     }
     Err(CliError::new(
         exit,
-        format!("{failed} of {} files could not be digested (above)", files.len()),
+        format!(
+            "{failed} of {} files could not be digested (above)",
+            files.len()
+        ),
     )
     .reported_in_json())
 }
@@ -251,7 +254,11 @@ impl vram_residency::ShardSource for TensorBytes<'_> {
 
 /// The other algorithm bare hex is written with (`sha256sum`'s, `b3sum`'s) when `want` is
 /// `path`'s digest under it: hashed again only for a line that failed.
-fn bare_as_other(path: &Path, assumed: DigestAlgorithm, want: &ShardDigest) -> Option<DigestAlgorithm> {
+fn bare_as_other(
+    path: &Path,
+    assumed: DigestAlgorithm,
+    want: &ShardDigest,
+) -> Option<DigestAlgorithm> {
     let quiet = Output {
         json: true,
         quiet: true,

@@ -307,7 +307,12 @@ fn signed_files(
 /// keeps its name). `None` when the file is not under `dir`.
 fn signed_name(path: &Path, dir: &Path) -> Option<String> {
     let canonical = |d: &Path| {
-        std::fs::canonicalize(if d.as_os_str().is_empty() { Path::new(".") } else { d }).ok()
+        std::fs::canonicalize(if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        })
+        .ok()
     };
     let parent = canonical(path.parent().unwrap_or_else(|| Path::new("")))?;
     let relative = parent.strip_prefix(canonical(dir)?).ok()?;

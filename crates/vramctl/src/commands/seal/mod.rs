@@ -47,8 +47,12 @@ pub(crate) fn run(out: Output, backend: &BackendArgs, args: &SealArgs) -> CliRes
     if let Some(args::Signature { bundle, signer }) = &job.signature {
         let bundle = crate::output::shown(bundle);
         match signer {
-            Some(signer) => out.line(format!("signed manifest {bundle}: signature verified ({signer})")),
-            None => out.line(format!("signed manifest {bundle}: signature NOT verified (trusted by the operator)")),
+            Some(signer) => out.line(format!(
+                "signed manifest {bundle}: signature verified ({signer})"
+            )),
+            None => out.line(format!(
+                "signed manifest {bundle}: signature NOT verified (trusted by the operator)"
+            )),
         }
         out.json(&json!({ "event": "signature", "signed_manifest": bundle, "verified": signer.is_some(), "signer": signer }));
     }

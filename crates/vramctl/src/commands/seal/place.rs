@@ -42,18 +42,12 @@ pub(super) fn place(
     job: &SealJob,
     signals: &Signals,
 ) -> CliResult<Option<Held>> {
-    // Read once to hash a flat expectation on the host, once to upload.
+    // Each file is read once, to upload it: an expectation in another algorithm is checked on
+    // the resident bytes (read back from VRAM), never on a second read of the file.
     let reads: u64 = job
         .files
         .iter()
-        .map(|f| {
-            let checked_on_host = f
-                .expected
-                .is_some_and(|e| e.algorithm != manager.config().digest_algorithm);
-            f.source
-                .len()
-                .saturating_mul(if checked_on_host { 2 } else { 1 })
-        })
+        .map(|f| f.source.len())
         .fold(0, u64::saturating_add);
     let bar = out.progress(reads, "sealing");
     let sources: Vec<ProgressSource<'_>> = job
