@@ -15,6 +15,20 @@
 //! VRAM is released exactly once, when the last clone of a shard is dropped
 //! (`docs/adr/0002-shard-ownership.md`).
 //!
+//! Where things are decided (one place each):
+//!
+//! | decision | where |
+//! |---|---|
+//! | a seal's pre-flight (ids, devices, sizes, claims, capacity) | `manager/plan.rs` (`SealPlan`) |
+//! | the steps of one seal (allocate, upload, digest, check, sign, register) | `manager/seal.rs` |
+//! | whether an allocation is VRAM-only memory covering the shard | `manager/allocation_check.rs` |
+//! | whether a failure stops the manager | `Shared::stop_on` in `manager/shared.rs` |
+//! | what class an error is (integrity, policy, capacity, input, environment) | `VramError::class` in `vram-types` |
+//! | which digest runs where (GPU kernel or host, bounded share) | the backend's `digest` (`backend/cuda.rs`, `backend/mock.rs`) |
+//! | how checks are ordered with an engine's stream | `vram-cuda-sys`'s `stream.rs` and `tree_digest` lanes |
+//! | what the step scrubber spends (its calls' host time and GPU work) | `manager/step_scrub.rs` |
+//! | the audit record format | `audit/format.rs` (`.specs/audit.md`) |
+//!
 //! A manager is no signing oracle and no audit pen. Whoever holds one can have it attest only a
 //! shard it has just verified, and cannot make it sign a statement, write an audit record of
 //! its choosing, or stop it at will (none of these compile):

@@ -130,6 +130,8 @@ pub(crate) type CliResult<T> = Result<T, CliError>;
 
 #[cfg(all(test, feature = "demo"))]
 mod tests {
+    #![allow(clippy::panic, reason = "tests")]
+
     use vram_residency::{ErrorClass, VramError};
 
     use super::{Exit, exit_for};

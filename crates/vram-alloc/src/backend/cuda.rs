@@ -3,7 +3,7 @@
 //! at every size and SHA-256 tree digests of shards of [`GPU_DIGEST_MIN_LEAVES`] leaves or more
 //! by the kernels in VRAM, the rest (flat SHA-256, which is serial, and small SHA-256 tree
 //! shards, where a kernel's latency exceeds a read-back) on the CPU as the bytes are read back
-//! out of VRAM ([`ReadBack`]; `docs/adr/0004-digest-of-resident-bytes.md`).
+//! out of VRAM ([`ResidentBytes`]; `docs/adr/0004-digest-of-resident-bytes.md`).
 
 use std::sync::{Arc, OnceLock};
 
@@ -22,7 +22,8 @@ use vram_types::{
 use super::steps::{CudaSteps, StepDigests, gpu_digest};
 use super::{
     Backend, BufferId, BufferTable, CUDA_ALLOCATION_GRANULARITY, ChunkObserver, DigestOrder,
-    EngineStream, LentMemory, MemoryInfo, PendingDigest, ReadBack, Ready, device_at, one_device,
+    EngineStream, LentMemory, MemoryInfo, PendingDigest, Ready, ResidentBytes, device_at,
+    one_device,
 };
 
 /// Fewest leaves for which the SHA-256 kernels digest a shard. One thread hashes one leaf, at
@@ -350,7 +351,7 @@ impl Backend for CudaBackend {
                 }
                 buffers
                     .iter()
-                    .map(|(id, len)| ReadBack::new(self, *id, *len).digest(algorithm))
+                    .map(|(id, len)| ResidentBytes::new(self, *id, *len).digest(algorithm))
                     .collect()
             }
         }
@@ -380,7 +381,7 @@ impl Backend for CudaBackend {
             None => Ok(Box::new(Ready(
                 buffers
                     .iter()
-                    .map(|(id, len)| ReadBack::new(self, *id, *len).digest(algorithm))
+                    .map(|(id, len)| ResidentBytes::new(self, *id, *len).digest(algorithm))
                     .collect::<Result<_, _>>()?,
             ))),
         }

@@ -5,7 +5,7 @@
 
 mod cuda;
 mod mock;
-mod read_back;
+mod resident_bytes;
 mod steps;
 
 use std::collections::HashMap;
@@ -22,7 +22,7 @@ use crate::sync::lock;
 
 pub(crate) use cuda::CudaBackend;
 pub use mock::{HostTensor, MockBackend, MockBuilder};
-pub(crate) use read_back::ReadBack;
+pub(crate) use resident_bytes::ResidentBytes;
 pub(crate) use steps::{StepDigests, gpu_digest as gpu_digest_of};
 pub(crate) use vram_cuda_sys::tree_digest::job_fits;
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use vram_types::formats::TensorInfo;
 use vram_types::{SealedShard, VramError};
 
-use super::residency::owned;
+use super::allocation_check::owned;
 use super::shared::Shared;
 use crate::backend::LentMemory;
 

@@ -1,5 +1,6 @@
 //! `VramManager`: the public face of sealing, verification and capacity.
 
+mod allocation_check;
 mod cross_check;
 mod execute;
 mod group;
@@ -8,12 +9,11 @@ mod model;
 mod plan;
 mod policy;
 mod proof_order;
-mod read_back;
-mod residency;
-mod resident;
+mod resident_allocation;
 mod scrub;
 mod seal;
 mod seal_options;
+mod sealed_table;
 mod shared;
 mod step_scrub;
 mod summary;

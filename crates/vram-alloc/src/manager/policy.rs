@@ -9,7 +9,7 @@ use vram_policy::{
 };
 use vram_types::{BackendKind, SealedShard, ShardAllocation, VramError};
 
-use super::{VramManager, residency};
+use super::{VramManager, allocation_check};
 
 /// The checks an attestation records as passed, in the order they ran.
 const CHECKS_PASSED: [&str; 5] = [
@@ -50,7 +50,7 @@ impl VramManager {
             }
         }
         for r in shared.live() {
-            let problem = residency::problem(shared, r.buffer(), r.device(), r.len())
+            let problem = allocation_check::problem(shared, r.buffer(), r.device(), r.len())
                 .unwrap_or_else(|e| Some(format!("allocation facts unavailable: {e}")));
             if let Some(reason) = problem {
                 findings.push(PolicyFinding {
@@ -93,7 +93,7 @@ impl VramManager {
                 Some(id) => format!("shard {id:?}: {}", f.reason),
                 None => f.reason.clone(),
             };
-            residency::record_violation(shared, &correlation_id, f.gpu_device, reason);
+            allocation_check::record_violation(shared, &correlation_id, f.gpu_device, reason);
         }
         let reasons: Vec<&str> = report
             .findings

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 
-use super::resident::ResidentAllocation;
+use super::resident_allocation::ResidentAllocation;
 
 /// One round's order (see the module docs).
 #[derive(Default)]

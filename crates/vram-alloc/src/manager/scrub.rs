@@ -15,7 +15,7 @@ use vram_types::{GpuShare, SealedShard, ShardAllocation, VramError};
 
 use super::VramManager;
 use super::proof_order::ProofOrder;
-use super::resident::ResidentAllocation;
+use super::resident_allocation::ResidentAllocation;
 use super::shared::Shared;
 use super::summary::{DEFAULT_SUMMARY_INTERVAL, PassSummary};
 use super::verify::{Stage, Subject, verify_ordered};

@@ -17,12 +17,12 @@ use vram_types::{
     GpuShare, SealSignature, SealedFields, SealedShard, ShardAllocation, ShardSource, VramError,
 };
 
+use super::allocation_check;
 use super::cross_check::CrossCheck;
 use super::plan::SealPart;
-use super::read_back::table_resident;
-use super::residency;
-use super::resident::ResidentAllocation;
+use super::resident_allocation::ResidentAllocation;
 use super::seal_options::SealOptions;
+use super::sealed_table::table_resident;
 use super::shared::{Claim, Shared};
 use super::{VramManager, step};
 use crate::audit::AuditEvent;
@@ -337,8 +337,15 @@ impl<'s> Placed<'s> {
     /// the environment's: recorded as a policy violation and refused, and the manager keeps
     /// running.
     pub(super) fn in_place(self, correlation_id: &str) -> Result<Uploaded<'s>, VramError> {
-        if let Some(reason) = residency::problem(self.shared, self.id()?, self.device, self.len)? {
-            residency::record_violation(self.shared, correlation_id, self.device, reason.clone());
+        if let Some(reason) =
+            allocation_check::problem(self.shared, self.id()?, self.device, self.len)?
+        {
+            allocation_check::record_violation(
+                self.shared,
+                correlation_id,
+                self.device,
+                reason.clone(),
+            );
             return Err(VramError::PolicyViolation {
                 device: self.device,
                 reason,
@@ -383,7 +390,7 @@ impl<'s> Placed<'s> {
         };
         let observer: Option<ChunkObserver<'_>> = cross_check.as_ref().map(|_| &observe as _);
         self.shared.backend().upload(self.id()?, source, observer)?;
-        residency::check(
+        allocation_check::check(
             self.shared,
             self.id()?,
             self.device,

@@ -15,7 +15,7 @@ use crate::audit::{AuditError, AuditEvent, AuditRecord, AuditSink, Severity};
 use crate::backend::{Backend, BufferId};
 use crate::capacity::DeviceCapacity;
 use crate::clock::Clock;
-use crate::manager::resident::ResidentAllocation;
+use crate::manager::resident_allocation::ResidentAllocation;
 use crate::metrics::{DeviceUsage, Metrics};
 use crate::sync::lock;
 

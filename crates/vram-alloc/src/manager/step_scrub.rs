@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use vram_types::{DigestAlgorithm, VramError};
 
 use super::VramManager;
+use super::allocation_check;
 use super::proof_order::ProofOrder;
-use super::residency;
-use super::resident::ResidentAllocation;
+use super::resident_allocation::ResidentAllocation;
 use super::shared::Shared;
 use super::summary::{DEFAULT_SUMMARY_INTERVAL, PassSummary};
 use super::verify::{compare_digest, record_failure};
@@ -495,7 +495,7 @@ impl StepScrubber {
                 self.order.put_back(&r);
                 break;
             }
-            residency::check(
+            allocation_check::check(
                 &self.shared,
                 r.buffer(),
                 self.device,

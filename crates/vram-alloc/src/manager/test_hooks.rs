@@ -4,7 +4,7 @@
 use vram_types::{SealedShard, ShardAllocation, VramError};
 
 use super::VramManager;
-use super::residency::owned;
+use super::allocation_check::owned;
 use crate::backend::{CudaBackend, MockBackend};
 
 impl VramManager {

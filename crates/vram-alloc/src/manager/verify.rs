@@ -10,8 +10,8 @@ use vram_types::{DigestAlgorithm, GpuShare, SealFailure, SealedFields, SealedSha
 
 use vram_types::{AllocationFacts, ShardAllocation};
 
-use super::residency::{self, owned};
-use super::resident::ResidentAllocation;
+use super::allocation_check::{self, owned};
+use super::resident_allocation::ResidentAllocation;
 use super::shared::Shared;
 use super::{VramManager, step};
 use crate::audit::AuditEvent;
@@ -316,7 +316,7 @@ pub(super) fn check_fields<'s>(
             });
         }
     }
-    residency::check(
+    allocation_check::check(
         shared,
         resident.buffer(),
         shard.gpu_device,

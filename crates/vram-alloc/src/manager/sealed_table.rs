@@ -1,4 +1,4 @@
-//! A sealed file's tensor table, read from the resident bytes (`ReadBack`), not the file: no
+//! A sealed file's tensor table, read from the resident bytes (`ResidentBytes`), not the file: no
 //! window between a check and the upload, what is described is what is sealed. (A digest in
 //! another algorithm than the manager's is the backend's to compute, from the resident bytes as
 //! well.)
@@ -8,7 +8,7 @@ use std::path::Path;
 use vram_types::VramError;
 use vram_types::formats::{TensorInfo, sealed_table};
 
-use crate::backend::{Backend, BufferId, ReadBack};
+use crate::backend::{Backend, BufferId, ResidentBytes};
 
 /// The tensor table of the buffer's first `len` bytes, from a safetensors or GGUF header read
 /// back from VRAM ([`sealed_table`]): it describes what is sealed, whatever the source holds
@@ -22,5 +22,5 @@ pub(super) fn table_resident(
     len: usize,
     path: Option<&Path>,
 ) -> Result<Option<Vec<TensorInfo>>, VramError> {
-    ReadBack::new(backend, buffer, len).reading(|bytes| sealed_table(path, bytes))
+    ResidentBytes::new(backend, buffer, len).reading(|bytes| sealed_table(path, bytes))
 }

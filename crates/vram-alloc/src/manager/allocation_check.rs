@@ -9,7 +9,7 @@ use std::sync::Arc;
 use vram_policy::rules;
 use vram_types::{BackendKind, SealedShard, VramError};
 
-use super::resident::ResidentAllocation;
+use super::resident_allocation::ResidentAllocation;
 use super::shared::Shared;
 use crate::audit::AuditEvent;
 use crate::backend::BufferId;

@@ -14,7 +14,7 @@ use super::{Backend, BufferId};
 use crate::sync::lock;
 
 /// A buffer's first `len` bytes, read with the backend's copies.
-pub(crate) struct ReadBack<'b> {
+pub(crate) struct ResidentBytes<'b> {
     backend: &'b dyn Backend,
     buffer: BufferId,
     len: u64,
@@ -22,7 +22,7 @@ pub(crate) struct ReadBack<'b> {
     failed: Mutex<Option<VramError>>,
 }
 
-impl ShardSource for ReadBack<'_> {
+impl ShardSource for ResidentBytes<'_> {
     fn len(&self) -> u64 {
         self.len
     }
@@ -37,7 +37,7 @@ impl ShardSource for ReadBack<'_> {
     }
 }
 
-impl<'b> ReadBack<'b> {
+impl<'b> ResidentBytes<'b> {
     pub(crate) fn new(backend: &'b dyn Backend, buffer: BufferId, len: usize) -> Self {
         Self {
             backend,
