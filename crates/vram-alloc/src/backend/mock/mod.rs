@@ -24,9 +24,17 @@ use super::{
 };
 use crate::sync::{lock, read, write};
 
-/// `CUresult` codes the mock reports: `CUDA_ERROR_UNKNOWN` for an injected fault,
-/// `CUDA_ERROR_INVALID_VALUE` for a copy outside an allocation.
-const MOCK_FAULT_CODE: u32 = 999;
+mod engine_memory;
+mod faults;
+mod host_tensor;
+
+use engine_memory::LentMock;
+use faults::{Faults, MOCK_FAULT_CODE};
+pub use host_tensor::HostTensor;
+use host_tensor::Storage;
+
+/// `CUresult` code the mock reports for a copy outside an allocation
+/// (`CUDA_ERROR_INVALID_VALUE`).
 const CUDA_ERROR_INVALID_VALUE: u32 = 1;
 
 #[derive(Debug)]
@@ -41,89 +49,6 @@ struct MockBuffer {
     taken: usize,
     facts: AllocationFacts,
     data: Storage,
-}
-
-/// Host memory that an engine outside the mock holds and the mock reads where it lies (the
-/// Python package's NumPy arrays standing in for tensors): the engine keeps writing it, the
-/// mock never does, and every read sees the engine's bytes of that moment.
-pub trait HostTensor: Send + Sync {
-    /// Its length in bytes when it was handed over (a tensor that later shows another length
-    /// reads as changed).
-    fn len(&self) -> usize;
-
-    /// Whether it is empty.
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Shows its bytes of this moment to `read`.
-    ///
-    /// # Errors
-    /// [`VramError::SourceReadFailed`] when its owner can no longer show them.
-    fn read(&self, read: &mut dyn FnMut(&[u8])) -> Result<(), VramError>;
-}
-
-/// A mock buffer's bytes: the mock's own, or an engine's host tensor read where it lies.
-enum Storage {
-    Owned(RwLock<Vec<u8>>),
-    Engine(Arc<dyn HostTensor>),
-}
-
-impl std::fmt::Debug for Storage {
-    /// The length only, never the bytes.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Storage({} bytes)", self.len())
-    }
-}
-
-impl Storage {
-    fn owned(bytes: Vec<u8>) -> Self {
-        Self::Owned(RwLock::new(bytes))
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Self::Owned(data) => read(data).len(),
-            Self::Engine(tensor) => tensor.len(),
-        }
-    }
-
-    /// Shows the bytes of this moment to `f`.
-    fn with<T>(&self, f: impl FnOnce(&[u8]) -> T) -> Result<T, VramError> {
-        match self {
-            Self::Owned(data) => Ok(f(&read(data))),
-            Self::Engine(tensor) => {
-                let mut f = Some(f);
-                let mut out = None;
-                tensor.read(&mut |bytes| out = f.take().map(|f| f(bytes)))?;
-                out.ok_or(VramError::Unreachable("a host tensor showed no bytes"))
-            }
-        }
-    }
-
-    /// The mock's own bytes, to write; an engine's host tensor is written by its engine only.
-    fn owned_mut(&self) -> Result<std::sync::RwLockWriteGuard<'_, Vec<u8>>, VramError> {
-        match self {
-            Self::Owned(data) => Ok(write(data)),
-            Self::Engine(_) => Err(VramError::invalid_input(
-                "engine memory",
-                "a host tensor is written by the engine that holds it, not through the mock",
-            )),
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Faults {
-    fail_allocations: u32,
-    fail_uploads: u32,
-    /// Uploads whose bytes arrive with their first byte inverted (a broken copy path).
-    garble_uploads: u32,
-    fail_reads: u32,
-    fail_frees: u32,
-    /// Fallible backend calls to let through before one fails, whatever it is.
-    fail_call_after: Option<u64>,
-    next_allocation_facts: Option<AllocationFacts>,
 }
 
 /// Simulated GPUs in host memory. Share it with `Arc` to keep a handle for fault injection.
@@ -219,59 +144,6 @@ impl MockBackend {
         Self::builder().device(capacity).build()
     }
 
-    #[cfg(feature = "test-utils")]
-    /// The next `n` allocations fail with a CUDA allocation error.
-    pub fn fail_next_allocations(&self, n: u32) {
-        lock(&self.faults).fail_allocations = n;
-    }
-
-    #[cfg(feature = "test-utils")]
-    /// The next `n` host-to-device copies (uploads) fail.
-    pub fn fail_next_uploads(&self, n: u32) {
-        lock(&self.faults).fail_uploads = n;
-    }
-
-    #[cfg(feature = "test-utils")]
-    /// The next `n` uploads complete, but the first byte arrives inverted, after the host bytes
-    /// were shown to the cross-check: a copy path that delivers other bytes than it was given.
-    pub fn garble_next_uploads(&self, n: u32) {
-        lock(&self.faults).garble_uploads = n;
-    }
-
-    #[cfg(feature = "test-utils")]
-    /// The next `n` reads of resident bytes (the digest's read-back) fail.
-    pub fn fail_next_reads(&self, n: u32) {
-        lock(&self.faults).fail_reads = n;
-    }
-
-    #[cfg(feature = "test-utils")]
-    /// The next `n` frees fail (the memory is still released, as a failed `cuMemFree` leaves
-    /// nothing the process can use).
-    pub fn fail_next_frees(&self, n: u32) {
-        lock(&self.faults).fail_frees = n;
-    }
-
-    #[cfg(feature = "test-utils")]
-    /// After `calls` more fallible backend calls succeed, the next one fails, whatever it is:
-    /// device facts, memory info, allocation, upload, digest read-back, allocation facts or
-    /// free (a fault at any point of any operation; `None` cancels).
-    pub fn fail_call_after(&self, calls: Option<u64>) {
-        lock(&self.faults).fail_call_after = calls;
-    }
-
-    #[cfg(feature = "test-utils")]
-    /// Whether the fault set with [`Self::fail_call_after`] is still waiting to fire.
-    #[must_use]
-    pub fn call_fault_pending(&self) -> bool {
-        lock(&self.faults).fail_call_after.is_some()
-    }
-
-    #[cfg(feature = "test-utils")]
-    /// The next allocation reports these facts (simulates managed, pinned or host memory).
-    pub fn next_allocation_reports(&self, facts: AllocationFacts) {
-        lock(&self.faults).next_allocation_facts = Some(facts);
-    }
-
     /// Replaces a device's simulated facts (for example unified memory or an integrated GPU).
     ///
     /// # Errors
@@ -282,132 +154,6 @@ impl MockBackend {
             ..facts
         };
         Ok(())
-    }
-
-    #[cfg(feature = "test-utils")]
-    /// XORs one byte of a buffer with `mask`.
-    pub(crate) fn flip(&self, buffer: BufferId, offset: usize, mask: u8) -> Result<(), VramError> {
-        let b = self.buffer(buffer)?;
-        let mut data = b.data.owned_mut()?;
-        let byte = data.get_mut(offset).ok_or_else(|| {
-            VramError::invalid_input("offset", format!("{offset} is outside the buffer"))
-        })?;
-        *byte ^= mask;
-        Ok(())
-    }
-
-    /// Simulated engine memory on `device` holding `bytes` (the tensors an engine allocated
-    /// itself), named for [`VramManager::seal_in_place`](crate::VramManager::seal_in_place).
-    /// It is the engine's: not counted against the device's capacity, never freed by a manager.
-    ///
-    /// # Errors
-    /// [`VramError::InvalidDevice`]; [`VramError::InvalidInput`] for no bytes;
-    /// [`VramError::HostMemoryExhausted`].
-    pub fn engine_memory(&self, device: u32, bytes: &[u8]) -> Result<ForeignRange, VramError> {
-        self.device(device)?;
-        if bytes.is_empty() {
-            return Err(VramError::invalid_input("engine memory", "0 bytes"));
-        }
-        let mut data = Vec::new();
-        data.try_reserve_exact(bytes.len())
-            .map_err(|_| VramError::HostMemoryExhausted {
-                needed: bytes.len(),
-            })?;
-        data.extend_from_slice(bytes);
-        let id = self.engine.insert(MockBuffer {
-            device,
-            taken: 0,
-            facts: AllocationFacts::new(MemoryType::Simulated, false, device, true),
-            data: Storage::owned(data),
-        });
-        Ok(ForeignRange::mock(device, id.raw(), bytes.len()))
-    }
-
-    /// Simulated engine memory on `device` that is `tensor` itself: the mock reads the engine's
-    /// host bytes where they lie at every digest, so a change the engine makes is seen, as a
-    /// change in VRAM is on a GPU (the Python package seals NumPy arrays this way).
-    ///
-    /// # Errors
-    /// [`VramError::InvalidDevice`]; [`VramError::InvalidInput`] for an empty tensor.
-    pub fn engine_host_tensor(
-        &self,
-        device: u32,
-        tensor: Arc<dyn HostTensor>,
-    ) -> Result<ForeignRange, VramError> {
-        self.device(device)?;
-        let len = tensor.len();
-        if len == 0 {
-            return Err(VramError::invalid_input("engine memory", "0 bytes"));
-        }
-        let id = self.engine.insert(MockBuffer {
-            device,
-            taken: 0,
-            facts: AllocationFacts::new(MemoryType::Simulated, false, device, true),
-            data: Storage::Engine(tensor),
-        });
-        Ok(ForeignRange::mock(device, id.raw(), len))
-    }
-
-    /// The engine lets go of memory it handed out: the mock forgets the range (a shard still
-    /// sealed over it keeps its bytes until it is released, as a GPU keeps an allocation that
-    /// is still referenced).
-    ///
-    /// # Errors
-    /// [`VramError::InvalidInput`] for memory this mock did not hand out (or already forgot).
-    pub fn forget_engine_memory(&self, range: &ForeignRange) -> Result<(), VramError> {
-        self.engine_buffer(range)?;
-        range
-            .mock_id()
-            .and_then(|id| self.engine.remove(BufferId::from_raw(id)))
-            .map(drop)
-            .ok_or(VramError::Unreachable(
-                "engine memory vanished while it was forgotten",
-            ))
-    }
-
-    /// Writes `bytes` at `offset` of simulated engine memory, as the engine itself may.
-    ///
-    /// # Errors
-    /// [`VramError::InvalidInput`] for memory this mock did not hand out or a range outside it.
-    pub fn write_engine_memory(
-        &self,
-        range: &ForeignRange,
-        offset: usize,
-        bytes: &[u8],
-    ) -> Result<(), VramError> {
-        let b = self.engine_buffer(range)?;
-        let mut data = b.data.owned_mut()?;
-        let dst = offset
-            .checked_add(bytes.len())
-            .and_then(|end| data.get_mut(offset..end))
-            .ok_or_else(|| {
-                VramError::invalid_input("offset", format!("{offset} + {} is outside", bytes.len()))
-            })?;
-        dst.copy_from_slice(bytes);
-        Ok(())
-    }
-
-    /// The engine's bytes of a range, as the engine sees them (they stay the engine's after a
-    /// manager that sealed them released them).
-    ///
-    /// # Errors
-    /// [`VramError::InvalidInput`] for memory this mock did not hand out;
-    /// [`VramError::SourceReadFailed`] for a host tensor its owner can no longer show.
-    pub fn read_engine_memory(&self, range: &ForeignRange) -> Result<Vec<u8>, VramError> {
-        self.engine_buffer(range)?.data.with(<[u8]>::to_vec)
-    }
-
-    fn engine_buffer(&self, range: &ForeignRange) -> Result<Arc<MockBuffer>, VramError> {
-        range
-            .mock_id()
-            .and_then(|id| self.engine.get(BufferId::from_raw(id)).ok())
-            .filter(|b| b.device == range.device_ordinal() && b.data.len() == range.len())
-            .ok_or_else(|| {
-                VramError::invalid_input(
-                    "range to seal in place",
-                    "not engine memory of this mock backend (device memory of a GPU, or another mock's)",
-                )
-            })
     }
 
     /// Number of live allocations (tests check that nothing leaked).
@@ -422,63 +168,6 @@ impl MockBackend {
 
     fn buffer(&self, id: BufferId) -> Result<Arc<MockBuffer>, VramError> {
         self.buffers.get(id)
-    }
-
-    /// Counts one fallible call against [`Self::fail_call_after`]; true when this one fails.
-    fn any_call_fails(&self) -> bool {
-        let mut faults = lock(&self.faults);
-        match faults.fail_call_after {
-            Some(0) => {
-                faults.fail_call_after = None;
-                true
-            }
-            Some(n) => {
-                faults.fail_call_after = Some(n.saturating_sub(1));
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// An injected fault of a call that is not a copy.
-    fn call_fault(device: u32, operation: &'static str) -> VramError {
-        VramError::CudaOperationFailed {
-            device,
-            operation,
-            cuda_error: "CUDA_ERROR_UNKNOWN: injected fault (mock)".into(),
-            code: Some(MOCK_FAULT_CODE),
-        }
-    }
-
-    fn take_fault(&self, pick: impl FnOnce(&mut Faults) -> &mut u32) -> bool {
-        if self.any_call_fails() {
-            return true;
-        }
-        let mut faults = lock(&self.faults);
-        let n = pick(&mut faults);
-        if *n > 0 {
-            *n = n.saturating_sub(1);
-            true
-        } else {
-            false
-        }
-    }
-
-    fn copy_fault(
-        &self,
-        device: u32,
-        operation: &'static str,
-        pick: impl FnOnce(&mut Faults) -> &mut u32,
-    ) -> Result<(), VramError> {
-        if self.take_fault(pick) {
-            return Err(VramError::CudaOperationFailed {
-                device,
-                operation,
-                cuda_error: "CUDA_ERROR_UNKNOWN: injected fault (mock)".into(),
-                code: Some(MOCK_FAULT_CODE),
-            });
-        }
-        Ok(())
     }
 }
 
@@ -705,29 +394,5 @@ impl Backend for MockBackend {
             });
         }
         Ok(())
-    }
-}
-
-/// A mock buffer lent to an engine: simulated device memory, host memory that never moves while
-/// the buffer lives (its vector is never resized).
-struct LentMock(Arc<MockBuffer>);
-
-impl LentMemory for LentMock {
-    /// The mock's own bytes' address; 0 for an engine's host tensor, which the mock only reads
-    /// through its owner (no copy is made just to show an address).
-    fn address(&self) -> u64 {
-        match &self.0.data {
-            Storage::Owned(data) => u64::try_from(read(data).as_ptr().addr()).unwrap_or(u64::MAX),
-            Storage::Engine(_) => 0,
-        }
-    }
-
-    fn read_host(&self, read_bytes: &mut dyn FnMut(&[u8])) -> bool {
-        self.0.data.with(read_bytes).is_ok()
-    }
-
-    #[cfg(feature = "test-utils")]
-    fn device_buffer(&self) -> Option<&vram_cuda_sys::memory::DeviceBuffer> {
-        None
     }
 }
