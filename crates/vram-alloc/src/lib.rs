@@ -24,7 +24,7 @@
 //! | whether an allocation is VRAM-only memory covering the shard | `manager/allocation_check.rs` |
 //! | whether a failure stops the manager | `Shared::stop_on` in `manager/shared.rs` |
 //! | what class an error is (integrity, policy, capacity, input, environment) | `VramError::class` in `vram-types` |
-//! | which digest runs where (GPU kernel or host, bounded share) | the backend's `digest` (`backend/cuda.rs`, `backend/mock.rs`) |
+//! | which digest runs where (GPU kernel or host, bounded share) | the backend's `digest` (`backend/cuda.rs`, `backend/mock/mod.rs`) |
 //! | how checks are ordered with an engine's stream | `vram-cuda-sys`'s `stream.rs` and `tree_digest` lanes |
 //! | what the step scrubber spends (its calls' host time and GPU work) | `manager/step_scrub.rs` |
 //! | the audit record format | `audit/format.rs` (`.specs/audit.md`) |
