@@ -20,6 +20,7 @@ On a GPU machine with PyTorch and `transformers`, the package installed:
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -166,6 +167,11 @@ def main() -> None:
 
     # Each condition runs between two plain requests and is compared with their mean: the
     # machine's speed drifts by 10-20 % over seconds (measured), far more than the effects.
+    # `SERVING_ONLY=step` keeps plain, the hooks and the step scrubbers (a short run).
+    if os.environ.get("SERVING_ONLY") == "step":
+        conditions = {
+            k: v for k, v in conditions.items() if k == "plain" or k.startswith(("hooks", "step"))
+        }
     times: dict[str, list[float]] = {k: [] for k in conditions}
     ratios: dict[str, list[float]] = {k: [] for k in conditions}
     extra: dict[str, list[float]] = {k: [] for k in conditions}
