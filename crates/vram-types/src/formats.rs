@@ -235,15 +235,7 @@ pub fn metadata_encoding(
 /// A safetensors header's `__metadata__` entries (a header [`recognise`] accepted), sorted by
 /// key bytes.
 fn safetensors_metadata(head: &[u8]) -> Result<Vec<(String, String)>, HeaderProblem> {
-    let n = head
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_le_bytes)
-        .ok_or(HeaderProblem::NoHeaderLength)?;
-    let json = usize::try_from(n)
-        .ok()
-        .and_then(|n| head.get(8..n.checked_add(8)?))
-        .ok_or(HeaderProblem::HeaderBeyondFile)?;
+    let (_, json) = safetensors_json(head)?;
     let metadata: Metadata =
         serde_json::from_slice(json).map_err(|e| HeaderProblem::Json(e.to_string()))?;
     let mut entries: Vec<(String, String)> = metadata
@@ -459,11 +451,8 @@ fn safetensors(head: &[u8], file_len: u64) -> Result<ModelFormat, HeaderProblem>
     safetensors_table(head, file_len).map(|(format, _)| format)
 }
 
-/// The safetensors header and its tensor table (byte ranges from the start of the file).
-fn safetensors_table(
-    head: &[u8],
-    file_len: u64,
-) -> Result<(ModelFormat, Vec<TensorInfo>), HeaderProblem> {
+/// A safetensors header's length (its first 8 bytes, little-endian) and its JSON.
+fn safetensors_json(head: &[u8]) -> Result<(u64, &[u8]), HeaderProblem> {
     let n = head
         .get(..8)
         .and_then(|b| b.try_into().ok())
@@ -473,6 +462,15 @@ fn safetensors_table(
         .ok()
         .and_then(|n| head.get(8..n.checked_add(8)?))
         .ok_or(HeaderProblem::HeaderBeyondFile)?;
+    Ok((n, json))
+}
+
+/// The safetensors header and its tensor table (byte ranges from the start of the file).
+fn safetensors_table(
+    head: &[u8],
+    file_len: u64,
+) -> Result<(ModelFormat, Vec<TensorInfo>), HeaderProblem> {
+    let (n, json) = safetensors_json(head)?;
     // serde_json keeps the last of two equal keys: refuse them, as the reference parser does.
     serde_json::from_slice::<UniqueKeys>(json).map_err(|e| {
         let text = e.to_string();
