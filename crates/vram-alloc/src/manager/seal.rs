@@ -189,8 +189,11 @@ fn place_and_seal(
                 },
             );
             // A copy path that delivered other bytes may have delivered them to shards sealed
-            // before without a cross-check: stop, as after a failed verification.
-            shared.stop_on(&e);
+            // before without a cross-check: stop, as after a failed verification. Anything else
+            // (an audit record this seal could not write among them) is undone, not a stop.
+            if security_failure {
+                shared.stop_on(&e);
+            }
             return Err(e);
         }
     };
