@@ -216,7 +216,8 @@ impl Shared {
     }
 
     /// The one rule of when a failure stops the manager (no further seals, verifications or
-    /// executions until it is rebuilt), for every path that meets one:
+    /// executions until it is rebuilt), for every path that meets a security failure or an
+    /// audit record it cannot undo:
     /// - a policy violation (memory or a device that breaks the VRAM-only rule): always;
     /// - any other security failure (a seal that does not verify, bytes that changed, an
     ///   upload that delivered other bytes): when `stop_on_verification_failure` is set (the

@@ -282,7 +282,9 @@ pub(super) fn record_failure(
             reason: e.to_string(),
         },
     );
-    shared.stop_on(e);
+    if e.is_security_critical() {
+        shared.stop_on(e);
+    }
 }
 
 /// Everything but the digest: the allocation is this manager's, no sealed field was edited, the
