@@ -11,10 +11,12 @@
 //! once the credit pays for its host time twice over, and spends what is left on GPU work. So
 //! with steps shorter than the call's cost divided by the budget, only every few steps does
 //! work, in a slice as large as those steps earned together: the bytes per second stay, the
-//! host cost is amortised. Results
-//! are read without waiting (a later step collects them); a mismatch is a failed verification
-//! as any other (a critical record of its own, and the manager stops), passes are summarised
-//! in the audit trail (`summary.rs`). `docs/adr/0012-engine-ordered-checks.md`.
+//! host cost is amortised.
+//!
+//! Results are read without waiting (a later working call collects them); a mismatch is a
+//! failed verification as any other (a critical record of its own, and the manager stops),
+//! passes are summarised in the audit trail (`summary.rs`).
+//! `docs/adr/0012-engine-ordered-checks.md`, `docs/adr/0013-one-stop-rule-one-error-class.md`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,7 +40,7 @@ const DEFAULT_STEP_BUDGET: f32 = 0.01;
 const FIRST_RATE: f64 = 50e9;
 /// Host seconds a working step is assumed to cost before one is measured.
 const FIRST_HOST_COST: f64 = 100e-6;
-/// Weight of the newest measurement in the running step time and hashing rate.
+/// Weight of the newest measurement in the running host cost and hashing rate.
 const EWMA: f64 = 0.2;
 /// Longest a gap between two calls earns credit for (a pause between requests is not a step:
 /// it would size the next slice for an idle engine).
@@ -200,6 +202,12 @@ impl StepScrubber {
             self.credit = (self.credit + budget * gap.as_secs_f64()).min(cap);
         }
         self.call_started = Some(now);
+        self.works()
+    }
+
+    /// Whether the call begun works: the credit pays for its host time twice over (or there
+    /// is a failure or a stop to report).
+    fn works(&self) -> bool {
         self.failure.is_some() || self.stopped || self.credit >= 2.0 * self.host_cost
     }
 
@@ -215,9 +223,7 @@ impl StepScrubber {
     /// CUDA errors.
     pub fn step(&mut self, engine: Option<EngineStream<'_>>) -> Result<StepReport, VramError> {
         let due = match self.call_started {
-            Some(_) => {
-                self.failure.is_some() || self.stopped || self.credit >= 2.0 * self.host_cost
-            }
+            Some(_) => self.works(),
             None => self.due(),
         };
         let started = self.call_started.take().unwrap_or_else(Instant::now);
