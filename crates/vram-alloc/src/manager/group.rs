@@ -8,7 +8,6 @@ use vram_seal::group::{GroupFields, GroupMember, verify_group_seal};
 use vram_types::{SealSignature, SealedShard, ShardSource, VramError};
 
 use super::VramManager;
-use super::plan::SealPart;
 use crate::audit::AuditEvent;
 
 /// One part of a tensor-parallel model: its bytes and the GPU it goes to. Part `i` of a group
@@ -82,30 +81,6 @@ impl SealedGroup {
 }
 
 impl VramManager {
-    /// Seals a tensor-parallel model: part `i` becomes shard `i` of `parts.len()` (id
-    /// `<model_id>:tp<i>`) on its device, and one group seal binds them all
-    /// ([`Self::plan_group`]). All or nothing: the capacity of every device is reserved before
-    /// any copy (each device against its own accounting and free memory), and if any shard
-    /// fails, every shard already placed is released and no shard is audited as sealed. Each
-    /// shard's `VramSealed` record names the group.
-    ///
-    /// # Errors
-    /// [`VramError::InvalidInput`] / [`VramError::InvalidDevice`] for an invalid model id, no
-    /// parts, a bad device or size (nothing reserved, nothing audited);
-    /// [`VramError::InsufficientVram`] naming the first device the group does not fit on; any
-    /// error of [`Self::seal_from_source`] for a part (everything placed is released).
-    pub fn seal_model_group(
-        &self,
-        model_id: &str,
-        parts: &[GroupPart<'_>],
-    ) -> Result<SealedGroup, VramError> {
-        let parts = parts
-            .iter()
-            .map(|p| SealPart::new(p.source, p.gpu_device))
-            .collect();
-        Ok(self.plan_group(model_id, parts)?.execute()?)
-    }
-
     /// Verifies a sealed group: the group seal over every shard as presented (a missing,
     /// duplicated, reordered, swapped or foreign shard fails it), then every shard with
     /// [`Self::verify_sealed`], in parallel with one thread per device. Every shard is checked

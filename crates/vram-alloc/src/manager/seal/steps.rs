@@ -1,135 +1,67 @@
-//! Sealing one planned part, in typed steps: [`Placed`] (allocated) → [`Uploaded`] (copied and
-//! checked to be device memory) → [`Digested`] (hashed where it lies, checked against what was
-//! expected) → [`Signed`] (id claimed, seal computed) → registered and audited.
+//! One planned part through the typed steps: [`Placed`] (allocated, or an engine's range
+//! adopted) → [`Uploaded`] (copied, or checked where it lies, and checked to be device memory)
+//! → [`Digested`] (hashed where it lies, checked against what was expected) → [`Signed`] (id
+//! claimed if derived, seal computed) → registered and audited.
 //!
 //! Every step owns the device buffer until the next takes it, and the plan's reservation and
 //! claim travel with it, so a failure at any step frees the buffer, gives the capacity back
-//! and releases the id; what had been allocated is then audited as a `SealAborted` record.
-//! Checks that need no device (ids, sizes, capacity) were made by the plan (`plan.rs`).
+//! and releases the id. [`seal_part`] runs the steps for one part; [`abort`] is what a failed
+//! part leaves behind. Checks that need no device (ids, sizes, capacity) were made by the plan.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use vram_seal::{ShardDigest, compute_signature};
 use vram_types::formats::TensorInfo;
-use vram_types::validation::{ShardId, validate_gpu_device, validate_model_size};
 use vram_types::{
     GpuShare, SealSignature, SealedFields, SealedShard, ShardAllocation, ShardSource, VramError,
 };
 
-use super::allocation_check;
-use super::cross_check::CrossCheck;
-use super::plan::SealPart;
-use super::resident_allocation::ResidentAllocation;
-use super::seal_options::SealOptions;
-use super::sealed_table::table_resident;
-use super::shared::{Claim, Shared};
-use super::{VramManager, step};
+use super::super::allocation_check;
+use super::super::cross_check::CrossCheck;
+use super::super::resident_allocation::ResidentAllocation;
+use super::super::seal_options::{ExpectedFrom, SealOptions};
+use super::super::sealed_table::table_resident;
+use super::super::shared::{Claim, Shared};
+use super::super::step;
+use super::ids;
 use crate::audit::AuditEvent;
 use crate::backend::{BufferId, ChunkObserver, DigestOrder, ForeignRange};
 use crate::capacity::Reservation;
 
-impl VramManager {
-    /// Seals `model_bytes` on `gpu_device` under an id derived from its digest
-    /// (`shard-<16 hex>-gpu<N>`), so sealing the same bytes twice on one device fails.
-    ///
-    /// # Errors
-    /// [`VramError::InvalidInput`] / [`VramError::InvalidDevice`] for rejected input (nothing
-    /// reserved, nothing audited); [`VramError::InsufficientVram`]; [`VramError::AlreadySealed`];
-    /// [`VramError::CudaAllocationFailed`] and other CUDA errors; [`VramError::PolicyViolation`]
-    /// when the allocation is not device memory; [`VramError::Stopped`] after a security failure.
-    pub fn seal_model(
-        &self,
-        model_bytes: &[u8],
-        gpu_device: u32,
-    ) -> Result<SealedShard, VramError> {
-        self.seal_from_source(&model_bytes, gpu_device, &SealOptions::new())
-    }
-
-    /// Seals `model_bytes` on `gpu_device` under the caller's `shard_id`.
-    ///
-    /// # Errors
-    /// As [`Self::seal_model`]; an invalid id is [`VramError::InvalidInput`], an id already live
-    /// is [`VramError::AlreadySealed`].
-    pub fn seal_model_with_id(
-        &self,
-        shard_id: &str,
-        model_bytes: &[u8],
-        gpu_device: u32,
-    ) -> Result<SealedShard, VramError> {
-        let options = SealOptions::new().shard_id(shard_id);
-        self.seal_from_source(&model_bytes, gpu_device, &options)
-    }
-
-    /// Seals one tensor-parallel shard (`shard_index` of `total_shards`); both are sealed, and the
-    /// generated id carries them (`shard-<16 hex>-gpu<N>-tp<i>of<n>`), so shards of one model
-    /// with identical bytes on one device do not collide.
-    ///
-    /// # Errors
-    /// As [`Self::seal_model`]; `shard_index >= total_shards` is [`VramError::InvalidInput`].
-    pub fn seal_model_shard(
-        &self,
-        model_bytes: &[u8],
-        gpu_device: u32,
-        shard_index: usize,
-        total_shards: usize,
-    ) -> Result<SealedShard, VramError> {
-        let options = SealOptions::new().tensor_parallel(shard_index, total_shards);
-        self.seal_from_source(&model_bytes, gpu_device, &options)
-    }
-
-    /// Seals the bytes of `source` (a [`FileSource`](vram_types::FileSource), or `&bytes`) on
-    /// `gpu_device`: a plan of one part ([`Self::plan_seal`]). The bytes go from the source
-    /// through a bounded ring of pinned staging buffers straight to VRAM, so host memory stays
-    /// bounded whatever the shard's size, and the digest is computed from the bytes in VRAM.
-    /// `options` can name the shard, require an expected digest and cross-check the host bytes.
-    ///
-    /// # Errors
-    /// As [`Self::seal_model`]; [`VramError::SourceReadFailed`] when the source cannot be read;
-    /// [`VramError::UnexpectedDigest`] when an expected digest does not match;
-    /// [`VramError::UploadMismatch`] when the cross-check finds the host bytes differ. Nothing
-    /// stays allocated or reserved after an error.
-    pub fn seal_from_source(
-        &self,
-        source: &dyn ShardSource,
-        gpu_device: u32,
-        options: &SealOptions,
-    ) -> Result<SealedShard, VramError> {
-        let part = SealPart {
-            source,
-            gpu_device,
-            options: options.clone(),
-        };
-        let mut shards = step("plan", || self.plan_seal(vec![part]))?.execute()?;
-        shards
-            .pop()
-            .ok_or(VramError::Unreachable("a plan of one part seals one shard"))
-    }
+/// Where a part's bytes come from.
+#[derive(Clone, Copy)]
+pub(super) enum Source<'a> {
+    /// Bytes to upload into a buffer the plan reserved.
+    Upload(&'a dyn ShardSource),
+    /// A range an engine already holds, sealed where it lies: nothing reserved, nothing
+    /// copied, never freed by the manager.
+    InPlace(ForeignRange),
 }
 
 /// A planned part, ready to place.
 pub(super) struct PartRequest<'r> {
-    pub(super) source: &'r dyn ShardSource,
+    pub(super) source: Source<'r>,
     pub(super) device: u32,
     pub(super) options: &'r SealOptions,
     pub(super) len: usize,
-    /// The caller's (or the group's) id, claimed by the plan; `None`: derived from the digest.
+    /// The caller's (or the set's) id, claimed by the plan; `None`: derived from the digest.
     pub(super) claim: Option<Claim>,
-    /// This part's share of the plan's reservation.
-    pub(super) reservation: Reservation,
-    /// The group the shard belongs to: its `VramSealed` record names the group and is held
-    /// back until the whole group is placed (nothing is audited as sealed otherwise).
-    pub(super) group: Option<&'r str>,
+    /// This part's share of the plan's reservation (`None` in place).
+    pub(super) reservation: Option<Reservation>,
+    /// The set the shard belongs to (a group's or a model's id): its `VramSealed` record names
+    /// it and is held back until the whole set is sealed (nothing is audited as sealed
+    /// otherwise).
+    pub(super) set: Option<&'r str>,
 }
 
-/// A sealed shard, with its `VramSealed` record when the request held it back (a group's).
+/// A sealed shard, with its `VramSealed` record when the request held it back (a set's).
 pub(super) struct Sealed {
     pub(super) shard: SealedShard,
     pub(super) held_back: Option<(String, AuditEvent)>,
 }
 
-/// Places, seals, registers and audits one part. A failure after the allocation is audited as
-/// `SealAborted` once the buffer and the capacity are given back.
+/// Places, seals, registers and audits one part, counted in the seal metrics.
 pub(super) fn seal_part(shared: &Arc<Shared>, req: PartRequest<'_>) -> Result<Sealed, VramError> {
     let device = req.device;
     let correlation_id = shared.next_correlation_id();
@@ -153,13 +85,20 @@ fn place_and_seal(
         len,
         claim,
         reservation,
-        group,
+        set,
     } = req;
     // Each step in a trace-level span, so `vramctl -vvv` shows where a seal's time goes.
-    let placed = step("allocate", || {
-        Placed::allocate(shared, device, len, &reservation, correlation_id)
+    let placed = step("place", || {
+        Placed::new(
+            shared,
+            source,
+            device,
+            len,
+            reservation.as_ref(),
+            correlation_id,
+        )
     })?;
-    let signed = step("upload", || placed.upload(source, options, correlation_id))
+    let signed = step("upload", || placed.fill(source, options, correlation_id))
         .and_then(|uploaded| {
             step("digest", || {
                 uploaded.digest(shared.config().digest_algorithm)
@@ -170,117 +109,55 @@ fn place_and_seal(
                 digested.check(options)?.sign(options, claim)
             })
         });
-    let signed = match signed {
-        Ok(signed) => signed,
-        Err(e) => {
-            // The steps have freed the buffer; give the capacity back, then record that the
-            // allocation came and went.
-            let reserved_bytes = reservation.bytes();
-            drop(reservation);
-            let security_failure = e.is_security_critical();
-            shared.record_or_stop(
-                correlation_id,
-                AuditEvent::SealAborted {
-                    shard_id: options.shard_id.clone(),
-                    gpu_device: device,
-                    reserved_bytes,
-                    reason: e.to_string(),
-                    security_failure,
-                },
-            );
-            // A copy path that delivered other bytes may have delivered them to shards sealed
-            // before without a cross-check: stop, as after a failed verification. Anything else
-            // (an audit record this seal could not write among them) is undone, not a stop.
-            if security_failure {
-                shared.stop_on(&e);
-            }
-            return Err(e);
-        }
-    };
-    step("register", || {
-        signed.register(Some(reservation), correlation_id, group)
-    })
-}
-
-impl VramManager {
-    /// Seals memory an inference engine already holds, where it lies: `range` is checked like
-    /// the manager's own allocations (device memory of its device's context, not managed, not
-    /// host memory, inside one allocation), hashed on the GPU with no copy, and sealed. The
-    /// manager never frees it (dropping the shard only forgets it) and does not count it
-    /// against its capacity; the engine keeps it allocated until the shard is released (the
-    /// promise of the `unsafe` [`ForeignRange::device`](vram_cuda_sys::resident::ForeignRange::device)).
-    /// Verified and lent like any shard ([`Self::verify_sealed`], [`Self::execute`]).
-    ///
-    /// # Errors
-    /// [`VramError::InvalidInput`] / [`VramError::InvalidDevice`] for a bad id, device or
-    /// length, or a range this backend cannot read (nothing audited);
-    /// [`VramError::PolicyViolation`] for memory that is not plain device memory of the device
-    /// inside one allocation (recorded as a policy violation; the manager keeps running: the
-    /// caller's range was refused, nothing was sealed); [`VramError::AlreadySealed`];
-    /// [`VramError::UnexpectedDigest`]; CUDA errors; [`VramError::Stopped`].
-    pub fn seal_in_place(
-        &self,
-        range: ForeignRange,
-        options: &SealOptions,
-    ) -> Result<SealedShard, VramError> {
-        let shared = &self.shared;
-        shared.ensure_running()?;
-        let device = range.device_ordinal();
-        let len = range.len();
-        validate_in_place(shared, &range, options)?;
-        let claim = options
-            .shard_id
-            .as_deref()
-            .map(|id| shared.claim(id))
-            .transpose()?;
-        let correlation_id = shared.next_correlation_id();
-        let placed = Placed::adopt(shared, range)?;
-        let signed = placed
-            .in_place(&correlation_id)
-            .and_then(|uploaded| uploaded.digest(shared.config().digest_algorithm))
-            .and_then(|digested| digested.check(options))
-            .and_then(|digested| digested.sign(options, claim));
-        let result = signed.and_then(|s| s.register(None, &correlation_id, None));
-        shared.metrics().count_seal(device, result.is_ok());
-        shared.refresh_capacity_metrics(device);
-        tracing::debug!(
-            gpu_device = device,
-            len,
-            ok = result.is_ok(),
-            "sealed in place"
-        );
-        result.map(|sealed| sealed.shard)
+    match signed {
+        Ok(signed) => step("register", || {
+            signed.register(reservation, correlation_id, set)
+        }),
+        Err(e) => Err(abort(
+            shared,
+            options,
+            device,
+            reservation,
+            correlation_id,
+            e,
+        )),
     }
 }
 
-/// An in-place seal's input: the id, the device, a length within the model-size limit, no
-/// cross-check (there are no host bytes) and no expectation in another algorithm.
-pub(super) fn validate_in_place(
+/// What a part that failed after it was placed leaves behind. The steps have freed the buffer;
+/// an uploaded part gives its capacity back and is recorded (`SealAborted`: the allocation came
+/// and went), and a security failure among them (a copy path that delivered other bytes, memory
+/// that is not device memory) stops the manager: it may have delivered other shards' bytes
+/// the same way. A range sealed in place was never the manager's: its failure is the caller's
+/// (a policy violation there was recorded as one), and nothing is recorded or stopped here.
+pub(super) fn abort(
     shared: &Shared,
-    range: &ForeignRange,
     options: &SealOptions,
-) -> Result<(), VramError> {
-    if let Some(id) = &options.shard_id {
-        ShardId::new(id)?;
+    device: u32,
+    reservation: Option<Reservation>,
+    correlation_id: &str,
+    e: VramError,
+) -> VramError {
+    let Some(reservation) = reservation else {
+        return e;
+    };
+    let reserved_bytes = reservation.bytes();
+    drop(reservation);
+    let security_failure = e.is_security_critical();
+    shared.record_or_stop(
+        correlation_id,
+        AuditEvent::SealAborted {
+            shard_id: options.shard_id.clone(),
+            gpu_device: device,
+            reserved_bytes,
+            reason: e.to_string(),
+            security_failure,
+        },
+    );
+    if security_failure {
+        shared.stop_on(&e);
     }
-    validate_gpu_device(range.device_ordinal(), shared.backend().device_count())?;
-    validate_model_size(range.len(), shared.config().max_model_bytes)?;
-    if options.cross_check {
-        return Err(VramError::invalid_input(
-            "cross-check",
-            "a range sealed in place has no host bytes to compare",
-        ));
-    }
-    if options
-        .expected
-        .is_some_and(|e| !e.is_resident(shared.config().digest_algorithm))
-    {
-        return Err(VramError::invalid_input(
-            "expected digest",
-            "in another algorithm than the manager's; a range sealed in place is hashed where it lies",
-        ));
-    }
-    Ok(())
+    e
 }
 
 /// Step 1: a device buffer of the shard's length, freed on drop unless handed on.
@@ -294,12 +171,44 @@ pub(super) struct Placed<'s> {
 }
 
 impl<'s> Placed<'s> {
+    /// Step 1 for either source: a buffer allocated for an upload, or the engine's range
+    /// adopted.
+    pub(super) fn new(
+        shared: &'s Arc<Shared>,
+        source: Source<'_>,
+        device: u32,
+        len: usize,
+        reservation: Option<&Reservation>,
+        correlation_id: &str,
+    ) -> Result<Self, VramError> {
+        match source {
+            Source::Upload(_) => {
+                let requested = reservation.map_or(len, Reservation::bytes);
+                Self::allocate(shared, device, len, requested, correlation_id)
+            }
+            Source::InPlace(range) => Self::adopt(shared, range),
+        }
+    }
+
+    /// Step 2 for either source: the bytes copied in, or the range checked where it lies.
+    pub(super) fn fill(
+        self,
+        source: Source<'_>,
+        options: &SealOptions,
+        correlation_id: &str,
+    ) -> Result<Uploaded<'s>, VramError> {
+        match source {
+            Source::Upload(bytes) => self.upload(bytes, options, correlation_id),
+            Source::InPlace(_) => self.in_place(correlation_id),
+        }
+    }
+
     /// Allocates; a failure is audited as `VramAllocationFailed`.
     fn allocate(
         shared: &'s Arc<Shared>,
         device: u32,
         len: usize,
-        reservation: &Reservation,
+        requested: usize,
         correlation_id: &str,
     ) -> Result<Self, VramError> {
         let buffer = shared.backend().allocate(device, len).inspect_err(|e| {
@@ -307,7 +216,7 @@ impl<'s> Placed<'s> {
                 correlation_id,
                 AuditEvent::VramAllocationFailed {
                     gpu_device: device,
-                    requested: reservation.bytes(),
+                    requested,
                     available: shared.capacity(device).map_or(0, |c| c.available()),
                     reason: e.to_string(),
                 },
@@ -323,7 +232,7 @@ impl<'s> Placed<'s> {
     }
 
     /// An engine's range, registered (never freed: dropping the guard only forgets it).
-    pub(super) fn adopt(shared: &'s Arc<Shared>, range: ForeignRange) -> Result<Self, VramError> {
+    fn adopt(shared: &'s Arc<Shared>, range: ForeignRange) -> Result<Self, VramError> {
         let device = range.device_ordinal();
         let len = range.len();
         Ok(Self {
@@ -339,7 +248,7 @@ impl<'s> Placed<'s> {
     /// of its device inside one allocation. A range that is not is the caller's mistake, not
     /// the environment's: recorded as a policy violation and refused, and the manager keeps
     /// running.
-    pub(super) fn in_place(self, correlation_id: &str) -> Result<Uploaded<'s>, VramError> {
+    fn in_place(self, correlation_id: &str) -> Result<Uploaded<'s>, VramError> {
         if let Some(reason) =
             allocation_check::problem(self.shared, self.id()?, self.device, self.len)?
         {
@@ -478,7 +387,7 @@ impl<'s> Digested<'s> {
     /// the digest just computed in VRAM; in another, one the backend computes from the resident
     /// bytes too (in VRAM for BLAKE3 and a large tree, from the bytes read back for a flat
     /// SHA-256), so what was checked is what is sealed.
-    fn check(self, options: &SealOptions) -> Result<Self, VramError> {
+    pub(super) fn check(self, options: &SealOptions) -> Result<Self, VramError> {
         let Some(expected) = options.expected else {
             return Ok(self);
         };
@@ -514,13 +423,11 @@ impl<'s> Digested<'s> {
         let shared = self.placed.shared;
         let device = self.placed.device;
         let digest_hex = self.digest.to_hex();
-        let shard_id = id_of(options, &digest_hex, device)
+        let shard_id = ids::shard_id(options, &digest_hex, device)
             .ok_or(VramError::Unreachable("digest is 64 hex characters"))?;
-        // A generated id is derived from the content: sealing the same bytes twice on one
-        // device fails instead of keeping two copies (the contract's idempotency rule).
         let claim = match claim {
             Some(c) => c,
-            None => shared.claim(&shard_id)?,
+            None => ids::claim(shared, &shard_id)?,
         };
         let now = shared.clock().wall();
         // A seal time is seconds since 1970 (`.specs/seal.md`): a clock that reads earlier is
@@ -561,17 +468,18 @@ pub(super) struct Signed<'s> {
     now: SystemTime,
     signature: SealSignature,
     claim: Claim,
-    expected_from: Option<super::seal_options::ExpectedFrom>,
+    expected_from: Option<ExpectedFrom>,
 }
 
 impl Signed<'_> {
     /// Step 5: the allocation becomes the shard's (its drop now frees it and audits the
-    /// release), the id goes live, and the seal is audited, or held back for a group.
+    /// release), the id goes live, and the seal is audited, or held back for a set (a group,
+    /// a model).
     pub(super) fn register(
         self,
         reservation: Option<Reservation>,
         correlation_id: &str,
-        group: Option<&str>,
+        set: Option<&str>,
     ) -> Result<Sealed, VramError> {
         let mut placed = self.placed;
         let shared = placed.shared;
@@ -601,7 +509,7 @@ impl Signed<'_> {
             digest: shard.digest.clone(),
             digest_algorithm: shard.digest_algorithm().to_string(),
             backend: shared.backend().kind().to_string(),
-            group_id: group.map(str::to_owned),
+            group_id: set.map(str::to_owned),
             in_place,
             expected_from: self.expected_from.map(|f| f.as_str().to_owned()),
         };
@@ -613,7 +521,7 @@ impl Signed<'_> {
             "model sealed in VRAM"
         );
         warn_if_low(shared, device);
-        let held_back = match group {
+        let held_back = match set {
             Some(_) => Some((correlation_id.to_owned(), event)),
             None => {
                 // Fail-closed: a seal that cannot be recorded is undone (dropping `shard`
@@ -624,20 +532,6 @@ impl Signed<'_> {
         };
         Ok(Sealed { shard, held_back })
     }
-}
-
-/// The caller's id, or one derived from the content and place: `shard-<16 hex>-gpu<N>`, with
-/// `-tp<i>of<n>` for a tensor-parallel shard (two shards of one model may hold identical bytes
-/// on one device; they are different shards).
-fn id_of(options: &SealOptions, digest_hex: &str, device: u32) -> Option<String> {
-    if let Some(id) = &options.shard_id {
-        return Some(id.clone());
-    }
-    let content = digest_hex.get(..16)?;
-    Some(match options.tensor_parallel {
-        None => format!("shard-{content}-gpu{device}"),
-        Some((i, n)) => format!("shard-{content}-gpu{device}-tp{i}of{n}"),
-    })
 }
 
 fn warn_if_low(shared: &Shared, device: u32) {
