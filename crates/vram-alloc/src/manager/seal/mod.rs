@@ -7,6 +7,7 @@
 //!   ([`ids`]), reserves each device's share (skipped for parts sealed in place), and executes
 //!   the parts one by one or, for a model, with one batched digest; then the set's epilogue
 //!   (group seal or model digest) and the fail-closed records.
+//! - [`preflight`]: the checks a plan makes before a byte is placed.
 //! - [`steps`]: one part through `Placed → Uploaded → Digested → Signed → registered`, and what
 //!   a failed part leaves behind (a `SealAborted` record, and the stop rule for a security
 //!   failure).
@@ -15,6 +16,7 @@
 mod entry;
 mod ids;
 mod plan;
+mod preflight;
 mod steps;
 
 pub use plan::{GroupPlan, PlanError, PlanStep, SealPart, SealPlan};
