@@ -14,11 +14,10 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::lane::{Scratch, roots_offset};
+use super::launch::{LeafSource, LeafWork};
 use super::layout::RangeLayout;
-use super::{
-    DIGEST_BYTES, GpuDigest, LeafSource, LeafWork, Scratch, TreeDigestEngine, block_size,
-    roots_offset,
-};
+use super::{DIGEST_BYTES, GpuDigest, TreeDigestEngine, block_size};
 use crate::error::CudaError;
 use crate::memory::{DeviceBuffer, PinnedBuffer};
 use crate::resident::Resident;
@@ -404,7 +403,7 @@ impl StepLane {
             .as_slice()
             .get(start..start.saturating_add(len))
             .ok_or(CudaError::Unreachable("a job's roots fit its slot"))?;
-        let roots = super::root_bytes(self.digest, words);
+        let roots = super::lane::root_bytes(self.digest, words);
         slot.busy = false;
         Ok(roots)
     }
