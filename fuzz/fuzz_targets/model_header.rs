@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use vramctl::formats::{ModelFormat, recognise};
+use vram_formats::{ModelFormat, recognise};
 
 fuzz_target!(|input: (u8, u16, &[u8])| {
     let (name, extra, head) = input;

@@ -1,9 +1,9 @@
 //! `VramManager`: seals model shards into GPU memory and re-verifies them, behind a backend trait.
 //!
 //! This crate provides:
-//! - [`VramManager`]: seal (a [`SealPlan`] checks, claims and reserves; then allocate → upload
-//!   → digest the resident bytes → seal → audit), verify, capacity queries and metrics;
-//!   `Send + Sync`;
+//! - [`VramManager`]: seal (every seal is a [`SealPlan`]: it checks, claims and reserves; then
+//!   place → upload or check in place → digest the resident bytes → seal → audit), verify,
+//!   capacity queries and metrics; `Send + Sync`;
 //! - [`backend`]: the [`MockBackend`](backend::MockBackend) test double (fault injection and
 //!   simulated corruption with the `test-utils` feature only); the backend trait itself, and
 //!   the CUDA backend, are private to this crate, so no outside type can claim memory is VRAM;
@@ -19,13 +19,17 @@
 //!
 //! | decision | where |
 //! |---|---|
-//! | a seal's pre-flight (ids, devices, sizes, claims, capacity) | `manager/plan.rs` (`SealPlan`) |
-//! | the steps of one seal (allocate, upload, digest, check, sign, register) | `manager/seal.rs` |
+//! | the public ways to seal (bytes, a file, a range in place, a model, a group, a plan) | `manager/seal/entry.rs`, one line each |
+//! | a seal's pre-flight (ids, devices, sizes, capacity), for every kind of seal | `manager/seal/preflight.rs`, run by `SealPlan` (`manager/seal/plan.rs`) |
+//! | how shard ids are made (derived, group member, model tensor) and claimed | `manager/seal/ids.rs` |
+//! | the steps of one seal (place, upload or check in place, digest, check, sign, register) and what a failed one leaves | `manager/seal/steps.rs` |
+//! | a set's epilogue (group seal or model digest, records held back, fail-closed) | `manager/seal/plan.rs` |
 //! | whether an allocation is VRAM-only memory covering the shard | `manager/allocation_check.rs` |
 //! | whether a failure stops the manager | `Shared::stop_on` in `manager/shared.rs` |
 //! | what class an error is (integrity, policy, capacity, input, environment) | `VramError::class` in `vram-types` |
 //! | which digest runs where (GPU kernel or host, bounded share) | the backend's `digest` (`backend/cuda.rs`, `backend/mock/mod.rs`) |
-//! | how checks are ordered with an engine's stream | `vram-cuda-sys`'s `stream.rs` and `tree_digest` lanes |
+//! | how checks are ordered with an engine's stream | `vram-cuda-sys`'s `stream.rs`, `tree_digest/order.rs` and `tree_digest/step.rs` |
+//! | what a model file's header says (format, tensor table, header extent) | `vram-formats` |
 //! | what the step scrubber spends (its calls' host time and GPU work) | `manager/step_scrub.rs` |
 //! | the audit record format | `audit/format.rs` (`.specs/audit.md`) |
 //!

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use common::{AnyRig, MIB, On, model, names, rig_on, temp_path};
 use safetensors::tensor::{Dtype, TensorView};
 use vram_alloc::{ExecutionMode, SealOptions, Weights};
-use vram_types::formats::{FormatError, TensorInfo, tensor_table};
+use vram_formats::{FormatError, TensorInfo, tensor_table};
 use vram_types::{FileSource, SealedShard, VramConfig, VramError};
 
 on_both_backends! {

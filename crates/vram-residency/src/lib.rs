@@ -35,7 +35,8 @@
 //!
 //! # Crate map
 //! This crate only re-exports, each item under one name: [`vram_types`] (types, errors,
-//! validation), [`vram_seal`] (digest, seal, key), [`vram_policy`] (the VRAM-only rules and the
+//! validation), [`vram_formats`] (model file headers and tensor tables), [`vram_seal`]
+//! (digest, seal, key), [`vram_policy`] (the VRAM-only rules and the
 //! attestation format) and [`vram_alloc`] (the manager, the mock backend, audit, metrics).
 //! `public-api.txt` beside this crate lists every exported name; `cargo xtask ci` fails when
 //! the list and the exports differ, so an addition is seen in review.
@@ -52,8 +53,12 @@ pub use vram_types::{
     AllocationFacts, AuditFailurePolicy, BackendKind, DeviceFacts, DigestAlgorithm, ErrorClass,
     FileSource, GpuShare, KeyProblem, LeafSize, MemoryType, ModelShardHandle, Result, SealFailure,
     SealSignature, SealedFields, SealedShard, ShardAllocation, ShardId, ShardSource, VramConfig,
-    VramError, formats, validation,
+    VramError, validation,
 };
+
+/// Model files (safetensors, GGUF): headers checked and tensor tables read before any VRAM is
+/// used.
+pub use vram_formats as formats;
 
 #[doc(inline)]
 pub use vram_seal::{

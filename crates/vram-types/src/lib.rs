@@ -10,7 +10,8 @@
 //! - [`ShardAllocation`]: the trait a backend implements for the VRAM behind a shard;
 //! - [`DeviceFacts`] and [`AllocationFacts`]: what a backend reports for the VRAM-only policy;
 //! - [`ShardSource`] ([`FileSource`], byte slices): model bytes read at any offset while sealing;
-//! - [`formats`]: safetensors and GGUF headers checked, and their tensor tables read;
+//! - [`formats`]: what model files are made of (format, tensor table, header errors); the
+//!   parsers are in `vram-formats`;
 //! - [`GpuShare`]: how much of a GPU a digest of resident bytes may take;
 //! - [`rfc3339_millis`]: timestamps as log pipelines read them.
 //!

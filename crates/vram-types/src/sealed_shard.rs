@@ -63,7 +63,7 @@ pub trait ShardAllocation: Send + Sync + fmt::Debug + 'static {
     /// Lets the owning backend recover its concrete type.
     fn as_any(&self) -> &dyn Any;
     /// The tensor table of the bytes, sorted by name, when they were sealed from a safetensors
-    /// or GGUF file ([`crate::formats::sealed_table`]); `None` for plain bytes.
+    /// or GGUF file (`vram_formats::sealed_table`); `None` for plain bytes.
     fn tensors(&self) -> Option<&[crate::formats::TensorInfo]> {
         None
     }

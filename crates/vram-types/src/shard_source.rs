@@ -23,7 +23,7 @@ pub trait ShardSource: Sync {
 
     /// The file the bytes come from, when they come from one: sealing recognises a
     /// safetensors or GGUF file by it and reads the file's tensor table
-    /// ([`crate::formats::sealed_table`]). `None` by default.
+    /// (`vram_formats::sealed_table`). `None` by default.
     fn path(&self) -> Option<&Path> {
         None
     }

@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
+use vram_formats::{TensorInfo, sealed_table};
 use vram_types::VramError;
-use vram_types::formats::{TensorInfo, sealed_table};
 
 use crate::backend::{Backend, BufferId, ResidentBytes};
 

@@ -88,7 +88,11 @@ fn place_and_seal(
         set,
     } = req;
     // Each step in a trace-level span, so `vramctl -vvv` shows where a seal's time goes.
-    let placed = step("place", || {
+    let place = match source {
+        Source::Upload(_) => "allocate",
+        Source::InPlace(_) => "adopt",
+    };
+    let placed = step(place, || {
         Placed::new(
             shared,
             source,

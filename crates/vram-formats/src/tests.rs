@@ -303,7 +303,7 @@ struct Recorded<'a> {
     reads: std::sync::Mutex<Vec<usize>>,
 }
 
-impl crate::ShardSource for Recorded<'_> {
+impl vram_types::ShardSource for Recorded<'_> {
     fn len(&self) -> u64 {
         self.bytes.len() as u64
     }
@@ -317,7 +317,7 @@ impl crate::ShardSource for Recorded<'_> {
 /// A source whose every read fails.
 struct Unreadable;
 
-impl crate::ShardSource for Unreadable {
+impl vram_types::ShardSource for Unreadable {
     fn len(&self) -> u64 {
         100
     }
@@ -332,7 +332,7 @@ fn sealed(
     name: Option<&str>,
     bytes: &[u8],
 ) -> (
-    Result<Option<Vec<TensorInfo>>, crate::VramError>,
+    Result<Option<Vec<TensorInfo>>, vram_types::VramError>,
     Vec<usize>,
 ) {
     let recorded = Recorded {
@@ -372,7 +372,7 @@ fn a_sealed_table_is_read_by_name_or_content_and_sorted() {
     assert!(
         matches!(
             named,
-            Err(crate::VramError::MalformedModel(FormatError::Gguf(
+            Err(vram_types::VramError::MalformedModel(FormatError::Gguf(
                 HeaderProblem::DataSize { .. }
             )))
         ),
@@ -408,7 +408,7 @@ fn a_sealed_table_is_read_by_name_or_content_and_sorted() {
     assert!(
         matches!(
             failing,
-            Err(crate::VramError::SourceReadFailed { offset: 0, .. })
+            Err(vram_types::VramError::SourceReadFailed { offset: 0, .. })
         ),
         "{failing:?}"
     );

@@ -2,6 +2,7 @@
 //! check them, read into a tensor table.
 
 use super::{HeaderProblem, ModelFormat, TensorInfo, shown};
+use vram_types::formats::GGML_MAX_DIMS;
 
 /// GGUF metadata value types (`gguf_type` in ggml's `gguf.h`), by id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,9 +180,6 @@ const GGML_TYPES: &[(u32, &str, u64, u64)] = &[
     (40, "NVFP4", 64, 36),
     (41, "Q1_0", 128, 18),
 ];
-
-/// ggml's limit on tensor dimensions.
-pub(super) const GGML_MAX_DIMS: u32 = 4;
 
 /// One tensor's entry in a GGUF header.
 struct GgufTensor<'a> {
