@@ -82,6 +82,7 @@ mod capacity;
 #[cfg(test)]
 mod capacity_tests;
 mod clock;
+mod digester;
 mod manager;
 mod metrics;
 #[cfg(feature = "test-utils")]
@@ -91,6 +92,7 @@ mod sync;
 #[cfg(feature = "test-utils")]
 pub use clock::ManualClock;
 
+pub use digester::{ModelDigests, RangeDigester};
 pub use manager::{
     EngineTensor, ExecutionMode, ExpectedFrom, GroupPart, GroupPlan, LentTensor, ModelExecution,
     ModelWeights, PlanError, PlanStep, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart,

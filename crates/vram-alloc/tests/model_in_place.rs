@@ -17,7 +17,7 @@ mod common;
 
 use common::{AnyRig, MIB, On, keep_going, model, names, rig_on};
 use vram_alloc::audit::AuditEvent;
-use vram_alloc::{EngineTensor, ExecutionMode, SealedModel};
+use vram_alloc::{EngineTensor, ExecutionMode, RangeDigester, SealedModel};
 use vram_cuda_sys::resident::ForeignRange;
 use vram_seal::model::{TensorEntry, model_digest};
 use vram_types::{DigestAlgorithm, VramConfig, VramError};
@@ -27,6 +27,7 @@ on_both_backends! {
     a_changed_tensor_is_caught_and_named
     an_expected_model_digest_is_checked_before_anything_stays_sealed
     bad_models_are_refused_and_change_nothing
+    tensors_digested_without_a_manager_match_their_seal_and_the_host
 }
 
 /// Memory an engine allocated and filled (as in `in_place.rs`).
@@ -313,4 +314,67 @@ fn a_range_off_a_16_byte_boundary_is_refused_on_a_gpu() {
         "{e:?}"
     );
     assert!(r.audit.events().is_empty());
+}
+
+/// A sender's or receiver's check of weights that moved: every tensor digested where it lies
+/// with no manager, equal to what a seal of the same tensors records and to the host's digest
+/// of their bytes; the model digest equal to the file's (`vramctl digest --tensors`).
+fn tensors_digested_without_a_manager_match_their_seal_and_the_host(on: On) {
+    let r = rig_on(on, 16 * MIB, VramConfig::default());
+    let digester = match on {
+        On::Mock => RangeDigester::mock(r.mock().unwrap().clone()),
+        On::Cuda => RangeDigester::cuda().unwrap(),
+    };
+    let weights = tensors();
+    let engine = engine_tensors(&r, on, &weights);
+    for algorithm in [
+        DigestAlgorithm::Blake3,
+        DigestAlgorithm::default(),
+        DigestAlgorithm::Sha256,
+    ] {
+        let digests = digester.digest_model(&engine, algorithm, None).unwrap();
+        assert_eq!(
+            digests.model,
+            host_model_digest(&weights, algorithm),
+            "{algorithm}"
+        );
+        assert_eq!(digests.tensors.len(), weights.len());
+        for (name, _, bytes) in &weights {
+            let (_, d) = digests.tensors.iter().find(|(n, _)| n == name).unwrap();
+            assert_eq!(
+                *d,
+                vram_seal::digest(bytes, algorithm),
+                "{name} {algorithm}"
+            );
+        }
+        // Ranges in the order given.
+        let ranges: Vec<ForeignRange> = engine.iter().map(|t| t.range).collect();
+        let each = digester.digest(&ranges, algorithm, None).unwrap();
+        for ((_, _, bytes), d) in weights.iter().zip(&each) {
+            assert_eq!(*d, vram_seal::digest(bytes, algorithm));
+        }
+    }
+    // The same tensors sealed: the seal records the same digests.
+    let algorithm = r.manager.config().digest_algorithm;
+    let digests = digester.digest_model(&engine, algorithm, None).unwrap();
+    let sealed = r
+        .manager
+        .seal_model_in_place("tiny-llm", engine_tensors(&r, on, &weights), None)
+        .unwrap();
+    assert_eq!(sealed.digest(), &digests.model);
+    for (name, d) in &digests.tensors {
+        assert_eq!(sealed.tensor(name).unwrap().shard().digest, d.to_hex());
+    }
+    // Nothing of the manager's was touched by the digests: no record, no capacity.
+    assert_eq!(
+        r.audit.events().len(),
+        weights.len(),
+        "only the seal's records"
+    );
+    // No tensors with bytes: refused; an empty list of ranges has no digests.
+    assert!(matches!(
+        digester.digest_model(&[], algorithm, None),
+        Err(VramError::InvalidInput { .. })
+    ));
+    assert!(digester.digest(&[], algorithm, None).unwrap().is_empty());
 }

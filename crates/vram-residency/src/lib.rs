@@ -96,10 +96,10 @@ pub use vram_policy::{
 #[doc(inline)]
 pub use vram_alloc::{
     DeviceUsage, EngineStream, EngineTensor, ExecutionCounts, ExecutionMode, ExpectedFrom,
-    ForeignRange, GroupPart, GroupPlan, LentTensor, ModelExecution, ModelWeights, PlanError,
-    PlanStep, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart, SealPlan, SealedGroup,
-    SealedModel, SealedTensor, StepReport, StepScrubOptions, StepScrubber, VramManager,
-    VramManagerBuilder, VramMetrics, Weights, audit, probe_gpus,
+    ForeignRange, GroupPart, GroupPlan, LentTensor, ModelDigests, ModelExecution, ModelWeights,
+    PlanError, PlanStep, RangeDigester, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart,
+    SealPlan, SealedGroup, SealedModel, SealedTensor, StepReport, StepScrubOptions, StepScrubber,
+    VramManager, VramManagerBuilder, VramMetrics, Weights, audit, probe_gpus,
 };
 
 #[doc(inline)]

@@ -5,7 +5,8 @@
 //! one unit: one launch sequence over every tensor, one audit record naming the model.
 
 use vram_seal::ShardDigest;
-use vram_types::{GpuShare, SealedShard, VramError};
+use vram_seal::model::TensorEntry;
+use vram_types::{DigestAlgorithm, GpuShare, SealedShard, VramError};
 
 use super::VramManager;
 use super::verify::{Stage, Subject, verify_ordered};
@@ -24,6 +25,20 @@ pub struct EngineTensor {
     pub shape: Vec<u64>,
     /// Its device memory (every byte of the tensor, contiguous).
     pub range: ForeignRange,
+}
+
+impl EngineTensor {
+    /// The tensor's entry in the model digest, with its digest in `algorithm`.
+    pub(crate) fn entry(&self, algorithm: DigestAlgorithm, digest: ShardDigest) -> TensorEntry {
+        TensorEntry {
+            name: self.name.clone(),
+            dtype: self.dtype.clone(),
+            shape: self.shape.clone(),
+            bytes: u64::try_from(self.range.len()).unwrap_or(u64::MAX),
+            algorithm,
+            digest,
+        }
+    }
 }
 
 /// One tensor of a sealed model: what the model digest covers, and the shard sealed over its

@@ -607,13 +607,6 @@ fn entries(
     tensors
         .iter()
         .enumerate()
-        .map(|(i, t)| TensorEntry {
-            name: t.name.clone(),
-            dtype: t.dtype.clone(),
-            shape: t.shape.clone(),
-            bytes: u64::try_from(t.range.len()).unwrap_or(u64::MAX),
-            algorithm,
-            digest: digest(i),
-        })
+        .map(|(i, t)| t.entry(algorithm, digest(i)))
         .collect()
 }
