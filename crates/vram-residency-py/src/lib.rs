@@ -4,6 +4,7 @@
 //! what is audited) is the Rust side's.
 #![forbid(unsafe_code)]
 
+mod digests;
 mod errors;
 mod execution;
 mod manager;
@@ -13,21 +14,6 @@ mod streams;
 mod tensors;
 
 use pyo3::prelude::*;
-use vram_residency::{DigestAlgorithm, compute_digest};
-
-use crate::errors::to_py;
-
-/// The digest of a buffer's bytes (`bytes`, a NumPy array, a PyTorch tensor on any device), as
-/// the Rust side and `vramctl digest --tensors` write it: `ALG:HEX`, or bare hex for flat
-/// `sha256`.
-#[pyfunction]
-#[pyo3(signature = (data, *, algorithm="sha256-tree-65536"))]
-fn digest(py: Python<'_>, data: &Bound<'_, PyAny>, algorithm: &str) -> PyResult<String> {
-    let algorithm: DigestAlgorithm = algorithm.parse().map_err(|e| to_py(&e))?;
-    let bytes = tensors::bytes_on_host(data)?;
-    let d = py.detach(|| compute_digest(&bytes, algorithm));
-    Ok(vram_residency::digest::tagged(algorithm, &d))
-}
 
 #[pymodule]
 #[pyo3(name = "_native")]
@@ -39,6 +25,6 @@ fn python_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sealed::SealedTensor>()?;
     m.add_class::<execution::Execution>()?;
     m.add_class::<scrubber::Scrubber>()?;
-    m.add_function(wrap_pyfunction!(digest, m)?)?;
+    digests::register(m)?;
     Ok(())
 }

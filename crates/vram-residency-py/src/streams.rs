@@ -17,6 +17,16 @@ pub(crate) struct HeldStream {
 }
 
 impl HeldStream {
+    /// Whether `other` is the same stream.
+    pub(crate) fn same_as(&self, other: &Self) -> bool {
+        self.handle == other.handle && self.device == other.device
+    }
+
+    /// Waits on the host for the work queued on the stream so far.
+    pub(crate) fn synchronize(&self, py: Python<'_>) -> PyResult<()> {
+        self._owner.bind(py).call_method0("synchronize").map(drop)
+    }
+
     /// The stream as the Rust side takes it. Valid while `self` (which holds the stream's
     /// owner) lives: callers keep `self` for as long as the value is used.
     pub(crate) fn engine(&self) -> EngineStream<'static> {

@@ -76,7 +76,7 @@ pub(crate) fn take(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
 const DLPACK_CUDA_DEVICES: [u32; 2] = [2, 13];
 
 /// Whether `obj` speaks DLPack and says its memory is on a CUDA GPU (a JAX array, say).
-fn dlpack_on_gpu(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
+pub(crate) fn dlpack_on_gpu(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
     if !obj.hasattr("__dlpack__")? || !obj.hasattr("__dlpack_device__")? {
         return Ok(false);
     }

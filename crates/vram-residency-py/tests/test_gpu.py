@@ -304,3 +304,39 @@ def test_the_step_scrubber_finds_a_flip_while_generation_runs(token_env: bytes) 
             model.get_parameter(name).view(torch.int16).view(-1)[0] ^= 1
         with pytest.raises(vr.IntegrityError):
             scrubber.stop()
+
+
+@pytest.mark.parametrize("algorithm", ["sha256-tree-65536", "blake3"])
+def test_gpu_tensors_are_digested_where_they_lie_as_a_seal_and_the_host_see_them(
+    token_env: bytes, algorithm: str
+) -> None:
+    model = tiny_model()
+    on_gpu, each = vr.digest_tensors(model, algorithm=algorithm)
+    on_host, host_each = vr.digest_tensors(
+        {n: t.detach().cpu() for n, t in model.state_dict().items()}, algorithm=algorithm
+    )
+    assert on_gpu == on_host
+    assert each == host_each
+    manager = vr.Manager("gpu-worker", algorithm=algorithm)
+    sealed = manager.seal(model, model_id="tiny-llama")
+    assert sealed.digest == on_gpu
+    for name, d in each.items():
+        assert sealed.tensors[name].digest == d
+    # One flipped byte in one tensor changes that tensor's digest and the model's.
+    w = model.state_dict()["model.layers.1.mlp.up_proj.weight"]
+    w.view(torch.uint8)[77] ^= 1
+    flipped, flipped_each = vr.digest_tensors(model, algorithm=algorithm)
+    assert flipped != on_gpu
+    assert [n for n in each if each[n] != flipped_each[n]] == ["model.layers.1.mlp.up_proj.weight"]
+
+
+def test_a_digest_is_ordered_after_the_work_on_the_tensors_stream() -> None:
+    side = torch.cuda.Stream()
+    n = 64 << 20
+    with torch.cuda.stream(side):
+        x = torch.zeros(n, dtype=torch.uint8, device="cuda")
+        torch.cuda._sleep(50_000_000)  # the fill starts long after the digest is asked for
+        x.fill_(7)
+        got = vr.digest(x, algorithm="blake3")
+    side.synchronize()
+    assert got == vr.digest(bytes([7]) * n, algorithm="blake3")

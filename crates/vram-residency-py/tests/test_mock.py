@@ -292,6 +292,29 @@ def test_digest_matches_the_reference(reference: ModuleType) -> None:
         vr.digest(12345)
 
 
+def test_digest_tensors_gives_what_a_seal_and_the_reference_give(
+    manager: vr.Manager, reference: ModuleType
+) -> None:
+    w = weights()
+    w["empty"] = np.zeros((0, 4), dtype=np.float32)
+    model, each = vr.digest_tensors(w, algorithm=ALG)
+    del w["empty"]
+    assert model == expected_model_digest(reference, w)
+    assert sorted(each) == sorted(w)
+    for name, array in w.items():
+        assert each[name] == vr.digest(array, algorithm=ALG)
+    # The same tensors sealed: the same model digest, with no manager needed to get it.
+    assert manager.seal(w, model_id="tiny").digest == model
+    for alg in ("blake3", "sha256"):
+        other, per = vr.digest_tensors(w, algorithm=alg)
+        assert other != model
+        assert per["lm_head.weight"] == vr.digest(w["lm_head.weight"], algorithm=alg)
+    with pytest.raises(vr.BadInput):
+        vr.digest_tensors({"e": np.zeros(0, dtype=np.uint8)})
+    with pytest.raises(vr.BadInput):
+        vr.digest_tensors([1, 2, 3])
+
+
 class CudaArray:
     """An object that speaks `__cuda_array_interface__` (as CuPy and Numba arrays do)."""
 

@@ -16,6 +16,7 @@ from ._native import (
     VramResidencyError,
     __version__,
     digest,
+    digest_tensors,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "VramResidencyError",
     "__version__",
     "digest",
+    "digest_tensors",
 ]

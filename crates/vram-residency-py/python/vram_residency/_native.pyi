@@ -21,6 +21,7 @@ __all__ = [
     "VramResidencyError",
     "__version__",
     "digest",
+    "digest_tensors",
 ]
 
 class VramResidencyError(Exception):
@@ -258,6 +259,18 @@ def digest(
     *,
     algorithm: str = "sha256-tree-65536",
 ) -> str:
-    """The digest of a buffer's bytes (bytes, a NumPy array, a PyTorch tensor on any device,
-    copied to the host) as `ALG:HEX`, bare hex for flat `sha256`: the same string as the Rust
-    side and `vramctl digest --tensors` give for the same bytes."""
+    """The digest of a buffer's bytes (bytes, a NumPy array, a PyTorch tensor on any device, a
+    CUDA array) as `ALG:HEX`, bare hex for flat `sha256`: the same string as the Rust side and
+    `vramctl digest --tensors` give for the same bytes. A GPU tensor is hashed where it lies
+    (no host copy), after the work queued on its stream; host buffers on the host."""
+
+def digest_tensors(
+    tensors: Mapping[str, Any] | Any,
+    *,
+    algorithm: str = "sha256-tree-65536",
+) -> tuple[str, dict[str, str]]:
+    """Every tensor's digest and the model digest of a `torch.nn.Module` or a mapping of names
+    to tensors, with no manager: `(model_digest, {name: digest})`, as `vramctl digest
+    --tensors` prints them for the same tensors saved as a safetensors file. A device's GPU
+    tensors are hashed where they lie in one launch sequence, after the work queued on their
+    stream. Empty tensors are left out, as the model digest leaves them out."""
