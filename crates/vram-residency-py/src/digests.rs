@@ -11,8 +11,7 @@ use pyo3::types::PyDict;
 use vram_residency::digest::{DigestHasher, tagged};
 use vram_residency::model::{TAG, TensorEntry, model_digest};
 use vram_residency::{
-    DigestAlgorithm, ForeignRange, RangeDigester, ShardDigest, VramError,
-    compute_digest,
+    DigestAlgorithm, ForeignRange, RangeDigester, ShardDigest, VramError, compute_digest,
 };
 
 use crate::errors::{bad_input, to_py};
@@ -63,10 +62,10 @@ pub(crate) fn digest_tensors<'py>(
     tensors: &Bound<'py, PyAny>,
     algorithm: DigestAlgorithm,
 ) -> PyResult<(String, Bound<'py, PyDict>)> {
-    let mut taken: BTreeMap<String, Taken> = BTreeMap::new();
+    let mut taken: BTreeMap<String, Given> = BTreeMap::new();
     for (name, obj) in crate::manager::named_tensors(tensors)? {
-        let t = tensors::take(&name, &obj)?;
-        if t.len > 0 && taken.insert(name.clone(), t).is_some() {
+        let given = Given::of(&name, &obj)?;
+        if given.len() > 0 && taken.insert(name.clone(), given).is_some() {
             return Err(bad_input("tensors", format!("{name:?} is given twice")));
         }
     }
@@ -79,23 +78,28 @@ pub(crate) fn digest_tensors<'py>(
     // Device tensors, one launch sequence per device; host tensors on the host.
     let mut digests: BTreeMap<&str, ShardDigest> = BTreeMap::new();
     let mut by_device: BTreeMap<u32, Vec<(&str, &Taken)>> = BTreeMap::new();
-    for (name, t) in &taken {
-        match &t.memory {
-            Memory::Device { device, .. } => {
-                by_device.entry(*device).or_default().push((name, t));
-            }
-            Memory::Host(host) => {
-                let host = host.clone();
-                let d = py
-                    .detach(move || {
-                        let mut hasher = DigestHasher::new(algorithm);
-                        host.read(&mut |bytes| hasher.update(bytes))?;
-                        Ok::<_, VramError>(hasher.finalize())
-                    })
-                    .map_err(|e| to_py(&e))?;
-                digests.insert(name, d);
-            }
-        }
+    for (name, given) in &taken {
+        let host = match given {
+            Given::Taken(t) => match &t.memory {
+                Memory::Device { device, .. } => {
+                    by_device.entry(*device).or_default().push((name, t));
+                    continue;
+                }
+                Memory::Host(host) => Host::Tensor(host.clone()),
+            },
+            Given::HostBytes { bytes, .. } => Host::Bytes(bytes),
+        };
+        let d = py
+            .detach(move || {
+                let mut hasher = DigestHasher::new(algorithm);
+                match host {
+                    Host::Tensor(t) => t.read(&mut |bytes| hasher.update(bytes))?,
+                    Host::Bytes(bytes) => hasher.update(bytes),
+                }
+                Ok::<_, VramError>(hasher.finalize())
+            })
+            .map_err(|e| to_py(&e))?;
+        digests.insert(name, d);
     }
     for group in by_device.values() {
         let ts: Vec<&Taken> = group.iter().map(|(_, t)| *t).collect();
@@ -105,15 +109,16 @@ pub(crate) fn digest_tensors<'py>(
     }
     let entries = taken
         .iter()
-        .map(|(name, t)| {
+        .map(|(name, given)| {
             let digest = *digests
                 .get(name.as_str())
                 .ok_or_else(|| to_py(&VramError::Unreachable("every tensor is digested")))?;
+            let (dtype, shape) = given.description();
             Ok(TensorEntry {
                 name: name.clone(),
-                dtype: t.dtype.clone(),
-                shape: t.shape.clone(),
-                bytes: u64::try_from(t.len).unwrap_or(u64::MAX),
+                dtype: dtype.to_owned(),
+                shape: shape.to_vec(),
+                bytes: u64::try_from(given.len()).unwrap_or(u64::MAX),
                 algorithm,
                 digest,
             })
@@ -127,6 +132,51 @@ pub(crate) fn digest_tensors<'py>(
     Ok((format!("{TAG}:{}", model.to_hex()), out))
 }
 
+/// A tensor given to [`digest_tensors`]: taken where it lies, or a host tensor PyTorch holds
+/// (copied out: the host path of today's weight checkers).
+enum Given {
+    Taken(Taken),
+    HostBytes {
+        dtype: &'static str,
+        shape: Vec<u64>,
+        bytes: Vec<u8>,
+    },
+}
+
+/// What a host tensor's digest reads.
+enum Host<'a> {
+    Tensor(std::sync::Arc<dyn vram_residency::HostTensor>),
+    Bytes(&'a [u8]),
+}
+
+impl Given {
+    fn of(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+        if tensors::is_torch_tensor(obj)? && !on_gpu(obj)? {
+            let (dtype, shape) = tensors::torch_description(name, obj)?;
+            return Ok(Self::HostBytes {
+                dtype,
+                shape,
+                bytes: tensors::bytes_on_host(obj)?,
+            });
+        }
+        tensors::take(name, obj).map(Self::Taken)
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Taken(t) => t.len,
+            Self::HostBytes { bytes, .. } => bytes.len(),
+        }
+    }
+
+    fn description(&self) -> (&str, &[u64]) {
+        match self {
+            Self::Taken(t) => (&t.dtype, &t.shape),
+            Self::HostBytes { dtype, shape, .. } => (dtype, shape),
+        }
+    }
+}
+
 /// Digests of tensors of one device, in order, where they lie: after the work queued on each
 /// producer's stream (the GPU waits; the host does not).
 fn on_device(
@@ -138,7 +188,9 @@ fn on_device(
     let mut streams: Vec<HeldStream> = Vec::new();
     for t in taken {
         let range = t.device_range().ok_or_else(|| {
-            to_py(&VramError::Unreachable("a device tensor has a device range"))
+            to_py(&VramError::Unreachable(
+                "a device tensor has a device range",
+            ))
         })?;
         if let Some(stream) = &t.producer_stream
             && let Some(held) = engine_stream(py, range.device_ordinal(), Some(stream.bind(py)))?

@@ -418,7 +418,9 @@ impl Manager {
 }
 
 /// `(name, tensor)` pairs of a module's `state_dict()` or of a mapping.
-pub(crate) fn named_tensors<'py>(tensors: &Bound<'py, PyAny>) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
+pub(crate) fn named_tensors<'py>(
+    tensors: &Bound<'py, PyAny>,
+) -> PyResult<Vec<(String, Bound<'py, PyAny>)>> {
     let mapping = if tensors.hasattr("state_dict")? && tensors.hasattr("named_parameters")? {
         tensors.call_method0("state_dict")?
     } else {

@@ -165,6 +165,21 @@ pub(crate) fn is_torch_tensor(obj: &Bound<'_, PyAny>) -> PyResult<bool> {
         && obj.hasattr("untyped_storage")?)
 }
 
+/// A PyTorch tensor's element type as model files name it, and its shape.
+pub(crate) fn torch_description(
+    name: &str,
+    obj: &Bound<'_, PyAny>,
+) -> PyResult<(&'static str, Vec<u64>)> {
+    let dtype: String = obj.getattr("dtype")?.str()?.extract()?;
+    let dtype = torch_dtype(&dtype).ok_or_else(|| {
+        bad_input(
+            "tensor",
+            format!("{name:?} has dtype {dtype}, which model files do not name"),
+        )
+    })?;
+    Ok((dtype, obj.getattr("shape")?.extract()?))
+}
+
 fn take_torch(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
     let device = obj.getattr("device")?;
     let kind: String = device.getattr("type")?.extract()?;
@@ -183,14 +198,7 @@ fn take_torch(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
     let device = index.unwrap_or(0);
     let len: usize = obj.getattr("nbytes")?.extract()?;
     let address: u64 = obj.call_method0("data_ptr")?.extract()?;
-    let dtype: String = obj.getattr("dtype")?.str()?.extract()?;
-    let dtype = torch_dtype(&dtype).ok_or_else(|| {
-        bad_input(
-            "tensor",
-            format!("{name:?} has dtype {dtype}, which model files do not name"),
-        )
-    })?;
-    let shape: Vec<u64> = obj.getattr("shape")?.extract()?;
+    let (dtype, shape) = torch_description(name, obj)?;
     let torch = obj.py().import("torch")?;
     let stream = torch
         .getattr("cuda")?
@@ -303,9 +311,11 @@ fn external_stream(py: Python<'_>, name: &str, handle: u64, device: u32) -> PyRe
             .extract()
             .ok()
     };
+    // 0 is disallowed by the interface (it could mean either default stream), and PyTorch
+    // reports its legacy default stream as 0: a producer that names 0 vouches for nothing.
     let known = matches!(handle, 1 | 2)
         || cupy.as_ref().and_then(|c| current(c, false)) == Some(handle)
-        || torch.as_ref().and_then(|t| current(t, true)) == Some(handle);
+        || (handle != 0 && torch.as_ref().and_then(|t| current(t, true)) == Some(handle));
     if !known {
         return Err(bad_input(
             "tensor",
