@@ -40,8 +40,8 @@ impl RangeDigester {
     /// Every GPU of the machine, through the CUDA driver (loaded at run time).
     ///
     /// # Errors
-    /// [`VramError::CudaOperationFailed`] / [`VramError::CudaUnavailable`] when the driver or a
-    /// device cannot be opened.
+    /// [`VramError::NoGpu`] without a driver or GPU; [`VramError::DriverTooOld`]; CUDA errors
+    /// while opening a device.
     pub fn cuda() -> Result<Self, VramError> {
         Ok(Self {
             backend: Arc::new(CudaBackend::open()?),
