@@ -5,7 +5,8 @@
 //! `nvcc -ptx -O3 -arch=compute_75`, or NVRTC with `-arch=compute_75`, made on another machine:
 //! `blake3_tree.ptx` is NVRTC 12.8's, the PTX the GPU tests ran); `ptx --check` (run by `ci`) proves
 //! each committed PTX file was made from the `.cu` beside it, by the SHA-256 of the source that
-//! its first line records.
+//! its first line records (the `.cu`, then each header it includes from the same directory,
+//! `range_table.cuh`).
 //!
 //! The stamp also lowers the PTX ISA version that nvcc 13 writes (9.0, which only a CUDA 13
 //! driver loads) to 8.7, the version of the oldest driver the workspace accepts (CUDA 12.8,
@@ -36,10 +37,39 @@ fn sources(root: &Path) -> Result<Vec<PathBuf>, DynError> {
     Ok(cu)
 }
 
-fn sha256_hex(path: &Path) -> Result<String, DynError> {
-    let out = Command::new("sha256sum").arg(path).output()?;
+/// The source a PTX file is made from: the `.cu`, then each header it includes from this
+/// directory (`#include "name"`), in order.
+fn source_bytes(cu: &Path) -> Result<Vec<u8>, DynError> {
+    let text = std::fs::read(cu)?;
+    let mut bytes = text.clone();
+    for line in String::from_utf8_lossy(&text).lines() {
+        if let Some(name) = line
+            .trim()
+            .strip_prefix("#include \"")
+            .and_then(|rest| rest.strip_suffix('"'))
+        {
+            let header = cu.with_file_name(name);
+            bytes.extend(std::fs::read(&header).map_err(|e| format!("{}: {e}", header.display()))?);
+        }
+    }
+    Ok(bytes)
+}
+
+/// SHA-256 of a `.cu` and the headers it includes (`source_bytes`).
+fn sha256_hex(cu: &Path) -> Result<String, DynError> {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    child
+        .stdin
+        .take()
+        .ok_or("sha256sum has no stdin")?
+        .write_all(&source_bytes(cu)?)?;
+    let out = child.wait_with_output()?;
     if !out.status.success() {
-        return Err(format!("sha256sum {} failed", path.display()).into());
+        return Err(format!("sha256sum of {} failed", cu.display()).into());
     }
     String::from_utf8(out.stdout)?
         .split_whitespace()
@@ -147,5 +177,18 @@ mod tests {
         assert!(once.contains(".version 8.7\n"));
         assert_eq!(stamp(&once, "ab").unwrap(), once, "idempotent");
         assert!(stamp("no version", "ab").is_err());
+    }
+
+    #[test]
+    fn the_source_hash_covers_the_headers_a_kernel_includes() {
+        let dir = std::env::temp_dir().join(format!("xtask-ptx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cu = dir.join("k.cu");
+        std::fs::write(&cu, "#include <stdint.h>\n#include \"h.cuh\"\nint k;\n").unwrap();
+        std::fs::write(dir.join("h.cuh"), "int h;\n").unwrap();
+        let before = sha256_hex(&cu).unwrap();
+        std::fs::write(dir.join("h.cuh"), "int h2;\n").unwrap();
+        assert_ne!(sha256_hex(&cu).unwrap(), before, "a changed header changes the hash");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

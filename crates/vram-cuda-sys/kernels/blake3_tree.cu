@@ -12,6 +12,8 @@
 
 #include <stdint.h>
 
+#include "range_table.cuh"
+
 #define IV0 0x6a09e667u
 #define IV1 0xbb67ae85u
 #define IV2 0x3c6ef372u
@@ -162,18 +164,6 @@ extern "C" __global__ void __launch_bounds__(128) blake3_chunks(
         uint64_t chunk = first_chunk + i;
         hash_chunk(data, total_len, chunk, cvs + chunk * 8);
     }
-}
-
-// The range holding entry `g` of a segmented list: the last r < ranges with offs[r] <= g
-// (`offs` has ranges + 1 ascending entries, offs[0] = 0, g < offs[ranges]).
-__device__ __forceinline__ uint64_t range_of(const uint64_t* __restrict__ offs, uint64_t ranges,
-                                             uint64_t g) {
-    uint64_t lo = 0, hi = ranges;  // offs[lo] <= g < offs[hi]
-    while (hi - lo > 1) {
-        uint64_t mid = lo + (hi - lo) / 2;
-        if (offs[mid] <= g) lo = mid; else hi = mid;
-    }
-    return lo;
 }
 
 // The chunks of many ranges (a model's tensors) in one launch: range r is lens[r] bytes at

@@ -7,6 +7,8 @@
 
 #include <stdint.h>
 
+#include "range_table.cuh"
+
 __constant__ uint32_t K[64] = {
     0x428a2f98u, 0x71374491u, 0xb5c0fbcfu, 0xe9b5dba5u, 0x3956c25bu, 0x59f111f1u, 0x923f82a4u, 0xab1c5ed5u,
     0xd807aa98u, 0x12835b01u, 0x243185beu, 0x550c7dc3u, 0x72be5d74u, 0x80deb1feu, 0x9bdc06a7u, 0xc19bf174u,
@@ -133,18 +135,6 @@ extern "C" __global__ void __launch_bounds__(128) sha256_leaves(
     if (t >= leaf_count) return;
     uint64_t leaf = first_leaf + t;
     hash_leaf(data, total_len, leaf_size, leaf, slice_begin, slice_len, state + leaf * 8);
-}
-
-// The range holding entry `g` of a segmented list: the last r < ranges with offs[r] <= g
-// (`offs` has ranges + 1 ascending entries, offs[0] = 0, g < offs[ranges]).
-__device__ __forceinline__ uint64_t range_of(const uint64_t* __restrict__ offs, uint64_t ranges,
-                                             uint64_t g) {
-    uint64_t lo = 0, hi = ranges;  // offs[lo] <= g < offs[hi]
-    while (hi - lo > 1) {
-        uint64_t mid = lo + (hi - lo) / 2;
-        if (offs[mid] <= g) lo = mid; else hi = mid;
-    }
-    return lo;
 }
 
 // The leaves of many ranges (a model's tensors) in one launch: range r is lens[r] bytes at
