@@ -188,7 +188,11 @@ mod tests {
         std::fs::write(dir.join("h.cuh"), "int h;\n").unwrap();
         let before = sha256_hex(&cu).unwrap();
         std::fs::write(dir.join("h.cuh"), "int h2;\n").unwrap();
-        assert_ne!(sha256_hex(&cu).unwrap(), before, "a changed header changes the hash");
+        assert_ne!(
+            sha256_hex(&cu).unwrap(),
+            before,
+            "a changed header changes the hash"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
