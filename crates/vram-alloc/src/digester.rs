@@ -48,6 +48,11 @@ impl RangeDigester {
         })
     }
 
+    /// On a manager's backend (an update names the tensor that differs).
+    pub(crate) fn on(backend: Arc<dyn Backend>) -> Self {
+        Self { backend }
+    }
+
     /// The mock backend's memory (tests, the demo): ranges made by
     /// [`MockBackend::engine_memory`] or [`MockBackend::engine_host_tensor`].
     #[must_use]

@@ -97,7 +97,7 @@ pub use manager::{
     EngineTensor, ExecutionMode, ExpectedFrom, GroupPart, GroupPlan, LentTensor, ModelExecution,
     ModelWeights, PlanError, PlanStep, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart,
     SealPlan, SealedGroup, SealedModel, SealedTensor, StepReport, StepScrubOptions, StepScrubber,
-    VramManager, VramManagerBuilder, Weights,
+    UpdateExpectation, VramManager, VramManagerBuilder, Weights,
 };
 pub use metrics::{DeviceUsage, ExecutionCounts, VramMetrics};
 /// An engine's memory to seal in place ([`VramManager::seal_in_place`]); its constructor from a

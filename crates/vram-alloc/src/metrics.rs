@@ -56,6 +56,7 @@ pub(crate) struct Metrics {
     oldest_proof: Family<DeviceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     executions: Family<OperationLabels, Counter>,
     expected: Family<ExpectedLabels, Counter>,
+    updates: Family<OperationLabels, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,6 +179,12 @@ impl Metrics {
             "Seals checked against an expected digest, by where it came from (caller, manifest, signed-manifest, unverified-signed-manifest: a signed manifest whose signature was not checked)",
             expected.clone(),
         );
+        let updates = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "vram_model_updates",
+            "Updates of models sealed in place, by result (sender: the sender's digest matched; trusted: sealed on the caller's word; refused)",
+            updates.clone(),
+        );
         registry.register(
             "vram_verify_duration_seconds",
             "Time to verify a sealed shard, digest of the resident bytes included",
@@ -197,7 +204,18 @@ impl Metrics {
             oldest_proof,
             executions,
             expected,
+            updates,
         }
+    }
+
+    /// Counts an update of a model on `gpu` that ended with `result`.
+    pub(crate) fn count_update(&self, gpu: u32, result: &str) {
+        self.updates
+            .get_or_create(&OperationLabels {
+                gpu_device: gpu.to_string(),
+                result: result.to_owned(),
+            })
+            .inc();
     }
 
     /// Counts a seal checked against an expected digest from `from`.

@@ -43,11 +43,12 @@ enum Value {
     Text(String),
     Int(u64),
     OptInt(Option<u32>),
+    OptText(Option<String>),
 }
 
 /// The variant name and fields of `e`.
 fn describe(e: &VramError) -> (&'static str, Vec<(&'static str, Value)>) {
-    use Value::{Int, OptInt, Text};
+    use Value::{Int, OptInt, OptText, Text};
     let size = |n: usize| Int(u64::try_from(n).unwrap_or(u64::MAX));
     match e {
         VramError::InsufficientVram {
@@ -97,6 +98,23 @@ fn describe(e: &VramError) -> (&'static str, Vec<(&'static str, Value)>) {
                 ("shard_id", Text(shard_id.clone())),
                 ("expected", Text(expected.clone())),
                 ("actual", Text(actual.clone())),
+            ],
+        ),
+        VramError::ModelUpdating { model_id } => {
+            ("ModelUpdating", vec![("model_id", Text(model_id.clone()))])
+        }
+        VramError::UpdateRefused {
+            model_id,
+            expected,
+            found,
+            tensor,
+        } => (
+            "UpdateRefused",
+            vec![
+                ("model_id", Text(model_id.clone())),
+                ("expected", Text(expected.clone())),
+                ("found", Text(found.clone())),
+                ("tensor", OptText(tensor.clone())),
             ],
         ),
         VramError::UnexpectedDigest { expected, actual } => (
@@ -271,6 +289,7 @@ pub(crate) fn to_py(e: &VramError) -> PyErr {
                 Value::Text(text) => value.setattr(name, text),
                 Value::Int(n) => value.setattr(name, n),
                 Value::OptInt(n) => value.setattr(name, n),
+                Value::OptText(text) => value.setattr(name, text),
             };
         }
     });

@@ -12,7 +12,7 @@ use vram_residency::model::TAG;
 use vram_residency::token::{TOKEN_ENV, read_token_file, token_from_env};
 use vram_residency::{
     AuditFailurePolicy, DigestAlgorithm, EngineTensor, GpuShare, MockBackend, ScrubOptions,
-    SealKey, ShardDigest, StepScrubOptions, VramConfig, VramError, VramManager,
+    SealKey, ShardDigest, StepScrubOptions, UpdateExpectation, VramConfig, VramError, VramManager,
 };
 use zeroize::Zeroizing;
 
@@ -154,23 +154,7 @@ impl Manager {
         expect: Option<&str>,
     ) -> PyResult<SealedModel> {
         let expected = expect.map(parse_model_digest).transpose()?;
-        let named = named_tensors(tensors)?;
-        let mut taken = Vec::with_capacity(named.len());
-        for (name, obj) in &named {
-            let t = take(name, obj)?;
-            // Empty tensors hold no weights: the model digest leaves them out
-            // (`.specs/model-digest.md`), and there is nothing of them to seal.
-            if t.len > 0 {
-                taken.push((name.clone(), t));
-            }
-        }
-        if taken.is_empty() && !named.is_empty() {
-            return Err(bad_input(
-                "tensors",
-                "no tensor with bytes: every tensor given is empty, and empty tensors are not sealed",
-            ));
-        }
-        let (engine, lent) = self.engine_tensors(py, taken)?;
+        let (engine, lent) = self.tensors_to_seal(py, tensors)?;
         let manager = self.manager.clone();
         let model_id = model_id.to_owned();
         let model = py
@@ -325,9 +309,78 @@ impl Manager {
             .collect()
     }
 
+    /// Announces an update of `sealed`: until `update` accepts one, no check, window or
+    /// scrubber vouches for it (they refuse it with `BadInput`, kind `ModelUpdating`; nothing is
+    /// recorded as failed, nothing stops), so the engine may rewrite its tensors or free them.
+    fn begin_update(&self, py: Python<'_>, sealed: &SealedModel) -> PyResult<()> {
+        let held = sealed.held_by(&self.manager)?;
+        let manager = self.manager.clone();
+        py.detach(move || manager.begin_update(&held.model))
+            .map_err(|e| to_py(&e))
+    }
+
+    /// Seals an announced update: `tensors` (the new storage, a module or mapping; `None`: the
+    /// tensors sealed before, rewritten in place) are hashed where they lie and sealed again as
+    /// the model when they hash to `expect` (the sender's `vram-model-v1:HEX`, or the
+    /// `(model_digest, {name: digest})` pair `digest_tensors` gives, which names the first tensor
+    /// that differs), or when `trust_new_bytes=True` (audited as trusted). Returns the new
+    /// sealed model; the old one is vouched for no more.
+    #[pyo3(signature = (sealed, tensors=None, *, expect=None, trust_new_bytes=false))]
+    fn update(
+        &self,
+        py: Python<'_>,
+        sealed: &SealedModel,
+        tensors: Option<&Bound<'_, PyAny>>,
+        expect: Option<&Bound<'_, PyAny>>,
+        trust_new_bytes: bool,
+    ) -> PyResult<SealedModel> {
+        let held = sealed.held_by(&self.manager)?;
+        let expectation = match (expect, trust_new_bytes) {
+            (Some(_), true) => {
+                return Err(bad_input(
+                    "expect",
+                    "give the sender's digest or trust_new_bytes=True, not both",
+                ));
+            }
+            (None, false) => {
+                return Err(bad_input(
+                    "expect",
+                    "an update is sealed only against the sender's digest (expect=); trust_new_bytes=True seals the bytes on your word, audited as such",
+                ));
+            }
+            (None, true) => UpdateExpectation::TrustNewBytes,
+            (Some(e), false) => parse_expectation(e)?,
+        };
+        let (engine, lent) = match tensors {
+            Some(t) => self.tensors_to_seal(py, t)?,
+            None => {
+                let mapping = pyo3::types::PyDict::new(py);
+                for (name, owner) in held.lent.names.iter().zip(&held.lent.owners) {
+                    mapping.set_item(name, owner.bind(py))?;
+                }
+                self.tensors_to_seal(py, mapping.as_any())?
+            }
+        };
+        let manager = self.manager.clone();
+        let old = held.clone();
+        let model = py
+            .detach(move || manager.update_model(&old.model, engine, &expectation))
+            .map_err(|e| to_py(&e))?;
+        SealedModel::new(
+            py,
+            Held {
+                model,
+                lent,
+                manager: self.manager.clone(),
+            },
+        )
+    }
+
     /// Releases the model's shards (the tensors stay the engine's). Idempotent.
     fn release(&self, py: Python<'_>, sealed: &SealedModel) -> PyResult<()> {
         if let Some(held) = sealed.release_by(&self.manager)? {
+            // A hold for an update ends with the model.
+            self.manager.release_model(held.model.clone());
             // Released once no execution holds it; audited by the manager.
             py.detach(move || drop(held));
         }
@@ -344,6 +397,32 @@ impl Manager {
 }
 
 impl Manager {
+    /// The tensors of a module or mapping, taken where they lie (empty ones left out, as the
+    /// model digest leaves them out), ready to seal.
+    fn tensors_to_seal(
+        &self,
+        py: Python<'_>,
+        tensors: &Bound<'_, PyAny>,
+    ) -> PyResult<(Vec<EngineTensor>, Lent)> {
+        let named = named_tensors(tensors)?;
+        let mut taken = Vec::with_capacity(named.len());
+        for (name, obj) in &named {
+            let t = take(name, obj)?;
+            // Empty tensors hold no weights: the model digest leaves them out
+            // (`.specs/model-digest.md`), and there is nothing of them to seal.
+            if t.len > 0 {
+                taken.push((name.clone(), t));
+            }
+        }
+        if taken.is_empty() && !named.is_empty() {
+            return Err(bad_input(
+                "tensors",
+                "no tensor with bytes: every tensor given is empty, and empty tensors are not sealed",
+            ));
+        }
+        self.engine_tensors(py, taken)
+    }
+
     /// The ranges to seal, on this manager's backend, after the producer's queued work on
     /// them is finished.
     fn engine_tensors(
@@ -353,6 +432,7 @@ impl Manager {
     ) -> PyResult<(Vec<EngineTensor>, Lent)> {
         let mut lent = Lent {
             owners: Vec::with_capacity(taken.len()),
+            names: Vec::with_capacity(taken.len()),
             producer_streams: Vec::new(),
             mock: self.mock.clone().map(|m| (m, Vec::new())),
         };
@@ -407,6 +487,8 @@ impl Manager {
                 range,
             });
             lent.owners.push(t.owner);
+            lent.names
+                .push(engine.last().map(|e| e.name.clone()).unwrap_or_default());
         }
         // The producer's work on the tensors was queued on these streams: it must be finished
         // before their bytes are hashed (one stream at a time, never the whole device).
@@ -438,6 +520,38 @@ pub(crate) fn named_tensors<'py>(
         out.push((name, tensor));
     }
     Ok(out)
+}
+
+/// An update's expectation: a model digest, or `(model_digest, {name: digest})` as
+/// `digest_tensors` returns it.
+fn parse_expectation(expect: &Bound<'_, PyAny>) -> PyResult<UpdateExpectation> {
+    if let Ok(text) = expect.extract::<String>() {
+        return Ok(UpdateExpectation::Digest {
+            model: parse_model_digest(&text)?,
+            tensors: None,
+        });
+    }
+    let (model, each): (String, std::collections::BTreeMap<String, String>) =
+        expect.extract().map_err(|_| {
+            bad_input(
+                "expect",
+                "give a model digest (vram-model-v1:HEX) or the (model_digest, {name: digest}) pair digest_tensors returns",
+            )
+        })?;
+    let tensors = each
+        .into_iter()
+        .map(|(name, text)| {
+            vram_residency::digest::parse_tagged(&text, DigestAlgorithm::Sha256)
+                .map(|(_, d)| (name.clone(), d))
+                .ok_or_else(|| {
+                    bad_input("expect", format!("tensor {name:?}: {text:?} is no digest"))
+                })
+        })
+        .collect::<PyResult<_>>()?;
+    Ok(UpdateExpectation::Digest {
+        model: parse_model_digest(&model)?,
+        tensors: Some(tensors),
+    })
 }
 
 /// An expected model digest: `vram-model-v1:HEX` (as `vramctl digest --tensors` prints it) or

@@ -17,6 +17,8 @@ use crate::errors::bad_input;
 /// or not (at once: a refused seal leaves nothing in the mock behind).
 pub(crate) struct Lent {
     pub(crate) owners: Vec<Py<PyAny>>,
+    /// Each owner's name (an update with no new mapping takes the same tensors again).
+    pub(crate) names: Vec<String>,
     /// The streams the tensors were produced on (PyTorch's current stream, or the stream an
     /// array interface named), each once.
     pub(crate) producer_streams: Vec<Py<PyAny>>,

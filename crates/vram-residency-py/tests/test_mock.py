@@ -292,6 +292,45 @@ def test_digest_matches_the_reference(reference: ModuleType) -> None:
         vr.digest(12345)
 
 
+def test_an_update_is_sealed_again_only_as_the_sender_sent_it(manager: vr.Manager) -> None:
+    w = weights()
+    sealed = manager.seal(w, model_id="tiny")
+    manager.begin_update(sealed)
+    with pytest.raises(vr.BadInput) as updating:
+        manager.verify(sealed)
+    assert updating.value.kind == "ModelUpdating"
+    # A refit written in place; the sender's digests travel with it.
+    w["model.layers.0.bias"][:] = np.arange(48, 96, dtype=np.int64)
+    sent = vr.digest_tensors(w)
+    new = manager.update(sealed, expect=sent)
+    assert new.digest == sent[0] != sealed.digest
+    manager.verify(new)
+    with pytest.raises(vr.IntegrityError) as old:
+        manager.verify(sealed)
+    assert old.value.kind == "NotSealed"
+    # Sleep and wake: new storage from an offloaded copy with one flipped byte, checked
+    # against the digest kept from before sleep.
+    kept = new.digest
+    manager.begin_update(new)
+    woken = {name: array.copy() for name, array in w.items()}
+    woken["lm_head.weight"][5] ^= 1
+    with pytest.raises(vr.IntegrityError) as refused:
+        manager.update(new, woken, expect=kept)
+    assert refused.value.kind == "UpdateRefused"
+    assert refused.value.tensor == "lm_head.weight"
+    assert not manager.is_stopped
+    with pytest.raises(vr.BadInput):
+        manager.verify(new)  # still refused
+    woken["lm_head.weight"][5] ^= 1
+    again = manager.update(new, woken, expect=kept)
+    assert again.digest == kept
+    manager.verify(again)
+    with pytest.raises(vr.BadInput):
+        manager.update(again)  # no expectation, no trust
+    with pytest.raises(vr.BadInput):
+        manager.update(again, expect=kept)  # not announced
+
+
 def test_digest_tensors_gives_what_a_seal_and_the_reference_give(
     manager: vr.Manager, reference: ModuleType
 ) -> None:

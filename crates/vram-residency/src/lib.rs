@@ -99,7 +99,7 @@ pub use vram_alloc::{
     ForeignRange, GroupPart, GroupPlan, LentTensor, ModelDigests, ModelExecution, ModelWeights,
     PlanError, PlanStep, RangeDigester, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart,
     SealPlan, SealedGroup, SealedModel, SealedTensor, StepReport, StepScrubOptions, StepScrubber,
-    VramManager, VramManagerBuilder, VramMetrics, Weights, audit, probe_gpus,
+    UpdateExpectation, VramManager, VramManagerBuilder, VramMetrics, Weights, audit, probe_gpus,
 };
 
 #[doc(inline)]

@@ -119,6 +119,36 @@ pub enum VramError {
         actual: String,
     },
 
+    /// A model under update (announced, or refused after an update whose bytes were not the
+    /// expected ones): no verification, window or scrubber pass vouches for it until an update
+    /// is accepted or the model is released. Nothing is stopped: the caller's own sequencing.
+    #[error(
+        "model {model_id:?} is being updated: it serves no request until an update is accepted (or it is released)"
+    )]
+    ModelUpdating {
+        /// The model's id.
+        model_id: String,
+    },
+
+    /// An update's bytes, hashed where they lie, do not have the digest the sender announced:
+    /// nothing was sealed, and the model stays refused until a good update or its release.
+    #[error(
+        "update of model {model_id:?} refused: the tensors hash to model digest {found}, expected {expected}{}",
+        tensor.as_deref().map(|t| format!("; first tensor that differs: {t:?}")).unwrap_or_default()
+    )]
+    UpdateRefused {
+        /// The model's id.
+        model_id: String,
+        /// The model digest the sender announced (hex).
+        expected: String,
+        /// The model digest of the bytes in VRAM (hex).
+        found: String,
+        /// The first tensor (in name order) whose digest differs from the sender's, or, with
+        /// only a model digest to compare, from the tensor's digest before the update; `None`
+        /// when none can be named.
+        tensor: Option<String>,
+    },
+
     /// The bytes that reached VRAM differ from the host bytes they were copied from (the
     /// cross-check of a seal): a broken copy path. Nothing was sealed.
     #[error(
@@ -321,6 +351,7 @@ impl VramError {
             | Self::ModifiedDuringExecution { .. }
             | Self::UnexpectedDigest { .. }
             | Self::UploadMismatch { .. }
+            | Self::UpdateRefused { .. }
             | Self::SealExpired { .. } => ErrorClass::Integrity,
             Self::PolicyViolation { .. } => ErrorClass::Policy,
             Self::InsufficientVram { .. } | Self::HostMemoryExhausted { .. } => {
@@ -330,6 +361,7 @@ impl VramError {
             | Self::InvalidInput { .. }
             | Self::MalformedModel(_)
             | Self::AlreadySealed { .. }
+            | Self::ModelUpdating { .. }
             | Self::InvalidKey(_)
             | Self::SourceReadFailed { .. } => ErrorClass::Input,
             Self::CudaAllocationFailed { .. }
@@ -379,6 +411,13 @@ impl VramError {
                 device: 0,
                 host: text(),
                 resident: text(),
+            },
+            Self::ModelUpdating { model_id: text() },
+            Self::UpdateRefused {
+                model_id: text(),
+                expected: text(),
+                found: text(),
+                tensor: Some(text()),
             },
             Self::SourceReadFailed {
                 offset: 0,

@@ -178,6 +178,52 @@ pub enum AuditEvent {
         /// Device ECC state when known.
         ecc_enabled: Option<bool>,
     },
+    /// An update of a model sealed in place was announced: nothing vouches for its tensors
+    /// until an update is accepted or the model is released.
+    ModelUpdateStarted {
+        /// The model's id.
+        model_id: String,
+        /// CUDA device index.
+        gpu_device: u32,
+        /// The model digest before the update.
+        digest: String,
+    },
+    /// An update was accepted: the model's tensors hash to the expected model digest (or the
+    /// caller vouched for them) and are sealed again, each with its own `VramSealed` record.
+    ModelUpdated {
+        /// The model's id.
+        model_id: String,
+        /// CUDA device index.
+        gpu_device: u32,
+        /// The model digest before the update.
+        old_digest: String,
+        /// The model digest now sealed.
+        digest: String,
+        /// `sender`: the digest was the sender's; `trusted`: no digest was given, the caller
+        /// vouched for the new bytes (recorded as a warning).
+        expected_from: String,
+    },
+    /// An update was refused (critical): the model stays refused until a good update or its
+    /// release.
+    ModelUpdateRefused {
+        /// The model's id.
+        model_id: String,
+        /// CUDA device index.
+        gpu_device: u32,
+        /// The model digest before the update.
+        old_digest: String,
+        /// The sender's model digest, when one was given.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expected: Option<String>,
+        /// The model digest of the bytes found, when they could be hashed.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        found: Option<String>,
+        /// The first tensor that differs, when one can be named.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tensor: Option<String>,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl AuditEvent {
@@ -187,11 +233,15 @@ impl AuditEvent {
         match self {
             Self::SealVerificationFailed { .. }
             | Self::PolicyViolation { .. }
+            | Self::ModelUpdateRefused { .. }
             | Self::SealAborted {
                 security_failure: true,
                 ..
             } => Severity::Critical,
             Self::VramAllocationFailed { .. } | Self::SealAborted { .. } => Severity::Warning,
+            Self::ModelUpdated { expected_from, .. } if expected_from != "sender" => {
+                Severity::Warning
+            }
             Self::VramDeallocated { error, .. } if error.is_some() => Severity::Warning,
             _ => Severity::Info,
         }
@@ -208,6 +258,9 @@ impl AuditEvent {
             Self::VramDeallocated { .. } => "VramDeallocated",
             Self::VramAllocationFailed { .. } => "VramAllocationFailed",
             Self::SealAborted { .. } => "SealAborted",
+            Self::ModelUpdateStarted { .. } => "ModelUpdateStarted",
+            Self::ModelUpdated { .. } => "ModelUpdated",
+            Self::ModelUpdateRefused { .. } => "ModelUpdateRefused",
             Self::PolicyViolation { .. } => "PolicyViolation",
             Self::DeviceAccepted { .. } => "DeviceAccepted",
         }

@@ -290,6 +290,7 @@ impl<'e> Core<'e> {
     /// was queued, it is audited as the failed verification it is.
     fn queue_ahead(&self, stream: EngineStream<'_>) -> Result<Box<dyn PendingDigest>, VramError> {
         let subject = self.subject();
+        subject.vouched(&self.shared)?;
         let queued = self.shared.ensure_running().and_then(|()| {
             let correlation_id = self.shared.next_correlation_id();
             let buffers = subject.checked_buffers(&self.shared, &correlation_id)?;
@@ -321,7 +322,7 @@ impl<'e> Core<'e> {
         if let Some(pending) = self.pending.take() {
             let subject = self.subject();
             let first = audited(&self.shared, &subject, |_| {
-                subject.compare(&pending.wait()?, Stage::Standalone)
+                subject.compare(&self.shared, &pending.wait()?, Stage::Standalone)
             });
             if let Err(e) = first {
                 return Err(self.refuse(e));

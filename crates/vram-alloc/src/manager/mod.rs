@@ -18,6 +18,7 @@ mod step_scrub;
 mod summary;
 #[cfg(feature = "test-utils")]
 mod test_hooks;
+mod update;
 mod verify;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ pub use seal::{GroupPlan, PlanError, PlanStep, SealPart, SealPlan};
 pub use seal_options::{ExpectedFrom, SealOptions};
 pub(crate) use shared::Shared;
 pub use step_scrub::{StepReport, StepScrubOptions, StepScrubber};
+pub use update::UpdateExpectation;
 
 /// Seals model shards into VRAM and verifies them. `Send + Sync`: share it with `Arc` and seal,
 /// verify, query and drop shards from many threads at once.

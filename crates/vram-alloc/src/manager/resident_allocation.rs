@@ -4,7 +4,7 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use vram_types::formats::TensorInfo;
 use vram_types::{SealedFields, ShardAllocation};
@@ -29,6 +29,10 @@ pub(crate) struct ResidentAllocation {
     tensors: Option<Vec<TensorInfo>>,
     /// The monotonic time of the last passed verification, in nanoseconds plus one (0: never).
     last_verified: AtomicU64,
+    /// The set (a model's or a group's id) it was sealed in, if any.
+    set: Option<String>,
+    /// Replaced by an update: no longer vouched for (its id may be sealed again).
+    superseded: AtomicBool,
 }
 
 impl ResidentAllocation {
@@ -39,8 +43,11 @@ impl ResidentAllocation {
         reservation: Option<Reservation>,
         sealed: SealedFields,
         tensors: Option<Vec<TensorInfo>>,
+        set: Option<String>,
     ) -> Self {
         Self {
+            set,
+            superseded: AtomicBool::new(false),
             tensors,
             buffer,
             correlation_id,
@@ -50,6 +57,21 @@ impl ResidentAllocation {
             shared,
             last_verified: AtomicU64::new(0),
         }
+    }
+
+    /// The set (a model's or a group's id) it was sealed in.
+    pub(crate) fn set(&self) -> Option<&str> {
+        self.set.as_deref()
+    }
+
+    /// Marks it replaced by an update: nothing vouches for it any more.
+    pub(crate) fn supersede(&self) {
+        self.superseded.store(true, Ordering::Release);
+    }
+
+    /// Whether an update replaced it.
+    pub(crate) fn is_superseded(&self) -> bool {
+        self.superseded.load(Ordering::Acquire)
     }
 
     /// Records a passed verification at monotonic time `at`.

@@ -314,6 +314,8 @@ impl Inner {
                         shard_id: resident.shard_id(),
                     });
                 }
+                // Held for an update since the round began: skipped, not failed.
+                Err(VramError::ModelUpdating { .. }) => {}
                 Err(error) => {
                     self.emit(&ScrubEvent::Failed {
                         shard_id: resident.shard_id(),
@@ -371,6 +373,7 @@ impl Inner {
         let turn = |r: &ResidentAllocation| turns.get(r.shard_id()).copied().unwrap_or(0);
         let shards: Vec<Arc<ResidentAllocation>> = live
             .iter()
+            .filter(|r| self.shared.vouches_for(r).is_ok())
             .filter(|r| requested.is_none_or(|at| turn(r) <= at))
             .cloned()
             .collect();

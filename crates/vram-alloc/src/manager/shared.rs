@@ -26,6 +26,9 @@ struct Registry {
     /// Live shards per device, kept as shards are committed and forgotten: a release (of a
     /// model of 100,000 tensors, each one) must not count every live shard again.
     resident: HashMap<u32, usize>,
+    /// Models under update (announced, or refused after a wrong update): nothing vouches for
+    /// their tensors until an update is accepted or they are released.
+    held: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -70,6 +73,11 @@ impl Shared {
             run_id,
             next_operation: AtomicU64::new(1),
         }
+    }
+
+    /// The backend, shared (for a digester on it).
+    pub(crate) fn backend_arc(&self) -> Arc<dyn Backend> {
+        Arc::clone(&self.backend)
     }
 
     pub(crate) fn backend(&self) -> &dyn Backend {
@@ -279,6 +287,51 @@ impl Shared {
             shared: Arc::clone(self),
             shard_id: shard_id.to_owned(),
         })
+    }
+
+    /// Holds a model for an update; `false` when it was held already.
+    pub(crate) fn hold(&self, model_id: &str) -> bool {
+        lock(&self.registry).held.insert(model_id.to_owned())
+    }
+
+    /// Ends a model's hold (an update accepted, or the model released).
+    pub(crate) fn unhold(&self, model_id: &str) {
+        lock(&self.registry).held.remove(model_id);
+    }
+
+    /// Whether `model_id` is held for an update.
+    pub(crate) fn is_held(&self, model_id: &str) -> bool {
+        lock(&self.registry).held.contains(model_id)
+    }
+
+    /// Whether the manager vouches for `resident` now: not replaced by an update, and not a
+    /// tensor of a model held for one. The one test every verification, window and scrubber
+    /// makes before it reads a shard, and again before it reports a digest that differs.
+    pub(crate) fn vouches_for(&self, resident: &ResidentAllocation) -> Result<(), VramError> {
+        // Held first: a model whose update was refused is under update, not released.
+        if let Some(model_id) = resident.set()
+            && self.is_held(model_id)
+        {
+            return Err(VramError::ModelUpdating {
+                model_id: model_id.to_owned(),
+            });
+        }
+        if resident.is_superseded() {
+            return Err(VramError::NotSealed {
+                shard_id: resident.shard_id().to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes a superseded shard's id off the registry, so that an update can seal it again.
+    pub(crate) fn forget_superseded(&self, resident: &ResidentAllocation) {
+        resident.supersede();
+        self.forget(
+            resident.shard_id(),
+            resident.buffer(),
+            resident.sealed().gpu_device,
+        );
     }
 
     /// Removes a released shard from the registry (only if it is still the same allocation).

@@ -348,7 +348,9 @@ impl StepScrubber {
     ) -> Result<(), VramError> {
         let now = self.shared.clock().monotonic();
         for (resident, digest) in job.shards.iter().zip(digests) {
-            if !self.shared.is_live(resident) {
+            // Released, or held for an update, while it was hashed: its memory may already
+            // hold the engine's new bytes, which nothing claims to be the sealed ones.
+            if !self.shared.is_live(resident) || self.shared.vouches_for(resident).is_err() {
                 continue;
             }
             let sealed = resident.sealed();
@@ -487,8 +489,8 @@ impl StepScrubber {
         let mut lens: Vec<usize> = Vec::new();
         let mut algorithm = None;
         while let Some(r) = self.order.pop() {
-            if busy.contains(r.shard_id()) {
-                continue; // being hashed now
+            if busy.contains(r.shard_id()) || self.shared.vouches_for(&r).is_err() {
+                continue; // being hashed now, or held for an update
             }
             let a = r.sealed().digest_algorithm;
             let Some(digest) = gpu_digest_of(a) else {

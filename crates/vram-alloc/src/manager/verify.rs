@@ -148,8 +148,15 @@ impl<'a> Subject<'a> {
         Ok(first)
     }
 
-    /// Each shard's digest against the sealed one; the first that differs names the error.
-    pub(super) fn compare(&self, actual: &[ShardDigest], stage: Stage) -> Result<(), VramError> {
+    /// Each shard's digest against the sealed one; the first that differs names the error,
+    /// unless the manager stopped vouching for the shards while they were hashed (an update was
+    /// announced): then nothing failed, and the subject is refused as under update.
+    pub(super) fn compare(
+        &self,
+        shared: &Shared,
+        actual: &[ShardDigest],
+        stage: Stage,
+    ) -> Result<(), VramError> {
         if actual.len() != self.shards.len() {
             return Err(VramError::Unreachable("one digest per shard"));
         }
@@ -157,6 +164,22 @@ impl<'a> Subject<'a> {
             .iter()
             .zip(actual)
             .try_for_each(|(shard, digest)| compare(shard, digest, stage))
+            .map_err(|e| self.vouched(shared).err().unwrap_or(e))
+    }
+
+    /// Whether the manager vouches for every shard now (`Shared::vouches_for`): a shard of a
+    /// model under update, or replaced by one, is refused before anything is read or audited.
+    /// A shard that is not this manager's is left to the checks that record it.
+    pub(super) fn vouched(&self, shared: &Shared) -> Result<(), VramError> {
+        self.shards.iter().try_for_each(|shard| {
+            match shard
+                .allocation()
+                .and_then(|a| a.as_any().downcast_ref::<ResidentAllocation>())
+            {
+                Some(resident) => shared.vouches_for(resident),
+                None => Ok(()),
+            }
+        })
     }
 }
 
@@ -177,6 +200,7 @@ pub(super) fn verify_ordered(
     order: DigestOrder<'_>,
     stage: Stage,
 ) -> Result<(), VramError> {
+    subject.vouched(shared)?;
     step("verify", || {
         audited(shared, subject, |correlation_id| {
             let buffers = step("check fields", || {
@@ -187,7 +211,7 @@ pub(super) fn verify_ordered(
                     .backend()
                     .digest(&buffers, subject.algorithm()?, share, order)
             })?;
-            subject.compare(&actual, stage)
+            subject.compare(shared, &actual, stage)
         })
     })
 }
@@ -247,6 +271,8 @@ pub(super) fn audited(
                 }
             })
         }
+        // Not a failure: the manager stopped vouching for the subject while it was checked.
+        Err(e @ VramError::ModelUpdating { .. }) => Err(e),
         Err(e) => {
             record_failure(shared, &correlation_id, id, device, &e);
             Err(e)

@@ -34,12 +34,16 @@ class VramResidencyError(Exception):
 class IntegrityError(VramResidencyError):
     """The bytes are not the bytes that were sealed, or cannot be shown to be: do not serve.
     `kind` is one of `IntegrityViolation`, `ModifiedDuringExecution`, `UnexpectedDigest`,
-    `SealVerificationFailed`, `SealExpired`, `NotSealed`, `UploadMismatch`. After an
-    integrity failure the manager stops (`Manager.is_stopped`)."""
+    `SealVerificationFailed`, `SealExpired`, `NotSealed`, `UploadMismatch`, `UpdateRefused`.
+    After an integrity failure the manager stops (`Manager.is_stopped`), except after
+    `UpdateRefused` (the model stays refused, nothing else) and `NotSealed`."""
 
     shard_id: str
     expected: str
     actual: str
+    model_id: str
+    found: str
+    tensor: str | None
 
 class PolicyViolation(VramResidencyError):
     """Memory or a device that breaks the VRAM-only policy (managed or host memory, an
@@ -57,9 +61,12 @@ class InsufficientVram(VramResidencyError):
     device: int
 
 class BadInput(VramResidencyError):
-    """An argument refused before anything was done: nothing changed, nothing was audited."""
+    """An argument refused before anything was done: nothing changed, nothing was audited.
+    Kind `ModelUpdating` (with `model_id`): the model is under an announced update, and is
+    served again once `update` accepts one."""
 
     reason: str
+    model_id: str
 
 @final
 class SealedTensor:
@@ -253,6 +260,25 @@ class Manager:
         """Releases the model's seals (the tensors stay the engine's). Idempotent. Another
         manager's model is refused with `BadInput` (as `verify`, `execute` and `attest` refuse
         it)."""
+    def begin_update(self, sealed: SealedModel) -> None:
+        """Announces an update of `sealed`: until `update` accepts one, no check, window or
+        scrubber vouches for it (`BadInput`, kind `ModelUpdating`; nothing recorded as failed,
+        nothing stopped), so the engine may rewrite its tensors in place or free them."""
+    def update(
+        self,
+        sealed: SealedModel,
+        tensors: Mapping[str, Any] | Any | None = None,
+        *,
+        expect: str | tuple[str, dict[str, str]] | None = None,
+        trust_new_bytes: bool = False,
+    ) -> SealedModel:
+        """Seals an announced update: `tensors` (the new storage; `None`: the tensors sealed
+        before, rewritten in place) hashed where they lie, sealed again when they hash to
+        `expect` (the sender's `vram-model-v1:HEX`, or `digest_tensors`'s pair, which names the
+        first tensor that differs) or with `trust_new_bytes=True` (audited as trusted). A
+        mismatch raises `IntegrityError` (kind `UpdateRefused`, `tensor` naming it) and leaves
+        the model refused until a good update or `release`; nothing stops. Returns the new
+        sealed model; the old one is vouched for no more."""
 
 def digest(
     data: bytes | bytearray | memoryview | Any,

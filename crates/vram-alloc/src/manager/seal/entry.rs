@@ -1,12 +1,15 @@
 //! The public entry points of sealing, one line each: every one is a plan
 //! ([`plan`](super::plan)), so every seal takes the same pre-flight, steps and failure story.
 
+use std::sync::Arc;
+
 use vram_seal::ShardDigest;
 use vram_types::{SealedShard, ShardSource, VramError};
 
 use super::super::group::{GroupPart, SealedGroup};
 use super::super::model::{EngineTensor, SealedModel};
 use super::super::seal_options::SealOptions;
+use super::super::shared::Shared;
 use super::super::{VramManager, step};
 use super::plan::{self, GroupPlan, Part, PlanError, SealPart, SealPlan};
 use super::steps::Source;
@@ -142,7 +145,11 @@ impl VramManager {
         tensors: Vec<EngineTensor>,
         expected: Option<&ShardDigest>,
     ) -> Result<SealedModel, VramError> {
-        Ok(plan::model(&self.shared, model_id, tensors, expected)?.execute_model()?)
+        let model = seal_model_set(&self.shared, model_id, tensors, expected)?;
+        // A new model under this id: a hold left by a model of that id released without
+        // `release_model` does not carry over.
+        self.shared.unhold(model_id);
+        Ok(model)
     }
 
     /// Seals a tensor-parallel model: part `i` becomes shard `i` of `parts.len()` (id
@@ -210,4 +217,15 @@ fn one(mut shards: Vec<SealedShard>) -> Result<SealedShard, VramError> {
     shards
         .pop()
         .ok_or(VramError::Unreachable("a plan of one part seals one shard"))
+}
+
+/// A model's tensors sealed in place as one set (the plan of `seal_model_in_place`, and of an
+/// accepted update).
+pub(in crate::manager) fn seal_model_set(
+    shared: &Arc<Shared>,
+    model_id: &str,
+    tensors: Vec<EngineTensor>,
+    expected: Option<&ShardDigest>,
+) -> Result<SealedModel, VramError> {
+    Ok(plan::model(shared, model_id, tensors, expected)?.execute_model()?)
 }

@@ -19,4 +19,5 @@ mod plan;
 mod preflight;
 mod steps;
 
+pub(super) use entry::seal_model_set;
 pub use plan::{GroupPlan, PlanError, PlanStep, SealPart, SealPlan};

@@ -500,6 +500,7 @@ impl Signed<'_> {
             reservation,
             self.fields.clone(),
             tensors,
+            set.map(str::to_owned),
         ));
         self.claim.commit(buffer, &resident);
         let allocation: Arc<dyn ShardAllocation> = resident;
