@@ -340,3 +340,36 @@ def test_a_digest_is_ordered_after_the_work_on_the_tensors_stream() -> None:
         got = vr.digest(x, algorithm="blake3")
     side.synchronize()
     assert got == vr.digest(bytes([7]) * n, algorithm="blake3")
+
+
+def test_a_refit_and_a_sleep_and_wake_are_sealed_again_only_as_sent(token_env: bytes) -> None:
+    model = tiny_model()
+    manager = vr.Manager("gpu-worker", algorithm="blake3")
+    sealed = manager.seal(model, model_id="tiny-llama")
+    # A refit written in place, checked against the sender's digests (computed where they lie).
+    manager.begin_update(sealed)
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.add_(1)
+    sent = vr.digest_tensors(model, algorithm="blake3")
+    refit = manager.update(sealed, expect=sent)
+    assert refit.digest == sent[0] != sealed.digest
+    manager.verify(refit)
+    # Sleep: offloaded, storage freed; wake: new storage, checked against the kept digest.
+    kept = refit.digest
+    manager.begin_update(refit)
+    offloaded = {n: t.detach().cpu().clone() for n, t in model.state_dict().items()}
+    for t in model.state_dict().values():
+        t.untyped_storage().resize_(0)
+    woken = {n: c.cuda() for n, c in offloaded.items()}
+    awake = manager.update(refit, woken, expect=kept)
+    assert awake.digest == kept
+    manager.verify(awake)
+    # One flipped byte in the offloaded copy: refused, the tensor named, nothing stopped.
+    manager.begin_update(awake)
+    offloaded["model.norm.weight"].view(torch.uint8)[3] ^= 1
+    bad = {n: c.cuda() for n, c in offloaded.items()}
+    with pytest.raises(vr.IntegrityError) as refused:
+        manager.update(awake, bad, expect=kept)
+    assert refused.value.kind == "UpdateRefused"
+    assert refused.value.tensor == "model.norm.weight"
+    assert not manager.is_stopped
