@@ -420,6 +420,46 @@ def test_cuda_array_interface_is_read_and_checked(manager: vr.Manager) -> None:
     assert not manager.is_stopped
 
 
+def test_a_stream_handle_nothing_vouches_for_is_refused_before_it_is_used(
+    manager: vr.Manager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A garbage handle in __cuda_array_interface__ crashed the process when synchronised; 0 is
+    # disallowed by the interface and is what PyTorch reports for its legacy default stream.
+    # PyTorch stands in here as a fake with a GPU (its current stream reported as 0, as the
+    # real one does), so the handles are judged as on a GPU machine.
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("cupy") is not None:
+        pytest.skip("CuPy is there: the GPU suite judges the handles with it")
+    waited: list[int] = []
+
+    class Stream:
+        def __init__(self, handle: int) -> None:
+            self.cuda_stream = handle
+
+        def synchronize(self) -> None:
+            waited.append(self.cuda_stream)
+
+    cuda = types.SimpleNamespace(
+        is_available=lambda: True,
+        current_stream=lambda device=None: Stream(0),
+        default_stream=lambda device=None: Stream(0),
+        ExternalStream=Stream,
+    )
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    for garbage in (0xDEADBEEF, 0):
+        with pytest.raises(vr.BadInput, match="nothing vouches"):
+            manager.seal({"w": CudaArray((2, 3), "<f4", None, stream=garbage)}, model_id="m")
+    # The legacy default stream (1) is vouched for: taken, then refused as device memory on
+    # the mock backend, before anything waits on it.
+    with pytest.raises(vr.BadInput, match="mock backend"):
+        manager.seal({"w": CudaArray((2, 3), "<f4", None, stream=1)}, model_id="m")
+    assert waited == []
+    assert not manager.is_stopped
+
+
 def test_the_scrubber_reverifies_everything_and_finds_a_change(manager: vr.Manager) -> None:
     import time
 
