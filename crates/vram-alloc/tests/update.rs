@@ -240,11 +240,13 @@ fn windows_and_the_scrubber_racing_an_update_serve_nothing_half_written_and_fail
         .start_scrubber(ScrubOptions::new().interval(Duration::ZERO))
         .unwrap();
     let rewriting = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
     let new = weights(8);
     let updated: SealedModel = std::thread::scope(|s| {
         let windows = s.spawn(|| {
             let mut outcomes = BTreeMap::<&str, usize>::new();
-            for _ in 0..400 {
+            // Until the update is accepted, however fast or slow the machine.
+            while !done.load(Ordering::Acquire) {
                 let during = rewriting.load(Ordering::Acquire);
                 let result = r
                     .manager
@@ -275,6 +277,7 @@ fn windows_and_the_scrubber_racing_an_update_serve_nothing_half_written_and_fail
             .update_model(&old, tensors.clone(), &expect)
             .unwrap();
         rewriting.store(false, Ordering::Release);
+        done.store(true, Ordering::Release);
         let outcomes = windows.join().unwrap();
         assert!(
             outcomes.keys().any(|k| k.starts_with("refused")),
