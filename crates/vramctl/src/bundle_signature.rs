@@ -92,15 +92,15 @@ impl SignerKey {
             .map(|k| Self::P384(k.into()))
     }
 
-    /// Whether `der_signature` signs `message`, hashed as `model_signing` hashes for the curve.
+    /// Whether `der_signature` signs `message`, hashed as `model_signing` hashes for the curve
+    /// (SHA-256 for P-256, SHA-384 for P-384).
     fn signs(&self, message: &[u8], der_signature: &[u8]) -> bool {
-        use p256::ecdsa::signature::Verifier as _;
-        match self {
-            Self::P256(k) => p256::ecdsa::DerSignature::try_from(der_signature)
-                .is_ok_and(|s| k.verify(message, &s).is_ok()),
-            Self::P384(k) => p384::ecdsa::DerSignature::try_from(der_signature)
-                .is_ok_and(|s| k.verify(message, &s).is_ok()),
-        }
+        use sha2::Digest as _;
+        let prehash = match self {
+            Self::P256(_) => sha2::Sha256::digest(message).to_vec(),
+            Self::P384(_) => sha2::Sha384::digest(message).to_vec(),
+        };
+        self.signs_prehash(&prehash, der_signature)
     }
 
     /// Whether `der_signature` signs the digest `prehash` (a certificate's, whatever its hash).

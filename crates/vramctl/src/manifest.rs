@@ -162,6 +162,20 @@ pub fn is_bare_line(line: &[u8]) -> bool {
 pub const BARE_ALGORITHMS: [DigestAlgorithm; 2] =
     [DigestAlgorithm::Sha256, DigestAlgorithm::Blake3];
 
+/// For a bare-hex line that failed under `assumed`: the other bare algorithm under which the
+/// file's digest (`digest_of`, `None` when it cannot be computed) is `want`, if any. The hint
+/// both `digest -c` and `seal --manifest` give for a `b3sum` manifest read as `sha256sum`'s.
+pub fn bare_as_other(
+    assumed: DigestAlgorithm,
+    want: &ShardDigest,
+    digest_of: impl Fn(DigestAlgorithm) -> Option<ShardDigest>,
+) -> Option<DigestAlgorithm> {
+    BARE_ALGORITHMS
+        .into_iter()
+        .filter(|a| *a != assumed)
+        .find(|a| digest_of(*a).is_some_and(|d| d.ct_eq(want)))
+}
+
 /// Whether a name a manifest gives leaves the manifest's directory (absolute, or through `..`):
 /// a manifest shipped with a model names the model's files, nothing else. Symbolic links out
 /// of the directory are the caller's to check, on the file system.

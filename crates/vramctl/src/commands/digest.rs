@@ -273,10 +273,7 @@ fn bare_as_other(
         json: true,
         quiet: true,
     };
-    vramctl::manifest::BARE_ALGORITHMS
-        .into_iter()
-        .filter(|a| *a != assumed)
-        .find(|a| digest_named(path, *a, quiet).is_ok_and(|d| d.ct_eq(want)))
+    vramctl::manifest::bare_as_other(assumed, want, |a| digest_named(path, a, quiet).ok())
 }
 
 /// Longest manifest line read: a digest and a path (at most 4096 bytes) with room to spare.

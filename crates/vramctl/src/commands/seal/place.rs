@@ -309,10 +309,7 @@ fn other_algorithm(
     assumed: DigestAlgorithm,
     digest: &vram_residency::ShardDigest,
 ) -> Option<DigestAlgorithm> {
-    vramctl::manifest::BARE_ALGORITHMS
-        .into_iter()
-        .filter(|a| *a != assumed)
-        .find(|a| digest_source(source, *a).is_ok_and(|d| d.ct_eq(digest)))
+    vramctl::manifest::bare_as_other(assumed, digest, |a| digest_source(source, a).ok())
 }
 
 /// How an error names an algorithm.
