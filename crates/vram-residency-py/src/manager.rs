@@ -160,14 +160,7 @@ impl Manager {
         let model = py
             .detach(move || manager.seal_model_in_place(&model_id, engine, expected.as_ref()))
             .map_err(|e| to_py(&e))?;
-        SealedModel::new(
-            py,
-            Held {
-                model,
-                lent,
-                manager: self.manager.clone(),
-            },
-        )
+        self.sealed_model(py, model, lent)
     }
 
     /// Verifies every tensor of the model against its seal, on the GPU, before a request.
@@ -366,14 +359,7 @@ impl Manager {
         let model = py
             .detach(move || manager.update_model(&old.model, engine, &expectation))
             .map_err(|e| to_py(&e))?;
-        SealedModel::new(
-            py,
-            Held {
-                model,
-                lent,
-                manager: self.manager.clone(),
-            },
-        )
+        self.sealed_model(py, model, lent)
     }
 
     /// Releases the model's shards (the tensors stay the engine's). Idempotent.
@@ -397,6 +383,23 @@ impl Manager {
 }
 
 impl Manager {
+    /// A model this manager sealed, as Python holds it.
+    fn sealed_model(
+        &self,
+        py: Python<'_>,
+        model: vram_residency::SealedModel,
+        lent: Lent,
+    ) -> PyResult<SealedModel> {
+        SealedModel::new(
+            py,
+            Held {
+                model,
+                lent,
+                manager: self.manager.clone(),
+            },
+        )
+    }
+
     /// The tensors of a module or mapping, taken where they lie (empty ones left out, as the
     /// model digest leaves them out), ready to seal.
     fn tensors_to_seal(
