@@ -8,16 +8,16 @@
 
 use std::sync::Arc;
 
-use vram_policy::rules;
 use vram_seal::ShardDigest;
 use vram_seal::model::{TensorEntry, model_digest};
 use vram_types::validation::validate_gpu_device;
-use vram_types::{BackendKind, DigestAlgorithm, GpuShare, VramError};
+use vram_types::{DigestAlgorithm, GpuShare, VramError};
 
 use crate::EngineTensor;
 use crate::backend::{
     Backend, BufferId, CudaBackend, DigestOrder, EngineStream, ForeignRange, MockBackend,
 };
+use crate::manager::allocation_check;
 
 /// Digests of device ranges and of a model's tensors, computed where they lie.
 /// `Send + Sync`: keep one per process and share it.
@@ -170,10 +170,8 @@ impl<'b> Adopted<'b> {
 
     /// Every range is plain device memory of `device` covering its length.
     fn check(&self, device: u32) -> Result<(), VramError> {
-        let allow_simulated = self.backend.kind() == BackendKind::Mock;
         for &(buffer, len) in &self.buffers {
-            let facts = self.backend.allocation_facts(buffer, len)?;
-            if let Some(reason) = rules::allocation_problem(&facts, device, allow_simulated) {
+            if let Some(reason) = allocation_check::problem_on(self.backend, buffer, device, len)? {
                 return Err(VramError::invalid_input(
                     "range",
                     format!("not digested: {reason}"),

@@ -12,7 +12,7 @@ use vram_types::{BackendKind, SealedShard, VramError};
 use super::resident_allocation::ResidentAllocation;
 use super::shared::Shared;
 use crate::audit::AuditEvent;
-use crate::backend::BufferId;
+use crate::backend::{Backend, BufferId};
 
 /// The shard's allocation, if this manager made it.
 pub(super) fn owned<'a>(
@@ -39,8 +39,21 @@ pub(super) fn problem(
     device: u32,
     len: usize,
 ) -> Result<Option<String>, VramError> {
-    let facts = shared.backend().allocation_facts(buffer, len)?;
-    let allow_simulated = shared.backend().kind() == BackendKind::Mock;
+    problem_on(shared.backend(), buffer, device, len)
+}
+
+/// [`problem`] on any backend (a digest with no manager checks its ranges the same way).
+///
+/// # Errors
+/// The backend's error when the driver cannot be asked.
+pub(crate) fn problem_on(
+    backend: &dyn Backend,
+    buffer: BufferId,
+    device: u32,
+    len: usize,
+) -> Result<Option<String>, VramError> {
+    let facts = backend.allocation_facts(buffer, len)?;
+    let allow_simulated = backend.kind() == BackendKind::Mock;
     Ok(rules::allocation_problem(&facts, device, allow_simulated))
 }
 

@@ -1,6 +1,6 @@
 //! `VramManager`: the public face of sealing, verification and capacity.
 
-mod allocation_check;
+pub(crate) mod allocation_check;
 mod cross_check;
 mod execute;
 mod group;
