@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -346,12 +348,44 @@ def test_a_refit_and_a_sleep_and_wake_are_sealed_again_only_as_sent(token_env: b
     model = tiny_model()
     manager = vr.Manager("gpu-worker", algorithm="blake3")
     sealed = manager.seal(model, model_id="tiny-llama")
-    # A refit written in place, checked against the sender's digests (computed where they lie).
+    # A refit written in place, checked against the sender's digests (computed where they lie),
+    # while another thread keeps opening windows on the model: none is served on weights being
+    # rewritten, and none fails because of it.
+    rewriting, done = threading.Event(), threading.Event()
+    outcomes: dict[str, int] = {}
+
+    def windows() -> None:
+        while not done.is_set():
+            during = rewriting.is_set()
+            try:
+                with manager.execute(sealed):
+                    pass
+                outcome = "SERVED WHILE REWRITTEN" if during else "served"
+            except vr.VramResidencyError as e:
+                # Refused because updating, or superseded by the update; anything else fails.
+                outcome = {"ModelUpdating": "refused: updating", "NotSealed": "refused: superseded"}.get(
+                    e.kind, f"FAILED: {e!r}"
+                )
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    racer = threading.Thread(target=windows)
+    racer.start()
+    time.sleep(0.05)
     manager.begin_update(sealed)
+    rewriting.set()
     with torch.no_grad():
-        model.model.layers[0].mlp.up_proj.weight.add_(1)
+        for layer in model.model.layers:
+            layer.mlp.up_proj.weight.add_(1)
+            torch.cuda.synchronize()
+            time.sleep(0.01)
     sent = vr.digest_tensors(model, algorithm="blake3")
     refit = manager.update(sealed, expect=sent)
+    rewriting.clear()
+    done.set()
+    racer.join()
+    assert not [o for o in outcomes if o.isupper() or o.startswith("FAILED")], outcomes
+    assert outcomes.get("refused: updating", 0) > 0 and outcomes.get("served", 0) > 0, outcomes
+    assert not manager.is_stopped
     assert refit.digest == sent[0] != sealed.digest
     manager.verify(refit)
     # Sleep: offloaded, storage freed; wake: new storage, checked against the kept digest.
@@ -373,3 +407,50 @@ def test_a_refit_and_a_sleep_and_wake_are_sealed_again_only_as_sent(token_env: b
     assert refused.value.kind == "UpdateRefused"
     assert refused.value.tensor == "model.norm.weight"
     assert not manager.is_stopped
+
+
+def _attach(received: Any, results: Any) -> None:
+    """The attaching engine (a second process): seals the owner's tensors where they lie, in
+    the owner's memory mapped through CUDA IPC, only as the owner's digest says."""
+    try:
+        for tensors, owner_digest in iter(received.get, None):
+            manager = vr.Manager("attaching-engine", algorithm="blake3")
+            try:
+                sealed = manager.seal(tensors, model_id="shared", expect=owner_digest)
+                manager.verify(sealed)
+                results.put(("sealed", sealed.digest))
+                manager.release(sealed)
+            except vr.IntegrityError as e:
+                results.put(("refused", e.kind))
+            del tensors
+    except BaseException as e:  # reported to the test, which fails on it
+        results.put(("error", repr(e)))
+
+
+def test_an_engine_attaching_to_weights_another_process_holds_seals_them_as_the_owner_says(
+    token_env: bytes,
+) -> None:
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    received, results = ctx.Queue(), ctx.Queue()
+    child = ctx.Process(target=_attach, args=(received, results))
+    child.start()
+    try:
+        # The owner (a weight-cache daemon, say) holds the weights and publishes their digest.
+        model = tiny_model()
+        weights = {n: t.detach() for n, t in model.state_dict().items()}
+        owner = vr.digest_tensors(weights, algorithm="blake3")
+        received.put((weights, owner[0]))  # CUDA IPC handles, no copy
+        assert results.get(timeout=60) == ("sealed", owner[0])
+        # A byte changed after the digest was published: the attaching engine refuses to seal.
+        weights["model.norm.weight"].view(torch.uint8)[1] ^= 1
+        torch.cuda.synchronize()
+        received.put((weights, owner[0]))
+        assert results.get(timeout=60) == ("refused", "UnexpectedDigest")
+        received.put(None)
+        child.join(timeout=60)
+        assert child.exitcode == 0
+    finally:
+        if child.is_alive():
+            child.kill()
