@@ -246,6 +246,33 @@ extern "C" __global__ void __launch_bounds__(128) blake3_chunk_groups(
     for (uint32_t k = threadIdx.x; k < 8; k += blockDim.x) nodes[8 * (uint64_t)blockIdx.x + k] = cvs[k];
 }
 
+// The range-table form of `blake3_chunk_groups` (a model's tensors in one launch): block i
+// hashes group i - goffs[r] of range r (lens[r] bytes at ptrs[r]; its groups of blockDim.x
+// chunks are the global groups [goffs[r], goffs[r + 1])) and folds those chunks in shared
+// memory to their parent, nodes[i]. A range of at most blockDim.x chunks comes out as its root.
+// The per-chunk form (`blake3_range_chunks`) writes every chunk's chaining value to global
+// memory and reads it back to fold; this writes one node per group.
+extern "C" __global__ void __launch_bounds__(128) blake3_range_chunk_groups(
+    const uint64_t* __restrict__ ptrs, const uint64_t* __restrict__ lens,
+    const uint64_t* __restrict__ goffs, uint64_t ranges, uint64_t groups,
+    uint32_t* __restrict__ nodes) {
+    __shared__ uint32_t cvs[128 * 8];
+    uint64_t i = blockIdx.x;
+    if (i >= groups) return;  // the whole block, before any barrier
+    uint64_t r = range_of(goffs, ranges, i);
+    uint64_t len = lens[r];
+    uint64_t chunks = len <= CHUNK_BYTES ? 1 : (len + CHUNK_BYTES - 1) / CHUNK_BYTES;
+    uint64_t first = (i - goffs[r]) * blockDim.x;
+    uint32_t m = (uint32_t)min((uint64_t)blockDim.x, chunks - first);
+    if (threadIdx.x < m) {
+        hash_chunk(reinterpret_cast<const uint8_t*>(ptrs[r]), len, first + threadIdx.x,
+                   cvs + 8 * threadIdx.x);
+    }
+    __syncthreads();
+    reduce_shared(cvs, m, chunks);
+    for (uint32_t k = threadIdx.x; k < 8; k += blockDim.x) nodes[8 * i + k] = cvs[k];
+}
+
 // One fold launch of one tree: out[g] = node g of the level FOLD_LEVELS above `in`'s n_in
 // nodes, one block of FOLD_THREADS threads per output node.
 extern "C" __global__ void __launch_bounds__(FOLD_THREADS) blake3_fold(

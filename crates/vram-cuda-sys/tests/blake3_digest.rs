@@ -93,7 +93,8 @@ fn blake3_matches_the_blake3_crate_at_every_shape_and_share() {
 }
 
 /// A model's tensors hashed in one launch sequence give each tensor's own BLAKE3: ranges of one
-/// chunk and of many fold groups, in the waiting and the queued-ahead forms.
+/// chunk, of one chunk group and of many fold groups, on the whole GPU (chunk groups) and a
+/// bounded share (per-chunk kernel), in the waiting and the queued-ahead forms.
 #[test]
 #[ignore = "needs a GPU: run with VRAM_TEST_GPU=1 and --include-ignored"]
 fn many_ranges_at_once_match_each_ranges_own_blake3() {
@@ -110,6 +111,10 @@ fn many_ranges_at_once_match_each_ranges_own_blake3() {
         63,
         256 * KIB,
         5,
+        // One chunk group exactly, and one chunk past it (the whole-GPU form folds groups of
+        // 128 chunks in shared memory).
+        128 * KIB,
+        128 * KIB + 1,
     ];
     let datas: Vec<Vec<u8>> = lens
         .iter()

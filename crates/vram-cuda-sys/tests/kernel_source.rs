@@ -97,15 +97,13 @@ fn the_blake3_kernel_source_run_on_the_cpu_matches_the_blake3_crate() {
         .collect();
     assert_eq!(
         lines.len(),
-        2 * SIZES.len(),
-        "one digest per range, alone and as a model"
+        4 * SIZES.len(),
+        "one digest per range: alone, as a model, as a model in groups of 128 and of 4 chunks"
     );
     for (i, n) in SIZES.iter().enumerate() {
         assert_eq!(lines[i], want[i], "{n} bytes, one range");
-        assert_eq!(
-            lines[SIZES.len() + i],
-            want[i],
-            "{n} bytes, as a model's range"
-        );
+        for (run, how) in [(1, "a model's range"), (2, "groups of 128"), (3, "groups of 4")] {
+            assert_eq!(lines[run * SIZES.len() + i], want[i], "{n} bytes, as {how}");
+        }
     }
 }

@@ -63,8 +63,9 @@ pub(crate) fn digest_tensors<'py>(
     algorithm: DigestAlgorithm,
 ) -> PyResult<(String, Bound<'py, PyDict>)> {
     let mut taken: BTreeMap<String, Given> = BTreeMap::new();
+    let mut batch = tensors::Batch::default();
     for (name, obj) in crate::manager::named_tensors(tensors)? {
-        let given = Given::of(&name, &obj)?;
+        let given = Given::of(&name, &obj, &mut batch)?;
         if given.len() > 0 && taken.insert(name.clone(), given).is_some() {
             return Err(bad_input("tensors", format!("{name:?} is given twice")));
         }
@@ -150,7 +151,7 @@ enum Host<'a> {
 }
 
 impl Given {
-    fn of(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Self> {
+    fn of(name: &str, obj: &Bound<'_, PyAny>, batch: &mut tensors::Batch) -> PyResult<Self> {
         if tensors::is_torch_tensor(obj)? && !on_gpu(obj)? {
             let (dtype, shape) = tensors::torch_description(name, obj)?;
             return Ok(Self::HostBytes {
@@ -159,7 +160,7 @@ impl Given {
                 bytes: tensors::bytes_on_host(obj)?,
             });
         }
-        tensors::take(name, obj).map(Self::Taken)
+        batch.take(name, obj).map(Self::Taken)
     }
 
     fn len(&self) -> usize {
@@ -186,17 +187,23 @@ fn on_device(
 ) -> PyResult<Vec<ShardDigest>> {
     let mut ranges: Vec<ForeignRange> = Vec::with_capacity(taken.len());
     let mut streams: Vec<HeldStream> = Vec::new();
+    let mut seen: Vec<&Py<PyAny>> = Vec::new();
     for t in taken {
         let range = t.device_range().ok_or_else(|| {
             to_py(&VramError::Unreachable(
                 "a device tensor has a device range",
             ))
         })?;
+        // The tensors of one batch share their stream object: each object is looked at once.
         if let Some(stream) = &t.producer_stream
-            && let Some(held) = engine_stream(py, range.device_ordinal(), Some(stream.bind(py)))?
-            && !streams.iter().any(|s| s.same_as(&held))
+            && !seen.iter().any(|s| s.is(stream))
         {
-            streams.push(held);
+            seen.push(stream);
+            if let Some(held) = engine_stream(py, range.device_ordinal(), Some(stream.bind(py)))?
+                && !streams.iter().any(|s| s.same_as(&held))
+            {
+                streams.push(held);
+            }
         }
         ranges.push(range);
     }

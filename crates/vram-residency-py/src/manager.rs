@@ -20,7 +20,7 @@ use crate::errors::{bad_input, to_py};
 use crate::execution::{Execution, Mode};
 use crate::scrubber::Scrubber;
 use crate::sealed::{Held, Lent, SealedModel};
-use crate::tensors::{Memory, Taken, take};
+use crate::tensors::{Batch, Memory, Taken};
 
 /// One worker's manager of sealed models.
 #[pyclass(frozen, module = "vram_residency")]
@@ -409,8 +409,9 @@ impl Manager {
     ) -> PyResult<(Vec<EngineTensor>, Lent)> {
         let named = named_tensors(tensors)?;
         let mut taken = Vec::with_capacity(named.len());
+        let mut batch = Batch::default();
         for (name, obj) in &named {
-            let t = take(name, obj)?;
+            let t = batch.take(name, obj)?;
             // Empty tensors hold no weights: the model digest leaves them out
             // (`.specs/model-digest.md`), and there is nothing of them to seal.
             if t.len > 0 {
@@ -471,7 +472,11 @@ impl Manager {
                     ));
                 }
             };
-            if let Some(stream) = &t.producer_stream {
+            if let Some(stream) = &t.producer_stream
+                // The tensors of one batch share their stream object: compared by identity
+                // first, without asking it for its handle.
+                && !lent.producer_streams.iter().any(|s| s.is(stream))
+            {
                 let stream_obj = stream.bind(py);
                 // PyTorch names the handle `cuda_stream`, CuPy `ptr`.
                 let id: u64 = stream_obj

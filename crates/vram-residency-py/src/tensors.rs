@@ -49,9 +49,43 @@ impl Taken {
 
 /// Takes `obj` as a tensor named `name`.
 pub(crate) fn take(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
-    if is_torch_tensor(obj)? {
-        return take_torch(name, obj);
+    Batch::default().take(name, obj)
+}
+
+/// Tensors taken together (a model's): PyTorch's current stream of a device is asked once,
+/// not once per tensor (each ask builds a stream object; a model has hundreds of tensors), so
+/// every tensor of the batch names the same stream object.
+#[derive(Default)]
+pub(crate) struct Batch {
+    current_streams: Vec<(u32, Py<PyAny>)>,
+}
+
+impl Batch {
+    /// Takes `obj` as a tensor named `name` (see [`take`]).
+    pub(crate) fn take(&mut self, name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
+        if is_torch_tensor(obj)? {
+            return take_torch(name, obj, self);
+        }
+        take_other(name, obj)
     }
+
+    /// PyTorch's current stream of `device`, asked the first time.
+    fn current_stream(&mut self, py: Python<'_>, device: u32) -> PyResult<Py<PyAny>> {
+        if let Some((_, s)) = self.current_streams.iter().find(|(d, _)| *d == device) {
+            return Ok(s.clone_ref(py));
+        }
+        let stream = py
+            .import("torch")?
+            .getattr("cuda")?
+            .call_method1("current_stream", (device,))?
+            .unbind();
+        self.current_streams.push((device, stream.clone_ref(py)));
+        Ok(stream)
+    }
+}
+
+/// Takes anything but a PyTorch tensor.
+fn take_other(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
     if let Ok(interface) = obj.getattr("__cuda_array_interface__") {
         // A lying interface (a negative size, a shape that is not numbers) is the caller's bad
         // input, not a crash or a builtin error from deep inside.
@@ -99,7 +133,7 @@ fn take_dlpack(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
     };
     if let Ok(torch) = py.import("torch") {
         let view = torch.call_method1("from_dlpack", (obj,))?;
-        return owned_with(take_torch(name, &view)?, view);
+        return owned_with(take_torch(name, &view, &mut Batch::default())?, view);
     }
     if let Ok(cupy) = py.import("cupy") {
         let view = cupy.call_method1("from_dlpack", (obj,))?;
@@ -180,7 +214,7 @@ pub(crate) fn torch_description(
     Ok((dtype, obj.getattr("shape")?.extract()?))
 }
 
-fn take_torch(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
+fn take_torch(name: &str, obj: &Bound<'_, PyAny>, batch: &mut Batch) -> PyResult<Taken> {
     let device = obj.getattr("device")?;
     let kind: String = device.getattr("type")?.extract()?;
     if kind != "cuda" {
@@ -199,17 +233,14 @@ fn take_torch(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
     let len: usize = obj.getattr("nbytes")?.extract()?;
     let address: u64 = obj.call_method0("data_ptr")?.extract()?;
     let (dtype, shape) = torch_description(name, obj)?;
-    let torch = obj.py().import("torch")?;
-    let stream = torch
-        .getattr("cuda")?
-        .call_method1("current_stream", (device,))?;
+    let stream = batch.current_stream(obj.py(), device)?;
     Ok(Taken {
         dtype: dtype.to_owned(),
         shape,
         len,
         memory: Memory::Device { device, address },
         owner: obj.clone().unbind(),
-        producer_stream: Some(stream.unbind()),
+        producer_stream: Some(stream),
     })
 }
 

@@ -6,7 +6,8 @@
 // is (i * 7 + r * 13 + (i >> 9)) mod 256), first each range alone (the chunk-group kernel in
 // blocks of 128 or 4 as whole-GPU launches, or every second size the chunk kernel with 4 chunks
 // per thread as bounded launches; then 256-to-1 folds), then all the sizes as the ranges of one
-// model (range kernels, one launch per fold).
+// model (range kernels, one launch per fold), then as a model through the range chunk-group
+// kernel (groups of 128 chunks, then of 4, and the same folds).
 #include <cstdio>
 #include <cstdlib>
 
@@ -89,5 +90,35 @@ int main(int argc, char** argv) {
         std::swap(from, to);
     }
     for (size_t r = 0; r < ranges; r++) print(from + 8 * r);
+
+    // The model again through the range chunk-group kernel (groups of 128 chunks, then of 4),
+    // then the same range folds over the groups.
+    for (unsigned group : {128u, 4u}) {
+        std::vector<uint64_t> groups;
+        for (size_t r = 0; r < ranges; r++) groups.push_back((chunks_of(lens[r]) + group - 1) / group);
+        std::vector<std::vector<uint64_t>> goffs;
+        for (;;) {
+            std::vector<uint64_t> o(1, 0);
+            for (uint64_t c : groups) o.push_back(o.back() + c);
+            goffs.push_back(o);
+            if (std::all_of(groups.begin(), groups.end(), [](uint64_t c) { return c <= 1; })) break;
+            for (uint64_t& c : groups) c = (c + FOLD_FAN_IN - 1) / FOLD_FAN_IN;
+        }
+        uint64_t n_groups = goffs[0][ranges];
+        std::vector<uint32_t> ga(n_groups * 8), gb(n_groups * 8);
+        launch((unsigned)n_groups, group, [&] {
+            blake3_range_chunk_groups(ptrs.data(), lens.data(), goffs[0].data(), ranges, n_groups,
+                                      ga.data());
+        });
+        uint32_t *gfrom = ga.data(), *gto = gb.data();
+        for (size_t l = 1; l < goffs.size(); l++) {
+            uint64_t n_out = goffs[l][ranges];
+            launch((unsigned)n_out, FOLD_THREADS, [&] {
+                blake3_range_fold(gfrom, gto, goffs[l - 1].data(), goffs[l].data(), ranges, n_out);
+            });
+            std::swap(gfrom, gto);
+        }
+        for (size_t r = 0; r < ranges; r++) print(gfrom + 8 * r);
+    }
     return 0;
 }

@@ -1,5 +1,5 @@
 //! The launch sequence of a digest: ranges checked, the range table uploaded, leaves hashed
-//! (SHA-256 leaves or BLAKE3 chunks, or BLAKE3 chunk groups for one range), nodes folded level
+//! (SHA-256 leaves, BLAKE3 chunks, or on the whole GPU BLAKE3 chunk groups), nodes folded level
 //! by level, and the roots copied back. Geometry (block and grid sizes) lives here too.
 
 use std::sync::Arc;
@@ -70,7 +70,14 @@ impl TreeDigestEngine {
                     .iter()
                     .map(|(memory, len)| self.checked(memory, *len))
                     .collect::<Result<Vec<_>, _>>()?;
-                let layout = RangeLayout::new(&spans, digest);
+                // BLAKE3 on the whole GPU: each block folds its group of chunks in shared
+                // memory, so level 0 is the groups; otherwise the leaves.
+                let groups = matches!((digest, share), (GpuDigest::Blake3, GpuShare::Full));
+                let layout = if groups {
+                    RangeLayout::blake3_groups(&spans, BLAKE3_GROUP_CHUNKS)
+                } else {
+                    RangeLayout::new(&spans, digest)
+                };
                 let table_bytes = layout.table_bytes();
                 let leaves = layout.total(0);
                 let scratch = Scratch::alloc(
@@ -98,7 +105,11 @@ impl TreeDigestEngine {
                     offs: table.saturating_add(layout.offsets_byte(0)),
                     ranges: layout.ranges(),
                 };
-                self.queue_leaves(stream, digest, share, source, leaves, a)?;
+                if groups {
+                    self.launch_blake3_range_groups(stream, source, leaves, a)?;
+                } else {
+                    self.queue_leaves(stream, digest, share, source, leaves, a)?;
+                }
                 let roots_from = self.fold_ranges(stream, digest, &layout, table, a, b)?;
                 self.copy_roots(stream, roots_from, roots)?;
                 Ok((scratch, roots_at..roots_end))
@@ -147,6 +158,42 @@ impl TreeDigestEngine {
         let root_at = self.fold(stream, GpuDigest::Blake3, groups, a, b)?;
         self.copy_roots(stream, root_at, roots)?;
         Ok(scratch)
+    }
+
+    /// Queues the range chunk-group kernel: one block of [`BLAKE3_GROUP_CHUNKS`] threads per
+    /// group of every range in `source`'s table, `groups` in all, one node each into `nodes`.
+    fn launch_blake3_range_groups(
+        &self,
+        stream: &Stream,
+        source: LeafSource,
+        groups: u64,
+        nodes: u64,
+    ) -> Result<(), CudaError> {
+        let LeafSource::Ranges {
+            ptrs,
+            lens,
+            offs,
+            ranges,
+        } = source
+        else {
+            return Err(CudaError::Unreachable("chunk groups of a range table"));
+        };
+        let grid = grid_for(groups, 1)?;
+        let block = u32::try_from(BLAKE3_GROUP_CHUNKS).unwrap_or(MAX_BLOCK);
+        // SAFETY: `blake3_range_chunk_groups` takes (u64* x3, u64 x2, u32*), a function of the
+        // BLAKE3 module; the table holds `ranges` checked addresses and lengths and the
+        // `ranges + 1` group offsets its launch block size makes (`RangeLayout::blake3_groups`
+        // with `BLAKE3_GROUP_CHUNKS`); `nodes` has room for `groups` nodes; all of it stays
+        // allocated until the queued work is done.
+        unsafe {
+            self.blake3.module.launch_raw(
+                self.blake3_range_groups,
+                (grid, 1),
+                block,
+                &[ptrs, lens, offs, ranges, groups, nodes],
+                stream.raw(),
+            )
+        }
     }
 
     /// The address and length of a range the kernels may read: on this device, inside its

@@ -17,10 +17,24 @@ pub(super) struct RangeLayout {
 impl RangeLayout {
     /// The layout of `spans` (`(address, length)` each) hashed with `digest`.
     pub(super) fn new(spans: &[(u64, u64)], digest: GpuDigest) -> Self {
+        Self::in_nodes_of(spans, digest, 1)
+    }
+
+    /// The layout of `spans` hashed with BLAKE3 by the range chunk-group kernel: level 0 is
+    /// every range's groups of `group` chunks (one node each), not its chunks.
+    pub(super) fn blake3_groups(spans: &[(u64, u64)], group: u64) -> Self {
+        Self::in_nodes_of(spans, GpuDigest::Blake3, group)
+    }
+
+    /// Level 0 has a node per `leaves_per_node` leaves of each range (rounded up).
+    fn in_nodes_of(spans: &[(u64, u64)], digest: GpuDigest, leaves_per_node: u64) -> Self {
         let ranges = u64::try_from(spans.len()).unwrap_or(u64::MAX);
         let mut table: Vec<u64> = spans.iter().map(|(address, _)| *address).collect();
         table.extend(spans.iter().map(|(_, len)| *len));
-        let mut counts: Vec<u64> = spans.iter().map(|(_, len)| digest.leaves(*len)).collect();
+        let mut counts: Vec<u64> = spans
+            .iter()
+            .map(|(_, len)| digest.leaves(*len).div_ceil(leaves_per_node.max(1)))
+            .collect();
         let mut levels = 0usize;
         loop {
             table.push(0);
@@ -101,6 +115,10 @@ mod tests {
         // 3072, 1 and 300 chunks; then 12, 1 and 2; then 1, 1 and 1.
         assert_eq!(b3.levels(), 3);
         assert_eq!((b3.total(0), b3.total(1), b3.total(2)), (3373, 15, 3));
+        // In groups of 128 chunks: 24, 1 and 3 groups; then 1, 1 and 1.
+        let groups = RangeLayout::blake3_groups(&spans, 128);
+        assert_eq!(groups.levels(), 2);
+        assert_eq!((groups.total(0), groups.total(1)), (28, 3));
         let sha = RangeLayout::new(&spans, GpuDigest::Sha256Tree(LeafSize::DEFAULT));
         // 48, 1 and 5 leaves, halved six times.
         assert_eq!(sha.levels(), 7);

@@ -112,6 +112,8 @@ pub struct TreeDigestEngine {
     blake3: Kernels,
     /// `blake3_chunk_groups`, of `blake3`'s module: the whole-GPU chunk kernel of one range.
     blake3_groups: CUfunction,
+    /// `blake3_range_chunk_groups`, of `blake3`'s module: the same over many ranges.
+    blake3_range_groups: CUfunction,
     multiprocessors: u32,
     bounded_slice_bytes: u64,
     full_lane: Mutex<Lane>,
@@ -163,6 +165,7 @@ impl TreeDigestEngine {
                 ],
             )?,
             blake3_groups: blake3.module.function("blake3_chunk_groups")?,
+            blake3_range_groups: blake3.module.function("blake3_range_chunk_groups")?,
             blake3,
             multiprocessors: device.multiprocessor_count()?,
             bounded_slice_bytes: BOUNDED_SLICE_BYTES,
