@@ -1,7 +1,7 @@
 //! Digests with no manager: a GPU tensor is hashed where it lies (the seal's kernels, no host
 //! copy), ordered on the GPU after the work queued on its producer's stream; many tensors of
 //! one device in one launch sequence. Host buffers are hashed on the host, as before. What a
-//! sender and a receiver of moved weights compare (`docs/adr/0015-weights-that-move.md`).
+//! sender and a receiver of moved weights compare (`docs/adr/0015-model-updates.md`).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
