@@ -102,7 +102,11 @@ fn the_blake3_kernel_source_run_on_the_cpu_matches_the_blake3_crate() {
     );
     for (i, n) in SIZES.iter().enumerate() {
         assert_eq!(lines[i], want[i], "{n} bytes, one range");
-        for (run, how) in [(1, "a model's range"), (2, "groups of 128"), (3, "groups of 4")] {
+        for (run, how) in [
+            (1, "a model's range"),
+            (2, "groups of 128"),
+            (3, "groups of 4"),
+        ] {
             assert_eq!(lines[run * SIZES.len() + i], want[i], "{n} bytes, as {how}");
         }
     }

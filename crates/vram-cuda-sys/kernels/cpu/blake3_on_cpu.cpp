@@ -27,6 +27,37 @@ static void print(const uint32_t* cv) {
 
 static uint64_t chunks_of(uint64_t n) { return n == 0 ? 1 : (n + 1023) / 1024; }
 
+static void print_roots(const uint32_t* roots, uint64_t ranges) {
+    for (uint64_t r = 0; r < ranges; r++) print(roots + 8 * r);
+}
+
+// Per level, the ranges + 1 prefix offsets of every range's nodes: level 0 has `counts` nodes,
+// each next level a 256th as many (rounded up), until every range has one.
+static std::vector<std::vector<uint64_t>> levels_of(std::vector<uint64_t> counts) {
+    std::vector<std::vector<uint64_t>> offs;
+    for (;;) {
+        std::vector<uint64_t> o(1, 0);
+        for (uint64_t c : counts) o.push_back(o.back() + c);
+        offs.push_back(o);
+        if (std::all_of(counts.begin(), counts.end(), [](uint64_t c) { return c <= 1; })) break;
+        for (uint64_t& c : counts) c = (c + FOLD_FAN_IN - 1) / FOLD_FAN_IN;
+    }
+    return offs;
+}
+
+// The range folds over level 0's nodes at `a` (ping-pong with `b`); returns where the roots are.
+static uint32_t* fold_ranges(const std::vector<std::vector<uint64_t>>& offs, uint32_t* a, uint32_t* b) {
+    uint64_t ranges = offs[0].size() - 1;
+    for (size_t l = 1; l < offs.size(); l++) {
+        uint64_t n_out = offs[l][ranges];
+        launch((unsigned)n_out, FOLD_THREADS, [&] {
+            blake3_range_fold(a, b, offs[l - 1].data(), offs[l].data(), ranges, n_out);
+        });
+        std::swap(a, b);
+    }
+    return a;
+}
+
 int main(int argc, char** argv) {
     std::vector<uint64_t> lens;
     for (int i = 1; i < argc; i++) lens.push_back(strtoull(argv[i], nullptr, 10));
@@ -66,14 +97,7 @@ int main(int argc, char** argv) {
         ptrs.push_back((uint64_t)datas[r].data());
         counts.push_back(chunks_of(lens[r]));
     }
-    std::vector<std::vector<uint64_t>> offs;  // per level: ranges + 1 prefix offsets
-    for (;;) {
-        std::vector<uint64_t> o(1, 0);
-        for (uint64_t c : counts) o.push_back(o.back() + c);
-        offs.push_back(o);
-        if (std::all_of(counts.begin(), counts.end(), [](uint64_t c) { return c <= 1; })) break;
-        for (uint64_t& c : counts) c = (c + FOLD_FAN_IN - 1) / FOLD_FAN_IN;
-    }
+    std::vector<std::vector<uint64_t>> offs = levels_of(counts);
     uint64_t total = offs[0][ranges];
     std::vector<uint32_t> a(total * 8), b(total * 8);
     unsigned per = 2, block = 32;
@@ -81,44 +105,21 @@ int main(int argc, char** argv) {
     launch((unsigned)((threads + block - 1) / block), block, [&] {
         blake3_range_chunks(ptrs.data(), lens.data(), offs[0].data(), ranges, 0, total, per, a.data());
     });
-    uint32_t *from = a.data(), *to = b.data();
-    for (size_t l = 1; l < offs.size(); l++) {
-        uint64_t n_out = offs[l][ranges];
-        launch((unsigned)n_out, FOLD_THREADS, [&] {
-            blake3_range_fold(from, to, offs[l - 1].data(), offs[l].data(), ranges, n_out);
-        });
-        std::swap(from, to);
-    }
-    for (size_t r = 0; r < ranges; r++) print(from + 8 * r);
+    print_roots(fold_ranges(offs, a.data(), b.data()), ranges);
 
     // The model again through the range chunk-group kernel (groups of 128 chunks, then of 4),
     // then the same range folds over the groups.
     for (unsigned group : {128u, 4u}) {
         std::vector<uint64_t> groups;
         for (size_t r = 0; r < ranges; r++) groups.push_back((chunks_of(lens[r]) + group - 1) / group);
-        std::vector<std::vector<uint64_t>> goffs;
-        for (;;) {
-            std::vector<uint64_t> o(1, 0);
-            for (uint64_t c : groups) o.push_back(o.back() + c);
-            goffs.push_back(o);
-            if (std::all_of(groups.begin(), groups.end(), [](uint64_t c) { return c <= 1; })) break;
-            for (uint64_t& c : groups) c = (c + FOLD_FAN_IN - 1) / FOLD_FAN_IN;
-        }
+        std::vector<std::vector<uint64_t>> goffs = levels_of(groups);
         uint64_t n_groups = goffs[0][ranges];
         std::vector<uint32_t> ga(n_groups * 8), gb(n_groups * 8);
         launch((unsigned)n_groups, group, [&] {
             blake3_range_chunk_groups(ptrs.data(), lens.data(), goffs[0].data(), ranges, n_groups,
                                       ga.data());
         });
-        uint32_t *gfrom = ga.data(), *gto = gb.data();
-        for (size_t l = 1; l < goffs.size(); l++) {
-            uint64_t n_out = goffs[l][ranges];
-            launch((unsigned)n_out, FOLD_THREADS, [&] {
-                blake3_range_fold(gfrom, gto, goffs[l - 1].data(), goffs[l].data(), ranges, n_out);
-            });
-            std::swap(gfrom, gto);
-        }
-        for (size_t r = 0; r < ranges; r++) print(gfrom + 8 * r);
+        print_roots(fold_ranges(goffs, ga.data(), gb.data()), ranges);
     }
     return 0;
 }
