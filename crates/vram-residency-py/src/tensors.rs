@@ -342,11 +342,13 @@ fn external_stream(py: Python<'_>, name: &str, handle: u64, device: u32) -> PyRe
             .extract()
             .ok()
     };
-    // 0 is disallowed by the interface (it could mean either default stream), and PyTorch
-    // reports its legacy default stream as 0: a producer that names 0 vouches for nothing.
+    // 0 is disallowed by the interface (it could mean either default stream), and PyTorch and
+    // CuPy both report their default (null) stream as 0: a producer that names 0 vouches for
+    // nothing, whichever library's current stream reads 0.
     let known = matches!(handle, 1 | 2)
-        || cupy.as_ref().and_then(|c| current(c, false)) == Some(handle)
-        || (handle != 0 && torch.as_ref().and_then(|t| current(t, true)) == Some(handle));
+        || (handle != 0
+            && (cupy.as_ref().and_then(|c| current(c, false)) == Some(handle)
+                || torch.as_ref().and_then(|t| current(t, true)) == Some(handle)));
     if !known {
         return Err(bad_input(
             "tensor",

@@ -420,35 +420,42 @@ def test_cuda_array_interface_is_read_and_checked(manager: vr.Manager) -> None:
     assert not manager.is_stopped
 
 
+@pytest.mark.parametrize("libraries", [("torch",), ("cupy",), ("torch", "cupy")])
 def test_a_stream_handle_nothing_vouches_for_is_refused_before_it_is_used(
-    manager: vr.Manager, monkeypatch: pytest.MonkeyPatch
+    manager: vr.Manager, monkeypatch: pytest.MonkeyPatch, libraries: tuple[str, ...]
 ) -> None:
     # A garbage handle in __cuda_array_interface__ crashed the process when synchronised; 0 is
-    # disallowed by the interface and is what PyTorch reports for its legacy default stream.
-    # PyTorch stands in here as a fake with a GPU (its current stream reported as 0, as the
-    # real one does), so the handles are judged as on a GPU machine.
-    import importlib.util
+    # disallowed by the interface and is what PyTorch and CuPy report for their default stream.
+    # PyTorch and CuPy stand in here as fakes with a GPU (their current stream reported as 0,
+    # as the real ones do), so the handles are judged as on a GPU machine.
     import sys
     import types
 
-    if importlib.util.find_spec("cupy") is not None:
-        pytest.skip("CuPy is there: the GPU suite judges the handles with it")
     waited: list[int] = []
 
     class Stream:
         def __init__(self, handle: int) -> None:
-            self.cuda_stream = handle
+            self.cuda_stream = self.ptr = handle
 
         def synchronize(self) -> None:
             waited.append(self.cuda_stream)
 
-    cuda = types.SimpleNamespace(
+    torch_cuda = types.SimpleNamespace(
         is_available=lambda: True,
         current_stream=lambda device=None: Stream(0),
         default_stream=lambda device=None: Stream(0),
         ExternalStream=Stream,
     )
-    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda))
+    cupy_cuda = types.SimpleNamespace(
+        get_current_stream=lambda: Stream(0),
+        Stream=types.SimpleNamespace(null=Stream(1), ptds=Stream(2)),
+        ExternalStream=Stream,
+    )
+    fakes = {"torch": torch_cuda, "cupy": cupy_cuda}
+    for name, cuda in fakes.items():
+        # A library left out cannot be imported (None in sys.modules), whatever is installed.
+        fake = types.SimpleNamespace(cuda=cuda) if name in libraries else None
+        monkeypatch.setitem(sys.modules, name, fake)
     for garbage in (0xDEADBEEF, 0):
         with pytest.raises(vr.BadInput, match="nothing vouches"):
             manager.seal({"w": CudaArray((2, 3), "<f4", None, stream=garbage)}, model_id="m")
