@@ -152,15 +152,18 @@ enum Host<'a> {
 
 impl Given {
     fn of(name: &str, obj: &Bound<'_, PyAny>, batch: &mut tensors::Batch) -> PyResult<Self> {
-        if tensors::is_torch_tensor(obj)? && !on_gpu(obj)? {
-            let (dtype, shape) = tensors::torch_description(name, obj)?;
-            return Ok(Self::HostBytes {
-                dtype,
-                shape,
-                bytes: tensors::bytes_on_host(obj)?,
-            });
+        if !tensors::is_torch_tensor(obj)? {
+            return batch.take(name, obj).map(Self::Taken);
         }
-        batch.take(name, obj).map(Self::Taken)
+        if obj.getattr("is_cuda")?.extract()? {
+            return batch.take_torch(name, obj).map(Self::Taken);
+        }
+        let (dtype, shape) = tensors::torch_description(name, obj)?;
+        Ok(Self::HostBytes {
+            dtype,
+            shape,
+            bytes: tensors::bytes_on_host(obj)?,
+        })
     }
 
     fn len(&self) -> usize {

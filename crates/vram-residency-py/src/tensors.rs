@@ -55,18 +55,63 @@ pub(crate) fn take(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
 /// Tensors taken together (a model's): PyTorch's current stream of a device is asked once,
 /// not once per tensor (each ask builds a stream object; a model has hundreds of tensors), so
 /// every tensor of the batch names the same stream object.
+/// Model files' names of the batch's dtypes are also kept, by dtype object.
 #[derive(Default)]
 pub(crate) struct Batch {
     current_streams: Vec<(u32, Py<PyAny>)>,
+    dtypes: Vec<(Py<PyAny>, &'static str)>,
 }
 
 impl Batch {
     /// Takes `obj` as a tensor named `name` (see [`take`]).
     pub(crate) fn take(&mut self, name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
         if is_torch_tensor(obj)? {
-            return take_torch(name, obj, self);
+            return self.take_torch(name, obj);
         }
         take_other(name, obj)
+    }
+
+    /// Takes a PyTorch tensor (`is_torch_tensor`), which must be on a CUDA GPU.
+    pub(crate) fn take_torch(&mut self, name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
+        if !obj.getattr("is_cuda")?.extract::<bool>()? {
+            let kind: String = obj.getattr("device")?.getattr("type")?.extract()?;
+            return Err(bad_input(
+                "tensor",
+                format!(
+                    "{name:?} is on the {kind} device: only tensors on a CUDA GPU are sealed in place (move it with .cuda(), or give a NumPy array to the mock backend)"
+                ),
+            ));
+        }
+        if !obj.call_method0("is_contiguous")?.extract::<bool>()? {
+            return Err(not_contiguous(name));
+        }
+        // `get_device()` is the CUDA device's index (an int, no `torch.device` object built).
+        let device = u32::try_from(obj.call_method0("get_device")?.extract::<i64>()?)
+            .map_err(|_| bad_input("tensor", format!("{name:?} names no CUDA device")))?;
+        let len: usize = obj.getattr("nbytes")?.extract()?;
+        let address: u64 = obj.call_method0("data_ptr")?.extract()?;
+        let dtype = self.torch_dtype(name, obj)?;
+        let shape: Vec<u64> = obj.getattr("shape")?.extract()?;
+        let stream = self.current_stream(obj.py(), device)?;
+        Ok(Taken {
+            dtype: dtype.to_owned(),
+            shape,
+            len,
+            memory: Memory::Device { device, address },
+            owner: obj.clone().unbind(),
+            producer_stream: Some(stream),
+        })
+    }
+
+    /// A PyTorch tensor's element type as model files name it, looked up once per dtype.
+    fn torch_dtype(&mut self, name: &str, obj: &Bound<'_, PyAny>) -> PyResult<&'static str> {
+        let dtype = obj.getattr("dtype")?;
+        if let Some((_, known)) = self.dtypes.iter().find(|(d, _)| d.is(&dtype)) {
+            return Ok(known);
+        }
+        let known = dtype_name(name, &dtype)?;
+        self.dtypes.push((dtype.unbind(), known));
+        Ok(known)
     }
 
     /// PyTorch's current stream of `device`, asked the first time.
@@ -133,7 +178,7 @@ fn take_dlpack(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
     };
     if let Ok(torch) = py.import("torch") {
         let view = torch.call_method1("from_dlpack", (obj,))?;
-        return owned_with(take_torch(name, &view, &mut Batch::default())?, view);
+        return owned_with(Batch::default().take_torch(name, &view)?, view);
     }
     if let Ok(cupy) = py.import("cupy") {
         let view = cupy.call_method1("from_dlpack", (obj,))?;
@@ -204,43 +249,18 @@ pub(crate) fn torch_description(
     name: &str,
     obj: &Bound<'_, PyAny>,
 ) -> PyResult<(&'static str, Vec<u64>)> {
-    let dtype: String = obj.getattr("dtype")?.str()?.extract()?;
-    let dtype = torch_dtype(&dtype).ok_or_else(|| {
+    let dtype = dtype_name(name, &obj.getattr("dtype")?)?;
+    Ok((dtype, obj.getattr("shape")?.extract()?))
+}
+
+/// The model files' name of a PyTorch `dtype` object.
+fn dtype_name(name: &str, dtype: &Bound<'_, PyAny>) -> PyResult<&'static str> {
+    let dtype: String = dtype.str()?.extract()?;
+    torch_dtype(&dtype).ok_or_else(|| {
         bad_input(
             "tensor",
             format!("{name:?} has dtype {dtype}, which model files do not name"),
         )
-    })?;
-    Ok((dtype, obj.getattr("shape")?.extract()?))
-}
-
-fn take_torch(name: &str, obj: &Bound<'_, PyAny>, batch: &mut Batch) -> PyResult<Taken> {
-    let device = obj.getattr("device")?;
-    let kind: String = device.getattr("type")?.extract()?;
-    if kind != "cuda" {
-        return Err(bad_input(
-            "tensor",
-            format!(
-                "{name:?} is on the {kind} device: only tensors on a CUDA GPU are sealed in place (move it with .cuda(), or give a NumPy array to the mock backend)"
-            ),
-        ));
-    }
-    if !obj.call_method0("is_contiguous")?.extract::<bool>()? {
-        return Err(not_contiguous(name));
-    }
-    let index: Option<u32> = device.getattr("index")?.extract()?;
-    let device = index.unwrap_or(0);
-    let len: usize = obj.getattr("nbytes")?.extract()?;
-    let address: u64 = obj.call_method0("data_ptr")?.extract()?;
-    let (dtype, shape) = torch_description(name, obj)?;
-    let stream = batch.current_stream(obj.py(), device)?;
-    Ok(Taken {
-        dtype: dtype.to_owned(),
-        shape,
-        len,
-        memory: Memory::Device { device, address },
-        owner: obj.clone().unbind(),
-        producer_stream: Some(stream),
     })
 }
 
