@@ -16,6 +16,7 @@ use vram_types::{DigestAlgorithm, GpuShare, VramError};
 use crate::EngineTensor;
 use crate::backend::{
     Backend, BufferId, CudaBackend, DigestOrder, EngineStream, ForeignRange, MockBackend,
+    PendingDigest,
 };
 use crate::manager::allocation_check;
 
@@ -74,8 +75,51 @@ impl RangeDigester {
         algorithm: DigestAlgorithm,
         after: Option<EngineStream<'_>>,
     ) -> Result<Vec<ShardDigest>, VramError> {
-        let Some(first) = ranges.first() else {
+        let Some(adopted) = self.adopt(ranges)? else {
             return Ok(Vec::new());
+        };
+        let order = after.map_or(DigestOrder::Now, DigestOrder::After);
+        let digests = self
+            .backend
+            .digest(&adopted.buffers, algorithm, GpuShare::Full, order)?;
+        with_empties(ranges, algorithm, digests)
+    }
+
+    /// [`Self::digest`] queued on the GPU, not waited for: after the work queued so far on
+    /// `after` (an engine's stream), which then waits on the GPU for the digests (its kernels
+    /// queued next start after them). The host goes on, taking the next tensors while these
+    /// are hashed, and [`QueuedDigests::wait`] gives the digests. The ranges must stay
+    /// allocated until then.
+    ///
+    /// # Errors
+    /// As [`Self::digest`].
+    pub fn queue(
+        &self,
+        ranges: &[ForeignRange],
+        algorithm: DigestAlgorithm,
+        after: EngineStream<'_>,
+    ) -> Result<QueuedDigests, VramError> {
+        let adopted = self.adopt(ranges)?;
+        let pending = match &adopted {
+            Some(adopted) => Some(
+                self.backend
+                    .digest_before(&adopted.buffers, algorithm, after)?,
+            ),
+            None => None,
+        };
+        Ok(QueuedDigests {
+            pending,
+            _adopted: adopted,
+            ranges: ranges.to_vec(),
+            algorithm,
+        })
+    }
+
+    /// The non-empty ranges registered with the backend and checked, all on one device; `None`
+    /// for no ranges.
+    fn adopt(&self, ranges: &[ForeignRange]) -> Result<Option<Adopted>, VramError> {
+        let Some(first) = ranges.first() else {
+            return Ok(None);
         };
         let device = first.device_ordinal();
         validate_gpu_device(device, self.backend.device_count())?;
@@ -89,24 +133,9 @@ impl RangeDigester {
             ));
         }
         // Empty ranges hold nothing to read: their digest is the empty input's.
-        let adopted = Adopted::new(&*self.backend, ranges.iter().filter(|r| !r.is_empty()))?;
+        let adopted = Adopted::new(&self.backend, ranges.iter().filter(|r| !r.is_empty()))?;
         adopted.check(device)?;
-        let order = after.map_or(DigestOrder::Now, DigestOrder::After);
-        let mut gpu = self
-            .backend
-            .digest(&adopted.buffers, algorithm, GpuShare::Full, order)?
-            .into_iter();
-        ranges
-            .iter()
-            .map(|r| {
-                if r.is_empty() {
-                    Ok(vram_seal::digest::digest(&[], algorithm))
-                } else {
-                    gpu.next()
-                        .ok_or(VramError::Unreachable("one digest per non-empty range"))
-                }
-            })
-            .collect()
+        Ok(Some(adopted))
     }
 
     /// Every tensor's digest and the model digest, as [`Self::digest`] computes them. Empty
@@ -145,20 +174,74 @@ impl RangeDigester {
     }
 }
 
+/// Digests queued by [`RangeDigester::queue`]; dropped without [`Self::wait`], they are still
+/// waited for before the ranges are forgotten.
+pub struct QueuedDigests {
+    pending: Option<Box<dyn PendingDigest>>,
+    /// Forgotten after `pending` (field order): the digests read these ranges.
+    _adopted: Option<Adopted>,
+    ranges: Vec<ForeignRange>,
+    algorithm: DigestAlgorithm,
+}
+
+impl std::fmt::Debug for QueuedDigests {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuedDigests")
+            .field("ranges", &self.ranges.len())
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueuedDigests {
+    /// Waits for the digests: one per range, in the order given to [`RangeDigester::queue`].
+    ///
+    /// # Errors
+    /// CUDA errors of the digest.
+    pub fn wait(mut self) -> Result<Vec<ShardDigest>, VramError> {
+        let digests = match self.pending.take() {
+            Some(pending) => pending.wait()?,
+            None => Vec::new(),
+        };
+        with_empties(&self.ranges, self.algorithm, digests)
+    }
+}
+
+/// One digest per range: the empty input's for an empty range, else the next of `digests`
+/// (those of the non-empty ranges, in order).
+fn with_empties(
+    ranges: &[ForeignRange],
+    algorithm: DigestAlgorithm,
+    digests: Vec<ShardDigest>,
+) -> Result<Vec<ShardDigest>, VramError> {
+    let mut gpu = digests.into_iter();
+    ranges
+        .iter()
+        .map(|r| {
+            if r.is_empty() {
+                Ok(vram_seal::digest::digest(&[], algorithm))
+            } else {
+                gpu.next()
+                    .ok_or(VramError::Unreachable("one digest per non-empty range"))
+            }
+        })
+        .collect()
+}
+
 /// Ranges registered with the backend for one digest, forgotten on drop (never freed: they
 /// are the engine's).
-struct Adopted<'b> {
-    backend: &'b dyn Backend,
+struct Adopted {
+    backend: Arc<dyn Backend>,
     buffers: Vec<(BufferId, usize)>,
 }
 
-impl<'b> Adopted<'b> {
+impl Adopted {
     fn new<'r>(
-        backend: &'b dyn Backend,
+        backend: &Arc<dyn Backend>,
         ranges: impl Iterator<Item = &'r ForeignRange>,
     ) -> Result<Self, VramError> {
         let mut adopted = Self {
-            backend,
+            backend: Arc::clone(backend),
             buffers: Vec::new(),
         };
         for range in ranges {
@@ -171,7 +254,8 @@ impl<'b> Adopted<'b> {
     /// Every range is plain device memory of `device` covering its length.
     fn check(&self, device: u32) -> Result<(), VramError> {
         for &(buffer, len) in &self.buffers {
-            if let Some(reason) = allocation_check::problem_on(self.backend, buffer, device, len)? {
+            if let Some(reason) = allocation_check::problem_on(&*self.backend, buffer, device, len)?
+            {
                 return Err(VramError::invalid_input(
                     "range",
                     format!("not digested: {reason}"),
@@ -182,7 +266,7 @@ impl<'b> Adopted<'b> {
     }
 }
 
-impl Drop for Adopted<'_> {
+impl Drop for Adopted {
     fn drop(&mut self) {
         for &(buffer, _) in &self.buffers {
             if let Err(e) = self.backend.free(buffer) {

@@ -92,7 +92,7 @@ mod sync;
 #[cfg(feature = "test-utils")]
 pub use clock::ManualClock;
 
-pub use digester::{ModelDigests, RangeDigester};
+pub use digester::{ModelDigests, QueuedDigests, RangeDigester};
 pub use manager::{
     EngineTensor, ExecutionMode, ExpectedFrom, GroupPart, GroupPlan, LentTensor, ModelExecution,
     ModelWeights, PlanError, PlanStep, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart,

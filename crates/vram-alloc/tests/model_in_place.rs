@@ -353,7 +353,23 @@ fn tensors_digested_without_a_manager_match_their_seal_and_the_host(on: On) {
         for ((_, _, bytes), d) in weights.iter().zip(&each) {
             assert_eq!(*d, vram_seal::digest(bytes, algorithm));
         }
+        // Queued in two parts ordered after an engine's stream (the legacy default stream,
+        // handle 1), both in flight before either is waited for: the same digests.
+        let engine_stream = vram_alloc::EngineStream::held_by_binding(0, 1);
+        let (first, second) = ranges.split_at(ranges.len() / 2);
+        let a = digester.queue(first, algorithm, engine_stream).unwrap();
+        let b = digester.queue(second, algorithm, engine_stream).unwrap();
+        let queued: Vec<_> = [a.wait().unwrap(), b.wait().unwrap()].concat();
+        assert_eq!(queued, each, "{algorithm}, queued");
     }
+    // Queued digests of bad input are refused before anything is queued.
+    let stream = vram_alloc::EngineStream::held_by_binding(0, 1);
+    let other_device = ForeignRange::held_by_binding(7, 4096, 16);
+    assert!(matches!(
+        digester.queue(&[other_device], DigestAlgorithm::Blake3, stream),
+        Err(VramError::InvalidDevice { .. } | VramError::InvalidInput { .. })
+    ));
+    assert!(digester.queue(&[], DigestAlgorithm::Blake3, stream).unwrap().wait().unwrap().is_empty());
     // The same tensors sealed: the seal records the same digests.
     let algorithm = r.manager.config().digest_algorithm;
     let digests = digester.digest_model(&engine, algorithm, None).unwrap();

@@ -1,6 +1,7 @@
 //! Digests with no manager: a GPU tensor is hashed where it lies (the seal's kernels, no host
 //! copy), ordered on the GPU after the work queued on its producer's stream; many tensors of
-//! one device in one launch sequence. Host buffers are hashed on the host, as before. What a
+//! one device in a few launch sequences, queued while the rest are taken from Python. Host
+//! buffers are hashed on the host, as before. What a
 //! sender and a receiver of moved weights compare (`docs/adr/0015-model-updates.md`).
 
 use std::collections::BTreeMap;
@@ -11,7 +12,8 @@ use pyo3::types::PyDict;
 use vram_residency::digest::{DigestHasher, tagged};
 use vram_residency::model::{TAG, TensorEntry, model_digest};
 use vram_residency::{
-    DigestAlgorithm, ForeignRange, RangeDigester, ShardDigest, VramError, compute_digest,
+    DigestAlgorithm, ForeignRange, QueuedDigests, RangeDigester, ShardDigest, VramError,
+    compute_digest,
 };
 
 use crate::errors::{bad_input, to_py};
@@ -43,9 +45,11 @@ pub(crate) fn digest_one(
 ) -> PyResult<String> {
     let d = if on_gpu(data)? {
         let taken = tensors::take("data", data)?;
-        let mut digests = on_device(py, &[&taken], algorithm)?;
-        digests
-            .pop()
+        let mut pipeline = Pipeline::new(algorithm);
+        pipeline.push(py, "data", &taken)?;
+        pipeline
+            .finish(py)?
+            .remove("data")
             .ok_or_else(|| to_py(&VramError::Unreachable("one tensor has one digest")))?
     } else {
         let bytes = tensors::bytes_on_host(data)?;
@@ -62,13 +66,26 @@ pub(crate) fn digest_tensors<'py>(
     tensors: &Bound<'py, PyAny>,
     algorithm: DigestAlgorithm,
 ) -> PyResult<(String, Bound<'py, PyDict>)> {
+    // Declared before the pipeline, so dropped after it: the tensors outlive the digests
+    // queued on them, even on an early return.
     let mut taken: BTreeMap<String, Given> = BTreeMap::new();
     let mut batch = tensors::Batch::default();
+    let mut pipeline = Pipeline::new(algorithm);
     for (name, obj) in crate::manager::named_tensors(tensors)? {
         let given = Given::of(&name, &obj, &mut batch)?;
-        if given.len() > 0 && taken.insert(name.clone(), given).is_some() {
+        if given.len() == 0 {
+            continue;
+        }
+        if taken.contains_key(&name) {
             return Err(bad_input("tensors", format!("{name:?} is given twice")));
         }
+        // Device tensors are queued as they are taken; host tensors hashed below.
+        if let Given::Taken(t) = &given
+            && let Memory::Device { .. } = t.memory
+        {
+            pipeline.push(py, &name, t)?;
+        }
+        taken.insert(name, given);
     }
     if taken.is_empty() {
         return Err(bad_input(
@@ -76,16 +93,11 @@ pub(crate) fn digest_tensors<'py>(
             "no tensor with bytes: empty tensors are left out of the model digest",
         ));
     }
-    // Device tensors, one launch sequence per device; host tensors on the host.
-    let mut digests: BTreeMap<&str, ShardDigest> = BTreeMap::new();
-    let mut by_device: BTreeMap<u32, Vec<(&str, &Taken)>> = BTreeMap::new();
+    let mut digests = pipeline.finish(py)?;
     for (name, given) in &taken {
         let host = match given {
             Given::Taken(t) => match &t.memory {
-                Memory::Device { device, .. } => {
-                    by_device.entry(*device).or_default().push((name, t));
-                    continue;
-                }
+                Memory::Device { .. } => continue,
                 Memory::Host(host) => Host::Tensor(host.clone()),
             },
             Given::HostBytes { bytes, .. } => Host::Bytes(bytes),
@@ -100,13 +112,7 @@ pub(crate) fn digest_tensors<'py>(
                 Ok::<_, VramError>(hasher.finalize())
             })
             .map_err(|e| to_py(&e))?;
-        digests.insert(name, d);
-    }
-    for group in by_device.values() {
-        let ts: Vec<&Taken> = group.iter().map(|(_, t)| *t).collect();
-        for ((name, _), d) in group.iter().zip(on_device(py, &ts, algorithm)?) {
-            digests.insert(name, d);
-        }
+        digests.insert(name.clone(), d);
     }
     let entries = taken
         .iter()
@@ -128,7 +134,7 @@ pub(crate) fn digest_tensors<'py>(
     let model = model_digest(&entries).map_err(|e| to_py(&e))?;
     let out = PyDict::new(py);
     for (name, d) in &digests {
-        out.set_item(*name, tagged(algorithm, d))?;
+        out.set_item(name, tagged(algorithm, d))?;
     }
     Ok((format!("{TAG}:{}", model.to_hex()), out))
 }
@@ -181,51 +187,134 @@ impl Given {
     }
 }
 
-/// Digests of tensors of one device, in order, where they lie: after the work queued on each
-/// producer's stream (the GPU waits; the host does not).
-fn on_device(
-    py: Python<'_>,
-    taken: &[&Taken],
+/// Device tensors digested where they lie, in batches queued on the GPU as they are taken, so
+/// the GPU hashes one batch while the host takes the next (taking a tensor from Python costs a
+/// few microseconds; a model has hundreds). Each batch is ordered after the work queued on its
+/// tensors' producer stream; the batches of a device grow (32, 64, ... 256 tensors) so that
+/// the GPU starts early and a large model is a few launch sequences.
+struct Pipeline {
     algorithm: DigestAlgorithm,
-) -> PyResult<Vec<ShardDigest>> {
-    let mut ranges: Vec<ForeignRange> = Vec::with_capacity(taken.len());
-    let mut streams: Vec<HeldStream> = Vec::new();
-    let mut seen: Vec<&Py<PyAny>> = Vec::new();
-    for t in taken {
+    open: BTreeMap<u32, Open>,
+    /// Dropped before the caller's tensors (declared after them): waits for what is queued.
+    queued: Vec<(Vec<String>, Queued)>,
+}
+
+/// The tensors of one device taken since its last batch was queued.
+#[derive(Default)]
+struct Open {
+    names: Vec<String>,
+    ranges: Vec<ForeignRange>,
+    /// Producer streams, each looked at once (the tensors of a batch share their object).
+    seen: Vec<Py<PyAny>>,
+    streams: Vec<HeldStream>,
+    /// Tensors in the device's next batch.
+    size: usize,
+}
+
+enum Queued {
+    OnGpu(QueuedDigests),
+    Done(Vec<ShardDigest>),
+}
+
+/// A device's first batch; each next one is twice as large, up to [`LARGEST_BATCH`].
+const FIRST_BATCH: usize = 32;
+const LARGEST_BATCH: usize = 256;
+
+impl Pipeline {
+    fn new(algorithm: DigestAlgorithm) -> Self {
+        Self {
+            algorithm,
+            open: BTreeMap::new(),
+            queued: Vec::new(),
+        }
+    }
+
+    /// Adds a device tensor; queues its device's batch once it is full.
+    fn push(&mut self, py: Python<'_>, name: &str, t: &Taken) -> PyResult<()> {
         let range = t.device_range().ok_or_else(|| {
             to_py(&VramError::Unreachable(
                 "a device tensor has a device range",
             ))
         })?;
-        // The tensors of one batch share their stream object: each object is looked at once.
+        let device = range.device_ordinal();
+        let open = self.open.entry(device).or_insert_with(|| Open {
+            size: FIRST_BATCH,
+            ..Open::default()
+        });
         if let Some(stream) = &t.producer_stream
-            && !seen.iter().any(|s| s.is(stream))
+            && !open.seen.iter().any(|s| s.is(stream))
         {
-            seen.push(stream);
-            if let Some(held) = engine_stream(py, range.device_ordinal(), Some(stream.bind(py)))?
-                && !streams.iter().any(|s| s.same_as(&held))
+            open.seen.push(stream.clone_ref(py));
+            if let Some(held) = engine_stream(py, device, Some(stream.bind(py)))?
+                && !open.streams.iter().any(|s| s.same_as(&held))
             {
-                streams.push(held);
+                open.streams.push(held);
             }
         }
-        ranges.push(range);
+        open.names.push(name.to_owned());
+        open.ranges.push(range);
+        if open.ranges.len() >= open.size {
+            let next = open.size.saturating_mul(2).min(LARGEST_BATCH);
+            let full = std::mem::replace(
+                open,
+                Open {
+                    size: next,
+                    ..Open::default()
+                },
+            );
+            self.queue(py, full)?;
+        }
+        Ok(())
     }
-    let digester = digester().map_err(|e| to_py(&e))?;
-    // One producer stream: ordered on the GPU after it. Several: each waited for on the host
-    // first (rare: tensors of one model come from one stream).
-    let after = match streams.as_slice() {
-        [one] => Some(one.engine()),
-        more => {
-            for s in more {
-                s.synchronize(py)?;
+
+    /// Queues `open`'s digests: on the GPU after its one producer stream; with none (the
+    /// bytes are final) or several (each waited for on the host first: rare, a model's
+    /// tensors come from one stream), computed now.
+    fn queue(&mut self, py: Python<'_>, open: Open) -> PyResult<()> {
+        let digester = digester().map_err(|e| to_py(&e))?;
+        let algorithm = self.algorithm;
+        let ranges = &open.ranges;
+        let queued = match open.streams.as_slice() {
+            [one] => {
+                let after = one.engine();
+                Queued::OnGpu(
+                    py.detach(|| digester.queue(ranges, algorithm, after))
+                        .map_err(|e| to_py(&e))?,
+                )
             }
-            None
+            more => {
+                for s in more {
+                    s.synchronize(py)?;
+                }
+                Queued::Done(
+                    py.detach(|| digester.digest(ranges, algorithm, None))
+                        .map_err(|e| to_py(&e))?,
+                )
+            }
+        };
+        // The producer streams (`open.streams`) are no longer needed once the digests are
+        // queued: the GPU ordered them already.
+        self.queued.push((open.names, queued));
+        Ok(())
+    }
+
+    /// Queues what is left and waits for every digest: name to digest.
+    fn finish(mut self, py: Python<'_>) -> PyResult<BTreeMap<String, ShardDigest>> {
+        for open in std::mem::take(&mut self.open).into_values() {
+            if !open.ranges.is_empty() {
+                self.queue(py, open)?;
+            }
         }
-    };
-    let result = py.detach(|| digester.digest(&ranges, algorithm, after));
-    // The tensors and streams stay referenced (`taken`, `streams`) until the digest is done.
-    drop(streams);
-    result.map_err(|e| to_py(&e))
+        let mut digests = BTreeMap::new();
+        for (names, queued) in std::mem::take(&mut self.queued) {
+            let each = match queued {
+                Queued::OnGpu(q) => py.detach(|| q.wait()).map_err(|e| to_py(&e))?,
+                Queued::Done(each) => each,
+            };
+            digests.extend(names.into_iter().zip(each));
+        }
+        Ok(digests)
+    }
 }
 
 /// Registers the functions.

@@ -332,6 +332,20 @@ def test_gpu_tensors_are_digested_where_they_lie_as_a_seal_and_the_host_see_them
     assert [n for n in each if each[n] != flipped_each[n]] == ["model.layers.1.mlp.up_proj.weight"]
 
 
+def test_many_tensors_are_digested_in_batches_as_their_bytes_say() -> None:
+    # 300 tensors: batches of 32, 64, 128 and the rest, each queued while the next are taken,
+    # all after work still queued on the stream when the call is made.
+    torch.manual_seed(3)
+    tensors = {f"t.{i:03}": torch.empty(1000 + 37 * i, dtype=torch.bfloat16, device="cuda") for i in range(300)}
+    torch.cuda._sleep(20_000_000)
+    for t in tensors.values():
+        t.normal_()
+    on_gpu, each = vr.digest_tensors(tensors, algorithm="blake3")
+    on_host, host_each = vr.digest_tensors({n: t.cpu() for n, t in tensors.items()}, algorithm="blake3")
+    assert (on_gpu, each) == (on_host, host_each)
+    assert len(each) == 300
+
+
 def test_a_digest_is_ordered_after_the_work_on_the_tensors_stream() -> None:
     side = torch.cuda.Stream()
     n = 64 << 20

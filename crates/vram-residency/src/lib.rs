@@ -97,7 +97,7 @@ pub use vram_policy::{
 pub use vram_alloc::{
     DeviceUsage, EngineStream, EngineTensor, ExecutionCounts, ExecutionMode, ExpectedFrom,
     ForeignRange, GroupPart, GroupPlan, LentTensor, ModelDigests, ModelExecution, ModelWeights,
-    PlanError, PlanStep, RangeDigester, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart,
+    PlanError, PlanStep, QueuedDigests, RangeDigester, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart,
     SealPlan, SealedGroup, SealedModel, SealedTensor, StepReport, StepScrubOptions, StepScrubber,
     UpdateExpectation, VramManager, VramManagerBuilder, VramMetrics, Weights, audit, probe_gpus,
 };

@@ -298,5 +298,5 @@ def digest_tensors(
     """Every tensor's digest and the model digest of a `torch.nn.Module` or a mapping of names
     to tensors, with no manager: `(model_digest, {name: digest})`, as `vramctl digest
     --tensors` prints them for the same tensors saved as a safetensors file. A device's GPU
-    tensors are hashed where they lie in one launch sequence, after the work queued on their
-    stream. Empty tensors are left out, as the model digest leaves them out."""
+    tensors are hashed where they lie, in batches queued on the GPU while the rest are taken,
+    after the work queued on their stream. Empty tensors are left out, as the model digest leaves them out."""
