@@ -54,9 +54,8 @@ fn main() {
         );
         let one = DeviceBuffer::alloc(&device, n * 1024).unwrap();
         let base = one.lending_address().unwrap();
-        let shared = tensors(
-            (0..n as u64).map(|i| ForeignRange::held_by_binding(0, base + i * 1024, 1024)),
-        );
+        let shared =
+            tensors((0..n as u64).map(|i| ForeignRange::held_by_binding(0, base + i * 1024, 1024)));
         for (tensors, allocations) in [(&separate, n), (&shared, 1)] {
             let ranges: Vec<ForeignRange> = tensors.iter().map(|t| t.range).collect();
             let time = |f: &dyn Fn()| {

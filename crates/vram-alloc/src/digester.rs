@@ -101,10 +101,11 @@ impl RangeDigester {
     ) -> Result<QueuedDigests, VramError> {
         let adopted = self.adopt(ranges)?;
         let pending = match &adopted {
-            Some(adopted) => Some(
-                self.backend
-                    .digest_before(&adopted.buffers, algorithm, after)?,
-            ),
+            Some(adopted) => Some(self.backend.digest_before(
+                &adopted.buffers,
+                algorithm,
+                after,
+            )?),
             None => None,
         };
         Ok(QueuedDigests {

@@ -369,7 +369,14 @@ fn tensors_digested_without_a_manager_match_their_seal_and_the_host(on: On) {
         digester.queue(&[other_device], DigestAlgorithm::Blake3, stream),
         Err(VramError::InvalidDevice { .. } | VramError::InvalidInput { .. })
     ));
-    assert!(digester.queue(&[], DigestAlgorithm::Blake3, stream).unwrap().wait().unwrap().is_empty());
+    assert!(
+        digester
+            .queue(&[], DigestAlgorithm::Blake3, stream)
+            .unwrap()
+            .wait()
+            .unwrap()
+            .is_empty()
+    );
     // The same tensors sealed: the seal records the same digests.
     let algorithm = r.manager.config().digest_algorithm;
     let digests = digester.digest_model(&engine, algorithm, None).unwrap();

@@ -45,7 +45,7 @@ pub(crate) fn digest_one(
 ) -> PyResult<String> {
     let d = if on_gpu(data)? {
         let taken = tensors::take("data", data)?;
-        let mut pipeline = Pipeline::new(algorithm);
+        let mut pipeline = Pipeline::new(algorithm, 1);
         pipeline.push(py, "data", &taken)?;
         pipeline
             .finish(py)?
@@ -70,8 +70,9 @@ pub(crate) fn digest_tensors<'py>(
     // queued on them, even on an early return.
     let mut taken: BTreeMap<String, Given> = BTreeMap::new();
     let mut batch = tensors::Batch::default();
-    let mut pipeline = Pipeline::new(algorithm);
-    for (name, obj) in crate::manager::named_tensors(tensors)? {
+    let named = crate::manager::named_tensors(tensors)?;
+    let mut pipeline = Pipeline::new(algorithm, named.len());
+    for (name, obj) in named {
         let given = Given::of(&name, &obj, &mut batch)?;
         if given.len() == 0 {
             continue;
@@ -187,13 +188,16 @@ impl Given {
     }
 }
 
-/// Device tensors digested where they lie, in batches queued on the GPU as they are taken, so
-/// the GPU hashes one batch while the host takes the next (taking a tensor from Python costs a
-/// few microseconds; a model has hundreds). Each batch is ordered after the work queued on its
-/// tensors' producer stream; the batches of a device grow (32, 64, ... 256 tensors) so that
-/// the GPU starts early and a large model is a few launch sequences.
+/// Device tensors digested where they lie, queued on the GPU in two launch sequences per device
+/// so that the GPU hashes the first while the host takes the rest from Python (a few
+/// microseconds a tensor; a model has hundreds). The first is queued once its bytes keep the
+/// GPU busy about as long as taking the tensors still to come keeps the host; each is ordered
+/// after the work queued on its tensors' producer stream. (Batches of a fixed count cost a
+/// launch tail each: SHA-256 trees of 1,000 tensors in seven batches ran 10 % slower.)
 struct Pipeline {
     algorithm: DigestAlgorithm,
+    /// Tensors still to be pushed (the caller's count, less those pushed).
+    to_come: usize,
     open: BTreeMap<u32, Open>,
     /// Dropped before the caller's tensors (declared after them): waits for what is queued.
     queued: Vec<(Vec<String>, Queued)>,
@@ -207,8 +211,9 @@ struct Open {
     /// Producer streams, each looked at once (the tensors of a batch share their object).
     seen: Vec<Py<PyAny>>,
     streams: Vec<HeldStream>,
-    /// Tensors in the device's next batch.
-    size: usize,
+    bytes: u64,
+    /// Whether this device's first batch is queued (the rest go in one more).
+    first_queued: bool,
 }
 
 enum Queued {
@@ -216,31 +221,40 @@ enum Queued {
     Done(Vec<ShardDigest>),
 }
 
-/// A device's first batch; each next one is twice as large, up to [`LARGEST_BATCH`].
-const FIRST_BATCH: usize = 32;
-const LARGEST_BATCH: usize = 256;
+/// What taking one tensor from Python costs the host, about (PyTorch tensors on an H100
+/// machine: 2.5-3.5 µs; `docs/perf.md`).
+const HOST_NS_PER_TENSOR: u64 = 3_000;
+
+/// Bytes the GPU hashes per nanosecond, about (an H100: BLAKE3 1.9 TB/s, SHA-256 trees
+/// 0.76 TB/s); a slower GPU only makes the first batch cover more of the host's time.
+fn gpu_bytes_per_ns(algorithm: DigestAlgorithm) -> u64 {
+    match algorithm {
+        DigestAlgorithm::Blake3 => 1_900,
+        _ => 760,
+    }
+}
 
 impl Pipeline {
-    fn new(algorithm: DigestAlgorithm) -> Self {
+    /// A pipeline for `count` tensors.
+    fn new(algorithm: DigestAlgorithm, count: usize) -> Self {
         Self {
             algorithm,
+            to_come: count,
             open: BTreeMap::new(),
             queued: Vec::new(),
         }
     }
 
-    /// Adds a device tensor; queues its device's batch once it is full.
+    /// Adds a device tensor; queues its device's first batch once that covers the rest.
     fn push(&mut self, py: Python<'_>, name: &str, t: &Taken) -> PyResult<()> {
         let range = t.device_range().ok_or_else(|| {
             to_py(&VramError::Unreachable(
                 "a device tensor has a device range",
             ))
         })?;
+        self.to_come = self.to_come.saturating_sub(1);
         let device = range.device_ordinal();
-        let open = self.open.entry(device).or_insert_with(|| Open {
-            size: FIRST_BATCH,
-            ..Open::default()
-        });
+        let open = self.open.entry(device).or_default();
         if let Some(stream) = &t.producer_stream
             && !open.seen.iter().any(|s| s.is(stream))
         {
@@ -253,16 +267,25 @@ impl Pipeline {
         }
         open.names.push(name.to_owned());
         open.ranges.push(range);
-        if open.ranges.len() >= open.size {
-            let next = open.size.saturating_mul(2).min(LARGEST_BATCH);
-            let full = std::mem::replace(
+        open.bytes = open
+            .bytes
+            .saturating_add(u64::try_from(range.len()).unwrap_or(u64::MAX));
+        let gpu_ns = open
+            .bytes
+            .checked_div(gpu_bytes_per_ns(self.algorithm))
+            .unwrap_or(0);
+        let host_ns = u64::try_from(self.to_come)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(HOST_NS_PER_TENSOR);
+        if !open.first_queued && self.to_come > 0 && gpu_ns >= host_ns {
+            let first = std::mem::replace(
                 open,
                 Open {
-                    size: next,
+                    first_queued: true,
                     ..Open::default()
                 },
             );
-            self.queue(py, full)?;
+            self.queue(py, first)?;
         }
         Ok(())
     }

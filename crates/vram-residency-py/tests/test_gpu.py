@@ -332,18 +332,21 @@ def test_gpu_tensors_are_digested_where_they_lie_as_a_seal_and_the_host_see_them
     assert [n for n in each if each[n] != flipped_each[n]] == ["model.layers.1.mlp.up_proj.weight"]
 
 
-def test_many_tensors_are_digested_in_batches_as_their_bytes_say() -> None:
-    # 300 tensors: batches of 32, 64, 128 and the rest, each queued while the next are taken,
-    # all after work still queued on the stream when the call is made.
+@pytest.mark.parametrize("algorithm", ["sha256-tree-65536", "blake3"])
+def test_many_tensors_are_digested_in_two_launch_sequences_as_their_bytes_say(algorithm: str) -> None:
+    # 100 tensors; the 61st is large enough (256 MiB) that the first 61 are queued on the GPU
+    # while the other 39 are taken, all after work still queued on the stream.
+    sizes = [1000 + 37 * i for i in range(100)]
+    sizes[60] = 128 << 20
+    tensors = {f"t.{i:03}": torch.empty(n, dtype=torch.bfloat16, device="cuda") for i, n in enumerate(sizes)}
     torch.manual_seed(3)
-    tensors = {f"t.{i:03}": torch.empty(1000 + 37 * i, dtype=torch.bfloat16, device="cuda") for i in range(300)}
     torch.cuda._sleep(20_000_000)
     for t in tensors.values():
         t.normal_()
-    on_gpu, each = vr.digest_tensors(tensors, algorithm="blake3")
-    on_host, host_each = vr.digest_tensors({n: t.cpu() for n, t in tensors.items()}, algorithm="blake3")
+    on_gpu, each = vr.digest_tensors(tensors, algorithm=algorithm)
+    on_host, host_each = vr.digest_tensors({n: t.cpu() for n, t in tensors.items()}, algorithm=algorithm)
     assert (on_gpu, each) == (on_host, host_each)
-    assert len(each) == 300
+    assert len(each) == 100
 
 
 def test_a_digest_is_ordered_after_the_work_on_the_tensors_stream() -> None:

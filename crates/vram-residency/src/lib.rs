@@ -97,9 +97,10 @@ pub use vram_policy::{
 pub use vram_alloc::{
     DeviceUsage, EngineStream, EngineTensor, ExecutionCounts, ExecutionMode, ExpectedFrom,
     ForeignRange, GroupPart, GroupPlan, LentTensor, ModelDigests, ModelExecution, ModelWeights,
-    PlanError, PlanStep, QueuedDigests, RangeDigester, ScrubEvent, ScrubOptions, Scrubber, SealOptions, SealPart,
-    SealPlan, SealedGroup, SealedModel, SealedTensor, StepReport, StepScrubOptions, StepScrubber,
-    UpdateExpectation, VramManager, VramManagerBuilder, VramMetrics, Weights, audit, probe_gpus,
+    PlanError, PlanStep, QueuedDigests, RangeDigester, ScrubEvent, ScrubOptions, Scrubber,
+    SealOptions, SealPart, SealPlan, SealedGroup, SealedModel, SealedTensor, StepReport,
+    StepScrubOptions, StepScrubber, UpdateExpectation, VramManager, VramManagerBuilder,
+    VramMetrics, Weights, audit, probe_gpus,
 };
 
 #[doc(inline)]
