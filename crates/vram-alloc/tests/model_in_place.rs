@@ -401,3 +401,47 @@ fn tensors_digested_without_a_manager_match_their_seal_and_the_host(on: On) {
     ));
     assert!(digester.digest(&[], algorithm, None).unwrap().is_empty());
 }
+
+/// A queued digest of ranges too small for a launch (a SHA-256 tree of fewer than 64 leaves,
+/// flat SHA-256: read back and hashed on the host) sees what the engine's queued kernels wrote:
+/// the host waits for the engine's stream before it reads. (It read at once before: a race the
+/// GPU suite found through Python.)
+#[test]
+#[ignore = "needs a GPU: VRAM_TEST_GPU=1 and --include-ignored"]
+fn queued_digests_read_back_on_the_host_see_what_the_engine_queued_before() {
+    use vram_cuda_sys::memory::DeviceBuffer;
+    use vram_cuda_sys::stream::{Stream, StreamPriority};
+    use vram_cuda_sys::testing::TestEngine;
+
+    let device = vram_cuda_sys::Device::open(0).unwrap();
+    let engine = TestEngine::new(&device).unwrap();
+    let stream = Stream::new(&device, StreamPriority::Highest).unwrap();
+    // A GEMM of some milliseconds ahead of the write, so that a read not ordered after the
+    // engine's work sees the bytes from before it.
+    let n = 4096u32;
+    let m = || DeviceBuffer::alloc(&device, (n * n * 4) as usize).unwrap();
+    let (a, b, c) = (m(), m(), m());
+    let digester = RangeDigester::cuda().unwrap();
+    let mut want = vec![0u8; 4096];
+    want[100] = 0x01;
+    for algorithm in [
+        DigestAlgorithm::default(),
+        DigestAlgorithm::Sha256,
+        DigestAlgorithm::Blake3,
+    ] {
+        let w = DeviceBuffer::alloc(&device, 4096).unwrap();
+        w.write(0, &[0u8; 4096]).unwrap();
+        engine.queue_sgemm(&stream, (&a, &b, &c), n).unwrap();
+        engine.queue_flip(&stream, &w, 100, 0x01).unwrap();
+        let range = ForeignRange::leak(w);
+        let queued = digester
+            .queue(&[range], algorithm, vram_alloc::EngineStream::of(&stream))
+            .unwrap();
+        assert_eq!(
+            queued.wait().unwrap(),
+            vec![vram_seal::digest(&want, algorithm)],
+            "{algorithm}"
+        );
+    }
+    stream.synchronize().unwrap();
+}

@@ -377,13 +377,20 @@ impl Backend for CudaBackend {
                     lens: memory.iter().map(|(_, len)| *len).collect(),
                 }))
             }
-            // Read back and hashed now: the engine has queued nothing yet.
-            None => Ok(Box::new(Ready(
-                buffers
-                    .iter()
-                    .map(|(id, len)| ResidentBytes::new(self, *id, *len).digest(algorithm))
-                    .collect::<Result<_, _>>()?,
-            ))),
+            // Too few bytes for a launch: read back and hashed on the host now, after the host
+            // has waited for the work the engine queued so far (a write queued before must be
+            // seen: reading at once raced it, found by the GPU suite).
+            None => {
+                if let Some((b, _)) = memory.first() {
+                    engine.wait_on_host(b.device()).map_err(other)?;
+                }
+                Ok(Box::new(Ready(
+                    buffers
+                        .iter()
+                        .map(|(id, len)| ResidentBytes::new(self, *id, *len).digest(algorithm))
+                        .collect::<Result<_, _>>()?,
+                )))
+            }
         }
     }
 

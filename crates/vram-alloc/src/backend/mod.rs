@@ -217,7 +217,8 @@ pub(crate) trait Backend: Send + Sync + fmt::Debug {
 
     /// Queues the digests of [`Backend::digest`] ahead of the engine's work: the engine's
     /// stream waits on the GPU until they are done (where the backend can queue them;
-    /// otherwise they are computed at once, before the engine has queued anything).
+    /// otherwise the host waits for the work the engine queued so far and computes them at
+    /// once).
     ///
     /// # Errors
     /// As [`Backend::digest`].
