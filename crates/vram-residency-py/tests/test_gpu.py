@@ -191,6 +191,34 @@ def test_the_model_digest_matches_vramctl_on_the_saved_weights(
     )
 
 
+@pytest.mark.parametrize("algorithm", ["sha256-tree-65536", "blake3"])
+def test_gpu_digests_equal_vramctl_on_the_saved_weights_and_the_blake3_package(
+    tmp_path: Path, algorithm: str
+) -> None:
+    safetensors_torch = pytest.importorskip("safetensors.torch")
+    vramctl = os.environ.get("VRAMCTL")
+    if vramctl is None:
+        pytest.skip("set VRAMCTL to a vramctl binary to compare with `vramctl digest --tensors`")
+    weights = {n: t.detach() for n, t in tiny_model().state_dict().items()}
+    path = tmp_path / "model.safetensors"
+    safetensors_torch.save_file(weights, str(path))
+    on_gpu, each = vr.digest_tensors(weights, algorithm=algorithm)
+    out = subprocess.run(
+        [vramctl, "digest", "--tensors", "--algorithm", algorithm, "--json", str(path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    report = json.loads(out.splitlines()[-1])
+    assert report["model_digest"] == on_gpu
+    assert {t["name"]: t["digest"] for t in report["tensors"]} == each
+    if algorithm == "blake3":
+        blake3: Any = pytest.importorskip("blake3")
+        for name, t in weights.items():
+            host = t.contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes()
+            assert each[name] == "blake3:" + blake3.blake3(host).hexdigest(), name
+
+
 def test_hooks_check_every_generate_step_and_flag_a_changed_weight(token_env: bytes) -> None:
     from vram_residency.torch import guard
 
