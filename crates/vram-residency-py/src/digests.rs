@@ -17,7 +17,7 @@ use vram_residency::{
 };
 
 use crate::errors::{bad_input, to_py};
-use crate::streams::{HeldStream, engine_stream};
+use crate::streams::{ProducerStreams, engine_stream};
 use crate::tensors::{self, Memory, Taken};
 
 /// The process's digester of GPU memory, opened on first use.
@@ -208,9 +208,7 @@ struct Pipeline {
 struct Open {
     names: Vec<String>,
     ranges: Vec<ForeignRange>,
-    /// Producer streams, each looked at once (the tensors of a batch share their object).
-    seen: Vec<Py<PyAny>>,
-    streams: Vec<HeldStream>,
+    streams: ProducerStreams,
     bytes: u64,
     /// Whether this device's first batch is queued (the rest go in one more).
     first_queued: bool,
@@ -255,15 +253,8 @@ impl Pipeline {
         self.to_come = self.to_come.saturating_sub(1);
         let device = range.device_ordinal();
         let open = self.open.entry(device).or_default();
-        if let Some(stream) = &t.producer_stream
-            && !open.seen.iter().any(|s| s.is(stream))
-        {
-            open.seen.push(stream.clone_ref(py));
-            if let Some(held) = engine_stream(py, device, Some(stream.bind(py)))?
-                && !open.streams.iter().any(|s| s.same_as(&held))
-            {
-                open.streams.push(held);
-            }
+        if let Some(stream) = &t.producer_stream {
+            open.streams.add(py, stream)?;
         }
         open.names.push(name.to_owned());
         open.ranges.push(range);
@@ -285,7 +276,7 @@ impl Pipeline {
                     ..Open::default()
                 },
             );
-            self.queue(py, first)?;
+            self.queue(py, device, first)?;
         }
         Ok(())
     }
@@ -293,22 +284,24 @@ impl Pipeline {
     /// Queues `open`'s digests: on the GPU after its one producer stream; with none (the
     /// bytes are final) or several (each waited for on the host first: rare, a model's
     /// tensors come from one stream), computed now.
-    fn queue(&mut self, py: Python<'_>, open: Open) -> PyResult<()> {
+    fn queue(&mut self, py: Python<'_>, device: u32, open: Open) -> PyResult<()> {
         let digester = digester().map_err(|e| to_py(&e))?;
         let algorithm = self.algorithm;
         let ranges = &open.ranges;
-        let queued = match open.streams.as_slice() {
-            [one] => {
+        let held = match open.streams.only() {
+            Some(one) => engine_stream(py, device, Some(one.bind(py)))?,
+            None => None,
+        };
+        let queued = match held {
+            Some(one) => {
                 let after = one.engine();
                 Queued::OnGpu(
                     py.detach(|| digester.queue(ranges, algorithm, after))
                         .map_err(|e| to_py(&e))?,
                 )
             }
-            more => {
-                for s in more {
-                    s.synchronize(py)?;
-                }
+            None => {
+                open.streams.synchronize(py)?;
                 Queued::Done(
                     py.detach(|| digester.digest(ranges, algorithm, None))
                         .map_err(|e| to_py(&e))?,
@@ -323,9 +316,9 @@ impl Pipeline {
 
     /// Queues what is left and waits for every digest: name to digest.
     fn finish(mut self, py: Python<'_>) -> PyResult<BTreeMap<String, ShardDigest>> {
-        for open in std::mem::take(&mut self.open).into_values() {
+        for (device, open) in std::mem::take(&mut self.open) {
             if !open.ranges.is_empty() {
-                self.queue(py, open)?;
+                self.queue(py, device, open)?;
             }
         }
         let mut digests = BTreeMap::new();

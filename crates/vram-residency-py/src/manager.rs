@@ -20,6 +20,7 @@ use crate::errors::{bad_input, to_py};
 use crate::execution::{Execution, Mode};
 use crate::scrubber::Scrubber;
 use crate::sealed::{Held, Lent, SealedModel};
+use crate::streams::ProducerStreams;
 use crate::tensors::{Batch, Memory, Taken};
 
 /// One worker's manager of sealed models.
@@ -437,11 +438,10 @@ impl Manager {
         let mut lent = Lent {
             owners: Vec::with_capacity(taken.len()),
             names: Vec::with_capacity(taken.len()),
-            producer_streams: Vec::new(),
+            producer_streams: ProducerStreams::default(),
             mock: self.mock.clone().map(|m| (m, Vec::new())),
         };
         let mut engine = Vec::with_capacity(taken.len());
-        let mut stream_ids: Vec<u64> = Vec::new();
         for (name, t) in taken {
             let range = match (&t.memory, &mut lent.mock) {
                 (Memory::Device { .. }, None) => t
@@ -472,21 +472,8 @@ impl Manager {
                     ));
                 }
             };
-            if let Some(stream) = &t.producer_stream
-                // The tensors of one batch share their stream object: compared by identity
-                // first, without asking it for its handle.
-                && !lent.producer_streams.iter().any(|s| s.is(stream))
-            {
-                let stream_obj = stream.bind(py);
-                // PyTorch names the handle `cuda_stream`, CuPy `ptr`.
-                let id: u64 = stream_obj
-                    .getattr("cuda_stream")
-                    .or_else(|_| stream_obj.getattr("ptr"))?
-                    .extract()?;
-                if !stream_ids.contains(&id) {
-                    stream_ids.push(id);
-                    lent.producer_streams.push(stream.clone_ref(py));
-                }
+            if let Some(stream) = &t.producer_stream {
+                lent.producer_streams.add(py, stream)?;
             }
             engine.push(EngineTensor {
                 name,
@@ -500,9 +487,7 @@ impl Manager {
         }
         // The producer's work on the tensors was queued on these streams: it must be finished
         // before their bytes are hashed (one stream at a time, never the whole device).
-        for stream in &lent.producer_streams {
-            stream.bind(py).call_method0("synchronize")?;
-        }
+        lent.producer_streams.synchronize(py)?;
         Ok((engine, lent))
     }
 }

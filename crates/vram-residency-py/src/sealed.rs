@@ -21,7 +21,7 @@ pub(crate) struct Lent {
     pub(crate) names: Vec<String>,
     /// The streams the tensors were produced on (PyTorch's current stream, or the stream an
     /// array interface named), each once.
-    pub(crate) producer_streams: Vec<Py<PyAny>>,
+    pub(crate) producer_streams: crate::streams::ProducerStreams,
     /// On the mock backend: the engine ranges it handed out.
     pub(crate) mock: Option<(Arc<MockBackend>, Vec<ForeignRange>)>,
 }

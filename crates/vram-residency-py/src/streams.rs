@@ -17,16 +17,6 @@ pub(crate) struct HeldStream {
 }
 
 impl HeldStream {
-    /// Whether `other` is the same stream.
-    pub(crate) fn same_as(&self, other: &Self) -> bool {
-        self.handle == other.handle && self.device == other.device
-    }
-
-    /// Waits on the host for the work queued on the stream so far.
-    pub(crate) fn synchronize(&self, py: Python<'_>) -> PyResult<()> {
-        self._owner.bind(py).call_method0("synchronize").map(drop)
-    }
-
     /// The stream as the Rust side takes it. Valid while `self` (which holds the stream's
     /// owner) lives: callers keep `self` for as long as the value is used.
     pub(crate) fn engine(&self) -> EngineStream<'static> {
@@ -78,31 +68,7 @@ fn current(py: Python<'_>, device: u32) -> PyResult<Option<HeldStream>> {
 /// A PyTorch (`cuda_stream`, `device.index`) or CuPy (`ptr`, `device_id`) stream object on
 /// `device`.
 fn held(device: u32, object: &Bound<'_, PyAny>) -> PyResult<Option<HeldStream>> {
-    let (handle, on): (u64, Option<u32>) = if let Ok(handle) = object.getattr("cuda_stream") {
-        let on = object
-            .getattr("device")
-            .and_then(|d| d.getattr("index"))
-            .ok()
-            .and_then(|i| i.extract::<Option<u32>>().ok().flatten());
-        (handle.extract()?, on)
-    } else if let Ok(handle) = object.getattr("ptr") {
-        let on = object
-            .getattr("device_id")
-            .ok()
-            .and_then(|i| i.extract::<u32>().ok());
-        (handle.extract()?, on)
-    } else {
-        return Err(bad_input(
-            "stream",
-            format!(
-                "a {}: give a torch.cuda.Stream or a CuPy stream",
-                object
-                    .get_type()
-                    .name()
-                    .map_or_else(|_| "?".to_owned(), |n| n.to_string())
-            ),
-        ));
-    };
+    let (handle, on) = handle_of(object)?;
     if let Some(on) = on
         && on != device
     {
@@ -116,4 +82,74 @@ fn held(device: u32, object: &Bound<'_, PyAny>) -> PyResult<Option<HeldStream>> 
         device,
         _owner: object.clone().unbind(),
     }))
+}
+
+/// A stream object's handle and the device it says it is on, when it says: PyTorch's
+/// (`cuda_stream`, `device.index`) or CuPy's (`ptr`, `device_id`).
+fn handle_of(object: &Bound<'_, PyAny>) -> PyResult<(u64, Option<u32>)> {
+    if let Ok(handle) = object.getattr("cuda_stream") {
+        let on = object
+            .getattr("device")
+            .and_then(|d| d.getattr("index"))
+            .ok()
+            .and_then(|i| i.extract::<Option<u32>>().ok().flatten());
+        return Ok((handle.extract()?, on));
+    }
+    if let Ok(handle) = object.getattr("ptr") {
+        let on = object
+            .getattr("device_id")
+            .ok()
+            .and_then(|i| i.extract::<u32>().ok());
+        return Ok((handle.extract()?, on));
+    }
+    Err(bad_input(
+        "stream",
+        format!(
+            "a {}: give a torch.cuda.Stream or a CuPy stream",
+            object
+                .get_type()
+                .name()
+                .map_or_else(|_| "?".to_owned(), |n| n.to_string())
+        ),
+    ))
+}
+
+/// The distinct streams a batch of tensors was produced on, in the order first met: each
+/// stream object is looked at once (the tensors of a batch share PyTorch's current stream
+/// object), and streams are told apart by handle. Keeps them referenced.
+#[derive(Default)]
+pub(crate) struct ProducerStreams {
+    seen: Vec<Py<PyAny>>,
+    distinct: Vec<(u64, Py<PyAny>)>,
+}
+
+impl ProducerStreams {
+    /// Adds the stream object a tensor's producer queued its work on.
+    pub(crate) fn add(&mut self, py: Python<'_>, stream: &Py<PyAny>) -> PyResult<()> {
+        if self.seen.iter().any(|s| s.is(stream)) {
+            return Ok(());
+        }
+        self.seen.push(stream.clone_ref(py));
+        let (handle, _) = handle_of(stream.bind(py))?;
+        if !self.distinct.iter().any(|(h, _)| *h == handle) {
+            self.distinct.push((handle, stream.clone_ref(py)));
+        }
+        Ok(())
+    }
+
+    /// The one stream, when the batch was produced on exactly one.
+    pub(crate) fn only(&self) -> Option<&Py<PyAny>> {
+        match self.distinct.as_slice() {
+            [(_, one)] => Some(one),
+            _ => None,
+        }
+    }
+
+    /// Waits on the host for the work queued on each so far.
+    pub(crate) fn synchronize(&self, py: Python<'_>) -> PyResult<()> {
+        for (_, stream) in &self.distinct {
+            stream.bind(py).call_method0("synchronize")?;
+        }
+        Ok(())
+    }
 }
