@@ -1,8 +1,8 @@
 //! Digests with no manager: a GPU tensor is hashed where it lies (the seal's kernels, no host
 //! copy), ordered on the GPU after the work queued on its producer's stream; many tensors of
 //! one device in a few launch sequences, queued while the rest are taken from Python. Host
-//! buffers are hashed on the host, as before. What a
-//! sender and a receiver of moved weights compare (`docs/adr/0015-model-updates.md`).
+//! buffers are hashed on the host, as before. What a sender and a receiver of moved weights
+//! compare (`docs/adr/0015-model-updates.md`).
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;

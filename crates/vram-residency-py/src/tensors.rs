@@ -54,8 +54,8 @@ pub(crate) fn take(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Taken> {
 
 /// Tensors taken together (a model's): PyTorch's current stream of a device is asked once,
 /// not once per tensor (each ask builds a stream object; a model has hundreds of tensors), so
-/// every tensor of the batch names the same stream object.
-/// Model files' names of the batch's dtypes are also kept, by dtype object.
+/// every tensor of the batch names the same stream object; each dtype's name in model files
+/// is looked up once too.
 #[derive(Default)]
 pub(crate) struct Batch {
     current_streams: Vec<(u32, Py<PyAny>)>,
